@@ -1,0 +1,99 @@
+//! `mf`: pack, inspect, extract and verify `.mf` multifile archives.
+//!
+//! A thin front end: each subcommand parses its arguments, calls the libraries and prints. Exit codes:
+//! 0 success, 1 failure, 2 usage error.
+
+mod archive_cmds;
+mod extract;
+mod pack;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "mf", version, about = "Multifile archives: pack assets, read them in place, ship small patches")]
+struct Cli {
+    /// Worker threads for compression and verification (default: one per core).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pack directories into an archive.
+    Pack(pack::PackArgs),
+    /// List the entries of an archive.
+    List(archive_cmds::ListArgs),
+    /// Extract entries into a directory.
+    Extract(extract::ExtractArgs),
+    /// Write one entry's content to standard output.
+    Cat(archive_cmds::CatArgs),
+    /// Check every checksum of an archive.
+    Verify(archive_cmds::VerifyArgs),
+    /// Show an archive's version, counts and sizes.
+    Info(archive_cmds::InfoArgs),
+}
+
+/// `--json` for commands whose output scripts read.
+#[derive(Args, Clone, Copy)]
+pub struct JsonFlag {
+    /// Print machine-readable JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A command's outcome beyond plain failure: `Ok(false)` means "ran, but found problems" (exit 1
+/// without an extra error message).
+pub type Outcome = anyhow::Result<bool>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Interrupted work must leave nothing behind: remove any half-written temp file, then exit as a
+    // signal-killed process would.
+    let _ = ctrlc::set_handler(|| {
+        mf_format::remove_pending_temp_files();
+        std::process::exit(130);
+    });
+    if let Some(threads) = cli.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
+            eprintln!("mf: cannot start {threads} threads: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let result = match cli.command {
+        Command::Pack(args) => pack::run(args),
+        Command::List(args) => archive_cmds::list(args),
+        Command::Extract(args) => extract::run(args),
+        Command::Cat(args) => archive_cmds::cat(args),
+        Command::Verify(args) => archive_cmds::verify(args),
+        Command::Info(args) => archive_cmds::info(args),
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                // `mf list big.mf | head` is not an error.
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("mf: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain()
+        .any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
+/// Opens an archive, with the file name in any error.
+pub fn open_archive(path: &PathBuf) -> anyhow::Result<mf_format::Archive> {
+    Ok(mf_format::Archive::open(path)?)
+}

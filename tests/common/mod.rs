@@ -1,0 +1,88 @@
+//! Helpers shared by the end-to-end tests: run the real `mf` binary and build input trees.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `mf` binary cargo built for these tests.
+pub fn mf_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mf"))
+}
+
+/// Runs `mf` with `args` in `dir`.
+pub fn mf_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(mf_bin()).args(args).current_dir(dir).output().expect("mf runs")
+}
+
+/// Runs `mf` and asserts success, returning stdout.
+pub fn mf_ok(dir: &Path, args: &[&str]) -> String {
+    let out = mf_in(dir, args);
+    assert!(
+        out.status.success(),
+        "mf {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+/// Runs `mf`, asserts it fails with exit code `code`, returns stderr.
+pub fn mf_fails(dir: &Path, args: &[&str], code: i32) -> String {
+    let out = mf_in(dir, args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "mf {args:?} should exit {code}:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Writes `files` (path, content) under `root`.
+pub fn write_tree(root: &Path, files: &[(&str, &[u8])]) {
+    for (path, content) in files {
+        let full = root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, content).unwrap();
+    }
+}
+
+/// Every regular file under `root`, relative path → content, sorted.
+pub fn read_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).unwrap() {
+            let item = item.unwrap();
+            let path = item.path();
+            if item.file_type().unwrap().is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                files.push((rel, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// The sample asset folder shipped in the repository.
+pub fn sample_assets() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/assets")
+}
