@@ -241,9 +241,10 @@ impl Archive {
             let path_range = (record.path_offset as usize)
                 .checked_add(record.path_len as usize)
                 .map(|end| record.path_offset as usize..end);
-            let path = path_range
-                .and_then(|range| self.strings.get(range))
-                .ok_or_else(|| Error::corrupt(&self.name, at, None, "path lies outside the string table"))?;
+            let path = path_range.and_then(|range| self.strings.get(range)).ok_or_else(|| {
+                let what = "path lies outside the string table or cuts a UTF-8 character in two";
+                Error::corrupt(&self.name, at, None, what)
+            })?;
             let fail = |what: &str| Error::corrupt(&self.name, at, Some(path), what);
             validate_path(path).map_err(|e| fail(&e.to_string()))?;
             let end = record.offset.checked_add(record.stored_size).ok_or_else(|| fail("extent overflows"))?;
@@ -513,11 +514,19 @@ impl Archive {
                 let size = usize::try_from(entry.size()).map_err(|_| {
                     Error::io(&self.name, io::Error::other(format!("entry '{}' does not fit in memory", entry.path())))
                 })?;
+                // The recorded size is only checked against the frame table at open, and a forged
+                // one can claim 64 MiB for every stored byte. So the buffer grows frame by frame
+                // as frames decode: a lie costs at most one frame before it is caught.
+                let first_guess = entry.stored_size().saturating_mul(32).max(self.frame_size);
                 let mut out = Vec::new();
-                out.try_reserve_exact(size).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
-                out.resize(size, 0);
-                for (k, chunk) in out.chunks_mut(self.frame_size as usize).enumerate() {
-                    self.decode_frame_into(entry, k as u64, chunk)?;
+                out.try_reserve_exact(size.min(first_guess as usize))
+                    .map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
+                for k in 0..self.frame_count(entry) {
+                    let start = out.len();
+                    let len = self.frame_len(entry, k) as usize;
+                    out.try_reserve(len).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
+                    out.resize(start + len, 0);
+                    self.decode_frame_into(entry, k, &mut out[start..])?;
                 }
                 Cow::Owned(out)
             }

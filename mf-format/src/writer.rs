@@ -288,8 +288,8 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Adds an entry from memory.
     pub fn add_bytes(&mut self, path: &str, data: &[u8], options: EntryOptions) -> Result<()> {
-        self.claim_path(path)?;
         check_entry_options(&options)?;
+        self.claim_path(path)?;
         let plan = FramePlan::new(path, &options, &self.options);
         let mut entry = self.begin_entry(path, options)?;
         let mut hasher = Xxh3::new();
@@ -305,8 +305,8 @@ impl<W: Write> ArchiveWriter<W> {
     /// Adds an entry by streaming `reader` to its end, compressing a bounded batch of frames at a
     /// time in parallel. Memory stays at about `2 × threads` frames whatever the entry's size.
     pub fn add_reader(&mut self, path: &str, mut reader: impl Read, options: EntryOptions) -> Result<()> {
-        self.claim_path(path)?;
         check_entry_options(&options)?;
+        self.claim_path(path)?;
         let plan = FramePlan::new(path, &options, &self.options);
         let mut entry = self.begin_entry(path, options)?;
         let mut hasher = Xxh3::new();
