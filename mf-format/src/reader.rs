@@ -479,9 +479,30 @@ impl Archive {
     /// Decodes frame `k` of a zstd entry into `out` (replacing its contents).
     pub fn decode_frame(&self, entry: &Entry<'_>, k: u64, out: &mut Vec<u8>) -> Result<()> {
         let len = self.frame_len(entry, k) as usize;
+        self.check_frame_header(entry, k, len)?;
         out.clear();
         out.resize(len, 0);
         self.decode_frame_into(entry, k, out)
+    }
+
+    /// Checks, before any buffer is sized for it, that a compressed frame declares the length the
+    /// index expects (writers always record it): a forged size then costs no allocation at all.
+    fn check_frame_header(&self, entry: &Entry<'_>, k: u64, len: usize) -> Result<()> {
+        let stored = self.frame_stored(entry, k);
+        if stored.len() == len {
+            return Ok(()); // a raw frame
+        }
+        let fail = |what: String| {
+            let frame_offset = entry.offset() + if k == 0 { 0 } else { self.frame_end(entry, k - 1) };
+            Err(Error::corrupt(&self.name, frame_offset, Some(entry.path()), what))
+        };
+        match zstd::zstd_safe::get_frame_content_size(stored) {
+            Ok(Some(declared)) if declared != len as u64 => {
+                fail(format!("frame {k} does not decode to its length: it declares {declared} bytes, not {len}"))
+            }
+            Ok(_) => Ok(()),
+            Err(_) => fail(format!("frame {k} does not decode: no valid zstd frame header")),
+        }
     }
 
     /// Decodes frame `k` into `out`, which must be exactly the frame's uncompressed length.
@@ -524,6 +545,7 @@ impl Archive {
                 for k in 0..self.frame_count(entry) {
                     let start = out.len();
                     let len = self.frame_len(entry, k) as usize;
+                    self.check_frame_header(entry, k, len)?;
                     out.try_reserve(len).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
                     out.resize(start + len, 0);
                     self.decode_frame_into(entry, k, &mut out[start..])?;
