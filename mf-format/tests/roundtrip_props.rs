@@ -171,7 +171,7 @@ fn write_archive(specs: &[EntrySpec], level: i32) -> Vec<u8> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn random_entries_round_trip_through_every_read_path(

@@ -1,0 +1,101 @@
+//! Writes the seed corpus of the `open_and_read` fuzz target (see `fuzz/make-seeds.sh`): small valid
+//! archives covering every storage case, and a few damaged ones. Deterministic, so re-running it
+//! reproduces the committed files.
+//!
+//! Usage: `cargo run -p mf-format --example fuzz_seeds -- DIR`
+
+use mf_format::{ArchiveWriter, Compression, EntryOptions, Mtime, WriterOptions};
+
+/// 4 KiB frames keep multi-frame seeds small.
+const SMALL_FRAMES: WriterOptions = WriterOptions { level: 3, frame_size_log2: 12 };
+
+fn text(len: usize) -> Vec<u8> {
+    b"the quick brown fox jumps over the lazy dog\n".iter().copied().cycle().take(len).collect()
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+fn archive(options: WriterOptions, entries: &[(&str, Vec<u8>, EntryOptions)]) -> Vec<u8> {
+    let mut writer = ArchiveWriter::new(Vec::new(), options).expect("valid options");
+    for (path, data, entry_options) in entries {
+        writer.add_bytes(path, data, *entry_options).expect("valid entry");
+    }
+    writer.finish().expect("writing to memory")
+}
+
+fn main() {
+    let dir = std::env::args().nth(1).expect("usage: fuzz_seeds DIR");
+    std::fs::create_dir_all(&dir).expect("creating the corpus directory");
+    let auto = EntryOptions::default();
+    let store = EntryOptions { compression: Compression::Store, ..auto };
+    let zstd = EntryOptions { compression: Compression::Zstd, ..auto };
+    let exec = EntryOptions { mode: 0o755, mtime: Some(Mtime { secs: 1_700_000_000, nanos: 5 }), ..auto };
+
+    let mut seeds: Vec<(&str, Vec<u8>)> = vec![
+        ("empty-archive.mf", archive(SMALL_FRAMES, &[])),
+        ("one-raw.mf", archive(SMALL_FRAMES, &[("a.bin", noise(100, 1), store)])),
+        ("one-zstd-frame.mf", archive(SMALL_FRAMES, &[("a.txt", text(1000), auto)])),
+        ("multi-frame.mf", archive(SMALL_FRAMES, &[("big.txt", text(3 * 4096 + 123), auto)])),
+        (
+            "mixed-frames.mf",
+            archive(SMALL_FRAMES, &[("mix.dat", [text(4096), noise(4096, 2), text(700)].concat(), auto)]),
+        ),
+        (
+            "empty-entries.mf",
+            archive(SMALL_FRAMES, &[("e1", vec![], auto), ("d/e2", vec![], store), ("d/x", text(50), zstd)]),
+        ),
+        (
+            "tree.mf",
+            archive(
+                SMALL_FRAMES,
+                &[
+                    ("a/b/c.txt", text(300), auto),
+                    ("a/b/d.png", noise(200, 3), auto),
+                    ("a/e", text(5000), zstd),
+                    ("bin/run.sh", b"#!/bin/sh\necho hi\n".to_vec(), exec),
+                    ("z", noise(17, 4), store),
+                ],
+            ),
+        ),
+        (
+            "unsorted-data-order.mf",
+            archive(SMALL_FRAMES, &[("zz", text(100), auto), ("aa", text(200), auto), ("mm", vec![1], store)]),
+        ),
+        (
+            "default-frames.mf",
+            archive(WriterOptions::default(), &[("x.txt", text(2000), auto), ("y.bin", noise(64, 5), auto)]),
+        ),
+        ("unicode.mf", archive(SMALL_FRAMES, &[("unicodé/文件.txt", text(40), auto), ("..a/b..", text(10), store)])),
+    ];
+
+    // Damaged variants: the fuzzer starts from both sides of each check.
+    let base = seeds[6].1.clone();
+    let mut truncated = base.clone();
+    truncated.truncate(base.len() - 7);
+    let mut data_flip = base.clone();
+    data_flip[40] ^= 0x10;
+    let mut index_flip = base.clone();
+    let index_at = base.len() - 100;
+    index_flip[index_at] ^= 0x01;
+    let mut header_only = base.clone();
+    header_only.truncate(32);
+    seeds.push(("damaged-truncated.mf", truncated));
+    seeds.push(("damaged-data-bit.mf", data_flip));
+    seeds.push(("damaged-index-bit.mf", index_flip));
+    seeds.push(("damaged-header-only.mf", header_only));
+
+    for (name, bytes) in seeds {
+        let path = std::path::Path::new(&dir).join(name);
+        std::fs::write(&path, bytes).expect("writing a seed");
+    }
+}
