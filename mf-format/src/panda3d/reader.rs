@@ -570,3 +570,140 @@ impl Read for SubfileReader<'_> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::panda3d::writer::{MultifileOptions, MultifileWriter, SubfileSpec};
+
+    fn build(options: &MultifileOptions, files: &[(&str, &[u8], Option<u32>)]) -> Vec<u8> {
+        let specs = files
+            .iter()
+            .map(|(name, _, level)| SubfileSpec { name: name.to_string(), compression_level: *level, timestamp: 7 })
+            .collect();
+        let mut writer = MultifileWriter::new(Cursor::new(Vec::new()), "t.mf", options, specs).unwrap();
+        let mut sorted: Vec<_> = files.to_vec();
+        sorted.sort_by_key(|f| f.0);
+        for (_, data, _) in sorted {
+            writer.add(&mut &data[..]).unwrap();
+        }
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn writer_output_reads_back_with_every_option() {
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let files: &[(&str, &[u8], Option<u32>)] =
+            &[("z/big.bin", &big, Some(9)), ("a.txt", b"hello\n", None), ("empty", b"", Some(6)), ("m/e", b"", None)];
+        for scale in [1, 3, 16] {
+            for prefix in [None, Some("!/usr/bin/env panda3d".to_owned())] {
+                let options = MultifileOptions { scale_factor: scale, timestamp: 99, header_prefix: prefix.clone() };
+                let bytes = build(&options, files);
+                let multifile = Multifile::from_bytes(bytes.clone(), "t.mf").unwrap();
+                assert_eq!(multifile.len(), 4);
+                assert!(!multifile.needs_repack(), "scale {scale}");
+                assert_eq!(multifile.scale_factor(), scale);
+                assert_eq!(multifile.timestamp(), 99);
+                assert_eq!(multifile.header_prefix().is_empty(), prefix.is_none());
+                let names: Vec<&str> = multifile.subfiles().iter().map(|s| s.name()).collect();
+                assert_eq!(names, ["a.txt", "empty", "m/e", "z/big.bin"]);
+                let sub = multifile.get("z/big.bin").unwrap();
+                assert!(sub.is_compressed() && sub.stored_size() < 2000);
+                assert_eq!(multifile.read(sub).unwrap(), big);
+                let mut middle = [0u8; 10];
+                assert_eq!(multifile.read_at(sub, 50_000, &mut middle).unwrap(), 10);
+                assert_eq!(&middle[..], &big[50_000..50_010]);
+                assert_eq!(multifile.read(multifile.get("a.txt").unwrap()).unwrap(), b"hello\n");
+                assert_eq!(multifile.mtime(multifile.get("a.txt").unwrap()), Some(7));
+                assert!(multifile.verify().is_empty());
+                if scale == 16 {
+                    assert_eq!(bytes.len() % 16, 0);
+                    assert_eq!(multifile.get("a.txt").unwrap().data_offset() % 16, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn header_prefixes_are_consumed_as_panda3d_does() {
+        assert_eq!(header_prefix_len(b"pmf\0"), 0);
+        assert_eq!(header_prefix_len(b"#a\npmf"), 3);
+        assert_eq!(header_prefix_len(b"#a\n \r\n#b\r\n\tpmf"), 11);
+        assert_eq!(header_prefix_len(b"#no newline"), 11);
+        let err = Multifile::from_bytes(b"#x\nnot it".to_vec(), "p.mf").unwrap_err();
+        assert!(err.to_string().contains("no Panda3D multifile magic after the '#' header prefix"), "{err}");
+        assert!(matches!(Multifile::from_bytes(b"PK\x03\x04".to_vec(), "z"), Err(Error::NotAnArchive { .. })));
+    }
+
+    #[test]
+    fn arbitrary_damage_never_panics() {
+        let files: &[(&str, &[u8], Option<u32>)] = &[("a", b"0123456789", Some(6)), ("b", b"abc", None)];
+        let good = build(&MultifileOptions::default(), files);
+        // Every single-byte change and every truncation either opens or fails cleanly; reading what
+        // opens never panics.
+        for at in 0..good.len() {
+            for value in [0u8, 1, 0x7f, 0xff] {
+                let mut bytes = good.clone();
+                bytes[at] = value;
+                if let Ok(multifile) = Multifile::from_bytes(bytes, "d.mf") {
+                    let _ = multifile.verify();
+                    for sub in multifile.subfiles() {
+                        let _ = multifile.read_at(sub, 1, &mut [0u8; 4]);
+                    }
+                }
+            }
+            let _ = Multifile::from_bytes(good[..at].to_vec(), "cut.mf");
+        }
+    }
+
+    #[test]
+    fn chain_loops_and_duplicates_are_handled() {
+        let files: &[(&str, &[u8], Option<u32>)] = &[("a", b"1", None), ("b", b"2", None)];
+        let mut bytes = build(&MultifileOptions::default(), files);
+        let first = HEADER_LEN_V1_1 as usize;
+        let second = u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
+        // Point the second entry back at the first: a loop.
+        bytes[second..second + 4].copy_from_slice(&(first as u32).to_le_bytes());
+        let err = Multifile::from_bytes(bytes.clone(), "loop.mf").unwrap_err();
+        assert!(err.to_string().contains("loops back to the entry at 18"), "{err}");
+        // Rename the second entry to the first's name: the first in chain order wins.
+        let mut dup = build(&MultifileOptions::default(), files);
+        let name_at = second + 20;
+        dup[name_at] = b'a' ^ 0xff;
+        let multifile = Multifile::from_bytes(dup, "dup.mf").unwrap();
+        assert_eq!(multifile.len(), 1);
+        assert_eq!(multifile.shadowed_count(), 1);
+        assert_eq!(multifile.read(&multifile.subfiles()[0]).unwrap(), b"1");
+    }
+
+    #[test]
+    fn encrypted_subfiles_decrypt_only_with_the_password() {
+        // Hand-build a multifile whose only subfile is encrypted (as multify -e does).
+        let stored = crypto::encrypt(b"secret data", "pw", crypto::Cipher::BlowfishCbc, 16, &[1; 8]).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        let name = xor_name(b"s.bin");
+        let entry_len = 4 + 4 + 4 + 2 + 4 + 4 + 2 + name.len();
+        let terminator = 18 + entry_len;
+        let data = terminator + 4;
+        bytes.extend_from_slice(&(terminator as u32).to_le_bytes());
+        bytes.extend_from_slice(&(data as u32).to_le_bytes());
+        bytes.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&FLAG_ENCRYPTED.to_le_bytes());
+        bytes.extend_from_slice(&11u32.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(&name);
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&stored);
+        let mut multifile = Multifile::from_bytes(bytes, "e.mf").unwrap();
+        let sub = multifile.get("s.bin").unwrap().clone();
+        assert!(sub.is_encrypted());
+        assert!(matches!(multifile.read(&sub), Err(Error::PasswordRequired { .. })));
+        multifile.set_password(Some("nope".into()));
+        assert!(matches!(multifile.read(&sub), Err(Error::Decrypt { .. })));
+        multifile.set_password(Some("pw".into()));
+        assert_eq!(multifile.read(&sub).unwrap(), b"secret data");
+        assert!(multifile.verify().is_empty());
+    }
+}
