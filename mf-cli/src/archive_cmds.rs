@@ -306,7 +306,8 @@ pub fn info(args: InfoArgs) -> Outcome {
     });
     let index_size = match &archive {
         AnyArchive::Mf(mf) => mf.index_extent().1,
-        AnyArchive::Panda3d(multifile) => multifile.index_end(),
+        // Where the chain ends; for appended (non-contiguous) chains this spans the data between.
+        AnyArchive::Panda3d(multifile) => multifile.index_end().saturating_sub(multifile.index_start()),
     };
     let info = InfoJson {
         archive: args.archive.display().to_string(),

@@ -303,3 +303,60 @@ impl AnyArchive {
         Error::InvalidOption(format!("entry '{}' belongs to an archive of another format", entry.path()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
+    use crate::{ArchiveWriter, EntryOptions, WriterOptions};
+
+    fn panda3d_bytes(prefix: Option<&str>) -> Vec<u8> {
+        let specs = vec![
+            SubfileSpec { name: "dir/z.bin".into(), compression_level: Some(6), timestamp: 5 },
+            SubfileSpec { name: "a.txt".into(), compression_level: None, timestamp: 0 },
+        ];
+        let options = MultifileOptions { timestamp: 9, header_prefix: prefix.map(str::to_owned), ..Default::default() };
+        let mut writer = MultifileWriter::new(std::io::Cursor::new(Vec::new()), "p", &options, specs).unwrap();
+        writer.add(&mut &b"text"[..]).unwrap();
+        writer.add(&mut &[0u8; 5000][..]).unwrap();
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn detects_both_formats_and_offers_one_entry_model() {
+        let mut mf = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
+        mf.add_bytes("a.txt", b"text", EntryOptions::default()).unwrap();
+        mf.add_bytes("dir/z.bin", &[0u8; 5000], EntryOptions::default()).unwrap();
+        let archives = [
+            AnyArchive::from_bytes(mf.finish().unwrap(), "x.mf").unwrap(),
+            AnyArchive::from_bytes(panda3d_bytes(None), "x.p3d").unwrap(),
+            AnyArchive::from_bytes(panda3d_bytes(Some("#!/usr/bin/env panda3d")), "y.p3d").unwrap(),
+        ];
+        assert_eq!(
+            archives.iter().map(|a| a.format()).collect::<Vec<_>>(),
+            [ArchiveFormat::Mf, ArchiveFormat::Panda3d, ArchiveFormat::Panda3d]
+        );
+        for archive in &archives {
+            let paths: Vec<&str> = archive.entries_by_path().map(|e| e.path()).collect();
+            assert_eq!(paths, ["a.txt", "dir/z.bin"]);
+            let z = archive.get("dir/z.bin").unwrap();
+            assert!(z.is_compressed() && z.size() == 5000 && z.stored_size() < 5000);
+            assert_eq!(&archive.read(&z).unwrap()[..], &[0u8; 5000][..]);
+            let mut buf = [1u8; 8];
+            assert_eq!(archive.read_at(&z, 4996, &mut buf).unwrap(), 4);
+            assert_eq!(&buf[..4], &[0; 4]);
+            let mut content = Vec::new();
+            archive.reader(&archive.get("a.txt").unwrap()).unwrap().read_to_end(&mut content).unwrap();
+            assert_eq!(content, b"text");
+            assert_eq!(archive.lower_bound("dir/"), 1);
+            assert!(archive.get("dir").is_none());
+            assert!(archive.verify().is_empty());
+        }
+        let panda = &archives[1];
+        assert_eq!(panda.get("dir/z.bin").unwrap().mtime().map(|m| m.secs), Some(5));
+        assert_eq!(panda.get("a.txt").unwrap().mtime().map(|m| m.secs), Some(9), "falls back to the header's");
+        assert_eq!(panda.get("a.txt").unwrap().mode(), 0o644);
+        assert_eq!(panda.get("dir/z.bin").unwrap().compression(), "zlib");
+        assert!(panda.get("a.txt").unwrap().content_hash().is_none());
+    }
+}

@@ -115,6 +115,7 @@ pub struct Multifile {
     deleted: usize,
     shadowed: usize,
     needs_repack: bool,
+    index_start: u64,
     index_end: u64,
     password: Option<String>,
 }
@@ -278,6 +279,7 @@ impl Multifile {
             deleted,
             shadowed,
             needs_repack: needs_repack || shadowed > 0,
+            index_start,
             index_end,
             password: None,
             backing,
@@ -321,6 +323,10 @@ impl Multifile {
     /// True when Panda3D would repack this archive: unsorted, gaps, deleted entries.
     pub fn needs_repack(&self) -> bool {
         self.needs_repack
+    }
+    /// Position of the first index entry.
+    pub fn index_start(&self) -> u64 {
+        self.index_start
     }
     /// One past the terminator of the index chain.
     pub fn index_end(&self) -> u64 {

@@ -264,3 +264,58 @@ fn binrw_to_io(error: binrw::Error) -> io::Error {
         other => io::Error::other(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    #[test]
+    fn multify_default_uncompressed_extensions() {
+        assert!(!multify_would_compress("a/b.png"));
+        assert!(!multify_would_compress("music.OGG"));
+        assert!(!multify_would_compress("x.jpg") && !multify_would_compress("x.mp3"));
+        assert!(multify_would_compress("x.jpeg"), "multify's list has jpg only");
+        assert!(multify_would_compress("model.egg") && multify_would_compress("README"));
+    }
+
+    #[test]
+    fn packed_layout_matches_multify_byte_for_byte() {
+        // `multify -c -T 0 -f plain_T0.mf a.txt b.bin` from the reference hexdump, minus the text flag
+        // (0x40 on a.txt), which mf's writer does not set.
+        let specs = vec![
+            SubfileSpec { name: "b.bin".into(), compression_level: None, timestamp: 0 },
+            SubfileSpec { name: "a.txt".into(), compression_level: None, timestamp: 0 },
+        ];
+        let mut writer =
+            MultifileWriter::new(Cursor::new(Vec::new()), "t.mf", &MultifileOptions::default(), specs).unwrap();
+        assert_eq!(writer.names(), ["a.txt", "b.bin"]);
+        writer.add(&mut &b"hello world\n"[..]).unwrap();
+        writer.add(&mut &b"BINARYDATA\x00\x01\x02"[..]).unwrap();
+        let bytes = writer.finish().unwrap().into_inner();
+        let mut expected = b"pmf\0\n\r\x01\x00\x01\x00\x01\x00\x00\x00\x00\x00\x00\x00".to_vec();
+        expected.extend_from_slice(&[0x2b, 0, 0, 0, 0x48, 0, 0, 0, 0x0c, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0]);
+        expected.extend_from_slice(&[0x9e, 0xd1, 0x8b, 0x87, 0x8b]);
+        expected.extend_from_slice(&[0x44, 0, 0, 0, 0x54, 0, 0, 0, 0x0d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0]);
+        expected.extend_from_slice(&[0x9d, 0xd1, 0x9d, 0x96, 0x91, 0, 0, 0, 0]);
+        expected.extend_from_slice(b"hello world\nBINARYDATA\x00\x01\x02");
+        assert_eq!(bytes, expected);
+    }
+
+    #[test]
+    fn refuses_bad_plans() {
+        let spec = |name: &str| SubfileSpec { name: name.into(), compression_level: None, timestamp: 0 };
+        let new =
+            |specs, options: &MultifileOptions| MultifileWriter::new(Cursor::new(Vec::new()), "t", options, specs);
+        let ok = MultifileOptions::default();
+        assert!(new(vec![spec("a"), spec("a")], &ok).is_err());
+        assert!(new(vec![spec("../a")], &ok).is_err());
+        assert!(new(vec![spec("a")], &MultifileOptions { scale_factor: 0, ..ok.clone() }).is_err());
+        let two_lines = MultifileOptions { header_prefix: Some("a\nb".into()), ..ok.clone() };
+        assert!(new(vec![spec("a")], &two_lines).is_err());
+        let mut writer = new(vec![spec("a")], &ok).unwrap();
+        writer.add(&mut &b"x"[..]).unwrap();
+        assert!(writer.add(&mut &b"y"[..]).is_err(), "more subfiles than planned");
+        assert!(new(vec![spec("a")], &ok).unwrap().finish().is_err(), "fewer subfiles than planned");
+    }
+}
