@@ -39,12 +39,13 @@ archive_bytes=$(stat -c %s "$archive")
 # measure NAME CMD...: runs CMD `runs` times (a `prepare` function, if set, runs before each, untimed);
 # prints "median_seconds peak_rss_kib".
 measure() {
-  local times=() rss=() i out
+  local times=() rss=() i timing
   for ((i = 0; i < runs; i++)); do
     if declare -F prepare >/dev/null; then prepare; fi
-    out=$( { /usr/bin/time -f '%e %M' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
-    times+=("${out% *}")
-    rss+=("${out#* }")
+    /usr/bin/time -f '%e %M' -o "$work/time.out" "$@" >/dev/null 2>&1
+    timing=$(tail -1 "$work/time.out")
+    times+=("${timing% *}")
+    rss+=("${timing#* }")
   done
   local median_time median_rss
   median_time=$(printf '%s\n' "${times[@]}" | sort -g | sed -n "$(((runs + 1) / 2))p")
@@ -84,6 +85,8 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
   echo "| list (\`mf list\` / \`multify -t\`) | ${mf_list_t} s | ${mu_list_t} s | $(ratio "$mf_list_t" "$mu_list_t") | $(mib "$mf_list_rss") MiB | $(mib "$mu_list_rss") MiB |"
   echo "| extract (\`mf extract\` / \`multify -x\`) | ${mf_x_t} s | ${mu_x_t} s | $(ratio "$mf_x_t" "$mu_x_t") | $(mib "$mf_x_rss") MiB | $(mib "$mu_x_rss") MiB |"
   echo
-  echo "/usr/bin/time reports wall time in steps of 10 ms, so list times near 0 are coarse."
+  echo "/usr/bin/time reports wall time in steps of 10 ms, so list times near 0 are coarse. Load average"
+  echo "when the run ended: $(cut -d' ' -f1-3 /proc/loadavg) (on a shared machine, extraction times vary by"
+  echo "tens of percent between runs; compare the two tools within one run only)."
 } >"$results"
 cat "$results"
