@@ -487,3 +487,41 @@ fn version_1_0_multifiles_without_timestamps_are_read() {
     );
     assert_eq!(names.trim_end(), "a.txt=hello world\n,b.bin=BINARYDATA\u{0}\u{1}\u{2}");
 }
+
+#[test]
+fn other_ciphers_panda3d_can_be_configured_with_decrypt_too() {
+    // Panda3D takes the cipher and key length from PRC variables (Multifile's own setters are ignored
+    // when writing in 1.10.16, and so was multifile-encryption-iteration-count in our trials).
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("data.bin"), b"configured cipher\x00\xff").unwrap();
+    let configs = [
+        ("aes256.mf", "aes-256-cbc", 32, 427),
+        ("aes128.mf", "aes-128-cbc", 16, 419),
+        ("des3.mf", "des-ede3-cbc", 24, 44),
+        ("bf-long-key.mf", "bf-cbc", 32, 91),
+    ];
+    for (name, algorithm, key_len, nid) in configs {
+        let script = format!(
+            r#"
+from panda3d.core import loadPrcFileData, Multifile, Filename
+loadPrcFileData('', 'encryption-algorithm {algorithm}\nencryption-key-length {}')
+m = Multifile(); assert m.openWrite(Filename('{name}'))
+m.setEncryptionFlag(True); m.setEncryptionPassword('pw')
+assert m.addSubfile('data.bin', Filename.binaryFilename('data.bin'), 6)
+assert m.flush(); m.close()
+"#,
+            key_len * 8
+        );
+        panda3d_py(dir.path(), &script);
+        let bytes = std::fs::read(dir.path().join(name)).unwrap();
+        let record = [&(nid as u16).to_le_bytes()[..], &(key_len as u16).to_le_bytes(), &[0, 0]].concat();
+        assert!(bytes.windows(6).any(|w| w == record), "{name}: cipher record {record:?} present");
+        assert_eq!(
+            mf_in(dir.path(), &["cat", name, "data.bin", "--password", "pw"]).stdout,
+            b"configured cipher\x00\xff",
+            "{name}"
+        );
+        let err = mf_fails(dir.path(), &["cat", name, "data.bin", "--password", "wrong"], 1);
+        assert!(err.contains("wrong password"), "{name}: {err}");
+    }
+}
