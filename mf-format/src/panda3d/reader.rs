@@ -557,7 +557,7 @@ impl Read for SubfileReader<'_> {
             return Ok(0);
         }
         // Ask for one byte more than remains, so a stream longer than recorded is caught.
-        let remaining = expected - self.produced;
+        let remaining = expected.saturating_sub(self.produced);
         let want = buf.len().min(usize::try_from(remaining.saturating_add(1)).unwrap_or(usize::MAX));
         let n = match self.inner.read(&mut buf[..want]) {
             Ok(n) => n,
@@ -663,6 +663,28 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_keeps_failing_cleanly_after_a_length_error() {
+        let files: &[(&str, &[u8], Option<u32>)] = &[("a", b"0123456789", Some(6))];
+        let mut bytes = build(&MultifileOptions::default(), files);
+        // Shrink the recorded original length of "a" (at entry offset +14) to 3.
+        let at = HEADER_LEN_V1_1 as usize + 14;
+        bytes[at..at + 4].copy_from_slice(&3u32.to_le_bytes());
+        let multifile = Multifile::from_bytes(bytes, "short.mf").unwrap();
+        let sub = multifile.get("a").unwrap();
+        let mut reader = multifile.reader(sub).unwrap();
+        let mut buf = [0u8; 64];
+        let mut failures = 0;
+        for _ in 0..4 {
+            if reader.read(&mut buf).is_err() {
+                failures += 1;
+            }
+        }
+        assert!(failures >= 1);
+        let err = multifile.read(sub).unwrap_err().to_string();
+        assert!(err.contains("short.mf") && err.contains("more than the recorded 3 bytes"), "{err}");
+    }
+
+    #[test]
     fn chain_loops_and_duplicates_are_handled() {
         let files: &[(&str, &[u8], Option<u32>)] = &[("a", b"1", None), ("b", b"2", None)];
         let mut bytes = build(&MultifileOptions::default(), files);
@@ -710,6 +732,10 @@ mod tests {
         assert!(matches!(multifile.read(&sub), Err(Error::Decrypt { .. })));
         multifile.set_password(Some("pw".into()));
         assert_eq!(multifile.read(&sub).unwrap(), b"secret data");
+        let mut reader = multifile.reader(&sub).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(reader.read(&mut buf).unwrap(), 11);
+        assert_eq!(reader.read(&mut buf).unwrap(), 0);
         assert!(multifile.verify().is_empty());
     }
 }
