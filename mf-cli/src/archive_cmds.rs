@@ -5,10 +5,26 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use mf_format::{Entry, StoredAs};
+use mf_format::{AnyArchive, AnyEntry};
 use serde::Serialize;
 
-use crate::{open_archive, JsonFlag, Outcome};
+use crate::{JsonFlag, Outcome};
+
+/// `--password` for archives with encrypted entries (Panda3D multifiles).
+#[derive(Args, Clone, Default)]
+pub struct PasswordArg {
+    /// Password of encrypted entries (Panda3D multifiles made with `multify -e`).
+    #[arg(long, value_name = "PASSWORD")]
+    pub password: Option<String>,
+}
+
+/// Opens an archive of either format (mf or Panda3D multifile, detected by magic), with the file name
+/// in any error.
+pub fn open_any(path: &PathBuf, password: &PasswordArg) -> anyhow::Result<AnyArchive> {
+    let mut archive = AnyArchive::open(path)?;
+    archive.set_password(password.password.clone());
+    Ok(archive)
+}
 
 #[derive(Args)]
 pub struct ListArgs {
@@ -25,6 +41,8 @@ pub struct CatArgs {
     archive: PathBuf,
     /// Path of the entry inside the archive.
     path: String,
+    #[command(flatten)]
+    password: PasswordArg,
 }
 
 #[derive(Args)]
@@ -32,6 +50,8 @@ pub struct VerifyArgs {
     archive: PathBuf,
     #[command(flatten)]
     json: JsonFlag,
+    #[command(flatten)]
+    password: PasswordArg,
 }
 
 #[derive(Args)]
@@ -49,27 +69,37 @@ struct EntryJson<'a> {
     compression: &'static str,
     mode: String,
     mtime: Option<i64>,
-    xxh3: String,
+    /// Recorded by mf archives only (null for Panda3D subfiles).
+    xxh3: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    encrypted: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    text: bool,
 }
 
-impl<'a> From<&Entry<'a>> for EntryJson<'a> {
-    fn from(entry: &Entry<'a>) -> Self {
+impl<'a> From<&AnyEntry<'a>> for EntryJson<'a> {
+    fn from(entry: &AnyEntry<'a>) -> Self {
         EntryJson {
             path: entry.path(),
             size: entry.size(),
             stored_size: entry.stored_size(),
-            compression: compression_name(entry),
+            compression: entry.compression(),
             mode: format!("{:04o}", entry.mode()),
             mtime: entry.mtime().map(|m| m.secs),
-            xxh3: format!("{:016x}", entry.content_hash()),
+            xxh3: entry.content_hash().map(|h| format!("{h:016x}")),
+            encrypted: entry.is_encrypted(),
+            text: entry.is_text(),
         }
     }
 }
 
-fn compression_name(entry: &Entry<'_>) -> &'static str {
-    match entry.stored_as() {
-        StoredAs::Raw => "none",
-        StoredAs::Zstd => "zstd",
+/// Markers of Panda3D subfile flags in long listings (empty for mf entries).
+fn markers(entry: &AnyEntry<'_>) -> &'static str {
+    match (entry.is_encrypted(), entry.is_text()) {
+        (true, true) => "[encrypted,text] ",
+        (true, false) => "[encrypted] ",
+        (false, true) => "[text] ",
+        (false, false) => "",
     }
 }
 
@@ -83,7 +113,7 @@ fn ratio(size: u64, stored: u64) -> f64 {
 }
 
 pub fn list(args: ListArgs) -> Outcome {
-    let archive = open_archive(&args.archive)?;
+    let archive = open_any(&args.archive, &PasswordArg::default())?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     if args.json.json {
         let entries: Vec<EntryJson> = archive.entries_by_path().map(|e| EntryJson::from(&e)).collect();
@@ -94,11 +124,12 @@ pub fn list(args: ListArgs) -> Outcome {
             if args.long {
                 writeln!(
                     out,
-                    "{} {:>12} {:>12} {:>6.1}% {}",
+                    "{} {:>12} {:>12} {:>6.1}% {}{}",
                     mode_string(entry.mode()),
                     entry.size(),
                     entry.stored_size(),
                     ratio(entry.size(), entry.stored_size()),
+                    markers(&entry),
                     entry.path()
                 )?;
             } else {
@@ -122,11 +153,11 @@ fn mode_string(mode: u32) -> String {
 }
 
 pub fn cat(args: CatArgs) -> Outcome {
-    let archive = open_archive(&args.archive)?;
+    let archive = open_any(&args.archive, &args.password)?;
     let entry =
         archive.get(&args.path).ok_or_else(|| anyhow!("{}: no entry '{}'", args.archive.display(), args.path))?;
     let mut out = std::io::stdout().lock();
-    let mut reader = archive.reader(&entry);
+    let mut reader = archive.reader(&entry)?;
     std::io::copy(&mut reader, &mut out)
         .with_context(|| format!("{}: reading '{}'", args.archive.display(), args.path))?;
     out.flush()?;
@@ -138,6 +169,9 @@ struct VerifyJson {
     archive: String,
     entries: usize,
     damaged: Vec<DamagedJson>,
+    /// Encrypted entries not checked because no password was given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unchecked_encrypted: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -147,9 +181,18 @@ struct DamagedJson {
 }
 
 pub fn verify(args: VerifyArgs) -> Outcome {
-    let archive = open_archive(&args.archive)?;
+    let archive = open_any(&args.archive, &args.password)?;
     let bar = crate::progress::bytes(archive.total_stored_size(), "verifying");
-    let errors = archive.verify();
+    // Without a password, encrypted entries cannot be checked; they are reported, not counted as damage.
+    let (locked, errors): (Vec<_>, Vec<_>) =
+        archive.verify().into_iter().partition(|e| matches!(e, mf_format::Error::PasswordRequired { .. }));
+    let unchecked: Vec<String> = locked
+        .iter()
+        .filter_map(|e| match e {
+            mf_format::Error::PasswordRequired { entry, .. } => Some(entry.clone()),
+            _ => None,
+        })
+        .collect();
     bar.finish_and_clear();
     if args.json.json {
         let damaged = errors
@@ -158,19 +201,39 @@ pub fn verify(args: VerifyArgs) -> Outcome {
                 entry: match e {
                     mf_format::Error::ChecksumMismatch { entry, .. } => Some(entry.clone()),
                     mf_format::Error::Corrupt { entry, .. } => entry.clone(),
+                    mf_format::Error::PasswordRequired { entry, .. } | mf_format::Error::Decrypt { entry, .. } => {
+                        Some(entry.clone())
+                    }
                     _ => None,
                 },
                 error: e.to_string(),
             })
             .collect();
-        let report = VerifyJson { archive: args.archive.display().to_string(), entries: archive.len(), damaged };
+        let report = VerifyJson {
+            archive: args.archive.display().to_string(),
+            entries: archive.len(),
+            damaged,
+            unchecked_encrypted: unchecked,
+        };
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         for error in &errors {
             eprintln!("mf: {error}");
         }
+        if !unchecked.is_empty() {
+            eprintln!(
+                "mf: {} encrypted entries not checked (give --password to check them): {}",
+                unchecked.len(),
+                unchecked.join(", ")
+            );
+        }
         let status = if errors.is_empty() { "OK" } else { "DAMAGED" };
-        println!("{}: {status}: {} entries checked, {} damaged", args.archive.display(), archive.len(), errors.len());
+        println!(
+            "{}: {status}: {} entries checked, {} damaged",
+            args.archive.display(),
+            archive.len() - unchecked.len(),
+            errors.len()
+        );
     }
     Ok(errors.is_empty())
 }
@@ -185,38 +248,112 @@ struct InfoJson {
     stored_size: u64,
     file_size: u64,
     index_size: u64,
-    frame_size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frame_size: Option<u64>,
     compressed_entries: usize,
     ratio_percent: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    panda3d: Option<Panda3dInfoJson>,
+}
+
+/// What only Panda3D multifiles have.
+#[derive(Serialize)]
+struct Panda3dInfoJson {
+    scale_factor: u32,
+    /// The multifile timestamp, Unix seconds (0: none recorded).
+    timestamp: u32,
+    header_prefix: Option<String>,
+    encrypted_entries: usize,
+    text_entries: usize,
+    deleted_entries: usize,
+    /// Panda3D would repack it: entries unsorted, with gaps, or deleted.
+    needs_repack: bool,
+    signatures: Vec<SignatureJson>,
+}
+
+#[derive(Serialize)]
+struct SignatureJson {
+    /// Subject of the signing certificate.
+    subject: Option<String>,
+    error: Option<String>,
+    certificates: u32,
+    offset: u64,
 }
 
 pub fn info(args: InfoArgs) -> Outcome {
-    let archive = open_archive(&args.archive)?;
+    let archive = open_any(&args.archive, &PasswordArg::default())?;
     let (major, minor) = archive.version();
+    let count = |pred: fn(&AnyEntry<'_>) -> bool| archive.entries_by_path().filter(|e| pred(e)).count();
+    let panda3d = archive.as_panda3d().map(|multifile| Panda3dInfoJson {
+        scale_factor: multifile.scale_factor(),
+        timestamp: multifile.timestamp(),
+        header_prefix: (!multifile.header_prefix().is_empty())
+            .then(|| String::from_utf8_lossy(multifile.header_prefix()).trim_end().to_owned()),
+        encrypted_entries: count(|e| e.is_encrypted()),
+        text_entries: count(|e| e.is_text()),
+        deleted_entries: multifile.deleted_count(),
+        needs_repack: multifile.needs_repack(),
+        signatures: multifile
+            .signatures()
+            .iter()
+            .map(|s| SignatureJson {
+                subject: s.subject.as_ref().ok().cloned(),
+                error: s.subject.as_ref().err().cloned(),
+                certificates: s.certificates,
+                offset: s.data_offset,
+            })
+            .collect(),
+    });
+    let index_size = match &archive {
+        AnyArchive::Mf(mf) => mf.index_extent().1,
+        // Where the chain ends; for appended (non-contiguous) chains this spans the data between.
+        AnyArchive::Panda3d(multifile) => multifile.index_end().saturating_sub(multifile.index_start()),
+    };
     let info = InfoJson {
         archive: args.archive.display().to_string(),
-        format: "mf",
+        format: archive.format().name(),
         version: format!("{major}.{minor}"),
         entries: archive.len(),
         total_size: archive.total_size(),
         stored_size: archive.total_stored_size(),
         file_size: archive.file_len(),
-        index_size: archive.index_extent().1,
-        frame_size: archive.frame_size(),
-        compressed_entries: archive.entries().filter(|e| e.stored_as() == StoredAs::Zstd).count(),
+        index_size,
+        frame_size: archive.as_mf().map(|mf| mf.frame_size()),
+        compressed_entries: count(|e| e.is_compressed()),
         ratio_percent: ratio(archive.total_size(), archive.file_len()),
+        panda3d,
     };
     if args.json.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         println!("archive:      {}", info.archive);
-        println!("format:       mf {}", info.version);
+        println!("format:       {} {}", info.format, info.version);
         println!("entries:      {} ({} compressed)", info.entries, info.compressed_entries);
         println!("total size:   {} bytes", info.total_size);
         println!("stored size:  {} bytes", info.stored_size);
         println!("file size:    {} bytes (index {} bytes)", info.file_size, info.index_size);
         println!("ratio:        {:.1}% (file size / total size)", info.ratio_percent);
-        println!("frame size:   {} bytes", info.frame_size);
+        if let Some(frame_size) = info.frame_size {
+            println!("frame size:   {frame_size} bytes");
+        }
+        if let Some(p) = &info.panda3d {
+            println!("scale factor: {}", p.scale_factor);
+            println!("timestamp:    {}", if p.timestamp == 0 { "none".to_owned() } else { p.timestamp.to_string() });
+            if let Some(prefix) = &p.header_prefix {
+                println!("prefix:       {prefix}");
+            }
+            println!("encrypted:    {} entries", p.encrypted_entries);
+            println!("text:         {} entries", p.text_entries);
+            println!("deleted:      {} entries (still in the index chain)", p.deleted_entries);
+            println!("needs repack: {}", if p.needs_repack { "yes" } else { "no" });
+            for signature in &p.signatures {
+                match (&signature.subject, &signature.error) {
+                    (Some(subject), _) => println!("signature:    {subject} ({} certificates)", signature.certificates),
+                    (_, Some(error)) => println!("signature:    unreadable: {error}"),
+                    _ => {}
+                }
+            }
+        }
     }
     Ok(true)
 }

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use mf_format::{Archive, Entry};
+use mf_format::{AnyArchive as Archive, AnyEntry as Entry};
 use rayon::prelude::*;
 
-use crate::{open_archive, Outcome};
+use crate::archive_cmds::{open_any, PasswordArg};
+use crate::Outcome;
 
 #[derive(Args)]
 pub struct ExtractArgs {
@@ -25,11 +26,22 @@ pub struct ExtractArgs {
     /// Replace files that already exist.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    password: PasswordArg,
 }
 
 pub fn run(args: ExtractArgs) -> Outcome {
-    let archive = open_archive(&args.archive)?;
+    let archive = open_any(&args.archive, &args.password)?;
     let selected = select(&archive, &args.paths)?;
+    if args.password.password.is_none() {
+        if let Some(encrypted) = selected.iter().find(|e| e.is_encrypted()) {
+            return Err(mf_format::Error::PasswordRequired {
+                file: args.archive.clone(),
+                entry: encrypted.path().to_owned(),
+            }
+            .into());
+        }
+    }
 
     fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let root = args.dir.canonicalize().with_context(|| args.dir.display().to_string())?;
@@ -182,7 +194,7 @@ fn extract_one(archive: &Archive, entry: &Entry<'_>, target: &Path) -> anyhow::R
         .with_context(|| format!("creating a temp file in {}", parent.display()))?;
     {
         let mut out = BufWriter::with_capacity(256 << 10, temp.as_file_mut());
-        let mut reader = archive.reader(entry);
+        let mut reader = archive.reader(entry)?;
         io::copy(&mut reader, &mut out)
             .with_context(|| format!("{}: entry '{}'", archive.name().display(), entry.path()))?;
         out.flush().with_context(|| format!("writing {}", target.display()))?;

@@ -4,6 +4,7 @@
 //! 0 success, 1 failure, 2 usage error.
 
 mod archive_cmds;
+mod convert;
 mod extract;
 mod pack;
 mod progress;
@@ -38,6 +39,8 @@ enum Command {
     Verify(archive_cmds::VerifyArgs),
     /// Show an archive's version, counts and sizes.
     Info(archive_cmds::InfoArgs),
+    /// Convert between mf archives and Panda3D multifiles.
+    Convert(convert::ConvertArgs),
 }
 
 /// `--json` for commands whose output scripts read.
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Cat(args) => archive_cmds::cat(args),
         Command::Verify(args) => archive_cmds::verify(args),
         Command::Info(args) => archive_cmds::info(args),
+        Command::Convert(args) => convert::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

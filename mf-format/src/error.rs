@@ -12,7 +12,7 @@ pub enum Error {
     #[error("{}: {source}", file.display())]
     Io { file: PathBuf, source: io::Error },
 
-    #[error("{}: not an mf archive (no mf magic at offset 0)", file.display())]
+    #[error("{}: not an mf archive (no mf or Panda3D multifile magic at offset 0)", file.display())]
     NotAnArchive { file: PathBuf },
 
     #[error(
@@ -45,6 +45,12 @@ pub enum Error {
 
     #[error("offset {offset} is past the end of entry '{entry}' ({size} bytes)")]
     OutOfRange { entry: String, offset: u64, size: u64 },
+
+    #[error("{}: entry '{entry}' is encrypted: give its password (--password)", file.display())]
+    PasswordRequired { file: PathBuf, entry: String },
+
+    #[error("{}: entry '{entry}' cannot be decrypted: {what}", file.display())]
+    Decrypt { file: PathBuf, entry: String, what: String },
 }
 
 struct EntryContext<'a>(&'a Option<String>);

@@ -62,15 +62,18 @@
 //! # Ok::<(), mf_format::Error>(())
 //! ```
 
+pub mod any;
 pub mod atomic;
 pub mod error;
 pub mod format;
 pub mod pack;
+pub mod panda3d;
 pub mod path;
 pub mod policy;
 pub mod reader;
 pub mod writer;
 
+pub use any::{AnyArchive, AnyEntry, ArchiveFormat};
 pub use atomic::{remove_pending_temp_files, AtomicFile};
 pub use error::{Error, Result};
 pub use pack::{pack_inputs, PackInput};

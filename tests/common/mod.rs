@@ -86,3 +86,68 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 pub fn sample_assets() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/assets")
 }
+
+/// An environment variable the test needs; panics (never skips) when it is missing.
+fn required_env(name: &str) -> PathBuf {
+    match std::env::var_os(name) {
+        Some(value) if !value.is_empty() => PathBuf::from(value),
+        _ => panic!(
+            "{name} is not set: the Panda3D tests need the real Panda3D tools. Run scripts/test, or \
+             export MF_PANDA3D_PYTHON=$(scripts/panda3d-venv) and MF_MULTIFY=$(dirname $MF_PANDA3D_PYTHON)/multify"
+        ),
+    }
+}
+
+/// The Python of the virtualenv holding the pip package panda3d (`MF_PANDA3D_PYTHON`).
+pub fn panda3d_python() -> PathBuf {
+    required_env("MF_PANDA3D_PYTHON")
+}
+
+/// Panda3D's own `multify` tool (`MF_MULTIFY`).
+pub fn multify_bin() -> PathBuf {
+    required_env("MF_MULTIFY")
+}
+
+fn check_output(what: &str, out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs the real `multify` with `args` in `dir` and asserts success; returns stdout.
+pub fn multify(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new(multify_bin()).args(args).current_dir(dir).output().expect("multify runs");
+    check_output(&format!("multify {args:?}"), out)
+}
+
+/// Runs a Python script with panda3d importable, in `dir`, and asserts success; returns stdout.
+pub fn panda3d_py(dir: &Path, script: &str) -> String {
+    let out = Command::new(panda3d_python()).arg("-c").arg(script).current_dir(dir).output().expect("python runs");
+    check_output(&format!("python script\n{script}\n"), out)
+}
+
+/// Runs `mf` with a deadline, so a hang on damaged input fails the test instead of stalling it.
+pub fn mf_with_deadline(dir: &Path, args: &[&str], seconds: u64) -> Output {
+    use std::process::Stdio;
+    let mut child = Command::new(mf_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mf runs");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("mf {args:?} did not finish within {seconds} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}

@@ -1,0 +1,362 @@
+//! One entry model over both archive formats mf reads: its own `.mf` container and Panda3D multifiles.
+//! The CLI's read commands (list, cat, extract, verify, info, convert) work through [`AnyArchive`], so
+//! they behave the same on either; the format is detected from the file's first bytes.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::panda3d::{looks_like_multifile, Multifile, Subfile};
+use crate::reader::{Archive, Entry, StoredAs};
+use crate::writer::Mtime;
+
+/// Panda3D has no permission bits; its subfiles are ordinary readable files.
+const PANDA3D_MODE: u32 = 0o644;
+
+/// An open archive of either format.
+#[derive(Debug)]
+pub enum AnyArchive {
+    Mf(Archive),
+    Panda3d(Multifile),
+}
+
+/// An entry of an [`AnyArchive`].
+#[derive(Debug, Clone, Copy)]
+pub enum AnyEntry<'a> {
+    Mf(Entry<'a>),
+    Panda3d {
+        /// Position in name order; unique within the archive.
+        index: u32,
+        subfile: &'a Subfile,
+        /// The subfile's timestamp, or the multifile's when it has none.
+        mtime: Option<u32>,
+    },
+}
+
+/// Which format an archive is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    Mf,
+    Panda3d,
+}
+
+impl ArchiveFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ArchiveFormat::Mf => "mf",
+            ArchiveFormat::Panda3d => "panda3d",
+        }
+    }
+}
+
+impl<'a> AnyEntry<'a> {
+    /// A number unique to the entry within its archive.
+    pub fn index(&self) -> u32 {
+        match self {
+            AnyEntry::Mf(entry) => entry.index(),
+            AnyEntry::Panda3d { index, .. } => *index,
+        }
+    }
+    pub fn path(&self) -> &'a str {
+        match self {
+            AnyEntry::Mf(entry) => entry.path(),
+            AnyEntry::Panda3d { subfile, .. } => subfile.name(),
+        }
+    }
+    /// Content size in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            AnyEntry::Mf(entry) => entry.size(),
+            AnyEntry::Panda3d { subfile, .. } => subfile.size(),
+        }
+    }
+    /// Bytes the entry occupies in the archive.
+    pub fn stored_size(&self) -> u64 {
+        match self {
+            AnyEntry::Mf(entry) => entry.stored_size(),
+            AnyEntry::Panda3d { subfile, .. } => subfile.stored_size(),
+        }
+    }
+    /// Unix permission bits (always 0644 for Panda3D subfiles).
+    pub fn mode(&self) -> u32 {
+        match self {
+            AnyEntry::Mf(entry) => entry.mode(),
+            AnyEntry::Panda3d { .. } => PANDA3D_MODE,
+        }
+    }
+    pub fn mtime(&self) -> Option<Mtime> {
+        match self {
+            AnyEntry::Mf(entry) => entry.mtime(),
+            AnyEntry::Panda3d { mtime, .. } => mtime.map(|secs| Mtime { secs: i64::from(secs), nanos: 0 }),
+        }
+    }
+    /// `none`, `zstd` (mf) or `zlib` (Panda3D).
+    pub fn compression(&self) -> &'static str {
+        match self {
+            AnyEntry::Mf(entry) => match entry.stored_as() {
+                StoredAs::Raw => "none",
+                StoredAs::Zstd => "zstd",
+            },
+            AnyEntry::Panda3d { subfile, .. } if subfile.is_compressed() => "zlib",
+            AnyEntry::Panda3d { .. } => "none",
+        }
+    }
+    pub fn is_compressed(&self) -> bool {
+        self.compression() != "none"
+    }
+    pub fn is_encrypted(&self) -> bool {
+        matches!(self, AnyEntry::Panda3d { subfile, .. } if subfile.is_encrypted())
+    }
+    /// Added to a Panda3D multifile in text mode.
+    pub fn is_text(&self) -> bool {
+        matches!(self, AnyEntry::Panda3d { subfile, .. } if subfile.is_text())
+    }
+    /// xxh3-64 of the content, recorded by mf archives only.
+    pub fn content_hash(&self) -> Option<u64> {
+        match self {
+            AnyEntry::Mf(entry) => Some(entry.content_hash()),
+            AnyEntry::Panda3d { .. } => None,
+        }
+    }
+}
+
+/// Reads up to `n` leading bytes of a file (fewer when it is shorter).
+fn head(path: &Path, n: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path).and_then(|f| f.take(n).read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
+    Ok(bytes)
+}
+
+impl AnyArchive {
+    /// Opens an archive of either format, detected by its magic (a Panda3D magic may follow a `#`
+    /// header prefix).
+    pub fn open(path: impl AsRef<Path>) -> Result<AnyArchive> {
+        let path = path.as_ref();
+        if looks_like_multifile(&head(path, 8)?) {
+            Ok(AnyArchive::Panda3d(Multifile::open(path)?))
+        } else {
+            Ok(AnyArchive::Mf(Archive::open(path)?))
+        }
+    }
+
+    /// Like [`open`](Self::open), from memory.
+    pub fn from_bytes(bytes: Vec<u8>, name: impl Into<std::path::PathBuf>) -> Result<AnyArchive> {
+        if looks_like_multifile(&bytes) {
+            Ok(AnyArchive::Panda3d(Multifile::from_bytes(bytes, name)?))
+        } else {
+            Ok(AnyArchive::Mf(Archive::from_bytes(bytes, name)?))
+        }
+    }
+
+    /// Sets the password for encrypted entries (only Panda3D multifiles have them).
+    pub fn set_password(&mut self, password: Option<String>) {
+        if let AnyArchive::Panda3d(multifile) = self {
+            multifile.set_password(password);
+        }
+    }
+
+    pub fn format(&self) -> ArchiveFormat {
+        match self {
+            AnyArchive::Mf(_) => ArchiveFormat::Mf,
+            AnyArchive::Panda3d(_) => ArchiveFormat::Panda3d,
+        }
+    }
+
+    pub fn name(&self) -> &Path {
+        match self {
+            AnyArchive::Mf(archive) => archive.name(),
+            AnyArchive::Panda3d(multifile) => multifile.name(),
+        }
+    }
+
+    pub fn version(&self) -> (u16, u16) {
+        match self {
+            AnyArchive::Mf(archive) => archive.version(),
+            AnyArchive::Panda3d(multifile) => multifile.version(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            AnyArchive::Mf(archive) => archive.len(),
+            AnyArchive::Panda3d(multifile) => multifile.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn file_len(&self) -> u64 {
+        match self {
+            AnyArchive::Mf(archive) => archive.file_len(),
+            AnyArchive::Panda3d(multifile) => multifile.file_len(),
+        }
+    }
+
+    pub fn total_size(&self) -> u64 {
+        match self {
+            AnyArchive::Mf(archive) => archive.total_size(),
+            AnyArchive::Panda3d(multifile) => multifile.total_size(),
+        }
+    }
+
+    pub fn total_stored_size(&self) -> u64 {
+        match self {
+            AnyArchive::Mf(archive) => archive.total_stored_size(),
+            AnyArchive::Panda3d(multifile) => multifile.total_stored_size(),
+        }
+    }
+
+    fn panda_entry<'a>(multifile: &'a Multifile, index: usize) -> Option<AnyEntry<'a>> {
+        let subfile = multifile.subfile(index)?;
+        Some(AnyEntry::Panda3d { index: index as u32, subfile, mtime: multifile.mtime(subfile) })
+    }
+
+    /// The entry at a position of path order.
+    pub fn lookup_entry(&self, position: usize) -> Option<AnyEntry<'_>> {
+        match self {
+            AnyArchive::Mf(archive) => archive.lookup_entry(position).map(AnyEntry::Mf),
+            AnyArchive::Panda3d(multifile) => Self::panda_entry(multifile, position),
+        }
+    }
+
+    /// Entries in path (byte) order.
+    pub fn entries_by_path(&self) -> impl Iterator<Item = AnyEntry<'_>> + '_ {
+        (0..self.len()).filter_map(move |position| self.lookup_entry(position))
+    }
+
+    /// Finds an entry by path.
+    pub fn get(&self, path: &str) -> Option<AnyEntry<'_>> {
+        self.lookup_entry(self.lower_bound(path)).filter(|e| e.path() == path)
+    }
+
+    /// Number of entries whose path sorts below `key`.
+    pub fn lower_bound(&self, key: &str) -> usize {
+        match self {
+            AnyArchive::Mf(archive) => archive.lower_bound(key),
+            AnyArchive::Panda3d(multifile) => multifile.lower_bound(key),
+        }
+    }
+
+    /// A streaming reader over an entry's content that checks it (mf: xxh3 at the end; Panda3D: zlib
+    /// checksum and recorded length). Fails at once for an encrypted entry without a password.
+    pub fn reader<'a>(&'a self, entry: &AnyEntry<'a>) -> Result<Box<dyn Read + Send + 'a>> {
+        match (self, entry) {
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => Ok(Box::new(archive.reader(entry))),
+            (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { subfile, .. }) => {
+                Ok(Box::new(multifile.reader(subfile)?))
+            }
+            _ => Err(Self::foreign(entry)),
+        }
+    }
+
+    /// Reads a whole entry, checked.
+    pub fn read(&self, entry: &AnyEntry<'_>) -> Result<Cow<'_, [u8]>> {
+        match (self, entry) {
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => archive.read(entry),
+            (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { subfile, .. }) => {
+                multifile.read(subfile).map(Cow::Owned)
+            }
+            _ => Err(Self::foreign(entry)),
+        }
+    }
+
+    /// Random access: reads content bytes from `offset` into `buf`, returning how many (fewer only at
+    /// the end). mf decodes only the frames the range touches; a compressed or encrypted Panda3D
+    /// subfile is decoded from its start.
+    pub fn read_at(&self, entry: &AnyEntry<'_>, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        match (self, entry) {
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => archive.read_at(entry, offset, buf),
+            (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { subfile, .. }) => {
+                multifile.read_at(subfile, offset, buf)
+            }
+            _ => Err(Self::foreign(entry)),
+        }
+    }
+
+    /// Checks every entry; the errors of damaged (or, for Panda3D, undecryptable) entries.
+    pub fn verify(&self) -> Vec<Error> {
+        match self {
+            AnyArchive::Mf(archive) => archive.verify(),
+            AnyArchive::Panda3d(multifile) => multifile.verify(),
+        }
+    }
+
+    pub fn as_mf(&self) -> Option<&Archive> {
+        match self {
+            AnyArchive::Mf(archive) => Some(archive),
+            AnyArchive::Panda3d(_) => None,
+        }
+    }
+
+    pub fn as_panda3d(&self) -> Option<&Multifile> {
+        match self {
+            AnyArchive::Panda3d(multifile) => Some(multifile),
+            AnyArchive::Mf(_) => None,
+        }
+    }
+
+    fn foreign(entry: &AnyEntry<'_>) -> Error {
+        Error::InvalidOption(format!("entry '{}' belongs to an archive of another format", entry.path()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
+    use crate::{ArchiveWriter, EntryOptions, WriterOptions};
+
+    fn panda3d_bytes(prefix: Option<&str>) -> Vec<u8> {
+        let specs = vec![
+            SubfileSpec { name: "dir/z.bin".into(), compression_level: Some(6), timestamp: 5 },
+            SubfileSpec { name: "a.txt".into(), compression_level: None, timestamp: 0 },
+        ];
+        let options = MultifileOptions { timestamp: 9, header_prefix: prefix.map(str::to_owned), ..Default::default() };
+        let mut writer = MultifileWriter::new(std::io::Cursor::new(Vec::new()), "p", &options, specs).unwrap();
+        writer.add(&mut &b"text"[..]).unwrap();
+        writer.add(&mut &[0u8; 5000][..]).unwrap();
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn detects_both_formats_and_offers_one_entry_model() {
+        let mut mf = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
+        mf.add_bytes("a.txt", b"text", EntryOptions::default()).unwrap();
+        mf.add_bytes("dir/z.bin", &[0u8; 5000], EntryOptions::default()).unwrap();
+        let archives = [
+            AnyArchive::from_bytes(mf.finish().unwrap(), "x.mf").unwrap(),
+            AnyArchive::from_bytes(panda3d_bytes(None), "x.p3d").unwrap(),
+            AnyArchive::from_bytes(panda3d_bytes(Some("#!/usr/bin/env panda3d")), "y.p3d").unwrap(),
+        ];
+        assert_eq!(
+            archives.iter().map(|a| a.format()).collect::<Vec<_>>(),
+            [ArchiveFormat::Mf, ArchiveFormat::Panda3d, ArchiveFormat::Panda3d]
+        );
+        for archive in &archives {
+            let paths: Vec<&str> = archive.entries_by_path().map(|e| e.path()).collect();
+            assert_eq!(paths, ["a.txt", "dir/z.bin"]);
+            let z = archive.get("dir/z.bin").unwrap();
+            assert!(z.is_compressed() && z.size() == 5000 && z.stored_size() < 5000);
+            assert_eq!(&archive.read(&z).unwrap()[..], &[0u8; 5000][..]);
+            let mut buf = [1u8; 8];
+            assert_eq!(archive.read_at(&z, 4996, &mut buf).unwrap(), 4);
+            assert_eq!(&buf[..4], &[0; 4]);
+            let mut content = Vec::new();
+            archive.reader(&archive.get("a.txt").unwrap()).unwrap().read_to_end(&mut content).unwrap();
+            assert_eq!(content, b"text");
+            assert_eq!(archive.lower_bound("dir/"), 1);
+            assert!(archive.get("dir").is_none());
+            assert!(archive.verify().is_empty());
+        }
+        let panda = &archives[1];
+        assert_eq!(panda.get("dir/z.bin").unwrap().mtime().map(|m| m.secs), Some(5));
+        assert_eq!(panda.get("a.txt").unwrap().mtime().map(|m| m.secs), Some(9), "falls back to the header's");
+        assert_eq!(panda.get("a.txt").unwrap().mode(), 0o644);
+        assert_eq!(panda.get("dir/z.bin").unwrap().compression(), "zlib");
+        assert!(panda.get("a.txt").unwrap().content_hash().is_none());
+    }
+}

@@ -1,0 +1,741 @@
+//! Reads Panda3D multifiles in place: maps the file, follows the index chain as Panda3D does (with
+//! loop detection and bounds checks), and decodes subfiles (zlib, encryption) on demand.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, Cursor, Read};
+use std::path::{Path, PathBuf};
+
+use binrw::BinRead;
+use rayon::prelude::*;
+
+use super::crypto;
+use super::format::{
+    pad_to_scale, xor_name, Header, IndexEntry, FLAG_COMPRESSED, FLAG_DELETED, FLAG_ENCRYPTED, FLAG_SIGNATURE,
+    FLAG_TEXT, HEADER_LEN_V1_0, HEADER_LEN_V1_1, MAGIC, VERSION_MAJOR, VERSION_MINOR,
+};
+use crate::error::{Error, Result};
+use crate::path::validate_path;
+
+/// Largest ratio a zlib stream can reach (deflate's limit is about 1032:1); caps allocations made from
+/// a subfile's recorded original length.
+const MAX_ZLIB_RATIO: u64 = 1100;
+
+enum Backing {
+    Map(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Map(map) => map,
+            Backing::Owned(bytes) => bytes,
+        }
+    }
+}
+
+/// True when `head` (the first bytes of a file) looks like a Panda3D multifile: the magic at offset 0,
+/// or a `#` header-prefix line (the magic must then follow the prefix).
+pub fn looks_like_multifile(head: &[u8]) -> bool {
+    head.starts_with(&MAGIC) || head.first() == Some(&b'#')
+}
+
+/// A live subfile of a multifile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subfile {
+    name: String,
+    index_offset: u64,
+    data_offset: u64,
+    data_length: u64,
+    flags: u16,
+    original_length: u64,
+    timestamp: u32,
+}
+
+impl Subfile {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Position of the subfile's index entry in the file.
+    pub fn index_offset(&self) -> u64 {
+        self.index_offset
+    }
+    /// Position of the stored data in the file.
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+    /// Bytes stored in the archive.
+    pub fn stored_size(&self) -> u64 {
+        self.data_length
+    }
+    /// Size of the content (the recorded original length for compressed or encrypted subfiles).
+    pub fn size(&self) -> u64 {
+        self.original_length
+    }
+    pub fn flags(&self) -> u16 {
+        self.flags
+    }
+    pub fn is_compressed(&self) -> bool {
+        self.flags & FLAG_COMPRESSED != 0
+    }
+    pub fn is_encrypted(&self) -> bool {
+        self.flags & FLAG_ENCRYPTED != 0
+    }
+    /// Added in text mode (stored with `\n` line ends).
+    pub fn is_text(&self) -> bool {
+        self.flags & FLAG_TEXT != 0
+    }
+    /// The subfile's own timestamp (0 when it uses the multifile's).
+    pub fn raw_timestamp(&self) -> u32 {
+        self.timestamp
+    }
+}
+
+/// A signature record (flags 0x20): not a file, reported by `info`.
+#[derive(Debug, Clone)]
+pub struct Signature {
+    pub index_offset: u64,
+    pub data_offset: u64,
+    pub data_length: u64,
+    /// Subject of the signing certificate, or why it could not be read.
+    pub subject: std::result::Result<String, String>,
+    /// Number of certificates in the record (signing certificate first).
+    pub certificates: u32,
+}
+
+/// An open Panda3D multifile. `&Multifile` is `Sync`.
+pub struct Multifile {
+    name: PathBuf,
+    backing: Backing,
+    prefix_len: u64,
+    header: Header,
+    subfiles: Vec<Subfile>,
+    signatures: Vec<Signature>,
+    deleted: usize,
+    shadowed: usize,
+    needs_repack: bool,
+    index_start: u64,
+    index_end: u64,
+    password: Option<String>,
+}
+
+impl std::fmt::Debug for Multifile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Multifile").field("name", &self.name).field("subfiles", &self.subfiles.len()).finish()
+    }
+}
+
+impl Multifile {
+    /// Maps and opens a multifile, reading its header and whole index chain (not subfile data).
+    pub fn open(path: impl AsRef<Path>) -> Result<Multifile> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len == 0 {
+            return Err(Error::NotAnArchive { file: path.to_owned() });
+        }
+        // SAFETY: read-only map, every access is bounds-checked; mf never rewrites archives in place
+        // (see Archive::open for the same reasoning).
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Self::from_backing(path.to_owned(), Backing::Map(map))
+    }
+
+    /// Opens a multifile held in memory; `name` is used in errors.
+    pub fn from_bytes(bytes: Vec<u8>, name: impl Into<PathBuf>) -> Result<Multifile> {
+        Self::from_backing(name.into(), Backing::Owned(bytes))
+    }
+
+    fn from_backing(name: PathBuf, backing: Backing) -> Result<Multifile> {
+        let bytes = backing.bytes();
+        let file_len = bytes.len() as u64;
+        let corrupt = |offset: u64, entry: Option<&str>, what: String| Error::corrupt(&name, offset, entry, what);
+
+        let prefix_len = header_prefix_len(bytes);
+        let after_prefix = bytes.get(prefix_len as usize..).unwrap_or_default();
+        if !after_prefix.starts_with(&MAGIC) {
+            if prefix_len > 0 {
+                return Err(corrupt(prefix_len, None, "no Panda3D multifile magic after the '#' header prefix".into()));
+            }
+            return Err(Error::NotAnArchive { file: name });
+        }
+        let header = Header::read(&mut Cursor::new(after_prefix))
+            .map_err(|_| corrupt(prefix_len, None, "the multifile header is cut off".into()))?;
+        if header.version_major != VERSION_MAJOR || !(0..=VERSION_MINOR).contains(&header.version_minor) {
+            return Err(Error::UnsupportedVersion {
+                file: name,
+                major: header.version_major as u16,
+                minor: header.version_minor as u16,
+            });
+        }
+        if header.scale_factor == 0 {
+            return Err(corrupt(prefix_len + 10, None, "scale factor is 0".into()));
+        }
+        let scale = u64::from(header.scale_factor);
+        let has_timestamps = header.version_minor >= 1;
+        let header_len = if has_timestamps { HEADER_LEN_V1_1 } else { HEADER_LEN_V1_0 };
+        let index_start = pad_to_scale(prefix_len + header_len, scale);
+
+        let mut subfiles = Vec::new();
+        let mut signatures = Vec::new();
+        let mut deleted = 0;
+        let mut needs_repack = false;
+        let mut visited = HashSet::new();
+        let mut position = index_start;
+        let mut previous_name: Option<String> = None;
+        let mut expected_next_data = None;
+        let mut expected_entry_at = None;
+        let index_end;
+        loop {
+            if !visited.insert(position) {
+                return Err(corrupt(position, None, format!("the index chain loops back to the entry at {position}")));
+            }
+            let at = usize::try_from(position).ok().and_then(|p| bytes.get(p..)).unwrap_or_default();
+            if at.len() < 4 {
+                return Err(corrupt(
+                    position,
+                    None,
+                    format!("the index chain is cut: entry position {position} is past the end of the file ({file_len} bytes)"),
+                ));
+            }
+            if at[..4] == [0; 4] {
+                index_end = position + 4;
+                break;
+            }
+            let entry = IndexEntry::read_args(&mut Cursor::new(at), (has_timestamps,)).map_err(|_| {
+                corrupt(position, None, format!("the index entry at {position} is cut off by the end of the file"))
+            })?;
+            let raw_name = xor_name(&entry.name);
+            let entry_name = String::from_utf8_lossy(&raw_name).into_owned();
+            let fail = |offset: u64, what: String| corrupt(offset, Some(&entry_name), what);
+            let data_offset = u64::from(entry.data_start) * scale;
+            let data_length = u64::from(entry.data_length);
+            if data_offset.checked_add(data_length).is_none_or(|end| end > file_len) {
+                return Err(fail(
+                    position + 4,
+                    format!(
+                        "the data (offset {data_offset}, length {data_length}) runs past the end of the file ({file_len} bytes)"
+                    ),
+                ));
+            }
+            let next = u64::from(entry.next) * scale;
+            if next >= file_len {
+                return Err(fail(
+                    position,
+                    format!("the index chain is cut: the next entry would be at {next}, past the end of the file ({file_len} bytes)"),
+                ));
+            }
+            // Panda3D repacks archives whose entries are not back to back, sorted and live. Signature
+            // records are appended after everything else, so the jump to them does not count.
+            if entry.flags & FLAG_SIGNATURE == 0 && expected_entry_at.is_some_and(|at| at != position) {
+                needs_repack = true;
+            }
+            expected_entry_at = Some(pad_to_scale(position + entry.encoded_len(), scale));
+            if entry.flags & FLAG_DELETED != 0 {
+                deleted += 1;
+                needs_repack = true;
+            } else if entry.flags & FLAG_SIGNATURE != 0 {
+                signatures.push(read_signature(bytes, position, data_offset, data_length));
+            } else {
+                let name_str = String::from_utf8(raw_name)
+                    .map_err(|_| fail(position, "the subfile name is not valid UTF-8".into()))?;
+                validate_path(&name_str).map_err(|e| fail(position, e.to_string()))?;
+                if previous_name.as_deref().is_some_and(|p| p >= name_str.as_str()) {
+                    needs_repack = true;
+                }
+                if expected_next_data.is_some_and(|d| d != data_offset) {
+                    needs_repack = true;
+                }
+                expected_next_data = Some(pad_to_scale(data_offset + data_length, scale));
+                previous_name = Some(name_str.clone());
+                let original_length = match entry.uncompressed_length {
+                    Some(len) if entry.flags & (FLAG_COMPRESSED | FLAG_ENCRYPTED) != 0 => u64::from(len),
+                    _ => data_length,
+                };
+                subfiles.push(Subfile {
+                    name: name_str,
+                    index_offset: position,
+                    data_offset,
+                    data_length,
+                    flags: entry.flags,
+                    original_length,
+                    timestamp: entry.timestamp.unwrap_or(0),
+                });
+            }
+            position = next;
+        }
+        // Panda3D keeps one subfile per name; for a damaged archive naming one twice, the first in
+        // chain order wins (stable sort, then dedup keeps the first of each run).
+        subfiles.sort_by(|a, b| a.name.cmp(&b.name));
+        let before = subfiles.len();
+        subfiles.dedup_by(|later, first| later.name == first.name);
+        let shadowed = before - subfiles.len();
+        Ok(Multifile {
+            name,
+            prefix_len,
+            header,
+            subfiles,
+            signatures,
+            deleted,
+            shadowed,
+            needs_repack: needs_repack || shadowed > 0,
+            index_start,
+            index_end,
+            password: None,
+            backing,
+        })
+    }
+
+    /// Sets the password used to decrypt encrypted subfiles.
+    pub fn set_password(&mut self, password: Option<String>) {
+        self.password = password;
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.backing.bytes()
+    }
+
+    pub fn name(&self) -> &Path {
+        &self.name
+    }
+    pub fn version(&self) -> (u16, u16) {
+        (self.header.version_major as u16, self.header.version_minor as u16)
+    }
+    pub fn scale_factor(&self) -> u32 {
+        self.header.scale_factor
+    }
+    /// The multifile's timestamp (0 when none is recorded, and always 0 in version 1.0).
+    pub fn timestamp(&self) -> u32 {
+        self.header.timestamp.unwrap_or(0)
+    }
+    /// Length of the `#` header prefix (0 when there is none).
+    pub fn header_prefix(&self) -> &[u8] {
+        self.bytes().get(..self.prefix_len as usize).unwrap_or_default()
+    }
+    /// Entries marked deleted but still in the chain.
+    pub fn deleted_count(&self) -> usize {
+        self.deleted
+    }
+    /// Live entries hidden because an earlier entry has the same name (damaged archives only).
+    pub fn shadowed_count(&self) -> usize {
+        self.shadowed
+    }
+    /// True when Panda3D would repack this archive: unsorted, gaps, deleted entries.
+    pub fn needs_repack(&self) -> bool {
+        self.needs_repack
+    }
+    /// Position of the first index entry.
+    pub fn index_start(&self) -> u64 {
+        self.index_start
+    }
+    /// One past the terminator of the index chain.
+    pub fn index_end(&self) -> u64 {
+        self.index_end
+    }
+    pub fn signatures(&self) -> &[Signature] {
+        &self.signatures
+    }
+    pub fn file_len(&self) -> u64 {
+        self.bytes().len() as u64
+    }
+    pub fn len(&self) -> usize {
+        self.subfiles.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.subfiles.is_empty()
+    }
+    /// Live subfiles in name order.
+    pub fn subfiles(&self) -> &[Subfile] {
+        &self.subfiles
+    }
+    pub fn subfile(&self, index: usize) -> Option<&Subfile> {
+        self.subfiles.get(index)
+    }
+    /// Finds a subfile by name (binary search).
+    pub fn get(&self, name: &str) -> Option<&Subfile> {
+        self.subfiles.binary_search_by(|s| s.name.as_str().cmp(name)).ok().map(|i| &self.subfiles[i])
+    }
+    /// Number of subfiles whose name sorts below `key`.
+    pub fn lower_bound(&self, key: &str) -> usize {
+        self.subfiles.partition_point(|s| s.name.as_str() < key)
+    }
+    /// Modification time: the subfile's timestamp, else the multifile's; `None` when both are 0.
+    pub fn mtime(&self, subfile: &Subfile) -> Option<u32> {
+        Some(if subfile.timestamp != 0 { subfile.timestamp } else { self.timestamp() }).filter(|&t| t != 0)
+    }
+
+    /// The bytes stored for a subfile (compressed and/or encrypted as on disk).
+    pub fn stored_bytes(&self, subfile: &Subfile) -> &[u8] {
+        let start = subfile.data_offset as usize;
+        self.bytes().get(start..start + subfile.data_length as usize).unwrap_or_default()
+    }
+
+    /// The content of an uncompressed, unencrypted subfile as a slice of the mapping.
+    pub fn raw_bytes(&self, subfile: &Subfile) -> Option<&[u8]> {
+        (!subfile.is_compressed() && !subfile.is_encrypted()).then(|| self.stored_bytes(subfile))
+    }
+
+    fn corrupt(&self, subfile: &Subfile, what: impl Into<String>) -> Error {
+        Error::corrupt(&self.name, subfile.data_offset, Some(&subfile.name), what)
+    }
+
+    /// The stored bytes after decryption (still compressed if the subfile is).
+    fn decrypted(&self, subfile: &Subfile) -> Result<std::borrow::Cow<'_, [u8]>> {
+        let stored = self.stored_bytes(subfile);
+        if !subfile.is_encrypted() {
+            return Ok(std::borrow::Cow::Borrowed(stored));
+        }
+        let password = self
+            .password
+            .as_deref()
+            .ok_or_else(|| Error::PasswordRequired { file: self.name.clone(), entry: subfile.name.clone() })?;
+        let plain = crypto::decrypt(stored, password).map_err(|what| Error::Decrypt {
+            file: self.name.clone(),
+            entry: subfile.name.clone(),
+            what,
+        })?;
+        Ok(std::borrow::Cow::Owned(plain))
+    }
+
+    /// A streaming reader over a subfile's content. Errors when the content cannot be decoded
+    /// (damaged zlib data, a wrong length) surface from `read` as `InvalidData`, naming the file,
+    /// subfile and offset. Encrypted subfiles are decrypted in memory first (they need the password).
+    pub fn reader<'a>(&'a self, subfile: &'a Subfile) -> Result<SubfileReader<'a>> {
+        let stored = self.decrypted(subfile)?;
+        if subfile.is_encrypted() && !subfile.is_compressed() && stored.len() as u64 != subfile.original_length {
+            return Err(self.corrupt(
+                subfile,
+                format!("decrypts to {} bytes but records {}", stored.len(), subfile.original_length),
+            ));
+        }
+        let source: Box<dyn Read + Send + 'a> = match stored {
+            std::borrow::Cow::Borrowed(slice) => Box::new(slice),
+            std::borrow::Cow::Owned(vec) => Box::new(Cursor::new(vec)),
+        };
+        let inner: Box<dyn Read + Send + 'a> = if subfile.is_compressed() {
+            // Panda3D inflates with inflateInit2(47): zlib or gzip framing.
+            let gzip = self.decrypted_starts_with_gzip(subfile);
+            if gzip {
+                Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(source)))
+            } else {
+                Box::new(flate2::read::ZlibDecoder::new(io::BufReader::new(source)))
+            }
+        } else {
+            source
+        };
+        Ok(SubfileReader { multifile: self, subfile, inner, produced: 0 })
+    }
+
+    fn decrypted_starts_with_gzip(&self, subfile: &Subfile) -> bool {
+        if subfile.is_encrypted() {
+            // Only multify's zlib output is expected inside encrypted records.
+            return false;
+        }
+        self.stored_bytes(subfile).starts_with(&[0x1f, 0x8b])
+    }
+
+    /// Reads a whole subfile, checking its decoded length.
+    pub fn read(&self, subfile: &Subfile) -> Result<Vec<u8>> {
+        let cap = subfile.original_length.min(subfile.data_length.saturating_mul(MAX_ZLIB_RATIO).saturating_add(64));
+        let mut out = Vec::new();
+        out.try_reserve_exact(usize::try_from(cap).unwrap_or(usize::MAX))
+            .map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
+        self.reader(subfile)?.read_to_end(&mut out).map_err(|e| self.unwrap_io(e))?;
+        Ok(out)
+    }
+
+    /// Reads content bytes starting at `offset` into `buf`; returns how many were read (less than
+    /// `buf.len()` only at the end). Raw subfiles are sliced from the mapping; compressed or encrypted
+    /// subfiles are decoded from their start up to the range (zlib has no random access).
+    pub fn read_at(&self, subfile: &Subfile, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let size = subfile.original_length;
+        if offset > size {
+            return Err(Error::OutOfRange { entry: subfile.name.clone(), offset, size });
+        }
+        let len = (buf.len() as u64).min(size - offset) as usize;
+        if let Some(raw) = self.raw_bytes(subfile) {
+            let start = offset as usize;
+            buf[..len].copy_from_slice(&raw[start..start + len]);
+            return Ok(len);
+        }
+        let mut reader = self.reader(subfile)?;
+        io::copy(&mut (&mut reader).take(offset), &mut io::sink()).map_err(|e| self.unwrap_io(e))?;
+        reader.read_exact(&mut buf[..len]).map_err(|e| self.unwrap_io(e))?;
+        Ok(len)
+    }
+
+    /// Recovers the library error carried inside an `io::Error` from a [`SubfileReader`].
+    fn unwrap_io(&self, error: io::Error) -> Error {
+        if error.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            if let Some(inner) = error.into_inner() {
+                if let Ok(err) = inner.downcast::<Error>() {
+                    return *err;
+                }
+            }
+            return Error::io(&self.name, io::Error::other("unreadable subfile"));
+        }
+        Error::io(&self.name, error)
+    }
+
+    /// Decodes one subfile completely (zlib check, lengths, decryption check).
+    pub fn verify_subfile(&self, subfile: &Subfile) -> Result<()> {
+        let mut reader = self.reader(subfile)?;
+        io::copy(&mut reader, &mut io::sink()).map_err(|e| self.unwrap_io(e))?;
+        Ok(())
+    }
+
+    /// Decodes every subfile in parallel; returns the errors in name order. Panda3D records no
+    /// checksums, so this finds damaged zlib streams, wrong lengths and undecryptable data; an
+    /// encrypted subfile without a password is reported as an error.
+    pub fn verify(&self) -> Vec<Error> {
+        let results: Vec<Option<Error>> = self.subfiles.par_iter().map(|s| self.verify_subfile(s).err()).collect();
+        results.into_iter().flatten().collect()
+    }
+
+    pub fn total_size(&self) -> u64 {
+        self.subfiles.iter().map(|s| s.original_length).fold(0, u64::saturating_add)
+    }
+    pub fn total_stored_size(&self) -> u64 {
+        self.subfiles.iter().map(|s| s.data_length).fold(0, u64::saturating_add)
+    }
+}
+
+/// Length of a `#` header prefix as Panda3D's reader consumes it: while the next byte is `#`, a line
+/// up to `\n`, then any whitespace.
+fn header_prefix_len(bytes: &[u8]) -> u64 {
+    let mut position = 0usize;
+    while bytes.get(position) == Some(&b'#') {
+        match bytes[position..].iter().position(|&b| b == b'\n') {
+            Some(newline) => position += newline + 1,
+            None => return bytes.len() as u64,
+        }
+        while bytes.get(position).is_some_and(|b| b.is_ascii_whitespace() || *b == b'\x0b') {
+            position += 1;
+        }
+    }
+    position as u64
+}
+
+fn read_signature(bytes: &[u8], index_offset: u64, data_offset: u64, data_length: u64) -> Signature {
+    let data = bytes.get(data_offset as usize..(data_offset + data_length) as usize).unwrap_or_default();
+    let parse = || -> std::result::Result<(String, u32), String> {
+        let u32_at = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?)) };
+        let sig_len = u32_at(0).ok_or("the signature record is cut off")? as usize;
+        let count_at = sig_len.checked_add(4).ok_or("signature length overflows")?;
+        let count = u32_at(count_at).ok_or("the signature record is cut off")?;
+        let certs = data.get(count_at + 4..).unwrap_or_default();
+        let (_, cert) = x509_parser::parse_x509_certificate(certs)
+            .map_err(|e| format!("the signing certificate does not parse: {e}"))?;
+        Ok((cert.subject().to_string(), count))
+    };
+    let (subject, certificates) = match parse() {
+        Ok((subject, count)) => (Ok(subject), count),
+        Err(e) => (Err(e), 0),
+    };
+    Signature { index_offset, data_offset, data_length, subject, certificates }
+}
+
+/// Streaming reader over one subfile; see [`Multifile::reader`]. Checks that the decoded content
+/// has exactly the recorded length.
+pub struct SubfileReader<'a> {
+    multifile: &'a Multifile,
+    subfile: &'a Subfile,
+    inner: Box<dyn Read + Send + 'a>,
+    produced: u64,
+}
+
+impl SubfileReader<'_> {
+    fn damaged(&self, what: String) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, self.multifile.corrupt(self.subfile, what))
+    }
+}
+
+impl Read for SubfileReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let expected = self.subfile.original_length;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // Ask for one byte more than remains, so a stream longer than recorded is caught.
+        let remaining = expected.saturating_sub(self.produced);
+        let want = buf.len().min(usize::try_from(remaining.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = match self.inner.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
+            Err(e) => return Err(self.damaged(format!("the data does not decode: {e}"))),
+        };
+        self.produced += n as u64;
+        if self.produced > expected {
+            return Err(self.damaged(format!("the data decodes to more than the recorded {expected} bytes")));
+        }
+        if n == 0 && self.produced < expected {
+            return Err(
+                self.damaged(format!("the data decodes to {} bytes instead of the recorded {expected}", self.produced))
+            );
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::panda3d::writer::{MultifileOptions, MultifileWriter, SubfileSpec};
+
+    fn build(options: &MultifileOptions, files: &[(&str, &[u8], Option<u32>)]) -> Vec<u8> {
+        let specs = files
+            .iter()
+            .map(|(name, _, level)| SubfileSpec { name: name.to_string(), compression_level: *level, timestamp: 7 })
+            .collect();
+        let mut writer = MultifileWriter::new(Cursor::new(Vec::new()), "t.mf", options, specs).unwrap();
+        let mut sorted: Vec<_> = files.to_vec();
+        sorted.sort_by_key(|f| f.0);
+        for (_, data, _) in sorted {
+            writer.add(&mut &data[..]).unwrap();
+        }
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn writer_output_reads_back_with_every_option() {
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let files: &[(&str, &[u8], Option<u32>)] =
+            &[("z/big.bin", &big, Some(9)), ("a.txt", b"hello\n", None), ("empty", b"", Some(6)), ("m/e", b"", None)];
+        for scale in [1, 3, 16] {
+            for prefix in [None, Some("!/usr/bin/env panda3d".to_owned())] {
+                let options = MultifileOptions { scale_factor: scale, timestamp: 99, header_prefix: prefix.clone() };
+                let bytes = build(&options, files);
+                let multifile = Multifile::from_bytes(bytes.clone(), "t.mf").unwrap();
+                assert_eq!(multifile.len(), 4);
+                assert!(!multifile.needs_repack(), "scale {scale}");
+                assert_eq!(multifile.scale_factor(), scale);
+                assert_eq!(multifile.timestamp(), 99);
+                assert_eq!(multifile.header_prefix().is_empty(), prefix.is_none());
+                let names: Vec<&str> = multifile.subfiles().iter().map(|s| s.name()).collect();
+                assert_eq!(names, ["a.txt", "empty", "m/e", "z/big.bin"]);
+                let sub = multifile.get("z/big.bin").unwrap();
+                assert!(sub.is_compressed() && sub.stored_size() < 2000);
+                assert_eq!(multifile.read(sub).unwrap(), big);
+                let mut middle = [0u8; 10];
+                assert_eq!(multifile.read_at(sub, 50_000, &mut middle).unwrap(), 10);
+                assert_eq!(&middle[..], &big[50_000..50_010]);
+                assert_eq!(multifile.read(multifile.get("a.txt").unwrap()).unwrap(), b"hello\n");
+                assert_eq!(multifile.mtime(multifile.get("a.txt").unwrap()), Some(7));
+                assert!(multifile.verify().is_empty());
+                if scale == 16 {
+                    assert_eq!(bytes.len() % 16, 0);
+                    assert_eq!(multifile.get("a.txt").unwrap().data_offset() % 16, 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn header_prefixes_are_consumed_as_panda3d_does() {
+        assert_eq!(header_prefix_len(b"pmf\0"), 0);
+        assert_eq!(header_prefix_len(b"#a\npmf"), 3);
+        assert_eq!(header_prefix_len(b"#a\n \r\n#b\r\n\tpmf"), 11);
+        assert_eq!(header_prefix_len(b"#no newline"), 11);
+        let err = Multifile::from_bytes(b"#x\nnot it".to_vec(), "p.mf").unwrap_err();
+        assert!(err.to_string().contains("no Panda3D multifile magic after the '#' header prefix"), "{err}");
+        assert!(matches!(Multifile::from_bytes(b"PK\x03\x04".to_vec(), "z"), Err(Error::NotAnArchive { .. })));
+    }
+
+    #[test]
+    fn arbitrary_damage_never_panics() {
+        let files: &[(&str, &[u8], Option<u32>)] = &[("a", b"0123456789", Some(6)), ("b", b"abc", None)];
+        let good = build(&MultifileOptions::default(), files);
+        // Every single-byte change and every truncation either opens or fails cleanly; reading what
+        // opens never panics.
+        for at in 0..good.len() {
+            for value in [0u8, 1, 0x7f, 0xff] {
+                let mut bytes = good.clone();
+                bytes[at] = value;
+                if let Ok(multifile) = Multifile::from_bytes(bytes, "d.mf") {
+                    let _ = multifile.verify();
+                    for sub in multifile.subfiles() {
+                        let _ = multifile.read_at(sub, 1, &mut [0u8; 4]);
+                    }
+                }
+            }
+            let _ = Multifile::from_bytes(good[..at].to_vec(), "cut.mf");
+        }
+    }
+
+    #[test]
+    fn a_reader_keeps_failing_cleanly_after_a_length_error() {
+        let files: &[(&str, &[u8], Option<u32>)] = &[("a", b"0123456789", Some(6))];
+        let mut bytes = build(&MultifileOptions::default(), files);
+        // Shrink the recorded original length of "a" (at entry offset +14) to 3.
+        let at = HEADER_LEN_V1_1 as usize + 14;
+        bytes[at..at + 4].copy_from_slice(&3u32.to_le_bytes());
+        let multifile = Multifile::from_bytes(bytes, "short.mf").unwrap();
+        let sub = multifile.get("a").unwrap();
+        let mut reader = multifile.reader(sub).unwrap();
+        let mut buf = [0u8; 64];
+        let mut failures = 0;
+        for _ in 0..4 {
+            if reader.read(&mut buf).is_err() {
+                failures += 1;
+            }
+        }
+        assert!(failures >= 1);
+        let err = multifile.read(sub).unwrap_err().to_string();
+        assert!(err.contains("short.mf") && err.contains("more than the recorded 3 bytes"), "{err}");
+    }
+
+    #[test]
+    fn chain_loops_and_duplicates_are_handled() {
+        let files: &[(&str, &[u8], Option<u32>)] = &[("a", b"1", None), ("b", b"2", None)];
+        let mut bytes = build(&MultifileOptions::default(), files);
+        let first = HEADER_LEN_V1_1 as usize;
+        let second = u32::from_le_bytes(bytes[first..first + 4].try_into().unwrap()) as usize;
+        // Point the second entry back at the first: a loop.
+        bytes[second..second + 4].copy_from_slice(&(first as u32).to_le_bytes());
+        let err = Multifile::from_bytes(bytes.clone(), "loop.mf").unwrap_err();
+        assert!(err.to_string().contains("loops back to the entry at 18"), "{err}");
+        // Rename the second entry to the first's name: the first in chain order wins.
+        let mut dup = build(&MultifileOptions::default(), files);
+        let name_at = second + 20;
+        dup[name_at] = b'a' ^ 0xff;
+        let multifile = Multifile::from_bytes(dup, "dup.mf").unwrap();
+        assert_eq!(multifile.len(), 1);
+        assert_eq!(multifile.shadowed_count(), 1);
+        assert_eq!(multifile.read(&multifile.subfiles()[0]).unwrap(), b"1");
+    }
+
+    #[test]
+    fn encrypted_subfiles_decrypt_only_with_the_password() {
+        // Hand-build a multifile whose only subfile is encrypted (as multify -e does).
+        let stored = crypto::encrypt(b"secret data", "pw", crypto::Cipher::BlowfishCbc, 16, &[1; 8]).unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        let name = xor_name(b"s.bin");
+        let entry_len = 4 + 4 + 4 + 2 + 4 + 4 + 2 + name.len();
+        let terminator = 18 + entry_len;
+        let data = terminator + 4;
+        bytes.extend_from_slice(&(terminator as u32).to_le_bytes());
+        bytes.extend_from_slice(&(data as u32).to_le_bytes());
+        bytes.extend_from_slice(&(stored.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&FLAG_ENCRYPTED.to_le_bytes());
+        bytes.extend_from_slice(&11u32.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(&name);
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&stored);
+        let mut multifile = Multifile::from_bytes(bytes, "e.mf").unwrap();
+        let sub = multifile.get("s.bin").unwrap().clone();
+        assert!(sub.is_encrypted());
+        assert!(matches!(multifile.read(&sub), Err(Error::PasswordRequired { .. })));
+        multifile.set_password(Some("nope".into()));
+        assert!(matches!(multifile.read(&sub), Err(Error::Decrypt { .. })));
+        multifile.set_password(Some("pw".into()));
+        assert_eq!(multifile.read(&sub).unwrap(), b"secret data");
+        let mut reader = multifile.reader(&sub).unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(reader.read(&mut buf).unwrap(), 11);
+        assert_eq!(reader.read(&mut buf).unwrap(), 0);
+        assert!(multifile.verify().is_empty());
+    }
+}
