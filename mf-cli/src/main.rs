@@ -5,6 +5,7 @@
 
 mod archive_cmds;
 mod extract;
+mod mount_cmds;
 mod pack;
 mod progress;
 
@@ -38,6 +39,10 @@ enum Command {
     Verify(archive_cmds::VerifyArgs),
     /// Show an archive's version, counts and sizes.
     Info(archive_cmds::InfoArgs),
+    /// Mount archives (overlaid) as a read-only folder, through FUSE.
+    Mount(mount_cmds::MountArgs),
+    /// Unmount a folder mounted by `mf mount` (also after its daemon died).
+    Umount(mount_cmds::UmountArgs),
 }
 
 /// `--json` for commands whose output scripts read.
@@ -56,7 +61,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Interrupted work must leave nothing behind: remove any half-written temp file, then exit as a
     // signal-killed process would.
+    // A running `mf mount` instead unmounts and returns.
     let _ = ctrlc::set_handler(|| {
+        if mount_cmds::interrupt() {
+            return;
+        }
         mf_format::remove_pending_temp_files();
         std::process::exit(130);
     });
@@ -73,6 +82,8 @@ fn main() -> ExitCode {
         Command::Cat(args) => archive_cmds::cat(args),
         Command::Verify(args) => archive_cmds::verify(args),
         Command::Info(args) => archive_cmds::info(args),
+        Command::Mount(args) => mount_cmds::mount(args, cli.threads),
+        Command::Umount(args) => mount_cmds::umount(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
