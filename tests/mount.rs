@@ -136,7 +136,7 @@ fn daemon_pid(mount_point: &Path) -> Option<u32> {
         let pid: u32 = item.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(item.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let daemon = args.iter().any(|a| *a == b"--daemon-child") && args.iter().any(|a| *a == wanted.as_bytes());
+        let daemon = args.contains(&&b"--daemon-child"[..]) && args.contains(&wanted.as_bytes());
         daemon.then_some(pid)
     })
 }
