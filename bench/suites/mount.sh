@@ -103,7 +103,7 @@ mkdir -p "$MNT_MF" "$MNT_SQ"
 mf_pid() { # the --background daemon serving $MNT_MF
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- "--daemon-child.* $MNT_MF\$\|--daemon-child.* $MNT_MF "; then
+    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q -- "--daemon-child.* $MNT_MF\$\|--daemon-child.* $MNT_MF "; then
       basename "$p"
       return
     fi
@@ -240,13 +240,13 @@ unmount_all
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 bench_log "running (BENCH_RUNS=$BENCH_RUNS, load $LOAD_BEFORE)"
-for kind in native squashfuse mf; do
-  for wl in ls_lR find tar; do run_workload arcade "$kind" "$wl"; done
-  for wl in dd_compressible dd_random; do run_workload big "$kind" "$wl"; done
-  for name in compressible1.txt random1.bin; do
-    for direct in 1 0; do
-      run_fio "$kind" "$name" "$direct"
-    done
+# The three file systems take turns on each workload, so a change in the machine's load hits all.
+KINDS="native squashfuse mf"
+for wl in ls_lR find tar; do for kind in $KINDS; do run_workload arcade "$kind" "$wl"; done; done
+for wl in dd_compressible dd_random; do for kind in $KINDS; do run_workload big "$kind" "$wl"; done; done
+for name in compressible1.txt random1.bin; do
+  for direct in 1 0; do
+    for kind in $KINDS; do run_fio "$kind" "$name" "$direct"; done
   done
 done
 unmount_all
@@ -270,7 +270,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0 || a == "nan" || b == "nan
   echo
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, kernel $(uname -r); load average $LOAD_BEFORE before,"
   echo "$LOAD_AFTER after. **The machine was shared with other jobs compiling and testing at the same time, so"
-  echo "absolute numbers are noisy; the three file systems were measured interleaved in one run.**"
+  echo "absolute numbers are noisy; the three file systems took turns on each workload in one run.**"
   echo
   echo "Command: \`BENCH_RUNS=$BENCH_RUNS BIG_MB=$BIG_MB FIO_SECONDS=$FIO_SECONDS bench/suites/mount.sh\`"
   echo

@@ -3,7 +3,9 @@
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +29,12 @@ pub const BLOCK_SIZE: u32 = 256 * 1024;
 /// Background requests the kernel may queue (readahead); fuser's default is 16.
 const MAX_BACKGROUND: u16 = 64;
 
+/// How far ahead of a sequential reader the archive file is read ahead (see [`ArchiveFs::prefetch`]).
+const PREFETCH_AHEAD: u64 = 4 << 20;
+
+/// Slots remembering where the last read of an inode ended (indexed by inode modulo the count).
+const STREAM_SLOTS: usize = 256;
+
 pub struct ArchiveFs {
     archives: Vec<Archive>,
     /// Per archive: mtime reported for entries that recorded none (the archive file's mtime).
@@ -39,6 +47,10 @@ pub struct ArchiveFs {
     gid: u32,
     /// The kernel agreed to skip OPEN/OPENDIR (FUSE_NO_OPEN_SUPPORT): reads are keyed by inode.
     zero_message_open: bool,
+    /// Per archive, the file itself (when it is one), for read-ahead hints.
+    archive_files: Vec<Option<File>>,
+    /// Where the last read of an inode ended, to tell sequential readers from random ones.
+    stream_ends: Box<[AtomicU64]>,
 }
 
 thread_local! {
@@ -54,7 +66,10 @@ impl ArchiveFs {
             .map(|archive| std::fs::metadata(archive.name()).and_then(|m| m.modified()).unwrap_or(mount_time))
             .collect();
         let dir_mtime = archive_mtimes.iter().copied().max().unwrap_or(mount_time);
+        let archive_files = archives.iter().map(|archive| File::open(archive.name()).ok()).collect();
         ArchiveFs {
+            archive_files,
+            stream_ends: (0..STREAM_SLOTS).map(|_| AtomicU64::new(u64::MAX)).collect(),
             archives,
             archive_mtimes,
             dir_mtime,
@@ -150,6 +165,35 @@ impl ArchiveFs {
         }
     }
 
+    /// Starts the disk reads for the archive bytes a read needs, and for a sequential reader the
+    /// next few MiB: entry data is read through the mapping, whose page faults would otherwise read
+    /// the file synchronously in small pieces while the worker waits.
+    fn prefetch(&self, ino: INodeNo, archive_index: u32, entry: &Entry<'_>, start: u64, end: u64) {
+        let Some(Some(file)) = self.archive_files.get(archive_index as usize) else { return };
+        let slot = &self.stream_ends[(ino.0 as usize) % STREAM_SLOTS];
+        let previous_end = slot.swap(end, Ordering::Relaxed);
+        // Kernel read-ahead requests run concurrently and may arrive slightly out of order.
+        let sequential = previous_end != u64::MAX && start.abs_diff(previous_end) <= PREFETCH_AHEAD;
+        let want_end = if sequential { end.saturating_add(PREFETCH_AHEAD).min(entry.size()) } else { end };
+        // Stored positions of compressed data, scaled by the entry's ratio (a hint need not be exact).
+        let size = entry.size().max(1);
+        let stored = |position: u64| (u128::from(position) * u128::from(entry.stored_size()) / u128::from(size)) as u64;
+        let (from, to) = match entry.stored_as() {
+            StoredAs::Raw => (start, want_end),
+            StoredAs::Zstd => {
+                let frame = self.archives.get(archive_index as usize).map_or(0, |a| a.frame_size());
+                (stored(start.saturating_sub(frame)), stored(want_end.saturating_add(frame)).min(entry.stored_size()))
+            }
+        };
+        let (Ok(offset), Ok(len)) = (i64::try_from(entry.offset() + from), i64::try_from(to.saturating_sub(from)))
+        else {
+            return;
+        };
+        if len > 0 {
+            let _ = nix::fcntl::posix_fadvise(file, offset, len, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+        }
+    }
+
     fn read_zstd(
         &self,
         archive_index: u32,
@@ -215,6 +259,9 @@ impl fuser::Filesystem for ArchiveFs {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // O_DIRECT readers with several requests in flight (libaio, io_uring) get them served
+            // concurrently instead of one at a time.
+            InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_NO_OPENDIR_SUPPORT,
         ] {
@@ -286,6 +333,7 @@ impl fuser::Filesystem for ArchiveFs {
         if start >= end {
             return reply.data(&[]);
         }
+        self.prefetch(ino, archive_index, &entry, start, end);
         match entry.stored_as() {
             StoredAs::Raw => {
                 // Zero copy: the reply is written straight from the mapping.
