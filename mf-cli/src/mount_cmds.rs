@@ -11,6 +11,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use clap::Args;
@@ -158,7 +159,8 @@ fn spawn_daemon(args: &MountArgs, threads: Option<usize>) -> Outcome {
     for archive in &args.archives {
         command.arg(absolute(archive)?);
     }
-    command.arg(absolute(&args.mount_point)?);
+    // Canonical, so that `mf umount` can find this daemon by its mount point.
+    command.arg(args.mount_point.canonicalize().or_else(|_| absolute(&args.mount_point))?);
 
     let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
     command
@@ -190,14 +192,37 @@ fn spawn_daemon(args: &MountArgs, threads: Option<usize>) -> Outcome {
 }
 
 pub fn umount(args: UmountArgs) -> Outcome {
+    let daemons = mf_mount::absolute_mount_point(&args.mount_point).map(|p| daemons_serving(&p)).unwrap_or_default();
     match mf_mount::unmount(&args.mount_point)? {
         Unmounted::Lazily => eprintln!(
             "mf: {} was busy: detached; the file system goes away when its last open file is closed",
             args.mount_point.display()
         ),
-        Unmounted::Clean | Unmounted::NotMounted => {}
+        Unmounted::Clean | Unmounted::NotMounted => {
+            // Return only once the daemon is gone, so that a mount made right after this one is
+            // never disturbed by the old daemon's shutdown.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while daemons.iter().any(|pid| Path::new(&format!("/proc/{pid}")).exists()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
     Ok(true)
+}
+
+/// Pids of `mf mount --background` daemons serving `mount_point` (their last argument).
+fn daemons_serving(mount_point: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let wanted = mount_point.as_os_str().as_encoded_bytes();
+    entries
+        .flatten()
+        .filter_map(|item| {
+            let pid: u32 = item.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(item.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).filter(|a| !a.is_empty()).collect();
+            (args.contains(&&b"--daemon-child"[..]) && args.last() == Some(&wanted)).then_some(pid)
+        })
+        .collect()
 }
 
 #[cfg(test)]
