@@ -45,6 +45,13 @@ fn is_mounted(path: &Path) -> bool {
     mount_entry(path).is_some()
 }
 
+/// Whether process `pid` still runs (not exited, nor a zombie waiting to be reaped).
+fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    !matches!(state, None | Some('Z') | Some('X'))
+}
+
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
@@ -418,7 +425,7 @@ fn unmounting_with_an_open_file_detaches_and_returns() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("busy"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!is_mounted(&scratch.mount_point));
     drop(open);
-    wait_until("the daemon exits", Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists());
+    wait_until("the daemon exits", Duration::from_secs(10), || !is_running(pid));
 }
 
 #[test]
@@ -436,7 +443,7 @@ fn background_mount_and_umount_and_stale_mounts() {
     let pid = daemon_pid(&scratch.mount_point).expect("daemon running");
     mf_ok(scratch.path(), &["umount", scratch.mnt()]);
     assert!(!is_mounted(&scratch.mount_point));
-    wait_until("the daemon exits", Duration::from_secs(10), || !Path::new(&format!("/proc/{pid}")).exists());
+    wait_until("the daemon exits", Duration::from_secs(10), || !is_running(pid));
     let err = mf_fails(scratch.path(), &["umount", scratch.mnt()], 1);
     assert!(err.contains("not a mount point"), "{err}");
 
@@ -520,4 +527,36 @@ fn a_damaged_frame_reads_as_eio_and_is_logged() {
     mf_ok(scratch.path(), &["umount", scratch.mnt()]);
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("bad.txt") && logged.contains("a.mf"), "log: {logged}");
+}
+
+#[test]
+fn allow_other_lets_other_users_read() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    // Other users must be able to reach the mount point at all.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = scratch.path().join("src");
+    write_tree(&src, &[("shared.txt", b"for everyone\n")]);
+    let archive = pack(scratch.path(), &src, "a.mf", &[]);
+    let file = scratch.mount_point.join("shared.txt");
+    let read_as_nobody = || {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(&file)
+            .output()
+            .expect("setpriv runs")
+    };
+
+    scratch.mount_background(&[&archive], &[]);
+    let denied = read_as_nobody();
+    assert!(!denied.status.success(), "without --allow-other only the owner may read");
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+
+    scratch.mount_background(&[&archive], &["--allow-other"]);
+    let allowed = read_as_nobody();
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+    assert_eq!(allowed.stdout, b"for everyone\n");
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
 }

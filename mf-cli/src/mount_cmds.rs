@@ -202,12 +202,19 @@ pub fn umount(args: UmountArgs) -> Outcome {
             // Return only once the daemon is gone, so that a mount made right after this one is
             // never disturbed by the old daemon's shutdown.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while daemons.iter().any(|pid| Path::new(&format!("/proc/{pid}")).exists()) && Instant::now() < deadline {
+            while daemons.iter().any(|&pid| is_running(pid)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
     }
     Ok(true)
+}
+
+/// Whether process `pid` still runs (an exited daemon stays a zombie until its adoptive parent reaps it).
+fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    !matches!(state, None | Some('Z') | Some('X'))
 }
 
 /// Pids of `mf mount --background` daemons serving `mount_point` (their last argument).
