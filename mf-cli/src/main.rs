@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "mf", version, about = "Multifile archives: pack assets, read them in place, ship small patches")]
 struct Cli {
-    /// Worker threads for compression and verification (default: one per core).
+    /// Worker threads for compression and verification (default: one per core), or serving a mount (default: 4).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
 
