@@ -6,6 +6,7 @@
 mod archive_cmds;
 mod convert;
 mod extract;
+mod mount_cmds;
 mod pack;
 mod progress;
 
@@ -17,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "mf", version, about = "Multifile archives: pack assets, read them in place, ship small patches")]
 struct Cli {
-    /// Worker threads for compression and verification (default: one per core).
+    /// Worker threads for compression and verification (default: one per core), or serving a mount (default: 4).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
 
@@ -41,6 +42,10 @@ enum Command {
     Info(archive_cmds::InfoArgs),
     /// Convert between mf archives and Panda3D multifiles.
     Convert(convert::ConvertArgs),
+    /// Mount archives (overlaid) as a read-only folder, through FUSE.
+    Mount(mount_cmds::MountArgs),
+    /// Unmount a folder mounted by `mf mount` (also after its daemon died).
+    Umount(mount_cmds::UmountArgs),
 }
 
 /// `--json` for commands whose output scripts read.
@@ -59,7 +64,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // Interrupted work must leave nothing behind: remove any half-written temp file, then exit as a
     // signal-killed process would.
+    // A running `mf mount` instead unmounts and returns.
     let _ = ctrlc::set_handler(|| {
+        if mount_cmds::interrupt() {
+            return;
+        }
         mf_format::remove_pending_temp_files();
         std::process::exit(130);
     });
@@ -77,6 +86,8 @@ fn main() -> ExitCode {
         Command::Verify(args) => archive_cmds::verify(args),
         Command::Info(args) => archive_cmds::info(args),
         Command::Convert(args) => convert::run(args),
+        Command::Mount(args) => mount_cmds::mount(args, cli.threads),
+        Command::Umount(args) => mount_cmds::umount(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -1,0 +1,395 @@
+//! The FUSE file system: a read-only view of the node table, with file data served from the
+//! archives' mappings (raw entries) or from the frame cache (zstd entries).
+
+use std::cell::RefCell;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyXattr, Request,
+};
+use mf_format::{Archive, Entry, StoredAs};
+
+use crate::cache::{FrameCache, FrameKey};
+use crate::tree::{Node, NodeKind, Tree};
+
+/// Archives never change while mounted, so the kernel may keep names and attributes for as long as
+/// it likes. (A year: far beyond any mount, and well inside the kernel's jiffies arithmetic.)
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Block size reported by stat and statfs: large, so that cp, stdio and Python pick big buffers.
+pub const BLOCK_SIZE: u32 = 256 * 1024;
+
+/// Background requests the kernel may queue (readahead); fuser's default is 16.
+const MAX_BACKGROUND: u16 = 64;
+
+/// How far ahead of a sequential reader the archive file is read ahead (see [`ArchiveFs::prefetch`]).
+const PREFETCH_AHEAD: u64 = 4 << 20;
+
+/// Slots remembering where the last read of an inode ended (indexed by inode modulo the count).
+const STREAM_SLOTS: usize = 256;
+
+pub struct ArchiveFs {
+    archives: Vec<Archive>,
+    /// Per archive: mtime reported for entries that recorded none (the archive file's mtime).
+    archive_mtimes: Vec<SystemTime>,
+    /// Reported for directories: the newest archive's mtime.
+    dir_mtime: SystemTime,
+    tree: Tree,
+    cache: FrameCache,
+    uid: u32,
+    gid: u32,
+    /// The kernel agreed to skip OPEN/OPENDIR (FUSE_NO_OPEN_SUPPORT): reads are keyed by inode.
+    zero_message_open: bool,
+    /// Per archive, the file itself (when it is one), for read-ahead hints.
+    archive_files: Vec<Option<File>>,
+    /// Where the last read of an inode ended, to tell sequential readers from random ones.
+    stream_ends: Box<[AtomicU64]>,
+}
+
+thread_local! {
+    /// Per worker thread: where a read spanning several frames is assembled, reused across requests.
+    static ASSEMBLY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl ArchiveFs {
+    pub fn new(archives: Vec<Archive>, tree: Tree, cache_size: usize, threads: usize) -> ArchiveFs {
+        let mount_time = SystemTime::now();
+        let archive_mtimes: Vec<SystemTime> = archives
+            .iter()
+            .map(|archive| std::fs::metadata(archive.name()).and_then(|m| m.modified()).unwrap_or(mount_time))
+            .collect();
+        let dir_mtime = archive_mtimes.iter().copied().max().unwrap_or(mount_time);
+        let archive_files = archives.iter().map(|archive| File::open(archive.name()).ok()).collect();
+        ArchiveFs {
+            archive_files,
+            stream_ends: (0..STREAM_SLOTS).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            archives,
+            archive_mtimes,
+            dir_mtime,
+            tree,
+            // A couple of spare buffers per worker absorb evictions without reallocating.
+            cache: FrameCache::new(cache_size, 2 * threads.max(1)),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            zero_message_open: false,
+        }
+    }
+
+    fn node(&self, ino: INodeNo) -> Option<(u32, &Node)> {
+        let index = u32::try_from(ino.0.checked_sub(1)?).ok()?;
+        Some((index, self.tree.node(index)?))
+    }
+
+    fn entry(&self, archive: u32, entry: u32) -> Option<(&Archive, Entry<'_>)> {
+        let archive = self.archives.get(archive as usize)?;
+        Some((archive, archive.entry(entry)?))
+    }
+
+    fn attr(&self, index: u32, node: &Node) -> FileAttr {
+        let ino = INodeNo(u64::from(index) + 1);
+        let (kind, size, perm, nlink, mtime) = match node.kind {
+            NodeKind::Dir { subdirs, .. } => (FileType::Directory, 4096, 0o755, 2 + subdirs, self.dir_mtime),
+            NodeKind::File { archive, entry } => match self.entry(archive, entry) {
+                Some((_, entry)) => {
+                    let mtime = entry.mtime().map(system_time).unwrap_or_else(|| {
+                        self.archive_mtimes.get(archive as usize).copied().unwrap_or(self.dir_mtime)
+                    });
+                    (FileType::RegularFile, entry.size(), entry.mode() as u16, 1, mtime)
+                }
+                None => (FileType::RegularFile, 0, 0o444, 1, self.dir_mtime),
+            },
+        };
+        FileAttr {
+            ino,
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: BLOCK_SIZE,
+            flags: 0,
+        }
+    }
+
+    /// Inode number, kind and name of position `position` of a directory listing: `.`, `..`, then
+    /// the children in name order.
+    fn dir_item(&self, index: u32, node: &Node, position: u64) -> Option<(u32, FileType, &[u8])> {
+        let NodeKind::Dir { first, count, .. } = node.kind else { return None };
+        match position {
+            0 => Some((index, FileType::Directory, b".")),
+            1 => Some((node.parent, FileType::Directory, b"..")),
+            _ => {
+                let child_position = u32::try_from(position - 2).ok().filter(|&p| p < count)?;
+                let child = first + child_position;
+                let child_node = self.tree.node(child)?;
+                let kind = match child_node.kind {
+                    NodeKind::Dir { .. } => FileType::Directory,
+                    NodeKind::File { .. } => FileType::RegularFile,
+                };
+                Some((child, kind, self.tree.name(child_node).as_bytes()))
+            }
+        }
+    }
+
+    /// A decoded frame, from the cache or freshly decoded into a recycled buffer.
+    fn frame(&self, archive: &Archive, entry: &Entry<'_>, key: FrameKey) -> Result<Arc<Vec<u8>>, Errno> {
+        if let Some(frame) = self.cache.get(&key) {
+            return Ok(frame);
+        }
+        let mut buffer = self.cache.take_buffer();
+        match archive.decode_frame(entry, key.frame, &mut buffer) {
+            Ok(()) => Ok(self.cache.insert(key, buffer)),
+            Err(e) => {
+                self.cache.recycle(buffer);
+                eprintln!(
+                    "mf mount: I/O error reading '{}' from archive {}: {e}",
+                    entry.path(),
+                    archive.name().display()
+                );
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Starts the disk reads for the archive bytes a read needs, and for a sequential reader the
+    /// next few MiB: entry data is read through the mapping, whose page faults would otherwise read
+    /// the file synchronously in small pieces while the worker waits.
+    fn prefetch(&self, ino: INodeNo, archive_index: u32, entry: &Entry<'_>, start: u64, end: u64) {
+        let Some(Some(file)) = self.archive_files.get(archive_index as usize) else { return };
+        let slot = &self.stream_ends[(ino.0 as usize) % STREAM_SLOTS];
+        let previous_end = slot.swap(end, Ordering::Relaxed);
+        // Kernel read-ahead requests run concurrently and may arrive slightly out of order.
+        let sequential = previous_end != u64::MAX && start.abs_diff(previous_end) <= PREFETCH_AHEAD;
+        let want_end = if sequential { end.saturating_add(PREFETCH_AHEAD).min(entry.size()) } else { end };
+        // Stored positions of compressed data, scaled by the entry's ratio (a hint need not be exact).
+        let size = entry.size().max(1);
+        let stored = |position: u64| (u128::from(position) * u128::from(entry.stored_size()) / u128::from(size)) as u64;
+        let (from, to) = match entry.stored_as() {
+            StoredAs::Raw => (start, want_end),
+            StoredAs::Zstd => {
+                let frame = self.archives.get(archive_index as usize).map_or(0, |a| a.frame_size());
+                (stored(start.saturating_sub(frame)), stored(want_end.saturating_add(frame)).min(entry.stored_size()))
+            }
+        };
+        let (Ok(offset), Ok(len)) = (i64::try_from(entry.offset() + from), i64::try_from(to.saturating_sub(from)))
+        else {
+            return;
+        };
+        if len > 0 {
+            let _ = nix::fcntl::posix_fadvise(file, offset, len, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+        }
+    }
+
+    fn read_zstd(
+        &self,
+        archive_index: u32,
+        archive: &Archive,
+        entry: &Entry<'_>,
+        start: u64,
+        end: u64,
+        reply: ReplyData,
+    ) {
+        let frame_size = archive.frame_size();
+        let first = start / frame_size;
+        let last = (end - 1) / frame_size;
+        let key = |frame| FrameKey { archive: archive_index, entry: entry.index(), frame };
+        if first == last {
+            // The common case: the request lies in one frame; reply straight from the cached frame.
+            match self.frame(archive, entry, key(first)) {
+                Ok(frame) => {
+                    let frame_start = first * frame_size;
+                    let range = (start - frame_start) as usize..(end - frame_start) as usize;
+                    match frame.get(range) {
+                        Some(bytes) => reply.data(bytes),
+                        None => reply.error(Errno::EIO),
+                    }
+                }
+                Err(errno) => reply.error(errno),
+            }
+            return;
+        }
+        ASSEMBLY.with(|assembly| {
+            let mut assembly = assembly.borrow_mut();
+            assembly.clear();
+            for k in first..=last {
+                let frame = match self.frame(archive, entry, key(k)) {
+                    Ok(frame) => frame,
+                    Err(errno) => return reply.error(errno),
+                };
+                let frame_start = k * frame_size;
+                let from = (start.max(frame_start) - frame_start) as usize;
+                let to = (end.min(frame_start + frame.len() as u64) - frame_start) as usize;
+                match frame.get(from..to) {
+                    Some(bytes) => assembly.extend_from_slice(bytes),
+                    None => return reply.error(Errno::EIO),
+                }
+            }
+            reply.data(&assembly);
+        });
+    }
+}
+
+fn system_time(mtime: mf_format::Mtime) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::from(mtime.nanos));
+    if mtime.secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(mtime.secs as u64) + nanos
+    } else {
+        UNIX_EPOCH - Duration::from_secs(mtime.secs.unsigned_abs()) + nanos
+    }
+}
+
+impl fuser::Filesystem for ArchiveFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each capability separately: an old kernel lacking one still gets the others.
+        for wanted in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            // O_DIRECT readers with several requests in flight (libaio, io_uring) get them served
+            // concurrently instead of one at a time.
+            InitFlags::FUSE_ASYNC_DIO,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_NO_OPENDIR_SUPPORT,
+        ] {
+            let _ = config.add_capabilities(wanted);
+        }
+        self.zero_message_open = config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let Some((_, dir)) = self.node(parent) else { return reply.error(Errno::ENOENT) };
+        if !matches!(dir.kind, NodeKind::Dir { .. }) {
+            return reply.error(Errno::ENOTDIR);
+        }
+        match self.tree.find_child(dir, name.as_bytes()) {
+            Some(index) => match self.tree.node(index) {
+                Some(node) => reply.entry(&TTL, &self.attr(index, node), Generation(0)),
+                None => reply.error(Errno::EIO),
+            },
+            None => {
+                // Inode 0 with a lifetime: the kernel caches the miss as a negative dentry.
+                let mut negative = self.attr(0, dir);
+                negative.ino = INodeNo(0);
+                reply.entry(&TTL, &negative, Generation(0));
+            }
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.node(ino) {
+            Some((index, node)) => reply.attr(&TTL, &self.attr(index, node)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.zero_message_open {
+            // Tells the kernel to stop sending OPEN; it then keeps the page cache by itself.
+            return reply.error(Errno::ENOSYS);
+        }
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.zero_message_open {
+            return reply.error(Errno::ENOSYS);
+        }
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some((_, node)) = self.node(ino) else { return reply.error(Errno::ENOENT) };
+        let NodeKind::File { archive: archive_index, entry } = node.kind else { return reply.error(Errno::EISDIR) };
+        let Some((archive, entry)) = self.entry(archive_index, entry) else { return reply.error(Errno::EIO) };
+        let start = offset.min(entry.size());
+        let end = offset.saturating_add(u64::from(size)).min(entry.size());
+        if start >= end {
+            return reply.data(&[]);
+        }
+        self.prefetch(ino, archive_index, &entry, start, end);
+        match entry.stored_as() {
+            StoredAs::Raw => {
+                // Zero copy: the reply is written straight from the mapping.
+                let bytes = archive.raw_bytes(&entry).and_then(|raw| raw.get(start as usize..end as usize));
+                match bytes {
+                    Some(bytes) => reply.data(bytes),
+                    None => reply.error(Errno::EIO),
+                }
+            }
+            StoredAs::Zstd => self.read_zstd(archive_index, archive, &entry, start, end, reply),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some((index, node)) = self.node(ino) else { return reply.error(Errno::ENOENT) };
+        if !matches!(node.kind, NodeKind::Dir { .. }) {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let mut position = offset;
+        while let Some((item, kind, name)) = self.dir_item(index, node, position) {
+            if reply.add(INodeNo(u64::from(item) + 1), position + 1, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+            position += 1;
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some((index, node)) = self.node(ino) else { return reply.error(Errno::ENOENT) };
+        if !matches!(node.kind, NodeKind::Dir { .. }) {
+            return reply.error(Errno::ENOTDIR);
+        }
+        let mut position = offset;
+        while let Some((item, _, name)) = self.dir_item(index, node, position) {
+            let Some(item_node) = self.tree.node(item) else { break };
+            let attr = self.attr(item, item_node);
+            if reply.add(attr.ino, position + 1, OsStr::from_bytes(name), &TTL, &attr, Generation(0)) {
+                break;
+            }
+            position += 1;
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.tree.total_size.div_ceil(u64::from(BLOCK_SIZE));
+        reply.statfs(blocks, 0, 0, self.tree.len() as u64, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
+    }
+
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        // Archives carry no extended attributes; ENOSYS makes the kernel stop asking altogether.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
+    }
+}

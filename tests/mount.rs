@@ -1,0 +1,562 @@
+//! End-to-end tests of `mf mount` / `mf umount` and of `mf_mount::mount`, with real FUSE mounts.
+//!
+//! Every mount is made on a fresh temporary directory and guarded: whatever happens, the guard
+//! detaches it (`umount -l`) before the directory is removed, so a failing test leaves no mount.
+//! Without /dev/fuse these tests fail, unless MF_SKIP_FUSE=1 asks to skip them.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{mf_fails, mf_in, mf_ok, noise, write_tree};
+
+/// Whether FUSE tests can run; panics when they cannot and skipping was not asked for.
+fn fuse_available() -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    if std::env::var("MF_SKIP_FUSE").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: /dev/fuse is missing and MF_SKIP_FUSE=1");
+        return false;
+    }
+    panic!("/dev/fuse is missing: FUSE tests cannot run (set MF_SKIP_FUSE=1 to skip them)");
+}
+
+/// The topmost mount at `path`, from /proc/self/mountinfo: (device, fs type).
+fn mount_entry(path: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let path = path.to_str().unwrap();
+    text.lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fields: Vec<&str> = before.split(' ').collect();
+            (fields.get(4) == Some(&path))
+                .then(|| (fields[2].to_string(), after.split(' ').next().unwrap_or("").to_string()))
+        })
+        .next_back()
+}
+
+fn is_mounted(path: &Path) -> bool {
+    mount_entry(path).is_some()
+}
+
+/// Whether process `pid` still runs (not exited, nor a zombie waiting to be reaped).
+fn is_running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    !matches!(state, None | Some('Z') | Some('X'))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A temporary directory with a mount point in it. Dropping it first detaches anything still
+/// mounted there and kills a foreground `mf mount` child it owns.
+struct Scratch {
+    dir: tempfile::TempDir,
+    mount_point: PathBuf,
+    child: Option<Child>,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let mount_point = dir.path().join("mnt");
+        std::fs::create_dir(&mount_point).unwrap();
+        Scratch { dir, mount_point, child: None }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn mnt(&self) -> &str {
+        self.mount_point.to_str().unwrap()
+    }
+
+    /// Starts `mf mount ARGS... MNT` in the foreground and waits until the mount is live.
+    fn mount_foreground(&mut self, archives: &[&Path], extra: &[&str]) {
+        let child = Command::new(common::mf_bin())
+            .arg("mount")
+            .args(extra)
+            .args(archives)
+            .arg(&self.mount_point)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let mount_point = self.mount_point.clone();
+        let start = Instant::now();
+        while !is_mounted(&mount_point) {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                let output = self.child.take().unwrap().wait_with_output().unwrap();
+                panic!("mf mount exited early ({status}): {}", String::from_utf8_lossy(&output.stderr));
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "mount did not come up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn mount_background(&self, archives: &[&Path], extra: &[&str]) {
+        let mut args = vec!["mount", "--background"];
+        args.extend_from_slice(extra);
+        let archive_args: Vec<&str> = archives.iter().map(|a| a.to_str().unwrap()).collect();
+        args.extend(archive_args);
+        args.push(self.mnt());
+        let stdout = mf_ok(self.path(), &args);
+        assert_eq!(stdout, "", "--background prints nothing on success");
+        assert!(is_mounted(&self.mount_point), "the mount is live when --background returns");
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if is_mounted(&self.mount_point) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mount_point).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(pid) = daemon_pid(&self.mount_point) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// The pid of the `--background` daemon serving `mount_point`, found through /proc.
+fn daemon_pid(mount_point: &Path) -> Option<u32> {
+    let wanted = mount_point.to_str()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|item| {
+        let pid: u32 = item.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(item.path().join("cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let daemon = args.contains(&&b"--daemon-child"[..]) && args.contains(&wanted.as_bytes());
+        daemon.then_some(pid)
+    })
+}
+
+fn pack(dir: &Path, src: &Path, out: &str, extra: &[&str]) -> PathBuf {
+    let mut args = vec!["pack", src.to_str().unwrap(), "-o", out];
+    args.extend_from_slice(extra);
+    mf_ok(dir, &args);
+    dir.join(out)
+}
+
+/// A text-like, compressible, non-repeating payload (many zstd frames when large).
+fn compressible(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("line {i} value {}\n", i.wrapping_mul(2654435761) % 1000).as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// A source tree covering the cases the mount must get right.
+fn build_source(root: &Path) -> (Vec<u8>, Vec<u8>) {
+    let big_text = compressible(3 << 20); // 12 frames of 256 KiB
+    let big_noise = noise(1 << 20, 7); // stored raw
+    write_tree(
+        root,
+        &[
+            ("readme.txt", b"hello\n"),
+            ("empty.bin", b""),
+            ("bin/launch.sh", b"#!/bin/sh\necho launched\n"),
+            ("data/levels/one.json", b"{\"level\": 1}\n"),
+            ("data/levels/two.json", b"{\"level\": 2}\n"),
+            ("data/big.txt", &big_text),
+            ("data/noise.raw", &big_noise),
+            ("deep/a/b/c/d/leaf.txt", b"leaf\n"),
+        ],
+    );
+    std::fs::set_permissions(root.join("bin/launch.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    (big_text, big_noise)
+}
+
+/// Every file and directory under `root`: relative path → (is_dir, mode & 0o777, size, nlink).
+fn tree_attrs(root: &Path) -> Vec<(String, bool, u32, u64, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).unwrap() {
+            let path = item.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if meta.is_dir() {
+                stack.push(path.clone());
+                out.push((rel, true, meta.mode() & 0o777, 0, meta.nlink()));
+            } else {
+                out.push((rel, false, meta.mode() & 0o777, meta.len(), meta.nlink()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn errno(result: std::io::Result<impl Sized>) -> Option<i32> {
+    result.err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn mounted_tree_matches_the_source_in_content_and_attributes() {
+    if !fuse_available() {
+        return;
+    }
+    let mut scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    let (big_text, big_noise) = build_source(&src);
+    let archive = pack(scratch.path(), &src, "game.mf", &[]);
+    let archive_mtime = std::fs::metadata(&archive).unwrap().modified().unwrap();
+    scratch.mount_foreground(&[&archive], &["--cache-size", "1M"]);
+    let mnt = scratch.mount_point.clone();
+
+    // Content, byte for byte, and the directory structure.
+    assert_eq!(common::read_tree(&mnt), common::read_tree(&src));
+    // Sizes, modes (the executable bit included), link counts (2 + subdirectories for a directory).
+    let mut source_attrs = tree_attrs(&src);
+    for attr in &mut source_attrs {
+        if !attr.1 {
+            // The writer records 0o755 for executables and 0o644 otherwise.
+            attr.2 = if attr.2 & 0o111 != 0 { 0o755 } else { 0o644 };
+        } else {
+            attr.2 = 0o755;
+        }
+    }
+    assert_eq!(tree_attrs(&mnt), source_attrs);
+    let root = std::fs::metadata(&mnt).unwrap();
+    assert_eq!(root.nlink(), 2 + 3, "root has bin, data and deep");
+    let launch = std::fs::metadata(mnt.join("bin/launch.sh")).unwrap();
+    assert_eq!(launch.mode() & 0o777, 0o755);
+    assert!(launch.blksize() >= 128 * 1024, "large st_blksize");
+    assert_eq!(launch.blocks(), 1);
+    // Entries without a recorded mtime show the archive file's.
+    assert_eq!(launch.modified().unwrap(), archive_mtime);
+    let out = Command::new(mnt.join("bin/launch.sh")).output().unwrap();
+    assert_eq!(out.stdout, b"launched\n", "executables run from the mount");
+
+    // `ls -lR` lists everything (readdirplus) with the right modes and sizes.
+    let listing = Command::new("ls").arg("-lR").arg(&mnt).output().unwrap();
+    assert!(listing.status.success());
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(listing.contains("-rwxr-xr-x 1"), "{listing}");
+    assert!(listing.contains(&format!("{} ", 3 << 20)), "{listing}");
+    for name in ["readme.txt", "empty.bin", "launch.sh", "one.json", "two.json", "big.txt", "noise.raw", "leaf.txt"] {
+        assert!(listing.contains(name), "ls -lR misses {name}:\n{listing}");
+    }
+
+    // statfs reports real totals: blocks × block size ≥ the content, one inode per node.
+    let statfs = Command::new("stat").args(["-f", "-c", "%b %S %c"]).arg(&mnt).output().unwrap();
+    let statfs = String::from_utf8(statfs.stdout).unwrap();
+    let numbers: Vec<u64> = statfs.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    let content: u64 = common::read_tree(&src).iter().map(|(_, c)| c.len() as u64).sum();
+    assert!(numbers[0] * numbers[1] >= content && numbers[0] * numbers[1] < content + 16 * numbers[1], "{statfs}");
+    assert_eq!(numbers[2], 1 + tree_attrs(&src).len() as u64, "one inode per file and directory: {statfs}");
+
+    // Missing names are ENOENT (cached negatively, still ENOENT the second time).
+    for _ in 0..2 {
+        assert_eq!(errno(std::fs::metadata(mnt.join("data/nope"))), Some(libc::ENOENT));
+    }
+    assert_eq!(errno(std::fs::metadata(mnt.join("readme.txt/x"))), Some(libc::ENOTDIR));
+
+    // Random reads inside the compressed multi-frame entry, with O_DIRECT so each one reaches the
+    // daemon at its exact offset (frame boundaries included), and buffered.
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for direct in [true, false] {
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        if direct {
+            options.custom_flags(libc::O_DIRECT);
+        }
+        let file = options.open(mnt.join("data/big.txt")).unwrap();
+        let mut buf = vec![0u8; 300_000];
+        for i in 0..200 {
+            let len = 1 + (next() % 300_000) as usize;
+            let offset = if i % 10 == 0 {
+                // Straddle a frame boundary.
+                ((next() % 11 + 1) * 262_144).saturating_sub(len as u64 / 2)
+            } else {
+                next() % big_text.len() as u64
+            };
+            let n = file.read_at(&mut buf[..len], offset).unwrap();
+            let expected_len = len.min(big_text.len() - offset as usize);
+            assert_eq!(n, expected_len, "short read at {offset}+{len} (direct: {direct})");
+            assert!(buf[..n] == big_text[offset as usize..offset as usize + n], "bytes differ at {offset}+{len}");
+        }
+    }
+
+    // Eight concurrent readers over the compressed and the raw file.
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let (mnt, big_text, big_noise) = (&mnt, &big_text, &big_noise);
+            scope.spawn(move || {
+                let (name, expected) =
+                    if t % 2 == 0 { ("data/big.txt", big_text) } else { ("data/noise.raw", big_noise) };
+                let file =
+                    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(mnt.join(name)).unwrap();
+                let mut state = t + 1;
+                let mut buf = vec![0u8; 64 * 1024];
+                for _ in 0..150 {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let offset = (state >> 20) % expected.len() as u64;
+                    let n = file.read_at(&mut buf, offset).unwrap();
+                    assert!(buf[..n] == expected[offset as usize..offset as usize + n], "thread {t} at {offset}");
+                }
+                // And the whole file, sequentially.
+                let mut all = Vec::new();
+                File::open(mnt.join(name)).unwrap().read_to_end(&mut all).unwrap();
+                assert!(all == *expected);
+            });
+        }
+    });
+
+    // Read-only at the kernel level.
+    assert_eq!(errno(File::create(mnt.join("new.txt"))), Some(libc::EROFS));
+    assert_eq!(errno(std::fs::OpenOptions::new().write(true).open(mnt.join("readme.txt"))), Some(libc::EROFS));
+    assert_eq!(errno(std::fs::create_dir(mnt.join("newdir"))), Some(libc::EROFS));
+    assert_eq!(errno(std::fs::remove_file(mnt.join("readme.txt"))), Some(libc::EROFS));
+    assert_eq!(errno(std::fs::rename(mnt.join("readme.txt"), mnt.join("r.txt"))), Some(libc::EROFS));
+
+    // Ctrl-C unmounts cleanly and exits 0.
+    let mut child = scratch.child.take().unwrap();
+    Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "mf mount did not stop on SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(status.success(), "{status}: {stderr}");
+    assert!(!is_mounted(&mnt));
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0, "the mount point is empty again");
+}
+
+#[test]
+fn later_archives_win_and_the_library_handle_unmounts_on_drop() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let base = scratch.path().join("base");
+    let patch = scratch.path().join("patch");
+    write_tree(&base, &[("a/shared.txt", b"base"), ("a/base_only.txt", b"b"), ("conflict", b"base file")]);
+    write_tree(&patch, &[("a/shared.txt", b"patched"), ("a/patch_only.txt", b"p"), ("conflict/inner", b"dir now")]);
+    let base_mf = pack(scratch.path(), &base, "base.mf", &[]);
+    let patch_mf = pack(scratch.path(), &patch, "patch.mf", &["--keep-mtime"]);
+
+    let options = mf_mount::MountOptions { threads: 2, ..mf_mount::MountOptions::default() };
+    let handle = mf_mount::mount_paths(&[&base_mf, &patch_mf], &scratch.mount_point, &options).unwrap();
+    let mnt = scratch.mount_point.clone();
+    assert!(is_mounted(&mnt));
+    assert!(handle.is_running());
+    assert_eq!(std::fs::read(mnt.join("a/shared.txt")).unwrap(), b"patched");
+    assert_eq!(std::fs::read(mnt.join("a/base_only.txt")).unwrap(), b"b");
+    assert_eq!(std::fs::read(mnt.join("a/patch_only.txt")).unwrap(), b"p");
+    assert_eq!(std::fs::read(mnt.join("conflict/inner")).unwrap(), b"dir now");
+    let mut names: Vec<String> =
+        std::fs::read_dir(mnt.join("a")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["base_only.txt", "patch_only.txt", "shared.txt"]);
+    // --keep-mtime entries show their own mtime (the source file's).
+    let source_mtime = std::fs::metadata(patch.join("a/patch_only.txt")).unwrap().modified().unwrap();
+    assert_eq!(std::fs::metadata(mnt.join("a/patch_only.txt")).unwrap().modified().unwrap(), source_mtime);
+
+    drop(handle);
+    assert!(!is_mounted(&mnt), "dropping the handle unmounts");
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+}
+
+#[test]
+fn unmounting_with_an_open_file_detaches_and_returns() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    write_tree(&src, &[("big.txt", &compressible(1 << 20))]);
+    let archive = pack(scratch.path(), &src, "a.mf", &[]);
+    let options = mf_mount::MountOptions { unmount_grace: Duration::from_millis(200), ..Default::default() };
+    let handle = mf_mount::mount_paths(&[&archive], &scratch.mount_point, &options).unwrap();
+    let mut open = File::open(scratch.mount_point.join("big.txt")).unwrap();
+    let mut start_bytes = [0u8; 16];
+    open.read_exact(&mut start_bytes).unwrap();
+    assert_eq!(&start_bytes, &compressible(16)[..]);
+
+    let started = Instant::now();
+    handle.unmount().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "unmount must not wait for the reader");
+    assert!(!is_mounted(&scratch.mount_point), "the mount is gone from the namespace");
+    // The open file either still reads (lazily detached) or fails (connection aborted); never hangs.
+    let _ = open.seek(SeekFrom::Start(500_000)).and_then(|_| open.read(&mut start_bytes));
+    drop(open);
+
+    // The CLI: `mf umount` on a busy background mount detaches it and says so; the daemon then
+    // exits when the file is closed.
+    scratch.mount_background(&[&archive], &[]);
+    let open = File::open(scratch.mount_point.join("big.txt")).unwrap();
+    let pid = daemon_pid(&scratch.mount_point).expect("daemon running");
+    let out = mf_in(scratch.path(), &["umount", scratch.mnt()]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("busy"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!is_mounted(&scratch.mount_point));
+    drop(open);
+    wait_until("the daemon exits", Duration::from_secs(10), || !is_running(pid));
+}
+
+#[test]
+fn background_mount_and_umount_and_stale_mounts() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    write_tree(&src, &[("x/y.txt", b"why\n")]);
+    let archive = pack(scratch.path(), &src, "a.mf", &[]);
+
+    scratch.mount_background(&[&archive], &["--threads", "2", "--cache-size", "8M"]);
+    assert_eq!(std::fs::read(scratch.mount_point.join("x/y.txt")).unwrap(), b"why\n");
+    let pid = daemon_pid(&scratch.mount_point).expect("daemon running");
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+    assert!(!is_mounted(&scratch.mount_point));
+    wait_until("the daemon exits", Duration::from_secs(10), || !is_running(pid));
+    let err = mf_fails(scratch.path(), &["umount", scratch.mnt()], 1);
+    assert!(err.contains("not a mount point"), "{err}");
+
+    // A killed daemon leaves a stale mount ("transport endpoint is not connected"); umount clears it.
+    scratch.mount_background(&[&archive], &[]);
+    let pid = daemon_pid(&scratch.mount_point).expect("daemon running");
+    Command::new("kill").arg("-9").arg(pid.to_string()).status().unwrap();
+    wait_until("the daemon dies", Duration::from_secs(10), || {
+        errno(std::fs::metadata(scratch.mount_point.join("x"))) == Some(libc::ENOTCONN)
+    });
+    assert!(is_mounted(&scratch.mount_point));
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+    assert!(!is_mounted(&scratch.mount_point));
+    assert_eq!(std::fs::read_dir(&scratch.mount_point).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_mount_points_and_damaged_archives_are_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    write_tree(&src, &[("f.txt", b"content")]);
+    let archive = pack(scratch.path(), &src, "a.mf", &[]);
+    let a = archive.to_str().unwrap();
+
+    let missing = scratch.path().join("missing");
+    let err = mf_fails(scratch.path(), &["mount", a, missing.to_str().unwrap()], 1);
+    assert!(err.contains("does not exist"), "{err}");
+    let err = mf_fails(scratch.path(), &["mount", "--background", a, src.to_str().unwrap()], 1);
+    assert!(err.contains("is not empty"), "{err}");
+    let err = mf_fails(scratch.path(), &["mount", a, src.join("f.txt").to_str().unwrap()], 1);
+    assert!(err.contains("not a directory"), "{err}");
+    let err = mf_fails(scratch.path(), &["mount", "nope.mf", scratch.mnt()], 1);
+    assert!(err.contains("nope.mf"), "{err}");
+
+    // A damaged index: refused at mount time, naming the archive, in both modes.
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let at = bytes.len() - 60; // inside the index, before the footer
+    bytes[at] ^= 0xFF;
+    let damaged = scratch.path().join("damaged.mf");
+    std::fs::write(&damaged, &bytes).unwrap();
+    for extra in [&[][..], &["--background"][..]] {
+        let mut args = vec!["mount"];
+        args.extend_from_slice(extra);
+        args.extend([damaged.to_str().unwrap(), scratch.mnt()]);
+        let err = mf_fails(scratch.path(), &args, 1);
+        assert!(err.contains("damaged.mf") && err.contains("damaged"), "{err}");
+        assert!(!is_mounted(&scratch.mount_point));
+    }
+}
+
+#[test]
+fn a_damaged_frame_reads_as_eio_and_is_logged() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    let text = compressible(1 << 20);
+    write_tree(&src, &[("bad.txt", &text), ("good.txt", &text)]);
+    let archive = pack(scratch.path(), &src, "a.mf", &[]);
+    let (offset, stored) = {
+        let opened = mf_format::Archive::open(&archive).unwrap();
+        let entry = opened.get("bad.txt").unwrap();
+        assert_eq!(entry.stored_as(), mf_format::StoredAs::Zstd);
+        (entry.offset(), entry.stored_size())
+    };
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let middle = (offset + stored / 2) as usize;
+    for byte in &mut bytes[middle..middle + 8] {
+        *byte ^= 0x5A;
+    }
+    std::fs::write(&archive, &bytes).unwrap();
+
+    let log = scratch.path().join("daemon.log");
+    scratch.mount_background(&[&archive], &["--log", log.to_str().unwrap()]);
+    assert_eq!(errno(std::fs::read(scratch.mount_point.join("bad.txt"))), Some(libc::EIO));
+    assert_eq!(std::fs::read(scratch.mount_point.join("good.txt")).unwrap(), text, "other entries still read");
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("bad.txt") && logged.contains("a.mf"), "log: {logged}");
+}
+
+#[test]
+fn allow_other_lets_other_users_read() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    // Other users must be able to reach the mount point at all.
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let src = scratch.path().join("src");
+    write_tree(&src, &[("shared.txt", b"for everyone\n")]);
+    let archive = pack(scratch.path(), &src, "a.mf", &[]);
+    let file = scratch.mount_point.join("shared.txt");
+    let read_as_nobody = || {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(&file)
+            .output()
+            .expect("setpriv runs")
+    };
+
+    scratch.mount_background(&[&archive], &[]);
+    let denied = read_as_nobody();
+    assert!(!denied.status.success(), "without --allow-other only the owner may read");
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+
+    scratch.mount_background(&[&archive], &["--allow-other"]);
+    let allowed = read_as_nobody();
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+    assert_eq!(allowed.stdout, b"for everyone\n");
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+}
