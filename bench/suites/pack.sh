@@ -11,7 +11,7 @@
 source "$(dirname "$0")/../lib.sh"
 
 bench_need_apt squashfs-tools zstd time
-bench_need_pip panda3d
+bench_need_pip panda3d zstandard
 bench_build_mf
 CORPUS="$(bench_corpus_arcade)"
 MULTIFY="$BENCH_VENV/bin/multify"
@@ -157,6 +157,10 @@ if [ ! -f "$GEN.complete" ]; then
   python3 "$BENCH_DIR/gen_small_files.py" "$GEN" 100000 $((1 << 30))
   touch "$GEN.complete"
 fi
+bench_log "estimating what squashfs's deduplication, fragments and level are worth (size_gaps.py)"
+MF_LEVEL="$("$MF" pack --help | grep -A3 -- '--level' | grep -o 'default: [0-9]*' | head -1 | cut -d' ' -f2)"
+SIZE_GAPS="$("$BENCH_VENV/bin/python" "$BENCH_DIR/size_gaps.py" "$CORPUS" "${MF_LEVEL:?cannot read the default level of mf}")"
+
 LARGE_TOOLS=(mf tarzst sqfs)
 cat_tree "$GEN"
 for round in $(seq "$RUNS_LARGE"); do
@@ -182,19 +186,26 @@ mf_pack=$(med arcade.pack.mf)
 sq_pack=$(med arcade.pack.sqfs)
 mf_x=$(med arcade.extract.mf)
 tar_x=$(med arcade.extract.tarzst)
+met() { awk -v a="$1" -v b="$2" 'BEGIN { if (a <= b) print "yes"; else print "**no**" }'; }
+size_gap="$(awk -v a="$mf_size" -v b="$sq_size" 'BEGIN { printf "%+.2f%%, %+d bytes", (a / b - 1) * 100, a - b }')"
+sq_half="$(awk -v v="$sq_pack" 'BEGIN { print v / 2 }')"
 
 {
   echo "## pack: mf vs multify, tar|zstd, mksquashfs"
   echo
   echo "_Measured $(date -u '+%Y-%m-%d %H:%M UTC') at mf commit $(git -C "$REPO_DIR" rev-parse --short HEAD)$(git -C "$REPO_DIR" diff --quiet HEAD -- . ':!bench' || echo '+changes'); load average $LOAD_START at the start, $LOAD_END at the end._"
   echo
-  echo "Commands: \`$(pack_cmd arcade CORPUS mf | sed "s|$REPO_DIR/||g; s|$W/out/||g")\`, \`multify -c -z -f X -C CORPUS .\`,"
-  echo "\`tar cf - -C CORPUS . | zstd -3 -T0\`, \`mksquashfs CORPUS X -comp zstd -noappend\` (zstd level 15, 128 KiB blocks,"
-  echo "all cores). Extract: \`mf extract X -C D\`, \`multify -x\`, \`zstd -dc X | tar x\`, \`unsquashfs -d D\`. List: \`mf list\`,"
-  echo "\`multify -t\`, \`zstd -dc X | tar t\`, \`unsquashfs -l\`. Times are wall-clock medians of $BENCH_RUNS runs (pack) or"
-  echo "$RUNS_SHORT runs (extract, list), tools"
-  echo "interleaved; CPU is user+sys; peak RSS is the largest of the runs (for a pipeline, its largest process);"
-  echo "page cache $([ "${BENCH_COLD:-0}" = 1 ] && echo 'dropped before each command' || echo 'warm'). mf pack fsyncs the archive before"
+  mf_cmd="$(pack_cmd arcade CORPUS mf | sed "s|$REPO_DIR/||g; s|$W/out/||g")"
+  cache_state=warm
+  [ "${BENCH_COLD:-0}" = 1 ] && cache_state="dropped before each command"
+  sed -e "s|@MF_CMD@|$mf_cmd|" -e "s|@RUNS@|$BENCH_RUNS|" -e "s|@RUNS_SHORT@|$RUNS_SHORT|" -e "s|@CACHE@|$cache_state|" <<'TEXT'
+Commands: `@MF_CMD@`, `multify -c -z -f X -C CORPUS .`, `tar cf - -C CORPUS . | zstd -3 -T0`,
+`mksquashfs CORPUS X -comp zstd -noappend` (zstd level 15, 128 KiB blocks, all cores). Extract:
+`mf extract X -C D`, `multify -x`, `zstd -dc X | tar x`, `unsquashfs -d D`. List: `mf list`, `multify -t`,
+`zstd -dc X | tar t`, `unsquashfs -l`. Times are wall-clock medians of @RUNS@ runs (pack) or @RUNS_SHORT@ runs
+(extract, list), the tools interleaved round by round; CPU is user+sys; peak RSS is the largest of the runs
+(for a pipeline, its largest process); page cache @CACHE@. mf pack fsyncs the archive before
+TEXT
   echo "renaming it into place (its no-partial-output guarantee); the other tools do not sync."
   echo
   echo "### arcade 3.3.3 ($CORPUS_FILES files, $(bench_fmt_mib "$(du -sb --apparent-size "$CORPUS" | cut -f1)"))"
@@ -214,10 +225,13 @@ tar_x=$(med arcade.extract.tarzst)
   echo
   echo "| target | measured | met |"
   echo "|---|---|---|"
-  met() { awk -v a="$1" -v b="$2" 'BEGIN { print (a <= b) ? "yes" : "**no**" }'; }
-  echo "| archive ≤ mksquashfs -comp zstd | $mf_size vs $sq_size bytes ($(awk -v a="$mf_size" -v b="$sq_size" 'BEGIN { printf "%+.2f%%, %+d bytes", (a / b - 1) * 100, a - b }')) | $(met "$mf_size" "$sq_size") |"
-  echo "| pack ≤ ½ × mksquashfs | $(bench_fmt_secs "$mf_pack") vs $(bench_fmt_secs "$sq_pack") (ratio $(bench_ratio "$mf_pack" "$sq_pack"); CPU ratio $(bench_ratio "$(cpu arcade.pack.mf)" "$(cpu arcade.pack.sqfs)")) | $(met "$mf_pack" "$(awk -v v="$sq_pack" 'BEGIN { print v / 2 }')") |"
+  echo "| archive ≤ mksquashfs -comp zstd | $mf_size vs $sq_size bytes ($size_gap) | $(met "$mf_size" "$sq_size") |"
+  echo "| pack ≤ ½ × mksquashfs | $(bench_fmt_secs "$mf_pack") vs $(bench_fmt_secs "$sq_pack") (ratio $(bench_ratio "$mf_pack" "$sq_pack"); CPU ratio $(bench_ratio "$(cpu arcade.pack.mf)" "$(cpu arcade.pack.sqfs)")) | $(met "$mf_pack" "$sq_half") |"
   echo "| extract ≤ zstd -dc \\| tar x | $(bench_fmt_secs "$mf_x") vs $(bench_fmt_secs "$tar_x") (ratio $(bench_ratio "$mf_x" "$tar_x")) | $(met "$mf_x" "$tar_x") |"
+  echo
+  echo "### Where the size difference to squashfs comes from (bench/size_gaps.py, zstd library estimates)"
+  echo
+  echo "$SIZE_GAPS"
   echo
   echo "### Generated: 100,000 small files, 1 GiB (bench/gen_small_files.py: 60% text-like, 40% random)"
   echo
@@ -228,9 +242,5 @@ tar_x=$(med arcade.extract.tarzst)
   for tool in "${LARGE_TOOLS[@]}"; do
     echo "| ${NAME[$tool]} | $(bench_fmt_secs "$(med "small.pack.$tool")") | $(bench_fmt_secs "$(cpu "small.pack.$tool")") | $(bench_fmt_kib_as_mib "$(rss "small.pack.$tool")") | $(bench_fmt_mib "$(size small "$tool")") | $(bench_fmt_secs "$(med "small.list.$tool")") | $(bench_fmt_kib_as_mib "$(rss "small.list.$tool")") |"
   done
-  if [ -f "$BENCH_DIR/notes/pack.md" ]; then
-    echo
-    cat "$BENCH_DIR/notes/pack.md"
-  fi
 } >"$BENCH_RESULTS/pack.md"
 bench_log "wrote $BENCH_RESULTS/pack.md"
