@@ -10,6 +10,7 @@
 
 source "$(dirname "$0")/../lib.sh"
 
+MEASURED_COMMIT="${BENCH_COMMIT:-$(git -C "$REPO_DIR" rev-parse --short HEAD)$(git -C "$REPO_DIR" diff --quiet HEAD -- . ':!bench' || echo ' (with uncommitted changes)')}"
 bench_need_apt squashfs-tools zstd time
 bench_need_pip panda3d zstandard
 bench_build_mf
@@ -193,7 +194,7 @@ sq_half="$(awk -v v="$sq_pack" 'BEGIN { print v / 2 }')"
 {
   echo "## pack: mf vs multify, tar|zstd, mksquashfs"
   echo
-  echo "_Measured $(date -u '+%Y-%m-%d %H:%M UTC') at mf commit $(git -C "$REPO_DIR" rev-parse --short HEAD)$(git -C "$REPO_DIR" diff --quiet HEAD -- . ':!bench' || echo '+changes'); load average $LOAD_START at the start, $LOAD_END at the end._"
+  echo "_Measured $(date -u '+%Y-%m-%d %H:%M UTC') at mf commit $MEASURED_COMMIT; load average $LOAD_START at the start, $LOAD_END at the end._"
   echo
   mf_cmd="$(pack_cmd arcade CORPUS mf | sed "s|$REPO_DIR/||g; s|$W/out/||g")"
   cache_state=warm
