@@ -110,8 +110,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// `remove_pending_temp_files` removes every pending temp file of the process, so a test calling
+    /// it must not run while another test has an uncommitted `AtomicFile`.
+    static PROCESS_WIDE: Mutex<()> = Mutex::new(());
+
     #[test]
     fn commit_replaces_and_drop_leaves_nothing() {
+        let _serial = PROCESS_WIDE.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.bin");
         std::fs::write(&target, b"old").unwrap();
@@ -132,6 +137,7 @@ mod tests {
 
     #[test]
     fn pending_temp_files_can_be_removed() {
+        let _serial = PROCESS_WIDE.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let file = AtomicFile::create(dir.path().join("x")).unwrap();
         let temp = file.temp_path().to_owned();

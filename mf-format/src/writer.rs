@@ -200,11 +200,11 @@ impl FramePlan {
         if !self.compress {
             return Ok(StoredFrame::Raw);
         }
-        let probe =
+        let worth_probing =
             self.probe_first || (self.only_if_useful && policy::byte_entropy_bits(chunk) > policy::PROBE_ENTROPY_BITS);
-        if probe && self.level > policy::PROBE_LEVEL {
-            let probe = compress_frame(chunk, policy::PROBE_LEVEL)?;
-            if !policy::compression_is_useful(chunk.len(), probe.len()) {
+        if worth_probing && self.level > policy::PROBE_LEVEL {
+            let fast = compress_frame(chunk, policy::PROBE_LEVEL)?;
+            if !policy::compression_is_useful(chunk.len(), fast.len()) {
                 return Ok(StoredFrame::Raw);
             }
         }
