@@ -113,3 +113,14 @@ fn failed_pack_leaves_nothing_and_keeps_the_old_archive() {
     let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "no temp file left: {names:?}");
 }
+
+#[test]
+fn pack_leaves_out_its_own_output_when_writing_into_the_packed_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(&dir.path().join("src"), &[("a.txt", b"aaa"), ("sub/x.mf", b"another archive, kept")]);
+    // The first pack creates src/x.mf; the second must not pack the first one's output into itself.
+    mf_ok(dir.path(), &["pack", "src", "-o", "src/x.mf"]);
+    assert_eq!(mf_ok(dir.path(), &["list", "src/x.mf"]), "a.txt\nsub/x.mf\n");
+    mf_ok(dir.path(), &["pack", "src", "-o", "src/x.mf"]);
+    assert_eq!(mf_ok(dir.path(), &["list", "src/x.mf"]), "a.txt\nsub/x.mf\n");
+}

@@ -46,7 +46,9 @@ pub fn run(args: PackArgs) -> Outcome {
 
     let mut found: BTreeMap<String, PackInput> = BTreeMap::new();
     let mut add = |entry_path: String, fs_path: PathBuf, metadata: &std::fs::Metadata| -> anyhow::Result<()> {
-        if excludes.is_match(&entry_path) || absolute(&fs_path) == output_abs {
+        // Compare full paths only when the names match: `absolute` costs a getcwd per call.
+        let is_output = fs_path.file_name() == output_abs.file_name() && absolute(&fs_path) == output_abs;
+        if excludes.is_match(&entry_path) || is_output {
             return Ok(());
         }
         let mut options = EntryOptions::from_metadata(metadata, args.keep_mtime);

@@ -1,6 +1,7 @@
 //! The reference writer's compression choices (spec/FORMAT.md, "What writers do").
 
-/// Extensions of formats that are already compressed: zstd would spend time and gain nothing.
+/// Extensions of formats that are usually already compressed: their frames are only tried at
+/// [`PROBE_LEVEL`] first, so zstd spends little time on data it cannot shrink.
 pub const PRECOMPRESSED_EXTENSIONS: &[&str] = &[
     // images
     "png", "jpg", "jpeg", "gif", "webp", "avif", "heic", "heif", "jxl", "jp2", "ktx2", "basis",
@@ -21,6 +22,38 @@ pub fn is_precompressed(path: &str) -> bool {
         }
         _ => false,
     }
+}
+
+/// The fast zstd level at which frames of already-compressed formats are tried first: such a frame
+/// is compressed at the archive's level only when this level already saves 1/32 of it (some "media"
+/// files, such as video with long static scenes or PNGs written without real compression, do shrink).
+pub const PROBE_LEVEL: i32 = 1;
+
+/// Frames whose bytes carry more than this many bits of (order-0) entropy per byte are tried at
+/// [`PROBE_LEVEL`] first, whatever their extension. Below it, entropy coding alone saves over 1/16,
+/// so compression always pays and the probe would be wasted time; above it, the data is mostly
+/// already compressed or random, where zstd at higher levels spends far more time (about 50×
+/// level 1 on random data) to find nothing.
+pub const PROBE_ENTROPY_BITS: f64 = 7.5;
+
+/// Order-0 Shannon entropy of `data` in bits per byte (0 for empty data).
+pub fn byte_entropy_bits(data: &[u8]) -> f64 {
+    if data.is_empty() {
+        return 0.0;
+    }
+    let mut counts = [0u64; 256];
+    for &byte in data {
+        counts[byte as usize] += 1;
+    }
+    let len = data.len() as f64;
+    counts
+        .iter()
+        .filter(|&&count| count > 0)
+        .map(|&count| {
+            let p = count as f64 / len;
+            -p * p.log2()
+        })
+        .sum()
 }
 
 /// A compressed frame is kept only if it saves at least 1/32 of the frame; otherwise decoding it
@@ -47,6 +80,16 @@ mod tests {
         assert!(!is_precompressed("png"));
         assert!(!is_precompressed(".png"));
         assert!(!is_precompressed("shaders/a.glsl"));
+    }
+
+    #[test]
+    fn entropy_of_known_distributions() {
+        assert_eq!(byte_entropy_bits(b""), 0.0);
+        assert_eq!(byte_entropy_bits(&[7; 1000]), 0.0);
+        assert!((byte_entropy_bits(b"abababab") - 1.0).abs() < 1e-12);
+        let all: Vec<u8> = (0..=255u8).cycle().take(256 * 40).collect();
+        assert!((byte_entropy_bits(&all) - 8.0).abs() < 1e-12);
+        assert!(byte_entropy_bits("some ordinary english text, repeated. ".repeat(50).as_bytes()) < 5.0);
     }
 
     #[test]

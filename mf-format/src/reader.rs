@@ -320,10 +320,19 @@ impl Archive {
             }
             previous = Some(path);
         }
-        // A path `p` conflicts with any path starting with `p/`; those sort contiguously after `p`.
+        // A path `p` conflicts with any path starting with `p/`; those sort contiguously after `p`,
+        // though not always right after it: bytes below '/' ("p-x", "p.x") sort first.
         let mut prefix = String::new();
         for position in 0..count {
             let path = self.lookup_entry(position).map(|e| e.path).unwrap_or_default();
+            let next = self.lookup_entry(position + 1).map(|e| e.path).unwrap_or_default();
+            // Fast path (no binary search): if the next path does not continue `p` with a byte at or
+            // below '/', every `p/…` would have to sort between `p` and it, so there is none.
+            if !next.as_bytes().starts_with(path.as_bytes())
+                || next.as_bytes().get(path.len()).is_none_or(|&b| b > b'/')
+            {
+                continue;
+            }
             prefix.clear();
             prefix.push_str(path);
             prefix.push('/');
@@ -761,5 +770,46 @@ impl Read for EntryReader<'_> {
             self.archive.check_hash(&self.entry, self.hasher.digest())?;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ArchiveWriter, EntryOptions, WriterOptions};
+
+    /// An archive of `paths` whose string table then has `from` replaced by `to` (same length), with
+    /// the index and footer checksums recomputed, as a forger would.
+    fn forged(paths: &[&str], from: &str, to: &str) -> Vec<u8> {
+        let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
+        for path in paths {
+            writer.add_bytes(path, path.as_bytes(), EntryOptions::default()).unwrap();
+        }
+        let mut bytes = writer.finish().unwrap();
+        let footer_at = bytes.len() - FOOTER_LEN as usize;
+        let footer: Footer = format::from_bytes(&bytes[footer_at..]).unwrap();
+        let index = footer.index_offset as usize..footer_at;
+        let strings_at = bytes[index.clone()].windows(from.len()).rposition(|w| w == from.as_bytes()).unwrap();
+        let at = index.start + strings_at;
+        bytes[at..at + to.len()].copy_from_slice(to.as_bytes());
+        let hash = xxh3_64(&bytes[index.clone()]);
+        let footer = Footer::new(footer.index_offset, footer.index_len, hash);
+        bytes[footer_at..].copy_from_slice(&format::to_bytes(&footer));
+        bytes
+    }
+
+    #[test]
+    fn open_rejects_an_entry_that_is_also_a_directory() {
+        // "a0c" becomes "a/c" (still sorted after "a" and "a-b"): "a" is then a file and a directory.
+        for paths in [&["a", "a0c"][..], &["a", "a-b", "a0c"], &["a", "a-b", "a.x", "a0c", "b"]] {
+            let bytes = forged(paths, "a0c", "a/c");
+            let err = Archive::from_bytes(bytes, "forged.mf").unwrap_err().to_string();
+            assert!(err.contains("'a' is an entry and also a directory of 'a/c'"), "{paths:?}: {err}");
+        }
+        // Untouched, the same archives open.
+        for paths in [&["a", "a-b", "a0c"][..], &["ab", "abc/d", "b"]] {
+            let bytes = forged(paths, "b", "b");
+            assert!(Archive::from_bytes(bytes, "ok.mf").is_ok(), "{paths:?}");
+        }
     }
 }

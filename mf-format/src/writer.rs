@@ -71,8 +71,10 @@ impl WriterOptions {
 /// How one entry is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
-    /// Store already-compressed formats (by extension) raw; compress the rest frame by frame, keeping
-    /// a frame raw when zstd saves less than 1/32 of it.
+    /// Compress frame by frame, keeping a frame raw when zstd saves less than 1/32 of it. Frames of
+    /// already-compressed formats (by extension) and frames of high byte entropy are first tried at a
+    /// fast level and only compressed properly when that saves 1/32, so incompressible data costs
+    /// little time.
     #[default]
     Auto,
     /// Never compress.
@@ -178,22 +180,33 @@ fn check_entry_options(options: &EntryOptions) -> Result<()> {
 struct FramePlan {
     compress: bool,
     only_if_useful: bool,
+    /// Try a fast level first and store the frame raw unless that already saves enough (also done
+    /// for any frame of high byte entropy when `only_if_useful`).
+    probe_first: bool,
     level: i32,
 }
 
 impl FramePlan {
     fn new(path: &str, options: &EntryOptions, writer_options: &WriterOptions) -> Self {
-        let (compress, only_if_useful) = match options.compression {
-            Compression::Store => (false, true),
-            Compression::Auto => (!policy::is_precompressed(path), true),
-            Compression::Zstd => (true, false),
+        let (compress, only_if_useful, probe_first) = match options.compression {
+            Compression::Store => (false, true, false),
+            Compression::Auto => (true, true, policy::is_precompressed(path)),
+            Compression::Zstd => (true, false, false),
         };
-        FramePlan { compress, only_if_useful, level: writer_options.level }
+        FramePlan { compress, only_if_useful, probe_first, level: writer_options.level }
     }
 
     fn encode(&self, chunk: &[u8]) -> io::Result<StoredFrame> {
         if !self.compress {
             return Ok(StoredFrame::Raw);
+        }
+        let worth_probing =
+            self.probe_first || (self.only_if_useful && policy::byte_entropy_bits(chunk) > policy::PROBE_ENTROPY_BITS);
+        if worth_probing && self.level > policy::PROBE_LEVEL {
+            let fast = compress_frame(chunk, policy::PROBE_LEVEL)?;
+            if !policy::compression_is_useful(chunk.len(), fast.len()) {
+                return Ok(StoredFrame::Raw);
+            }
         }
         let compressed = compress_frame(chunk, self.level)?;
         let keep = if self.only_if_useful {
@@ -207,21 +220,30 @@ impl FramePlan {
 
 thread_local! {
     // zstd contexts are costly to create (hundreds of KiB at higher levels); one per thread and level
-    // is reused across frames.
-    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    // is reused across frames. A writer uses at most two levels (its own and the probe level); a few
+    // more slots cover several writers with different levels on one pool.
+    static COMPRESSORS: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(Vec::new()) };
 }
 
+const COMPRESSOR_SLOTS: usize = 4;
+
 fn compress_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    COMPRESSOR.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if !matches!(&*slot, Some((l, _)) if *l == level) {
-            let mut compressor = zstd::bulk::Compressor::new(level)?;
-            compressor.include_checksum(true)?;
-            compressor.include_contentsize(true)?;
-            *slot = Some((level, compressor));
-        }
-        let (_, compressor) = slot.as_mut().expect("set just above");
-        compressor.compress(data)
+    COMPRESSORS.with(|cell| {
+        let mut slots = cell.borrow_mut();
+        let at = match slots.iter().position(|(l, _)| *l == level) {
+            Some(at) => at,
+            None => {
+                let mut compressor = zstd::bulk::Compressor::new(level)?;
+                compressor.include_checksum(true)?;
+                compressor.include_contentsize(true)?;
+                if slots.len() == COMPRESSOR_SLOTS {
+                    slots.remove(0);
+                }
+                slots.push((level, compressor));
+                slots.len() - 1
+            }
+        };
+        slots[at].1.compress(data)
     })
 }
 
@@ -303,7 +325,7 @@ impl<W: Write> ArchiveWriter<W> {
     }
 
     /// Adds an entry by streaming `reader` to its end, compressing a bounded batch of frames at a
-    /// time in parallel. Memory stays at about `2 × threads` frames whatever the entry's size.
+    /// time in parallel. Memory stays at a few frames per thread whatever the entry's size.
     pub fn add_reader(&mut self, path: &str, mut reader: impl Read, options: EntryOptions) -> Result<()> {
         check_entry_options(&options)?;
         self.claim_path(path)?;
@@ -364,9 +386,13 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(self.out)
     }
 
+    /// Bytes of a streamed entry compressed at once: several frames per thread, so threads rarely
+    /// wait for the slowest frame of a batch, but at most about 8 MiB unless frames are larger.
     fn batch_bytes(&self) -> usize {
-        let frames = (2 * rayon::current_num_threads()).max(4);
-        frames * self.options.frame_size()
+        let threads = rayon::current_num_threads();
+        let frame_size = self.options.frame_size();
+        let frames = (2 * threads).max(4).max((8 * threads).min((8 << 20) / frame_size));
+        frames * frame_size
     }
 
     /// Rejects duplicate paths and paths that would make one name both a file and a directory.
@@ -531,4 +557,69 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Archive, StoredAs};
+
+    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect()
+    }
+
+    fn pack(entries: &[(&str, &[u8])]) -> Archive {
+        let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
+        for (path, data) in entries {
+            writer.add_bytes(path, data, EntryOptions::default()).unwrap();
+        }
+        Archive::from_bytes(writer.finish().unwrap(), "test").unwrap()
+    }
+
+    #[test]
+    fn media_extensions_are_compressed_only_when_it_pays() {
+        let text = "a compressible line of text\n".repeat(20_000);
+        let archive = pack(&[("clip.mp4", text.as_bytes()), ("noise.png", &noise(600_000, 7))]);
+        let clip = archive.get("clip.mp4").unwrap();
+        assert_eq!(clip.stored_as(), StoredAs::Zstd);
+        assert!(clip.stored_size() < clip.size() / 10, "{}", clip.stored_size());
+        assert_eq!(archive.read(&clip).unwrap().as_ref(), text.as_bytes());
+        let noise_entry = archive.get("noise.png").unwrap();
+        assert_eq!(noise_entry.stored_as(), StoredAs::Raw);
+        assert_eq!(noise_entry.stored_size(), 600_000);
+    }
+
+    #[test]
+    fn random_data_is_stored_raw_under_any_name_and_text_is_compressed() {
+        let text = "let x = compute(y);\n".repeat(3000);
+        let archive = pack(&[("random.bin", &noise(300_000, 11)), ("code.rs", text.as_bytes())]);
+        assert_eq!(archive.get("random.bin").unwrap().stored_as(), StoredAs::Raw);
+        assert_eq!(archive.get("code.rs").unwrap().stored_as(), StoredAs::Zstd);
+        // Compression::Zstd still compresses whatever zstd shrinks at all, without the probe.
+        let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
+        let options = EntryOptions { compression: Compression::Zstd, ..EntryOptions::default() };
+        writer.add_bytes("forced.png", text.as_bytes(), options).unwrap();
+        let archive = Archive::from_bytes(writer.finish().unwrap(), "test").unwrap();
+        assert_eq!(archive.get("forced.png").unwrap().stored_as(), StoredAs::Zstd);
+    }
+
+    #[test]
+    fn media_entries_mix_raw_and_compressed_frames() {
+        // First frame incompressible, second compressible: only the second is compressed.
+        let frame = WriterOptions::default().frame_size();
+        let data = [noise(frame, 3), vec![b'x'; frame]].concat();
+        let archive = pack(&[("mixed.ogg", &data)]);
+        let entry = archive.get("mixed.ogg").unwrap();
+        assert_eq!(entry.stored_as(), StoredAs::Zstd);
+        assert_eq!(archive.frame_count(&entry), 2);
+        assert!(entry.stored_size() > frame as u64 && entry.stored_size() < frame as u64 + 1000);
+        assert_eq!(archive.read(&entry).unwrap().as_ref(), &data[..]);
+    }
 }

@@ -1,0 +1,135 @@
+# Shared helpers for bench/run and bench/suites/*.sh. Source it; do not run it.
+#
+# Conventions for a suite script bench/suites/NAME.sh:
+#   - it sources this file, calls the install helpers it needs (bench_need_apt, bench_need_pip,
+#     bench_corpus_arcade, bench_build_mf), keeps its scratch files under "$BENCH_WORK/NAME",
+#   - it writes its section of the report, Markdown starting with a "## " heading, to
+#     "$BENCH_RESULTS/NAME.md"; bench/run puts the sections together into bench/RESULTS.md.
+# Timings are wall-clock medians of $BENCH_RUNS runs (default 3); peak RSS comes from /usr/bin/time -v.
+
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$BENCH_DIR/.." && pwd)"
+BENCH_WORK="$BENCH_DIR/work"
+BENCH_RESULTS="$BENCH_DIR/results"
+BENCH_VENV="$BENCH_DIR/.venv"
+BENCH_RUNS="${BENCH_RUNS:-3}"
+MF="$REPO_DIR/target/release/mf"
+mkdir -p "$BENCH_WORK" "$BENCH_RESULTS"
+
+bench_log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+bench_die() { bench_log "error: $*"; exit 1; }
+
+_bench_apt_updated=0
+# bench_need_apt PKG...: installs the Debian packages that are not installed yet (needs root).
+bench_need_apt() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  [ "$(id -u)" -eq 0 ] || bench_die "missing Debian packages ${missing[*]}; install them or run as root"
+  bench_log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$_bench_apt_updated" = 0 ]; then
+    apt-get update -qq >&2
+    _bench_apt_updated=1
+  fi
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# bench_need_pip PKG[==VERSION]...: creates bench/.venv if needed and pip-installs what is missing.
+bench_need_pip() {
+  if [ ! -x "$BENCH_VENV/bin/python" ]; then
+    bench_log "creating $BENCH_VENV"
+    python3 -m venv "$BENCH_VENV"
+  fi
+  local spec name
+  for spec in "$@"; do
+    name="${spec%%[=<>]*}"
+    "$BENCH_VENV/bin/pip" show -q "$name" >/dev/null 2>&1 && continue
+    bench_log "pip install $spec"
+    "$BENCH_VENV/bin/pip" install -q "$spec" >&2
+  done
+}
+
+# bench_corpus_arcade: the arcade 3.3.3 wheel from PyPI, unzipped; prints its directory.
+bench_corpus_arcade() {
+  local dir="$BENCH_WORK/corpus/arcade-3.3.3"
+  local marker="$BENCH_WORK/corpus/.arcade-3.3.3.complete"
+  if [ ! -f "$marker" ]; then
+    bench_need_pip pip
+    local dl="$BENCH_WORK/download"
+    mkdir -p "$dl"
+    bench_log "downloading arcade==3.3.3"
+    "$BENCH_VENV/bin/pip" download -q --no-deps --only-binary :all: arcade==3.3.3 -d "$dl" >&2
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    "$BENCH_VENV/bin/python" -m zipfile -e "$dl/arcade-3.3.3-py3-none-any.whl" "$dir"
+    touch "$marker"
+  fi
+  echo "$dir"
+}
+
+# bench_build_mf: builds the mf binary in release mode ($MF).
+bench_build_mf() {
+  [ "${BENCH_MF_BUILT:-0}" = 1 ] && [ -x "$MF" ] && return 0
+  bench_log "cargo build --release -p mf-cli"
+  (cd "$REPO_DIR" && cargo build --release --locked -q -p mf-cli) >&2
+  [ -x "$MF" ] || bench_die "no $MF after the build"
+}
+
+# bench_drop_caches: flushes dirty pages and, when allowed (root), drops the page cache.
+bench_drop_caches() {
+  sync
+  if [ -w /proc/sys/vm/drop_caches ]; then echo 3 >/proc/sys/vm/drop_caches; fi
+}
+
+# bench_run_once OUT_PREFIX CMD...: runs CMD once under /usr/bin/time -v, appending the wall time
+# (seconds), CPU time (user+sys seconds) and peak RSS (KiB; for a pipeline run through sh -c, the
+# largest process) to OUT_PREFIX.{wall,cpu,rss}. Output of CMD goes to OUT_PREFIX.log.
+# Set BENCH_COLD=1 to drop the page cache before each timed command.
+bench_run_once() {
+  local prefix="$1"
+  shift
+  [ "${BENCH_COLD:-0}" = 1 ] && bench_drop_caches
+  local tv="$prefix.timev" start end
+  start=$EPOCHREALTIME
+  if ! /usr/bin/time -v -o "$tv" "$@" >>"$prefix.log" 2>&1; then
+    end=$EPOCHREALTIME
+    bench_log "command failed: $* (see $prefix.log)"
+    tail -5 "$prefix.log" >&2
+    return 1
+  fi
+  end=$EPOCHREALTIME
+  awk -v s="$start" -v e="$end" 'BEGIN { printf "%.4f\n", e - s }' >>"$prefix.wall"
+  awk -F': ' '/User time/ { u = $2 } /System time/ { s = $2 } END { printf "%.2f\n", u + s }' "$tv" >>"$prefix.cpu"
+  awk -F': ' '/Maximum resident set size/ { print $2 }' "$tv" >>"$prefix.rss"
+}
+
+# bench_median FILE: median of the numbers in FILE (one a line).
+bench_median() {
+  sort -g "$1" | awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit } if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# bench_max FILE: largest number in FILE.
+bench_max() {
+  sort -g "$1" | tail -1
+}
+
+# bench_reset PREFIX: forgets earlier measurements under PREFIX.
+bench_reset() {
+  rm -f "$1".wall "$1".cpu "$1".rss "$1".log "$1".timev
+}
+
+# bench_load: the load averages, for the report.
+bench_load() {
+  cut -d' ' -f1-3 /proc/loadavg
+}
+
+# Formatting helpers for the Markdown tables.
+bench_fmt_secs() { awk -v v="$1" 'BEGIN { printf (v < 10 ? "%.2f s" : "%.1f s"), v }'; }
+bench_fmt_mib() { awk -v v="$1" 'BEGIN { printf "%.2f MiB", v / 1048576 }'; }
+bench_fmt_kib_as_mib() { awk -v v="$1" 'BEGIN { printf "%.0f MiB", v / 1024 }'; }
+bench_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
