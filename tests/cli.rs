@@ -27,7 +27,10 @@ fn list_shows_paths_in_order_and_long_and_json_forms() {
     mf_ok(dir.path(), &["pack", "src", "-o", "x.mf"]);
     assert_eq!(mf_ok(dir.path(), &["list", "x.mf"]), "a/y.bin\na/z.txt\nb.txt\n");
     let long = mf_ok(dir.path(), &["list", "-l", "x.mf"]);
-    assert!(long.lines().any(|l| l.starts_with("-rw-r--r--") && l.contains(" 1000 ") && l.ends_with("a/y.bin")), "{long}");
+    assert!(
+        long.lines().any(|l| l.starts_with("-rw-r--r--") && l.contains(" 1000 ") && l.ends_with("a/y.bin")),
+        "{long}"
+    );
     let json: serde_json::Value = serde_json::from_str(&mf_ok(dir.path(), &["list", "--json", "x.mf"])).unwrap();
     assert_eq!(json.as_array().unwrap().len(), 3);
     assert_eq!(json[2]["path"], "b.txt");
