@@ -4,6 +4,7 @@
 //! 0 success, 1 failure, 2 usage error.
 
 mod archive_cmds;
+mod diff_cmds;
 mod extract;
 mod pack;
 mod progress;
@@ -38,6 +39,12 @@ enum Command {
     Verify(archive_cmds::VerifyArgs),
     /// Show an archive's version, counts and sizes.
     Info(archive_cmds::InfoArgs),
+    /// Make a patch from OLD to NEW (archives entry by entry, other files whole).
+    Diff(diff_cmds::DiffArgs),
+    /// Apply a patch to OLD, writing -o NEW or replacing OLD (--in-place).
+    Apply(diff_cmds::ApplyArgs),
+    /// Show what a patch changes.
+    PatchInfo(diff_cmds::PatchInfoArgs),
 }
 
 /// `--json` for commands whose output scripts read.
@@ -73,6 +80,9 @@ fn main() -> ExitCode {
         Command::Cat(args) => archive_cmds::cat(args),
         Command::Verify(args) => archive_cmds::verify(args),
         Command::Info(args) => archive_cmds::info(args),
+        Command::Diff(args) => diff_cmds::diff(args),
+        Command::Apply(args) => diff_cmds::apply(args),
+        Command::PatchInfo(args) => diff_cmds::patch_info(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
