@@ -284,6 +284,7 @@ fn storage_of(archive: &Archive, entry: &Entry<'_>, out: &mut Vec<u8>) {
         return;
     }
     out.push(STORE_BITMAP);
+    put_varint(out, compressed.len().div_ceil(8) as u64);
     let mut bitmap = vec![0u8; compressed.len().div_ceil(8)];
     for (k, &c) in compressed.iter().enumerate() {
         if c {
