@@ -19,7 +19,7 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
         state ^= state >> 7;
         state ^= state << 17;
         out.extend_from_slice(words[(state % 10) as usize].as_bytes());
-        out.push(if state % 7 == 0 { b'\n' } else { b' ' });
+        out.push(if state.is_multiple_of(7) { b'\n' } else { b' ' });
     }
     out.truncate(len);
     out

@@ -6,7 +6,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use mf_format::{ArchiveWriter, AtomicFile, EntryOptions, Mtime, WriterOptions};
+use mf_format::{ArchiveWriter, AtomicFile, EntryOptions, Mtime, StoredLayout, WriterOptions};
 use rayon::prelude::*;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
@@ -628,11 +628,13 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
                         .add_stored(
                             &path,
                             entry_options,
-                            base.size(),
-                            base.content_hash(),
+                            StoredLayout {
+                                size: base.size(),
+                                content_hash: base.content_hash(),
+                                stored_len: base.stored_size(),
+                                frame_ends: &ends,
+                            },
                             reader,
-                            base.stored_size(),
-                            &ends,
                         )
                         .map_err(|e| match e {
                             mf_format::Error::InvalidOption(what) => bad(&what),

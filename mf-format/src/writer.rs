@@ -121,6 +121,19 @@ impl EntryOptions {
     }
 }
 
+/// The stored form of an entry given to [`ArchiveWriter::add_stored`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoredLayout<'a> {
+    /// Uncompressed size.
+    pub size: u64,
+    /// xxh3 of the uncompressed content (taken on trust: the caller has verified it).
+    pub content_hash: u64,
+    /// Bytes of stored data that follow.
+    pub stored_len: u64,
+    /// Frame ends relative to the entry's start; empty for an uncompressed entry.
+    pub frame_ends: &'a [u64],
+}
+
 /// One frame as it will be written.
 enum StoredFrame {
     /// Index range into the entry's uncompressed data.
@@ -419,12 +432,10 @@ impl<W: Write> ArchiveWriter<W> {
         &mut self,
         path: &str,
         options: EntryOptions,
-        size: u64,
-        content_hash: u64,
+        layout: StoredLayout<'_>,
         mut stored: impl Read,
-        stored_len: u64,
-        frame_ends: &[u64],
     ) -> Result<()> {
+        let StoredLayout { size, content_hash, stored_len, frame_ends } = layout;
         let frame_size = self.options.frame_size() as u64;
         let bad = |what: &str| Error::InvalidOption(format!("stored entry '{path}': {what}"));
         if frame_ends.is_empty() {
