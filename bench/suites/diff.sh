@@ -113,12 +113,10 @@ mode, a, b, out = sys.argv[1:5]
 old = open(a, "rb").read()
 if mode == "diff":
     new = open(b, "rb").read()
-    fn = getattr(hdiffpatch, "diff", None) or getattr(hdiffpatch, "compress_diff")
-    open(out, "wb").write(fn(old, new))
+    open(out, "wb").write(hdiffpatch.diff(old, new, hdiffpatch.COMPRESSION_ZSTD, validate=False))
 else:
     patch = open(b, "rb").read()
-    fn = getattr(hdiffpatch, "apply", None) or getattr(hdiffpatch, "patch")
-    open(out, "wb").write(fn(old, patch))
+    open(out, "wb").write(hdiffpatch.apply(old, patch))
 PY
 }
 
@@ -232,7 +230,7 @@ bench_pair() {
     "$o/x.vcdiff" "$o/x.out" "$d/v2.mf"
   bench_tool "zstd -19 --long=31 --patch-from" "zstd -q -f -19 --long=31 --patch-from=$d/v1.mf $d/v2.mf -o $o/z.zst" \
     "zstd -q -f -d --long=31 --patch-from=$d/v1.mf $o/z.zst -o $o/z.out" "$o/z.zst" "$o/z.out" "$d/v2.mf"
-  bench_tool "HDiffPatch (pip hdiffpatch)" "$VENV/python $WORK/hdiff.py diff $d/v1.mf $d/v2.mf $o/h.patch" \
+  bench_tool "HDiffPatch (pip hdiffpatch, zstd)" "$VENV/python $WORK/hdiff.py diff $d/v1.mf $d/v2.mf $o/h.patch" \
     "$VENV/python $WORK/hdiff.py apply $d/v1.mf $o/h.patch $o/h.out" "$o/h.patch" "$o/h.out" "$d/v2.mf"
 }
 

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter};
+use zstd::zstd_safe::{CCtx, CParameter};
 
 fn zerr(code: usize) -> io::Error {
     io::Error::other(zstd::zstd_safe::get_error_name(code).to_owned())
@@ -39,21 +39,21 @@ pub fn compress_plain(new: &[u8], level: i32) -> io::Result<Vec<u8>> {
 }
 
 /// Decodes a frame made by [`compress`] into exactly `size` bytes; any other length is an error.
+/// The output grows only as bytes are decoded, so a frame that merely declares a huge size cannot
+/// make it allocate.
 pub fn decompress(prefix: &[u8], frame: &[u8], size: u64) -> io::Result<Vec<u8>> {
-    let size = usize::try_from(size).map_err(|_| io::Error::other("entry does not fit in memory"))?;
-    // The frame header states its content size; refuse a mismatch before allocating.
+    use std::io::Read;
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
     match zstd::zstd_safe::get_frame_content_size(frame) {
-        Ok(Some(declared)) if declared == size as u64 => {}
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "zstd frame does not declare the expected size")),
+        Ok(Some(declared)) if declared == size => {}
+        _ => return Err(invalid("zstd frame does not declare the expected size")),
     }
-    let mut dctx = DCtx::create();
-    dctx.set_parameter(DParameter::WindowLogMax(31)).map_err(zerr)?;
-    dctx.ref_prefix(prefix).map_err(zerr)?;
-    let mut out: Vec<u8> = Vec::new();
-    out.try_reserve_exact(size).map_err(io::Error::other)?;
-    let written = dctx.decompress(&mut out, frame).map_err(|c| io::Error::new(io::ErrorKind::InvalidData, zerr(c)))?;
-    if written != size {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "zstd frame decodes to the wrong size"));
+    let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(frame, prefix)?.single_frame();
+    decoder.window_log_max(31)?;
+    let mut out = Vec::new();
+    decoder.take(size.saturating_add(1)).read_to_end(&mut out)?;
+    if out.len() as u64 != size {
+        return Err(invalid("zstd frame decodes to the wrong size"));
     }
     Ok(out)
 }

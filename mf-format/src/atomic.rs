@@ -110,8 +110,13 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// `remove_pending_temp_files` removes every pending temp file of the process, so the tests that
+    /// create temp files must not run concurrently with the one that calls it.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn commit_replaces_and_drop_leaves_nothing() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("out.bin");
         std::fs::write(&target, b"old").unwrap();
@@ -132,6 +137,7 @@ mod tests {
 
     #[test]
     fn pending_temp_files_can_be_removed() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let file = AtomicFile::create(dir.path().join("x")).unwrap();
         let temp = file.temp_path().to_owned();
