@@ -9,6 +9,8 @@
 # Writes bench/results/diff.md. Usage: bench/suites/diff.sh [arcade|generated|all]
 #
 # Standalone: sources bench/lib.sh when present (shared helpers), otherwise defines its own.
+# Environment: MF (an mf binary; default: build target/release/mf), RUNS (default 3),
+# ANCHOR_TIMEOUT (seconds per command, default 900), WORK (scratch directory).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -101,8 +103,10 @@ setup_tools() {
     fi
   done
   export PATH="$VENV:$PATH"
-  cargo build --release -p mf-cli >/dev/null
-  MF=$ROOT/target/release/mf
+  if [ -z "${MF:-}" ]; then
+    cargo build --release -p mf-cli >/dev/null
+    MF=$ROOT/target/release/mf
+  fi
 }
 
 # HDiffPatch through its Python wrapper (the pip package has no CLI).
