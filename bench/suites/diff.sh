@@ -10,7 +10,7 @@
 #
 # Standalone: sources bench/lib.sh when present (shared helpers), otherwise defines its own.
 # Environment: MF (an mf binary; default: build target/release/mf), RUNS (default 3),
-# ANCHOR_TIMEOUT (seconds per command, default 900), WORK (scratch directory).
+# ANCHOR_TIMEOUT (seconds per command, default 900), WORK (scratch directory), ANCHORS (0: mf only).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -225,6 +225,8 @@ bench_pair() {
   echo "== $PAIR_NAME" >&2
   bench_tool "mf diff/apply $mem_args" "$MF diff $mem_args $d/v1.mf $d/v2.mf -o $o/mf.mfp >/dev/null" \
     "$MF apply $o/mf.mfp $d/v1.mf -o $o/mf.out >/dev/null" "$o/mf.mfp" "$o/mf.out" "$d/v2.mf"
+  # ANCHORS=0 measures mf alone (for a quick check of the memory target).
+  [ "${ANCHORS:-1}" = 1 ] || return 0
   bench_tool "Panda3D build_patch/apply_patch" "build_patch -o $o/p3d.pch $d/v1.p3d.mf $d/v2.p3d.mf >/dev/null" \
     "cp $d/v1.p3d.mf $o/p3d.out && cp $o/p3d.pch $o/p3d.pch.keep && apply_patch $o/p3d.pch $o/p3d.out >/dev/null; mv -f $o/p3d.pch.keep $o/p3d.pch" \
     "$o/p3d.pch" "$o/p3d.out" "$d/v2.p3d.mf"
