@@ -153,15 +153,13 @@ d = sys.argv[1]
 rng = random.Random(42)
 half = 256 << 20
 words = [b"alpha", b"beta", b"gamma", b"delta", b"mesh", b"sprite", b"texture", b"sound"]
+words += [b"\n"]
 def text(n, seed):
-    r = random.Random(seed); out = bytearray()
-    while len(out) < n:
-        out += r.choice(words) + (b"\n" if r.random() < 0.1 else b" ")
-    return bytes(out[:n])
-big = bytearray(text(half, 1) + rng.randbytes(half))
+    r = random.Random(seed)
+    out = b" ".join(r.choices(words, k=n // 5 + 16))
+    return out[:n]
+big = bytearray(text(half, 1) + b"".join(rng.randbytes(1 << 20) for _ in range(half >> 20)))
 small = {f"assets/f{i:03}.txt": text(rng.randint(500, 40000), 100 + i) for i in range(300)}
-for tree, data, files in (("t1", big, small),):
-    pass
 def write(tree, data, files):
     os.makedirs(f"{d}/{tree}/assets", exist_ok=True)
     open(f"{d}/{tree}/big.dat", "wb").write(data)
