@@ -33,13 +33,12 @@ fi
 diffbench_measure() {
   local prefix=$1; shift
   local log; log=$(mktemp)
-  local status=ok
-  if ! timeout "$ANCHOR_TIMEOUT" /usr/bin/time -v "$@" >"$log.out" 2>"$log"; then
-    if grep -q "Command terminated by signal\|Command exited with non-zero status 124" "$log" || [ "$(tail -c 200 "$log" | grep -c 'Exit status: 124')" -gt 0 ]; then
-      status="timed out"
-    else
-      status="failed"
-    fi
+  local status=ok rc=0
+  timeout "$ANCHOR_TIMEOUT" /usr/bin/time -v "$@" >"$log.out" 2>"$log" || rc=$?
+  if [ "$rc" -eq 124 ]; then
+    status="timed out (${ANCHOR_TIMEOUT}s)"
+  elif [ "$rc" -ne 0 ]; then
+    status="failed"
   fi
   local wall rss
   wall=$(grep "Elapsed (wall clock)" "$log" | awk '{print $NF}' || true)
