@@ -5,6 +5,7 @@
 
 mod archive_cmds;
 mod convert;
+mod diff_cmds;
 mod extract;
 mod mount_cmds;
 mod pack;
@@ -46,6 +47,12 @@ enum Command {
     Mount(mount_cmds::MountArgs),
     /// Unmount a folder mounted by `mf mount` (also after its daemon died).
     Umount(mount_cmds::UmountArgs),
+    /// Make a patch from OLD to NEW (archives entry by entry, other files whole).
+    Diff(diff_cmds::DiffArgs),
+    /// Apply a patch to OLD, writing -o NEW or replacing OLD (--in-place).
+    Apply(diff_cmds::ApplyArgs),
+    /// Show what a patch changes.
+    PatchInfo(diff_cmds::PatchInfoArgs),
 }
 
 /// `--json` for commands whose output scripts read.
@@ -88,6 +95,9 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Mount(args) => mount_cmds::mount(args, cli.threads),
         Command::Umount(args) => mount_cmds::umount(args),
+        Command::Diff(args) => diff_cmds::diff(args),
+        Command::Apply(args) => diff_cmds::apply(args),
+        Command::PatchInfo(args) => diff_cmds::patch_info(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -1,1 +1,62 @@
+//! # mf-diff: subfile-wise patches between `.mf` archives
+//!
+//! A release engineer turns two archives into a small patch; a client turns its old archive plus the
+//! patch into the new archive, exactly. The byte layout is specified in `spec/PATCH.md`.
+//!
+//! - **Diff** ([`diff_files`], [`diff_stat`]) works on decompressed entry content. Entries whose
+//!   content hash matches an old entry cost a reference (renames, moves and duplicates included);
+//!   changed entries get the smallest of bsdiff, zstd with the old entry as reference prefix, or full
+//!   zstd; new entries are carried zstd-compressed. Work runs in parallel under a memory budget
+//!   ([`DiffOptions::memory_limit`]); entries too large for bsdiff within it are encoded in blocks
+//!   against a window of the old content. The output does not depend on the thread count. Two
+//!   files that are not archives are diffed whole.
+//! - **Apply** ([`apply_patch`]) checks the patch's checksums, the base (the old index hash and every
+//!   old entry it reads), rebuilds into a temp file beside the target, checks every entry's hash and,
+//!   for patches of archives written by this mf version, the whole file's hash, then fsyncs and renames.
+//!   A failure at any point leaves the target untouched.
+//!
+//! ```
+//! use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
+//! use mf_diff::{apply_patch, diff_files, Change, DiffOptions};
+//! # let dir = tempfile::tempdir()?;
+//! let write = |name: &str, files: &[(&str, &[u8])]| -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+//!     let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default())?;
+//!     for (path, data) in files {
+//!         writer.add_bytes(path, data, EntryOptions::default())?;
+//!     }
+//!     let path = dir.path().join(name);
+//!     std::fs::write(&path, writer.finish()?)?;
+//!     Ok(path)
+//! };
+//! let text = "the same line\n".repeat(1000);
+//! let old = write("v1.mf", &[("a.txt", text.as_bytes()), ("logo.raw", &[7u8; 5000])])?;
+//! let new_text = text.replacen("same", "new", 1);
+//! let new = write("v2.mf", &[("a.txt", new_text.as_bytes()), ("img/logo.raw", &[7u8; 5000])])?;
+//!
+//! let patch = dir.path().join("v1-v2.mfp");
+//! let report = diff_files(&old, &new, &patch, &DiffOptions { memory_limit: 256 << 20 }, &|_| {})?;
+//! assert_eq!(report.count(Change::Changed), 1);
+//! assert_eq!(report.count(Change::Renamed), 1); // logo.raw moved: costs a reference
+//!
+//! let rebuilt = dir.path().join("rebuilt.mf");
+//! let outcome = apply_patch(&patch, &old, &rebuilt, &|_| {})?;
+//! assert!(outcome.exact);
+//! assert_eq!(std::fs::read(&rebuilt)?, std::fs::read(&new)?); // byte for byte
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+mod apply;
+mod bsdiff;
+mod budget;
+mod diff;
+pub mod error;
+mod report;
+mod source;
+pub mod wire;
+mod zref;
+
+pub use apply::{apply_patch, ApplyOutcome, Patch};
+pub use budget::{default_memory_limit, parse_size};
+pub use diff::{diff_files, diff_stat, progress_total, write_patch, DiffOptions};
+pub use error::{Error, Result};
+pub use report::{Change, EntryReport, Method, PatchReport};

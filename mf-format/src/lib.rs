@@ -80,5 +80,6 @@ pub use pack::{pack_inputs, PackInput};
 pub use path::{entry_path_from_fs, validate_path};
 pub use reader::{Archive, Entry, EntryReader, StoredAs};
 pub use writer::{
-    prepare_entry, ArchiveWriter, Compression, EntryOptions, Mtime, PreparedEntry, WriterOptions, DEFAULT_LEVEL,
+    prepare_entry, ArchiveWriter, Compression, EntryOptions, Mtime, PreparedEntry, StoredLayout, WriterOptions,
+    DEFAULT_LEVEL,
 };

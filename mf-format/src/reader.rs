@@ -378,6 +378,28 @@ impl Archive {
         (self.footer.index_offset, self.footer.index_len)
     }
 
+    /// The parsed header (validated at open).
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The parsed footer (validated at open); `footer().index_hash` identifies the whole index.
+    pub fn footer(&self) -> &Footer {
+        &self.footer
+    }
+
+    /// The frame ends of a zstd entry, relative to its offset (empty for raw entries). With
+    /// [`stored_bytes`](Self::stored_bytes) this is everything needed to copy the entry verbatim
+    /// (see [`ArchiveWriter::add_stored`](crate::ArchiveWriter::add_stored)).
+    pub fn frame_ends(&self, entry: &Entry<'_>) -> Vec<u64> {
+        (0..self.frame_count(entry)).map(|k| self.frame_end(entry, k)).collect()
+    }
+
+    /// Whether frame `k` of a zstd entry is stored raw (its stored length equals its length).
+    pub fn frame_is_raw(&self, entry: &Entry<'_>, k: u64) -> bool {
+        self.frame_stored(entry, k).len() as u64 == self.frame_len(entry, k)
+    }
+
     pub fn len(&self) -> usize {
         self.records.len()
     }

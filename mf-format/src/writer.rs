@@ -66,6 +66,11 @@ impl WriterOptions {
     pub fn frame_size(&self) -> usize {
         1usize << self.frame_size_log2
     }
+
+    /// Checks the settings (level and frame size ranges) without starting a writer.
+    pub fn validate(&self) -> Result<()> {
+        self.check()
+    }
 }
 
 /// How one entry is stored.
@@ -116,6 +121,19 @@ impl EntryOptions {
             .then(|| Mtime { secs: metadata.mtime(), nanos: u32::try_from(metadata.mtime_nsec()).unwrap_or(0) });
         EntryOptions { compression: Compression::Auto, mode, mtime }
     }
+}
+
+/// The stored form of an entry given to [`ArchiveWriter::add_stored`].
+#[derive(Debug, Clone, Copy)]
+pub struct StoredLayout<'a> {
+    /// Uncompressed size.
+    pub size: u64,
+    /// xxh3 of the uncompressed content (taken on trust: the caller has verified it).
+    pub content_hash: u64,
+    /// Bytes of stored data that follow.
+    pub stored_len: u64,
+    /// Frame ends relative to the entry's start; empty for an uncompressed entry.
+    pub frame_ends: &'a [u64],
 }
 
 /// One frame as it will be written.
@@ -371,6 +389,123 @@ impl<W: Write> ArchiveWriter<W> {
             self.write_frame(&mut entry, frame, chunk)?;
         }
         self.end_entry(entry, prepared.data.len() as u64, prepared.content_hash);
+        Ok(())
+    }
+
+    /// Adds an entry whose per-frame storage is decided by the caller instead of the compression
+    /// policy: `compressed[k]` says whether frame `k` is zstd-compressed (at the writer's level) or
+    /// stored raw; an entry with no compressed frame is recorded as compression none. A frame marked
+    /// compressed that zstd cannot make shorter is stored raw, as the spec requires. Used to rebuild
+    /// an archive byte for byte from another archive's frame table (`mf apply`).
+    pub fn add_bytes_with_frames(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        options: EntryOptions,
+        compressed: &[bool],
+    ) -> Result<()> {
+        let frame_size = self.options.frame_size();
+        if compressed.len() != data.len().div_ceil(frame_size) {
+            return Err(Error::InvalidOption(format!(
+                "entry '{path}': {} frame decisions for {} frames",
+                compressed.len(),
+                data.len().div_ceil(frame_size)
+            )));
+        }
+        self.claim_path(path)?;
+        check_entry_options(&options)?;
+        let level = self.options.level;
+        let mut entry = self.begin_entry(path, options)?;
+        let batch_frames = (self.batch_bytes() / frame_size).max(1);
+        let chunks: Vec<&[u8]> = data.chunks(frame_size).collect();
+        for (chunk_batch, flag_batch) in chunks.chunks(batch_frames).zip(compressed.chunks(batch_frames)) {
+            let frames: Vec<StoredFrame> = chunk_batch
+                .par_iter()
+                .zip(flag_batch.par_iter())
+                .map(|(chunk, &compress)| {
+                    if !compress {
+                        return Ok(StoredFrame::Raw);
+                    }
+                    let bytes = compress_frame(chunk, level)?;
+                    Ok(if policy::compression_is_shorter(chunk.len(), bytes.len()) {
+                        StoredFrame::Zstd(bytes)
+                    } else {
+                        StoredFrame::Raw
+                    })
+                })
+                .collect::<io::Result<_>>()
+                .map_err(|e| Error::io(path, e))?;
+            for (frame, chunk) in frames.iter().zip(chunk_batch) {
+                self.write_frame(&mut entry, frame, chunk)?;
+            }
+        }
+        self.end_entry(entry, data.len() as u64, xxhash_rust::xxh3::xxh3_64(data));
+        Ok(())
+    }
+
+    /// Adds an entry from its stored form, `stored_len` bytes streamed from `stored` and copied
+    /// verbatim (for instance from another archive with the same frame size, via
+    /// [`Archive::stored_bytes`](crate::Archive::stored_bytes) and
+    /// [`Archive::frame_ends`](crate::Archive::frame_ends)). `frame_ends` is empty for an
+    /// uncompressed entry, else one end per frame, relative to the entry's start. The layout is
+    /// checked against the spec's rules; the content hash is taken on trust (the caller has
+    /// verified it), and the entry's level is recorded as the writer's.
+    pub fn add_stored(
+        &mut self,
+        path: &str,
+        options: EntryOptions,
+        layout: StoredLayout<'_>,
+        mut stored: impl Read,
+    ) -> Result<()> {
+        let StoredLayout { size, content_hash, stored_len, frame_ends } = layout;
+        let frame_size = self.options.frame_size() as u64;
+        let bad = |what: &str| Error::InvalidOption(format!("stored entry '{path}': {what}"));
+        if frame_ends.is_empty() {
+            if stored_len != size {
+                return Err(bad("uncompressed data whose length differs from its size"));
+            }
+        } else {
+            if frame_ends.len() as u64 != size.div_ceil(frame_size) {
+                return Err(bad("frame count does not match the size and frame size"));
+            }
+            let mut previous = 0u64;
+            for (k, &end) in frame_ends.iter().enumerate() {
+                let frame_len = (size - k as u64 * frame_size).min(frame_size);
+                if end <= previous || end - previous > frame_len {
+                    return Err(bad(&format!("frame {k} has an impossible stored length")));
+                }
+                previous = end;
+            }
+            if previous != stored_len {
+                return Err(bad("last frame end differs from the stored length"));
+            }
+        }
+        self.claim_path(path)?;
+        check_entry_options(&options)?;
+        let mut entry = self.begin_entry(path, options)?;
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.resize(1 << 20, 0);
+        let mut copied = 0u64;
+        while copied < stored_len {
+            let want = (stored_len - copied).min(buffer.len() as u64) as usize;
+            let got = read_full(&mut stored, &mut buffer[..want]).map_err(|e| Error::io(path, e))?;
+            if got < want {
+                return Err(Error::io(path, io::Error::new(io::ErrorKind::UnexpectedEof, "stored data ends early")));
+            }
+            self.write(&buffer[..got])?;
+            copied += got as u64;
+        }
+        self.buffer = buffer;
+        for &end in frame_ends {
+            self.frame_ends.push(end);
+        }
+        // An entry whose frames are all raw would not be recorded as zstd by this writer; keep the
+        // caller's framing as given only when some frame is compressed.
+        let all_raw = frame_ends.is_empty() || stored_len == size;
+        if !all_raw {
+            entry.all_raw = false;
+        }
+        self.end_entry(entry, size, content_hash);
         Ok(())
     }
 

@@ -1,0 +1,210 @@
+//! `mf diff`, `mf apply` and `mf patch-info`: subfile-wise patches between archives (mf-diff).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use clap::{ArgGroup, Args};
+use mf_diff::{Change, DiffOptions, EntryReport, PatchReport};
+use serde_json::json;
+
+use crate::{progress, JsonFlag, Outcome};
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The old archive (or any file).
+    old: PathBuf,
+    /// The new archive (or any file).
+    new: PathBuf,
+    /// Where to write the patch.
+    #[arg(short, long, value_name = "PATCH", required_unless_present = "stat")]
+    output: Option<PathBuf>,
+    /// Only report what changed and what the patch would cost; write nothing.
+    #[arg(long)]
+    stat: bool,
+    /// Memory budget for entries diffed at once, e.g. 512M or 2G (default: half of available RAM).
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_limit)]
+    memory_limit: Option<u64>,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["output", "in_place"])))]
+pub struct ApplyArgs {
+    patch: PathBuf,
+    /// The archive (or file) the patch was made from.
+    old: PathBuf,
+    /// Where to write the result.
+    #[arg(short, long, value_name = "NEW")]
+    output: Option<PathBuf>,
+    /// Replace OLD with the result, once it is complete and verified.
+    #[arg(long)]
+    in_place: bool,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+#[derive(Args)]
+pub struct PatchInfoArgs {
+    patch: PathBuf,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+fn parse_memory_limit(text: &str) -> Result<u64, String> {
+    mf_diff::parse_size(text).ok_or_else(|| format!("'{text}' is not a size (examples: 512M, 2G, 1048576)"))
+}
+
+pub fn diff(args: DiffArgs) -> Outcome {
+    let options = DiffOptions { memory_limit: args.memory_limit.unwrap_or_else(mf_diff::default_memory_limit) };
+    let total = mf_diff::progress_total(&args.old, &args.new)?;
+    let bar = progress::bytes(total, "diffing");
+    let tick = |n: u64| bar.inc(n);
+    let report = match &args.output {
+        Some(patch) if !args.stat => mf_diff::diff_files(&args.old, &args.new, patch, &options, &tick)?,
+        _ => mf_diff::diff_stat(&args.old, &args.new, &options, &tick)?,
+    };
+    bar.finish_and_clear();
+    if args.json.json {
+        println!("{}", serde_json::to_string_pretty(&report_json(&report, true))?);
+    } else {
+        print_report(&report, true);
+        if let Some(patch) = args.output.as_ref().filter(|_| !args.stat) {
+            println!("wrote {}", patch.display());
+        }
+    }
+    Ok(true)
+}
+
+pub fn apply(args: ApplyArgs) -> Outcome {
+    let target = match (&args.output, args.in_place) {
+        (Some(out), false) => out.clone(),
+        (None, true) => args.old.clone(),
+        _ => return Err(anyhow!("give either -o NEW or --in-place")),
+    };
+    let total = estimate_size(&args.old);
+    let bar = progress::bytes(total, "applying");
+    let outcome = mf_diff::apply_patch(&args.patch, &args.old, &target, &|n| bar.inc(n))
+        .with_context(|| format!("applying {}", args.patch.display()))?;
+    bar.finish_and_clear();
+    if args.json.json {
+        let value = json!({
+            "output": target.display().to_string(),
+            "entries": outcome.entries,
+            "bytes": outcome.len,
+            "byte_identical": outcome.exact,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let how = if outcome.exact { "byte-identical to the patch's target" } else { "identical in content" };
+        println!("wrote {} ({} bytes, {how})", target.display(), outcome.len);
+    }
+    Ok(true)
+}
+
+fn estimate_size(old: &Path) -> u64 {
+    mf_format::Archive::open(old)
+        .map(|a| a.total_size())
+        .or_else(|_| std::fs::metadata(old).map(|m| m.len()))
+        .unwrap_or(0)
+}
+
+pub fn patch_info(args: PatchInfoArgs) -> Outcome {
+    let patch = mf_diff::Patch::open(&args.patch)?;
+    let report = patch.report();
+    if args.json.json {
+        println!("{}", serde_json::to_string_pretty(&report_json(&report, false))?);
+    } else {
+        print_report(&report, false);
+    }
+    Ok(true)
+}
+
+fn entry_name(entry: &EntryReport) -> String {
+    match (&entry.path, &entry.old_path, entry.old_index) {
+        (Some(path), Some(old), _) if entry.change == Change::Renamed => format!("{old} => {path}"),
+        (Some(path), _, _) => path.clone(),
+        (None, Some(old), _) => old.clone(),
+        (None, None, Some(index)) => format!("(old entry #{index})"),
+        (None, None, None) => "(old entry)".into(),
+    }
+}
+
+fn letter(change: Change) -> char {
+    match change {
+        Change::Unchanged => ' ',
+        Change::Renamed => 'R',
+        Change::Changed => 'M',
+        Change::Added => 'A',
+        Change::Removed => 'D',
+    }
+}
+
+fn print_report(report: &PatchReport, show_sizes: bool) {
+    let listed: Vec<&EntryReport> = report.entries.iter().filter(|e| e.change != Change::Unchanged).collect();
+    let width = listed.iter().map(|e| entry_name(e).chars().count()).max().unwrap_or(0).min(60);
+    for entry in &listed {
+        let name = entry_name(entry);
+        let sizes = match (entry.change, entry.old_size) {
+            (Change::Removed, _) if show_sizes => format!("{} B", entry.size),
+            (Change::Changed, Some(old)) if show_sizes => format!("{old} -> {} B", entry.size),
+            (_, _) if show_sizes || entry.size > 0 => format!("{} B", entry.size),
+            _ => String::new(),
+        };
+        let cost = match entry.change {
+            Change::Removed => String::new(),
+            _ => format!("{} {} B", entry.method.name(), entry.patch_bytes),
+        };
+        println!(" {} {name:<width$} | {sizes:>22} | {cost}", letter(entry.change));
+    }
+    let counts: Vec<String> = [Change::Unchanged, Change::Renamed, Change::Changed, Change::Added, Change::Removed]
+        .iter()
+        .map(|&c| format!("{} {}", report.count(c), c.name()))
+        .collect();
+    let percent = if report.new_len > 0 { 100.0 * report.patch_len as f64 / report.new_len as f64 } else { 0.0 };
+    println!(
+        " {}; patch {} bytes ({percent:.2}% of the new file's {} bytes){}",
+        counts.join(", "),
+        report.patch_len,
+        report.new_len,
+        if report.exact { "" } else { "; result identical in content, not byte-identical" }
+    );
+}
+
+fn report_json(report: &PatchReport, with_old: bool) -> serde_json::Value {
+    let mut counts = serde_json::Map::new();
+    let mut bytes = serde_json::Map::new();
+    for change in [Change::Unchanged, Change::Renamed, Change::Changed, Change::Added, Change::Removed] {
+        counts.insert(change.name().into(), json!(report.count(change)));
+        if with_old || change != Change::Removed {
+            bytes.insert(change.name().into(), json!(report.bytes(change)));
+        }
+    }
+    let entries: Vec<serde_json::Value> = report
+        .entries
+        .iter()
+        .map(|e| {
+            json!({
+                "change": e.change.name(),
+                "path": e.path,
+                "old_path": e.old_path,
+                "old_index": e.old_index,
+                "size": e.size,
+                "old_size": e.old_size,
+                "method": e.method.name(),
+                "patch_bytes": e.patch_bytes,
+            })
+        })
+        .collect();
+    json!({
+        "kind": if report.archive { "archive" } else { "file" },
+        "byte_identical": report.exact,
+        "old_len": report.old_len,
+        "new_len": report.new_len,
+        "new_xxh3": format!("{:016x}", report.new_hash),
+        "patch_len": report.patch_len,
+        "counts": counts,
+        "bytes": bytes,
+        "entries": entries,
+    })
+}

@@ -1,0 +1,69 @@
+//! Errors of the patch library. Each names the file it is about; errors about damaged or mismatched
+//! data also name the entry and, for patches, the section and byte offset where the problem was found.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An error of the container library (opening or reading an archive).
+    #[error(transparent)]
+    Archive(#[from] mf_format::Error),
+
+    #[error("{}: {source}", file.display())]
+    Io { file: PathBuf, source: io::Error },
+
+    #[error("{}: not an mf patch (no patch magic at offset 0)", file.display())]
+    NotAPatch { file: PathBuf },
+
+    #[error("{}: patch format version {major}.{minor} is not supported (this build reads 1.x)", file.display())]
+    UnsupportedVersion { file: PathBuf, major: u16, minor: u16 },
+
+    #[error("{}: corrupt patch at {section} offset {offset}{}: {what}", file.display(), EntryContext(entry))]
+    CorruptPatch { file: PathBuf, section: &'static str, offset: u64, entry: Option<String>, what: String },
+
+    #[error("{}: not the file this patch was made for{}: {what}", file.display(), EntryContext(entry))]
+    WrongBase { file: PathBuf, entry: Option<String>, what: String },
+
+    #[error("{}: the patch is already applied (the file is already the patch's result)", file.display())]
+    AlreadyApplied { file: PathBuf },
+
+    #[error("{}: the rebuilt output does not match the patch{}: {what}", file.display(), EntryContext(entry))]
+    OutputMismatch { file: PathBuf, entry: Option<String>, what: String },
+
+    #[error("{}: {what}", file.display())]
+    Unsupported { file: PathBuf, what: String },
+
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+}
+
+struct EntryContext<'a>(&'a Option<String>);
+
+impl fmt::Display for EntryContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(entry) => write!(f, " (entry '{entry}')"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Error {
+    pub(crate) fn io(file: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io { file: file.into(), source }
+    }
+
+    /// True when the error means a patch or archive is damaged or does not fit (as opposed to an
+    /// I/O failure such as a full disk).
+    pub fn is_data_error(&self) -> bool {
+        match self {
+            Error::Archive(e) => e.is_corruption(),
+            Error::Io { .. } | Error::InvalidOption(_) => false,
+            _ => true,
+        }
+    }
+}

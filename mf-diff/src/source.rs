@@ -1,0 +1,160 @@
+//! Reading entry content with `pread` rather than through the archive's memory map, so the pages of
+//! large entries are not kept resident: memory stays bounded by the buffers asked for. The archive's
+//! index (already parsed by `mf_format::Archive`) says where each entry's bytes and frames are.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use mf_format::{Archive, Entry, StoredAs};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::error::{Error, Result};
+
+/// An input file: an archive (index parsed) or a plain file.
+pub struct Source {
+    pub path: PathBuf,
+    pub file: File,
+    pub archive: Option<Archive>,
+    pub len: u64,
+}
+
+impl Source {
+    pub fn open_archive(path: &Path) -> Result<Source> {
+        let archive = Archive::open(path)?;
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = archive.file_len();
+        Ok(Source { path: path.to_owned(), file, archive: Some(archive), len })
+    }
+
+    pub fn open_plain(path: &Path) -> Result<Source> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Ok(Source { path: path.to_owned(), file, archive: None, len })
+    }
+
+    pub fn read_exact_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
+        buf.resize(len, 0);
+        self.file.read_exact_at(&mut buf, offset).map_err(|e| Error::io(&self.path, e))?;
+        Ok(buf)
+    }
+
+    /// xxh3 of the whole file, streamed.
+    pub fn whole_hash(&self) -> Result<u64> {
+        let mut hasher = Xxh3::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut offset = 0u64;
+        while offset < self.len {
+            let n = ((self.len - offset) as usize).min(buf.len());
+            self.file.read_exact_at(&mut buf[..n], offset).map_err(|e| Error::io(&self.path, e))?;
+            hasher.update(&buf[..n]);
+            offset += n as u64;
+        }
+        Ok(hasher.digest())
+    }
+
+    /// Content bytes `[start, start + len)` of an entry (no checksum verification; zstd frames still
+    /// check their own).
+    pub fn read_range(&self, entry: &Entry<'_>, start: u64, len: usize) -> Result<Vec<u8>> {
+        let archive = self.archive.as_ref().expect("entries only exist in archives");
+        let end = start.checked_add(len as u64).filter(|&e| e <= entry.size()).ok_or_else(|| {
+            Error::from(mf_format::Error::OutOfRange {
+                entry: entry.path().to_owned(),
+                offset: start,
+                size: entry.size(),
+            })
+        })?;
+        match entry.stored_as() {
+            StoredAs::Raw => self.read_exact_at(entry.offset() + start, len),
+            StoredAs::Zstd => {
+                let frame_size = archive.frame_size();
+                let ends = archive.frame_ends(entry);
+                let mut out = Vec::new();
+                out.try_reserve_exact(len).map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
+                let mut frame = Vec::new();
+                let first = start / frame_size;
+                let last = if len == 0 { first } else { (end - 1) / frame_size + 1 };
+                for k in first..last {
+                    self.decode_frame(entry, &ends, k, &mut frame)?;
+                    let frame_start = k * frame_size;
+                    let from = start.saturating_sub(frame_start) as usize;
+                    let to = ((end - frame_start) as usize).min(frame.len());
+                    out.extend_from_slice(&frame[from..to]);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    fn decode_frame(&self, entry: &Entry<'_>, ends: &[u64], k: u64, out: &mut Vec<u8>) -> Result<()> {
+        let archive = self.archive.as_ref().expect("entries only exist in archives");
+        let frame_len = archive.frame_len(entry, k) as usize;
+        let begin = if k == 0 { 0 } else { ends.get(k as usize - 1).copied().unwrap_or(0) };
+        let finish = ends.get(k as usize).copied().unwrap_or(0);
+        let stored_len = finish.saturating_sub(begin) as usize;
+        let stored = self.read_exact_at(entry.offset() + begin, stored_len)?;
+        out.clear();
+        if stored.len() == frame_len {
+            out.extend_from_slice(&stored);
+            return Ok(());
+        }
+        out.resize(frame_len, 0);
+        let decoded = zstd::bulk::Decompressor::new()
+            .and_then(|mut d| d.decompress_to_buffer(&stored[..], &mut out[..]))
+            .map_err(|e| {
+                Error::from(mf_format::Error::Corrupt {
+                    file: self.path.clone(),
+                    offset: entry.offset() + begin,
+                    entry: Some(entry.path().to_owned()),
+                    what: format!("frame {k} does not decode: {e}"),
+                })
+            })?;
+        if decoded != frame_len {
+            return Err(mf_format::Error::Corrupt {
+                file: self.path.clone(),
+                offset: entry.offset() + begin,
+                entry: Some(entry.path().to_owned()),
+                what: format!("frame {k} decodes to {decoded} bytes instead of {frame_len}"),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The whole content of an entry, checked against its content hash.
+    pub fn read_verified(&self, entry: &Entry<'_>) -> Result<Vec<u8>> {
+        let len = usize::try_from(entry.size())
+            .map_err(|_| Error::io(&self.path, std::io::Error::other("entry does not fit in memory")))?;
+        let content = self.read_range(entry, 0, len)?;
+        self.check_hash(entry, xxhash_rust::xxh3::xxh3_64(&content))?;
+        Ok(content)
+    }
+
+    /// Streams an entry through its hash check without keeping it (memory: one frame or 1 MiB).
+    pub fn verify_entry(&self, entry: &Entry<'_>) -> Result<()> {
+        let mut hasher = Xxh3::new();
+        let step = self.archive.as_ref().map_or(1 << 20, |a| a.frame_size()).max(1 << 20);
+        let mut at = 0u64;
+        while at < entry.size() {
+            let n = (entry.size() - at).min(step) as usize;
+            hasher.update(&self.read_range(entry, at, n)?);
+            at += n as u64;
+        }
+        self.check_hash(entry, hasher.digest())
+    }
+
+    fn check_hash(&self, entry: &Entry<'_>, actual: u64) -> Result<()> {
+        if actual != entry.content_hash() {
+            return Err(mf_format::Error::ChecksumMismatch {
+                file: self.path.clone(),
+                entry: entry.path().to_owned(),
+                expected: entry.content_hash(),
+                actual,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
