@@ -1,5 +1,6 @@
 //! The FUSE file system: a read-only view of the node table, with file data served from the
-//! archives' mappings (raw entries) or from the frame cache (zstd entries).
+//! archives' mappings (raw mf entries, stored Panda3D subfiles) or from the frame cache (zstd mf
+//! entries by frame; compressed or encrypted Panda3D subfiles whole, as one frame).
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
@@ -14,7 +15,8 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyXattr, Request,
 };
-use mf_format::{Archive, Entry, StoredAs};
+use mf_format::panda3d::{Multifile, Subfile};
+use mf_format::{AnyArchive, AnyEntry, Archive, Entry, StoredAs};
 
 use crate::cache::{FrameCache, FrameKey};
 use crate::tree::{Node, NodeKind, Tree};
@@ -36,7 +38,7 @@ const PREFETCH_AHEAD: u64 = 4 << 20;
 const STREAM_SLOTS: usize = 256;
 
 pub struct ArchiveFs {
-    archives: Vec<Archive>,
+    archives: Vec<AnyArchive>,
     /// Per archive: mtime reported for entries that recorded none (the archive file's mtime).
     archive_mtimes: Vec<SystemTime>,
     /// Reported for directories: the newest archive's mtime.
@@ -59,7 +61,7 @@ thread_local! {
 }
 
 impl ArchiveFs {
-    pub fn new(archives: Vec<Archive>, tree: Tree, cache_size: usize, threads: usize) -> ArchiveFs {
+    pub fn new(archives: Vec<AnyArchive>, tree: Tree, cache_size: usize, threads: usize) -> ArchiveFs {
         let mount_time = SystemTime::now();
         let archive_mtimes: Vec<SystemTime> = archives
             .iter()
@@ -87,9 +89,10 @@ impl ArchiveFs {
         Some((index, self.tree.node(index)?))
     }
 
-    fn entry(&self, archive: u32, entry: u32) -> Option<(&Archive, Entry<'_>)> {
+    /// Entry `position` (in path order, as the tree numbers them) of archive `archive`.
+    fn entry(&self, archive: u32, position: u32) -> Option<(&AnyArchive, AnyEntry<'_>)> {
         let archive = self.archives.get(archive as usize)?;
-        Some((archive, archive.entry(entry)?))
+        Some((archive, archive.lookup_entry(position as usize)?))
     }
 
     fn attr(&self, index: u32, node: &Node) -> FileAttr {
@@ -168,8 +171,7 @@ impl ArchiveFs {
     /// Starts the disk reads for the archive bytes a read needs, and for a sequential reader the
     /// next few MiB: entry data is read through the mapping, whose page faults would otherwise read
     /// the file synchronously in small pieces while the worker waits.
-    fn prefetch(&self, ino: INodeNo, archive_index: u32, entry: &Entry<'_>, start: u64, end: u64) {
-        let Some(Some(file)) = self.archive_files.get(archive_index as usize) else { return };
+    fn prefetch(&self, ino: INodeNo, archive_index: u32, archive: &Archive, entry: &Entry<'_>, start: u64, end: u64) {
         let slot = &self.stream_ends[(ino.0 as usize) % STREAM_SLOTS];
         let previous_end = slot.swap(end, Ordering::Relaxed);
         // Kernel read-ahead requests run concurrently and may arrive slightly out of order.
@@ -181,14 +183,26 @@ impl ArchiveFs {
         let (from, to) = match entry.stored_as() {
             StoredAs::Raw => (start, want_end),
             StoredAs::Zstd => {
-                let frame = self.archives.get(archive_index as usize).map_or(0, |a| a.frame_size());
+                let frame = archive.frame_size();
                 (stored(start.saturating_sub(frame)), stored(want_end.saturating_add(frame)).min(entry.stored_size()))
             }
         };
-        let (Ok(offset), Ok(len)) = (i64::try_from(entry.offset() + from), i64::try_from(to.saturating_sub(from)))
-        else {
-            return;
-        };
+        self.advise(archive_index, entry.offset().saturating_add(from), to.saturating_sub(from));
+    }
+
+    /// Like [`prefetch`](Self::prefetch) for a stored Panda3D subfile (read straight from the mapping).
+    fn prefetch_plain(&self, ino: INodeNo, archive_index: u32, subfile: &Subfile, start: u64, end: u64) {
+        let slot = &self.stream_ends[(ino.0 as usize) % STREAM_SLOTS];
+        let previous_end = slot.swap(end, Ordering::Relaxed);
+        let sequential = previous_end != u64::MAX && start.abs_diff(previous_end) <= PREFETCH_AHEAD;
+        let want_end = if sequential { end.saturating_add(PREFETCH_AHEAD).min(subfile.size()) } else { end };
+        self.advise(archive_index, subfile.data_offset().saturating_add(start), want_end.saturating_sub(start));
+    }
+
+    /// Asks the kernel to start reading `len` bytes of an archive file from `offset`.
+    fn advise(&self, archive_index: u32, offset: u64, len: u64) {
+        let Some(Some(file)) = self.archive_files.get(archive_index as usize) else { return };
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
         if len > 0 {
             let _ = nix::fcntl::posix_fadvise(file, offset, len, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
         }
@@ -240,6 +254,49 @@ impl ArchiveFs {
             }
             reply.data(&assembly);
         });
+    }
+
+    /// Reads a Panda3D subfile: a stored one straight from the mapping; a compressed or encrypted
+    /// one (zlib has no random access) from its content decoded once into the frame cache as frame 0.
+    #[allow(clippy::too_many_arguments)]
+    fn read_panda3d(
+        &self,
+        ino: INodeNo,
+        archive_index: u32,
+        multifile: &Multifile,
+        position: u32,
+        subfile: &Subfile,
+        start: u64,
+        end: u64,
+        reply: ReplyData,
+    ) {
+        let range = start as usize..end as usize;
+        if let Some(raw) = multifile.raw_bytes(subfile) {
+            self.prefetch_plain(ino, archive_index, subfile, start, end);
+            return match raw.get(range) {
+                Some(bytes) => reply.data(bytes),
+                None => reply.error(Errno::EIO),
+            };
+        }
+        let key = FrameKey { archive: archive_index, entry: position, frame: 0 };
+        let content = match self.cache.get(&key) {
+            Some(content) => content,
+            None => match multifile.read(subfile) {
+                Ok(content) => self.cache.insert(key, content),
+                Err(e) => {
+                    eprintln!(
+                        "mf mount: I/O error reading '{}' from Panda3D multifile {}: {e}",
+                        subfile.name(),
+                        multifile.name().display()
+                    );
+                    return reply.error(Errno::EIO);
+                }
+            },
+        };
+        match content.get(range) {
+            Some(bytes) => reply.data(bytes),
+            None => reply.error(Errno::EIO),
+        }
     }
 }
 
@@ -333,7 +390,14 @@ impl fuser::Filesystem for ArchiveFs {
         if start >= end {
             return reply.data(&[]);
         }
-        self.prefetch(ino, archive_index, &entry, start, end);
+        let (archive, entry) = match (archive, entry) {
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => (archive, entry),
+            (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { index, subfile, .. }) => {
+                return self.read_panda3d(ino, archive_index, multifile, index, subfile, start, end, reply);
+            }
+            _ => return reply.error(Errno::EIO),
+        };
+        self.prefetch(ino, archive_index, archive, &entry, start, end);
         match entry.stored_as() {
             StoredAs::Raw => {
                 // Zero copy: the reply is written straight from the mapping.
