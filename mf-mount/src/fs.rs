@@ -278,24 +278,38 @@ impl ArchiveFs {
                 None => reply.error(Errno::EIO),
             };
         }
-        let key = FrameKey { archive: archive_index, entry: position, frame: 0 };
-        let content = match self.cache.get(&key) {
-            Some(content) => content,
-            None => match multifile.read(subfile) {
-                Ok(content) => self.cache.insert(key, content),
-                Err(e) => {
-                    eprintln!(
-                        "mf mount: I/O error reading '{}' from Panda3D multifile {}: {e}",
-                        subfile.name(),
-                        multifile.name().display()
-                    );
-                    return reply.error(Errno::EIO);
-                }
+        match self.decoded_subfile(archive_index, multifile, position, subfile) {
+            Ok(content) => match content.get(range) {
+                Some(bytes) => reply.data(bytes),
+                None => reply.error(Errno::EIO),
             },
-        };
-        match content.get(range) {
-            Some(bytes) => reply.data(bytes),
-            None => reply.error(Errno::EIO),
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    /// A compressed or encrypted subfile's whole content: cached, or decoded (and checked) once
+    /// and cached as frame 0 of its entry. Errors are logged and read as EIO.
+    fn decoded_subfile(
+        &self,
+        archive_index: u32,
+        multifile: &Multifile,
+        position: u32,
+        subfile: &Subfile,
+    ) -> Result<Arc<Vec<u8>>, Errno> {
+        let key = FrameKey { archive: archive_index, entry: position, frame: 0 };
+        if let Some(content) = self.cache.get(&key) {
+            return Ok(content);
+        }
+        match multifile.read(subfile) {
+            Ok(content) => Ok(self.cache.insert(key, content)),
+            Err(e) => {
+                eprintln!(
+                    "mf mount: I/O error reading '{}' from Panda3D multifile {}: {e}",
+                    subfile.name(),
+                    multifile.name().display()
+                );
+                Err(Errno::EIO)
+            }
         }
     }
 }
@@ -455,5 +469,50 @@ impl fuser::Filesystem for ArchiveFs {
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
         reply.error(Errno::ENOSYS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mf_format::panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
+
+    #[test]
+    fn compressed_panda3d_subfiles_are_decoded_once_into_the_cache() {
+        let specs = vec![
+            SubfileSpec { name: "a.txt".into(), compression_level: None, timestamp: 0 },
+            SubfileSpec { name: "z.bin".into(), compression_level: Some(6), timestamp: 0 },
+        ];
+        let options = MultifileOptions::default();
+        let mut writer = MultifileWriter::new(std::io::Cursor::new(Vec::new()), "p", &options, specs).unwrap();
+        writer.add(&mut &b"plain"[..]).unwrap();
+        writer.add(&mut &[7u8; 100_000][..]).unwrap();
+        let bytes = writer.finish().unwrap().into_inner();
+        let archives = vec![AnyArchive::from_bytes(bytes.clone(), "p.mf").unwrap()];
+        let tree = Tree::build(&archives).unwrap();
+        let fs = ArchiveFs::new(archives, tree, 1 << 20, 1);
+        let AnyArchive::Panda3d(multifile) = &fs.archives[0] else { panic!("not detected as Panda3D") };
+        let subfile = multifile.get("z.bin").unwrap();
+        assert!(multifile.raw_bytes(subfile).is_none(), "compressed: no slice of the mapping");
+        let position = multifile.lower_bound("z.bin") as u32;
+        let first = fs.decoded_subfile(0, multifile, position, subfile).unwrap();
+        assert_eq!(&first[..], &[7u8; 100_000][..]);
+        let again = fs.decoded_subfile(0, multifile, position, subfile).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the second read is served from the cache, not decoded again");
+        let plain = multifile.get("a.txt").unwrap();
+        assert_eq!(multifile.raw_bytes(plain), Some(&b"plain"[..]), "stored: served from the mapping");
+
+        // Damaged zlib data reads as EIO (and is not cached).
+        let mut damaged = bytes;
+        let middle = (subfile.data_offset() + subfile.stored_size() / 2) as usize;
+        for byte in &mut damaged[middle..middle + 4] {
+            *byte ^= 0x5A;
+        }
+        let archives = vec![AnyArchive::from_bytes(damaged, "damaged.mf").unwrap()];
+        let tree = Tree::build(&archives).unwrap();
+        let fs = ArchiveFs::new(archives, tree, 1 << 20, 1);
+        let AnyArchive::Panda3d(multifile) = &fs.archives[0] else { panic!("not detected as Panda3D") };
+        let subfile = multifile.get("z.bin").unwrap();
+        assert_eq!(fs.decoded_subfile(0, multifile, position, subfile).err(), Some(Errno::EIO));
     }
 }
