@@ -7,7 +7,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -53,6 +53,12 @@ pub struct ArchiveFs {
     archive_files: Vec<Option<File>>,
     /// Where the last read of an inode ended, to tell sequential readers from random ones.
     stream_ends: Box<[AtomicU64]>,
+    /// The last decoded Panda3D subfile too large for a cache shard (but within the cache size):
+    /// without it, reading such a subfile would decode it again for every request.
+    oversized: Mutex<Option<(FrameKey, Arc<Vec<u8>>)>>,
+    /// Largest decoded subfile the frame cache keeps (a shard's share of the budget).
+    shard_budget: usize,
+    cache_size: usize,
 }
 
 thread_local! {
@@ -78,6 +84,9 @@ impl ArchiveFs {
             tree,
             // A couple of spare buffers per worker absorb evictions without reallocating.
             cache: FrameCache::new(cache_size, 2 * threads.max(1)),
+            oversized: Mutex::new(None),
+            shard_budget: cache_size / crate::cache::SHARDS,
+            cache_size,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
             zero_message_open: false,
@@ -300,7 +309,17 @@ impl ArchiveFs {
         if let Some(content) = self.cache.get(&key) {
             return Ok(content);
         }
+        let lock_oversized = || self.oversized.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, content)) = lock_oversized().as_ref().filter(|(k, _)| *k == key) {
+            return Ok(content.clone());
+        }
+        // Decoded without holding the slot's lock: other subfiles' reads go on meanwhile.
         match multifile.read(subfile) {
+            Ok(content) if content.capacity() > self.shard_budget && content.len() <= self.cache_size => {
+                let content = Arc::new(content);
+                *lock_oversized() = Some((key, content.clone()));
+                Ok(content)
+            }
             Ok(content) => Ok(self.cache.insert(key, content)),
             Err(e) => {
                 eprintln!(
@@ -499,6 +518,14 @@ mod tests {
         assert_eq!(&first[..], &[7u8; 100_000][..]);
         let again = fs.decoded_subfile(0, multifile, position, subfile).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the second read is served from the cache, not decoded again");
+        // Larger than a cache shard (1/8 of the budget) but within the budget: still decoded once.
+        let archives = vec![AnyArchive::from_bytes(bytes.clone(), "p.mf").unwrap()];
+        let tree = Tree::build(&archives).unwrap();
+        let small = ArchiveFs::new(archives, tree, 200_000, 1);
+        let AnyArchive::Panda3d(small_multifile) = &small.archives[0] else { panic!("not detected as Panda3D") };
+        let first = small.decoded_subfile(0, small_multifile, position, subfile).unwrap();
+        let again = small.decoded_subfile(0, small_multifile, position, subfile).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "an oversized subfile is kept too");
         let plain = multifile.get("a.txt").unwrap();
         assert_eq!(multifile.raw_bytes(plain), Some(&b"plain"[..]), "stored: served from the mapping");
 
