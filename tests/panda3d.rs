@@ -602,4 +602,11 @@ fn diff_and_apply_between_panda3d_multifiles() {
     assert_eq!(json(d, &["info", "v1-mf.mf", "--json"])["format"], "panda3d");
     mf_ok(d, &["extract", "v1-mf.mf", "-C", "x-mixed"]);
     assert_eq!(read_tree(&d.join("x-mixed")), expected);
+
+    // A multifile and a file that is no archive: a plain patch of the files as they are.
+    std::fs::write(d.join("notes.bin"), noise(3000, 11)).unwrap();
+    let plain = json(d, &["diff", "v1.mf", "notes.bin", "-o", "plain.mfp", "--json"]);
+    assert_eq!((plain["kind"].as_str(), plain["old_format"].as_str()), (Some("file"), Some("mf")), "{plain}");
+    mf_ok(d, &["apply", "plain.mfp", "v1.mf", "-o", "notes.out"]);
+    assert_eq!(std::fs::read(d.join("notes.out")).unwrap(), std::fs::read(d.join("notes.bin")).unwrap());
 }

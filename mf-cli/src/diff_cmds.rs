@@ -68,12 +68,23 @@ fn parse_memory_limit(text: &str) -> Result<u64, String> {
     mf_diff::parse_size(text).ok_or_else(|| format!("'{text}' is not a size (examples: 512M, 2G, 1048576)"))
 }
 
-/// Whether `path` starts like a Panda3D multifile (an unreadable file is left to the diff to report).
-fn is_panda3d(path: &Path) -> bool {
+/// The first bytes of `path` (empty when unreadable: the diff or apply then reports the error).
+fn head(path: &Path) -> Vec<u8> {
     use std::io::Read;
     let mut head = Vec::new();
-    std::fs::File::open(path).and_then(|f| f.take(8).read_to_end(&mut head)).is_ok()
-        && mf_format::panda3d::looks_like_multifile(&head)
+    let _ = std::fs::File::open(path).and_then(|f| f.take(8).read_to_end(&mut head));
+    head
+}
+
+/// Whether `path` starts like a Panda3D multifile.
+fn is_panda3d(path: &Path) -> bool {
+    mf_format::panda3d::looks_like_multifile(&head(path))
+}
+
+/// Whether `path` starts like an archive of either format (else diff makes a plain patch).
+fn is_archive(path: &Path) -> bool {
+    let head = head(path);
+    head.starts_with(&mf_format::format::MAGIC) || mf_format::panda3d::looks_like_multifile(&head)
 }
 
 /// The canonical mf conversion of the Panda3D multifile at `path`, written into `dir`.
@@ -93,8 +104,11 @@ fn canonical_mf(path: &Path, dir: &Path, name: &str) -> anyhow::Result<PathBuf> 
 
 pub fn diff(args: DiffArgs) -> Outcome {
     let options = DiffOptions { memory_limit: args.memory_limit.unwrap_or_else(mf_diff::default_memory_limit) };
-    // A Panda3D side is diffed as its canonical mf conversion; the header records it.
-    let (old_panda3d, new_panda3d) = (is_panda3d(&args.old), is_panda3d(&args.new));
+    // Between two archives, a Panda3D side is diffed as its canonical mf conversion (the header
+    // records it); anything else is a plain patch of the files as they are.
+    let both_archives = is_archive(&args.old) && is_archive(&args.new);
+    let old_panda3d = both_archives && is_panda3d(&args.old);
+    let new_panda3d = both_archives && is_panda3d(&args.new);
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
     let old = if old_panda3d { canonical_mf(&args.old, scratch.path(), "old.mf")? } else { args.old.clone() };
     let new = if new_panda3d { canonical_mf(&args.new, scratch.path(), "new.mf")? } else { args.new.clone() };
@@ -127,13 +141,15 @@ pub fn apply(args: ApplyArgs) -> Outcome {
         (None, true) => args.old.clone(),
         _ => return Err(anyhow!("give either -o NEW or --in-place")),
     };
-    let flags =
-        mf_diff::Patch::open(&args.patch).with_context(|| format!("applying {}", args.patch.display()))?.header().flags;
+    let header =
+        *mf_diff::Patch::open(&args.patch).with_context(|| format!("applying {}", args.patch.display()))?.header();
+    let flags = header.flags;
+    let archive_patch = header.kind == mf_diff::wire::KIND_ARCHIVE;
     let old_panda3d = flags & mf_diff::wire::FLAG_OLD_PANDA3D != 0;
     let new_panda3d = flags & mf_diff::wire::FLAG_NEW_PANDA3D != 0;
     let format = args.format.unwrap_or(if new_panda3d { ApplyFormat::Panda3d } else { ApplyFormat::Mf });
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
-    let old = match (old_panda3d, is_panda3d(&args.old)) {
+    let old = match (old_panda3d, archive_patch && is_panda3d(&args.old)) {
         (true, true) => canonical_mf(&args.old, scratch.path(), "old.mf")?,
         (false, false) => args.old.clone(),
         (true, false) => {
