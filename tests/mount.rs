@@ -560,3 +560,109 @@ fn allow_other_lets_other_users_read() {
     assert_eq!(allowed.stdout, b"for everyone\n");
     mf_ok(scratch.path(), &["umount", scratch.mnt()]);
 }
+
+/// Builds a Panda3D multifile with the real `multify -c` and `flags` from every item of `src`.
+fn multify_create(src: &Path, target: &Path, flags: &[&str]) {
+    let mut items: Vec<String> =
+        std::fs::read_dir(src).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    items.sort();
+    let mut args = vec!["-c", "-f", target.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    args.extend(items.iter().map(String::as_str));
+    common::multify(src, &args);
+}
+
+#[test]
+fn panda3d_multifiles_mount_like_mf_archives() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let (big_text, _) = build_source(&src);
+    let source = common::read_tree(&src);
+    let compressed = dir.path().join("zlib.mf");
+    multify_create(&src, &compressed, &["-z"]);
+    let stored = dir.path().join("stored.mf");
+    multify_create(&src, &stored, &[]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&mf_ok(dir.path(), &["list", "--json", compressed.to_str().unwrap()])).unwrap();
+    assert!(listed.to_string().contains("zlib"), "multify -z compressed something: {listed}");
+
+    for archive in [&compressed, &stored] {
+        let mut scratch = Scratch::new();
+        scratch.mount_foreground(&[archive], &[]);
+        let mnt = scratch.mount_point.clone();
+        assert_eq!(common::read_tree(&mnt), source, "{}: mounted tree differs from the source", archive.display());
+        // Random access inside a compressed subfile, at the end and across it.
+        let file = File::open(mnt.join("data/big.txt")).unwrap();
+        let mut buf = vec![0u8; 300_000];
+        file.read_exact_at(&mut buf, 2_000_001).unwrap();
+        assert_eq!(buf, big_text[2_000_001..2_300_001]);
+        let mut tail = [0u8; 16];
+        let n = file.read_at(&mut tail, big_text.len() as u64 - 5).unwrap();
+        assert_eq!(&tail[..n], &big_text[big_text.len() - 5..]);
+        assert_eq!(std::fs::metadata(mnt.join("data/big.txt")).unwrap().len(), big_text.len() as u64);
+        assert!(std::fs::metadata(mnt.join("data/levels")).unwrap().is_dir());
+        drop(file);
+        mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+        assert!(!is_mounted(&mnt));
+    }
+
+    // Encrypted subfiles: EIO and a logged message without the password, their content with it.
+    let encrypted = dir.path().join("encrypted.mf");
+    multify_create(&src, &encrypted, &["-z", "-e", "-p", "secret"]);
+    let scratch = Scratch::new();
+    let log = scratch.path().join("daemon.log");
+    scratch.mount_background(&[&encrypted], &["--log", log.to_str().unwrap()]);
+    assert_eq!(errno(std::fs::read(scratch.mount_point.join("readme.txt"))), Some(libc::EIO));
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("readme.txt") && logged.contains("encrypted.mf"), "log: {logged}");
+    let scratch = Scratch::new();
+    scratch.mount_background(&[&encrypted], &["--password", "secret"]);
+    assert_eq!(common::read_tree(&scratch.mount_point), source, "decrypted with --password");
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+}
+
+#[test]
+fn panda3d_multifiles_overlay_with_mf_archives() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let patch = dir.path().join("patch");
+    let big = compressible(1 << 20);
+    write_tree(&base, &[("a/shared.txt", b"panda base"), ("a/base_only.txt", &big), ("conflict", b"base file")]);
+    write_tree(&patch, &[("a/shared.txt", b"mf patch"), ("a/patch_only.txt", b"p"), ("conflict/inner", b"dir now")]);
+    let panda = dir.path().join("base.p3d.mf");
+    multify_create(&base, &panda, &["-z"]);
+    let mf = pack(dir.path(), &patch, "patch.mf", &[]);
+
+    // Panda3D below, mf on top (through the library).
+    let scratch = Scratch::new();
+    let options = mf_mount::MountOptions { threads: 2, ..mf_mount::MountOptions::default() };
+    let handle = mf_mount::mount_paths(&[&panda, &mf], &scratch.mount_point, &options).unwrap();
+    let mnt = scratch.mount_point.clone();
+    assert_eq!(std::fs::read(mnt.join("a/shared.txt")).unwrap(), b"mf patch");
+    assert_eq!(std::fs::read(mnt.join("a/base_only.txt")).unwrap(), big);
+    assert_eq!(std::fs::read(mnt.join("a/patch_only.txt")).unwrap(), b"p");
+    assert_eq!(std::fs::read(mnt.join("conflict/inner")).unwrap(), b"dir now");
+    drop(handle);
+    assert!(!is_mounted(&mnt));
+
+    // mf below, Panda3D on top (through the binary).
+    let mut scratch = Scratch::new();
+    scratch.mount_foreground(&[&mf, &panda], &[]);
+    let mnt = scratch.mount_point.clone();
+    assert_eq!(std::fs::read(mnt.join("a/shared.txt")).unwrap(), b"panda base");
+    assert_eq!(std::fs::read(mnt.join("a/patch_only.txt")).unwrap(), b"p");
+    assert_eq!(std::fs::read(mnt.join("conflict")).unwrap(), b"base file");
+    let mut names: Vec<String> =
+        std::fs::read_dir(mnt.join("a")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["base_only.txt", "patch_only.txt", "shared.txt"]);
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+    assert!(!is_mounted(&mnt));
+}

@@ -525,3 +525,88 @@ assert m.flush(); m.close()
         assert!(err.contains("wrong password"), "{name}: {err}");
     }
 }
+
+/// Builds a multifile with the real `multify -c -z` from every top-level item of `src`.
+fn multify_all(src: &Path, target: &Path) {
+    let mut items: Vec<String> =
+        std::fs::read_dir(src).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    items.sort();
+    let mut args = vec!["-c", "-z", "-f", target.to_str().unwrap()];
+    args.extend(items.iter().map(String::as_str));
+    multify(src, &args);
+}
+
+#[test]
+fn diff_and_apply_between_panda3d_multifiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let edited = text.replacen("line 500\n", "line five hundred\n", 1);
+    let logo = noise(50_000, 3);
+    write_tree(
+        &d.join("v1"),
+        &[("a.txt", text.as_bytes()), ("gone.dat", b"removed in v2"), ("img/logo.raw", &logo), ("same.txt", b"same")],
+    );
+    write_tree(
+        &d.join("v2"),
+        &[("a.txt", edited.as_bytes()), ("added.txt", b"new in v2"), ("art/logo.raw", &logo), ("same.txt", b"same")],
+    );
+    let (v1, v2) = (d.join("v1.mf"), d.join("v2.mf"));
+    multify_all(&d.join("v1"), &v1);
+    multify_all(&d.join("v2"), &v2);
+    let expected = multify_extract(&v2, &d.join("ref"), &[]);
+    assert_eq!(expected, read_tree(&d.join("v2")));
+
+    let report = json(d, &["diff", "v1.mf", "v2.mf", "-o", "p.mfp", "--json"]);
+    assert_eq!(report["kind"], "archive", "diffed entry by entry: {report}");
+    assert_eq!((report["old_format"].as_str(), report["new_format"].as_str()), (Some("panda3d"), Some("panda3d")));
+    for (change, count) in [("changed", 1), ("added", 1), ("removed", 1), ("renamed", 1), ("unchanged", 1)] {
+        assert_eq!(report["counts"][change], count, "{change}: {report}");
+    }
+    assert_eq!(report["byte_identical"], false, "a Panda3D target is promised in content only");
+    let info = json(d, &["patch-info", "p.mfp", "--json"]);
+    assert_eq!(info["new_format"], "panda3d");
+    assert!(std::fs::metadata(d.join("p.mfp")).unwrap().len() < 20_000, "the patch carries changes only");
+
+    // Default: the new side's format, which the real multify reads back.
+    mf_ok(d, &["apply", "p.mfp", "v1.mf", "-o", "out.p3d"]);
+    assert_eq!(json(d, &["info", "out.p3d", "--json"])["format"], "panda3d");
+    assert_eq!(multify_extract(&d.join("out.p3d"), &d.join("x-multify"), &[]), expected);
+    mf_ok(d, &["extract", "out.p3d", "-C", "x-mf"]);
+    assert_eq!(read_tree(&d.join("x-mf")), expected);
+
+    // --format mf: an mf archive with the same content.
+    mf_ok(d, &["apply", "p.mfp", "v1.mf", "-o", "out.mf", "--format", "mf"]);
+    assert_eq!(json(d, &["info", "out.mf", "--json"])["format"], "mf");
+    mf_ok(d, &["extract", "out.mf", "-C", "x-mf2"]);
+    assert_eq!(read_tree(&d.join("x-mf2")), expected);
+
+    // A wrong base is refused and nothing is written: another multifile, or an mf archive.
+    let err = mf_fails(d, &["apply", "p.mfp", "v2.mf", "-o", "wrong.p3d"], 1);
+    assert!(err.to_lowercase().contains("base") || err.contains("old"), "{err}");
+    assert!(!d.join("wrong.p3d").exists());
+    let err = mf_fails(d, &["apply", "p.mfp", "out.mf", "-o", "wrong2.p3d"], 1);
+    assert!(err.contains("wrong base"), "{err}");
+    assert!(!d.join("wrong2.p3d").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(d)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("wrong"))
+        .collect();
+    assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
+
+    // Mixed pair: an mf archive to a Panda3D multifile, applied in place.
+    mf_ok(d, &["pack", "v1", "-o", "v1-mf.mf"]);
+    mf_ok(d, &["diff", "v1-mf.mf", "v2.mf", "-o", "mixed.mfp"]);
+    mf_ok(d, &["apply", "mixed.mfp", "v1-mf.mf", "--in-place"]);
+    assert_eq!(json(d, &["info", "v1-mf.mf", "--json"])["format"], "panda3d");
+    mf_ok(d, &["extract", "v1-mf.mf", "-C", "x-mixed"]);
+    assert_eq!(read_tree(&d.join("x-mixed")), expected);
+
+    // A multifile and a file that is no archive: a plain patch of the files as they are.
+    std::fs::write(d.join("notes.bin"), noise(3000, 11)).unwrap();
+    let plain = json(d, &["diff", "v1.mf", "notes.bin", "-o", "plain.mfp", "--json"]);
+    assert_eq!((plain["kind"].as_str(), plain["old_format"].as_str()), (Some("file"), Some("mf")), "{plain}");
+    mf_ok(d, &["apply", "plain.mfp", "v1.mf", "-o", "notes.out"]);
+    assert_eq!(std::fs::read(d.join("notes.out")).unwrap(), std::fs::read(d.join("notes.bin")).unwrap());
+}

@@ -135,3 +135,25 @@ fn write_mf(archive: &AnyArchive, sink: BufWriter<&mut std::fs::File>, args: &Co
         .with_context(|| format!("writing {}", args.output.display()))?;
     Ok(())
 }
+
+/// Writes `archive` to `output` (atomically) in format `to` with the defaults of `mf convert`: the
+/// canonical conversion, a pure function of the input's entries, which `mf diff`/`mf apply` rely on.
+pub fn convert_to_file(archive: &AnyArchive, output: &std::path::Path, to: Target) -> anyhow::Result<()> {
+    let args = ConvertArgs {
+        input: archive.name().to_owned(),
+        output: output.to_owned(),
+        to,
+        level: None,
+        scale_factor: 1,
+        password: PasswordArg::default(),
+    };
+    let mut out =
+        AtomicFile::create(output).with_context(|| format!("creating a temp file beside {}", output.display()))?;
+    let sink = BufWriter::with_capacity(1 << 20, out.file());
+    match to {
+        Target::Panda3d => write_panda3d(archive, sink, &args)?,
+        Target::Mf => write_mf(archive, sink, &args)?,
+    }
+    out.commit().with_context(|| format!("replacing {}", output.display()))?;
+    Ok(())
+}

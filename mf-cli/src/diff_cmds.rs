@@ -7,13 +7,23 @@ use clap::{ArgGroup, Args};
 use mf_diff::{Change, DiffOptions, EntryReport, PatchReport};
 use serde_json::json;
 
+use crate::convert::{convert_to_file, Target};
 use crate::{progress, JsonFlag, Outcome};
+
+/// Format of `mf apply`'s output.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApplyFormat {
+    /// An mf archive.
+    Mf,
+    /// A Panda3D multifile, as `mf convert --to panda3d` writes it.
+    Panda3d,
+}
 
 #[derive(Args)]
 pub struct DiffArgs {
-    /// The old archive (or any file).
+    /// The old archive (mf or Panda3D multifile, or any file).
     old: PathBuf,
-    /// The new archive (or any file).
+    /// The new archive (mf or Panda3D multifile, or any file).
     new: PathBuf,
     /// Where to write the patch.
     #[arg(short, long, value_name = "PATCH", required_unless_present = "stat")]
@@ -40,6 +50,9 @@ pub struct ApplyArgs {
     /// Replace OLD with the result, once it is complete and verified.
     #[arg(long)]
     in_place: bool,
+    /// Format of the result (default: the new archive's format, as recorded in the patch).
+    #[arg(long, value_enum)]
+    format: Option<ApplyFormat>,
     #[command(flatten)]
     json: JsonFlag,
 }
@@ -55,18 +68,64 @@ fn parse_memory_limit(text: &str) -> Result<u64, String> {
     mf_diff::parse_size(text).ok_or_else(|| format!("'{text}' is not a size (examples: 512M, 2G, 1048576)"))
 }
 
+/// The first bytes of `path` (empty when unreadable: the diff or apply then reports the error).
+fn head(path: &Path) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let _ = std::fs::File::open(path).and_then(|f| f.take(8).read_to_end(&mut head));
+    head
+}
+
+/// Whether `path` starts like a Panda3D multifile.
+fn is_panda3d(path: &Path) -> bool {
+    mf_format::panda3d::looks_like_multifile(&head(path))
+}
+
+/// Whether `path` starts like an archive of either format (else diff makes a plain patch).
+fn is_archive(path: &Path) -> bool {
+    let head = head(path);
+    head.starts_with(&mf_format::format::MAGIC) || mf_format::panda3d::looks_like_multifile(&head)
+}
+
+/// The canonical mf conversion of the Panda3D multifile at `path`, written into `dir`.
+fn canonical_mf(path: &Path, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let archive = mf_format::AnyArchive::open(path)?;
+    if let Some(encrypted) = archive.entries_by_path().find(|e| e.is_encrypted()) {
+        return Err(anyhow!(
+            "{}: entry '{}' is encrypted; diff and apply do not take a password (decrypt it with mf convert first)",
+            path.display(),
+            encrypted.path()
+        ));
+    }
+    let out = dir.join(name);
+    convert_to_file(&archive, &out, Target::Mf).with_context(|| format!("converting {} to mf", path.display()))?;
+    Ok(out)
+}
+
 pub fn diff(args: DiffArgs) -> Outcome {
     let options = DiffOptions { memory_limit: args.memory_limit.unwrap_or_else(mf_diff::default_memory_limit) };
-    let total = mf_diff::progress_total(&args.old, &args.new)?;
+    // Between two archives, a Panda3D side is diffed as its canonical mf conversion (the header
+    // records it); anything else is a plain patch of the files as they are.
+    let both_archives = is_archive(&args.old) && is_archive(&args.new);
+    let old_panda3d = both_archives && is_panda3d(&args.old);
+    let new_panda3d = both_archives && is_panda3d(&args.new);
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let old = if old_panda3d { canonical_mf(&args.old, scratch.path(), "old.mf")? } else { args.old.clone() };
+    let new = if new_panda3d { canonical_mf(&args.new, scratch.path(), "new.mf")? } else { args.new.clone() };
+    let flags = if old_panda3d { mf_diff::wire::FLAG_OLD_PANDA3D } else { 0 }
+        | if new_panda3d { mf_diff::wire::FLAG_NEW_PANDA3D } else { 0 };
+    let total = mf_diff::progress_total(&old, &new)?;
     let bar = progress::bytes(total, "diffing");
     let tick = |n: u64| bar.inc(n);
-    let report = match &args.output {
-        Some(patch) if !args.stat => mf_diff::diff_files(&args.old, &args.new, patch, &options, &tick)?,
-        _ => mf_diff::diff_stat(&args.old, &args.new, &options, &tick)?,
+    let mut report = match &args.output {
+        Some(patch) if !args.stat => mf_diff::diff_files_flagged(&old, &new, patch, &options, flags, &tick)?,
+        _ => mf_diff::diff_stat(&old, &new, &options, &tick)?,
     };
+    // The patch rebuilds NEW's canonical mf conversion: NEW itself only in content.
+    report.exact &= !new_panda3d;
     bar.finish_and_clear();
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report, true))?);
+        println!("{}", serde_json::to_string_pretty(&report_json(&report, true, flags))?);
     } else {
         print_report(&report, true);
         if let Some(patch) = args.output.as_ref().filter(|_| !args.stat) {
@@ -82,11 +141,56 @@ pub fn apply(args: ApplyArgs) -> Outcome {
         (None, true) => args.old.clone(),
         _ => return Err(anyhow!("give either -o NEW or --in-place")),
     };
-    let total = estimate_size(&args.old);
+    let header =
+        *mf_diff::Patch::open(&args.patch).with_context(|| format!("applying {}", args.patch.display()))?.header();
+    let flags = header.flags;
+    let archive_patch = header.kind == mf_diff::wire::KIND_ARCHIVE;
+    let old_panda3d = flags & mf_diff::wire::FLAG_OLD_PANDA3D != 0;
+    let new_panda3d = flags & mf_diff::wire::FLAG_NEW_PANDA3D != 0;
+    let format = args.format.unwrap_or(if new_panda3d { ApplyFormat::Panda3d } else { ApplyFormat::Mf });
+    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
+    let old = match (old_panda3d, archive_patch && is_panda3d(&args.old)) {
+        (true, true) => canonical_mf(&args.old, scratch.path(), "old.mf")?,
+        (false, false) => args.old.clone(),
+        (true, false) => {
+            return Err(anyhow!(
+                "{} was made from a Panda3D multifile, but {} is not one: wrong base",
+                args.patch.display(),
+                args.old.display()
+            ))
+        }
+        (false, true) => {
+            return Err(anyhow!(
+                "{} was made from an mf archive, but {} is a Panda3D multifile: wrong base",
+                args.patch.display(),
+                args.old.display()
+            ))
+        }
+    };
+    // A Panda3D result is rebuilt as mf first, checked, then converted; the target is replaced
+    // only by the finished conversion.
+    let rebuilt = match format {
+        ApplyFormat::Mf => target.clone(),
+        ApplyFormat::Panda3d => scratch.path().join("new.mf"),
+    };
+    let total = estimate_size(&old);
     let bar = progress::bytes(total, "applying");
-    let outcome = mf_diff::apply_patch(&args.patch, &args.old, &target, &|n| bar.inc(n))
+    let outcome = mf_diff::apply_patch(&args.patch, &old, &rebuilt, &|n| bar.inc(n))
         .with_context(|| format!("applying {}", args.patch.display()))?;
     bar.finish_and_clear();
+    let mut outcome = outcome;
+    if format == ApplyFormat::Panda3d {
+        let archive = mf_format::AnyArchive::open(&rebuilt)?;
+        convert_to_file(&archive, &target, Target::Panda3d)
+            .with_context(|| format!("writing {} as a Panda3D multifile", target.display()))?;
+        outcome.len = std::fs::metadata(&target).with_context(|| format!("reading {}", target.display()))?.len();
+        // Byte-identity is only promised for mf targets written by mf.
+        outcome.exact = false;
+    }
+    if format == ApplyFormat::Mf && new_panda3d {
+        // Identical to the canonical conversion of NEW, not to NEW itself.
+        outcome.exact = false;
+    }
     if args.json.json {
         let value = json!({
             "output": target.display().to_string(),
@@ -111,9 +215,11 @@ fn estimate_size(old: &Path) -> u64 {
 
 pub fn patch_info(args: PatchInfoArgs) -> Outcome {
     let patch = mf_diff::Patch::open(&args.patch)?;
-    let report = patch.report();
+    let flags = patch.header().flags;
+    let mut report = patch.report();
+    report.exact &= flags & mf_diff::wire::FLAG_NEW_PANDA3D == 0;
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report, false))?);
+        println!("{}", serde_json::to_string_pretty(&report_json(&report, false, flags))?);
     } else {
         print_report(&report, false);
     }
@@ -171,7 +277,7 @@ fn print_report(report: &PatchReport, show_sizes: bool) {
     );
 }
 
-fn report_json(report: &PatchReport, with_old: bool) -> serde_json::Value {
+fn report_json(report: &PatchReport, with_old: bool, flags: u8) -> serde_json::Value {
     let mut counts = serde_json::Map::new();
     let mut bytes = serde_json::Map::new();
     for change in [Change::Unchanged, Change::Renamed, Change::Changed, Change::Added, Change::Removed] {
@@ -198,6 +304,8 @@ fn report_json(report: &PatchReport, with_old: bool) -> serde_json::Value {
         .collect();
     json!({
         "kind": if report.archive { "archive" } else { "file" },
+        "old_format": if flags & mf_diff::wire::FLAG_OLD_PANDA3D != 0 { "panda3d" } else { "mf" },
+        "new_format": if flags & mf_diff::wire::FLAG_NEW_PANDA3D != 0 { "panda3d" } else { "mf" },
         "byte_identical": report.exact,
         "old_len": report.old_len,
         "new_len": report.new_len,

@@ -21,7 +21,8 @@ use crate::Outcome;
 
 #[derive(Args)]
 pub struct MountArgs {
-    /// Archives to overlay, in order: later archives win for the same path.
+    /// Archives to overlay, in order: later archives win for the same path. Each is an mf archive or
+    /// a Panda3D multifile (detected by its magic).
     #[arg(required = true, value_name = "ARCHIVE")]
     archives: Vec<PathBuf>,
     /// An existing, empty directory.
@@ -34,12 +35,17 @@ pub struct MountArgs {
     #[arg(long)]
     allow_other: bool,
     /// Memory for decoded frames of compressed entries, e.g. 64M, 1G, 0 (bytes unless suffixed
-    /// K, M or G).
+    /// K, M or G). Compressed Panda3D subfiles are decoded whole; one larger than this is decoded
+    /// again on every read.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     cache_size: u64,
     /// Kernel read-ahead window in KiB (larger READ requests; root only; 0 keeps the kernel default).
     #[arg(long, value_name = "KIB", default_value_t = 1024)]
     read_ahead: u32,
+    /// Password of encrypted subfiles of Panda3D multifiles (without it, reading one fails with EIO
+    /// and a logged message).
+    #[arg(long, value_name = "PASSWORD")]
+    password: Option<String>,
     /// With --background: append the daemon's messages (I/O errors) to FILE instead of discarding them.
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
@@ -106,7 +112,10 @@ pub fn mount(args: MountArgs, threads: Option<usize>) -> Outcome {
         read_ahead_kb: (args.read_ahead > 0).then_some(args.read_ahead),
         ..MountOptions::default()
     };
-    let archives = mf_mount::open_archives(&args.archives)?;
+    let mut archives = mf_mount::open_archives(&args.archives)?;
+    for archive in &mut archives {
+        archive.set_password(args.password.clone());
+    }
     let handle = mf_mount::mount(archives, &args.mount_point, &options)?;
     *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.stopper());
     if args.daemon_child {
@@ -151,6 +160,9 @@ fn spawn_daemon(args: &MountArgs, threads: Option<usize>) -> Outcome {
     command.arg("--read-ahead").arg(args.read_ahead.to_string());
     if args.allow_other {
         command.arg("--allow-other");
+    }
+    if let Some(password) = &args.password {
+        command.arg("--password").arg(password);
     }
     if let Some(log) = &args.log {
         command.arg("--log").arg(absolute(log)?);

@@ -9,7 +9,9 @@
 //!   zstd; new entries are carried zstd-compressed. Work runs in parallel under a memory budget
 //!   ([`DiffOptions::memory_limit`]); entries too large for bsdiff within it are encoded in blocks
 //!   against a window of the old content. The output does not depend on the thread count. Two
-//!   files that are not archives are diffed whole.
+//!   files that are not archives are diffed whole. Panda3D multifiles are diffed as their canonical
+//!   mf conversions (done by the CLI), which [`diff_files_flagged`] records in the header flags
+//!   ([`wire::FLAG_OLD_PANDA3D`], [`wire::FLAG_NEW_PANDA3D`]).
 //! - **Apply** ([`apply_patch`]) checks the patch's checksums, the base (the old index hash and every
 //!   old entry it reads), rebuilds into a temp file beside the target, checks every entry's hash and,
 //!   for patches of archives written by this mf version, the whole file's hash, then fsyncs and renames.
@@ -57,6 +59,8 @@ mod zref;
 
 pub use apply::{apply_patch, ApplyOutcome, Patch};
 pub use budget::{default_memory_limit, parse_size};
-pub use diff::{diff_files, diff_stat, progress_total, write_patch, DiffOptions};
+pub use diff::{
+    diff_files, diff_files_flagged, diff_stat, progress_total, write_patch, write_patch_flagged, DiffOptions,
+};
 pub use error::{Error, Result};
 pub use report::{Change, EntryReport, Method, PatchReport};

@@ -21,6 +21,14 @@ pub const KIND_PLAIN: u8 = 1;
 
 /// Header flag: the result is byte-identical to the new file and `new_hash` is enforced.
 pub const FLAG_EXACT: u8 = 1;
+/// Header flag (archive patches): the old file is a Panda3D multifile; the patch's old archive is its
+/// canonical mf conversion (what `mf convert --to mf` writes), which `apply` makes first.
+pub const FLAG_OLD_PANDA3D: u8 = 2;
+/// Header flag (archive patches): the new file was a Panda3D multifile; the patch rebuilds its
+/// canonical mf conversion, and `apply` writes a Panda3D multifile by default.
+pub const FLAG_NEW_PANDA3D: u8 = 4;
+/// Every header flag this version knows.
+pub const FLAGS_KNOWN: u8 = FLAG_EXACT | FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D;
 
 /// Operation codes of an entry record.
 pub const OP_COPY: u8 = 0;
@@ -135,8 +143,11 @@ impl PatchHeader {
         if header.kind != KIND_ARCHIVE && header.kind != KIND_PLAIN {
             return Err(corrupt(12, &format!("unknown patch kind {}", header.kind)));
         }
-        if header.flags & !FLAG_EXACT != 0 || bytes[14] != 0 || bytes[15] != 0 {
+        if header.flags & !FLAGS_KNOWN != 0 || bytes[14] != 0 || bytes[15] != 0 {
             return Err(corrupt(13, "unknown flags or non-zero reserved bytes"));
+        }
+        if header.kind != KIND_ARCHIVE && header.flags & (FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D) != 0 {
+            return Err(corrupt(13, "Panda3D flags on a plain patch"));
         }
         let expected = PATCH_HEADER_LEN.checked_add(header.control_len).and_then(|x| x.checked_add(header.blobs_len));
         if expected != Some(file_len) {

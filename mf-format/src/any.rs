@@ -22,6 +22,18 @@ pub enum AnyArchive {
     Panda3d(Multifile),
 }
 
+impl From<Archive> for AnyArchive {
+    fn from(archive: Archive) -> AnyArchive {
+        AnyArchive::Mf(archive)
+    }
+}
+
+impl From<Multifile> for AnyArchive {
+    fn from(multifile: Multifile) -> AnyArchive {
+        AnyArchive::Panda3d(multifile)
+    }
+}
+
 /// An entry of an [`AnyArchive`].
 #[derive(Debug, Clone, Copy)]
 pub enum AnyEntry<'a> {

@@ -32,7 +32,7 @@ pub struct FrameCache {
     pool_limit: usize,
 }
 
-const SHARDS: usize = 8;
+pub const SHARDS: usize = 8;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a shard leaves it consistent enough (at worst a stale byte count).

@@ -1,12 +1,13 @@
 //! The FUSE file system: a read-only view of the node table, with file data served from the
-//! archives' mappings (raw entries) or from the frame cache (zstd entries).
+//! archives' mappings (raw mf entries, stored Panda3D subfiles) or from the frame cache (zstd mf
+//! entries by frame; compressed or encrypted Panda3D subfiles whole, as one frame).
 
 use std::cell::RefCell;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -14,7 +15,8 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyXattr, Request,
 };
-use mf_format::{Archive, Entry, StoredAs};
+use mf_format::panda3d::{Multifile, Subfile};
+use mf_format::{AnyArchive, AnyEntry, Archive, Entry, StoredAs};
 
 use crate::cache::{FrameCache, FrameKey};
 use crate::tree::{Node, NodeKind, Tree};
@@ -36,7 +38,7 @@ const PREFETCH_AHEAD: u64 = 4 << 20;
 const STREAM_SLOTS: usize = 256;
 
 pub struct ArchiveFs {
-    archives: Vec<Archive>,
+    archives: Vec<AnyArchive>,
     /// Per archive: mtime reported for entries that recorded none (the archive file's mtime).
     archive_mtimes: Vec<SystemTime>,
     /// Reported for directories: the newest archive's mtime.
@@ -51,6 +53,12 @@ pub struct ArchiveFs {
     archive_files: Vec<Option<File>>,
     /// Where the last read of an inode ended, to tell sequential readers from random ones.
     stream_ends: Box<[AtomicU64]>,
+    /// The last decoded Panda3D subfile too large for a cache shard (but within the cache size):
+    /// without it, reading such a subfile would decode it again for every request.
+    oversized: Mutex<Option<(FrameKey, Arc<Vec<u8>>)>>,
+    /// Largest decoded subfile the frame cache keeps (a shard's share of the budget).
+    shard_budget: usize,
+    cache_size: usize,
 }
 
 thread_local! {
@@ -59,7 +67,7 @@ thread_local! {
 }
 
 impl ArchiveFs {
-    pub fn new(archives: Vec<Archive>, tree: Tree, cache_size: usize, threads: usize) -> ArchiveFs {
+    pub fn new(archives: Vec<AnyArchive>, tree: Tree, cache_size: usize, threads: usize) -> ArchiveFs {
         let mount_time = SystemTime::now();
         let archive_mtimes: Vec<SystemTime> = archives
             .iter()
@@ -76,6 +84,9 @@ impl ArchiveFs {
             tree,
             // A couple of spare buffers per worker absorb evictions without reallocating.
             cache: FrameCache::new(cache_size, 2 * threads.max(1)),
+            oversized: Mutex::new(None),
+            shard_budget: cache_size / crate::cache::SHARDS,
+            cache_size,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
             zero_message_open: false,
@@ -87,9 +98,10 @@ impl ArchiveFs {
         Some((index, self.tree.node(index)?))
     }
 
-    fn entry(&self, archive: u32, entry: u32) -> Option<(&Archive, Entry<'_>)> {
+    /// Entry `position` (in path order, as the tree numbers them) of archive `archive`.
+    fn entry(&self, archive: u32, position: u32) -> Option<(&AnyArchive, AnyEntry<'_>)> {
         let archive = self.archives.get(archive as usize)?;
-        Some((archive, archive.entry(entry)?))
+        Some((archive, archive.lookup_entry(position as usize)?))
     }
 
     fn attr(&self, index: u32, node: &Node) -> FileAttr {
@@ -168,8 +180,7 @@ impl ArchiveFs {
     /// Starts the disk reads for the archive bytes a read needs, and for a sequential reader the
     /// next few MiB: entry data is read through the mapping, whose page faults would otherwise read
     /// the file synchronously in small pieces while the worker waits.
-    fn prefetch(&self, ino: INodeNo, archive_index: u32, entry: &Entry<'_>, start: u64, end: u64) {
-        let Some(Some(file)) = self.archive_files.get(archive_index as usize) else { return };
+    fn prefetch(&self, ino: INodeNo, archive_index: u32, archive: &Archive, entry: &Entry<'_>, start: u64, end: u64) {
         let slot = &self.stream_ends[(ino.0 as usize) % STREAM_SLOTS];
         let previous_end = slot.swap(end, Ordering::Relaxed);
         // Kernel read-ahead requests run concurrently and may arrive slightly out of order.
@@ -181,14 +192,26 @@ impl ArchiveFs {
         let (from, to) = match entry.stored_as() {
             StoredAs::Raw => (start, want_end),
             StoredAs::Zstd => {
-                let frame = self.archives.get(archive_index as usize).map_or(0, |a| a.frame_size());
+                let frame = archive.frame_size();
                 (stored(start.saturating_sub(frame)), stored(want_end.saturating_add(frame)).min(entry.stored_size()))
             }
         };
-        let (Ok(offset), Ok(len)) = (i64::try_from(entry.offset() + from), i64::try_from(to.saturating_sub(from)))
-        else {
-            return;
-        };
+        self.advise(archive_index, entry.offset().saturating_add(from), to.saturating_sub(from));
+    }
+
+    /// Like [`prefetch`](Self::prefetch) for a stored Panda3D subfile (read straight from the mapping).
+    fn prefetch_plain(&self, ino: INodeNo, archive_index: u32, subfile: &Subfile, start: u64, end: u64) {
+        let slot = &self.stream_ends[(ino.0 as usize) % STREAM_SLOTS];
+        let previous_end = slot.swap(end, Ordering::Relaxed);
+        let sequential = previous_end != u64::MAX && start.abs_diff(previous_end) <= PREFETCH_AHEAD;
+        let want_end = if sequential { end.saturating_add(PREFETCH_AHEAD).min(subfile.size()) } else { end };
+        self.advise(archive_index, subfile.data_offset().saturating_add(start), want_end.saturating_sub(start));
+    }
+
+    /// Asks the kernel to start reading `len` bytes of an archive file from `offset`.
+    fn advise(&self, archive_index: u32, offset: u64, len: u64) {
+        let Some(Some(file)) = self.archive_files.get(archive_index as usize) else { return };
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
         if len > 0 {
             let _ = nix::fcntl::posix_fadvise(file, offset, len, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
         }
@@ -240,6 +263,73 @@ impl ArchiveFs {
             }
             reply.data(&assembly);
         });
+    }
+
+    /// Reads a Panda3D subfile: a stored one straight from the mapping; a compressed or encrypted
+    /// one (zlib has no random access) from its content decoded once into the frame cache as frame 0.
+    #[allow(clippy::too_many_arguments)]
+    fn read_panda3d(
+        &self,
+        ino: INodeNo,
+        archive_index: u32,
+        multifile: &Multifile,
+        position: u32,
+        subfile: &Subfile,
+        start: u64,
+        end: u64,
+        reply: ReplyData,
+    ) {
+        let range = start as usize..end as usize;
+        if let Some(raw) = multifile.raw_bytes(subfile) {
+            self.prefetch_plain(ino, archive_index, subfile, start, end);
+            return match raw.get(range) {
+                Some(bytes) => reply.data(bytes),
+                None => reply.error(Errno::EIO),
+            };
+        }
+        match self.decoded_subfile(archive_index, multifile, position, subfile) {
+            Ok(content) => match content.get(range) {
+                Some(bytes) => reply.data(bytes),
+                None => reply.error(Errno::EIO),
+            },
+            Err(errno) => reply.error(errno),
+        }
+    }
+
+    /// A compressed or encrypted subfile's whole content: cached, or decoded (and checked) once
+    /// and cached as frame 0 of its entry. Errors are logged and read as EIO.
+    fn decoded_subfile(
+        &self,
+        archive_index: u32,
+        multifile: &Multifile,
+        position: u32,
+        subfile: &Subfile,
+    ) -> Result<Arc<Vec<u8>>, Errno> {
+        let key = FrameKey { archive: archive_index, entry: position, frame: 0 };
+        if let Some(content) = self.cache.get(&key) {
+            return Ok(content);
+        }
+        let lock_oversized = || self.oversized.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, content)) = lock_oversized().as_ref().filter(|(k, _)| *k == key) {
+            return Ok(content.clone());
+        }
+        // Decoded without holding the slot's lock: other subfiles' reads go on meanwhile.
+        match multifile.read(subfile) {
+            Ok(content) if content.capacity() > self.shard_budget && content.len() <= self.cache_size => {
+                let content = Arc::new(content);
+                *lock_oversized() = Some((key, content.clone()));
+                Ok(content)
+            }
+            Ok(content) => Ok(self.cache.insert(key, content)),
+            Err(e) => {
+                eprintln!(
+                    "mf mount: I/O error reading '{}' from Panda3D multifile {}: {e}",
+                    subfile.name(),
+                    multifile.name().display()
+                );
+                Err(Errno::EIO)
+            }
+        }
     }
 }
 
@@ -333,7 +423,14 @@ impl fuser::Filesystem for ArchiveFs {
         if start >= end {
             return reply.data(&[]);
         }
-        self.prefetch(ino, archive_index, &entry, start, end);
+        let (archive, entry) = match (archive, entry) {
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => (archive, entry),
+            (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { index, subfile, .. }) => {
+                return self.read_panda3d(ino, archive_index, multifile, index, subfile, start, end, reply);
+            }
+            _ => return reply.error(Errno::EIO),
+        };
+        self.prefetch(ino, archive_index, archive, &entry, start, end);
         match entry.stored_as() {
             StoredAs::Raw => {
                 // Zero copy: the reply is written straight from the mapping.
@@ -391,5 +488,58 @@ impl fuser::Filesystem for ArchiveFs {
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
         reply.error(Errno::ENOSYS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mf_format::panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
+
+    #[test]
+    fn compressed_panda3d_subfiles_are_decoded_once_into_the_cache() {
+        let specs = vec![
+            SubfileSpec { name: "a.txt".into(), compression_level: None, timestamp: 0 },
+            SubfileSpec { name: "z.bin".into(), compression_level: Some(6), timestamp: 0 },
+        ];
+        let options = MultifileOptions::default();
+        let mut writer = MultifileWriter::new(std::io::Cursor::new(Vec::new()), "p", &options, specs).unwrap();
+        writer.add(&mut &b"plain"[..]).unwrap();
+        writer.add(&mut &[7u8; 100_000][..]).unwrap();
+        let bytes = writer.finish().unwrap().into_inner();
+        let archives = vec![AnyArchive::from_bytes(bytes.clone(), "p.mf").unwrap()];
+        let tree = Tree::build(&archives).unwrap();
+        let fs = ArchiveFs::new(archives, tree, 1 << 20, 1);
+        let AnyArchive::Panda3d(multifile) = &fs.archives[0] else { panic!("not detected as Panda3D") };
+        let subfile = multifile.get("z.bin").unwrap();
+        assert!(multifile.raw_bytes(subfile).is_none(), "compressed: no slice of the mapping");
+        let position = multifile.lower_bound("z.bin") as u32;
+        let first = fs.decoded_subfile(0, multifile, position, subfile).unwrap();
+        assert_eq!(&first[..], &[7u8; 100_000][..]);
+        let again = fs.decoded_subfile(0, multifile, position, subfile).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the second read is served from the cache, not decoded again");
+        // Larger than a cache shard (1/8 of the budget) but within the budget: still decoded once.
+        let archives = vec![AnyArchive::from_bytes(bytes.clone(), "p.mf").unwrap()];
+        let tree = Tree::build(&archives).unwrap();
+        let small = ArchiveFs::new(archives, tree, 200_000, 1);
+        let AnyArchive::Panda3d(small_multifile) = &small.archives[0] else { panic!("not detected as Panda3D") };
+        let first = small.decoded_subfile(0, small_multifile, position, subfile).unwrap();
+        let again = small.decoded_subfile(0, small_multifile, position, subfile).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "an oversized subfile is kept too");
+        let plain = multifile.get("a.txt").unwrap();
+        assert_eq!(multifile.raw_bytes(plain), Some(&b"plain"[..]), "stored: served from the mapping");
+
+        // Damaged zlib data reads as EIO (and is not cached).
+        let mut damaged = bytes;
+        let middle = (subfile.data_offset() + subfile.stored_size() / 2) as usize;
+        for byte in &mut damaged[middle..middle + 4] {
+            *byte ^= 0x5A;
+        }
+        let archives = vec![AnyArchive::from_bytes(damaged, "damaged.mf").unwrap()];
+        let tree = Tree::build(&archives).unwrap();
+        let fs = ArchiveFs::new(archives, tree, 1 << 20, 1);
+        let AnyArchive::Panda3d(multifile) = &fs.archives[0] else { panic!("not detected as Panda3D") };
+        let subfile = multifile.get("z.bin").unwrap();
+        assert_eq!(fs.decoded_subfile(0, multifile, position, subfile).err(), Some(Errno::EIO));
     }
 }

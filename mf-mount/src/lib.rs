@@ -1,7 +1,8 @@
 //! # mf-mount: archives as read-only folders, through FUSE
 //!
-//! [`mount`] overlays one or more [`Archive`]s at a mount point (later archives win for the same
-//! path; directories are implied by paths and merged) and serves them from worker threads until the
+//! [`mount`] overlays one or more archives at a mount point (later archives win for the same
+//! path; directories are implied by paths and merged), mf archives and Panda3D multifiles alike
+//! (as [`AnyArchive`]s; [`open_archives`] detects the format), and serves them from worker threads until the
 //! returned [`MountHandle`] is unmounted or dropped.
 //!
 //! What makes it fast, after squashfuse and DwarFS: the namespace is computed once at mount time as
@@ -9,7 +10,8 @@
 //! carry year-long lifetimes and misses are cached as negative entries; opens cost no message and
 //! keep the page cache; `readdirplus` seeks in O(1); raw entries are answered straight from the
 //! mapping; zstd entries decode only the frames a read touches, through a shared byte-bounded frame
-//! cache; several worker threads each own a cloned `/dev/fuse` descriptor.
+//! cache (a compressed or encrypted Panda3D subfile, which has no random access, is decoded once
+//! into that cache as a single frame; a stored one is served from the mapping like a raw entry); several worker threads each own a cloned `/dev/fuse` descriptor.
 //!
 //! ```no_run
 //! let archives = vec![mf_format::Archive::open("base.mf")?, mf_format::Archive::open("patch.mf")?];
@@ -31,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, Session, SessionACL};
-use mf_format::Archive;
+use mf_format::AnyArchive;
 
 pub use sys::{absolute_mount_point, mount_at, MountInfo, Unmounted};
 
@@ -99,8 +101,9 @@ impl Default for MountOptions {
 }
 
 /// Opens archives for [`mount`], in overlay order.
-pub fn open_archives<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Archive>> {
-    paths.iter().map(|path| Archive::open(path).map_err(Error::from)).collect()
+/// Each is an mf archive or a Panda3D multifile, detected by its magic.
+pub fn open_archives<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<AnyArchive>> {
+    paths.iter().map(|path| AnyArchive::open(path).map_err(Error::from)).collect()
 }
 
 /// Checks that `path` is an existing, empty directory; returns it absolute.
@@ -122,7 +125,7 @@ fn check_mount_point(path: &Path) -> Result<PathBuf> {
 
 /// A name for the mount table: `mf:<first archive's file name>`, without characters that would
 /// break mount option parsing.
-fn fs_name(archives: &[Archive]) -> String {
+fn fs_name(archives: &[AnyArchive]) -> String {
     let first = archives.first().and_then(|a| a.name().file_name()).map(|n| n.to_string_lossy().into_owned());
     let clean: String = first
         .unwrap_or_default()
@@ -134,7 +137,14 @@ fn fs_name(archives: &[Archive]) -> String {
 
 /// Mounts `archives` (overlaid in order) read-only at `mount_point`, which must be an existing empty
 /// directory. Returns once the mount is live; requests are then served by background threads.
-pub fn mount(archives: Vec<Archive>, mount_point: impl AsRef<Path>, options: &MountOptions) -> Result<MountHandle> {
+/// `archives` are [`AnyArchive`]s, or anything that converts into one ([`mf_format::Archive`], Panda3D
+/// [`mf_format::panda3d::Multifile`]).
+pub fn mount<A: Into<AnyArchive>>(
+    archives: Vec<A>,
+    mount_point: impl AsRef<Path>,
+    options: &MountOptions,
+) -> Result<MountHandle> {
+    let archives: Vec<AnyArchive> = archives.into_iter().map(Into::into).collect();
     let mount_point = check_mount_point(mount_point.as_ref())?;
     if options.threads == 0 {
         return Err(Error::InvalidOption("threads must be at least 1".into()));

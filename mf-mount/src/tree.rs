@@ -7,7 +7,7 @@
 use std::collections::btree_map::{BTreeMap, Entry as MapEntry};
 use std::collections::VecDeque;
 
-use mf_format::Archive;
+use mf_format::AnyArchive;
 
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,7 +15,7 @@ pub enum NodeKind {
     /// Children are the nodes `first..first + count`, sorted by name; `subdirs` of them are
     /// directories (a directory's link count is 2 + subdirs).
     Dir { first: u32, count: u32, subdirs: u32 },
-    /// Entry `entry` (data-order index) of archive `archive`.
+    /// Entry `entry` (position in path order, see [`AnyArchive::lookup_entry`]) of archive `archive`.
     File { archive: u32, entry: u32 },
 }
 
@@ -51,12 +51,12 @@ impl Tree {
     /// Overlays `archives` in order: a later archive's entry replaces an earlier one at the same
     /// path, a later file hides an earlier directory of the same name and vice versa, and
     /// directories present in several archives are merged.
-    pub fn build(archives: &[Archive]) -> Result<Tree, TooManyNodes> {
+    pub fn build(archives: &[AnyArchive]) -> Result<Tree, TooManyNodes> {
         let mut root: BTreeMap<&str, Draft<'_>> = BTreeMap::new();
         for (archive_index, archive) in archives.iter().enumerate() {
             let archive_index = u32::try_from(archive_index).map_err(|_| TooManyNodes)?;
-            for entry in archive.entries() {
-                insert(&mut root, entry.path(), archive_index, entry.index());
+            for (position, entry) in archive.entries_by_path().enumerate() {
+                insert(&mut root, entry.path(), archive_index, u32::try_from(position).map_err(|_| TooManyNodes)?);
             }
         }
         flatten(&root, archives)
@@ -108,7 +108,7 @@ fn insert<'a>(root: &mut BTreeMap<&'a str, Draft<'a>>, path: &'a str, archive: u
     }
 }
 
-fn flatten(root: &BTreeMap<&str, Draft<'_>>, archives: &[Archive]) -> Result<Tree, TooManyNodes> {
+fn flatten(root: &BTreeMap<&str, Draft<'_>>, archives: &[AnyArchive]) -> Result<Tree, TooManyNodes> {
     let root_node =
         Node { name_start: 0, name_len: 0, parent: 0, kind: NodeKind::Dir { first: 1, count: 0, subdirs: 0 } };
     let mut tree = Tree { nodes: vec![root_node], names: String::new(), total_size: 0, file_count: 0 };
@@ -129,7 +129,10 @@ fn flatten(root: &BTreeMap<&str, Draft<'_>>, archives: &[Archive]) -> Result<Tre
                     NodeKind::Dir { first: 0, count: 0, subdirs: 0 }
                 }
                 Draft::File { archive, entry } => {
-                    let size = archives.get(*archive as usize).and_then(|a| a.entry(*entry)).map_or(0, |e| e.size());
+                    let size = archives
+                        .get(*archive as usize)
+                        .and_then(|a| a.lookup_entry(*entry as usize))
+                        .map_or(0, |e| e.size());
                     tree.total_size = tree.total_size.saturating_add(size);
                     tree.file_count += 1;
                     NodeKind::File { archive: *archive, entry: *entry }
@@ -149,18 +152,18 @@ mod tests {
     use super::*;
     use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
 
-    fn archive(files: &[(&str, &[u8])]) -> Archive {
+    fn archive(files: &[(&str, &[u8])]) -> AnyArchive {
         let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
         let mut sorted = files.to_vec();
         sorted.sort();
         for (path, content) in sorted {
             writer.add_bytes(path, content, EntryOptions::default()).unwrap();
         }
-        Archive::from_bytes(writer.finish().unwrap(), "test.mf").unwrap()
+        AnyArchive::from_bytes(writer.finish().unwrap(), "test.mf").unwrap()
     }
 
-    fn listing(tree: &Tree, archives: &[Archive]) -> Vec<String> {
-        fn walk(tree: &Tree, archives: &[Archive], index: u32, prefix: &str, out: &mut Vec<String>) {
+    fn listing(tree: &Tree, archives: &[AnyArchive]) -> Vec<String> {
+        fn walk(tree: &Tree, archives: &[AnyArchive], index: u32, prefix: &str, out: &mut Vec<String>) {
             let node = tree.node(index).unwrap();
             if let NodeKind::Dir { first, count, .. } = node.kind {
                 for child in first..first + count {
@@ -173,7 +176,7 @@ mod tests {
                             walk(tree, archives, child, &format!("{path}/"), out);
                         }
                         NodeKind::File { archive, entry } => {
-                            let entry = archives[archive as usize].entry(entry).unwrap();
+                            let entry = archives[archive as usize].lookup_entry(entry as usize).unwrap();
                             let content = archives[archive as usize].read(&entry).unwrap();
                             out.push(format!("{path}={}", String::from_utf8_lossy(&content)));
                         }
