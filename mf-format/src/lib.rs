@@ -66,6 +66,7 @@ pub mod any;
 pub mod atomic;
 pub mod error;
 pub mod format;
+mod mapping;
 pub mod pack;
 pub mod panda3d;
 pub mod path;

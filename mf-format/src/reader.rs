@@ -139,11 +139,7 @@ impl Archive {
             }
             return Err(Error::corrupt(path, len, None, "file is truncated (shorter than header and footer)"));
         }
-        // SAFETY: the map is read-only and every access through it is bounds-checked. The remaining
-        // hazard of any file mapping is another process truncating or rewriting the file while it is
-        // mapped; mf never modifies an archive in place (writers replace files by rename), and a
-        // concurrently truncated file can at worst fault, not expose memory unsafety in this process.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = crate::mapping::map_readonly(&file, path)?;
         Self::from_backing(path.to_owned(), Backing::Map(map))
     }
 

@@ -135,9 +135,7 @@ impl Multifile {
         if len == 0 {
             return Err(Error::NotAnArchive { file: path.to_owned() });
         }
-        // SAFETY: read-only map, every access is bounds-checked; mf never rewrites archives in place
-        // (see Archive::open for the same reasoning).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let map = crate::mapping::map_readonly(&file, path)?;
         Self::from_backing(path.to_owned(), Backing::Map(map))
     }
 
