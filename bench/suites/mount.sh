@@ -269,8 +269,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0 || a == "nan" || b == "nan
   echo "## mount: \`mf mount\` vs squashfuse_ll vs native"
   echo
   echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, kernel $(uname -r); load average $LOAD_BEFORE before,"
-  echo "$LOAD_AFTER after. **The machine was shared with other jobs compiling and testing at the same time, so"
-  echo "absolute numbers are noisy; the three file systems took turns on each workload in one run.**"
+  echo "$LOAD_AFTER after. Absolute numbers move with the machine's load; the three file systems took turns on"
+  echo "each workload in one run, so the ratios are the comparison to read."
   echo
   echo "Command: \`BENCH_RUNS=$BENCH_RUNS BIG_MB=$BIG_MB FIO_SECONDS=$FIO_SECONDS bench/suites/mount.sh\`"
   echo

@@ -86,7 +86,7 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
   echo "| extract (\`mf extract\` / \`multify -x\`) | ${mf_x_t} s | ${mu_x_t} s | $(ratio "$mf_x_t" "$mu_x_t") | $(mib "$mf_x_rss") MiB | $(mib "$mu_x_rss") MiB |"
   echo
   echo "/usr/bin/time reports wall time in steps of 10 ms, so list times near 0 are coarse. Load average"
-  echo "when the run ended: $(cut -d' ' -f1-3 /proc/loadavg) (on a shared machine, extraction times vary by"
+  echo "when the run ended: $(cut -d' ' -f1-3 /proc/loadavg) (on a loaded machine, extraction times vary by"
   echo "tens of percent between runs; compare the two tools within one run only)."
 } >"$results"
 cat "$results"
