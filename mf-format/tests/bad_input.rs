@@ -6,7 +6,9 @@
 //! structure and then recomputes the index, footer and header checksums, so the reader's semantic
 //! checks are reached instead of stopping at a checksum mismatch.
 
+mod support;
 use std::io::Read;
+use support::noise;
 
 use mf_format::format::{self, EntryRecord, Footer, Header, IndexHeader};
 use mf_format::{Archive, ArchiveWriter, Compression, EntryOptions, Error, StoredAs, WriterOptions};
@@ -29,18 +31,6 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn build(entries: &[(&str, Vec<u8>, Compression)]) -> Vec<u8> {

@@ -1,8 +1,10 @@
 //! Property tests: random sets of entries round-trip through `ArchiveWriter` and `Archive` byte for
 //! byte, through every read path; and the output does not depend on the thread count.
 
+mod support;
 use std::collections::BTreeMap;
 use std::io::Read;
+use support::noise;
 
 use mf_format::{prepare_entry, Archive, ArchiveWriter, Compression, EntryOptions, Mtime, StoredAs, WriterOptions};
 use proptest::prelude::*;
@@ -65,18 +67,6 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 /// Sizes around the interesting boundaries: tiny, one frame ± a byte, several frames.
