@@ -328,8 +328,7 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Adds an entry from memory.
     pub fn add_bytes(&mut self, path: &str, data: &[u8], options: EntryOptions) -> Result<()> {
-        check_entry_options(&options)?;
-        self.claim_path(path)?;
+        self.claim_entry(path, &options)?;
         let plan = FramePlan::new(path, &options, &self.options);
         let mut entry = self.begin_entry(path, options)?;
         let mut hasher = Xxh3::new();
@@ -345,8 +344,7 @@ impl<W: Write> ArchiveWriter<W> {
     /// Adds an entry by streaming `reader` to its end, compressing a bounded batch of frames at a
     /// time in parallel. Memory stays at a few frames per thread whatever the entry's size.
     pub fn add_reader(&mut self, path: &str, mut reader: impl Read, options: EntryOptions) -> Result<()> {
-        check_entry_options(&options)?;
-        self.claim_path(path)?;
+        self.claim_entry(path, &options)?;
         let plan = FramePlan::new(path, &options, &self.options);
         let mut entry = self.begin_entry(path, options)?;
         let mut hasher = Xxh3::new();
@@ -382,7 +380,7 @@ impl<W: Write> ArchiveWriter<W> {
                 prepared.path
             )));
         }
-        self.claim_path(&prepared.path)?;
+        self.claim_entry(&prepared.path, &prepared.options)?;
         let mut entry = self.begin_entry(&prepared.path, prepared.options)?;
         let chunks = prepared.data.chunks(self.options.frame_size());
         for (frame, chunk) in prepared.frames.iter().zip(chunks) {
@@ -412,8 +410,7 @@ impl<W: Write> ArchiveWriter<W> {
                 data.len().div_ceil(frame_size)
             )));
         }
-        self.claim_path(path)?;
-        check_entry_options(&options)?;
+        self.claim_entry(path, &options)?;
         let level = self.options.level;
         let mut entry = self.begin_entry(path, options)?;
         let batch_frames = (self.batch_bytes() / frame_size).max(1);
@@ -480,8 +477,7 @@ impl<W: Write> ArchiveWriter<W> {
                 return Err(bad("last frame end differs from the stored length"));
             }
         }
-        self.claim_path(path)?;
-        check_entry_options(&options)?;
+        self.claim_entry(path, &options)?;
         let mut entry = self.begin_entry(path, options)?;
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.resize(1 << 20, 0);
@@ -530,8 +526,11 @@ impl<W: Write> ArchiveWriter<W> {
         frames * frame_size
     }
 
-    /// Rejects duplicate paths and paths that would make one name both a file and a directory.
-    fn claim_path(&mut self, path: &str) -> Result<()> {
+    /// Checks an entry's options and path, then reserves the path. Rejects duplicate paths and paths
+    /// that would make one name both a file and a directory. Everything that can refuse the entry is
+    /// checked before the path is reserved, so a refused entry can be added again once corrected.
+    fn claim_entry(&mut self, path: &str, options: &EntryOptions) -> Result<()> {
+        check_entry_options(options)?;
         validate_path(path)?;
         if self.files.contains(path) {
             return Err(Error::DuplicatePath { path: path.to_owned() });

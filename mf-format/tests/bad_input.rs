@@ -11,7 +11,7 @@ use std::io::Read;
 use support::noise;
 
 use mf_format::format::{self, EntryRecord, Footer, Header, IndexHeader};
-use mf_format::{Archive, ArchiveWriter, Compression, EntryOptions, Error, StoredAs, WriterOptions};
+use mf_format::{Archive, ArchiveWriter, Compression, EntryOptions, Error, StoredAs, StoredLayout, WriterOptions};
 
 /// Every allocation of this test binary together stays under 1 GiB: a reader that trusted a lying
 /// count or size would abort the run instead of passing.
@@ -773,6 +773,10 @@ fn the_writer_refuses_what_the_reader_would() {
     let bad_mode = EntryOptions { mode: 0o10000, ..EntryOptions::default() };
     assert!(matches!(writer.add_bytes("m", b"y", bad_mode), Err(Error::InvalidOption(_))));
     assert!(matches!(writer.add_reader("m", &b"y"[..], bad_mode), Err(Error::InvalidOption(_))));
+    assert!(matches!(writer.add_bytes_with_frames("m", b"y", bad_mode, &[false]), Err(Error::InvalidOption(_))));
+    let layout =
+        StoredLayout { size: 1, content_hash: xxhash_rust::xxh3::xxh3_64(b"y"), stored_len: 1, frame_ends: &[] };
+    assert!(matches!(writer.add_stored("m", bad_mode, layout, &b"y"[..]), Err(Error::InvalidOption(_))));
     // A refused entry does not keep its path: it can be added once the options are right.
     writer.add_bytes("m", b"y", EntryOptions::default()).unwrap();
     // The refused entries left no trace: the archive holds exactly the good entries.
