@@ -1,7 +1,7 @@
 //! Errors of the patch library. Each names the file it is about; errors about damaged or mismatched
 //! data also name the entry and, for patches, the section and byte offset where the problem was found.
 
-use std::fmt;
+use mf_format::error::EntryContext;
 use std::io;
 use std::path::PathBuf;
 
@@ -39,17 +39,6 @@ pub enum Error {
 
     #[error("invalid option: {0}")]
     InvalidOption(String),
-}
-
-struct EntryContext<'a>(&'a Option<String>);
-
-impl fmt::Display for EntryContext<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(entry) => write!(f, " (entry '{entry}')"),
-            None => Ok(()),
-        }
-    }
 }
 
 impl Error {

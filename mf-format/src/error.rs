@@ -53,7 +53,9 @@ pub enum Error {
     Decrypt { file: PathBuf, entry: String, what: String },
 }
 
-struct EntryContext<'a>(&'a Option<String>);
+/// Formats an optional entry name as ` (entry 'NAME')`, or nothing, for error messages about archive
+/// data; shared with the other mf crates so every message names entries the same way.
+pub struct EntryContext<'a>(pub &'a Option<String>);
 
 impl fmt::Display for EntryContext<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
