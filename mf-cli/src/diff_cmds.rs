@@ -103,7 +103,6 @@ fn canonical_mf(path: &Path, dir: &Path, name: &str) -> anyhow::Result<PathBuf> 
 }
 
 pub fn diff(args: DiffArgs) -> Outcome {
-    let options = DiffOptions { memory_limit: args.memory_limit.unwrap_or_else(mf_diff::default_memory_limit) };
     // Between two archives, a Panda3D side is diffed as its canonical mf conversion (the header
     // records it); anything else is a plain patch of the files as they are.
     let both_archives = is_archive(&args.old) && is_archive(&args.new);
@@ -112,20 +111,23 @@ pub fn diff(args: DiffArgs) -> Outcome {
     let scratch = tempfile::tempdir().context("creating a temporary directory")?;
     let old = if old_panda3d { canonical_mf(&args.old, scratch.path(), "old.mf")? } else { args.old.clone() };
     let new = if new_panda3d { canonical_mf(&args.new, scratch.path(), "new.mf")? } else { args.new.clone() };
-    let flags = if old_panda3d { mf_diff::wire::FLAG_OLD_PANDA3D } else { 0 }
-        | if new_panda3d { mf_diff::wire::FLAG_NEW_PANDA3D } else { 0 };
+    let options = DiffOptions {
+        memory_limit: args.memory_limit.unwrap_or_else(mf_diff::default_memory_limit),
+        old_is_panda3d: old_panda3d,
+        new_is_panda3d: new_panda3d,
+    };
     let total = mf_diff::progress_total(&old, &new)?;
     let bar = progress::bytes(total, "diffing");
     let tick = |n: u64| bar.inc(n);
     let mut report = match &args.output {
-        Some(patch) if !args.stat => mf_diff::diff_files_flagged(&old, &new, patch, &options, flags, &tick)?,
+        Some(patch) if !args.stat => mf_diff::diff_files(&old, &new, patch, &options, &tick)?,
         _ => mf_diff::diff_stat(&old, &new, &options, &tick)?,
     };
     // The patch rebuilds NEW's canonical mf conversion: NEW itself only in content.
     report.exact &= !new_panda3d;
     bar.finish_and_clear();
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report, true, flags))?);
+        println!("{}", serde_json::to_string_pretty(&report_json(&report, true, options.panda3d_flags()))?);
     } else {
         print_report(&report, true);
         if let Some(patch) = args.output.as_ref().filter(|_| !args.stat) {

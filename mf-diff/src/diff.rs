@@ -21,11 +21,28 @@ use crate::{bsdiff, zref};
 pub struct DiffOptions {
     /// Upper bound, in bytes, for the working sets of entries diffed at once.
     pub memory_limit: u64,
+    /// OLD is the canonical mf conversion of a Panda3D multifile; recorded in the header
+    /// ([`FLAG_OLD_PANDA3D`]) so `apply` converts its OLD the same way. Archive patches only.
+    pub old_is_panda3d: bool,
+    /// NEW is the canonical mf conversion of a Panda3D multifile ([`FLAG_NEW_PANDA3D`]).
+    pub new_is_panda3d: bool,
+}
+
+impl DiffOptions {
+    /// The header flags these options record ([`FLAG_OLD_PANDA3D`], [`FLAG_NEW_PANDA3D`]).
+    pub fn panda3d_flags(&self) -> u8 {
+        (if self.old_is_panda3d { FLAG_OLD_PANDA3D } else { 0 })
+            | if self.new_is_panda3d { FLAG_NEW_PANDA3D } else { 0 }
+    }
 }
 
 impl Default for DiffOptions {
     fn default() -> Self {
-        DiffOptions { memory_limit: crate::budget::default_memory_limit() }
+        DiffOptions {
+            memory_limit: crate::budget::default_memory_limit(),
+            old_is_panda3d: false,
+            new_is_panda3d: false,
+        }
     }
 }
 
@@ -695,27 +712,14 @@ pub fn write_patch(
     options: &DiffOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PatchReport> {
-    write_patch_flagged(old, new, out, options, 0, progress)
-}
-
-/// [`write_patch`], also setting the header flags `extra_flags` (only [`FLAG_OLD_PANDA3D`] and
-/// [`FLAG_NEW_PANDA3D`], for archive patches between canonical mf conversions of Panda3D multifiles).
-pub fn write_patch_flagged(
-    old: &Path,
-    new: &Path,
-    out: &mut impl Write,
-    options: &DiffOptions,
-    extra_flags: u8,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<PatchReport> {
     let built = build(old, new, options, progress)?;
-    let extra_flags = extra_flags & (FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D);
-    if extra_flags != 0 && built.header.kind != KIND_ARCHIVE {
+    let panda3d_flags = options.panda3d_flags();
+    if panda3d_flags != 0 && built.header.kind != KIND_ARCHIVE {
         return Err(Error::InvalidOption("Panda3D flags need two mf archives".into()));
     }
     let control = compress_control(&built.control)?;
     let mut header = built.header;
-    header.flags |= extra_flags;
+    header.flags |= panda3d_flags;
     header.control_len = control.len() as u64;
     header.blobs_len = built.blobs.iter().map(|b| b.len() as u64).sum();
     let mut hasher = Xxh3::new();
@@ -744,23 +748,10 @@ pub fn diff_files(
     options: &DiffOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<PatchReport> {
-    diff_files_flagged(old, new, patch, options, 0, progress)
-}
-
-/// [`diff_files`] with extra header flags, as [`write_patch_flagged`].
-pub fn diff_files_flagged(
-    old: &Path,
-    new: &Path,
-    patch: &Path,
-    options: &DiffOptions,
-    extra_flags: u8,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<PatchReport> {
     let mut out = mf_format::AtomicFile::create(patch).map_err(|e| Error::io(patch, e))?;
     let report = {
         let mut writer = std::io::BufWriter::new(out.file());
-        let report = write_patch_flagged(old, new, &mut writer, options, extra_flags, progress)
-            .map_err(|e| rename_output(e, patch))?;
+        let report = write_patch(old, new, &mut writer, options, progress).map_err(|e| rename_output(e, patch))?;
         writer.flush().map_err(|e| Error::io(patch, e))?;
         report
     };

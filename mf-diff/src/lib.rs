@@ -10,7 +10,7 @@
 //!   ([`DiffOptions::memory_limit`]); entries too large for bsdiff within it are encoded in blocks
 //!   against a window of the old content. The output does not depend on the thread count. Two
 //!   files that are not archives are diffed whole. Panda3D multifiles are diffed as their canonical
-//!   mf conversions (done by the CLI), which [`diff_files_flagged`] records in the header flags
+//!   mf conversions (done by the CLI), which [`DiffOptions::old_is_panda3d`] and [`DiffOptions::new_is_panda3d`] record in the header flags
 //!   ([`wire::FLAG_OLD_PANDA3D`], [`wire::FLAG_NEW_PANDA3D`]).
 //! - **Apply** ([`apply_patch`]) checks the patch's checksums, the base (the old index hash and every
 //!   old entry it reads), rebuilds into a temp file beside the target, checks every entry's hash and,
@@ -36,7 +36,7 @@
 //! let new = write("v2.mf", &[("a.txt", new_text.as_bytes()), ("img/logo.raw", &[7u8; 5000])])?;
 //!
 //! let patch = dir.path().join("v1-v2.mfp");
-//! let report = diff_files(&old, &new, &patch, &DiffOptions { memory_limit: 256 << 20 }, &|_| {})?;
+//! let report = diff_files(&old, &new, &patch, &DiffOptions { memory_limit: 256 << 20, ..DiffOptions::default() }, &|_| {})?;
 //! assert_eq!(report.count(Change::Changed), 1);
 //! assert_eq!(report.count(Change::Renamed), 1); // logo.raw moved: costs a reference
 //!
@@ -59,8 +59,6 @@ mod zref;
 
 pub use apply::{apply_patch, ApplyOutcome, Patch};
 pub use budget::{default_memory_limit, parse_size};
-pub use diff::{
-    diff_files, diff_files_flagged, diff_stat, progress_total, write_patch, write_patch_flagged, DiffOptions,
-};
+pub use diff::{diff_files, diff_stat, progress_total, write_patch, DiffOptions};
 pub use error::{Error, Result};
 pub use report::{Change, EntryReport, Method, PatchReport};

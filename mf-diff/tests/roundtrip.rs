@@ -116,7 +116,7 @@ proptest! {
             (dir.path().join("old.mf"), dir.path().join("new.mf"), dir.path().join("p.mfp"), dir.path().join("out.mf"));
         write_archive(&old, &files, old_level, 18);
         write_archive(&new, &mutate(&files, &ops, &extra), new_level, if small_frames { 12 } else { 18 });
-        let options = DiffOptions { memory_limit: 256 << 20 };
+        let options = DiffOptions { memory_limit: 256 << 20, ..DiffOptions::default() };
         diff_files(&old, &new, &patch, &options, &|_| {}).unwrap();
         let outcome = apply_patch(&patch, &old, &out, &|_| {}).unwrap();
         prop_assert!(outcome.exact);
@@ -147,13 +147,16 @@ fn patches_are_identical_across_thread_counts_and_budgets() {
     for threads in [1, 2, 4] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         let patch = dir.path().join(format!("p{threads}.mfp"));
-        pool.install(|| diff_files(&old, &new, &patch, &DiffOptions { memory_limit: 1 << 30 }, &|_| {})).unwrap();
+        pool.install(|| {
+            diff_files(&old, &new, &patch, &DiffOptions { memory_limit: 1 << 30, ..DiffOptions::default() }, &|_| {})
+        })
+        .unwrap();
         patches.push(std::fs::read(&patch).unwrap());
     }
     assert!(patches.windows(2).all(|w| w[0] == w[1]), "patches differ across thread counts");
     // A budget so small that entries run one at a time still gives the same patch.
     let patch = dir.path().join("small.mfp");
-    diff_files(&old, &new, &patch, &DiffOptions { memory_limit: 16 << 20 }, &|_| {}).unwrap();
+    diff_files(&old, &new, &patch, &DiffOptions { memory_limit: 16 << 20, ..DiffOptions::default() }, &|_| {}).unwrap();
     assert_eq!(std::fs::read(&patch).unwrap(), patches[0]);
 }
 
@@ -175,7 +178,7 @@ fn a_forged_patch_never_panics_and_never_writes() {
     let (old, new, patch) = (dir.path().join("old.mf"), dir.path().join("new.mf"), dir.path().join("p.mfp"));
     write_archive(&old, &files, 9, 18);
     write_archive(&new, &changed, 9, 18);
-    diff_files(&old, &new, &patch, &DiffOptions { memory_limit: 1 << 30 }, &|_| {}).unwrap();
+    diff_files(&old, &new, &patch, &DiffOptions { memory_limit: 1 << 30, ..DiffOptions::default() }, &|_| {}).unwrap();
     let good = std::fs::read(&patch).unwrap();
     // Re-seal a corruption of every byte of the control stream of the body with valid checksums, so the parser and the
     // applier (not just the checksum) see the damage.
