@@ -1,0 +1,22 @@
+//! # mf-release: release repositories and updates
+//!
+//! A release engineer publishes versions of an archive into a **release repository**: a directory of
+//! static files (spec/RELEASE.md) that any web server or CDN serves as is. It holds every version's
+//! full archive, patches between versions and a signed `manifest.json` listing them. Clients move
+//! from whatever version they have to the newest with the fewest bytes, verified end to end.
+//!
+//! - [`keys`]: ed25519 key pairs in one-line text files.
+//! - [`manifest`]: the manifest and file tables, canonical JSON, signing and verification (type,
+//!   structure, expiry; rollback against the client's trusted version).
+//! - [`plan`]: the cheapest route from the installed version to the target.
+
+pub mod error;
+pub mod hash;
+pub mod keys;
+pub mod manifest;
+pub mod plan;
+
+pub use error::{Error, Result};
+pub use keys::{PublicKey, SecretKey};
+pub use manifest::{FileEntry, FileTable, Manifest, ObjectRef, PatchRef, Version};
+pub use plan::{plan, Route, Step};
