@@ -54,19 +54,24 @@ bench_need_pip() {
   done
 }
 
-# bench_corpus_arcade: the arcade 3.3.3 wheel from PyPI, unzipped; prints its directory.
+# bench_corpus_arcade [VERSION]: the arcade wheel of VERSION (default 3.3.3) from PyPI, unzipped and
+# cached in bench/work/corpus/arcade-VERSION; prints its directory.
 bench_corpus_arcade() {
-  local dir="$BENCH_WORK/corpus/arcade-3.3.3"
-  local marker="$BENCH_WORK/corpus/.arcade-3.3.3.complete"
+  local version="${1:-3.3.3}"
+  local dir="$BENCH_WORK/corpus/arcade-$version"
+  local marker="$BENCH_WORK/corpus/.arcade-$version.complete"
   if [ ! -f "$marker" ]; then
     bench_need_pip pip
     local dl="$BENCH_WORK/download"
     mkdir -p "$dl"
-    bench_log "downloading arcade==3.3.3"
-    "$BENCH_VENV/bin/pip" download -q --no-deps --only-binary :all: arcade==3.3.3 -d "$dl" >&2
+    bench_log "downloading arcade==$version"
+    "$BENCH_VENV/bin/pip" download -q --no-deps --only-binary :all: "arcade==$version" -d "$dl" >&2
+    local wheel
+    wheel="$(ls "$dl"/arcade-"$version"-*.whl 2>/dev/null | head -1)"
+    [ -n "$wheel" ] || bench_die "pip downloaded no wheel for arcade==$version"
     rm -rf "$dir"
     mkdir -p "$dir"
-    "$BENCH_VENV/bin/python" -m zipfile -e "$dl/arcade-3.3.3-py3-none-any.whl" "$dir"
+    "$BENCH_VENV/bin/python" -m zipfile -e "$wheel" "$dir"
     touch "$marker"
   fi
   echo "$dir"
