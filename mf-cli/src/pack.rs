@@ -39,6 +39,22 @@ pub struct PackArgs {
     keep_mtime: bool,
 }
 
+impl PackArgs {
+    /// `mf pack DIR -o OUTPUT` with every other option at its default, for commands that publish a
+    /// folder (so a folder and an archive packed by hand from it are the same bytes).
+    pub fn defaults(dir: PathBuf, output: PathBuf) -> PackArgs {
+        PackArgs {
+            dirs: vec![dir],
+            output,
+            level: mf_format::DEFAULT_LEVEL,
+            store: Vec::new(),
+            exclude: Vec::new(),
+            files_from: None,
+            keep_mtime: false,
+        }
+    }
+}
+
 pub fn run(args: PackArgs) -> Outcome {
     let excludes = build_globs(&args.exclude)?;
     let store: Vec<String> = args.store.iter().map(|e| e.trim_start_matches('.').to_ascii_lowercase()).collect();
