@@ -197,8 +197,8 @@ fn add(args: AddArgs) -> Outcome {
     for patch in &added.patches {
         println!("  patch from {}: {} bytes", patch.from, patch.object.size);
     }
-    for from in &added.patches_skipped {
-        println!("  no patch from {from}: it would not be smaller than the full download");
+    for skipped in &added.patches_skipped {
+        println!("  no patch from {}: {}", skipped.from, skipped.reason);
     }
     Ok(true)
 }

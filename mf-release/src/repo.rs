@@ -51,9 +51,16 @@ pub struct Added {
     pub full: ObjectRef,
     pub files: ObjectRef,
     pub patches: Vec<PatchRef>,
-    /// Versions whose patch was not kept because it was not smaller than the full archive.
-    pub patches_skipped: Vec<String>,
+    /// Versions whose patch was not kept, and why.
+    pub patches_skipped: Vec<SkippedPatch>,
     pub signed: bool,
+}
+
+/// A patch [`add`] built but did not publish.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedPatch {
+    pub from: String,
+    pub reason: String,
 }
 
 /// What [`prune`] removed (or would remove, for a dry run).
@@ -154,10 +161,19 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
         let patch_path = scratch.path().join(format!("{}.mfp", old.version));
         log(&format!("diffing {} -> {version}", old.version));
         let diff_options = DiffOptions { memory_limit: options.memory_limit, ..DiffOptions::default() };
-        mf_diff::diff_files(&old_path, archive, &patch_path, &diff_options, &|_| {})?;
+        let report = mf_diff::diff_files(&old_path, archive, &patch_path, &diff_options, &|_| {})?;
         let size = std::fs::metadata(&patch_path).map_err(|e| Error::io(&patch_path, e))?.len();
-        if size >= full.size {
-            patches_skipped.push(old.version.clone());
+        // Clients check every result against the full archive's SHA-256, so a patch must rebuild it
+        // byte for byte: archives not laid out as mf writes them only get full downloads.
+        let skip = if !report.exact {
+            Some("the archive is not laid out as mf writes it, so a patch cannot rebuild it byte for byte".to_owned())
+        } else if size >= full.size {
+            Some(format!("the patch ({size} bytes) is not smaller than the full download"))
+        } else {
+            None
+        };
+        if let Some(reason) = skip {
+            patches_skipped.push(SkippedPatch { from: old.version.clone(), reason });
             continue;
         }
         let object = store_move(root, "patches", "mfp", &patch_path)?;
