@@ -188,8 +188,9 @@ mod tests {
     fn thousands_of_versions_plan_quickly() {
         // A nightly channel: 20,000 versions, each with patches from the previous 3.
         let sizes = vec![1u64 << 40; 20_000];
-        let patches: Vec<(usize, usize, u64)> =
-            (1..20_000usize).flat_map(|to: usize| (to.saturating_sub(3)..to).map(move |from| (from, to, 1000))).collect();
+        let patches: Vec<(usize, usize, u64)> = (1..20_000usize)
+            .flat_map(|to: usize| (to.saturating_sub(3)..to).map(move |from| (from, to, 1000)))
+            .collect();
         let m = manifest(&sizes, &patches);
         let route = plan(&m, Some("v0"), "v19999", &|_| false).unwrap();
         assert_eq!(route.steps.len(), 6667);
