@@ -15,6 +15,7 @@ pub mod hash;
 pub mod keys;
 pub mod manifest;
 pub mod plan;
+pub mod repo;
 
 pub use error::{Error, Result};
 pub use keys::{PublicKey, SecretKey};
