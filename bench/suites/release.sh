@@ -14,7 +14,8 @@
 # Two servers: one unlimited, one with nginx `limit_rate` (BENCH_RELEASE_RATE, default 12.5 MB/s per
 # connection, i.e. 100 Mbit/s), since on loopback the network costs almost nothing.
 # Knobs: BENCH_RUNS (rounds; at least 5 are made unless BENCH_RELEASE_RUNS says otherwise), BENCH_RELEASE_VERSIONS (the releases, oldest first),
-# BENCH_RELEASE_RATE (bytes/s, nginx syntax, e.g. 12500k).
+# BENCH_RELEASE_RATE (bytes/s, nginx syntax, e.g. 12500k), BENCH_RELEASE_PROVENANCE (a sentence put at the
+# top of the report, saying where the measured mf came from when it is not this checkout).
 
 source "$(dirname "$0")/../lib.sh"
 
@@ -23,9 +24,6 @@ bench_need_apt nginx curl time
 bench_build_mf
 "$MF" release add --help >/dev/null 2>&1 || bench_die "$MF has no 'release add' command"
 "$MF" update --help >/dev/null 2>&1 || bench_die "$MF has no 'update' command"
-# Folder mode is measured when this mf has it; otherwise the report says so.
-FOLDER_MODE=0
-"$MF" update --help 2>/dev/null | grep -q -- '--dir' && FOLDER_MODE=1
 
 read -r -a VERSIONS <<<"${BENCH_RELEASE_VERSIONS:-3.1.0 3.2.0 3.3.0 3.3.1 3.3.2 3.3.3}"
 [ ${#VERSIONS[@]} -ge 2 ] || bench_die "BENCH_RELEASE_VERSIONS needs at least two releases"
@@ -149,28 +147,31 @@ pieces = [names[p] for p in (q.split("/", 2)[-1] for q in sys.argv[2].split()) i
 print(", ".join(pieces) if pieces else "-")
 PY
 }
-# json_bytes FILE: the downloaded-bytes figure of an `mf update --json` report (the first numeric
-# field whose name says bytes fetched or downloaded), or "?" when none is found.
-json_bytes() {
-  python3 - "$1" <<'PY'
-import json, re, sys
-text = open(sys.argv[1]).read().strip()
+# json_field FILE KEY: a top-level field of an `mf update --json` report ("?" when absent, "-" when null).
+json_field() {
+  python3 - "$1" "$2" <<'PY'
+import json, sys
 try:
-    doc = json.loads(text)
+    doc = json.load(open(sys.argv[1]))
 except ValueError:
-    lines = [l for l in text.splitlines() if l.strip().startswith("{")]
-    doc = json.loads(lines[-1]) if lines else {}
-found = []
-def walk(node, path):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            walk(v, path + [k])
-    elif isinstance(node, (int, float)) and not isinstance(node, bool) and path:
-        key = path[-1].lower()
-        if "byte" in key and re.search("fetch|download", key) and not re.search("total|planned|expected", key):
-            found.append((len(path), node))
-walk(doc, [])
-print(sorted(found)[0][1] if found else "?")
+    doc = {}
+value = doc.get(sys.argv[2], "?") if isinstance(doc, dict) else "?"
+print("-" if value is None else value)
+PY
+}
+# record_fallback PREFIX: counts a run whose report says the patch route failed (field fell_back).
+record_fallback() {
+  case "$(json_field "$1.out" fell_back)" in
+    - | "?") ;;
+    *) echo 1 >>"$1.fell_back" ;;
+  esac
+}
+# json_route FILE: the route of an `mf update --json` report, as "a→b, full c".
+json_route() {
+  python3 - "$1" <<'PY'
+import json, sys
+route = json.load(open(sys.argv[1])).get("route") or []
+print(", ".join(f'{p["from"]}→{p["to"]}' if p.get("from") else f'full {p["to"]}' for p in route) or "-")
 PY
 }
 
@@ -193,10 +194,21 @@ NEWEST_SIZE="$(full_size direct "$NEWEST")"
 [ "$NEWEST_SHA" = "$(full_sha default "$NEWEST")" ] || bench_die "the two repositories hold different archives of $NEWEST"
 NEWEST_PATH="$(full_path direct "$NEWEST")"
 
+# Folder mode is measured when this mf can do it (a --check into an empty folder succeeds); otherwise
+# the report says why not.
+FOLDER_MODE=1
+FOLDER_PROBLEM=""
+mkdir -p "$W/probe"
+if ! FOLDER_PROBLEM="$("$MF" update --repo "$(url_of fast direct)" --key "$PUB" --check --json --dir "$W/probe" 2>&1 >/dev/null)"; then
+  FOLDER_MODE=0
+  bench_log "folder mode not measured: $FOLDER_PROBLEM"
+fi
+rm -rf "$W/probe"
+
 # Installed states: each older release's archive as the repository holds it, and its extraction.
 for v in "${VERSIONS[@]}"; do
   cp "$SERVE/direct/$(full_path direct "$v")" "$W/pristine/$v.mf"
-  [ "$FOLDER_MODE" = 1 ] && "$MF" extract "$W/pristine/$v.mf" -C "$W/pristine/$v" >/dev/null
+  if [ "$FOLDER_MODE" = 1 ]; then "$MF" extract "$W/pristine/$v.mf" -C "$W/pristine/$v" >/dev/null; fi
 done
 INSTALL="$W/install"
 install_archive() { rm -rf "$INSTALL/a"; mkdir -p "$INSTALL/a"; [ "$1" = none ] || cp "$W/pristine/$1.mf" "$INSTALL/a/app.mf"; }
@@ -215,7 +227,8 @@ update_archive() { # SPEED REPO FROM
   mark="$(log_mark)"
   timed "$p" "$MF" update --repo "$(url_of "$1" "$2")" --key "$PUB" --json "$INSTALL/a/app.mf"
   log_account "$mark" "$p"
-  json_bytes "$p.out" >>"$p.json_bytes"
+  json_field "$p.out" fetched_bytes >>"$p.json_bytes"
+  record_fallback "$p"
   check_archive "$*"
 }
 update_folder() { # SPEED REPO FROM
@@ -224,7 +237,8 @@ update_folder() { # SPEED REPO FROM
   mark="$(log_mark)"
   timed "$p" "$MF" update --repo "$(url_of "$1" "$2")" --key "$PUB" --json --dir "$INSTALL/d"
   log_account "$mark" "$p"
-  json_bytes "$p.out" >>"$p.json_bytes"
+  json_field "$p.out" fetched_bytes >>"$p.json_bytes"
+  record_fallback "$p"
   check_folder "$*"
 }
 # The anchors: the newest full archive with curl; for a folder, that and `mf extract` into a new folder.
@@ -313,7 +327,9 @@ update_table() {
       p="update.$mode.fast.$repo.$v"
       local bytes
       bytes="$(one_value "$T/$p.bytes")"
-      echo "| $([ "$v" = none ] && echo "nothing (fresh install)" || echo "$v") | $repo | $(describe_paths "$repo" "$(tail -1 "$T/$p.paths")") | $(fmt_bytes "$bytes") | $(fmt_bytes "$(one_value "$T/$p.json_bytes")") | $(pct "$bytes" "$FULL_BYTES") | $(one_value "$T/$p.reqs") | $(bench_fmt_secs "$(med "$p")") | $(bench_ratio "$(med "$p")" "$a_fast") | $(bench_fmt_secs "$(med "update.$mode.slow.$repo.$v")") | $(bench_ratio "$(med "update.$mode.slow.$repo.$v")" "$a_slow") | $(bench_fmt_secs "$(cpu "$p")") | $(bench_fmt_kib_as_mib "$(rss "$p")") |"
+      local fell=""
+      [ -f "$T/$p.fell_back" ] && fell=" (**fell back to the full download in $(wc -l <"$T/$p.fell_back") of $RUNS runs**)"
+      echo "| $([ "$v" = none ] && echo "nothing (fresh install)" || echo "$v") | $repo | $(describe_paths "$repo" "$(tail -1 "$T/$p.paths")")$fell | $(fmt_bytes "$bytes") | $(fmt_bytes "$(one_value "$T/$p.json_bytes")") | $(pct "$bytes" "$FULL_BYTES") | $(one_value "$T/$p.reqs") | $(bench_fmt_secs "$(med "$p")") | $(bench_ratio "$(med "$p")" "$a_fast") | $(bench_fmt_secs "$(med "update.$mode.slow.$repo.$v")") | $(bench_ratio "$(med "update.$mode.slow.$repo.$v")" "$a_slow") | $(bench_fmt_secs "$(cpu "$p")") | $(bench_fmt_kib_as_mib "$(rss "$p")") |"
     done
   done
 }
@@ -323,6 +339,11 @@ update_table() {
   echo
   echo "_Measured $(date -u '+%Y-%m-%d %H:%M UTC') at mf commit $MEASURED_COMMIT; load average $LOAD_START at the start, $LOAD_END at the end._"
   echo
+  # Where the measured build came from, when it is not simply this checkout (e.g. a scratch merge).
+  if [ -n "${BENCH_RELEASE_PROVENANCE:-}" ]; then
+    echo "**$BENCH_RELEASE_PROVENANCE**"
+    echo
+  fi
   echo "Reproduce with \`bench/run release\` (as root: installs nginx and curl with apt-get, downloads the arcade wheels"
   echo "${VERSIONS[*]} from PyPI into bench/work/corpus, builds mf in release mode). Each release is its unpacked wheel,"
   echo "published in order with \`mf release add REPO VERSION DIR --sign publisher.key --json\` into two repositories:"
@@ -378,16 +399,16 @@ PY
     echo
     update_table folder "curl + mf extract"
   else
-    echo "**Not measured:** this build of mf has no \`mf update --dir\`."
+    echo "**Not measured:** this build of mf cannot update a folder (\`mf update --check --dir EMPTY_DIR\` said: $FOLDER_PROBLEM)."
   fi
   echo
-  echo "Routes as \`mf update --check --json\` planned them (archive mode; fetch bytes from its report):"
+  echo "Routes as \`mf update --check --json\` planned them (archive mode; \`route\` and \`route_bytes\` of its report):"
   echo
-  echo "| installed | repository | planned bytes (mf --check) |"
-  echo "|---|---|--:|"
+  echo "| installed | repository | planned route | planned bytes (manifest excluded) |"
+  echo "|---|---|---|--:|"
   for repo in "${REPOS[@]}"; do
     for v in "${OLDER[@]}"; do
-      echo "| $v | $repo | $(fmt_bytes "$(json_bytes "$T/check.$repo.$v.json")") |"
+      echo "| $v | $repo | $(json_route "$T/check.$repo.$v.json") | $(fmt_bytes "$(json_field "$T/check.$repo.$v.json" route_bytes)") |"
     done
   done
 } >"$BENCH_RESULTS/release.md"
