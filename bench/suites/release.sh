@@ -133,17 +133,24 @@ PY
 full_path() { manifest_query "$1" "by['$2']['full']['path']"; }
 full_sha() { manifest_query "$1" "by['$2']['full']['sha256']"; }
 full_size() { manifest_query "$1" "by['$2']['full']['size']"; }
-# describe_paths REPO "PATH...": the pieces as "a→b" for patches and "full b" for full archives.
+# describe_paths REPO "PATH...": the objects fetched, as "a→b" for patches, "full b" for full archives and
+# "N file tables (bytes)" for file tables (the manifest is left out).
 describe_paths() {
   python3 - "$SERVE/$1/manifest.json" "$2" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))["signed"]
-names = {}
+names, tables = {}, {}
 for v in m["versions"]:
     names[v["full"]["path"]] = "full " + v["version"]
+    tables[v["files"]["path"]] = v["files"]["size"]
     for p in v.get("patches", []):
         names[p["path"]] = f'{p["from"]}→{v["version"]}'
-pieces = [names[p] for p in (q.split("/", 2)[-1] for q in sys.argv[2].split()) if p in names]
+paths = [q.split("/", 2)[-1] for q in sys.argv[2].split()]
+pieces = []
+fetched_tables = [tables[p] for p in paths if p in tables]
+if fetched_tables:
+    pieces.append(f"{len(fetched_tables)} file table{'s' if len(fetched_tables) > 1 else ''} ({sum(fetched_tables):,} B)")
+pieces += [names[p] for p in paths if p in names]
 print(", ".join(pieces) if pieces else "-")
 PY
 }
@@ -238,6 +245,7 @@ update_folder() { # SPEED REPO FROM
   timed "$p" "$MF" update --repo "$(url_of "$1" "$2")" --key "$PUB" --json --dir "$INSTALL/d"
   log_account "$mark" "$p"
   json_field "$p.out" fetched_bytes >>"$p.json_bytes"
+  echo "$(json_field "$p.out" files_written) written, $(json_field "$p.out" files_deleted) deleted" >"$p.files"
   record_fallback "$p"
   check_folder "$*"
 }
@@ -329,6 +337,7 @@ update_table() {
       bytes="$(one_value "$T/$p.bytes")"
       local fell=""
       [ -f "$T/$p.fell_back" ] && fell=" (**fell back to the full download in $(wc -l <"$T/$p.fell_back") of $RUNS runs**)"
+      [ -f "$T/$p.files" ] && fell="$fell; files $(cat "$T/$p.files")"
       echo "| $([ "$v" = none ] && echo "nothing (fresh install)" || echo "$v") | $repo | $(describe_paths "$repo" "$(tail -1 "$T/$p.paths")")$fell | $(fmt_bytes "$bytes") | $(fmt_bytes "$(one_value "$T/$p.json_bytes")") | $(pct "$bytes" "$FULL_BYTES") | $(one_value "$T/$p.reqs") | $(bench_fmt_secs "$(med "$p")") | $(bench_ratio "$(med "$p")" "$a_fast") | $(bench_fmt_secs "$(med "update.$mode.slow.$repo.$v")") | $(bench_ratio "$(med "update.$mode.slow.$repo.$v")" "$a_slow") | $(bench_fmt_secs "$(cpu "$p")") | $(bench_fmt_kib_as_mib "$(rss "$p")") |"
     done
   done
