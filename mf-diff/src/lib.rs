@@ -57,7 +57,7 @@ mod source;
 pub mod wire;
 mod zref;
 
-pub use apply::{apply_patch, ApplyOutcome, Patch};
+pub use apply::{apply_patch, ApplyOutcome, NewContent, NewEntry, OldEntries, OldEntry, Patch};
 pub use budget::{default_memory_limit, parse_size};
 pub use diff::{diff_files, diff_stat, progress_total, write_patch, DiffOptions};
 pub use error::{Error, Result};
