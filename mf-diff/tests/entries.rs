@@ -93,7 +93,12 @@ fn entries_rebuild_the_new_archive_and_copies_name_their_old_entry() {
     let source = old_side(&old_archive, &old);
 
     let mut rebuilt = Vec::new();
-    patch.apply_entries(&source, |entry| -> mf_diff::Result<()> { Ok(rebuilt.push(entry)) }).unwrap();
+    patch
+        .apply_entries(&source, |entry| -> mf_diff::Result<()> {
+            rebuilt.push(entry);
+            Ok(())
+        })
+        .unwrap();
     let expected: Vec<_> = new_archive.entries().collect();
     assert_eq!(rebuilt.len(), expected.len());
     for (got, want) in rebuilt.iter().zip(&expected) {
@@ -118,7 +123,12 @@ fn entries_rebuild_the_new_archive_and_copies_name_their_old_entry() {
     let mut damaged = old_side(&old_archive, &old);
     damaged.entries[1].1[5] ^= 1;
     let mut produced = 0;
-    let err = patch.apply_entries(&damaged, |_| -> mf_diff::Result<()> { Ok(produced += 1) }).unwrap_err();
+    let err = patch
+        .apply_entries(&damaged, |_| -> mf_diff::Result<()> {
+            produced += 1;
+            Ok(())
+        })
+        .unwrap_err();
     assert_eq!(produced, 0);
     assert!(matches!(err, mf_diff::Error::WrongBase { .. }), "{err}");
     assert!(err.to_string().contains("edit.txt"), "{err}");
