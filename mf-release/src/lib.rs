@@ -9,12 +9,14 @@
 //! - [`manifest`]: the manifest and file tables, canonical JSON, signing and verification (type,
 //!   structure, expiry; rollback against the client's trusted version).
 //! - [`plan`]: the cheapest route from the installed version to the target.
+//! - [`update`]: the client; [`update::folder`] updates plain install folders under a journal.
 
 pub mod error;
 pub mod hash;
 pub mod keys;
 pub mod manifest;
 pub mod plan;
+pub mod update;
 
 pub use error::{Error, Result};
 pub use keys::{PublicKey, SecretKey};

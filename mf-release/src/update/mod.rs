@@ -1,0 +1,3 @@
+//! The update client (spec/RELEASE.md "Updating").
+
+pub mod folder;
