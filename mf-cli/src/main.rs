@@ -10,6 +10,7 @@ mod extract;
 mod mount_cmds;
 mod pack;
 mod progress;
+mod update_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ enum Command {
     Apply(diff_cmds::ApplyArgs),
     /// Show what a patch changes.
     PatchInfo(diff_cmds::PatchInfoArgs),
+    /// Bring an archive to a release's newest (or --to) version from a release repository.
+    Update(update_cmds::UpdateArgs),
 }
 
 /// `--json` for commands whose output scripts read.
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff_cmds::diff(args),
         Command::Apply(args) => diff_cmds::apply(args),
         Command::PatchInfo(args) => diff_cmds::patch_info(args),
+        Command::Update(args) => update_cmds::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,
