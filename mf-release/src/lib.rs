@@ -18,6 +18,7 @@ pub mod hash;
 pub mod keys;
 pub mod manifest;
 pub mod plan;
+pub mod repo;
 pub mod update;
 
 pub use error::{Error, Result};

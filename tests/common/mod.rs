@@ -154,3 +154,12 @@ pub fn mf_with_deadline(dir: &Path, args: &[&str], seconds: u64) -> Output {
     }
     child.wait_with_output().expect("output")
 }
+
+/// Copies the regular files of `from` into `to`, keeping relative paths.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for (path, content) in read_tree(from) {
+        let target = to.join(&path);
+        std::fs::create_dir_all(target.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(target, content).expect("write");
+    }
+}
