@@ -366,3 +366,21 @@ mod random_trees {
         }
     }
 }
+
+#[test]
+fn pack_frame_size_sets_the_frames_random_reads_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let text: Vec<u8> = (0..20_000).flat_map(|i| format!("row {i}\n").into_bytes()).collect();
+    write_tree(&d.join("in"), &[("table.txt", &text)]);
+    mf_ok(d, &["pack", "in", "-o", "small.mf", "--frame-size", "4K"]);
+    let info: serde_json::Value = serde_json::from_str(&mf_ok(d, &["info", "--json", "small.mf"])).unwrap();
+    assert_eq!(info["frame_size"], 4096);
+    let archive = mf_format::Archive::open(d.join("small.mf")).unwrap();
+    let entry = archive.get("table.txt").unwrap();
+    assert_eq!(archive.frame_count(&entry), text.len().div_ceil(4096) as u64);
+    assert_eq!(mf_ok(d, &["cat", "small.mf", "table.txt"]).into_bytes(), text);
+    let err = mf_fails(d, &["pack", "in", "-o", "bad.mf", "--frame-size", "5000"], 2);
+    assert!(err.contains("power of two"), "{err}");
+    assert!(!d.join("bad.mf").exists());
+}

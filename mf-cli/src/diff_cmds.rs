@@ -64,7 +64,7 @@ pub struct PatchInfoArgs {
     json: JsonFlag,
 }
 
-fn parse_memory_limit(text: &str) -> Result<u64, String> {
+pub fn parse_memory_limit(text: &str) -> Result<u64, String> {
     mf_diff::parse_size(text).ok_or_else(|| format!("'{text}' is not a size (examples: 512M, 2G, 1048576)"))
 }
 

@@ -10,6 +10,8 @@ mod extract;
 mod mount_cmds;
 mod pack;
 mod progress;
+mod release_cmds;
+mod update_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +55,13 @@ enum Command {
     Apply(diff_cmds::ApplyArgs),
     /// Show what a patch changes.
     PatchInfo(diff_cmds::PatchInfoArgs),
+    /// Make an ed25519 key pair for signing release manifests.
+    Keygen(release_cmds::KeygenArgs),
+    /// Publish versions into a release repository (static files any web server can serve).
+    #[command(subcommand)]
+    Release(release_cmds::ReleaseCommand),
+    /// Bring an archive to a release's newest (or --to) version from a release repository.
+    Update(update_cmds::UpdateArgs),
 }
 
 /// `--json` for commands whose output scripts read.
@@ -98,6 +107,9 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff_cmds::diff(args),
         Command::Apply(args) => diff_cmds::apply(args),
         Command::PatchInfo(args) => diff_cmds::patch_info(args),
+        Command::Keygen(args) => release_cmds::keygen(args),
+        Command::Release(command) => release_cmds::run(command),
+        Command::Update(args) => update_cmds::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

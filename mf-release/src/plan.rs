@@ -1,7 +1,7 @@
 //! Route planning: the cheapest way, in bytes to fetch, from the installed version to the target.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 
 use crate::manifest::{Manifest, ObjectRef};
 
@@ -73,8 +73,19 @@ pub fn plan(
     if installed == goal {
         return Some(Route { target: target.to_owned(), steps: Vec::new(), fetch_bytes: 0 });
     }
-    // Dijkstra over versions; patches only lead to later versions, so the graph is a DAG.
+    // Dijkstra over versions, edges being patches. Built once, so the work is O(patches · log versions)
+    // however many versions a long-lived repository accumulates.
     let n = manifest.versions.len();
+    let index: HashMap<&str, usize> =
+        manifest.versions.iter().enumerate().map(|(i, v)| (v.version.as_str(), i)).collect();
+    let mut outgoing: Vec<Vec<(usize, usize)>> = vec![Vec::new(); n]; // from -> (to, patch index)
+    for (to, version) in manifest.versions.iter().enumerate() {
+        for (p, patch) in version.patches.iter().enumerate() {
+            if let Some(&from) = index.get(patch.from.as_str()) {
+                outgoing[from].push((to, p));
+            }
+        }
+    }
     let mut best: Vec<Option<(u64, usize)>> = vec![None; n];
     let mut came_from: Vec<Option<(usize, usize)>> = vec![None; n]; // (previous version, patch index)
     let mut queue = BinaryHeap::new();
@@ -87,18 +98,14 @@ pub fn plan(
         if at == goal {
             break;
         }
-        for (to, version) in manifest.versions.iter().enumerate().skip(at + 1).take(goal.saturating_sub(at)) {
-            for (p, patch) in version.patches.iter().enumerate() {
-                if manifest.position(&patch.from) != Some(at) {
-                    continue;
-                }
-                let step_cost = if have(&patch.object) { 0 } else { patch.object.size };
-                let next = (cost.saturating_add(step_cost), pieces + 1);
-                if best[to].is_none_or(|b| next < b) {
-                    best[to] = Some(next);
-                    came_from[to] = Some((at, p));
-                    queue.push(Reverse((next.0, next.1, to)));
-                }
+        for &(to, p) in &outgoing[at] {
+            let patch = &manifest.versions[to].patches[p];
+            let step_cost = if have(&patch.object) { 0 } else { patch.object.size };
+            let next = (cost.saturating_add(step_cost), pieces + 1);
+            if best[to].is_none_or(|b| next < b) {
+                best[to] = Some(next);
+                came_from[to] = Some((at, p));
+                queue.push(Reverse((next.0, next.1, to)));
             }
         }
     }
@@ -175,6 +182,19 @@ mod tests {
         // Going back in time has no patches: full download.
         assert_eq!(names(&plan(&m, Some("v3"), "v1", &none).unwrap()), ["full v1"]);
         assert!(plan(&m, Some("v0"), "v9", &none).is_none());
+    }
+
+    #[test]
+    fn thousands_of_versions_plan_quickly() {
+        // A nightly channel: 20,000 versions, each with patches from the previous 3.
+        let sizes = vec![1u64 << 40; 20_000];
+        let patches: Vec<(usize, usize, u64)> = (1..20_000usize)
+            .flat_map(|to: usize| (to.saturating_sub(3)..to).map(move |from| (from, to, 1000)))
+            .collect();
+        let m = manifest(&sizes, &patches);
+        let route = plan(&m, Some("v0"), "v19999", &|_| false).unwrap();
+        assert_eq!(route.steps.len(), 6667);
+        assert_eq!(route.fetch_bytes, 6_667_000);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Helpers shared by the end-to-end tests: run the real `mf` binary and build input trees.
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod nginx;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -150,4 +153,13 @@ pub fn mf_with_deadline(dir: &Path, args: &[&str], seconds: u64) -> Output {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.wait_with_output().expect("output")
+}
+
+/// Copies the regular files of `from` into `to`, keeping relative paths.
+pub fn copy_tree(from: &Path, to: &Path) {
+    for (path, content) in read_tree(from) {
+        let target = to.join(&path);
+        std::fs::create_dir_all(target.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(target, content).expect("write");
+    }
 }
