@@ -1,13 +1,14 @@
-//! `mf update`: bring an archive (or, later, an install folder) to a release's version (mf-release).
+//! `mf update`: bring an archive or an install folder to a release's version (mf-release).
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use clap::{ArgGroup, Args};
 use indicatif::ProgressBar;
 use mf_release::fetch::FetchOptions;
+use mf_release::update::folder::{update_folder, FolderOptions, FolderOutcome, FolderState};
 use mf_release::update::{update_archive, ArchiveOptions, Installed, Outcome, Progress};
 use mf_release::PublicKey;
 
@@ -98,14 +99,14 @@ impl Progress for Bar {
 }
 
 pub fn run(args: UpdateArgs) -> crate::Outcome {
-    if let Some(dir) = &args.dir {
-        bail!("{}: --dir (folder mode) is not supported yet", dir.display());
-    }
-    let archive = args.archive.clone().ok_or_else(|| anyhow!("give an ARCHIVE or --dir INSTALL_DIR"))?;
     let key = match &args.key {
         Some(text) => Some(PublicKey::from_arg(text).context("reading --key")?),
         None => None,
     };
+    if let Some(dir) = &args.dir {
+        return run_folder(&args, dir, key);
+    }
+    let archive = args.archive.clone().ok_or_else(|| anyhow!("give an ARCHIVE or --dir INSTALL_DIR"))?;
     let options = ArchiveOptions {
         key,
         fetch: FetchOptions { timeout: args.timeout, ..FetchOptions::default() },
@@ -152,5 +153,70 @@ fn print_outcome(outcome: &Outcome) {
             println!("the patch route failed ({reason}); used the full download");
         }
         println!("fetched {} bytes", outcome.fetched_bytes);
+    }
+}
+
+fn run_folder(args: &UpdateArgs, dir: &std::path::Path, key: Option<PublicKey>) -> crate::Outcome {
+    let options = FolderOptions {
+        key,
+        fetch: FetchOptions { timeout: args.timeout, ..FetchOptions::default() },
+        to: args.to.clone(),
+        check: args.check,
+        repair: args.repair,
+    };
+    let bar = Bar { bar: progress::bytes(0, "fetching"), state: Mutex::new(BarState::default()) };
+    let result = update_folder(&args.repo, dir, &options, &bar);
+    bar.bar.finish_and_clear();
+    let outcome = result?;
+    if args.json.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        print_folder_outcome(&outcome);
+    }
+    Ok(true)
+}
+
+fn folder_state_text(state: &FolderState) -> String {
+    match state {
+        FolderState::Fresh => "nothing installed".to_owned(),
+        FolderState::Version { version } => version.clone(),
+        FolderState::Unknown { closest, differences } => format!(
+            "a modified or unknown install ({} files differ from {})",
+            differences.len(),
+            closest.as_deref().unwrap_or("every version")
+        ),
+    }
+}
+
+fn print_folder_outcome(outcome: &FolderOutcome) {
+    let name = outcome.dir.display();
+    if outcome.recovered.as_deref() == Some("finished") {
+        println!("{name}: finished an interrupted update");
+    }
+    let route: Vec<String> = outcome.route.iter().map(|p| format!("{} ({} bytes)", p.label(), p.size)).collect();
+    let installed = folder_state_text(&outcome.installed);
+    if outcome.route.is_empty() {
+        println!("{name}: already at {} (manifest version {})", outcome.target, outcome.manifest_version);
+    } else if outcome.check_only {
+        println!("{name}: installed {installed}, target {}", outcome.target);
+        if let FolderState::Unknown { differences, .. } = &outcome.installed {
+            for difference in differences.iter().take(20) {
+                println!("  {}: {}", difference.path, difference.what);
+            }
+        }
+        println!("route: {}", route.join(", "));
+        println!("would fetch {} bytes", outcome.route_bytes);
+        if outcome.needs_repair {
+            println!("the install is unknown or modified: only --repair changes it");
+        }
+    } else {
+        println!("{name}: {installed} -> {} via {}", outcome.target, route.join(", "));
+        if let Some(reason) = &outcome.fell_back {
+            println!("the patch route failed ({reason}); used the full download");
+        }
+        println!(
+            "{} files written, {} deleted; fetched {} bytes",
+            outcome.files_written, outcome.files_deleted, outcome.fetched_bytes
+        );
     }
 }

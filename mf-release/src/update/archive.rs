@@ -69,7 +69,7 @@ pub struct Piece {
 }
 
 impl Piece {
-    fn of(step: &Step) -> Piece {
+    pub(crate) fn of(step: &Step) -> Piece {
         let object = step.object();
         let (kind, from) = match step {
             Step::Patch { from, .. } => ("patch", Some(from.clone())),

@@ -22,7 +22,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fetch::FetchOptions;
+use crate::keys::PublicKey;
 use crate::manifest::{FileEntry, FileTable, STATE_DIR_NAME};
+use crate::plan::{full_route, Route, Step};
+use crate::update::{Piece, Progress, Session, SessionOptions};
 
 const STAGING: &str = "staging";
 const BACKUP: &str = "backup";
@@ -964,6 +968,234 @@ impl OldEntries for FolderOld {
         buf.resize(len, 0);
         file.read_exact_at(&mut buf, start).map_err(io)?;
         Ok(buf)
+    }
+}
+
+/// What `mf update --dir` was asked to do.
+#[derive(Debug, Clone)]
+pub struct FolderOptions {
+    /// The key the manifest must be signed by; `None` accepts an unsigned manifest.
+    pub key: Option<PublicKey>,
+    pub fetch: FetchOptions,
+    /// Target version; the newest when `None`.
+    pub to: Option<String>,
+    /// Only report the route (`--check`): fetch only metadata, change nothing.
+    pub check: bool,
+    /// Bring an unknown or modified install to the target with the full download (`--repair`).
+    pub repair: bool,
+}
+
+/// What the folder held before the update, for reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum FolderState {
+    /// No file of any version: a fresh install.
+    Fresh,
+    Version {
+        version: String,
+    },
+    /// Modified or unknown: the closest version and the files that differ from it.
+    Unknown {
+        closest: Option<String>,
+        differences: Vec<Difference>,
+    },
+}
+
+/// How a folder update went (or, with `--check`, would go).
+#[derive(Debug, Clone, Serialize)]
+pub struct FolderOutcome {
+    pub dir: PathBuf,
+    pub repo: String,
+    pub manifest_version: u64,
+    /// An interrupted earlier update that this run finished (`finished`) or whose staging it discarded
+    /// (`discarded`).
+    pub recovered: Option<String>,
+    pub installed: FolderState,
+    pub target: String,
+    pub route: Vec<Piece>,
+    pub route_bytes: u64,
+    pub check_only: bool,
+    pub changed: bool,
+    /// Files written (created or replaced) and deleted by the switch.
+    pub files_written: usize,
+    pub files_deleted: usize,
+    pub fell_back: Option<String>,
+    pub fetched_bytes: u64,
+    pub needs_repair: bool,
+}
+
+/// Brings install folder `dir` to the target version from repository `repo` (module docs): finishes an
+/// interrupted update first, identifies the installed version by the file tables, plans, downloads,
+/// stages (falling back to the full archive when the patch route fails) and switches.
+pub fn update_folder(
+    repo: &str,
+    dir: &Path,
+    options: &FolderOptions,
+    progress: &dyn Progress,
+) -> Result<FolderOutcome> {
+    let install = InstallDir::new(dir);
+    if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::Invalid(format!("{}: not a directory", dir.display())));
+    }
+    if fs::symlink_metadata(install.state_dir()).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::Invalid(format!("{}: not a directory", install.state_dir().display())));
+    }
+    let session_options = SessionOptions {
+        key: options.key.clone(),
+        fetch: options.fetch.clone(),
+        read_only: options.check,
+        now: std::time::SystemTime::now(),
+    };
+    let session = Session::open(repo, install.state_dir(), session_options)?;
+    let recovered = if options.check {
+        None
+    } else {
+        match install.recover()? {
+            Recovery::Clean => None,
+            Recovery::Finished { to } => {
+                progress.note(&format!("finished an interrupted update to {to}"));
+                Some("finished".to_owned())
+            }
+            Recovery::DiscardedStaging => Some("discarded".to_owned()),
+        }
+    };
+    let target = session.target(options.to.as_deref())?.clone();
+    let versions: Vec<String> = session.manifest().versions.iter().map(|v| v.version.clone()).collect();
+    let tables: Vec<FileTable> = versions.iter().map(|v| session.file_table(v)).collect::<Result<_>>()?;
+    let table_refs: Vec<&FileTable> = tables.iter().collect();
+    let table_of = |version: &str| tables.iter().find(|t| t.version == version);
+    let scan = install.scan(&table_refs)?;
+    let installed = match scan.identify(&table_refs) {
+        Installed::Version(version) => FolderState::Version { version },
+        Installed::Fresh => FolderState::Fresh,
+        Installed::Unknown { closest, differences } => FolderState::Unknown { closest, differences },
+    };
+    let mut outcome = FolderOutcome {
+        dir: dir.to_owned(),
+        repo: repo.to_owned(),
+        manifest_version: session.manifest().manifest_version,
+        recovered,
+        installed: installed.clone(),
+        target: target.version.clone(),
+        route: Vec::new(),
+        route_bytes: 0,
+        check_only: options.check,
+        changed: false,
+        files_written: 0,
+        files_deleted: 0,
+        fell_back: None,
+        fetched_bytes: 0,
+        needs_repair: false,
+    };
+    let installed_version = match &installed {
+        FolderState::Version { version } => Some(version.as_str()),
+        _ => None,
+    };
+    if installed_version == Some(target.version.as_str()) {
+        if !options.check {
+            session.clean_downloads()?;
+        }
+        outcome.fetched_bytes = session.fetched_bytes();
+        return Ok(outcome);
+    }
+    let route = session.plan(installed_version, &target.version)?;
+    outcome.route = route.steps.iter().map(Piece::of).collect();
+    outcome.route_bytes = route.fetch_bytes;
+    // The table whose files the update may delete: the installed version's, or for a repair the closest.
+    let installed_table = match &installed {
+        FolderState::Version { version } => table_of(version),
+        FolderState::Fresh => None,
+        FolderState::Unknown { closest, differences } => {
+            if options.check {
+                outcome.needs_repair = !options.repair;
+            } else if !options.repair {
+                let listed: Vec<String> =
+                    differences.iter().take(10).map(|d| format!("{} ({})", d.path, d.what)).collect();
+                let more = differences.len().saturating_sub(listed.len());
+                return Err(Error::Invalid(format!(
+                    "{}: the files match no version in {repo} (closest: {}; differing: {}{}); left untouched. \
+                     Run again with --repair to bring it to {} with the full download ({} bytes)",
+                    dir.display(),
+                    closest.as_deref().unwrap_or("none"),
+                    listed.join(", "),
+                    if more > 0 { format!(" and {more} more") } else { String::new() },
+                    target.version,
+                    target.full.size
+                )));
+            }
+            closest.as_deref().and_then(table_of)
+        }
+    };
+    if options.check {
+        outcome.fetched_bytes = session.fetched_bytes();
+        return Ok(outcome);
+    }
+
+    let staged = match stage_route(&session, &install, &scan, installed_table, &route, &table_of, progress) {
+        Ok(staged) => staged,
+        Err(error) if !route.is_full() => {
+            let reason = error.to_string();
+            progress.note(&format!("the patch route failed ({reason}); falling back to the full download"));
+            for step in &route.steps {
+                session.discard(step.object());
+            }
+            outcome.fell_back = Some(reason);
+            let full = full_route(session.manifest(), &target.version, &|o| session.has(o))
+                .ok_or_else(|| Error::Invalid(format!("version {} vanished from the manifest", target.version)))?;
+            outcome.route = full.steps.iter().map(Piece::of).collect();
+            outcome.route_bytes = full.fetch_bytes;
+            stage_route(&session, &install, &scan, installed_table, &full, &table_of, progress).map_err(
+                |full_error| {
+                    Error::Invalid(format!(
+                        "the update failed: the patch route failed ({error}), and so did the full download ({full_error})"
+                    ))
+                },
+            )?
+        }
+        Err(error) => return Err(error),
+    };
+    install.switch(&staged)?;
+    outcome.changed = true;
+    outcome.files_deleted = staged.operations.iter().filter(|op| matches!(op, Operation::Delete { .. })).count();
+    outcome.files_written = staged.operations.len() - outcome.files_deleted;
+    session.clean_downloads()?;
+    outcome.fetched_bytes = session.fetched_bytes();
+    Ok(outcome)
+}
+
+/// Downloads a route's pieces and stages the target from them.
+fn stage_route<'t>(
+    session: &Session,
+    install: &InstallDir,
+    scan: &Scan,
+    installed: Option<&FileTable>,
+    route: &Route,
+    table_of: &dyn Fn(&str) -> Option<&'t FileTable>,
+    progress: &dyn Progress,
+) -> Result<Staged> {
+    let count = route.steps.len();
+    let mut files = Vec::with_capacity(count);
+    for (index, step) in route.steps.iter().enumerate() {
+        progress.piece(index, count, &Piece::of(step).label(), step.object().size);
+        files.push(session.download(step.object(), &|have| progress.bytes(have))?);
+        progress.piece_done();
+    }
+    let table = |version: &str| {
+        table_of(version).ok_or_else(|| Error::Invalid(format!("no file table for version {version}")))
+    };
+    match route.steps.as_slice() {
+        [Step::Full { version, .. }] => install.stage_full(scan, installed, &files[0], table(version)?, &|_| {}),
+        steps => {
+            let installed = installed.ok_or_else(|| Error::Invalid("a patch route needs an installed version".into()))?;
+            let mut chain = Vec::with_capacity(count);
+            for (step, file) in steps.iter().zip(&files) {
+                let Step::Patch { to, .. } = step else {
+                    return Err(Error::Invalid("a route mixes patches and a full download".into()));
+                };
+                chain.push(PatchStep { patch: file, to: table(to)? });
+            }
+            install.stage_patches(scan, installed, &chain, &|_| {})
+        }
     }
 }
 
