@@ -1180,13 +1180,13 @@ fn stage_route<'t>(
         files.push(session.download(step.object(), &|have| progress.bytes(have))?);
         progress.piece_done();
     }
-    let table = |version: &str| {
-        table_of(version).ok_or_else(|| Error::Invalid(format!("no file table for version {version}")))
-    };
+    let table =
+        |version: &str| table_of(version).ok_or_else(|| Error::Invalid(format!("no file table for version {version}")));
     match route.steps.as_slice() {
         [Step::Full { version, .. }] => install.stage_full(scan, installed, &files[0], table(version)?, &|_| {}),
         steps => {
-            let installed = installed.ok_or_else(|| Error::Invalid("a patch route needs an installed version".into()))?;
+            let installed =
+                installed.ok_or_else(|| Error::Invalid("a patch route needs an installed version".into()))?;
             let mut chain = Vec::with_capacity(count);
             for (step, file) in steps.iter().zip(&files) {
                 let Step::Patch { to, .. } = step else {
