@@ -190,8 +190,10 @@ fn folder_state_text(state: &FolderState) -> String {
 
 fn print_folder_outcome(outcome: &FolderOutcome) {
     let name = outcome.dir.display();
-    if outcome.recovered.as_deref() == Some("finished") {
-        println!("{name}: finished an interrupted update");
+    match outcome.recovered.as_deref() {
+        Some("finished") => println!("{name}: finished an interrupted update"),
+        Some("pending") => println!("{name}: an interrupted update is pending; the next update finishes it"),
+        _ => {}
     }
     let route: Vec<String> = outcome.route.iter().map(|p| format!("{} ({} bytes)", p.label(), p.size)).collect();
     let installed = folder_state_text(&outcome.installed);

@@ -16,6 +16,10 @@
 //!   old entry it reads), rebuilds into a temp file beside the target, checks every entry's hash and,
 //!   for patches of archives written by this mf version, the whole file's hash, then fsyncs and renames.
 //!   A failure at any point leaves the target untouched.
+//! - **Entry-level apply** ([`Patch::apply_entries`]) walks an archive patch's records against any
+//!   [`OldEntries`] source (an archive, or the files of an install folder listed by a release's file
+//!   table) and hands each rebuilt [`NewEntry`] to a callback: its bytes, or "a copy of old entry `i`"
+//!   so unchanged files need no rewrite. Archive apply uses the same walk.
 //!
 //! ```
 //! use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};

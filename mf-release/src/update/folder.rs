@@ -1007,8 +1007,8 @@ pub struct FolderOutcome {
     pub dir: PathBuf,
     pub repo: String,
     pub manifest_version: u64,
-    /// An interrupted earlier update that this run finished (`finished`) or whose staging it discarded
-    /// (`discarded`).
+    /// An interrupted earlier update that this run finished (`finished`), whose staging it discarded
+    /// (`discarded`), or (with `--check`) that the next run will finish (`pending`).
     pub recovered: Option<String>,
     pub installed: FolderState,
     pub target: String,
@@ -1048,7 +1048,8 @@ pub fn update_folder(
     };
     let session = Session::open(repo, install.state_dir(), session_options)?;
     let recovered = if options.check {
-        None
+        // Read-only: an interrupted switch is only reported; the next real run finishes it.
+        exists(&install.journal_path()).then(|| "pending".to_owned())
     } else {
         match install.recover()? {
             Recovery::Clean => None,
