@@ -38,6 +38,9 @@ pub struct UpdateArgs {
     /// Seconds to wait for a connection or for data before a download counts as stalled.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
     timeout: Duration,
+    /// Retries of a download after a transient failure (connection lost, timeout, 5xx), each resuming.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
+    retries: u32,
     /// Update a plain install folder (spec/RELEASE.md "Folder mode").
     #[arg(long, value_name = "INSTALL_DIR")]
     dir: Option<PathBuf>,
@@ -108,7 +111,7 @@ pub fn run(args: UpdateArgs) -> crate::Outcome {
     };
     let options = ArchiveOptions {
         key,
-        fetch: FetchOptions { timeout: args.timeout, ..FetchOptions::default() },
+        fetch: FetchOptions { timeout: args.timeout, attempts: args.retries + 1, ..FetchOptions::default() },
         to: args.to.clone(),
         check: args.check,
         repair: args.repair,

@@ -17,13 +17,21 @@ use std::time::{Duration, Instant};
 pub enum Fault {
     Pass,
     /// Close the connection after this many bytes of the response body.
-    Cut { after: u64 },
+    Cut {
+        after: u64,
+    },
     /// Stop forwarding after this many body bytes and keep the connection open (a stalled server).
-    Stall { after: u64 },
+    Stall {
+        after: u64,
+    },
     /// Flip the bits of the body byte at this offset.
-    Corrupt { at: u64 },
+    Corrupt {
+        at: u64,
+    },
     /// Forward at most this many bytes per second.
-    Throttle { bytes_per_sec: u64 },
+    Throttle {
+        bytes_per_sec: u64,
+    },
 }
 
 type Policy = dyn Fn(usize, &str) -> Fault + Send + Sync;
