@@ -275,6 +275,24 @@ fn a_cut_connection_resumes_with_a_range_request() {
     assert_eq!(full_requests[1].range, format!("bytes={CUT}-"));
     assert_eq!(full_requests[1].status, 206);
     assert_eq!(full_requests[1].body_bytes, full_size - CUT);
+
+    // A server that ignores Range answers the resumed request with the whole file: the client starts over.
+    let connections = std::sync::atomic::AtomicUsize::new(0);
+    let proxy = FaultProxy::start(server.port, move |_, path| {
+        if !path.starts_with("/full/") {
+            return Fault::Pass;
+        }
+        match connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            0 => Fault::Cut { after: CUT },
+            _ => Fault::IgnoreRange,
+        }
+    });
+    let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key, "again.mf"]);
+    assert_eq!(std::fs::read(dir.path().join("again.mf")).unwrap(), f.bytes("1.2"));
+    assert_eq!(outcome["fetched_bytes"], CUT + full_size + manifest_len, "the cut bytes, then the whole file");
+    let statuses: Vec<u16> =
+        server.requests().into_iter().filter(|r| r.uri.starts_with("/full/")).map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 206, 200, 200], "no Range reached the server the second time");
 }
 
 #[test]

@@ -211,8 +211,11 @@ impl Fetcher {
         if stream.start != have {
             // A 200 to a range request: the body starts at 0.
             have = 0;
-            file.set_len(0).map_err(io_fatal)?;
             progress(0);
+        }
+        // Keep exactly the bytes the response continues (none when starting over).
+        if file.metadata().map_err(io_fatal)?.len() != have {
+            file.set_len(have).map_err(io_fatal)?;
         }
         let wanted = object.size - have;
         let mut reader = stream.reader;
@@ -440,6 +443,17 @@ mod tests {
         let path = fetcher.fetch_object(&obj, downloads.path(), &|_| {}).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert_eq!(fetcher.received(), 60_000);
+        // A .part longer than the piece can be is not trusted: the download starts over.
+        std::fs::remove_file(&path).unwrap();
+        let mut junk = data.clone();
+        junk.extend_from_slice(b"trailing junk");
+        std::fs::write(downloads.path().join(format!("{}.part", obj.sha256)), &junk).unwrap();
+        let path = fetcher.fetch_object(&obj, downloads.path(), &|_| {}).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert_eq!(fetcher.received(), 160_000);
+        // A complete piece already downloaded is reused without fetching.
+        fetcher.fetch_object(&obj, downloads.path(), &|_| {}).unwrap();
+        assert_eq!(fetcher.received(), 160_000);
         // A longer file in the repository is refused and leaves nothing behind.
         let short = object(&data[..1000], "full/a.mf");
         let err = fetcher.fetch_object(&short, downloads.path(), &|_| {}).unwrap_err().to_string();

@@ -4,7 +4,7 @@
 //! client never reuses a connection, which makes "the Nth connection" mean "the Nth request". A policy
 //! chooses, per connection (by index from 0 and request path), what happens to the response: passed
 //! through, cut after N body bytes, stalled after N body bytes (nothing more is forwarded, the connection
-//! stays open), one body byte corrupted, or throttled.
+//! stays open), one body byte corrupted, throttled, or the request's Range header dropped.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -32,6 +32,8 @@ pub enum Fault {
     Throttle {
         bytes_per_sec: u64,
     },
+    /// Remove the request's Range header, as a server that ignores ranges would (it answers 200).
+    IgnoreRange,
 }
 
 type Policy = dyn Fn(usize, &str) -> Fault + Send + Sync;
@@ -134,7 +136,8 @@ fn serve(shared: &Shared, mut client: TcpStream, index: usize) -> std::io::Resul
     // Rewrite the request: drop any Connection header, ask for close.
     let mut request = String::new();
     for line in text.trim_end_matches("\r\n\r\n").split("\r\n") {
-        if !line.to_ascii_lowercase().starts_with("connection:") {
+        let lower = line.to_ascii_lowercase();
+        if !lower.starts_with("connection:") && !(fault == Fault::IgnoreRange && lower.starts_with("range:")) {
             request.push_str(line);
             request.push_str("\r\n");
         }
