@@ -137,7 +137,8 @@ fn serve(shared: &Shared, mut client: TcpStream, index: usize) -> std::io::Resul
     let mut request = String::new();
     for line in text.trim_end_matches("\r\n\r\n").split("\r\n") {
         let lower = line.to_ascii_lowercase();
-        if !lower.starts_with("connection:") && !(fault == Fault::IgnoreRange && lower.starts_with("range:")) {
+        let dropped = lower.starts_with("connection:") || (fault == Fault::IgnoreRange && lower.starts_with("range:"));
+        if !dropped {
             request.push_str(line);
             request.push_str("\r\n");
         }
