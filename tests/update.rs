@@ -371,6 +371,26 @@ fn a_corrupted_patch_falls_back_to_the_full_download() {
 }
 
 #[test]
+fn a_missing_patch_is_not_retried_and_the_full_download_is_used() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let repo = f.copy_repo(dir.path());
+    let manifest = Fixture::manifest(&repo);
+    let patch_path = manifest["versions"][2]["patches"][0]["path"].as_str().unwrap().to_owned();
+    std::fs::remove_file(repo.join(&patch_path)).unwrap();
+    let server = Nginx::serve(&repo);
+    let game = install(dir.path(), "1.0");
+    let outcome = update_ok(dir.path(), &["--repo", &server.url(), "--key", &key_arg(), "game.mf"]);
+    let reason = outcome["fell_back"].as_str().expect("fell back");
+    assert!(reason.contains("404") && reason.contains(&patch_path), "{reason}");
+    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    let requests = server.requests();
+    let missing: Vec<_> = requests.iter().filter(|r| r.uri.ends_with(&patch_path)).collect();
+    assert_eq!(missing.len(), 1, "a 404 is not retried: {requests:?}");
+    assert_eq!(missing[0].status, 404);
+}
+
+#[test]
 fn wrong_length_responses_are_never_used() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
@@ -397,6 +417,22 @@ fn wrong_length_responses_are_never_used() {
     let outcome = update_ok(dir.path(), &["--repo", &server.url(), "--key", &key_arg(), "game.mf"]);
     assert!(outcome["fell_back"].as_str().unwrap().contains("wrong file"), "{outcome}");
     assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+
+    // A body of unannounced length that runs past the manifest's size: cut off and refused.
+    let server = Nginx::serve(&f.repo);
+    let proxy = FaultProxy::start(server.port, |_, path| {
+        if path.starts_with("/patches/") {
+            Fault::Append { bytes: 100 }
+        } else {
+            Fault::Pass
+        }
+    });
+    let game = install(dir.path(), "1.0");
+    let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key_arg(), "game.mf"]);
+    let reason = outcome["fell_back"].as_str().expect("fell back");
+    assert!(reason.contains("longer than the manifest's"), "{reason}");
+    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
 }
 
 #[test]

@@ -4,7 +4,8 @@
 //! client never reuses a connection, which makes "the Nth connection" mean "the Nth request". A policy
 //! chooses, per connection (by index from 0 and request path), what happens to the response: passed
 //! through, cut after N body bytes, stalled after N body bytes (nothing more is forwarded, the connection
-//! stays open), one body byte corrupted, throttled, or the request's Range header dropped.
+//! stays open), one body byte corrupted, throttled, the request's Range header dropped, or junk appended to a body
+//! of unannounced length.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -34,6 +35,11 @@ pub enum Fault {
     },
     /// Remove the request's Range header, as a server that ignores ranges would (it answers 200).
     IgnoreRange,
+    /// Drop the response's Content-Length and send this many extra bytes after the body (the body then
+    /// ends when the connection closes).
+    Append {
+        bytes: usize,
+    },
 }
 
 type Policy = dyn Fn(usize, &str) -> Fault + Send + Sync;
@@ -172,16 +178,25 @@ fn serve(shared: &Shared, mut client: TcpStream, index: usize) -> std::io::Resul
         };
         let n = server.read(&mut buf[..chunk_cap])?;
         if n == 0 {
+            if let Fault::Append { bytes } = fault {
+                let _ = client.write_all(&vec![0x5a; bytes]);
+            }
             break;
         }
         let mut data = buf[..n].to_vec();
-        // Split off the response head, forwarded untouched.
+        // Split off the response head, forwarded untouched (but for Append's Content-Length).
         let mut out = Vec::new();
         if !in_body {
             head_tail.extend_from_slice(&data);
             match head_tail.windows(4).position(|w| w == b"\r\n\r\n") {
                 Some(end) => {
-                    out.extend_from_slice(&head_tail[..end + 4]);
+                    let head = String::from_utf8_lossy(&head_tail[..end + 4]).into_owned();
+                    for line in head.split_inclusive("\r\n") {
+                        let length_line = line.to_ascii_lowercase().starts_with("content-length:");
+                        if !(length_line && matches!(fault, Fault::Append { .. })) {
+                            out.extend_from_slice(line.as_bytes());
+                        }
+                    }
                     data = head_tail[end + 4..].to_vec();
                     in_body = true;
                 }
