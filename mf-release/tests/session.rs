@@ -105,7 +105,7 @@ fn a_session_verifies_records_trust_and_downloads_checked_pieces() {
     drop(session);
 
     // A damaged file table in the repository is refused by its hash.
-    let files = dir.path().join("repo").join(&table_path(&repo, "2"));
+    let files = repo.join(table_path(&repo, "2"));
     let mut bytes = std::fs::read(&files).unwrap();
     bytes[10] ^= 1;
     std::fs::write(&files, bytes).unwrap();
