@@ -1,7 +1,7 @@
 //! `mf update`: bring an archive (or, later, an install folder) to a release's version (mf-release).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -57,10 +57,17 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// A progress bar of the route's bytes, on a terminal only; one message per piece.
+/// A progress bar of the route's bytes, on a terminal only; one message per piece. Created when the
+/// first piece starts, so runs that download nothing draw nothing.
 struct Bar {
-    bar: ProgressBar,
+    bar: OnceLock<ProgressBar>,
     state: Mutex<BarState>,
+}
+
+impl Bar {
+    fn bar(&self) -> &ProgressBar {
+        self.bar.get_or_init(|| progress::bytes(0, "fetching"))
+    }
 }
 
 #[derive(Default)]
@@ -73,20 +80,22 @@ struct BarState {
 impl Progress for Bar {
     fn piece(&self, index: usize, count: usize, label: &str, size: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let bar = self.bar();
         if index == 0 {
+            // A new route (the first, or the full download after a failed patch route).
             *state = BarState::default();
-            self.bar.set_length(0);
+            bar.set_length(0);
         }
         state.current = 0;
-        self.bar.inc_length(size);
-        self.bar.set_message(format!("[{}/{count}] {label}", index + 1));
-        self.bar.set_position(state.done);
+        bar.inc_length(size);
+        bar.set_message(format!("[{}/{count}] {label}", index + 1));
+        bar.set_position(state.done);
     }
 
     fn bytes(&self, have: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.current = have;
-        self.bar.set_position(state.done + have);
+        self.bar().set_position(state.done + have);
     }
 
     fn piece_done(&self) {
@@ -96,7 +105,10 @@ impl Progress for Bar {
     }
 
     fn note(&self, message: &str) {
-        self.bar.suspend(|| eprintln!("mf: {message}"));
+        match self.bar.get() {
+            Some(bar) => bar.suspend(|| eprintln!("mf: {message}")),
+            None => eprintln!("mf: {message}"),
+        }
     }
 }
 
@@ -116,9 +128,11 @@ pub fn run(args: UpdateArgs) -> crate::Outcome {
         check: args.check,
         repair: args.repair,
     };
-    let bar = Bar { bar: progress::bytes(0, "fetching"), state: Mutex::new(BarState::default()) };
+    let bar = Bar { bar: OnceLock::new(), state: Mutex::new(BarState::default()) };
     let result = update_archive(&args.repo, &archive, &options, &bar);
-    bar.bar.finish_and_clear();
+    if let Some(bar) = bar.bar.get() {
+        bar.finish_and_clear();
+    }
     let outcome = result?;
     if args.json.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
