@@ -606,3 +606,78 @@ fn kill_9_at_random_points_leaves_the_old_or_the_new_archive() {
     assert_eq!(std::fs::read(&game).unwrap(), new);
     assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
 }
+
+#[test]
+fn kill_9_during_a_fresh_install_leaves_no_archive_or_the_whole_one() {
+    let f = fixture();
+    let server = Nginx::serve(&f.repo);
+    let proxy = FaultProxy::start(server.port, |_, _| Fault::Throttle { bytes_per_sec: 3 << 20 });
+    let dir = tempfile::tempdir().unwrap();
+    let game = dir.path().join("game.mf");
+    let new = f.bytes("1.2");
+    let key = key_arg();
+    let args = ["update", "--repo", &proxy.url(), "--key", &key, "game.mf"];
+    let spawn = || {
+        Command::new(mf_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mf runs")
+    };
+    let started = Instant::now();
+    assert!(spawn().wait().unwrap().success());
+    let full_run = started.elapsed();
+    assert_eq!(std::fs::read(&game).unwrap(), new);
+    let reset = || {
+        std::fs::remove_file(&game).unwrap();
+        std::fs::remove_dir_all(dir.path().join("game.mf.mf-update")).unwrap();
+    };
+    reset();
+
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("fresh-install kill test: a full run takes {full_run:?}; seed {seed}");
+    let full_sha = Fixture::manifest(&f.repo)["versions"][2]["full"]["sha256"].as_str().unwrap().to_owned();
+    let part = dir.path().join(format!("game.mf.mf-update/downloads/{full_sha}.part"));
+    for round in 0..8 {
+        // Kill times spread over the first 90 % of a run, so most land inside the download.
+        let at = full_run.mul_f64((xorshift(&mut seed) % 900) as f64 / 1000.0);
+        let mut child = spawn();
+        std::thread::sleep(at);
+        let _ = child.kill();
+        child.wait().unwrap();
+        match std::fs::read(&game) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Ok(bytes) if bytes == new => reset(),
+            Ok(bytes) => panic!("round {round}: killed after {at:?}, a partial archive of {} bytes", bytes.len()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Make sure the last kill lands inside the download (the download alone takes most of a run).
+    for attempt in 0..5 {
+        let size = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+        if (size > 0 && size < new.len() as u64) || game.exists() {
+            break;
+        }
+        let mut child = spawn();
+        std::thread::sleep(full_run.mul_f64(0.3 + 0.1 * attempt as f64));
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    if game.exists() {
+        assert_eq!(std::fs::read(&game).unwrap(), new);
+        reset();
+    }
+    // The next run completes, resuming the partial download instead of fetching it again.
+    let partial = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    assert!(partial > 0 && partial < new.len() as u64, "a kill left a partial download ({partial} bytes)");
+    server.clear_log();
+    let outcome = update_ok(dir.path(), &["--repo", &server.url(), "--key", &key, "game.mf"]);
+    assert_eq!(std::fs::read(&game).unwrap(), new);
+    let ranges: Vec<String> = server.requests().into_iter().map(|r| r.range).filter(|r| r != "-").collect();
+    assert_eq!(ranges, [format!("bytes={partial}-")]);
+    let manifest_len = std::fs::metadata(f.repo.join("manifest.json")).unwrap().len();
+    assert_eq!(outcome["fetched_bytes"], new.len() as u64 - partial + manifest_len);
+    assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
+}
