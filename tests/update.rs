@@ -655,19 +655,19 @@ fn kill_9_during_a_fresh_install_leaves_no_archive_or_the_whole_one() {
         }
     }
     // Make sure the last kill lands inside the download (the download alone takes most of a run).
-    for attempt in 0..5 {
-        let size = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-        if (size > 0 && size < new.len() as u64) || game.exists() {
+    let partial_size = || std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    for attempt in 0..6 {
+        if game.exists() {
+            assert_eq!(std::fs::read(&game).unwrap(), new);
+            reset();
+        }
+        if (1..new.len() as u64).contains(&partial_size()) {
             break;
         }
         let mut child = spawn();
-        std::thread::sleep(full_run.mul_f64(0.3 + 0.1 * attempt as f64));
+        std::thread::sleep(full_run.mul_f64(0.2 + 0.1 * attempt as f64));
         let _ = child.kill();
         child.wait().unwrap();
-    }
-    if game.exists() {
-        assert_eq!(std::fs::read(&game).unwrap(), new);
-        reset();
     }
     // The next run completes, resuming the partial download instead of fetching it again.
     let partial = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
