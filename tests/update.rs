@@ -391,6 +391,37 @@ fn a_missing_patch_is_not_retried_and_the_full_download_is_used() {
 }
 
 #[test]
+fn server_errors_are_retried_and_an_unreachable_server_is_named() {
+    let f = fixture();
+    let server = Nginx::serve(&f.repo);
+    // Every path's first request gets a 503; the retry passes.
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    let proxy = FaultProxy::start(server.port, move |_, path| {
+        if seen.lock().unwrap().insert(path.to_owned()) {
+            Fault::Status { code: 503 }
+        } else {
+            Fault::Pass
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let game = install(dir.path(), "1.0");
+    let key = key_arg();
+    let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key, "game.mf"]);
+    assert!(outcome["fell_back"].is_null(), "{outcome}");
+    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    let paths = proxy.paths();
+    assert_eq!(paths.len(), 6, "manifest and two patches, each asked twice: {paths:?}");
+    assert_eq!(server.requests().len(), 3, "the server saw each once");
+
+    // Nothing listens: the error names the URL and how many attempts were made.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{closed}/repo");
+    let err = update_fails(dir.path(), &["--repo", &url, "--key", &key, "--retries", "1", "game.mf"]);
+    assert!(err.contains(&format!("{url}/manifest.json")) && err.contains("2 attempts"), "{err}");
+    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+}
+
+#[test]
 fn wrong_length_responses_are_never_used() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();

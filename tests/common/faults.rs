@@ -4,8 +4,8 @@
 //! client never reuses a connection, which makes "the Nth connection" mean "the Nth request". A policy
 //! chooses, per connection (by index from 0 and request path), what happens to the response: passed
 //! through, cut after N body bytes, stalled after N body bytes (nothing more is forwarded, the connection
-//! stays open), one body byte corrupted, throttled, the request's Range header dropped, or junk appended to a body
-//! of unannounced length.
+//! stays open), one body byte corrupted, throttled, the request's Range header dropped, junk appended to a body
+//! of unannounced length, or an error status answered by the proxy itself.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -39,6 +39,10 @@ pub enum Fault {
     /// ends when the connection closes).
     Append {
         bytes: usize,
+    },
+    /// Answer with this HTTP status and no body, without asking the server.
+    Status {
+        code: u16,
     },
 }
 
@@ -150,6 +154,12 @@ fn serve(shared: &Shared, mut client: TcpStream, index: usize) -> std::io::Resul
         }
     }
     request.push_str("Connection: close\r\n\r\n");
+    if let Fault::Status { code } = fault {
+        let response = format!("HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        client.write_all(response.as_bytes())?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     let mut server = TcpStream::connect(("127.0.0.1", shared.upstream))?;
     server.write_all(request.as_bytes())?;
 
