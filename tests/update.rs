@@ -206,6 +206,10 @@ fn patch_chain_fresh_install_and_up_to_date() {
     let paths = served_paths(&server);
     assert_eq!(paths.len(), 3, "{paths:?}");
     assert!(paths[0].ends_with("/manifest.json") && paths[1..].iter().all(|p| p.starts_with("/patches/")), "{paths:?}");
+    // Only the manifest, rewritten in place, asks caches to revalidate; content-addressed objects may
+    // come from any cache.
+    let caching: Vec<String> = server.requests().iter().map(|r| r.cache_control.clone()).collect();
+    assert_eq!(caching, ["no-cache", "-", "-"]);
     assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
 
     // Nothing to do: only the manifest is fetched.
