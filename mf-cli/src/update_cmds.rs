@@ -1,7 +1,7 @@
 //! `mf update`: bring an archive or an install folder to a release's version (mf-release).
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
@@ -39,6 +39,9 @@ pub struct UpdateArgs {
     /// Seconds to wait for a connection or for data before a download counts as stalled.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
     timeout: Duration,
+    /// Retries of a download after a transient failure (connection lost, timeout, 5xx), each resuming.
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
+    retries: u32,
     /// Update a plain install folder (spec/RELEASE.md "Folder mode").
     #[arg(long, value_name = "INSTALL_DIR")]
     dir: Option<PathBuf>,
@@ -55,10 +58,17 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// A progress bar of the route's bytes, on a terminal only; one message per piece.
+/// A progress bar of the route's bytes, on a terminal only; one message per piece. Created when the
+/// first piece starts, so runs that download nothing draw nothing.
 struct Bar {
-    bar: ProgressBar,
+    bar: OnceLock<ProgressBar>,
     state: Mutex<BarState>,
+}
+
+impl Bar {
+    fn bar(&self) -> &ProgressBar {
+        self.bar.get_or_init(|| progress::bytes(0, "fetching"))
+    }
 }
 
 #[derive(Default)]
@@ -71,20 +81,22 @@ struct BarState {
 impl Progress for Bar {
     fn piece(&self, index: usize, count: usize, label: &str, size: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let bar = self.bar();
         if index == 0 {
+            // A new route (the first, or the full download after a failed patch route).
             *state = BarState::default();
-            self.bar.set_length(0);
+            bar.set_length(0);
         }
         state.current = 0;
-        self.bar.inc_length(size);
-        self.bar.set_message(format!("[{}/{count}] {label}", index + 1));
-        self.bar.set_position(state.done);
+        bar.inc_length(size);
+        bar.set_message(format!("[{}/{count}] {label}", index + 1));
+        bar.set_position(state.done);
     }
 
     fn bytes(&self, have: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.current = have;
-        self.bar.set_position(state.done + have);
+        self.bar().set_position(state.done + have);
     }
 
     fn piece_done(&self) {
@@ -94,7 +106,10 @@ impl Progress for Bar {
     }
 
     fn note(&self, message: &str) {
-        self.bar.suspend(|| eprintln!("mf: {message}"));
+        match self.bar.get() {
+            Some(bar) => bar.suspend(|| eprintln!("mf: {message}")),
+            None => eprintln!("mf: {message}"),
+        }
     }
 }
 
@@ -109,14 +124,16 @@ pub fn run(args: UpdateArgs) -> crate::Outcome {
     let archive = args.archive.clone().ok_or_else(|| anyhow!("give an ARCHIVE or --dir INSTALL_DIR"))?;
     let options = ArchiveOptions {
         key,
-        fetch: FetchOptions { timeout: args.timeout, ..FetchOptions::default() },
+        fetch: FetchOptions { timeout: args.timeout, attempts: args.retries + 1, ..FetchOptions::default() },
         to: args.to.clone(),
         check: args.check,
         repair: args.repair,
     };
-    let bar = Bar { bar: progress::bytes(0, "fetching"), state: Mutex::new(BarState::default()) };
+    let bar = Bar { bar: OnceLock::new(), state: Mutex::new(BarState::default()) };
     let result = update_archive(&args.repo, &archive, &options, &bar);
-    bar.bar.finish_and_clear();
+    if let Some(bar) = bar.bar.get() {
+        bar.finish_and_clear();
+    }
     let outcome = result?;
     if args.json.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);

@@ -131,7 +131,7 @@ impl Fetcher {
     pub fn fetch_small(&self, path: &str, cap: u64) -> Result<Vec<u8>> {
         let url = self.url(path);
         self.with_retries(&url, || {
-            let stream = self.open(path, 0)?;
+            let stream = self.open(path, 0, Freshness::Revalidate)?;
             if let Some(total) = stream.total.filter(|&t| t > cap) {
                 return Err(Failure::fatal(format!("{total} bytes is more than the {cap}-byte limit")));
             }
@@ -191,12 +191,12 @@ impl Fetcher {
         if have == object.size && have > 0 {
             return Ok(());
         }
-        let stream = match self.open(&object.path, have) {
+        let stream = match self.open(&object.path, have, Freshness::Cached) {
             // The server has fewer bytes than we already hold: start over.
             Err(failure) if failure.unsatisfiable && have > 0 => {
                 have = 0;
                 progress(0);
-                self.open(&object.path, 0)?
+                self.open(&object.path, 0, Freshness::Cached)?
             }
             other => other?,
         };
@@ -211,8 +211,11 @@ impl Fetcher {
         if stream.start != have {
             // A 200 to a range request: the body starts at 0.
             have = 0;
-            file.set_len(0).map_err(io_fatal)?;
             progress(0);
+        }
+        // Keep exactly the bytes the response continues (none when starting over).
+        if file.metadata().map_err(io_fatal)?.len() != have {
+            file.set_len(have).map_err(io_fatal)?;
         }
         let wanted = object.size - have;
         let mut reader = stream.reader;
@@ -259,7 +262,7 @@ impl Fetcher {
     }
 
     /// Opens repository path `path` from byte `from` on.
-    fn open(&self, path: &str, from: u64) -> Result<Stream, Failure> {
+    fn open(&self, path: &str, from: u64, freshness: Freshness) -> Result<Stream, Failure> {
         match &self.location {
             Location::Dir(dir) => {
                 let full = dir.join(path);
@@ -278,6 +281,9 @@ impl Fetcher {
                 let mut request = agent.get(&url);
                 if from > 0 {
                     request = request.header("Range", format!("bytes={from}-"));
+                }
+                if freshness == Freshness::Revalidate {
+                    request = request.header("Cache-Control", "no-cache");
                 }
                 let response = request.call().map_err(|e| ureq_failure(e, from))?;
                 let status = response.status().as_u16();
@@ -409,6 +415,16 @@ pub fn sync_dir(dir: &Path) {
     }
 }
 
+/// Whether a cache between client and repository may answer from a stored copy.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Freshness {
+    /// Content-addressed objects never change: any cached copy is right.
+    Cached,
+    /// The manifest is rewritten in place: a stale CDN copy would look like a rollback, so caches
+    /// are asked to revalidate with the origin.
+    Revalidate,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,6 +456,17 @@ mod tests {
         let path = fetcher.fetch_object(&obj, downloads.path(), &|_| {}).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert_eq!(fetcher.received(), 60_000);
+        // A .part longer than the piece can be is not trusted: the download starts over.
+        std::fs::remove_file(&path).unwrap();
+        let mut junk = data.clone();
+        junk.extend_from_slice(b"trailing junk");
+        std::fs::write(downloads.path().join(format!("{}.part", obj.sha256)), &junk).unwrap();
+        let path = fetcher.fetch_object(&obj, downloads.path(), &|_| {}).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert_eq!(fetcher.received(), 160_000);
+        // A complete piece already downloaded is reused without fetching.
+        fetcher.fetch_object(&obj, downloads.path(), &|_| {}).unwrap();
+        assert_eq!(fetcher.received(), 160_000);
         // A longer file in the repository is refused and leaves nothing behind.
         let short = object(&data[..1000], "full/a.mf");
         let err = fetcher.fetch_object(&short, downloads.path(), &|_| {}).unwrap_err().to_string();

@@ -4,7 +4,8 @@
 //! client never reuses a connection, which makes "the Nth connection" mean "the Nth request". A policy
 //! chooses, per connection (by index from 0 and request path), what happens to the response: passed
 //! through, cut after N body bytes, stalled after N body bytes (nothing more is forwarded, the connection
-//! stays open), one body byte corrupted, or throttled.
+//! stays open), one body byte corrupted, throttled, the request's Range header dropped, junk appended to a body
+//! of unannounced length, or an error status answered by the proxy itself.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -31,6 +32,17 @@ pub enum Fault {
     /// Forward at most this many bytes per second.
     Throttle {
         bytes_per_sec: u64,
+    },
+    /// Remove the request's Range header, as a server that ignores ranges would (it answers 200).
+    IgnoreRange,
+    /// Drop the response's Content-Length and send this many extra bytes after the body (the body then
+    /// ends when the connection closes).
+    Append {
+        bytes: usize,
+    },
+    /// Answer with this HTTP status and no body, without asking the server.
+    Status {
+        code: u16,
     },
 }
 
@@ -134,12 +146,20 @@ fn serve(shared: &Shared, mut client: TcpStream, index: usize) -> std::io::Resul
     // Rewrite the request: drop any Connection header, ask for close.
     let mut request = String::new();
     for line in text.trim_end_matches("\r\n\r\n").split("\r\n") {
-        if !line.to_ascii_lowercase().starts_with("connection:") {
+        let lower = line.to_ascii_lowercase();
+        let dropped = lower.starts_with("connection:") || (fault == Fault::IgnoreRange && lower.starts_with("range:"));
+        if !dropped {
             request.push_str(line);
             request.push_str("\r\n");
         }
     }
     request.push_str("Connection: close\r\n\r\n");
+    if let Fault::Status { code } = fault {
+        let response = format!("HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        client.write_all(response.as_bytes())?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     let mut server = TcpStream::connect(("127.0.0.1", shared.upstream))?;
     server.write_all(request.as_bytes())?;
 
@@ -168,16 +188,25 @@ fn serve(shared: &Shared, mut client: TcpStream, index: usize) -> std::io::Resul
         };
         let n = server.read(&mut buf[..chunk_cap])?;
         if n == 0 {
+            if let Fault::Append { bytes } = fault {
+                let _ = client.write_all(&vec![0x5a; bytes]);
+            }
             break;
         }
         let mut data = buf[..n].to_vec();
-        // Split off the response head, forwarded untouched.
+        // Split off the response head, forwarded untouched (but for Append's Content-Length).
         let mut out = Vec::new();
         if !in_body {
             head_tail.extend_from_slice(&data);
             match head_tail.windows(4).position(|w| w == b"\r\n\r\n") {
                 Some(end) => {
-                    out.extend_from_slice(&head_tail[..end + 4]);
+                    let head = String::from_utf8_lossy(&head_tail[..end + 4]).into_owned();
+                    for line in head.split_inclusive("\r\n") {
+                        let length_line = line.to_ascii_lowercase().starts_with("content-length:");
+                        if !(length_line && matches!(fault, Fault::Append { .. })) {
+                            out.extend_from_slice(line.as_bytes());
+                        }
+                    }
                     data = head_tail[end + 4..].to_vec();
                     in_body = true;
                 }

@@ -26,6 +26,8 @@ pub struct Request {
     pub body_bytes: u64,
     /// The Range header, or "-" when absent.
     pub range: String,
+    /// The Cache-Control header, or "-" when absent.
+    pub cache_control: String,
 }
 
 fn nginx_bin() -> PathBuf {
@@ -62,7 +64,7 @@ events {{ worker_connections 256; }}
 http {{
     default_type application/octet-stream;
     types {{ application/json json; }}
-    log_format mf '$request_method $uri $status $body_bytes_sent "$http_range"';
+    log_format mf '$request_method $uri $status $body_bytes_sent "$http_range" "$http_cache_control"';
     access_log {p}/access.log mf;
     client_body_temp_path {p}/tmp/body;
     proxy_temp_path {p}/tmp/proxy;
@@ -133,14 +135,16 @@ http {{
         let text = std::fs::read_to_string(self.prefix.path().join("access.log")).unwrap_or_default();
         text.lines()
             .filter_map(|line| {
-                let (head, range) = line.split_once(" \"")?;
+                let (head, quoted) = line.split_once(" \"")?;
+                let (range, cache_control) = quoted.trim_end_matches('"').split_once("\" \"")?;
                 let mut fields = head.split(' ');
                 Some(Request {
                     method: fields.next()?.to_owned(),
                     uri: fields.next()?.to_owned(),
                     status: fields.next()?.parse().ok()?,
                     body_bytes: fields.next()?.parse().ok()?,
-                    range: range.trim_end_matches('"').to_owned(),
+                    range: range.to_owned(),
+                    cache_control: cache_control.to_owned(),
                 })
             })
             .collect()
