@@ -176,14 +176,16 @@ fn print_outcome(outcome: &Outcome) {
 fn run_folder(args: &UpdateArgs, dir: &std::path::Path, key: Option<PublicKey>) -> crate::Outcome {
     let options = FolderOptions {
         key,
-        fetch: FetchOptions { timeout: args.timeout, ..FetchOptions::default() },
+        fetch: FetchOptions { timeout: args.timeout, attempts: args.retries + 1, ..FetchOptions::default() },
         to: args.to.clone(),
         check: args.check,
         repair: args.repair,
     };
-    let bar = Bar { bar: progress::bytes(0, "fetching"), state: Mutex::new(BarState::default()) };
+    let bar = Bar { bar: OnceLock::new(), state: Mutex::new(BarState::default()) };
     let result = update_folder(&args.repo, dir, &options, &bar);
-    bar.bar.finish_and_clear();
+    if let Some(bar) = bar.bar.get() {
+        bar.finish_and_clear();
+    }
     let outcome = result?;
     if args.json.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
