@@ -572,10 +572,22 @@ impl InstallDir {
                     })
                 }
             };
-            verify_staged(&stager.dir.join(&staged), want)?;
             staged_bytes += want.size;
-            replaces.push(Operation::Replace { path: want.path.clone(), staged });
+            replaces.push((want, Operation::Replace { path: want.path.clone(), staged }));
         }
+        let names: Vec<&str> = replaces
+            .iter()
+            .filter_map(|(_, op)| match op {
+                Operation::Replace { staged, .. } => Some(staged.as_str()),
+                Operation::Delete { .. } => None,
+            })
+            .collect();
+        stager.sync(&names)?;
+        replaces.par_iter().try_for_each(|(want, op)| match op {
+            Operation::Replace { staged, .. } => verify_staged(&stager.dir.join(staged), want),
+            Operation::Delete { .. } => Ok(()),
+        })?;
+        let mut replaces: Vec<Operation> = replaces.into_iter().map(|(_, op)| op).collect();
         let keep: HashSet<&str> = target.entries.iter().map(|e| e.path.as_str()).collect();
         let mut operations: Vec<Operation> = installed
             .map(|t| t.entries.iter())
@@ -588,7 +600,6 @@ impl InstallDir {
         operations.sort_by(|a, b| a.path().cmp(b.path()));
         replaces.sort_by(|a, b| a.path().cmp(b.path()));
         operations.extend(replaces);
-        sync_dir(&stager.dir);
         Ok(Staged { from: installed.map(|t| t.version.clone()), to: target.version.clone(), operations, staged_bytes })
     }
 
@@ -880,9 +891,20 @@ impl Stager {
         Ok((name, path, file))
     }
 
+    /// Sets the target mode. Syncing waits for [`Stager::sync`], once every file is written, so the
+    /// kernel writes them back together instead of one journal commit per file.
     fn seal(file: File, path: &Path, mode: u32) -> Result<()> {
-        file.set_permissions(fs::Permissions::from_mode(mode & 0o7777)).map_err(io_err(path))?;
-        file.sync_all().map_err(io_err(path))
+        file.set_permissions(fs::Permissions::from_mode(mode & 0o7777)).map_err(io_err(path))
+    }
+
+    /// Syncs the staged files `names` (in parallel) and the staging directory.
+    fn sync(&self, names: &[&str]) -> Result<()> {
+        names.par_iter().try_for_each(|name| {
+            let path = self.dir.join(name);
+            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, e))
+        })?;
+        sync_dir(&self.dir);
+        Ok(())
     }
 
     fn write(&mut self, bytes: &[u8], mode: u32) -> Result<String> {
