@@ -214,6 +214,17 @@ fn a_modified_install_is_refused_then_repaired_and_a_bad_patch_falls_back() {
     assert_eq!(out["route"][0]["kind"], "full");
     assert_eq!(snapshot(&game2), with_user(&releases[2]));
     assert_no_update_leftovers(&game2);
+
+    // A user's directory where version 3 puts a file: the switch stops there and rolls back what it had
+    // done (the deletion of data/new.bin comes first).
+    let game3 = d.join("game3");
+    write(&game3, &with_user(&releases[1]));
+    write(&game3, &[("README/notes.txt".to_owned(), (b"mine".to_vec(), 0o644))].into_iter().collect());
+    let before = snapshot(&game3);
+    let err = mf_fails(d, &["update", "--repo", &url, "--key", "release.pub", "--dir", "game3"], 1);
+    assert!(err.contains("README") && err.contains("directory"), "{err}");
+    assert_eq!(snapshot(&game3), before, "the failed switch was rolled back");
+    assert_no_update_leftovers(&game3);
 }
 
 /// Many files, so that staging and the switch take long enough for kills to land inside them.
