@@ -692,7 +692,11 @@ impl InstallDir {
             dirs.insert(target.parent().unwrap_or(&self.root).to_owned());
             match op {
                 Operation::Delete { path } => {
-                    self.check_parents(path, false)?;
+                    // A parent that is missing or a file (a replacement put it there when the switch
+                    // ran before): the file is gone already.
+                    if !self.check_parents(path, false)? {
+                        continue;
+                    }
                     if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
                         fs::rename(&target, &backup).map_err(io_err(&target))?;
                         faults.step()?;
@@ -779,12 +783,15 @@ impl InstallDir {
     }
 
     /// Makes sure every parent of `path` is a real directory, creating missing ones when `create`.
-    /// A symbolic link or a file in the way is refused: writes never leave the folder.
-    fn check_parents(&self, path: &str, create: bool) -> Result<()> {
+    /// A symbolic link is always refused, and so is a file in the way when `create`: writes never leave
+    /// the folder. Without `create`, returns false when a parent is missing or a file (so nothing can
+    /// be at `path`).
+    fn check_parents(&self, path: &str, create: bool) -> Result<bool> {
         for parent in parents(path) {
             let full = self.target(parent);
             match fs::symlink_metadata(&full) {
                 Ok(meta) if meta.is_dir() => {}
+                Ok(meta) if !create && !meta.file_type().is_symlink() => return Ok(false),
                 Ok(meta) => {
                     let what = if meta.file_type().is_symlink() { "a symbolic link" } else { "not a directory" };
                     return Err(Error::Invalid(format!(
@@ -795,11 +802,11 @@ impl InstallDir {
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     fs::create_dir(&full).map_err(io_err(&full))?;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => return Err(Error::io(&full, e)),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Removes the parents of a deleted file that are now empty (they only held listed files).

@@ -50,7 +50,11 @@ fn versions() -> Vec<Files> {
         ("old.txt", b"old file is back".to_vec(), 0o644),
         ("zz.txt", b"last in path order".to_vec(), 0o644),
     ]);
-    vec![v1, v2, v3]
+    // Version 4 turns directory new/dir into a file.
+    let mut v4 = v3.clone();
+    v4.remove("new/dir/n.txt");
+    v4.insert("new/dir".into(), (b"a file where a directory was".to_vec(), 0o644));
+    vec![v1, v2, v3, v4]
 }
 
 fn write_archive(path: &Path, files: &Files) {
@@ -107,7 +111,7 @@ fn repo() -> Repo {
         archives.push(path);
     }
     let mut patches = HashMap::new();
-    for (from, to) in [(0, 1), (1, 2), (0, 2)] {
+    for (from, to) in [(0, 1), (1, 2), (0, 2), (2, 3)] {
         let path = dir.path().join(format!("p{from}{to}.mfp"));
         let options = mf_diff::DiffOptions { memory_limit: 256 << 20, ..mf_diff::DiffOptions::default() };
         mf_diff::diff_files(&archives[from], &archives[to], &path, &options, &|_| {}).unwrap();
@@ -346,23 +350,33 @@ fn a_crash_at_any_step_of_a_failing_switch_recovers_to_the_old_version() {
 #[test]
 fn a_crash_at_any_step_of_the_switch_or_recovery_is_finished_by_recovery() {
     let repo = repo();
+    // 1 → 3 (files become directories and back), 3 → 4 (a directory becomes a file).
+    for (from, to) in [(0, 2), (2, 3)] {
+        crash_at_every_step(&repo, from, to, false);
+        crash_at_every_step(&repo, from, to, true);
+    }
+}
+
+/// Crashes the switch at step k for every k, then recovers: at once, or (`nested`) after a crash at
+/// every step of the recovery too.
+fn crash_at_every_step(repo: &Repo, from: usize, to: usize, nested: bool) {
     let mut crashes = 0;
     for k in 1.. {
         let root = tempfile::tempdir().unwrap();
-        install(root.path(), &with_user(&repo.files[0]));
+        install(root.path(), &with_user(&repo.files[from]));
         let dir = InstallDir::new(root.path());
-        let staged = stage_chain(&repo, &dir, 0, 2);
+        let staged = stage_chain(repo, &dir, from, to);
         let mut faults = Faults { stop_at: Some(k), ..Faults::default() };
         let result = dir.switch_with(&staged, &mut faults);
         if !faults.crashed {
             result.unwrap();
-            assert_eq!(contents(root.path()).0, with_user(&repo.files[2]));
+            assert_eq!(contents(root.path()).0, with_user(&repo.files[to]));
             break;
         }
         crashes += 1;
         // A second crash, at every step of the recovery, then a clean recovery.
         for j in 1.. {
-            let mut again = Faults { stop_at: Some(j), ..Faults::default() };
+            let mut again = Faults { stop_at: nested.then_some(j), ..Faults::default() };
             let outcome = dir.recover_with(&mut again);
             if !again.crashed {
                 assert!(matches!(outcome, Ok(Recovery::Finished { .. }) | Ok(Recovery::Clean)), "{outcome:?}");
@@ -370,12 +384,12 @@ fn a_crash_at_any_step_of_the_switch_or_recovery_is_finished_by_recovery() {
             }
         }
         assert_eq!(dir.recover().unwrap(), Recovery::Clean);
-        assert_eq!(contents(root.path()).0, with_user(&repo.files[2]), "crash at step {k}");
+        assert_eq!(contents(root.path()).0, with_user(&repo.files[to]), "{from}->{to}: crash at step {k}");
         assert_clean_state(root.path());
         let scan = dir.scan(&repo.tables()).unwrap();
-        assert_eq!(scan.identify(&repo.tables()), Installed::Version("3".into()));
+        assert_eq!(scan.identify(&repo.tables()), Installed::Version(format!("{}", to + 1)));
     }
-    assert!(crashes > 10, "only {crashes} steps");
+    assert!(crashes > 5, "only {crashes} steps");
 }
 
 #[test]
