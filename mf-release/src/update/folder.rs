@@ -75,17 +75,6 @@ pub struct Difference {
     pub what: String,
 }
 
-/// Which version the folder holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Installed {
-    /// Every file of this version's table is present with its size and SHA-256.
-    Version(String),
-    /// No path that any table lists exists: an empty or missing folder, or one with only other files.
-    Fresh,
-    /// Neither: `closest` is the version whose table most files match, with the files that differ.
-    Unknown { closest: Option<String>, differences: Vec<Difference> },
-}
-
 /// The state of every path that some file table lists, each probed and hashed once.
 #[derive(Debug, Clone, Default)]
 pub struct Scan {
@@ -114,12 +103,12 @@ impl Scan {
 
     /// Identifies the installed version among `tables` (oldest first, as the manifest lists them);
     /// the newest matching version wins.
-    pub fn identify(&self, tables: &[&FileTable]) -> Installed {
+    pub fn identify(&self, tables: &[&FileTable]) -> FolderState {
         if let Some(table) = tables.iter().rev().find(|t| self.matches(t)) {
-            return Installed::Version(table.version.clone());
+            return FolderState::Version { version: table.version.clone() };
         }
         if self.states.values().all(|s| *s == PathState::Missing) {
-            return Installed::Fresh;
+            return FolderState::Fresh;
         }
         // The most matching files; `max_by_key` keeps the last maximum, so ties go to the newest.
         let closest = tables
@@ -130,9 +119,9 @@ impl Scan {
             .map(|(t, _)| t);
         match closest {
             Some(table) => {
-                Installed::Unknown { closest: Some(table.version.clone()), differences: self.differences(table) }
+                FolderState::Unknown { closest: Some(table.version.clone()), differences: self.differences(table) }
             }
-            None => Installed::Unknown {
+            None => FolderState::Unknown {
                 closest: None,
                 differences: tables.last().map(|t| self.differences(t)).unwrap_or_default(),
             },
@@ -1014,20 +1003,17 @@ pub struct FolderOptions {
     pub repair: bool,
 }
 
-/// What the folder held before the update, for reports.
+/// Which version a folder holds ([`Scan::identify`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
 pub enum FolderState {
-    /// No file of any version: a fresh install.
+    /// No path that any table lists exists: an empty or missing folder, or one with only other files.
     Fresh,
-    Version {
-        version: String,
-    },
-    /// Modified or unknown: the closest version and the files that differ from it.
-    Unknown {
-        closest: Option<String>,
-        differences: Vec<Difference>,
-    },
+    /// Every file of this version's table is present with its size and SHA-256.
+    Version { version: String },
+    /// Neither: `closest` is the version whose table most files match (none when no file matches),
+    /// with the files that differ from it.
+    Unknown { closest: Option<String>, differences: Vec<Difference> },
 }
 
 /// How a folder update went (or, with `--check`, would go).
@@ -1095,11 +1081,7 @@ pub fn update_folder(
     let table_refs: Vec<&FileTable> = tables.iter().collect();
     let table_of = |version: &str| tables.iter().find(|t| t.version == version);
     let scan = install.scan(&table_refs)?;
-    let installed = match scan.identify(&table_refs) {
-        Installed::Version(version) => FolderState::Version { version },
-        Installed::Fresh => FolderState::Fresh,
-        Installed::Unknown { closest, differences } => FolderState::Unknown { closest, differences },
-    };
+    let installed = scan.identify(&table_refs);
     let mut outcome = FolderOutcome {
         dir: dir.to_owned(),
         repo: repo.to_owned(),

@@ -180,7 +180,7 @@ fn assert_clean_state(root: &Path) {
 
 fn stage_chain(repo: &Repo, dir: &InstallDir, from: usize, to: usize) -> Staged {
     let scan = dir.scan(&repo.tables()).unwrap();
-    assert_eq!(scan.identify(&repo.tables()), Installed::Version(format!("{}", from + 1)));
+    assert_eq!(scan.identify(&repo.tables()), FolderState::Version { version: format!("{}", from + 1) });
     let steps: Vec<PatchStep> =
         (from..to).map(|k| PatchStep { patch: &repo.patches[&(k, k + 1)], to: &repo.tables[k + 1] }).collect();
     dir.stage_patches(&scan, &repo.tables[from], &steps, &|_| {}).unwrap()
@@ -206,7 +206,7 @@ fn a_patch_chain_updates_the_folder_and_leaves_user_files_alone() {
     assert!(!dirs.contains("only") && dirs.contains("b") && dirs.contains("data"), "{dirs:?}");
     assert_clean_state(root.path());
     let scan = dir.scan(&repo.tables()).unwrap();
-    assert_eq!(scan.identify(&repo.tables()), Installed::Version("3".into()));
+    assert_eq!(scan.identify(&repo.tables()), FolderState::Version { version: "3".into() });
     assert_eq!(dir.recover().unwrap(), Recovery::Clean);
 }
 
@@ -235,7 +235,7 @@ fn the_full_archive_installs_fresh_updates_and_repairs() {
     let root = parent.path().join("game");
     let dir = InstallDir::new(&root);
     let scan = dir.scan(&repo.tables()).unwrap();
-    assert_eq!(scan.identify(&repo.tables()), Installed::Fresh);
+    assert_eq!(scan.identify(&repo.tables()), FolderState::Fresh);
     let staged = dir.stage_full(&scan, None, &repo.archives[2], &repo.tables[2], &|_| {}).unwrap();
     dir.switch(&staged).unwrap();
     assert_eq!(contents(&root).0, repo.files[2]);
@@ -261,7 +261,7 @@ fn the_full_archive_installs_fresh_updates_and_repairs() {
     fs::write(root.path().join("a.txt"), b"edited by hand").unwrap();
     let dir = InstallDir::new(root.path());
     let scan = dir.scan(&repo.tables()).unwrap();
-    let Installed::Unknown { closest, differences } = scan.identify(&repo.tables()) else { panic!("not unknown") };
+    let FolderState::Unknown { closest, differences } = scan.identify(&repo.tables()) else { panic!("not unknown") };
     assert_eq!(closest.as_deref(), Some("2"));
     let what = format!("has 14 bytes instead of {}", repo.files[1]["a.txt"].0.len());
     assert_eq!(differences, vec![Difference { path: "a.txt".into(), what }]);
@@ -387,7 +387,7 @@ fn crash_at_every_step(repo: &Repo, from: usize, to: usize, nested: bool) {
         assert_eq!(contents(root.path()).0, with_user(&repo.files[to]), "{from}->{to}: crash at step {k}");
         assert_clean_state(root.path());
         let scan = dir.scan(&repo.tables()).unwrap();
-        assert_eq!(scan.identify(&repo.tables()), Installed::Version(format!("{}", to + 1)));
+        assert_eq!(scan.identify(&repo.tables()), FolderState::Version { version: format!("{}", to + 1) });
     }
     assert!(crashes > 5, "only {crashes} steps");
 }
@@ -417,7 +417,7 @@ fn symbolic_links_are_never_followed_out_of_the_folder() {
     std::os::unix::fs::symlink(outside.path(), root.path().join("b")).unwrap();
     let dir = InstallDir::new(root.path());
     let scan = dir.scan(&repo.tables()).unwrap();
-    let Installed::Unknown { differences, .. } = scan.identify(&repo.tables()) else { panic!("identified") };
+    let FolderState::Unknown { differences, .. } = scan.identify(&repo.tables()) else { panic!("identified") };
     assert!(differences.iter().any(|d| d.path == "b/c.bin" && d.what.contains("symbolic link")), "{differences:?}");
     // Repairing would write through the link: refused, and nothing outside changes.
     let staged = dir.stage_full(&scan, Some(&repo.tables[0]), &repo.archives[1], &repo.tables[1], &|_| {}).unwrap();
