@@ -10,7 +10,8 @@
 //!   structure, expiry; rollback against the client's trusted version).
 //! - [`plan`]: the cheapest route from the installed version to the target.
 //! - [`fetch`]: reading repository files over HTTP(S) or from a directory, with resume and retries.
-//! - [`update`]: the client: a verified [`update::Session`] on a repository, and archive mode.
+//! - [`update`]: the client: a verified [`update::Session`] on a repository, archive mode, and
+//!   [`update::folder`] for plain install folders (journaled, crash-safe switch).
 
 pub mod error;
 pub mod fetch;

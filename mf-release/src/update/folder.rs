@@ -625,6 +625,14 @@ impl InstallDir {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Recovery::Clean),
             Err(e) => return Err(Error::io(&self.state, e)),
         }
+        // Temp files of a journal write that a kill interrupted (the journal itself is whole or absent).
+        if let Ok(entries) = fs::read_dir(&self.state) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().ends_with(".mf-tmp") {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
         let path = self.journal_path();
         match fs::read(&path) {
             Ok(bytes) => {

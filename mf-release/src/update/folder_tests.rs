@@ -400,7 +400,11 @@ fn staging_without_a_journal_is_discarded() {
     let dir = InstallDir::new(root.path());
     let _staged = stage_chain(&repo, &dir, 0, 1);
     assert!(root.path().join(STATE_DIR_NAME).join(STAGING).exists());
+    // A journal write killed before its rename leaves only a temp file.
+    let temp = root.path().join(STATE_DIR_NAME).join(".journal.json.abc123.mf-tmp");
+    fs::write(&temp, b"{").unwrap();
     assert_eq!(dir.recover().unwrap(), Recovery::DiscardedStaging);
+    assert!(!temp.exists());
     assert_eq!(contents(root.path()).0, with_user(&repo.files[0]));
     assert_clean_state(root.path());
 }
