@@ -11,6 +11,7 @@ mod mount_cmds;
 mod pack;
 mod progress;
 mod release_cmds;
+mod update_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +60,8 @@ enum Command {
     /// Publish versions into a release repository (static files any web server can serve).
     #[command(subcommand)]
     Release(release_cmds::ReleaseCommand),
+    /// Bring an archive to a release's newest (or --to) version from a release repository.
+    Update(update_cmds::UpdateArgs),
 }
 
 /// `--json` for commands whose output scripts read.
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         Command::PatchInfo(args) => diff_cmds::patch_info(args),
         Command::Keygen(args) => release_cmds::keygen(args),
         Command::Release(command) => release_cmds::run(command),
+        Command::Update(args) => update_cmds::run(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -439,7 +439,8 @@ fn apply_plain(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u64)
         match &record.payload {
             PayloadRef::Blocks(blocks) => {
                 for block in blocks {
-                    let data = decode_block(patch, &src, None, block, &name)?;
+                    let prefix = |start: u64, len: usize| src.read_exact_at(start, len);
+                    let data = decode_block(patch, src.len, &prefix, block, &name)?;
                     writer.write_all(&data).map_err(|e| Error::io(target, e))?;
                     progress(data.len() as u64);
                 }
@@ -486,16 +487,15 @@ fn apply_bsdiff(patch: &Patch, payload: &PayloadRef, old_data: &[u8], record: &R
     })
 }
 
-/// Decodes one zstd block; `base` is the old entry (None for plain patches, where the old file is
-/// the base).
+/// Decodes one zstd block. `old_size` is the size of the base (the old entry, or the whole old file
+/// of a plain patch) and `prefix` reads a window of it; a full block reads nothing.
 fn decode_block(
     patch: &Patch,
-    src: &Source,
-    base: Option<&mf_format::Entry<'_>>,
+    old_size: u64,
+    prefix: &dyn Fn(u64, usize) -> Result<Vec<u8>>,
     block: &BlockRef,
     name: &str,
 ) -> Result<Vec<u8>> {
-    let old_size = base.map_or(src.len, |b| b.size());
     if block.old_start.checked_add(block.old_len).is_none_or(|end| end > old_size) {
         return Err(corrupt(
             &patch.path,
@@ -505,22 +505,289 @@ fn decode_block(
             "reference window lies outside the old content",
         ));
     }
-    let prefix = match base {
-        _ if block.old_len == 0 => Vec::new(),
-        Some(b) => src.read_range(b, block.old_start, block.old_len as usize)?,
-        None => src.read_exact_at(block.old_start, block.old_len as usize)?,
-    };
+    let prefix = if block.old_len == 0 { Vec::new() } else { prefix(block.old_start, block.old_len as usize)? };
     let frame = patch.blob(block.blob_at, block.blob_len, name)?;
     zref::decompress(&prefix, &frame, block.new_len).map_err(|e| {
         corrupt(&patch.path, "blobs", block.blob_at, Some(name), format!("zstd block does not decode: {e}"))
     })
 }
 
+/// An old entry as the old version describes it (its archive index, or a file table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldEntry {
+    pub path: String,
+    pub size: u64,
+    /// xxh3 of the content, as the archive stores it.
+    pub xxh3: u64,
+    pub mode: u32,
+    pub mtime: Option<Mtime>,
+}
+
+/// The old side of an archive patch, entry by entry in the old archive's data order: the archive
+/// itself, or anything else holding the same contents (the files of an install folder described by
+/// the old version's file table). The applier checks every entry it uses against `xxh3`, so a source
+/// only has to say what its entries should be and hand out bytes.
+pub trait OldEntries: Sync {
+    /// Names the old content in errors.
+    fn name(&self) -> &Path;
+    /// Number of old entries.
+    fn count(&self) -> u64;
+    /// Entry `index` (data order), or `None` past the end.
+    fn entry(&self, index: u32) -> Option<OldEntry>;
+    /// Content bytes `[start, start + len)` of entry `index`, unverified.
+    fn read_range(&self, index: u32, start: u64, len: usize) -> Result<Vec<u8>>;
+    /// Checks entry `index`'s whole content against its `xxh3`. The default streams it in 1 MiB
+    /// pieces through [`OldEntries::read_range`].
+    fn verify(&self, index: u32) -> Result<()> {
+        let entry = self.entry(index).ok_or_else(|| missing_old_entry(self.name(), index, self.count()))?;
+        let mut hasher = Xxh3::new();
+        let mut at = 0u64;
+        while at < entry.size {
+            let n = (entry.size - at).min(1 << 20) as usize;
+            hasher.update(&self.read_range(index, at, n)?);
+            at += n as u64;
+        }
+        check_old_hash(self.name(), &entry, hasher.digest())
+    }
+}
+
+fn missing_old_entry(name: &Path, index: u32, count: u64) -> Error {
+    Error::WrongBase {
+        file: name.to_owned(),
+        entry: Some(format!("#{index}")),
+        what: format!("the patch uses old entry #{index} but there are {count} old entries"),
+    }
+}
+
+fn check_old_hash(name: &Path, entry: &OldEntry, actual: u64) -> Result<()> {
+    if actual != entry.xxh3 {
+        return Err(Error::WrongBase {
+            file: name.to_owned(),
+            entry: Some(entry.path.clone()),
+            what: format!("content xxh3 {actual:016x} is not the expected {:016x}", entry.xxh3),
+        });
+    }
+    Ok(())
+}
+
+/// The content of a rebuilt entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewContent {
+    /// The same bytes as old entry `index` (already checked against its hash): whoever holds the old
+    /// content can keep or copy it without rewriting it.
+    CopyOf(u32),
+    /// The rebuilt bytes, checked against the patch's size and hash.
+    Bytes(Vec<u8>),
+}
+
+/// One entry of the new archive as an archive patch rebuilds it, in the new archive's data order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEntry {
+    pub path: String,
+    pub mode: u32,
+    pub mtime: Option<Mtime>,
+    pub size: u64,
+    pub xxh3: u64,
+    pub content: NewContent,
+}
+
+/// An entry of an archive opened as the old side of a patch.
+struct ArchiveOld<'a> {
+    src: &'a Source,
+    archive: &'a mf_format::Archive,
+}
+
+impl OldEntries for ArchiveOld<'_> {
+    fn name(&self) -> &Path {
+        &self.src.path
+    }
+
+    fn count(&self) -> u64 {
+        self.archive.len() as u64
+    }
+
+    fn entry(&self, index: u32) -> Option<OldEntry> {
+        let entry = self.archive.entry(index)?;
+        let record = entry.record();
+        Some(OldEntry {
+            path: entry.path().to_owned(),
+            size: entry.size(),
+            xxh3: entry.content_hash(),
+            mode: entry.mode(),
+            mtime: (record.mtime_secs != 0 || record.mtime_nanos != 0)
+                .then_some(Mtime { secs: record.mtime_secs, nanos: record.mtime_nanos }),
+        })
+    }
+
+    fn read_range(&self, index: u32, start: u64, len: usize) -> Result<Vec<u8>> {
+        let entry = self.archive.entry(index).ok_or_else(|| missing_old_entry(self.name(), index, self.count()))?;
+        self.src.read_range(&entry, start, len)
+    }
+
+    fn verify(&self, index: u32) -> Result<()> {
+        match self.archive.entry(index) {
+            Some(entry) => self.src.verify_entry(&entry),
+            None => Err(missing_old_entry(self.name(), index, self.count())),
+        }
+    }
+}
+
+impl Patch {
+    /// True for an archive patch (kind 0), which works entry by entry.
+    pub fn is_archive(&self) -> bool {
+        self.header.kind == KIND_ARCHIVE
+    }
+
+    /// Number of old entries an archive patch expects.
+    pub fn old_entry_count(&self) -> u64 {
+        self.old_count
+    }
+
+    /// Rebuilds the new entries of an archive patch from `old`, handing each to `visit` in the new
+    /// archive's data order. Before the first entry, every old entry the patch uses is checked to
+    /// exist, to have the base hash the patch names and to hold content matching its hash; every
+    /// rebuilt entry is checked against the patch's size and hash. Memory: one old entry, one new
+    /// entry and one payload at a time. The caller checks that `old` is the patch's base as a whole
+    /// (e.g. its index hash against [`crate::wire::PatchHeader::old_id`]).
+    pub fn apply_entries<E: From<Error>>(
+        &self,
+        old: &dyn OldEntries,
+        mut visit: impl FnMut(NewEntry) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        self.walk_records(old, &self.path, |_, entry| visit(entry))
+    }
+
+    /// The record walk shared by [`Patch::apply_entries`] and archive apply: base checks, then
+    /// each record's entry with its record (for the archive writer's storage decisions).
+    fn walk_records<E: From<Error>>(
+        &self,
+        old: &dyn OldEntries,
+        output: &Path,
+        mut visit: impl FnMut(&Record, NewEntry) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        if !self.is_archive() {
+            return Err(Error::Unsupported {
+                file: self.path.clone(),
+                what: "a plain patch has no entries to apply one by one".into(),
+            }
+            .into());
+        }
+        if old.count() != self.old_count {
+            return Err(Error::WrongBase {
+                file: old.name().to_owned(),
+                entry: None,
+                what: format!("it has {} entries; the patch's base has {}", old.count(), self.old_count),
+            }
+            .into());
+        }
+        for record in &self.records {
+            let Some(index) = record.old_index else { continue };
+            let entry = old.entry(index).ok_or_else(|| missing_old_entry(old.name(), index, old.count()))?;
+            if record.base_hash.is_some_and(|h| h != entry.xxh3) {
+                return Err(Error::WrongBase {
+                    file: old.name().to_owned(),
+                    entry: Some(entry.path),
+                    what: format!(
+                        "content xxh3 {:016x} is not the base's {:016x}",
+                        entry.xxh3,
+                        record.base_hash.unwrap_or(0)
+                    ),
+                }
+                .into());
+            }
+        }
+        // Every old entry the patch reads is checked against its content hash before anything is built.
+        let mut used: Vec<u32> = self.records.iter().filter_map(|r| r.old_index).collect();
+        used.sort_unstable();
+        used.dedup();
+        used.par_iter().try_for_each(|&i| old.verify(i))?;
+
+        for record in &self.records {
+            let base = record.old_index.and_then(|i| old.entry(i).map(|e| (i, e)));
+            let path = match (&record.path, &base) {
+                (Some(p), _) => p.clone(),
+                (None, Some((_, b))) => b.path.clone(),
+                (None, None) => {
+                    return Err(corrupt(&self.path, "control stream", record.at, None, "entry without a path").into())
+                }
+            };
+            let mode = record.mode.or(base.as_ref().map(|(_, b)| b.mode)).unwrap_or(0o644);
+            let mtime = match record.mtime {
+                Some((secs, nanos)) => (secs != 0 || nanos != 0).then_some(Mtime { secs, nanos }),
+                None => base.as_ref().and_then(|(_, b)| b.mtime),
+            };
+            let bad = |what: &str| corrupt(&self.path, "control stream", record.at, Some(&path), what);
+            if record.op == OP_COPY {
+                let (index, base) = base.ok_or_else(|| bad("copy without an old entry"))?;
+                let entry = NewEntry {
+                    path,
+                    mode,
+                    mtime,
+                    size: base.size,
+                    xxh3: base.xxh3,
+                    content: NewContent::CopyOf(index),
+                };
+                visit(record, entry)?;
+                continue;
+            }
+            let content = match &record.payload {
+                PayloadRef::Blocks(blocks) => {
+                    let base = match (record.op, &base) {
+                        (OP_ZREF, Some((index, entry))) => Some((*index, entry.size)),
+                        (OP_ZREF, None) => return Err(bad("zstd-ref without an old entry").into()),
+                        _ => None,
+                    };
+                    let mut content = Vec::new();
+                    for block in blocks {
+                        let Some((index, size)) = base else {
+                            if block.old_len > 0 {
+                                return Err(bad("full entry with a reference window").into());
+                            }
+                            content.extend_from_slice(&decode_block(self, 0, &|_, _| Ok(Vec::new()), block, &path)?);
+                            continue;
+                        };
+                        let prefix = |start: u64, len: usize| old.read_range(index, start, len);
+                        content.extend_from_slice(&decode_block(self, size, &prefix, block, &path)?);
+                    }
+                    content
+                }
+                payload => {
+                    let (index, base) = base.ok_or_else(|| bad("bsdiff without an old entry"))?;
+                    let len = usize::try_from(base.size).map_err(|_| {
+                        Error::io(old.name(), std::io::Error::other("old entry does not fit in memory"))
+                    })?;
+                    let old_data = old.read_range(index, 0, len)?;
+                    check_old_hash(old.name(), &base, xxh3_64(&old_data))?;
+                    apply_bsdiff(self, payload, &old_data, record, &path)?
+                }
+            };
+            let actual = xxh3_64(&content);
+            if content.len() as u64 != record.size || actual != record.hash {
+                return Err(Error::OutputMismatch {
+                    file: output.to_owned(),
+                    entry: Some(path),
+                    what: format!("rebuilt content has xxh3 {actual:016x}, the patch expects {:016x}", record.hash),
+                }
+                .into());
+            }
+            let entry = NewEntry {
+                path,
+                mode,
+                mtime,
+                size: record.size,
+                xxh3: record.hash,
+                content: NewContent::Bytes(content),
+            };
+            visit(record, entry)?;
+        }
+        Ok(())
+    }
+}
+
 fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u64) + Sync)) -> Result<ApplyOutcome> {
     let src = Source::open_archive(old)?;
     let archive = src.archive.as_ref().expect("opened as an archive");
     let header = &patch.header;
-    let old_entry = |record: &Record| record.old_index.and_then(|i| archive.entry(i));
 
     // The base: the old index must be the one the patch was made against.
     if archive.footer().index_hash != header.old_id || src.len != header.old_len {
@@ -584,14 +851,6 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
             }
         }
     }
-    // Every old entry the patch reads is checked against its content hash before anything is written.
-    let mut used: Vec<u32> = patch.records.iter().filter_map(|r| r.old_index).collect();
-    used.sort_unstable();
-    used.dedup();
-    used.par_iter().try_for_each(|&i| match archive.entry(i) {
-        Some(entry) => src.verify_entry(&entry),
-        None => Ok(()),
-    })?;
 
     let options = WriterOptions { level: patch.level, frame_size_log2: patch.frame_size_log2 };
     let frame_size = options.frame_size() as u64;
@@ -599,90 +858,49 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
     let (len, hash) = {
         let sink = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out.file()));
         let mut writer = ArchiveWriter::with_name(sink, options, target)?;
-        for record in &patch.records {
-            let base = old_entry(record);
-            let path = match (&record.path, &base) {
-                (Some(p), _) => p.clone(),
-                (None, Some(b)) => b.path().to_owned(),
-                (None, None) => {
-                    return Err(corrupt(&patch.path, "control stream", record.at, None, "entry without a path"))
+        let old_entries = ArchiveOld { src: &src, archive };
+        patch.walk_records(&old_entries, target, |record, entry| -> Result<()> {
+            let bad = |what: &str| corrupt(&patch.path, "control stream", record.at, Some(&entry.path), what);
+            let entry_options = EntryOptions { mode: entry.mode, mtime: entry.mtime, ..EntryOptions::default() };
+            match entry.content {
+                NewContent::CopyOf(index) => {
+                    let base = archive.entry(index).ok_or_else(|| bad("copy without an old entry"))?;
+                    if matches!(record.storage, Storage::Verbatim) {
+                        let ends = archive.frame_ends(&base);
+                        let reader =
+                            RangeReader { file: &src.file, at: base.offset(), end: base.offset() + base.stored_size() };
+                        writer
+                            .add_stored(
+                                &entry.path,
+                                entry_options,
+                                StoredLayout {
+                                    size: base.size(),
+                                    content_hash: base.content_hash(),
+                                    stored_len: base.stored_size(),
+                                    frame_ends: &ends,
+                                },
+                                reader,
+                            )
+                            .map_err(|e| match e {
+                                mf_format::Error::InvalidOption(what) => bad(&what),
+                                other => other.into(),
+                            })?;
+                    } else {
+                        let content = src.read_verified(&base)?;
+                        let frames = frame_flags(&record.storage, base.size(), frame_size)
+                            .ok_or_else(|| bad("storage bitmap does not fit the entry"))?;
+                        writer.add_bytes_with_frames(&entry.path, &content, entry_options, &frames)?;
+                    }
                 }
-            };
-            let (base_mode, base_mtime) =
-                base.map_or((0o644, (0, 0)), |b| (b.mode(), (b.record().mtime_secs, b.record().mtime_nanos)));
-            let mode = record.mode.unwrap_or(base_mode);
-            let (secs, nanos) = record.mtime.unwrap_or(base_mtime);
-            let entry_options = EntryOptions {
-                mode,
-                mtime: (secs != 0 || nanos != 0).then_some(Mtime { secs, nanos }),
-                ..EntryOptions::default()
-            };
-            let bad = |what: &str| corrupt(&patch.path, "control stream", record.at, Some(&path), what);
-            if record.op == OP_COPY {
-                let base = base.ok_or_else(|| bad("copy without an old entry"))?;
-                if matches!(record.storage, Storage::Verbatim) {
-                    let ends = archive.frame_ends(&base);
-                    let reader =
-                        RangeReader { file: &src.file, at: base.offset(), end: base.offset() + base.stored_size() };
-                    writer
-                        .add_stored(
-                            &path,
-                            entry_options,
-                            StoredLayout {
-                                size: base.size(),
-                                content_hash: base.content_hash(),
-                                stored_len: base.stored_size(),
-                                frame_ends: &ends,
-                            },
-                            reader,
-                        )
-                        .map_err(|e| match e {
-                            mf_format::Error::InvalidOption(what) => bad(&what),
-                            other => other.into(),
-                        })?;
-                } else {
-                    let content = src.read_verified(&base)?;
-                    let frames = frame_flags(&record.storage, base.size(), frame_size)
+                NewContent::Bytes(content) => {
+                    let frames = frame_flags(&record.storage, entry.size, frame_size)
                         .ok_or_else(|| bad("storage bitmap does not fit the entry"))?;
-                    writer.add_bytes_with_frames(&path, &content, entry_options, &frames)?;
+                    writer.add_bytes_with_frames(&entry.path, &content, entry_options, &frames)?;
                 }
-                progress(base.size());
-                continue;
             }
-            let content = match &record.payload {
-                PayloadRef::Blocks(blocks) => {
-                    if record.op == OP_ZREF && base.is_none() {
-                        return Err(bad("zstd-ref without an old entry"));
-                    }
-                    let mut content = Vec::new();
-                    for block in blocks {
-                        let base = if record.op == OP_ZREF { base.as_ref() } else { None };
-                        if base.is_none() && block.old_len > 0 {
-                            return Err(bad("full entry with a reference window"));
-                        }
-                        content.extend_from_slice(&decode_block(patch, &src, base, block, &path)?);
-                    }
-                    content
-                }
-                payload => {
-                    let base = base.ok_or_else(|| bad("bsdiff without an old entry"))?;
-                    let old_data = src.read_verified(&base)?;
-                    apply_bsdiff(patch, payload, &old_data, record, &path)?
-                }
-            };
-            let actual = xxh3_64(&content);
-            if content.len() as u64 != record.size || actual != record.hash {
-                return Err(Error::OutputMismatch {
-                    file: target.to_owned(),
-                    entry: Some(path),
-                    what: format!("rebuilt content has xxh3 {actual:016x}, the patch expects {:016x}", record.hash),
-                });
-            }
-            let frames = frame_flags(&record.storage, record.size, frame_size)
-                .ok_or_else(|| bad("storage bitmap does not fit the entry"))?;
-            writer.add_bytes_with_frames(&path, &content, entry_options, &frames)?;
-            progress(record.size);
-        }
+            progress(entry.size);
+            Ok(())
+        })?;
         let mut sink = writer.finish()?;
         sink.flush().map_err(|e| Error::io(target, e))?;
         (sink.len, sink.hasher.digest())

@@ -16,6 +16,10 @@
 //!   old entry it reads), rebuilds into a temp file beside the target, checks every entry's hash and,
 //!   for patches of archives written by this mf version, the whole file's hash, then fsyncs and renames.
 //!   A failure at any point leaves the target untouched.
+//! - **Entry-level apply** ([`Patch::apply_entries`]) walks an archive patch's records against any
+//!   [`OldEntries`] source (an archive, or the files of an install folder listed by a release's file
+//!   table) and hands each rebuilt [`NewEntry`] to a callback: its bytes, or "a copy of old entry `i`"
+//!   so unchanged files need no rewrite. Archive apply uses the same walk.
 //!
 //! ```
 //! use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
@@ -57,7 +61,7 @@ mod source;
 pub mod wire;
 mod zref;
 
-pub use apply::{apply_patch, ApplyOutcome, Patch};
+pub use apply::{apply_patch, ApplyOutcome, NewContent, NewEntry, OldEntries, OldEntry, Patch};
 pub use budget::{default_memory_limit, parse_size};
 pub use diff::{diff_files, diff_stat, progress_total, write_patch, DiffOptions};
 pub use error::{Error, Result};

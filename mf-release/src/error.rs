@@ -17,7 +17,7 @@ pub enum Error {
     #[error("{origin}: the manifest expired at {expires} (manifest version {manifest_version}); the repository must be re-signed")]
     Expired { origin: String, expires: String, manifest_version: u64 },
     /// The manifest is older than one this client already trusted: a rollback.
-    #[error("{origin}: manifest version {got} is older than version {trusted} already seen (rollback refused)")]
+    #[error("{origin}: manifest version {got} is older than version {trusted} already seen: rollback refused (a stale mirror or cache, or an attack; try again later or another mirror)")]
     Rollback { origin: String, got: u64, trusted: u64 },
     /// A key file or key text is malformed.
     #[error("{origin}: {what}")]

@@ -9,13 +9,18 @@
 //! - [`manifest`]: the manifest and file tables, canonical JSON, signing and verification (type,
 //!   structure, expiry; rollback against the client's trusted version).
 //! - [`plan`]: the cheapest route from the installed version to the target.
+//! - [`fetch`]: reading repository files over HTTP(S) or from a directory, with resume and retries.
+//! - [`update`]: the client: a verified [`update::Session`] on a repository, archive mode, and
+//!   [`update::folder`] for plain install folders (journaled, crash-safe switch).
 
 pub mod error;
+pub mod fetch;
 pub mod hash;
 pub mod keys;
 pub mod manifest;
 pub mod plan;
 pub mod repo;
+pub mod update;
 
 pub use error::{Error, Result};
 pub use keys::{PublicKey, SecretKey};

@@ -1,6 +1,9 @@
 //! Helpers shared by the end-to-end tests: run the real `mf` binary and build input trees.
 #![allow(dead_code)]
 
+pub mod faults;
+pub mod nginx;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -1,0 +1,321 @@
+//! The update client (spec/RELEASE.md "Updating").
+//!
+//! A [`Session`] is a verified view of one release repository from one install's point of view: opening
+//! it fetches `manifest.json`, verifies its signature, structure and expiry, refuses a rollback against
+//! the install's state directory (`trusted.json`) and records the accepted `manifest_version`. It then
+//! plans routes, fetches file tables and downloads pieces into the state directory's `downloads/`, each
+//! checked against the manifest's size and SHA-256 before it is handed out. Install modes build on it:
+//! [`archive`] replaces one archive file; [`folder`] patches a plain install folder under a journal.
+//!
+//! ```no_run
+//! use mf_release::update::{Session, SessionOptions};
+//! # fn main() -> mf_release::Result<()> {
+//! let key = mf_release::PublicKey::from_arg("release.pub")?;
+//! let session = Session::open("https://example.com/game", "game.mf.mf-update".as_ref(), SessionOptions::new(Some(key)))?;
+//! let target = session.target(None)?.version.clone();
+//! let route = session.plan(Some("1.0.0"), &target)?;
+//! for step in &route.steps {
+//!     let piece = session.download(step.object(), &|_have| {})?;
+//!     println!("{} ready at {}", step.object().path, piece.display());
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod archive;
+pub mod folder;
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fetch::{sync_dir, FetchOptions, Fetcher};
+use crate::hash::sha256_hex;
+use crate::keys::PublicKey;
+use crate::manifest::{FileTable, Manifest, ObjectRef, Version, MAX_MANIFEST_SIZE};
+use crate::plan::{plan, Route};
+
+pub use archive::{update_archive, ArchiveOptions, Installed, Outcome, Piece};
+
+/// The manifest's path in a repository.
+pub const MANIFEST_PATH: &str = "manifest.json";
+const TRUSTED_FILE: &str = "trusted.json";
+const DOWNLOADS_DIR: &str = "downloads";
+const LOCK_FILE: &str = "lock";
+/// File tables are small; a larger one is refused before it is read whole.
+const MAX_FILE_TABLE_SIZE: u64 = 256 << 20;
+
+/// How a [`Session`] verifies and fetches.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// The key the manifest must be signed by; `None` accepts an unsigned (or any) manifest, which the
+    /// CLI allows only with `--allow-unsigned`.
+    pub key: Option<PublicKey>,
+    pub fetch: FetchOptions,
+    /// Check only: never create or write the state directory (trust is checked, not recorded;
+    /// [`Session::download`] is refused).
+    pub read_only: bool,
+    /// The time expiry is checked against.
+    pub now: SystemTime,
+}
+
+impl SessionOptions {
+    pub fn new(key: Option<PublicKey>) -> SessionOptions {
+        SessionOptions { key, fetch: FetchOptions::default(), read_only: false, now: SystemTime::now() }
+    }
+}
+
+/// What `trusted.json` records: the newest manifest this install accepted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Trusted {
+    pub manifest_version: u64,
+    /// The key that signed it, or `None` for an unsigned repository.
+    pub keyid: Option<String>,
+}
+
+/// Something told about the progress of an update (a terminal progress bar, or nothing).
+pub trait Progress: Sync {
+    /// Piece `index` of `count` (from 0) starts: `label` names it, `size` is its length.
+    fn piece(&self, _index: usize, _count: usize, _label: &str, _size: u64) {}
+    /// `have` bytes of the current piece are present locally.
+    fn bytes(&self, _have: u64) {}
+    /// The current piece is complete and checked.
+    fn piece_done(&self) {}
+    /// Something the user should know that is not an error (a fallback to the full download...).
+    fn note(&self, _message: &str) {}
+}
+
+/// Reports nothing.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// A verified release repository, seen from one install (module docs).
+pub struct Session {
+    repo: String,
+    fetcher: Fetcher,
+    state: PathBuf,
+    manifest: Manifest,
+    read_only: bool,
+    tables: Mutex<HashMap<String, FileTable>>,
+    /// Held for the session's life: one update per install at a time.
+    _lock: Option<Flock<File>>,
+}
+
+impl Session {
+    /// Opens `repo` (an `http(s)://` URL, `file://` URL or directory) for the install whose state lives
+    /// in `state_dir`: fetches and verifies the manifest, refuses a rollback, and (unless read-only)
+    /// records the accepted manifest version in `state_dir/trusted.json`.
+    pub fn open(repo: &str, state_dir: &Path, options: SessionOptions) -> Result<Session> {
+        let fetcher = Fetcher::new(repo, options.fetch.clone())?;
+        let lock = if options.read_only { None } else { Some(lock_state(state_dir)?) };
+        let origin = fetcher.url(MANIFEST_PATH);
+        let bytes = fetcher.fetch_small(MANIFEST_PATH, MAX_MANIFEST_SIZE)?;
+        let manifest = Manifest::verify(&bytes, options.key.as_ref(), options.now, &origin)?;
+        let trusted_path = state_dir.join(TRUSTED_FILE);
+        if let Some(trusted) = read_trusted(&trusted_path)? {
+            if manifest.manifest_version < trusted.manifest_version {
+                return Err(Error::Rollback {
+                    origin,
+                    got: manifest.manifest_version,
+                    trusted: trusted.manifest_version,
+                });
+            }
+        }
+        if !options.read_only {
+            let trusted = Trusted {
+                manifest_version: manifest.manifest_version,
+                keyid: options.key.as_ref().map(PublicKey::key_id),
+            };
+            write_atomically(&trusted_path, &serde_json::to_vec_pretty(&trusted).unwrap_or_default())?;
+            let downloads = state_dir.join(DOWNLOADS_DIR);
+            std::fs::create_dir_all(&downloads).map_err(|e| Error::io(&downloads, e))?;
+        }
+        Ok(Session {
+            repo: repo.to_owned(),
+            fetcher,
+            state: state_dir.to_owned(),
+            manifest,
+            read_only: options.read_only,
+            tables: Mutex::new(HashMap::new()),
+            _lock: lock,
+        })
+    }
+
+    /// The verified manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The repository as given to [`Session::open`].
+    pub fn repo(&self) -> &str {
+        &self.repo
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state
+    }
+
+    /// Where pieces are downloaded: `STATE/downloads/`.
+    pub fn downloads_dir(&self) -> PathBuf {
+        self.state.join(DOWNLOADS_DIR)
+    }
+
+    /// The URL (or path) of a repository path, for messages.
+    pub fn url(&self, path: &str) -> String {
+        self.fetcher.url(path)
+    }
+
+    /// Bytes received from the repository so far, the manifest included.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.fetcher.received()
+    }
+
+    /// The version `to`, or the newest when `None`.
+    pub fn target(&self, to: Option<&str>) -> Result<&Version> {
+        match to {
+            Some(name) => self.manifest.version(name).ok_or_else(|| {
+                let names: Vec<&str> = self.manifest.versions.iter().map(|v| v.version.as_str()).collect();
+                Error::Invalid(format!(
+                    "{}: version {name:?} is not in the repository (it has: {})",
+                    self.repo,
+                    names.join(", ")
+                ))
+            }),
+            None => self
+                .manifest
+                .latest()
+                .ok_or_else(|| Error::Invalid(format!("{}: the repository has no versions yet", self.repo))),
+        }
+    }
+
+    /// The version whose full archive has SHA-256 `sha256`, if any.
+    pub fn version_by_full_hash(&self, sha256: &str) -> Option<&Version> {
+        self.manifest.versions.iter().find(|v| v.full.sha256 == sha256)
+    }
+
+    /// True when `object` is already complete in `downloads/` (its hash is checked when it is used).
+    pub fn has(&self, object: &ObjectRef) -> bool {
+        std::fs::metadata(self.downloads_dir().join(&object.sha256)).is_ok_and(|m| m.len() == object.size)
+    }
+
+    /// The cheapest route from `installed` (`None`: nothing installed, or an install to replace whole) to
+    /// `target`; pieces already downloaded count as free.
+    pub fn plan(&self, installed: Option<&str>, target: &str) -> Result<Route> {
+        plan(&self.manifest, installed, target, &|object| self.has(object))
+            .ok_or_else(|| Error::Invalid(format!("{}: version {target:?} is not in the repository", self.repo)))
+    }
+
+    /// `version`'s file table, fetched, checked against the manifest's size and SHA-256, and parsed
+    /// (cached for the session).
+    pub fn file_table(&self, version: &str) -> Result<FileTable> {
+        if let Some(table) = self.tables.lock().unwrap_or_else(|e| e.into_inner()).get(version) {
+            return Ok(table.clone());
+        }
+        let object = &self.target(Some(version))?.files;
+        let url = self.fetcher.url(&object.path);
+        if object.size > MAX_FILE_TABLE_SIZE {
+            return Err(Error::metadata(&url, format!("{} bytes is more than a file table may have", object.size)));
+        }
+        let bytes = self.fetcher.fetch_small(&object.path, object.size)?;
+        let sha256 = sha256_hex(&bytes);
+        if bytes.len() as u64 != object.size || sha256 != object.sha256 {
+            return Err(Error::Mismatch {
+                origin: url,
+                what: format!(
+                    "got {} bytes with SHA-256 {sha256}, but the manifest says {} bytes with SHA-256 {}",
+                    bytes.len(),
+                    object.size,
+                    object.sha256
+                ),
+            });
+        }
+        let table = FileTable::parse(&bytes, version, &url)?;
+        self.tables.lock().unwrap_or_else(|e| e.into_inner()).insert(version.to_owned(), table.clone());
+        Ok(table)
+    }
+
+    /// Downloads `object` into `downloads/<sha256>` (resuming a `.part` left by an earlier run, retrying
+    /// transient failures) and returns its path once its size and SHA-256 match the manifest.
+    /// `progress` gets the number of the piece's bytes present locally.
+    pub fn download(&self, object: &ObjectRef, progress: &dyn Fn(u64)) -> Result<PathBuf> {
+        if self.read_only {
+            return Err(Error::Invalid("a read-only (--check) session downloads nothing".into()));
+        }
+        self.fetcher.fetch_object(object, &self.downloads_dir(), progress)
+    }
+
+    /// Deletes a downloaded piece (complete or partial), e.g. one that failed to apply.
+    pub fn discard(&self, object: &ObjectRef) {
+        let dir = self.downloads_dir();
+        let _ = std::fs::remove_file(dir.join(&object.sha256));
+        let _ = std::fs::remove_file(dir.join(format!("{}.part", object.sha256)));
+    }
+
+    /// Deletes every download (after a successful update).
+    pub fn clean_downloads(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
+        let dir = self.downloads_dir();
+        remove_dir_contents(&dir)
+    }
+}
+
+/// Takes the install's lock (`STATE/lock`), creating the state directory; refuses when another update
+/// of the same install is running.
+fn lock_state(state_dir: &Path) -> Result<Flock<File>> {
+    std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
+    let path = state_dir.join(LOCK_FILE);
+    let file =
+        OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        Error::Invalid(format!("{}: another mf update of this install is running (lock: {errno})", path.display()))
+    })
+}
+
+fn read_trusted(path: &Path) -> Result<Option<Trusted>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::metadata(
+                path.display(),
+                format!("unreadable trust record ({e}); delete it only if you trust the repository's current manifest"),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Writes `bytes` to `path` by temp file, fsync and rename.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = mf_format::AtomicFile::create(path).map_err(|e| Error::io(path, e))?;
+    file.file().write_all(bytes).map_err(|e| Error::io(path, e))?;
+    file.commit().map_err(|e| Error::io(path, e))
+}
+
+/// Removes everything inside `dir` (which may not exist).
+pub(crate) fn remove_dir_contents(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        result.map_err(|e| Error::io(&path, e))?;
+    }
+    sync_dir(dir);
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! The update Session on a directory repository: trust recording, read-only sessions, file tables,
+//! planning with downloaded pieces, downloads checked against the manifest, and locking.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
+use mf_release::hash::sha256_file;
+use mf_release::repo::{self, AddOptions, Signing, DEFAULT_EXPIRY};
+use mf_release::update::{Session, SessionOptions};
+use mf_release::{Error, SecretKey};
+
+fn archive(dir: &Path, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
+    let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
+    for (path, data) in files {
+        writer.add_bytes(path, data, EntryOptions::default()).unwrap();
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, writer.finish().unwrap()).unwrap();
+    path
+}
+
+fn text(seed: u64, lines: usize) -> Vec<u8> {
+    (0..lines)
+        .map(|i| format!("line {i} of asset {seed}: {}\n", i * 13 + seed as usize))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// A signed repository with versions 1 and 2 (a patch from 1 to 2).
+fn publish(dir: &Path, key: &SecretKey) -> PathBuf {
+    let repo = dir.join("repo");
+    let options = AddOptions {
+        signing: Signing { key: Some(key), expires_in: DEFAULT_EXPIRY },
+        patch_from_last: 3,
+        memory_limit: 256 << 20,
+    };
+    for n in 1..=2u64 {
+        let mut script = text(1, 4000);
+        script.extend_from_slice(format!("version {n}\n").as_bytes());
+        let files = [("main.py", script), ("data.csv", text(10 + n, 2000))];
+        let path = archive(dir, &format!("v{n}.mf"), &files);
+        repo::add(&repo, &n.to_string(), &path, &options, &|_| {}).unwrap();
+    }
+    repo
+}
+
+fn options(key: &SecretKey) -> SessionOptions {
+    let mut options = SessionOptions::new(Some(key.public()));
+    options.fetch.timeout = Duration::from_secs(5);
+    options
+}
+
+#[test]
+fn a_session_verifies_records_trust_and_downloads_checked_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let repo = publish(dir.path(), &key);
+    let state = dir.path().join("state");
+    let repo_arg = repo.to_str().unwrap();
+
+    // Read-only: verifies, writes nothing, downloads nothing.
+    let mut read_only = options(&key);
+    read_only.read_only = true;
+    let session = Session::open(repo_arg, &state, read_only).unwrap();
+    assert_eq!(session.manifest().manifest_version, 2);
+    assert!(!state.exists());
+    let object = session.target(None).unwrap().full.clone();
+    assert!(session.download(&object, &|_| {}).is_err());
+    drop(session);
+
+    let session = Session::open(repo_arg, &state, options(&key)).unwrap();
+    let trusted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("trusted.json")).unwrap()).unwrap();
+    assert_eq!(trusted["manifest_version"], 2);
+    assert_eq!(trusted["keyid"], key.public().key_id());
+    // One update per install at a time.
+    let err = Session::open(repo_arg, &state, options(&key)).err().expect("locked");
+    assert!(err.to_string().contains("another mf update"), "{err}");
+
+    // File tables are checked against the manifest and describe the version's archive.
+    let table = session.file_table("2").unwrap();
+    assert_eq!(table.version, "2");
+    let paths: Vec<&str> = table.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths.len(), 2);
+    assert!(paths.contains(&"main.py") && paths.contains(&"data.csv"), "{paths:?}");
+    assert!(session.file_table("9").is_err());
+
+    // The route from 1 is the patch; once downloaded it is free.
+    let route = session.plan(Some("1"), "2").unwrap();
+    assert!(!route.is_full() && route.fetch_bytes > 0);
+    let patch = route.steps[0].object().clone();
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let path = session.download(&patch, &|have| last.store(have, std::sync::atomic::Ordering::SeqCst)).unwrap();
+    assert_eq!(last.load(std::sync::atomic::Ordering::SeqCst), patch.size, "progress reaches the piece's size");
+    assert_eq!(sha256_file(&path).unwrap().0, patch.sha256);
+    assert_eq!(path, session.downloads_dir().join(&patch.sha256));
+    assert!(session.has(&patch));
+    assert_eq!(session.plan(Some("1"), "2").unwrap().fetch_bytes, 0);
+    session.discard(&patch);
+    assert!(!session.has(&patch));
+    session.download(&patch, &|_| {}).unwrap();
+    session.clean_downloads().unwrap();
+    assert_eq!(std::fs::read_dir(session.downloads_dir()).unwrap().count(), 0);
+    drop(session);
+
+    // A damaged file table in the repository is refused by its hash.
+    let files = repo.join(table_path(&repo, "2"));
+    let mut bytes = std::fs::read(&files).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&files, bytes).unwrap();
+    let session = Session::open(repo_arg, &state, options(&key)).unwrap();
+    let err = session.file_table("2").unwrap_err();
+    assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+}
+
+fn table_path(repo: &Path, version: &str) -> String {
+    let (manifest, _) = repo::load(repo).unwrap();
+    manifest.version(version).unwrap().files.path.clone()
+}
+
+#[test]
+fn rollback_is_refused_against_the_recorded_manifest_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let repo = publish(dir.path(), &key);
+    let state = dir.path().join("state");
+    let old = std::fs::read(repo.join("manifest.json")).unwrap();
+    repo::resign(&repo, &Signing { key: Some(&key), expires_in: DEFAULT_EXPIRY }).unwrap();
+    drop(Session::open(repo.to_str().unwrap(), &state, options(&key)).unwrap());
+    std::fs::write(repo.join("manifest.json"), old).unwrap();
+    let err = Session::open(repo.to_str().unwrap(), &state, options(&key)).err().expect("rollback");
+    assert!(matches!(err, Error::Rollback { got: 2, trusted: 3, .. }), "{err}");
+    // The refused manifest did not lower the record.
+    let trusted: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("trusted.json")).unwrap()).unwrap();
+    assert_eq!(trusted["manifest_version"], 3);
+}

@@ -1,0 +1,350 @@
+//! End-to-end tests of `mf update --dir`: install folders updated from a signed repository served by a
+//! real nginx on loopback, including kills (SIGKILL) at random points of the update.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::nginx::Nginx;
+use common::{mf_fails, mf_ok};
+
+/// path → (content, mode) of every file under a folder, except the updater's state directory.
+type Tree = BTreeMap<String, (Vec<u8>, u32)>;
+
+fn snapshot(root: &Path) -> Tree {
+    let mut tree = Tree::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).unwrap() {
+            let item = item.unwrap();
+            let rel = item.path().strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+            if rel == ".mf-update" {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(item.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(item.path());
+            } else {
+                tree.insert(rel, (std::fs::read(item.path()).unwrap(), meta.permissions().mode() & 0o7777));
+            }
+        }
+    }
+    tree
+}
+
+fn write(root: &Path, tree: &Tree) {
+    for (path, (content, mode)) in tree {
+        let full = root.join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(&full, content).unwrap();
+        std::fs::set_permissions(&full, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+}
+
+fn text(lines: usize, tag: &str) -> Vec<u8> {
+    (0..lines).flat_map(|i| format!("{tag}: line {i} of a config file\n").into_bytes()).collect()
+}
+
+/// Small deterministic generator (no dependency needed for test data and kill times).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+}
+
+/// Three releases: edits, a mode change, a rename, deletions (one emptying a directory) and additions.
+fn small_releases() -> Vec<Tree> {
+    let big = common::noise(300_000, 7);
+    let mut big2 = big.clone();
+    big2[5000..5100].fill(0);
+    let entry = |p: &str, c: Vec<u8>, m: u32| (p.to_owned(), (c, m));
+    let v1: Tree = [
+        entry("game.cfg", text(200, "v1"), 0o644),
+        entry("data/level.bin", big.clone(), 0o644),
+        entry("bin/run", b"#!/bin/sh\necho 1\n".to_vec(), 0o644),
+        entry("docs/old.txt", b"removed in 2".to_vec(), 0o644),
+        entry("music/theme.ogg", common::noise(40_000, 3), 0o644),
+    ]
+    .into_iter()
+    .collect();
+    let v2: Tree = [
+        entry("game.cfg", [text(200, "v1"), b"extra = 1\n".to_vec()].concat(), 0o644),
+        entry("data/level.bin", big2.clone(), 0o644),
+        entry("bin/run", b"#!/bin/sh\necho 1\n".to_vec(), 0o755),
+        entry("audio/theme.ogg", common::noise(40_000, 3), 0o644),
+        entry("data/new.bin", common::noise(10_000, 9), 0o644),
+    ]
+    .into_iter()
+    .collect();
+    let mut v3 = v2.clone();
+    v3.insert("game.cfg".into(), ([text(200, "v3"), b"extra = 1\n".to_vec()].concat(), 0o644));
+    v3.remove("data/new.bin");
+    v3.insert("README".into(), (b"version 3".to_vec(), 0o644));
+    vec![v1, v2, v3]
+}
+
+fn user_files() -> Tree {
+    [
+        ("settings.ini".to_owned(), (b"volume=11\n".to_vec(), 0o600)),
+        ("data/my-save.dat".to_owned(), (b"save game".to_vec(), 0o644)),
+    ]
+    .into_iter()
+    .collect()
+}
+
+fn with_user(tree: &Tree) -> Tree {
+    let mut all = tree.clone();
+    all.extend(user_files());
+    all
+}
+
+/// A signed repository with `releases` published as versions 1, 2, ... from folders.
+fn publish(d: &Path, releases: &[Tree]) {
+    mf_ok(d, &["keygen", "release"]);
+    for (i, tree) in releases.iter().enumerate() {
+        let src = d.join(format!("src{}", i + 1));
+        write(&src, tree);
+        let version = format!("{}", i + 1);
+        mf_ok(d, &["release", "add", "repo", &version, src.to_str().unwrap(), "--sign", "release.key"]);
+    }
+}
+
+fn update(d: &Path, url: &str, dir: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["update", "--repo", url, "--key", "release.pub", "--dir", dir, "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&mf_ok(d, &args)).unwrap()
+}
+
+fn assert_no_update_leftovers(dir: &Path) {
+    let state = dir.join(".mf-update");
+    for name in ["staging", "backup", "journal.json"] {
+        assert!(!state.join(name).exists(), "{name} left in {}", state.display());
+    }
+}
+
+#[test]
+fn folders_install_fresh_and_update_by_patches_leaving_user_files_alone() {
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let releases = small_releases();
+    publish(d, &releases);
+    let nginx = Nginx::serve(&d.join("repo"));
+    let url = nginx.url();
+
+    // Fresh install of version 1 into a folder that does not exist yet.
+    let out = update(d, &url, "game", &["--to", "1"]);
+    assert_eq!(out["installed"]["state"], "fresh");
+    assert_eq!(out["route"][0]["kind"], "full");
+    assert_eq!(snapshot(&d.join("game")), releases[0]);
+    assert_no_update_leftovers(&d.join("game"));
+
+    write(&d.join("game"), &user_files());
+    let check = update(d, &url, "game", &["--check"]);
+    assert_eq!(check["installed"]["version"], "1");
+    assert_eq!(check["target"], "3");
+    let route: Vec<&str> = check["route"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert!(route.iter().all(|k| *k == "patch"), "{check}");
+    assert_eq!(snapshot(&d.join("game")), with_user(&releases[0]), "--check changes nothing");
+
+    nginx.clear_log();
+    let out = update(d, &url, "game", &[]);
+    assert_eq!(out["changed"], true);
+    assert!(out["fell_back"].is_null(), "{out}");
+    assert_eq!(snapshot(&d.join("game")), with_user(&releases[2]));
+    // `docs/` held only a file version 2 deleted, so it went; `data/` keeps the user's save.
+    assert!(!d.join("game/docs").exists());
+    assert_no_update_leftovers(&d.join("game"));
+    let requests = nginx.requests();
+    assert!(requests.iter().any(|r| r.uri.contains("/patches/")), "{requests:?}");
+    assert!(!requests.iter().any(|r| r.uri.contains("/full/")), "a patch route fetched a full archive: {requests:?}");
+    let full_size: u64 =
+        std::fs::read_dir(d.join("repo/full")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).max().unwrap();
+    assert!(out["fetched_bytes"].as_u64().unwrap() < full_size, "{out}");
+
+    let again = update(d, &url, "game", &[]);
+    assert_eq!(again["changed"], false);
+    assert!(again["route"].as_array().unwrap().is_empty());
+    assert_eq!(snapshot(&d.join("game")), with_user(&releases[2]));
+}
+
+#[test]
+fn a_modified_install_is_refused_then_repaired_and_a_bad_patch_falls_back() {
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let releases = small_releases();
+    publish(d, &releases);
+    let nginx = Nginx::serve(&d.join("repo"));
+    let url = nginx.url();
+
+    let game = d.join("game");
+    write(&game, &with_user(&releases[0]));
+    std::fs::write(game.join("game.cfg"), b"edited by hand\n").unwrap();
+    let before = snapshot(&game);
+    let check = update(d, &url, "game", &["--check"]);
+    assert_eq!(check["installed"]["state"], "unknown");
+    assert_eq!(check["installed"]["closest"], "1");
+    assert_eq!(check["installed"]["differences"][0]["path"], "game.cfg");
+    assert_eq!(check["needs_repair"], true);
+    let err = mf_fails(d, &["update", "--repo", &url, "--key", "release.pub", "--dir", "game"], 1);
+    assert!(err.contains("game.cfg") && err.contains("--repair"), "{err}");
+    assert_eq!(snapshot(&game), before, "a refused update changes nothing");
+
+    let out = update(d, &url, "game", &["--repair"]);
+    assert_eq!(out["route"][0]["kind"], "full");
+    assert_eq!(snapshot(&game), with_user(&releases[2]));
+
+    // A damaged patch in the repository: the patch route fails its hash check, the full archive is used.
+    let game2 = d.join("game2");
+    write(&game2, &with_user(&releases[1]));
+    for patch in std::fs::read_dir(d.join("repo/patches")).unwrap() {
+        let path = patch.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let out = update(d, &url, "game2", &[]);
+    assert!(out["fell_back"].as_str().is_some_and(|r| !r.is_empty()), "{out}");
+    assert_eq!(out["route"][0]["kind"], "full");
+    assert_eq!(snapshot(&game2), with_user(&releases[2]));
+    assert_no_update_leftovers(&game2);
+
+    // A user's directory where version 3 puts a file: the switch stops there and rolls back what it had
+    // done (the deletion of data/new.bin comes first).
+    let game3 = d.join("game3");
+    write(&game3, &with_user(&releases[1]));
+    write(&game3, &[("README/notes.txt".to_owned(), (b"mine".to_vec(), 0o644))].into_iter().collect());
+    let before = snapshot(&game3);
+    let err = mf_fails(d, &["update", "--repo", &url, "--key", "release.pub", "--dir", "game3"], 1);
+    assert!(err.contains("README") && err.contains("directory"), "{err}");
+    assert_eq!(snapshot(&game3), before, "the failed switch was rolled back");
+    assert_no_update_leftovers(&game3);
+}
+
+/// Many files, so that staging and the switch take long enough for kills to land inside them.
+fn many_file_releases() -> Vec<Tree> {
+    let mut v1 = Tree::new();
+    for i in 0..800 {
+        let content = format!("asset {i}\n").repeat(20 + i % 50).into_bytes();
+        v1.insert(format!("assets/d{}/f{i}.txt", i % 30), (content, 0o644));
+    }
+    v1.insert("bin/tool".into(), (b"#!/bin/sh\n".to_vec(), 0o755));
+    let mut v2 = Tree::new();
+    for (i, (path, (content, mode))) in v1.iter().enumerate() {
+        match i % 4 {
+            0 => {} // deleted
+            1 => {
+                let mut edited = content.clone();
+                edited.extend_from_slice(b"edited in version 2\n");
+                v2.insert(path.clone(), (edited, *mode));
+            }
+            2 => {
+                v2.insert(format!("moved/{path}"), (content.clone(), *mode));
+            }
+            _ => {
+                v2.insert(path.clone(), (content.clone(), *mode));
+            }
+        }
+    }
+    for i in 0..200 {
+        v2.insert(format!("new/n{}/g{i}.txt", i % 10), (format!("new {i}\n").repeat(30).into_bytes(), 0o644));
+    }
+    vec![v1, v2]
+}
+
+#[test]
+fn killing_an_update_at_random_points_never_breaks_the_folder() {
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let releases = many_file_releases();
+    publish(d, &releases);
+    let nginx = Nginx::serve(&d.join("repo"));
+    let url = nginx.url();
+    let start_tree = with_user(&releases[0]);
+    let target_tree = with_user(&releases[1]);
+    let args = |dir: &str| -> Vec<String> {
+        ["update", "--repo", &url, "--key", "release.pub", "--dir", dir, "--json"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+
+    // An uninterrupted run sets the time scale.
+    write(&d.join("ref"), &start_tree);
+    let begun = Instant::now();
+    mf_ok(d, &args("ref").iter().map(String::as_str).collect::<Vec<_>>());
+    let full_run = begun.elapsed();
+    assert_eq!(snapshot(&d.join("ref")), target_tree);
+
+    let seed = 0x5eed_f01d_u64;
+    let mut rng = Lcg(seed);
+    let mut killed_in_switch = 0;
+    let mut killed = 0;
+    for iteration in 0..16 {
+        let dir = format!("game{iteration}");
+        write(&d.join(&dir), &start_tree);
+        let mut child = Command::new(common::mf_bin())
+            .args(args(&dir))
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let journal = d.join(&dir).join(".mf-update/journal.json");
+        let kill_at = if iteration % 2 == 0 {
+            // Anywhere in the run.
+            Duration::from_micros(rng.next() % (full_run.as_micros() as u64).max(1))
+        } else {
+            // Inside the switch: shortly after the journal appears.
+            Duration::from_micros(rng.next() % 5_000)
+        };
+        let spawned = Instant::now();
+        let mut journal_seen = None;
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            if journal_seen.is_none() && journal.exists() {
+                journal_seen = Some(Instant::now());
+            }
+            let due = if iteration % 2 == 0 {
+                spawned.elapsed() >= kill_at
+            } else {
+                journal_seen.is_some_and(|t| t.elapsed() >= kill_at)
+            };
+            if due {
+                child.kill().unwrap(); // SIGKILL
+                killed += 1;
+                if journal.exists() {
+                    killed_in_switch += 1;
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        child.wait().unwrap();
+
+        // The folder holds only start and target files at their paths, never anything else.
+        let interrupted = snapshot(&d.join(&dir));
+        for (path, file) in &interrupted {
+            assert!(
+                start_tree.get(path) == Some(file) || target_tree.get(path) == Some(file),
+                "seed {seed:#x} iteration {iteration}: {path} is neither version's"
+            );
+        }
+        let out: serde_json::Value =
+            serde_json::from_str(&mf_ok(d, &args(&dir).iter().map(String::as_str).collect::<Vec<_>>())).unwrap();
+        assert_eq!(snapshot(&d.join(&dir)), target_tree, "seed {seed:#x} iteration {iteration}: {out}");
+        assert_no_update_leftovers(&d.join(&dir));
+        std::fs::remove_dir_all(d.join(&dir)).unwrap();
+    }
+    eprintln!("uninterrupted run {full_run:?}; killed {killed} of 16 runs, {killed_in_switch} during the switch");
+    assert!(killed >= 8, "only {killed} runs were killed before they finished");
+    assert!(killed_in_switch >= 4, "only {killed_in_switch} kills landed during the switch");
+}
