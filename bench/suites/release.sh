@@ -11,10 +11,11 @@
 # command) and what `mf update --json` reports. Times are wall-clock medians of the rounds; before each
 # timed update the old release is reinstalled and the client's state (downloads cache) removed, so every
 # run downloads everything it needs. The commands are interleaved round by round.
-# Two servers: one unlimited, one with nginx `limit_rate` (BENCH_RELEASE_RATE, default 12.5 MB/s per
-# connection, i.e. 100 Mbit/s), since on loopback the network costs almost nothing.
+# Two routes to nginx: direct (loopback, where the network costs almost nothing) and through
+# bench/throttle.py, a proxy whose server-to-client bytes share one token bucket of BENCH_RELEASE_RATE
+# bytes/s (default 12,500,000: a 100 Mbit/s link).
 # Knobs: BENCH_RUNS (rounds; at least 5 are made unless BENCH_RELEASE_RUNS says otherwise), BENCH_RELEASE_VERSIONS (the releases, oldest first),
-# BENCH_RELEASE_RATE (bytes/s, nginx syntax, e.g. 12500k), BENCH_RELEASE_PROVENANCE (a sentence put at the
+# BENCH_RELEASE_RATE (bytes/s), BENCH_RELEASE_PROVENANCE (a sentence put at the
 # top of the report, saying where the measured mf came from when it is not this checkout).
 
 source "$(dirname "$0")/../lib.sh"
@@ -29,7 +30,8 @@ read -r -a VERSIONS <<<"${BENCH_RELEASE_VERSIONS:-3.1.0 3.2.0 3.3.0 3.3.1 3.3.2 
 [ ${#VERSIONS[@]} -ge 2 ] || bench_die "BENCH_RELEASE_VERSIONS needs at least two releases"
 NEWEST="${VERSIONS[-1]}"
 OLDER=("${VERSIONS[@]:0:${#VERSIONS[@]}-1}")
-RATE="${BENCH_RELEASE_RATE:-12500k}"
+RATE="${BENCH_RELEASE_RATE:-12500000}"
+[[ "$RATE" =~ ^[0-9]+$ ]] || bench_die "BENCH_RELEASE_RATE must be bytes per second, e.g. 12500000"
 RUNS="${BENCH_RELEASE_RUNS:-$((BENCH_RUNS > 5 ? BENCH_RUNS : 5))}"
 declare -A CORPUS
 for v in "${VERSIONS[@]}"; do
@@ -67,10 +69,15 @@ PORT_SLOW="$(free_port)"
   for d in client_body proxy fastcgi uwsgi scgi; do echo "  ${d}_temp_path $NG/tmp/$d;"; done
   echo "  access_log $NG/access.log bench;"
   echo "  server { listen 127.0.0.1:$PORT_FAST; root $SERVE; }"
-  echo "  server { listen 127.0.0.1:$PORT_SLOW; root $SERVE; limit_rate $RATE; }"
   echo "}"
 } >"$NG/nginx.conf"
+THROTTLE_PID=""
 stop_nginx() {
+  if [ -n "$THROTTLE_PID" ]; then
+    kill "$THROTTLE_PID" 2>/dev/null || true
+    wait "$THROTTLE_PID" 2>/dev/null || true
+    THROTTLE_PID=""
+  fi
   if [ -f "$NG/nginx.pid" ]; then
     kill -QUIT "$(cat "$NG/nginx.pid")" 2>/dev/null || true
     rm -f "$NG/nginx.pid"
@@ -78,6 +85,8 @@ stop_nginx() {
 }
 trap stop_nginx EXIT
 nginx -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" || bench_die "nginx did not start (see $NG/error.log)"
+python3 "$BENCH_DIR/throttle.py" "$PORT_SLOW" "$PORT_FAST" "$RATE" >"$NG/throttle.log" 2>&1 &
+THROTTLE_PID=$!
 for _ in $(seq 50); do
   curl -s -o /dev/null "http://127.0.0.1:$PORT_FAST/" && curl -s -o /dev/null "http://127.0.0.1:$PORT_SLOW/" && break
   sleep 0.1
@@ -317,7 +326,7 @@ fmt_bytes() { # exact bytes, with thousands separators
   awk -v v="$1" 'BEGIN { if (v !~ /^[0-9]+$/) { print v; exit } s = sprintf("%d", v); o = ""; while (length(s) > 3) { o = "," substr(s, length(s) - 2) o; s = substr(s, 1, length(s) - 3) } print s o }'
 }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN { if (a !~ /^[0-9.]+$/ || b == 0) print "n/a"; else if (a / b < 0.001) printf "%.3f%%", 100 * a / b; else printf "%.2f%%", 100 * a / b }'; }
-rate_mbit="$(awk -v r="$RATE" 'BEGIN { n = r + 0; u = substr(r, length(r)); if (u == "k" || u == "K") n *= 1000; else if (u == "m" || u == "M") n *= 1000000; printf "%.0f", n * 8 / 1e6 }')"
+rate_mbit="$(awk -v r="$RATE" 'BEGIN { printf "%.0f", r * 8 / 1e6 }')"
 FULL_BYTES="$(one_value "$T/full.archive.fast.bytes")"
 
 # update_table MODE ANCHOR-LABEL: one table per repository, anchor first.
@@ -358,7 +367,8 @@ update_table() {
   echo "published in order with \`mf release add REPO VERSION DIR --sign publisher.key --json\` into two repositories:"
   echo "**direct** (\`${PATCH_ARGS[direct]}\`: every older release has a patch straight to $NEWEST) and **default**"
   echo "(no \`--patch-from-last\`: the default window). Both are served as static files by nginx $NGINX_VERSION on loopback,"
-  echo "once unlimited and once with \`limit_rate $RATE\` ($rate_mbit Mbit/s per connection). Updates run"
+  echo "once directly and once through bench/throttle.py, a proxy that gives all connections together $rate_mbit Mbit/s from"
+  echo "server to client (one token bucket; no added latency), like a slow link. Updates run"
   echo "\`mf update --repo URL --key publisher.pub --json app.mf\` (archive) or \`... --dir DIR\` (folder); before each run"
   echo "the old release is reinstalled (its archive from the repository, or that archive extracted with \`mf extract\`) and"
   echo "the client's state directory removed, so nothing is cached. Every result is checked: the archive's SHA-256"
