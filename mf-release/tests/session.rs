@@ -109,9 +109,23 @@ fn a_session_verifies_records_trust_and_downloads_checked_pieces() {
     let mut bytes = std::fs::read(&files).unwrap();
     bytes[10] ^= 1;
     std::fs::write(&files, bytes).unwrap();
+    // The table fetched above was kept (content-addressed, so never stale): no new fetch is needed.
+    let session = Session::open(repo_arg, &state, options(&key)).unwrap();
+    let fetched = session.fetched_bytes();
+    assert_eq!(session.file_table("2").unwrap(), table);
+    assert_eq!(session.fetched_bytes(), fetched, "served from the state directory's cache");
+    drop(session);
+    // A damaged cached copy is ignored, and a damaged copy in the repository is refused by its hash.
+    let cached = state.join("tables").join(table_sha(&repo, "2"));
+    std::fs::write(&cached, b"{}").unwrap();
     let session = Session::open(repo_arg, &state, options(&key)).unwrap();
     let err = session.file_table("2").unwrap_err();
     assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+}
+
+fn table_sha(repo: &Path, version: &str) -> String {
+    let (manifest, _) = repo::load(repo).unwrap();
+    manifest.version(version).unwrap().files.sha256.clone()
 }
 
 fn table_path(repo: &Path, version: &str) -> String {
