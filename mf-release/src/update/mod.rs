@@ -41,7 +41,21 @@ use crate::keys::PublicKey;
 use crate::manifest::{FileTable, Manifest, ObjectRef, Version, MAX_MANIFEST_SIZE};
 use crate::plan::{plan, Route};
 
-pub use archive::{update_archive, ArchiveOptions, Installed, Outcome, Piece};
+pub use archive::{update_archive, Installed, Outcome, Piece};
+
+/// What `mf update` was asked to do, for an archive or an install folder alike.
+#[derive(Debug, Clone)]
+pub struct UpdateOptions {
+    /// The key the manifest must be signed by; `None` accepts an unsigned manifest.
+    pub key: Option<PublicKey>,
+    pub fetch: FetchOptions,
+    /// Target version; the newest when `None`.
+    pub to: Option<String>,
+    /// Only report the route (`--check`): fetch only metadata, change nothing.
+    pub check: bool,
+    /// Bring an unknown or modified install to the target with the full download (`--repair`).
+    pub repair: bool,
+}
 
 /// The manifest's path in a repository.
 pub const MANIFEST_PATH: &str = "manifest.json";
