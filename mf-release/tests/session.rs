@@ -1,31 +1,16 @@
 //! The update Session on a directory repository: trust recording, read-only sessions, file tables,
 //! planning with downloaded pieces, downloads checked against the manifest, and locking.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
 use mf_release::hash::sha256_file;
 use mf_release::repo::{self, AddOptions, Signing, DEFAULT_EXPIRY};
 use mf_release::update::{Session, SessionOptions};
 use mf_release::{Error, SecretKey};
-
-fn archive(dir: &Path, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
-    let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
-    for (path, data) in files {
-        writer.add_bytes(path, data, EntryOptions::default()).unwrap();
-    }
-    let path = dir.join(name);
-    std::fs::write(&path, writer.finish().unwrap()).unwrap();
-    path
-}
-
-fn text(seed: u64, lines: usize) -> Vec<u8> {
-    (0..lines)
-        .map(|i| format!("line {i} of asset {seed}: {}\n", i * 13 + seed as usize))
-        .collect::<String>()
-        .into_bytes()
-}
+use support::{archive, text};
 
 /// A signed repository with versions 1 and 2 (a patch from 1 to 2).
 fn publish(dir: &Path, key: &SecretKey) -> PathBuf {
