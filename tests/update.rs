@@ -5,13 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::faults::{Fault, FaultProxy};
 use common::nginx::Nginx;
-use common::{copy_tree, mf_bin, mf_ok, noise, write_tree};
+use common::{copy_tree, mf_ok, noise, spawn_quiet, write_tree};
 use serde_json::Value;
 
 /// Three versions published into a signed repository with `--patch-from-last 1`, so going from 1.0 to
@@ -594,15 +594,7 @@ fn kill_9_at_random_points_leaves_the_old_or_the_new_archive() {
     let (old, new) = (f.bytes("1.0"), f.bytes("1.2"));
     let key = key_arg();
     let args = ["update", "--repo", &proxy.url(), "--key", &key, "game.mf"];
-    let spawn = || {
-        Command::new(mf_bin())
-            .args(args)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mf runs")
-    };
+    let spawn = || spawn_quiet(dir.path(), &args);
     // Measure a whole run, then start over from 1.0 with no state.
     let started = Instant::now();
     assert!(spawn().wait().unwrap().success());
@@ -652,15 +644,7 @@ fn kill_9_during_a_fresh_install_leaves_no_archive_or_the_whole_one() {
     let new = f.bytes("1.2");
     let key = key_arg();
     let args = ["update", "--repo", &proxy.url(), "--key", &key, "game.mf"];
-    let spawn = || {
-        Command::new(mf_bin())
-            .args(args)
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mf runs")
-    };
+    let spawn = || spawn_quiet(dir.path(), &args);
     let started = Instant::now();
     assert!(spawn().wait().unwrap().success());
     let full_run = started.elapsed();

@@ -6,7 +6,6 @@ mod common;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::nginx::Nginx;
@@ -289,13 +288,8 @@ fn killing_an_update_at_random_points_never_breaks_the_folder() {
     for iteration in 0..16 {
         let dir = format!("game{iteration}");
         write(&d.join(&dir), &start_tree);
-        let mut child = Command::new(common::mf_bin())
-            .args(args(&dir))
-            .current_dir(d)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let arguments = args(&dir);
+        let mut child = common::spawn_quiet(d, &arguments.iter().map(String::as_str).collect::<Vec<_>>());
         let journal = d.join(&dir).join(".mf-update/journal.json");
         let kill_at = if iteration % 2 == 0 {
             // Anywhere in the run.

@@ -8,8 +8,8 @@ use anyhow::{anyhow, Context};
 use clap::{ArgGroup, Args};
 use indicatif::ProgressBar;
 use mf_release::fetch::FetchOptions;
-use mf_release::update::folder::{update_folder, FolderOptions, FolderOutcome, FolderState};
-use mf_release::update::{update_archive, ArchiveOptions, Installed, Outcome, Progress};
+use mf_release::update::folder::{update_folder, FolderOutcome, FolderState};
+use mf_release::update::{update_archive, Installed, Outcome, Progress, UpdateOptions};
 use mf_release::PublicKey;
 
 use crate::{progress, JsonFlag};
@@ -118,11 +118,7 @@ pub fn run(args: UpdateArgs) -> crate::Outcome {
         Some(text) => Some(PublicKey::from_arg(text).context("reading --key")?),
         None => None,
     };
-    if let Some(dir) = &args.dir {
-        return run_folder(&args, dir, key);
-    }
-    let archive = args.archive.clone().ok_or_else(|| anyhow!("give an ARCHIVE or --dir INSTALL_DIR"))?;
-    let options = ArchiveOptions {
+    let options = UpdateOptions {
         key,
         fetch: FetchOptions { timeout: args.timeout, attempts: args.retries + 1, ..FetchOptions::default() },
         to: args.to.clone(),
@@ -130,10 +126,25 @@ pub fn run(args: UpdateArgs) -> crate::Outcome {
         repair: args.repair,
     };
     let bar = Bar { bar: OnceLock::new(), state: Mutex::new(BarState::default()) };
-    let result = update_archive(&args.repo, &archive, &options, &bar);
-    if let Some(bar) = bar.bar.get() {
-        bar.finish_and_clear();
+    let finish = |bar: &Bar| {
+        if let Some(bar) = bar.bar.get() {
+            bar.finish_and_clear();
+        }
+    };
+    if let Some(dir) = &args.dir {
+        let result = update_folder(&args.repo, dir, &options, &bar);
+        finish(&bar);
+        let outcome = result?;
+        if args.json.json {
+            println!("{}", serde_json::to_string_pretty(&outcome)?);
+        } else {
+            print_folder_outcome(&outcome);
+        }
+        return Ok(true);
     }
+    let archive = args.archive.clone().ok_or_else(|| anyhow!("give an ARCHIVE or --dir INSTALL_DIR"))?;
+    let result = update_archive(&args.repo, &archive, &options, &bar);
+    finish(&bar);
     let outcome = result?;
     if args.json.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
@@ -171,28 +182,6 @@ fn print_outcome(outcome: &Outcome) {
         }
         println!("fetched {} bytes", outcome.fetched_bytes);
     }
-}
-
-fn run_folder(args: &UpdateArgs, dir: &std::path::Path, key: Option<PublicKey>) -> crate::Outcome {
-    let options = FolderOptions {
-        key,
-        fetch: FetchOptions { timeout: args.timeout, attempts: args.retries + 1, ..FetchOptions::default() },
-        to: args.to.clone(),
-        check: args.check,
-        repair: args.repair,
-    };
-    let bar = Bar { bar: OnceLock::new(), state: Mutex::new(BarState::default()) };
-    let result = update_folder(&args.repo, dir, &options, &bar);
-    if let Some(bar) = bar.bar.get() {
-        bar.finish_and_clear();
-    }
-    let outcome = result?;
-    if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
-    } else {
-        print_folder_outcome(&outcome);
-    }
-    Ok(true)
 }
 
 fn folder_state_text(state: &FolderState) -> String {

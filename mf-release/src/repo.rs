@@ -148,10 +148,10 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
     let scratch = tempfile::Builder::new().prefix(".mf-publish-").tempdir_in(root).map_err(|e| Error::io(root, e))?;
 
     log(&format!("storing {}", archive.display()));
-    let full = store_copy(root, "full", "mf", archive)?;
+    let full = store(root, "full", "mf", archive, Transfer::Copy)?;
     let table_path = scratch.path().join("files.json");
     write_atomic(&table_path, &table.to_json())?;
-    let files = store_move(root, "files", "json", &table_path)?;
+    let files = store(root, "files", "json", &table_path, Transfer::Move)?;
 
     let mut patches = Vec::new();
     let mut patches_skipped = Vec::new();
@@ -176,7 +176,7 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
             patches_skipped.push(SkippedPatch { from: old.version.clone(), reason });
             continue;
         }
-        let object = store_move(root, "patches", "mfp", &patch_path)?;
+        let object = store(root, "patches", "mfp", &patch_path, Transfer::Move)?;
         patches.push(PatchRef { from: old.version.clone(), object });
     }
 
@@ -295,30 +295,35 @@ fn object_path(root: &Path, object: &ObjectRef) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// Copies `source` into `DIR/<sha256>.EXT` unless an object with that hash is already there.
-fn store_copy(root: &Path, dir: &str, ext: &str, source: &Path) -> Result<ObjectRef> {
-    let (sha256, size) = sha256_file(source)?;
-    let object = ObjectRef { path: format!("{dir}/{sha256}.{ext}"), size, sha256 };
-    let target = root.join(&object.path);
-    if !existing_object_matches(&target, &object)? {
-        create_parent(&target)?;
-        let mut out = AtomicFile::create(&target).map_err(|e| Error::io(&target, e))?;
-        let mut input = File::open(source).map_err(|e| Error::io(source, e))?;
-        std::io::copy(&mut input, out.file()).map_err(|e| Error::io(&target, e))?;
-        out.commit().map_err(|e| Error::io(&target, e))?;
-    }
-    Ok(object)
+/// How [`store`] brings a file into the repository.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    /// Copy (the input belongs to the user), through a temp file, fsync and rename.
+    Copy,
+    /// Rename a finished, synced scratch file of the same filesystem.
+    Move,
 }
 
-/// Moves a finished, synced file of the same filesystem into `DIR/<sha256>.EXT`.
-fn store_move(root: &Path, dir: &str, ext: &str, source: &Path) -> Result<ObjectRef> {
+/// Stores `source` as `DIR/<sha256>.EXT` unless an object with that hash is already there.
+fn store(root: &Path, dir: &str, ext: &str, source: &Path, transfer: Transfer) -> Result<ObjectRef> {
     let (sha256, size) = sha256_file(source)?;
     let object = ObjectRef { path: format!("{dir}/{sha256}.{ext}"), size, sha256 };
     let target = root.join(&object.path);
-    if !existing_object_matches(&target, &object)? {
-        create_parent(&target)?;
-        std::fs::rename(source, &target).map_err(|e| Error::io(&target, e))?;
-        sync_dir(target.parent().unwrap_or(root))?;
+    if existing_object_matches(&target, &object)? {
+        return Ok(object);
+    }
+    create_parent(&target)?;
+    match transfer {
+        Transfer::Copy => {
+            let mut out = AtomicFile::create(&target).map_err(|e| Error::io(&target, e))?;
+            let mut input = File::open(source).map_err(|e| Error::io(source, e))?;
+            std::io::copy(&mut input, out.file()).map_err(|e| Error::io(&target, e))?;
+            out.commit().map_err(|e| Error::io(&target, e))?;
+        }
+        Transfer::Move => {
+            std::fs::rename(source, &target).map_err(|e| Error::io(&target, e))?;
+            sync_dir(target.parent().unwrap_or(root))?;
+        }
     }
     Ok(object)
 }

@@ -1,29 +1,15 @@
 //! Publishing: objects, file tables, patches, signatures, prune and resign on a real directory.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use mf_format::{Archive, ArchiveWriter, EntryOptions, WriterOptions};
+use mf_format::Archive;
 use mf_release::hash::sha256_file;
 use mf_release::repo::{self, AddOptions, Signing, DEFAULT_EXPIRY};
 use mf_release::{Error, Manifest, SecretKey};
-
-fn archive(dir: &Path, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
-    let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
-    for (path, data) in files {
-        writer.add_bytes(path, data, EntryOptions::default()).unwrap();
-    }
-    let path = dir.join(name);
-    std::fs::write(&path, writer.finish().unwrap()).unwrap();
-    path
-}
-
-fn text(seed: u64, lines: usize) -> Vec<u8> {
-    (0..lines)
-        .map(|i| format!("line {i} of asset {seed}: {}\n", i * 7 + seed as usize))
-        .collect::<String>()
-        .into_bytes()
-}
+use support::{archive, text};
 
 fn release(dir: &Path, n: u64) -> PathBuf {
     let mut script = text(1, 4000);

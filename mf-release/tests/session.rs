@@ -1,31 +1,16 @@
 //! The update Session on a directory repository: trust recording, read-only sessions, file tables,
 //! planning with downloaded pieces, downloads checked against the manifest, and locking.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
 use mf_release::hash::sha256_file;
 use mf_release::repo::{self, AddOptions, Signing, DEFAULT_EXPIRY};
 use mf_release::update::{Session, SessionOptions};
 use mf_release::{Error, SecretKey};
-
-fn archive(dir: &Path, name: &str, files: &[(&str, Vec<u8>)]) -> PathBuf {
-    let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
-    for (path, data) in files {
-        writer.add_bytes(path, data, EntryOptions::default()).unwrap();
-    }
-    let path = dir.join(name);
-    std::fs::write(&path, writer.finish().unwrap()).unwrap();
-    path
-}
-
-fn text(seed: u64, lines: usize) -> Vec<u8> {
-    (0..lines)
-        .map(|i| format!("line {i} of asset {seed}: {}\n", i * 13 + seed as usize))
-        .collect::<String>()
-        .into_bytes()
-}
+use support::{archive, text};
 
 /// A signed repository with versions 1 and 2 (a patch from 1 to 2).
 fn publish(dir: &Path, key: &SecretKey) -> PathBuf {
@@ -109,9 +94,23 @@ fn a_session_verifies_records_trust_and_downloads_checked_pieces() {
     let mut bytes = std::fs::read(&files).unwrap();
     bytes[10] ^= 1;
     std::fs::write(&files, bytes).unwrap();
+    // The table fetched above was kept (content-addressed, so never stale): no new fetch is needed.
+    let session = Session::open(repo_arg, &state, options(&key)).unwrap();
+    let fetched = session.fetched_bytes();
+    assert_eq!(session.file_table("2").unwrap(), table);
+    assert_eq!(session.fetched_bytes(), fetched, "served from the state directory's cache");
+    drop(session);
+    // A damaged cached copy is ignored, and a damaged copy in the repository is refused by its hash.
+    let cached = state.join("tables").join(table_sha(&repo, "2"));
+    std::fs::write(&cached, b"{}").unwrap();
     let session = Session::open(repo_arg, &state, options(&key)).unwrap();
     let err = session.file_table("2").unwrap_err();
     assert!(matches!(err, Error::Mismatch { .. }), "{err}");
+}
+
+fn table_sha(repo: &Path, version: &str) -> String {
+    let (manifest, _) = repo::load(repo).unwrap();
+    manifest.version(version).unwrap().files.sha256.clone()
 }
 
 fn table_path(repo: &Path, version: &str) -> String {

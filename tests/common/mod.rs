@@ -163,3 +163,14 @@ pub fn copy_tree(from: &Path, to: &Path) {
         std::fs::write(target, content).expect("write");
     }
 }
+
+/// Starts `mf` in `dir` with its output discarded (for tests that kill it).
+pub fn spawn_quiet(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(mf_bin())
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mf runs")
+}

@@ -11,27 +11,12 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::fetch::{sync_dir, FetchOptions};
+use crate::fetch::sync_dir;
 use crate::hash::sha256_file;
-use crate::keys::PublicKey;
 use crate::plan::{full_route, Route, Step};
-use crate::update::{remove_dir_contents, Progress, Session, SessionOptions};
+use crate::update::{remove_dir_contents, Progress, Session, SessionOptions, UpdateOptions};
 
 const WORK_DIR: &str = "work";
-
-/// What `mf update ARCHIVE` was asked to do.
-#[derive(Debug, Clone)]
-pub struct ArchiveOptions {
-    /// The key the manifest must be signed by; `None` accepts an unsigned manifest.
-    pub key: Option<PublicKey>,
-    pub fetch: FetchOptions,
-    /// Target version; the newest when `None`.
-    pub to: Option<String>,
-    /// Only report the route (`--check`): fetch nothing but the manifest, change nothing.
-    pub check: bool,
-    /// Replace an unknown or modified archive with the full download (`--repair`).
-    pub repair: bool,
-}
 
 /// What the archive was before the update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -119,12 +104,7 @@ pub fn state_dir(archive: &Path) -> PathBuf {
 }
 
 /// Brings `archive` to the target version from repository `repo` (module docs).
-pub fn update_archive(
-    repo: &str,
-    archive: &Path,
-    options: &ArchiveOptions,
-    progress: &dyn Progress,
-) -> Result<Outcome> {
+pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progress: &dyn Progress) -> Result<Outcome> {
     if archive.file_name().is_none() {
         return Err(Error::Invalid(format!("{}: not a file path", archive.display())));
     }

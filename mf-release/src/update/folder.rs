@@ -22,11 +22,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fetch::FetchOptions;
-use crate::keys::PublicKey;
+
 use crate::manifest::{FileEntry, FileTable, STATE_DIR_NAME};
 use crate::plan::{full_route, Route, Step};
-use crate::update::{Piece, Progress, Session, SessionOptions};
+use crate::update::{Piece, Progress, Session, SessionOptions, UpdateOptions};
 
 const STAGING: &str = "staging";
 const BACKUP: &str = "backup";
@@ -997,20 +996,6 @@ impl OldEntries for FolderOld {
     }
 }
 
-/// What `mf update --dir` was asked to do.
-#[derive(Debug, Clone)]
-pub struct FolderOptions {
-    /// The key the manifest must be signed by; `None` accepts an unsigned manifest.
-    pub key: Option<PublicKey>,
-    pub fetch: FetchOptions,
-    /// Target version; the newest when `None`.
-    pub to: Option<String>,
-    /// Only report the route (`--check`): fetch only metadata, change nothing.
-    pub check: bool,
-    /// Bring an unknown or modified install to the target with the full download (`--repair`).
-    pub repair: bool,
-}
-
 /// Which version a folder holds ([`Scan::identify`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
@@ -1053,7 +1038,7 @@ pub struct FolderOutcome {
 pub fn update_folder(
     repo: &str,
     dir: &Path,
-    options: &FolderOptions,
+    options: &UpdateOptions,
     progress: &dyn Progress,
 ) -> Result<FolderOutcome> {
     let install = InstallDir::new(dir);

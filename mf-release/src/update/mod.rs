@@ -41,12 +41,28 @@ use crate::keys::PublicKey;
 use crate::manifest::{FileTable, Manifest, ObjectRef, Version, MAX_MANIFEST_SIZE};
 use crate::plan::{plan, Route};
 
-pub use archive::{update_archive, ArchiveOptions, Installed, Outcome, Piece};
+pub use archive::{update_archive, Installed, Outcome, Piece};
+
+/// What `mf update` was asked to do, for an archive or an install folder alike.
+#[derive(Debug, Clone)]
+pub struct UpdateOptions {
+    /// The key the manifest must be signed by; `None` accepts an unsigned manifest.
+    pub key: Option<PublicKey>,
+    pub fetch: FetchOptions,
+    /// Target version; the newest when `None`.
+    pub to: Option<String>,
+    /// Only report the route (`--check`): fetch only metadata, change nothing.
+    pub check: bool,
+    /// Bring an unknown or modified install to the target with the full download (`--repair`).
+    pub repair: bool,
+}
 
 /// The manifest's path in a repository.
 pub const MANIFEST_PATH: &str = "manifest.json";
 const TRUSTED_FILE: &str = "trusted.json";
 const DOWNLOADS_DIR: &str = "downloads";
+/// File tables kept between runs, named by SHA-256: content-addressed, so a cached one is never stale.
+const TABLES_DIR: &str = "tables";
 const LOCK_FILE: &str = "lock";
 /// File tables are small; a larger one is refused before it is read whole.
 const MAX_FILE_TABLE_SIZE: u64 = 256 << 20;
@@ -135,6 +151,7 @@ impl Session {
             write_atomically(&trusted_path, &serde_json::to_vec_pretty(&trusted).unwrap_or_default())?;
             let downloads = state_dir.join(DOWNLOADS_DIR);
             std::fs::create_dir_all(&downloads).map_err(|e| Error::io(&downloads, e))?;
+            forget_unlisted_tables(&state_dir.join(TABLES_DIR), &manifest);
         }
         Ok(Session {
             repo: repo.to_owned(),
@@ -222,19 +239,31 @@ impl Session {
         if object.size > MAX_FILE_TABLE_SIZE {
             return Err(Error::metadata(&url, format!("{} bytes is more than a file table may have", object.size)));
         }
-        let bytes = self.fetcher.fetch_small(&object.path, object.size)?;
-        let sha256 = sha256_hex(&bytes);
-        if bytes.len() as u64 != object.size || sha256 != object.sha256 {
-            return Err(Error::Mismatch {
-                origin: url,
-                what: format!(
-                    "got {} bytes with SHA-256 {sha256}, but the manifest says {} bytes with SHA-256 {}",
-                    bytes.len(),
-                    object.size,
-                    object.sha256
-                ),
-            });
-        }
+        let cached = self.state.join(TABLES_DIR).join(&object.sha256);
+        let bytes = match std::fs::read(&cached) {
+            Ok(bytes) if bytes.len() as u64 == object.size && sha256_hex(&bytes) == object.sha256 => bytes,
+            _ => {
+                let bytes = self.fetcher.fetch_small(&object.path, object.size)?;
+                let sha256 = sha256_hex(&bytes);
+                if bytes.len() as u64 != object.size || sha256 != object.sha256 {
+                    return Err(Error::Mismatch {
+                        origin: url,
+                        what: format!(
+                            "got {} bytes with SHA-256 {sha256}, but the manifest says {} bytes with SHA-256 {}",
+                            bytes.len(),
+                            object.size,
+                            object.sha256
+                        ),
+                    });
+                }
+                if !self.read_only {
+                    // A cache: failing to keep it only costs a download next time.
+                    let _ = std::fs::create_dir_all(cached.parent().unwrap_or(&self.state));
+                    let _ = write_atomically(&cached, &bytes);
+                }
+                bytes
+            }
+        };
         let table = FileTable::parse(&bytes, version, &url)?;
         self.tables.lock().unwrap_or_else(|e| e.into_inner()).insert(version.to_owned(), table.clone());
         Ok(table)
@@ -289,6 +318,18 @@ fn read_trusted(path: &Path) -> Result<Option<Trusted>> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// Removes cached file tables of versions the manifest no longer lists (pruned), so the cache stays
+/// the size of the repository's metadata.
+fn forget_unlisted_tables(dir: &Path, manifest: &Manifest) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let listed: std::collections::HashSet<&str> = manifest.versions.iter().map(|v| v.files.sha256.as_str()).collect();
+    for entry in entries.flatten() {
+        if !listed.contains(entry.file_name().to_string_lossy().as_ref()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 
