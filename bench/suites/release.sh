@@ -14,9 +14,9 @@
 # Two routes to nginx: direct (loopback, where the network costs almost nothing) and through
 # bench/throttle.py, a proxy whose server-to-client bytes share one token bucket of BENCH_RELEASE_RATE
 # bytes/s (default 12,500,000: a 100 Mbit/s link).
-# Knobs: BENCH_RUNS (rounds; at least 5 are made unless BENCH_RELEASE_RUNS says otherwise), BENCH_RELEASE_VERSIONS (the releases, oldest first),
-# BENCH_RELEASE_RATE (bytes/s), BENCH_RELEASE_PROVENANCE (a sentence put at the
-# top of the report, saying where the measured mf came from when it is not this checkout).
+# Knobs: BENCH_RUNS (rounds; at least 5 unless BENCH_RELEASE_RUNS says otherwise), BENCH_RELEASE_VERSIONS
+# (the releases, oldest first), BENCH_RELEASE_RATE (bytes/s), BENCH_RELEASE_PROVENANCE (a sentence put at
+# the top of the report, saying where the measured mf came from when it is not this checkout).
 
 source "$(dirname "$0")/../lib.sh"
 
