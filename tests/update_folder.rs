@@ -136,9 +136,17 @@ fn folders_install_fresh_and_update_by_patches_leaving_user_files_alone() {
     let nginx = Nginx::serve(&d.join("repo"));
     let url = nginx.url();
 
-    // Fresh install of version 1 into a folder that does not exist yet.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("repo/manifest.json")).unwrap()).unwrap();
+    let table_uri = |i: usize| format!("/{}", manifest["signed"]["versions"][i]["files"]["path"].as_str().unwrap());
+    let tables_fetched = |nginx: &Nginx| -> Vec<String> {
+        nginx.requests().into_iter().map(|r| r.uri).filter(|uri| uri.starts_with("/files/")).collect()
+    };
+
+    // Fresh install of version 1 into a folder that does not exist yet: only its own file table.
     let out = update(d, &url, "game", &["--to", "1"]);
     assert_eq!(out["installed"]["state"], "fresh");
+    assert_eq!(tables_fetched(&nginx), [table_uri(0)]);
     assert_eq!(out["route"][0]["kind"], "full");
     assert_eq!(snapshot(&d.join("game")), releases[0]);
     assert_no_update_leftovers(&d.join("game"));
@@ -162,12 +170,19 @@ fn folders_install_fresh_and_update_by_patches_leaving_user_files_alone() {
     let requests = nginx.requests();
     assert!(requests.iter().any(|r| r.uri.contains("/patches/")), "{requests:?}");
     assert!(!requests.iter().any(|r| r.uri.contains("/full/")), "a patch route fetched a full archive: {requests:?}");
+    // Version 1's table was kept from the install and identified the folder at once: only the tables
+    // of versions the route produces travel.
+    let fetched = tables_fetched(&nginx);
+    assert!(!fetched.contains(&table_uri(0)) && fetched.contains(&table_uri(2)), "{fetched:?}");
+    assert_eq!(fetched.len(), out["route"].as_array().unwrap().len(), "{fetched:?}");
     let full_size: u64 =
         std::fs::read_dir(d.join("repo/full")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).max().unwrap();
     assert!(out["fetched_bytes"].as_u64().unwrap() < full_size, "{out}");
 
+    nginx.clear_log();
     let again = update(d, &url, "game", &[]);
     assert_eq!(again["changed"], false);
+    assert!(tables_fetched(&nginx).is_empty(), "an up-to-date folder needs only the manifest");
     assert!(again["route"].as_array().unwrap().is_empty());
     assert_eq!(snapshot(&d.join("game")), with_user(&releases[2]));
 }

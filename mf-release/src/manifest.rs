@@ -19,6 +19,8 @@ pub const FILE_TABLE_TYPE: &str = "mf-file-table";
 pub const SPEC_VERSION: u32 = 1;
 /// Clients refuse manifests larger than this (TUF's "endless data" attack).
 pub const MAX_MANIFEST_SIZE: u64 = 16 << 20;
+/// Clients refuse file tables whose JSON is larger than this (a million entries fit).
+pub const MAX_FILE_TABLE_JSON: u64 = 512 << 20;
 /// The name of the client's state directory inside an install folder; never a release path.
 pub const STATE_DIR_NAME: &str = ".mf-update";
 
@@ -353,6 +355,32 @@ impl FileTable {
         let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
         bytes.push(b'\n');
         bytes
+    }
+
+    /// The repository object: the JSON in one zstd frame (hex hashes and long shared paths shrink
+    /// about 4x, and the table is what every folder update fetches).
+    pub fn to_object(&self) -> Vec<u8> {
+        zstd::bulk::compress(&self.to_json(), 19).unwrap_or_default()
+    }
+
+    /// Parses a repository object (see [`FileTable::to_object`]) whose bytes already matched the
+    /// manifest's hash, decompressing at most [`MAX_FILE_TABLE_JSON`] bytes.
+    pub fn from_object(bytes: &[u8], version: &str, origin: &str) -> Result<FileTable> {
+        use std::io::Read;
+        let decoder = zstd::stream::read::Decoder::new(bytes)
+            .map_err(|e| Error::metadata(origin, format!("not a zstd-compressed file table: {e}")))?;
+        let mut json = Vec::new();
+        decoder
+            .take(MAX_FILE_TABLE_JSON + 1)
+            .read_to_end(&mut json)
+            .map_err(|e| Error::metadata(origin, format!("not a zstd-compressed file table: {e}")))?;
+        if json.len() as u64 > MAX_FILE_TABLE_JSON {
+            return Err(Error::metadata(
+                origin,
+                format!("the file table decompresses to more than {MAX_FILE_TABLE_JSON} bytes"),
+            ));
+        }
+        FileTable::parse(&json, version, origin)
     }
 }
 

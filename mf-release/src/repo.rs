@@ -25,7 +25,7 @@ use crate::manifest::{
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Default lifetime of a freshly written manifest.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(180 * 24 * 3600);
-const OBJECT_DIRS: [(&str, &str); 3] = [("full", "mf"), ("patches", "mfp"), ("files", "json")];
+const OBJECT_DIRS: [(&str, &str); 3] = [("full", "mf"), ("patches", "mfp"), ("files", "json.zst")];
 
 /// How a manifest rewrite is signed and how long it stays valid.
 pub struct Signing<'a> {
@@ -149,9 +149,9 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
 
     log(&format!("storing {}", archive.display()));
     let full = store(root, "full", "mf", archive, Transfer::Copy)?;
-    let table_path = scratch.path().join("files.json");
-    write_atomic(&table_path, &table.to_json())?;
-    let files = store(root, "files", "json", &table_path, Transfer::Move)?;
+    let table_path = scratch.path().join("files.json.zst");
+    write_atomic(&table_path, &table.to_object())?;
+    let files = store(root, "files", "json.zst", &table_path, Transfer::Move)?;
 
     let mut patches = Vec::new();
     let mut patches_skipped = Vec::new();

@@ -67,7 +67,7 @@ fn versions_are_published_with_patches_and_signed() {
     assert_eq!(sha256_file(&out).unwrap().0, latest.full.sha256);
     // The file table mirrors the archive in data order.
     let table_bytes = std::fs::read(root.join(&latest.files.path)).unwrap();
-    let table = mf_release::FileTable::parse(&table_bytes, "1.4", "t").unwrap();
+    let table = mf_release::FileTable::from_object(&table_bytes, "1.4", "t").unwrap();
     let archive = Archive::open(root.join(&latest.full.path)).unwrap();
     let paths: Vec<String> = archive.entries().map(|e| e.path().to_owned()).collect();
     assert_eq!(table.entries.iter().map(|e| e.path.clone()).collect::<Vec<_>>(), paths);

@@ -55,5 +55,6 @@ proptest! {
         let _ = Manifest::verify(&bytes, Some(&key.public()), SystemTime::now(), "m");
         let _ = Manifest::verify(&bytes, None, SystemTime::now(), "m");
         let _ = FileTable::parse(&bytes, "1.0", "t");
+        let _ = FileTable::from_object(&bytes, "1.0", "t");
     }
 }

@@ -312,13 +312,29 @@ impl InstallDir {
     /// Probes every path any of `tables` lists, hashing (SHA-256, in parallel) each file whose size
     /// some table gives for its path, once.
     pub fn scan(&self, tables: &[&FileTable]) -> Result<Scan> {
+        let mut scan = Scan::default();
+        self.scan_more(&mut scan, tables)?;
+        Ok(scan)
+    }
+
+    /// Extends `scan` to the paths `tables` list: probes paths not probed yet, and hashes files
+    /// probed earlier whose size only these tables list. Nothing is hashed twice.
+    pub fn scan_more(&self, scan: &mut Scan, tables: &[&FileTable]) -> Result<()> {
         let mut sizes: HashMap<&str, HashSet<u64>> = HashMap::new();
         for table in tables {
             for entry in &table.entries {
                 sizes.entry(entry.path.as_str()).or_default().insert(entry.size);
             }
         }
-        let mut paths: Vec<(&str, &HashSet<u64>)> = sizes.iter().map(|(p, s)| (*p, s)).collect();
+        let mut paths: Vec<(&str, &HashSet<u64>)> = sizes
+            .iter()
+            .map(|(p, s)| (*p, s))
+            .filter(|(path, sizes)| match scan.states.get(*path) {
+                None => true,
+                Some(PathState::File { size, sha256: None, .. }) => sizes.contains(size),
+                Some(_) => false,
+            })
+            .collect();
         paths.sort_unstable_by_key(|(p, _)| *p);
         let states = paths
             .par_iter()
@@ -337,8 +353,9 @@ impl InstallDir {
                 }
                 Ok((path.to_string(), state))
             })
-            .collect::<Result<HashMap<_, _>>>()?;
-        Ok(Scan { states })
+            .collect::<Result<Vec<_>>>()?;
+        scan.states.extend(states);
+        Ok(())
     }
 
     /// Starts a staging area: refuses while a journal exists (recover first), empties old staging.
@@ -1069,12 +1086,9 @@ pub fn update_folder(
         }
     };
     let target = session.target(options.to.as_deref())?.clone();
-    let versions: Vec<String> = session.manifest().versions.iter().map(|v| v.version.clone()).collect();
-    let tables: Vec<FileTable> = versions.iter().map(|v| session.file_table(v)).collect::<Result<_>>()?;
-    let table_refs: Vec<&FileTable> = tables.iter().collect();
-    let table_of = |version: &str| tables.iter().find(|t| t.version == version);
-    let scan = install.scan(&table_refs)?;
-    let installed = scan.identify(&table_refs);
+    let mut tables: HashMap<String, FileTable> = HashMap::new();
+    let mut scan = Scan::default();
+    let installed = identify_installed(&session, &install, &mut scan, &mut tables)?;
     let mut outcome = FolderOutcome {
         dir: dir.to_owned(),
         repo: repo.to_owned(),
@@ -1099,6 +1113,7 @@ pub fn update_folder(
     if installed_version == Some(target.version.as_str()) {
         if !options.check {
             session.clean_downloads()?;
+            remember_installed(&install, &target.version);
         }
         outcome.fetched_bytes = session.fetched_bytes();
         return Ok(outcome);
@@ -1106,6 +1121,16 @@ pub fn update_folder(
     let route = session.plan(installed_version, &target.version)?;
     outcome.route = route.steps.iter().map(Piece::of).collect();
     outcome.route_bytes = route.fetch_bytes;
+    // Staging needs the tables of every version the route passes through (and of the full fallback's
+    // target), and the scan of their paths.
+    for version in route.steps.iter().map(Step::produces).chain([target.version.as_str()]) {
+        if !tables.contains_key(version) {
+            tables.insert(version.to_owned(), session.file_table(version)?);
+        }
+    }
+    let table_of = |version: &str| tables.get(version);
+    let in_play: Vec<&FileTable> = tables.values().collect();
+    install.scan_more(&mut scan, &in_play)?;
     // The table whose files the update may delete: the installed version's, or for a repair the closest.
     let installed_table = match &installed {
         FolderState::Version { version } => table_of(version),
@@ -1160,6 +1185,7 @@ pub fn update_folder(
         Err(error) => return Err(error),
     };
     install.switch(&staged)?;
+    remember_installed(&install, &target.version);
     outcome.changed = true;
     outcome.files_deleted = staged.operations.iter().filter(|op| matches!(op, Operation::Delete { .. })).count();
     outcome.files_written = staged.operations.len() - outcome.files_deleted;
@@ -1169,6 +1195,68 @@ pub fn update_folder(
 }
 
 /// Downloads a route's pieces and stages the target from them.
+/// The version this install folder last reached through `mf update` (a hint: it is checked first).
+const INSTALLED_HINT: &str = "installed.json";
+
+#[derive(Serialize, Deserialize)]
+struct InstalledHint {
+    version: String,
+}
+
+/// Records the version the folder now holds, so the next update checks its file table first. Only a
+/// hint: losing it costs the next run a few more file tables.
+fn remember_installed(install: &InstallDir, version: &str) {
+    let hint = InstalledHint { version: version.to_owned() };
+    let _ = crate::update::write_atomically(
+        &install.state_dir().join(INSTALLED_HINT),
+        &serde_json::to_vec(&hint).unwrap_or_default(),
+    );
+}
+
+/// Identifies the installed version while fetching as few file tables as possible: the version last
+/// installed here first, then newest to oldest, stopping at the first whose every file matches (the
+/// newest match wins, as [`Scan::identify`] decides). An empty or missing folder is fresh without any
+/// table; only a folder that matches no version needs every table, to tell a fresh folder (no listed
+/// path exists) from a modified one and to name the closest version. Fetched tables land in `tables`.
+fn identify_installed(
+    session: &Session,
+    install: &InstallDir,
+    scan: &mut Scan,
+    tables: &mut HashMap<String, FileTable>,
+) -> Result<FolderState> {
+    if folder_is_empty(install)? {
+        return Ok(FolderState::Fresh);
+    }
+    let versions: Vec<&str> = session.manifest().versions.iter().map(|v| v.version.as_str()).collect();
+    let hint = fs::read(install.state_dir().join(INSTALLED_HINT))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<InstalledHint>(&bytes).ok())
+        .map(|hint| hint.version)
+        .filter(|version| versions.contains(&version.as_str()));
+    let mut order: Vec<&str> = hint.iter().map(String::as_str).collect();
+    order.extend(versions.iter().rev().filter(|v| Some(**v) != hint.as_deref()));
+    for version in order {
+        let table = session.file_table(version)?;
+        install.scan_more(scan, &[&table])?;
+        let matches = scan.matches(&table);
+        tables.insert(version.to_owned(), table);
+        if matches {
+            return Ok(FolderState::Version { version: version.to_owned() });
+        }
+    }
+    let all: Vec<&FileTable> = versions.iter().filter_map(|v| tables.get(*v)).collect();
+    Ok(scan.identify(&all))
+}
+
+/// True when the folder is missing or holds nothing but the updater's state directory.
+fn folder_is_empty(install: &InstallDir) -> Result<bool> {
+    match fs::read_dir(install.root()) {
+        Ok(mut entries) => Ok(entries.all(|e| e.is_ok_and(|e| e.file_name() == STATE_DIR_NAME))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io(install.root(), e)),
+    }
+}
+
 fn stage_route<'t>(
     session: &Session,
     install: &InstallDir,

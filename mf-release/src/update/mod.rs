@@ -264,7 +264,7 @@ impl Session {
                 bytes
             }
         };
-        let table = FileTable::parse(&bytes, version, &url)?;
+        let table = FileTable::from_object(&bytes, version, &url)?;
         self.tables.lock().unwrap_or_else(|e| e.into_inner()).insert(version.to_owned(), table.clone());
         Ok(table)
     }
