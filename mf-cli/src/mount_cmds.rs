@@ -7,6 +7,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -127,12 +128,12 @@ pub fn mount(args: MountArgs, threads: Option<usize>) -> Outcome {
     Ok(true)
 }
 
-/// In the daemon child: tells the parent the mount is live, then points standard output and error
-/// away from the parent's pipe (at `log`, or /dev/null) so the parent sees end-of-file.
+/// In the daemon child: points standard output and error away from the parent's pipe (at `log`, or
+/// /dev/null), then tells the parent through that pipe that the mount is live, and closes it so the
+/// parent sees end-of-file. The redirection comes first: once the parent returns, its pipe has no
+/// reader, and a message written there (a read error the caller's very next access may cause) would
+/// fail.
 fn report_ready(log: Option<&Path>) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{READY}")?;
-    stdout.flush()?;
     let target: File = match log {
         Some(path) => OpenOptions::new()
             .create(true)
@@ -141,8 +142,12 @@ fn report_ready(log: Option<&Path>) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open log file {}", path.display()))?,
         None => File::options().write(true).open("/dev/null")?,
     };
+    std::io::stdout().flush()?;
+    let mut parent = File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     nix::unistd::dup2_stdout(&target)?;
     nix::unistd::dup2_stderr(&target)?;
+    writeln!(parent, "{READY}")?;
+    parent.flush()?;
     Ok(())
 }
 

@@ -167,11 +167,11 @@ impl ArchiveFs {
             Ok(()) => Ok(self.cache.insert(key, buffer)),
             Err(e) => {
                 self.cache.recycle(buffer);
-                eprintln!(
+                log_error(format_args!(
                     "mf mount: I/O error reading '{}' from archive {}: {e}",
                     entry.path(),
                     archive.name().display()
-                );
+                ));
                 Err(Errno::EIO)
             }
         }
@@ -322,11 +322,11 @@ impl ArchiveFs {
             }
             Ok(content) => Ok(self.cache.insert(key, content)),
             Err(e) => {
-                eprintln!(
+                log_error(format_args!(
                     "mf mount: I/O error reading '{}' from Panda3D multifile {}: {e}",
                     subfile.name(),
                     multifile.name().display()
-                );
+                ));
                 Err(Errno::EIO)
             }
         }
@@ -489,6 +489,13 @@ impl fuser::Filesystem for ArchiveFs {
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
         reply.error(Errno::ENOSYS);
     }
+}
+
+/// Logs a failed read on standard error. Unlike `eprintln!`, never panics: a daemon whose stderr
+/// went away (a closed pipe) must keep serving, and a panic here would take a FUSE thread down.
+fn log_error(message: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{message}");
 }
 
 #[cfg(test)]
