@@ -94,17 +94,20 @@ bench_drop_caches() {
 # bench_run_once OUT_PREFIX CMD...: runs CMD once under /usr/bin/time -v, appending the wall time
 # (seconds), CPU time (user+sys seconds) and peak RSS (KiB; for a pipeline run through sh -c, the
 # largest process) to OUT_PREFIX.{wall,cpu,rss}. Output of CMD goes to OUT_PREFIX.log.
-# Set BENCH_COLD=1 to drop the page cache before each timed command.
+# Set BENCH_COLD=1 to drop the page cache before each timed command. With BENCH_STDOUT=FILE, CMD's
+# standard output goes to FILE instead (replaced each run: e.g. a --json report to read afterwards).
 bench_run_once() {
   local prefix="$1"
   shift
   [ "${BENCH_COLD:-0}" = 1 ] && bench_drop_caches
-  local tv="$prefix.timev" start end
+  local tv="$prefix.timev" start end out="${BENCH_STDOUT:-$prefix.log}"
+  [ -n "${BENCH_STDOUT:-}" ] && : >"$out"
   start=$EPOCHREALTIME
-  if ! /usr/bin/time -v -o "$tv" "$@" >>"$prefix.log" 2>&1; then
+  if ! /usr/bin/time -v -o "$tv" "$@" >>"$out" 2>>"$prefix.log"; then
     end=$EPOCHREALTIME
-    bench_log "command failed: $* (see $prefix.log)"
+    bench_log "command failed: $* (see $prefix.log${BENCH_STDOUT:+, $out})"
     tail -5 "$prefix.log" >&2
+    [ -n "${BENCH_STDOUT:-}" ] && tail -5 "$out" >&2
     return 1
   fi
   end=$EPOCHREALTIME

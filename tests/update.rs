@@ -360,13 +360,7 @@ fn a_corrupted_patch_falls_back_to_the_full_download() {
 
     // Corruption in transit (the repository is fine) is caught the same way.
     let server = Nginx::serve(&f.repo);
-    let proxy = FaultProxy::start(server.port, |_, path| {
-        if path.starts_with("/patches/") {
-            Fault::Corrupt { at: 100 }
-        } else {
-            Fault::Pass
-        }
-    });
+    let proxy = fault_patches(server.port, Fault::Corrupt { at: 100 });
     let game = install(dir.path(), "1.0");
     let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key_arg(), "game.mf"]);
     assert!(outcome["fell_back"].as_str().unwrap().contains("SHA-256"), "{outcome}");
@@ -455,13 +449,7 @@ fn wrong_length_responses_are_never_used() {
 
     // A body of unannounced length that runs past the manifest's size: cut off and refused.
     let server = Nginx::serve(&f.repo);
-    let proxy = FaultProxy::start(server.port, |_, path| {
-        if path.starts_with("/patches/") {
-            Fault::Append { bytes: 100 }
-        } else {
-            Fault::Pass
-        }
-    });
+    let proxy = fault_patches(server.port, Fault::Append { bytes: 100 });
     let game = install(dir.path(), "1.0");
     let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key_arg(), "game.mf"]);
     let reason = outcome["fell_back"].as_str().expect("fell back");
@@ -699,4 +687,9 @@ fn kill_9_during_a_fresh_install_leaves_no_archive_or_the_whole_one() {
     let manifest_len = std::fs::metadata(f.repo.join("manifest.json")).unwrap().len();
     assert_eq!(outcome["fetched_bytes"], new.len() as u64 - partial + manifest_len);
     assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
+}
+
+/// A proxy in front of nginx on `port` that applies `fault` to every patch download and passes the rest.
+fn fault_patches(port: u16, fault: Fault) -> FaultProxy {
+    FaultProxy::start(port, move |_, path| if path.starts_with("/patches/") { fault } else { Fault::Pass })
 }

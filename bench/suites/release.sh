@@ -109,24 +109,8 @@ log_account() {
   awk '{ printf "%s%s", sep, $2; sep = " " } END { print "" }' <<<"$lines" >>"$2.paths"
 }
 
-# timed PREFIX CMD...: bench_run_once, but stdout (the --json report) goes to PREFIX.out, replaced
-# each run, and stderr to PREFIX.log.
-timed() {
-  local prefix="$1"
-  shift
-  [ "${BENCH_COLD:-0}" = 1 ] && bench_drop_caches
-  local start end
-  start=$EPOCHREALTIME
-  if ! /usr/bin/time -v -o "$prefix.timev" "$@" >"$prefix.out" 2>>"$prefix.log"; then
-    bench_log "command failed: $* (see $prefix.log, $prefix.out)"
-    tail -5 "$prefix.log" "$prefix.out" >&2
-    return 1
-  fi
-  end=$EPOCHREALTIME
-  awk -v s="$start" -v e="$end" 'BEGIN { printf "%.4f\n", e - s }' >>"$prefix.wall"
-  awk -F': ' '/User time/ { u = $2 } /System time/ { s = $2 } END { printf "%.2f\n", u + s }' "$prefix.timev" >>"$prefix.cpu"
-  awk -F': ' '/Maximum resident set size/ { print $2 }' "$prefix.timev" >>"$prefix.rss"
-}
+# timed PREFIX CMD...: bench_run_once, with stdout (the --json report) in PREFIX.out, replaced each run.
+timed() { BENCH_STDOUT="$1.out" bench_run_once "$@"; }
 
 # ---- manifest look-ups ----------------------------------------------------------------------------
 # manifest_query REPO EXPR: evaluates a Python expression over the manifest's signed part `m`
