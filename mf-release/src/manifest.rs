@@ -214,9 +214,7 @@ impl Manifest {
                 return Err(Error::BadSignature { origin: origin.to_owned(), what });
             }
         }
-        let manifest: Manifest = serde_json::from_value(envelope.signed)
-            .map_err(|e| Error::metadata(origin, format!("not a release manifest: {e}")))?;
-        manifest.validate(origin)?;
+        let manifest = parse_signed(envelope.signed, origin)?;
         if manifest.expires_at()? <= now {
             return Err(Error::Expired {
                 origin: origin.to_owned(),
@@ -244,9 +242,7 @@ impl Manifest {
                 });
             }
         }
-        let manifest: Manifest = serde_json::from_value(envelope.signed)
-            .map_err(|e| Error::metadata(origin, format!("not a release manifest: {e}")))?;
-        manifest.validate(origin)?;
+        let manifest = parse_signed(envelope.signed, origin)?;
         Ok((manifest, signed))
     }
 
@@ -264,6 +260,14 @@ impl Manifest {
         bytes.push(b'\n');
         bytes
     }
+}
+
+/// The signed part as a manifest, structurally validated.
+fn parse_signed(signed: serde_json::Value, origin: &str) -> Result<Manifest> {
+    let manifest: Manifest =
+        serde_json::from_value(signed).map_err(|e| Error::metadata(origin, format!("not a release manifest: {e}")))?;
+    manifest.validate(origin)?;
+    Ok(manifest)
 }
 
 /// True when some signature in `envelope` is `key`'s valid signature of the canonical signed part.

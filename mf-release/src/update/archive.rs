@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::fetch::sync_dir;
 use crate::hash::sha256_file;
-use crate::plan::{full_route, Route, Step};
+use crate::plan::{Route, Step};
 use crate::update::{remove_dir_contents, Progress, Session, SessionOptions, UpdateOptions};
 
 const WORK_DIR: &str = "work";
@@ -165,24 +165,12 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
     }
 
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
-    let result = match run_route(&session, archive, &work, &route, progress) {
-        Ok(result) => result,
-        Err(error) if !route.is_full() => {
-            let reason = error.to_string();
-            progress.note(&format!("the patch route failed ({reason}); falling back to the full download"));
-            outcome.fell_back = Some(reason);
-            let full = full_route(session.manifest(), &target.version, &|o| session.has(o))
-                .ok_or_else(|| Error::Invalid(format!("version {} vanished from the manifest", target.version)))?;
-            outcome.route = full.steps.iter().map(Piece::of).collect();
-            outcome.route_bytes = full.fetch_bytes;
-            run_route(&session, archive, &work, &full, progress).map_err(|full_error| {
-                Error::Invalid(format!(
-                    "the update failed: the patch route failed ({error}), and so did the full download ({full_error})"
-                ))
-            })?
-        }
-        Err(error) => return Err(error),
-    };
+    let (result, taken, fell_back) = session.run_with_fallback(route, &target.version, progress, |route| {
+        run_route(&session, archive, &work, route, progress)
+    })?;
+    outcome.route = taken.steps.iter().map(Piece::of).collect();
+    outcome.route_bytes = taken.fetch_bytes;
+    outcome.fell_back = fell_back;
     install(&result, archive, &target.full.sha256)?;
     outcome.changed = true;
     session.clean_downloads()?;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 use crate::manifest::{FileEntry, FileTable, STATE_DIR_NAME};
-use crate::plan::{full_route, Route, Step};
+use crate::plan::{Route, Step};
 use crate::update::{Piece, Progress, Session, SessionOptions, UpdateOptions};
 
 const STAGING: &str = "staging";
@@ -1161,29 +1161,19 @@ pub fn update_folder(
         return Ok(outcome);
     }
 
-    let staged = match stage_route(&session, &install, &scan, installed_table, &route, &table_of, progress) {
-        Ok(staged) => staged,
-        Err(error) if !route.is_full() => {
-            let reason = error.to_string();
-            progress.note(&format!("the patch route failed ({reason}); falling back to the full download"));
-            for step in &route.steps {
-                session.discard(step.object());
+    let (staged, taken, fell_back) = session.run_with_fallback(route, &target.version, progress, |route| {
+        stage_route(&session, &install, &scan, installed_table, route, &table_of, progress).inspect_err(|_| {
+            // A failed patch route's pieces are not worth resuming: the full download replaces them.
+            if !route.is_full() {
+                for step in &route.steps {
+                    session.discard(step.object());
+                }
             }
-            outcome.fell_back = Some(reason);
-            let full = full_route(session.manifest(), &target.version, &|o| session.has(o))
-                .ok_or_else(|| Error::Invalid(format!("version {} vanished from the manifest", target.version)))?;
-            outcome.route = full.steps.iter().map(Piece::of).collect();
-            outcome.route_bytes = full.fetch_bytes;
-            stage_route(&session, &install, &scan, installed_table, &full, &table_of, progress).map_err(
-                |full_error| {
-                    Error::Invalid(format!(
-                        "the update failed: the patch route failed ({error}), and so did the full download ({full_error})"
-                    ))
-                },
-            )?
-        }
-        Err(error) => return Err(error),
-    };
+        })
+    })?;
+    outcome.route = taken.steps.iter().map(Piece::of).collect();
+    outcome.route_bytes = taken.fetch_bytes;
+    outcome.fell_back = fell_back;
     install.switch(&staged)?;
     remember_installed(&install, &target.version);
     outcome.changed = true;

@@ -39,7 +39,7 @@ use crate::fetch::{sync_dir, FetchOptions, Fetcher};
 use crate::hash::sha256_hex;
 use crate::keys::PublicKey;
 use crate::manifest::{FileTable, Manifest, ObjectRef, Version, MAX_MANIFEST_SIZE};
-use crate::plan::{plan, Route};
+use crate::plan::{full_route, plan, Route};
 
 pub use archive::{update_archive, Installed, Outcome, Piece};
 
@@ -284,6 +284,33 @@ impl Session {
         let dir = self.downloads_dir();
         let _ = std::fs::remove_file(dir.join(&object.sha256));
         let _ = std::fs::remove_file(dir.join(format!("{}.part", object.sha256)));
+    }
+
+    /// Carries out `route` with `run`. When a patch route fails, tells `progress`, and carries out the
+    /// full download of `target` instead. Returns what `run` gave, the route that gave it, and why the
+    /// patch route failed when it did.
+    pub(crate) fn run_with_fallback<T>(
+        &self,
+        route: Route,
+        target: &str,
+        progress: &dyn Progress,
+        run: impl Fn(&Route) -> Result<T>,
+    ) -> Result<(T, Route, Option<String>)> {
+        let error = match run(&route) {
+            Ok(result) => return Ok((result, route, None)),
+            Err(error) if route.is_full() => return Err(error),
+            Err(error) => error,
+        };
+        let reason = error.to_string();
+        progress.note(&format!("the patch route failed ({reason}); falling back to the full download"));
+        let full = full_route(&self.manifest, target, &|o| self.has(o))
+            .ok_or_else(|| Error::Invalid(format!("version {target} vanished from the manifest")))?;
+        let result = run(&full).map_err(|full_error| {
+            Error::Invalid(format!(
+                "the update failed: the patch route failed ({error}), and so did the full download ({full_error})"
+            ))
+        })?;
+        Ok((result, full, Some(reason)))
     }
 
     /// Deletes every download (after a successful update).
