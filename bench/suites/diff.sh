@@ -26,7 +26,8 @@
 # Environment: MF (an mf binary; default: build target/release/mf), WORK (scratch, default bench/work/diff),
 # BENCH_CACHE (downloads, unpacked pairs and built anchors, reusable across worktrees; default
 # bench/work/cache), ANCHORS (0: mf only), HDIFFZ (0: skip the hdiffz CLI rows).
-# Repeats and caps (seconds per command, "timed out" is then the answer), per pair:
+# Repeats and caps (seconds per command, "timed out" is then the answer), per pair (mf's own commands
+# are capped at MF_TIMEOUT, default 3600):
 #   RUNS (arcade, 3), ANCHOR_TIMEOUT (arcade, 900),
 #   RUNS_GENERATED (1), ANCHOR_TIMEOUT_GENERATED (180),
 #   RUNS_BINARY (1), ANCHOR_TIMEOUT_DUCKDB (600), ANCHOR_TIMEOUT_XGBOOST (600),
@@ -341,30 +342,31 @@ bench_mf_rows() {
   mkdir -p "$o"
   for args in "$@"; do
     bench_tool "mf${args:+ $args}" "$MF diff $args $d/v1.mf $d/v2.mf -o $o/mf.mfp >/dev/null" \
-      "$MF apply $o/mf.mfp $d/v1.mf -o $o/mf.out >/dev/null" "$o/mf.mfp" "$o/mf.out" "$d/v2.mf"
+      "$MF apply $o/mf.mfp $d/v1.mf -o $o/mf.out >/dev/null" "$o/mf.mfp" "$o/mf.out" "$d/v2.mf" "${MF_TIMEOUT:-3600}"
   done
 }
 
 # bench_anchor_rows DIR OLD NEW [BSDIFF_CAP]: the anchors on DIR/OLD -> DIR/NEW, Panda3D on its multifiles.
+# The targets' references (HDiffPatch, build_patch) come first, bsdiff (slowest, capped) last.
 bench_anchor_rows() {
   local d=$1 v1=$1/$2 v2=$1/$3 bs_cap=${4:-$PAIR_TIMEOUT}
   local o=$WORK/out-$PAIR_NAME
   mkdir -p "$o"
+  bench_tool "HDiffPatch (pip hdiffpatch, zstd)" "$VENV/python $WORK/hdiff.py diff $v1 $v2 $o/h.patch" \
+    "$VENV/python $WORK/hdiff.py apply $v1 $o/h.patch $o/h.out" "$o/h.patch" "$o/h.out" "$v2"
   bench_tool "Panda3D build_patch/apply_patch" "$P3D/build_patch -o $o/p3d.pch $d/v1.p3d.mf $d/v2.p3d.mf >/dev/null" \
     "cp $d/v1.p3d.mf $o/p3d.out && cp $o/p3d.pch $o/p3d.pch.keep && $P3D/apply_patch $o/p3d.pch $o/p3d.out >/dev/null; mv -f $o/p3d.pch.keep $o/p3d.pch" \
     "$o/p3d.pch" "$o/p3d.out" "$d/v2.p3d.mf"
-  bench_tool "bsdiff/bspatch" "bsdiff $v1 $v2 $o/bs.patch" "bspatch $v1 $o/bs.out $o/bs.patch" \
-    "$o/bs.patch" "$o/bs.out" "$v2" "$bs_cap"
   bench_tool "xdelta3 -9" "xdelta3 -9 -f -e -s $v1 $v2 $o/x.vcdiff" "xdelta3 -f -d -s $v1 $o/x.vcdiff $o/x.out" \
     "$o/x.vcdiff" "$o/x.out" "$v2"
   bench_tool "zstd -19 --long=31 --patch-from" "zstd -q -f -19 --long=31 --patch-from=$v1 $v2 -o $o/z.zst" \
     "zstd -q -f -d --long=31 --patch-from=$v1 $o/z.zst -o $o/z.out" "$o/z.zst" "$o/z.out" "$v2"
-  bench_tool "HDiffPatch (pip hdiffpatch, zstd)" "$VENV/python $WORK/hdiff.py diff $v1 $v2 $o/h.patch" \
-    "$VENV/python $WORK/hdiff.py apply $v1 $o/h.patch $o/h.out" "$o/h.patch" "$o/h.out" "$v2"
   if [ "${HDIFFZ:-1}" = 1 ]; then
     bench_tool "HDiffPatch hdiffz -m -c-zstd" "$HDIFFZ_BIN -m -c-zstd -f $v1 $v2 $o/hz.patch >/dev/null" \
       "$HPATCHZ_BIN -f $v1 $o/hz.patch $o/hz.out >/dev/null" "$o/hz.patch" "$o/hz.out" "$v2"
   fi
+  bench_tool "bsdiff/bspatch" "bsdiff $v1 $v2 $o/bs.patch" "bspatch $v1 $o/bs.out $o/bs.patch" \
+    "$o/bs.patch" "$o/bs.out" "$v2" "$bs_cap"
   rm -f "$o"/*.patch "$o"/*.pch "$o"/*.vcdiff "$o"/*.zst
 }
 
