@@ -285,6 +285,14 @@ make_wheel_pair() {
 
 # --- one pair ------------------------------------------------------------------------------------
 
+# want_row KEY: whether ROWS (a space-separated list of keys, default all) asks for this row. Keys: mf,
+# mf-limit, hdiffpatch, panda3d, xdelta3, zstd, hdiffz, bsdiff.
+want_row() {
+  [ -z "${ROWS:-}" ] && return 0
+  case " $ROWS " in *" $1 "*) return 0 ;; esac
+  return 1
+}
+
 # bench_tool NAME DIFF_CMD APPLY_CMD PATCH OUT EXPECTED [CAP]: one row of $MEASURED (tab-separated:
 # tool, patch bytes, diff s, diff RSS MiB, apply s, apply RSS MiB, output identical, diff CPU s,
 # apply CPU s). A time column holds the status instead when the command timed out or failed.
@@ -312,12 +320,21 @@ bench_tool() {
   log "  patch $psize B, diff $d_secs s / ${d_rss_mb} MB, apply $a_secs s / $a_rss MB, identical: $ok"
 }
 
-# start_pair NAME RUNS CAP DESCRIPTION: opens $WORK/measured/NAME.tsv with a header of comment lines.
+# start_pair NAME RUNS CAP DESCRIPTION: opens $WORK/measured/NAME.tsv.tmp with a header of comment lines
+# (renamed to NAME.tsv when the pair is done; a run cut short leaves the .tmp, reported as partial).
+# With APPEND=1 the rows measured now are added to the pair's last measurements (the report keeps the
+# newest row of each tool), e.g. ROWS=mf-limit APPEND=1 to re-measure one row.
 start_pair() {
   PAIR_NAME=$1 PAIR_RUNS=$2 PAIR_TIMEOUT=$3
   MEASURED=$WORK/measured/$PAIR_NAME.tsv.tmp
   local commit
   commit="$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- . ':!bench' || echo '+uncommitted')"
+  if [ "${APPEND:-0}" = 1 ] && [ -f "${MEASURED%.tmp}" ]; then
+    cp "${MEASURED%.tmp}" "$MEASURED"
+    printf '#appended\t%s at %s (rows: %s), load %s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')" "$commit" \
+      "${ROWS:-all}" "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$MEASURED"
+    return 0
+  fi
   {
     printf '#pair\t%s\n' "$PAIR_NAME"
     printf '#description\t%s\n' "$4"
@@ -341,6 +358,7 @@ bench_mf_rows() {
   local d=$1 o=$1/out args; shift
   mkdir -p "$o"
   for args in "$@"; do
+    want_row "$([ -z "$args" ] && echo mf || echo mf-limit)" || continue
     bench_tool "mf${args:+ $args}" "$MF diff $args $d/v1.mf $d/v2.mf -o $o/mf.mfp >/dev/null" \
       "$MF apply $o/mf.mfp $d/v1.mf -o $o/mf.out >/dev/null" "$o/mf.mfp" "$o/mf.out" "$d/v2.mf" "${MF_TIMEOUT:-3600}"
   done
@@ -352,22 +370,28 @@ bench_anchor_rows() {
   local d=$1 v1=$1/$2 v2=$1/$3 bs_cap=${4:-$PAIR_TIMEOUT}
   local o=$WORK/out-$PAIR_NAME
   mkdir -p "$o"
+  want_row hdiffpatch && \
   bench_tool "HDiffPatch (pip hdiffpatch, zstd)" "$VENV/python $WORK/hdiff.py diff $v1 $v2 $o/h.patch" \
     "$VENV/python $WORK/hdiff.py apply $v1 $o/h.patch $o/h.out" "$o/h.patch" "$o/h.out" "$v2"
+  want_row panda3d && \
   bench_tool "Panda3D build_patch/apply_patch" "$P3D/build_patch -o $o/p3d.pch $d/v1.p3d.mf $d/v2.p3d.mf >/dev/null" \
     "cp $d/v1.p3d.mf $o/p3d.out && cp $o/p3d.pch $o/p3d.pch.keep && $P3D/apply_patch $o/p3d.pch $o/p3d.out >/dev/null; mv -f $o/p3d.pch.keep $o/p3d.pch" \
     "$o/p3d.pch" "$o/p3d.out" "$d/v2.p3d.mf"
+  want_row xdelta3 && \
   bench_tool "xdelta3 -9" "xdelta3 -9 -f -e -s $v1 $v2 $o/x.vcdiff" "xdelta3 -f -d -s $v1 $o/x.vcdiff $o/x.out" \
     "$o/x.vcdiff" "$o/x.out" "$v2"
+  want_row zstd && \
   bench_tool "zstd -19 --long=31 --patch-from" "zstd -q -f -19 --long=31 --patch-from=$v1 $v2 -o $o/z.zst" \
     "zstd -q -f -d --long=31 --patch-from=$v1 $o/z.zst -o $o/z.out" "$o/z.zst" "$o/z.out" "$v2"
-  if [ "${HDIFFZ:-1}" = 1 ]; then
+  if [ "${HDIFFZ:-1}" = 1 ] && want_row hdiffz; then
     bench_tool "HDiffPatch hdiffz -m -c-zstd" "$HDIFFZ_BIN -m -c-zstd -f $v1 $v2 $o/hz.patch >/dev/null" \
       "$HPATCHZ_BIN -f $v1 $o/hz.patch $o/hz.out >/dev/null" "$o/hz.patch" "$o/hz.out" "$v2"
   fi
+  want_row bsdiff && \
   bench_tool "bsdiff/bspatch" "bsdiff $v1 $v2 $o/bs.patch" "bspatch $v1 $o/bs.out $o/bs.patch" \
     "$o/bs.patch" "$o/bs.out" "$v2" "$bs_cap"
   rm -f "$o"/*.patch "$o"/*.pch "$o"/*.vcdiff "$o"/*.zst
+  return 0
 }
 
 run_arcade() {
