@@ -108,7 +108,8 @@ def ratio_target(what, mine, theirs, limit, anchor, unit=""):
     if theirs is None:
         theirs = "not measured"
     if m is None:
-        return [what, f"{mine}", f"{theirs}", "-", f"≤ {limit:.2g}", f"**missed** (mf {mine})"]
+        mine = mine if mine not in (None, "-") else "not measured"
+        return [what, mine, f"{theirs}", "-", f"≤ {limit:.2g}", f"n/a (mf: {mine})"]
     cap = cap_of(theirs)
     if t is None and cap is not None:
         bound = m / cap
@@ -123,8 +124,8 @@ def ratio_target(what, mine, theirs, limit, anchor, unit=""):
 def absolute_target(what, mine, limit, unit):
     m = number(mine)
     if m is None:
-        return [what, f"{mine or 'not measured'}", "-", "-", f"≤ {limit:g}{unit}",
-                f"**missed** (mf {mine})" if mine else "n/a (not measured)"]
+        mine = mine if mine not in (None, "-") else "not measured"
+        return [what, mine, "-", "-", f"≤ {limit:g}{unit}", f"n/a (mf: {mine})"]
     return [what, f"{fmt_num(m)}{unit}", "-", "-", f"≤ {limit:g}{unit}", "met" if m <= limit else "**missed**"]
 
 
@@ -133,20 +134,23 @@ def targets(rows):
     lim = rows.get(LIMITED, {})
     h = rows.get(HDIFF, {})
     p = rows.get(PANDA, {})
-    # build_patch's RSS is known only when it completed; a capped run was killed before its peak.
-    panda_rss = p.get("diff_rss") if number(p.get("diff_s")) is not None else ("did not complete" if p else None)
+    # An anchor's RSS is known only when it completed; a capped run was killed before its peak.
+    def completed_rss(row):
+        return row.get("diff_rss") if number(row.get("diff_s")) is not None else ("did not complete" if row else None)
+    panda_rss = completed_rss(p)
     lines = [
         ratio_target("patch ≤ HDiffPatch's", mf.get("patch"), h.get("patch"), 1.0, "HDiffPatch", " B"),
         ratio_target("diff time ≤ ½ HDiffPatch's", mf.get("diff_s"), h.get("diff_s"), 0.5, "HDiffPatch", " s"),
         ratio_target("diff time ≤ ⅓ build_patch's", mf.get("diff_s"), p.get("diff_s"), 1 / 3, "build_patch", " s"),
-        ratio_target("diff peak RSS ≤ ¾ HDiffPatch's", mf.get("diff_rss"), h.get("diff_rss"), 0.75, "HDiffPatch", " MiB"),
+        ratio_target("diff peak RSS ≤ ¾ HDiffPatch's", mf.get("diff_rss"), completed_rss(h), 0.75, "HDiffPatch", " MiB"),
         ratio_target("diff peak RSS ≤ build_patch's (where it completes)", mf.get("diff_rss"), panda_rss, 1.0,
                      "build_patch", " MiB"),
-        absolute_target("`--memory-limit 512M`: diff peak RSS < 512 MiB", lim.get("diff_rss"), 512, " MiB"),
+        absolute_target("`--memory-limit 512M`: diff peak RSS < 512 MiB", completed_rss(lim), 512, " MiB"),
         ratio_target("`--memory-limit 512M`: patch ≤ 1.2× HDiffPatch's", lim.get("patch"), h.get("patch"), 1.2,
                      "HDiffPatch", " B"),
-        absolute_target("apply peak RSS ≤ 64 MiB (default patch)", mf.get("apply_rss"), 64, " MiB"),
-        absolute_target("apply peak RSS ≤ 64 MiB (`--memory-limit` patch)", lim.get("apply_rss"), 64, " MiB"),
+        absolute_target("apply peak RSS ≤ 64 MiB (default patch)", mf.get("apply_rss") if number(mf.get("apply_s")) is not None else None, 64, " MiB"),
+        absolute_target("apply peak RSS ≤ 64 MiB (`--memory-limit` patch)",
+                        lim.get("apply_rss") if number(lim.get("apply_s")) is not None else None, 64, " MiB"),
         ratio_target("apply time ≤ ½ apply_patch's", mf.get("apply_s"), p.get("apply_s"), 0.5, "apply_patch", " s"),
     ]
     out = ["| target | mf | anchor | ratio | limit | verdict |", "|---|---:|---:|---:|---:|---|"]
