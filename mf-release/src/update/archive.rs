@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::fetch::sync_dir;
 use crate::hash::sha256_file;
 use crate::plan::{Route, Step};
-use crate::update::{remove_dir_contents, Progress, Session, SessionOptions, UpdateOptions};
+use crate::update::{remove_dir_contents, repair_rule, Progress, Session, UpdateOptions};
 
 const WORK_DIR: &str = "work";
 
@@ -110,13 +110,7 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
     }
     let state = state_dir(archive);
     let work = state.join(WORK_DIR);
-    let session_options = SessionOptions {
-        key: options.key.clone(),
-        fetch: options.fetch.clone(),
-        read_only: options.check,
-        now: std::time::SystemTime::now(),
-    };
-    let session = Session::open(repo, &state, session_options)?;
+    let session = Session::for_update(repo, &state, options)?;
     if !options.check {
         // Left by a run that was killed: half-applied patches and temp files, never needed again.
         remove_dir_contents(&work)?;
@@ -147,17 +141,15 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
     outcome.route = route.steps.iter().map(Piece::of).collect();
     outcome.route_bytes = route.fetch_bytes;
     if let Installed::Unknown { sha256 } = &installed {
-        if options.check {
-            outcome.needs_repair = !options.repair;
-        } else if !options.repair {
-            return Err(Error::Invalid(format!(
+        outcome.needs_repair = repair_rule(options, || {
+            Error::Invalid(format!(
                 "{}: its SHA-256 {sha256} matches no version in {repo} (modified, damaged or unknown install); \
                  left untouched. Run again with --repair to replace it with the full download of {} ({} bytes)",
                 archive.display(),
                 target.version,
                 target.full.size
-            )));
-        }
+            ))
+        })?;
     }
     if options.check {
         outcome.fetched_bytes = session.fetched_bytes();

@@ -164,6 +164,18 @@ impl Session {
         })
     }
 
+    /// Opens the session of an update of the install whose state lives in `state_dir`: read-only
+    /// for `--check`.
+    pub(crate) fn for_update(repo: &str, state_dir: &Path, options: &UpdateOptions) -> Result<Session> {
+        let session_options = SessionOptions {
+            key: options.key.clone(),
+            fetch: options.fetch.clone(),
+            read_only: options.check,
+            now: SystemTime::now(),
+        };
+        Session::open(repo, state_dir, session_options)
+    }
+
     /// The verified manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -320,6 +332,19 @@ impl Session {
         }
         let dir = self.downloads_dir();
         remove_dir_contents(&dir)
+    }
+}
+
+/// The `--repair` rule for an install that matches no version, in either mode: `--check` reports it
+/// (true when the real run needs `--repair`); a real run without `--repair` is refused with
+/// `refusal()` and leaves the install untouched; with `--repair` the update goes on.
+pub(crate) fn repair_rule(options: &UpdateOptions, refusal: impl FnOnce() -> Error) -> Result<bool> {
+    if options.check {
+        Ok(!options.repair)
+    } else if options.repair {
+        Ok(false)
+    } else {
+        Err(refusal())
     }
 }
 

@@ -1,14 +1,41 @@
 //! Folder mode against local patches and archives made with mf-format and mf-diff.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
+use mf_format::{Archive, ArchiveWriter, EntryOptions, WriterOptions};
 
+use super::journal::CrashPoints;
 use super::*;
 use crate::hash::sha256_hex;
+use crate::manifest::FileEntry;
 
 /// A release: path → (content, mode).
+/// Crash injection: counts the steps on disk of the switch, recovery and rollback, and stops dead
+/// (no rollback) at step `stop_at`, as a kill would.
+#[derive(Debug, Default)]
+struct Faults {
+    stop_at: Option<usize>,
+    steps: usize,
+    crashed: bool,
+}
+
+impl CrashPoints for Faults {
+    fn step(&mut self) -> Result<()> {
+        self.steps += 1;
+        if self.stop_at == Some(self.steps) {
+            self.crashed = true;
+            return Err(Error::Invalid(format!("simulated crash at step {}", self.steps)));
+        }
+        Ok(())
+    }
+
+    fn crashed(&self) -> bool {
+        self.crashed
+    }
+}
+
 type Files = BTreeMap<String, (Vec<u8>, u32)>;
 
 fn text(lines: u32, tag: &str) -> Vec<u8> {
