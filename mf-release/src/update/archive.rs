@@ -106,7 +106,7 @@ pub fn state_dir(archive: &Path) -> PathBuf {
 /// Brings `archive` to the target version from repository `repo` (module docs).
 pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progress: &dyn Progress) -> Result<Outcome> {
     if archive.file_name().is_none() {
-        return Err(Error::Invalid(format!("{}: not a file path", archive.display())));
+        return Err(Error::BadArgument(format!("{}: not a file path", archive.display())));
     }
     let state = state_dir(archive);
     let work = state.join(WORK_DIR);
@@ -141,14 +141,12 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
     outcome.route = route.steps.iter().map(Piece::of).collect();
     outcome.route_bytes = route.fetch_bytes;
     if let Installed::Unknown { sha256 } = &installed {
-        outcome.needs_repair = repair_rule(options, || {
-            Error::Invalid(format!(
-                "{}: its SHA-256 {sha256} matches no version in {repo} (modified, damaged or unknown install); \
-                 left untouched. Run again with --repair to replace it with the full download of {} ({} bytes)",
-                archive.display(),
-                target.version,
-                target.full.size
-            ))
+        outcome.needs_repair = repair_rule(options, || Error::UnknownInstall {
+            install: archive.to_owned(),
+            repo: repo.to_owned(),
+            found: format!("its SHA-256 {sha256}"),
+            target: target.version.clone(),
+            full_size: target.full.size,
         })?;
     }
     if options.check {
@@ -178,7 +176,7 @@ fn identify(session: &Session, archive: &Path) -> Result<Installed> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Installed::Missing),
         Err(e) => return Err(Error::io(archive, e)),
         Ok(meta) if !meta.is_file() => {
-            return Err(Error::Invalid(format!("{}: not a regular file", archive.display())));
+            return Err(Error::WrongFileType { path: archive.to_owned(), expected: "regular file" });
         }
         Ok(_) => {}
     }
@@ -219,7 +217,7 @@ fn run_route(
             }
         }
     }
-    current.ok_or_else(|| Error::Invalid("empty route".into()))
+    current.ok_or_else(|| Error::Internal("empty route".into()))
 }
 
 fn check_hash(path: &Path, sha256: &str, what: &str) -> Result<()> {

@@ -208,18 +208,16 @@ impl Session {
     /// The version `to`, or the newest when `None`.
     pub fn target(&self, to: Option<&str>) -> Result<&Version> {
         match to {
-            Some(name) => self.manifest.version(name).ok_or_else(|| {
-                let names: Vec<&str> = self.manifest.versions.iter().map(|v| v.version.as_str()).collect();
-                Error::Invalid(format!(
-                    "{}: version {name:?} is not in the repository (it has: {})",
-                    self.repo,
-                    names.join(", ")
-                ))
-            }),
-            None => self
-                .manifest
-                .latest()
-                .ok_or_else(|| Error::Invalid(format!("{}: the repository has no versions yet", self.repo))),
+            Some(name) => self.manifest.version(name).ok_or_else(|| self.version_not_found(name)),
+            None => self.manifest.latest().ok_or_else(|| Error::NoVersions { repo: self.repo.clone() }),
+        }
+    }
+
+    fn version_not_found(&self, version: &str) -> Error {
+        Error::VersionNotFound {
+            repo: self.repo.clone(),
+            version: version.to_owned(),
+            available: self.manifest.versions.iter().map(|v| v.version.clone()).collect(),
         }
     }
 
@@ -237,7 +235,7 @@ impl Session {
     /// `target`; pieces already downloaded count as free.
     pub fn plan(&self, installed: Option<&str>, target: &str) -> Result<Route> {
         plan(&self.manifest, installed, target, &|object| self.has(object))
-            .ok_or_else(|| Error::Invalid(format!("{}: version {target:?} is not in the repository", self.repo)))
+            .ok_or_else(|| self.version_not_found(target))
     }
 
     /// `version`'s file table, fetched, checked against the manifest's size and SHA-256, and parsed
@@ -286,7 +284,7 @@ impl Session {
     /// `progress` gets the number of the piece's bytes present locally.
     pub fn download(&self, object: &ObjectRef, progress: &dyn Fn(u64)) -> Result<PathBuf> {
         if self.read_only {
-            return Err(Error::Invalid("a read-only (--check) session downloads nothing".into()));
+            return Err(Error::BadArgument("a read-only (--check) session downloads nothing".into()));
         }
         self.fetcher.fetch_object(object, &self.downloads_dir(), progress)
     }
@@ -313,15 +311,12 @@ impl Session {
             Err(error) if route.is_full() => return Err(error),
             Err(error) => error,
         };
-        let reason = error.to_string();
+        let reason = crate::error::chain(&error);
         progress.note(&format!("the patch route failed ({reason}); falling back to the full download"));
-        let full = full_route(&self.manifest, target, &|o| self.has(o))
-            .ok_or_else(|| Error::Invalid(format!("version {target} vanished from the manifest")))?;
-        let result = run(&full).map_err(|full_error| {
-            Error::Invalid(format!(
-                "the update failed: the patch route failed ({error}), and so did the full download ({full_error})"
-            ))
-        })?;
+        let full =
+            full_route(&self.manifest, target, &|o| self.has(o)).ok_or_else(|| self.version_not_found(target))?;
+        let result = run(&full)
+            .map_err(|full_error| Error::UpdateFailed { patch_route: Box::new(error), source: Box::new(full_error) })?;
         Ok((result, full, Some(reason)))
     }
 
@@ -355,8 +350,9 @@ fn lock_state(state_dir: &Path) -> Result<Flock<File>> {
     let path = state_dir.join(LOCK_FILE);
     let file =
         OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        Error::Invalid(format!("{}: another mf update of this install is running (lock: {errno})", path.display()))
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => Error::Locked { lock: path.clone(), source: errno },
+        _ => Error::io(&path, errno.into()),
     })
 }
 

@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 
 use mf_format::AtomicFile;
 use serde::{Deserialize, Serialize};
@@ -10,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::stage::Staged;
 use super::{exists, io_err, parents, sync_dir, InstallDir, JOURNAL_TYPE};
 use crate::error::{Error, Result};
+use crate::manifest::{check_relative_path, FileTable, STATE_DIR_NAME};
 
 /// An operation of the switch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,14 +36,14 @@ impl Operation {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Journal {
     #[serde(rename = "type")]
-    kind: String,
-    from: Option<String>,
-    to: String,
+    pub(super) kind: String,
+    pub(super) from: Option<String>,
+    pub(super) to: String,
     /// Set once every operation is done: only the cleanup remains.
-    done: bool,
-    operations: Vec<Operation>,
+    pub(super) done: bool,
+    pub(super) operations: Vec<Operation>,
     /// Directories the switch creates (shallowest first); a rollback removes them when empty.
-    created_dirs: Vec<String>,
+    pub(super) created_dirs: Vec<String>,
 }
 
 /// What [`InstallDir::recover`] found and did.
@@ -98,15 +101,21 @@ impl InstallDir {
     }
 
     /// Finishes whatever an interrupted update left: a journal is rolled forward, staging without a
-    /// journal is removed.
-    pub fn recover(&self) -> Result<Recovery> {
-        self.recover_with(&mut NoCrashes)
+    /// journal is removed. The journal is untrusted input: it is first checked against the signed file
+    /// tables of the versions it names (`tables` gives them) and refused, the folder untouched, unless
+    /// every operation is one those tables allow ([`Journal::check`]).
+    pub fn recover(&self, tables: &dyn Fn(&str) -> Result<FileTable>) -> Result<Recovery> {
+        self.recover_with(tables, &mut NoCrashes)
     }
 
-    pub(crate) fn recover_with(&self, faults: &mut dyn CrashPoints) -> Result<Recovery> {
+    pub(crate) fn recover_with(
+        &self,
+        tables: &dyn Fn(&str) -> Result<FileTable>,
+        faults: &mut dyn CrashPoints,
+    ) -> Result<Recovery> {
         match fs::symlink_metadata(&self.state) {
             Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(Error::Invalid(format!("{} is not a directory", self.state.display()))),
+            Ok(_) => return Err(Error::WrongFileType { path: self.state.clone(), expected: "directory" }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Recovery::Clean),
             Err(e) => return Err(Error::io(&self.state, e)),
         }
@@ -119,12 +128,16 @@ impl InstallDir {
             }
         }
         let path = self.journal_path();
-        match fs::read(&path) {
+        match read_journal_file(&path) {
             Ok(bytes) => {
-                let journal: Journal = serde_json::from_slice(&bytes)
-                    .ok()
-                    .filter(|j: &Journal| j.kind == JOURNAL_TYPE)
-                    .ok_or_else(|| Error::metadata(path.display(), "not an mf folder journal"))?;
+                let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| Error::BadJournal {
+                    path: path.clone(),
+                    what: format!("not an mf folder journal: {e}"),
+                })?;
+                journal.check(tables).map_err(|e| match e {
+                    JournalError::Refused(what) => Error::BadJournal { path: path.clone(), what },
+                    JournalError::Lookup(error) => error,
+                })?;
                 let to = journal.to.clone();
                 self.run_journal(journal, faults)?;
                 Ok(Recovery::Finished { to })
@@ -143,6 +156,17 @@ impl InstallDir {
         }
     }
 
+    /// Refuses a staging or backup directory that is not a real directory (a symbolic link would move
+    /// files in from, or out to, elsewhere). A missing one is fine.
+    fn check_work_dir(&self, dir: &Path) -> Result<()> {
+        match fs::symlink_metadata(dir) {
+            Ok(meta) if meta.is_dir() => Ok(()),
+            Ok(_) => Err(Error::WrongFileType { path: dir.to_owned(), expected: "directory (not a symbolic link)" }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(dir, e)),
+        }
+    }
+
     /// Runs (or re-runs) a journal's operations, marks it done and cleans up; an error (not a
     /// simulated crash) rolls back.
     pub(super) fn run_journal(&self, mut journal: Journal, faults: &mut dyn CrashPoints) -> Result<()> {
@@ -153,9 +177,9 @@ impl InstallDir {
                 }
                 return match self.roll_back(&journal, faults) {
                     Ok(()) => Err(error),
-                    Err(rollback) => Err(Error::Invalid(format!(
-                        "{error}; rolling back failed too ({rollback}): the next run finishes the update"
-                    ))),
+                    Err(rollback) => {
+                        Err(Error::RollbackFailed { rollback: Box::new(rollback), source: Box::new(error) })
+                    }
                 };
             }
             journal.done = true;
@@ -166,6 +190,8 @@ impl InstallDir {
     }
 
     pub(super) fn run_operations(&self, journal: &Journal, faults: &mut dyn CrashPoints) -> Result<()> {
+        self.check_work_dir(&self.staging())?;
+        self.check_work_dir(&self.backup())?;
         fs::create_dir_all(self.backup()).map_err(io_err(&self.backup()))?;
         let mut dirs = BTreeSet::new();
         for (index, op) in journal.operations.iter().enumerate() {
@@ -187,15 +213,19 @@ impl InstallDir {
                 }
                 Operation::Replace { path, staged } => {
                     let staged = self.staging().join(staged);
-                    if !exists(&staged) {
-                        continue; // done before
+                    match fs::symlink_metadata(&staged) {
+                        Ok(meta) if meta.is_file() => {}
+                        Ok(_) => return Err(Error::WrongFileType { path: staged, expected: "regular staged file" }),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // done before
+                        Err(e) => return Err(Error::io(&staged, e)),
                     }
                     self.check_parents(path, true)?;
                     if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-                        return Err(Error::Invalid(format!(
-                            "{}: cannot replace {path}: it is a directory, not a file of the release",
-                            self.root.display()
-                        )));
+                        return Err(Error::Blocked {
+                            root: self.root.clone(),
+                            path: path.clone(),
+                            what: "it is a directory, not a file of the release".into(),
+                        });
                     }
                     if exists(&target) && !exists(&backup) {
                         fs::rename(&target, &backup).map_err(io_err(&target))?;
@@ -276,10 +306,11 @@ impl InstallDir {
                 Ok(meta) if !create && !meta.file_type().is_symlink() => return Ok(false),
                 Ok(meta) => {
                     let what = if meta.file_type().is_symlink() { "a symbolic link" } else { "not a directory" };
-                    return Err(Error::Invalid(format!(
-                        "{}: cannot write {path}: {parent} is {what}",
-                        self.root.display()
-                    )));
+                    return Err(Error::Blocked {
+                        root: self.root.clone(),
+                        path: path.to_owned(),
+                        what: format!("{parent} is {what}"),
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     fs::create_dir(&full).map_err(io_err(&full))?;
@@ -327,5 +358,109 @@ impl InstallDir {
         let bytes = serde_json::to_vec_pretty(journal).map_err(|e| Error::io(&path, io::Error::other(e)))?;
         out.file().write_all(&bytes).map_err(io_err(&path))?;
         out.commit().map_err(io_err(&path))
+    }
+}
+
+/// A journal larger than this is refused before it is read (a million operations take ~100 MB).
+const MAX_JOURNAL_SIZE: u64 = 512 << 20;
+
+/// Reads the journal file: a regular file (never through a symbolic link) of bounded size.
+fn read_journal_file(path: &Path) -> io::Result<Vec<u8>> {
+    let file = fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.len() > MAX_JOURNAL_SIZE {
+        return Err(io::Error::other(format!(
+            "not a regular file of at most {MAX_JOURNAL_SIZE} bytes ({} bytes)",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_JOURNAL_SIZE + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// Why [`Journal::check`] failed: the journal itself, or looking up a table it names.
+pub(super) enum JournalError {
+    Refused(String),
+    Lookup(Error),
+}
+
+/// True for a name [`super::stage::Stager`] gives: `s` and a number, nothing that could leave staging.
+fn is_staged_name(name: &str) -> bool {
+    name.len() >= 2 && name.len() <= 21 && name.starts_with('s') && name[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+impl Journal {
+    /// Checks a journal found on disk before any of it runs: its type; every path a valid release path
+    /// (relative, no `..`, not in `.mf-update/`) named once; every staged file a plain name in staging;
+    /// and every operation one the signed file tables of its `from` and `to` versions allow: a
+    /// replacement writes a path the target lists, a deletion removes a path the installed version
+    /// lists and the target does not; created directories are parents of replaced paths. A journal
+    /// already marked done only has its cleanup left (inside `.mf-update/`), so its tables are not
+    /// needed.
+    pub(super) fn check(&self, tables: &dyn Fn(&str) -> Result<FileTable>) -> Result<(), JournalError> {
+        let refuse = |what: String| Err(JournalError::Refused(what));
+        if self.kind != JOURNAL_TYPE {
+            return refuse(format!("type {:?} is not {JOURNAL_TYPE:?}", self.kind));
+        }
+        let mut paths = HashSet::new();
+        let mut staged_names = HashSet::new();
+        for op in &self.operations {
+            let path = op.path();
+            if let Err(why) = check_relative_path(path) {
+                return refuse(format!("operation path {path:?} {why}"));
+            }
+            if path == STATE_DIR_NAME || path.starts_with(&format!("{STATE_DIR_NAME}/")) {
+                return refuse(format!("operation path {path:?} is inside {STATE_DIR_NAME}/"));
+            }
+            if !paths.insert(path) {
+                return refuse(format!("{path:?} has two operations"));
+            }
+            if let Operation::Replace { staged, .. } = op {
+                if !is_staged_name(staged) || !staged_names.insert(staged.as_str()) {
+                    return refuse(format!("{path:?}: staged file {staged:?} is not a staging name used once"));
+                }
+            }
+        }
+        let replaced_parents: HashSet<&str> = self
+            .operations
+            .iter()
+            .filter(|op| matches!(op, Operation::Replace { .. }))
+            .flat_map(|op| parents(op.path()))
+            .collect();
+        if let Some(dir) = self.created_dirs.iter().find(|d| !replaced_parents.contains(d.as_str())) {
+            return refuse(format!("created directory {dir:?} is no parent of a replaced file"));
+        }
+        if self.done {
+            return Ok(());
+        }
+        let table = |version: &str| {
+            tables(version).map_err(|e| match e {
+                Error::VersionNotFound { .. } => JournalError::Refused(format!(
+                    "it names version {version:?}, which the repository does not list, so its operations cannot be checked"
+                )),
+                other => JournalError::Lookup(other),
+            })
+        };
+        let to = table(&self.to)?;
+        let from = self.from.as_deref().map(table).transpose()?;
+        let listed = |t: &FileTable| -> HashSet<String> { t.entries.iter().map(|e| e.path.clone()).collect() };
+        let to_paths = listed(&to);
+        let from_paths = from.as_ref().map(listed).unwrap_or_default();
+        for op in &self.operations {
+            let allowed = match op {
+                Operation::Replace { path, .. } => to_paths.contains(path),
+                Operation::Delete { path } => from_paths.contains(path) && !to_paths.contains(path),
+            };
+            if !allowed {
+                let from = self.from.as_deref().unwrap_or("nothing installed");
+                return refuse(format!(
+                    "{op:?} is not allowed by the file tables of versions {from} and {} (an update from one to the \
+                     other replaces only files the target lists and deletes only files the installed version lists)",
+                    self.to
+                ));
+            }
+        }
+        Ok(())
     }
 }

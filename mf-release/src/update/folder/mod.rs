@@ -103,7 +103,7 @@ impl InstallDir {
         fs::create_dir_all(&self.root).map_err(io_err(&self.root))?;
         match fs::symlink_metadata(&self.state) {
             Ok(meta) if meta.is_dir() => Ok(()),
-            Ok(_) => Err(Error::Invalid(format!("{} is not a directory", self.state.display()))),
+            Ok(_) => Err(Error::WrongFileType { path: self.state.clone(), expected: "directory" }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&self.state).map_err(io_err(&self.state)),
             Err(e) => Err(Error::io(&self.state, e)),
         }
@@ -157,17 +157,17 @@ pub fn update_folder(
 ) -> Result<FolderOutcome> {
     let install = InstallDir::new(dir);
     if fs::symlink_metadata(dir).is_ok_and(|m| !m.is_dir()) {
-        return Err(Error::Invalid(format!("{}: not a directory", dir.display())));
+        return Err(Error::WrongFileType { path: dir.to_owned(), expected: "directory" });
     }
     if fs::symlink_metadata(install.state_dir()).is_ok_and(|m| !m.is_dir()) {
-        return Err(Error::Invalid(format!("{}: not a directory", install.state_dir().display())));
+        return Err(Error::WrongFileType { path: install.state_dir().to_owned(), expected: "directory" });
     }
     let session = Session::for_update(repo, install.state_dir(), options)?;
     let recovered = if options.check {
         // Read-only: an interrupted switch is only reported; the next real run finishes it.
         exists(&install.journal_path()).then(|| "pending".to_owned())
     } else {
-        match install.recover()? {
+        match install.recover(&|version| session.file_table(version))? {
             Recovery::Clean => None,
             Recovery::Finished { to } => {
                 progress.note(&format!("finished an interrupted update to {to}"));
@@ -231,16 +231,18 @@ pub fn update_folder(
                 let listed: Vec<String> =
                     differences.iter().take(10).map(|d| format!("{} ({})", d.path, d.what)).collect();
                 let more = differences.len().saturating_sub(listed.len());
-                Error::Invalid(format!(
-                    "{}: the files match no version in {repo} (closest: {}; differing: {}{}); left untouched. \
-                     Run again with --repair to bring it to {} with the full download ({} bytes)",
-                    dir.display(),
-                    closest.as_deref().unwrap_or("none"),
-                    listed.join(", "),
-                    if more > 0 { format!(" and {more} more") } else { String::new() },
-                    target.version,
-                    target.full.size
-                ))
+                Error::UnknownInstall {
+                    install: dir.to_owned(),
+                    repo: repo.to_owned(),
+                    found: format!(
+                        "the files (closest version: {}; differing: {}{})",
+                        closest.as_deref().unwrap_or("none"),
+                        listed.join(", "),
+                        if more > 0 { format!(" and {more} more") } else { String::new() },
+                    ),
+                    target: target.version.clone(),
+                    full_size: target.full.size,
+                }
             })?;
             closest.as_deref().and_then(table_of)
         }
@@ -352,17 +354,18 @@ fn stage_route<'t>(
         files.push(session.download(step.object(), &|have| progress.bytes(have))?);
         progress.piece_done();
     }
-    let table =
-        |version: &str| table_of(version).ok_or_else(|| Error::Invalid(format!("no file table for version {version}")));
+    let table = |version: &str| {
+        table_of(version).ok_or_else(|| Error::Internal(format!("no file table for version {version}")))
+    };
     match route.steps.as_slice() {
         [Step::Full { version, .. }] => install.stage_full(scan, installed, &files[0], table(version)?, &|_| {}),
         steps => {
             let installed =
-                installed.ok_or_else(|| Error::Invalid("a patch route needs an installed version".into()))?;
+                installed.ok_or_else(|| Error::Internal("a patch route needs an installed version".into()))?;
             let mut chain = Vec::with_capacity(count);
             for (step, file) in steps.iter().zip(&files) {
                 let Step::Patch { to, .. } = step else {
-                    return Err(Error::Invalid("a route mixes patches and a full download".into()));
+                    return Err(Error::Internal("a route mixes patches and a full download".into()));
                 };
                 chain.push(PatchStep { patch: file, to: table(to)? });
             }

@@ -41,10 +41,7 @@ impl InstallDir {
     pub(super) fn begin_staging(&self) -> Result<Stager> {
         self.prepare_state()?;
         if exists(&self.journal_path()) {
-            return Err(Error::Invalid(format!(
-                "{}: an interrupted update must be finished first",
-                self.journal_path().display()
-            )));
+            return Err(Error::InterruptedUpdate { journal: self.journal_path() });
         }
         let staging = self.staging();
         if exists(&staging) {
@@ -65,7 +62,7 @@ impl InstallDir {
         progress: &dyn Fn(u64),
     ) -> Result<Staged> {
         let Some(last) = steps.last() else {
-            return Err(Error::Invalid("a patch route needs at least one patch".into()));
+            return Err(Error::BadArgument("a patch route needs at least one patch".into()));
         };
         let mut stager = self.begin_staging()?;
         let result = self.stage_chain(&mut stager, installed, steps, progress);
