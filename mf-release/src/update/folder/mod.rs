@@ -146,6 +146,36 @@ pub struct FolderOutcome {
     pub needs_repair: bool,
 }
 
+impl FolderOutcome {
+    /// The outcome before anything is planned or changed.
+    fn unchanged(
+        dir: &Path,
+        session: &Session,
+        recovered: Option<String>,
+        installed: &FolderState,
+        target: &str,
+        options: &UpdateOptions,
+    ) -> FolderOutcome {
+        FolderOutcome {
+            dir: dir.to_owned(),
+            repo: session.repo().to_owned(),
+            manifest_version: session.manifest().manifest_version,
+            recovered,
+            installed: installed.clone(),
+            target: target.to_owned(),
+            route: Vec::new(),
+            route_bytes: 0,
+            check_only: options.check,
+            changed: false,
+            files_written: 0,
+            files_deleted: 0,
+            fell_back: None,
+            fetched_bytes: 0,
+            needs_repair: false,
+        }
+    }
+}
+
 /// Brings install folder `dir` to the target version from repository `repo` (module docs): finishes an
 /// interrupted update first, identifies the installed version by the file tables, plans, downloads,
 /// stages (falling back to the full archive when the patch route fails) and switches.
@@ -163,40 +193,12 @@ pub fn update_folder(
         return Err(Error::WrongFileType { path: install.state_dir().to_owned(), expected: "directory" });
     }
     let session = Session::for_update(repo, install.state_dir(), options)?;
-    let recovered = if options.check {
-        // Read-only: an interrupted switch is only reported; the next real run finishes it.
-        exists(&install.journal_path()).then(|| "pending".to_owned())
-    } else {
-        match install.recover(&|version| session.file_table(version))? {
-            Recovery::Clean => None,
-            Recovery::Finished { to } => {
-                progress.note(&format!("finished an interrupted update to {to}"));
-                Some("finished".to_owned())
-            }
-            Recovery::DiscardedStaging => Some("discarded".to_owned()),
-        }
-    };
+    let recovered = finish_interrupted(&session, &install, options, progress)?;
     let target = session.target(options.to.as_deref())?.clone();
     let mut tables: HashMap<String, FileTable> = HashMap::new();
     let mut scan = Scan::default();
     let installed = identify_installed(&session, &install, &mut scan, &mut tables)?;
-    let mut outcome = FolderOutcome {
-        dir: dir.to_owned(),
-        repo: repo.to_owned(),
-        manifest_version: session.manifest().manifest_version,
-        recovered,
-        installed: installed.clone(),
-        target: target.version.clone(),
-        route: Vec::new(),
-        route_bytes: 0,
-        check_only: options.check,
-        changed: false,
-        files_written: 0,
-        files_deleted: 0,
-        fell_back: None,
-        fetched_bytes: 0,
-        needs_repair: false,
-    };
+    let mut outcome = FolderOutcome::unchanged(dir, &session, recovered, &installed, &target.version, options);
     let installed_version = match &installed {
         FolderState::Version { version } => Some(version.as_str()),
         _ => None,
@@ -227,23 +229,8 @@ pub fn update_folder(
         FolderState::Version { version } => table_of(version),
         FolderState::Fresh => None,
         FolderState::Unknown { closest, differences } => {
-            outcome.needs_repair = repair_rule(options, || {
-                let listed: Vec<String> =
-                    differences.iter().take(10).map(|d| format!("{} ({})", d.path, d.what)).collect();
-                let more = differences.len().saturating_sub(listed.len());
-                Error::UnknownInstall {
-                    install: dir.to_owned(),
-                    repo: repo.to_owned(),
-                    found: format!(
-                        "the files (closest version: {}; differing: {}{})",
-                        closest.as_deref().unwrap_or("none"),
-                        listed.join(", "),
-                        if more > 0 { format!(" and {more} more") } else { String::new() },
-                    ),
-                    target: target.version.clone(),
-                    full_size: target.full.size,
-                }
-            })?;
+            outcome.needs_repair =
+                repair_rule(options, || unknown_install(dir, repo, closest.as_deref(), differences, &target))?;
             closest.as_deref().and_then(table_of)
         }
     };
@@ -252,8 +239,9 @@ pub fn update_folder(
         return Ok(outcome);
     }
 
+    let stage = |route: &Route| stage_route(&session, &install, &scan, installed_table, route, &table_of, progress);
     let (staged, taken, fell_back) = session.run_with_fallback(route, &target.version, progress, |route| {
-        stage_route(&session, &install, &scan, installed_table, route, &table_of, progress).inspect_err(|_| {
+        stage(route).inspect_err(|_| {
             // A failed patch route's pieces are not worth resuming: the full download replaces them.
             if !route.is_full() {
                 for step in &route.steps {
@@ -262,20 +250,74 @@ pub fn update_folder(
             }
         })
     })?;
-    outcome.route = taken.steps.iter().map(Piece::of).collect();
-    outcome.route_bytes = taken.fetch_bytes;
-    outcome.fell_back = fell_back;
     install.switch(&staged)?;
     remember_installed(&install, &target.version);
-    outcome.changed = true;
-    outcome.files_deleted = staged.operations.iter().filter(|op| matches!(op, Operation::Delete { .. })).count();
-    outcome.files_written = staged.operations.len() - outcome.files_deleted;
     session.clean_downloads()?;
-    outcome.fetched_bytes = session.fetched_bytes();
+    outcome.record_switch(&taken, fell_back, &staged, session.fetched_bytes());
     Ok(outcome)
 }
 
-/// Downloads a route's pieces and stages the target from them.
+impl FolderOutcome {
+    /// Records a done switch: the route taken, why the patch route was abandoned if it was, and the
+    /// files changed.
+    fn record_switch(&mut self, taken: &Route, fell_back: Option<String>, staged: &Staged, fetched_bytes: u64) {
+        self.route = taken.steps.iter().map(Piece::of).collect();
+        self.route_bytes = taken.fetch_bytes;
+        self.fell_back = fell_back;
+        self.changed = true;
+        self.files_deleted = staged.operations.iter().filter(|op| matches!(op, Operation::Delete { .. })).count();
+        self.files_written = staged.operations.len() - self.files_deleted;
+        self.fetched_bytes = fetched_bytes;
+    }
+}
+
+/// Finishes (or, with `--check`, only reports) an update a crash interrupted: `finished`, `discarded`
+/// or `pending` for [`FolderOutcome::recovered`].
+fn finish_interrupted(
+    session: &Session,
+    install: &InstallDir,
+    options: &UpdateOptions,
+    progress: &dyn Progress,
+) -> Result<Option<String>> {
+    if options.check {
+        // Read-only: an interrupted switch is only reported; the next real run finishes it.
+        return Ok(exists(&install.journal_path()).then(|| "pending".to_owned()));
+    }
+    Ok(match install.recover(&|version| session.file_table(version))? {
+        Recovery::Clean => None,
+        Recovery::Finished { to } => {
+            progress.note(&format!("finished an interrupted update to {to}"));
+            Some("finished".to_owned())
+        }
+        Recovery::DiscardedStaging => Some("discarded".to_owned()),
+    })
+}
+
+/// The refusal of a folder that matches no version, naming the closest version and the first files
+/// that differ from it.
+fn unknown_install(
+    dir: &Path,
+    repo: &str,
+    closest: Option<&str>,
+    differences: &[Difference],
+    target: &crate::manifest::Version,
+) -> Error {
+    let listed: Vec<String> = differences.iter().take(10).map(|d| format!("{} ({})", d.path, d.what)).collect();
+    let more = differences.len().saturating_sub(listed.len());
+    Error::UnknownInstall {
+        install: dir.to_owned(),
+        repo: repo.to_owned(),
+        found: format!(
+            "the files (closest version: {}; differing: {}{})",
+            closest.unwrap_or("none"),
+            listed.join(", "),
+            if more > 0 { format!(" and {more} more") } else { String::new() },
+        ),
+        target: target.version.clone(),
+        full_size: target.full.size,
+    }
+}
+
 /// The version this install folder last reached through `mf update` (a hint: it is checked first).
 const INSTALLED_HINT: &str = "installed.json";
 
@@ -338,6 +380,7 @@ fn folder_is_empty(install: &InstallDir) -> Result<bool> {
     }
 }
 
+/// Downloads a route's pieces and stages the target from them.
 fn stage_route<'t>(
     session: &Session,
     install: &InstallDir,
