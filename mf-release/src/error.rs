@@ -73,6 +73,10 @@ pub enum Error {
     /// An interrupted folder update (its journal) must be finished before a new one is staged.
     #[error("{}: an interrupted update must be finished first", journal.display())]
     InterruptedUpdate { journal: PathBuf },
+    /// The state folder of an install (or a folder or file in it) is not what this client made: a
+    /// symbolic link, or owned by another user. Following it could empty or fill a folder elsewhere.
+    #[error("{}: {what}; refused (remove it to start over)", path.display())]
+    UnsafeState { path: PathBuf, what: String },
     /// The switch met something at or above a release path that it must not replace or pass through
     /// (a directory, a symbolic link, a file where a directory goes).
     #[error("{}: cannot write {path}: {what}", root.display())]

@@ -14,9 +14,7 @@ use crate::error::{Error, Result};
 use crate::fetch::sync_dir;
 use crate::hash::sha256_file;
 use crate::plan::{Route, Step};
-use crate::update::{remove_dir_contents, repair_rule, Progress, Session, UpdateOptions};
-
-const WORK_DIR: &str = "work";
+use crate::update::{remove_dir_contents, repair_rule, Progress, Session, UpdateOptions, WORK_DIR};
 
 /// What the archive was before the update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -31,11 +31,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use mf_format::fs::{Dir, Kind};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fetch::{sync_dir, FetchOptions, Fetcher};
+use crate::fetch::{FetchOptions, Fetcher};
 use crate::hash::sha256_hex;
 use crate::keys::PublicKey;
 use crate::manifest::{FileTable, Manifest, ObjectRef, Version, MAX_MANIFEST_SIZE};
@@ -64,6 +65,8 @@ const DOWNLOADS_DIR: &str = "downloads";
 /// File tables kept between runs, named by SHA-256: content-addressed, so a cached one is never stale.
 const TABLES_DIR: &str = "tables";
 const LOCK_FILE: &str = "lock";
+/// Archive mode's patch results.
+pub(crate) const WORK_DIR: &str = "work";
 /// File tables are small; a larger one is refused before it is read whole.
 const MAX_FILE_TABLE_SIZE: u64 = 256 << 20;
 
@@ -129,6 +132,7 @@ impl Session {
     /// records the accepted manifest version in `state_dir/trusted.json`.
     pub fn open(repo: &str, state_dir: &Path, options: SessionOptions) -> Result<Session> {
         let fetcher = Fetcher::new(repo, options.fetch.clone())?;
+        check_state_dir(state_dir)?;
         let lock = if options.read_only { None } else { Some(lock_state(state_dir)?) };
         let origin = fetcher.url(MANIFEST_PATH);
         let bytes = fetcher.fetch_small(MANIFEST_PATH, MAX_MANIFEST_SIZE)?;
@@ -296,7 +300,7 @@ impl Session {
         let _ = std::fs::remove_file(dir.join(format!("{}.part", object.sha256)));
     }
 
-    /// Carries out `route` with `run`. When a patch route fails, tells `progress`, and carries out the
+    /// Carries out `route` with `run`. When a patch route fails (not on tampered local state), tells `progress`, and carries out the
     /// full download of `target` instead. Returns what `run` gave, the route that gave it, and why the
     /// patch route failed when it did.
     pub(crate) fn run_with_fallback<T>(
@@ -308,7 +312,8 @@ impl Session {
     ) -> Result<(T, Route, Option<String>)> {
         let error = match run(&route) {
             Ok(result) => return Ok((result, route, None)),
-            Err(error) if route.is_full() => return Err(error),
+            // Tampered local state is no route's fault: the full download would meet it too.
+            Err(error) if route.is_full() || matches!(error, Error::UnsafeState { .. }) => return Err(error),
             Err(error) => error,
         };
         let reason = crate::error::chain(&error);
@@ -343,6 +348,48 @@ pub(crate) fn repair_rule(options: &UpdateOptions, refusal: impl FnOnce() -> Err
     }
 }
 
+/// Checks that an install's state folder, and the folders in it that updates fill and empty, are what
+/// this client made: real directories (never symbolic links) owned by this user. Anyone else who can
+/// write there could otherwise plant a link and have an update empty or fill the folder it points to.
+/// A missing state folder is fine (it is created).
+fn check_state_dir(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |path: &Path, what: String| Error::UnsafeState { path: path.to_owned(), what };
+    let meta = match std::fs::symlink_metadata(state_dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(state_dir, e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refuse(state_dir, "the state folder is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(Error::WrongFileType { path: state_dir.to_owned(), expected: "directory" });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(
+            state_dir,
+            format!("the state folder is owned by uid {}, not by this user ({me})", meta.uid()),
+        ));
+    }
+    for sub in [DOWNLOADS_DIR, WORK_DIR, TABLES_DIR] {
+        let path = state_dir.join(sub);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(refuse(&path, "a symbolic link where the updater keeps its own folder".into()))
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Err(Error::WrongFileType { path, expected: "directory" });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
 /// Takes the install's lock (`STATE/lock`), creating the state directory; refuses when another update
 /// of the same install is running.
 fn lock_state(state_dir: &Path) -> Result<Flock<File>> {
@@ -357,7 +404,16 @@ fn lock_state(state_dir: &Path) -> Result<Flock<File>> {
 }
 
 fn read_trusted(path: &Path) -> Result<Option<Trusted>> {
-    match std::fs::read(path) {
+    let read = || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
+        let mut bytes = Vec::new();
+        // A trust record is a few dozen bytes; anything near this bound is not one.
+        file.take(1 << 20).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read() {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             Error::metadata(
                 path.display(),
@@ -388,23 +444,35 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     file.commit().map_err(|e| Error::io(path, e))
 }
 
-/// Removes everything inside `dir` (which may not exist).
+/// Removes everything inside `dir` (which may not exist), through directory handles: a symbolic link
+/// as `dir` is refused, and one inside it is removed itself, never followed.
 pub(crate) fn remove_dir_contents(dir: &Path) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let handle = match Dir::open_nofollow(dir) {
+        Ok(handle) => handle,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+            return Err(Error::UnsafeState { path: dir.to_owned(), what: "is a symbolic link".into() })
+        }
         Err(e) => return Err(Error::io(dir, e)),
     };
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let path = entry.path();
-        let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
+    empty_dir(&handle)?;
+    handle.sync().map_err(|e| Error::io(dir, e))
+}
+
+fn empty_dir(dir: &Dir) -> Result<()> {
+    for (name, kind) in dir.entries().map_err(|e| Error::io(dir.path(), e))? {
+        let path = dir.display_path(&name);
+        let kind = match kind {
+            Some(kind) => Some(kind),
+            None => dir.metadata(&name).map_err(|e| Error::io(&path, e))?.map(|m| m.kind),
         };
-        result.map_err(|e| Error::io(&path, e))?;
+        if kind == Some(Kind::Dir) {
+            let sub = dir.open_dir(&name).map_err(|e| Error::io(&path, e))?;
+            empty_dir(&sub)?;
+            dir.remove_dir(&name).map_err(|e| Error::io(&path, e))?;
+        } else {
+            dir.remove_file(&name).map_err(|e| Error::io(&path, e))?;
+        }
     }
-    sync_dir(dir);
     Ok(())
 }
