@@ -412,3 +412,33 @@ fn a_forged_journal_is_refused_and_the_folder_stays_as_it_is() {
     update(d, "repo", "game", &[]);
     assert_eq!(snapshot(&game), with_user(&releases[2]));
 }
+
+/// The updater's own folders inside `.mf-update/` are local state someone else may have planted: a
+/// `backup/` that is a symbolic link used to receive the folder's old files (and `staging/` or
+/// `downloads/` the same way). Such a state folder is refused before anything changes.
+#[test]
+fn symlinks_planted_in_the_folder_state_are_refused_and_never_followed() {
+    use std::os::unix::fs::symlink;
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let releases = small_releases();
+    publish(d, &releases);
+    let game = d.join("game");
+    update(d, "repo", "game", &["--to", "1"]);
+    let before = snapshot(&game);
+    let victim = d.join("victim");
+    for planted in ["backup", "staging", "downloads"] {
+        let _ = std::fs::remove_dir_all(&victim);
+        write(&victim, &user_files());
+        let link = game.join(".mf-update").join(planted);
+        let _ = std::fs::remove_dir_all(&link);
+        symlink(&victim, &link).unwrap();
+        let err = mf_fails(d, &["update", "--repo", "repo", "--key", "release.pub", "--dir", "game"], 1);
+        assert!(err.contains("symbolic link"), "{planted}: {err}");
+        assert_eq!(snapshot(&victim), user_files(), "{planted}: the link's target changed");
+        assert_eq!(snapshot(&game), before, "{planted}: the folder changed");
+        std::fs::remove_file(&link).unwrap();
+    }
+    update(d, "repo", "game", &[]);
+    assert_eq!(snapshot(&game), releases[2]);
+}

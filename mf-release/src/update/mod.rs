@@ -373,7 +373,8 @@ fn check_state_dir(state_dir: &Path) -> Result<()> {
             format!("the state folder is owned by uid {}, not by this user ({me})", meta.uid()),
         ));
     }
-    for sub in [DOWNLOADS_DIR, WORK_DIR, TABLES_DIR] {
+    // Folder mode's staging/ and backup/ too: files are moved into and out of them.
+    for sub in [DOWNLOADS_DIR, WORK_DIR, TABLES_DIR, "staging", "backup"] {
         let path = state_dir.join(sub);
         match std::fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => {

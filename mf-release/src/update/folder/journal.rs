@@ -6,11 +6,12 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
+use mf_format::fs::{Dir, Kind};
 use mf_format::AtomicFile;
 use serde::{Deserialize, Serialize};
 
 use super::stage::Staged;
-use super::{exists, io_err, parents, sync_dir, InstallDir, JOURNAL_TYPE};
+use super::{exists, io_err, parents, sync_dir, InstallDir, BACKUP, JOURNAL_TYPE, STAGING};
 use crate::error::{Error, Result};
 use crate::manifest::{check_relative_path, FileTable, STATE_DIR_NAME};
 
@@ -192,46 +193,50 @@ impl InstallDir {
     pub(super) fn run_operations(&self, journal: &Journal, faults: &mut dyn CrashPoints) -> Result<()> {
         self.check_work_dir(&self.staging())?;
         self.check_work_dir(&self.backup())?;
-        fs::create_dir_all(self.backup()).map_err(io_err(&self.backup()))?;
+        let handles = self.switch_handles()?;
         let mut dirs = BTreeSet::new();
         for (index, op) in journal.operations.iter().enumerate() {
-            let target = self.target(op.path());
-            let backup = self.backup().join(format!("b{index}"));
-            dirs.insert(target.parent().unwrap_or(&self.root).to_owned());
+            let backup = format!("b{index}");
+            dirs.insert(self.target(parent_and_name(op.path()).0));
             match op {
                 Operation::Delete { path } => {
                     // A parent that is missing or a file (a replacement put it there when the switch
                     // ran before): the file is gone already.
-                    if !self.check_parents(path, false)? {
-                        continue;
-                    }
-                    if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
-                        fs::rename(&target, &backup).map_err(io_err(&target))?;
+                    let Some((dir, name)) = self.open_parent(&handles.root, path, false)? else { continue };
+                    let at = self.target(path);
+                    if dir.metadata(name).map_err(io_err(&at))?.is_some_and(|m| m.kind != Kind::Dir) {
+                        dir.rename(name, &handles.backup, &backup).map_err(io_err(&at))?;
                         faults.step()?;
                     }
-                    self.remove_empty_parents(path);
+                    self.remove_empty_parents(&handles.root, path);
                 }
                 Operation::Replace { path, staged } => {
-                    let staged = self.staging().join(staged);
-                    match fs::symlink_metadata(&staged) {
-                        Ok(meta) if meta.is_file() => {}
-                        Ok(_) => return Err(Error::WrongFileType { path: staged, expected: "regular staged file" }),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // done before
-                        Err(e) => return Err(Error::io(&staged, e)),
+                    let staged_path = self.staging().join(staged);
+                    let Some(staging) = &handles.staging else { continue }; // done before
+                    match staging.metadata(staged).map_err(io_err(&staged_path))? {
+                        Some(meta) if meta.kind == Kind::File => {}
+                        Some(_) => {
+                            return Err(Error::WrongFileType { path: staged_path, expected: "regular staged file" })
+                        }
+                        None => continue, // done before
                     }
-                    self.check_parents(path, true)?;
-                    if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
-                        return Err(Error::Blocked {
-                            root: self.root.clone(),
-                            path: path.clone(),
-                            what: "it is a directory, not a file of the release".into(),
-                        });
+                    let Some((dir, name)) = self.open_parent(&handles.root, path, true)? else { continue };
+                    let at = self.target(path);
+                    match dir.metadata(name).map_err(io_err(&at))? {
+                        Some(meta) if meta.kind == Kind::Dir => {
+                            return Err(Error::Blocked {
+                                root: self.root.clone(),
+                                path: path.clone(),
+                                what: "it is a directory, not a file of the release".into(),
+                            });
+                        }
+                        Some(_) if handles.backup.metadata(&backup).map_err(io_err(&at))?.is_none() => {
+                            dir.rename(name, &handles.backup, &backup).map_err(io_err(&at))?;
+                            faults.step()?;
+                        }
+                        _ => {}
                     }
-                    if exists(&target) && !exists(&backup) {
-                        fs::rename(&target, &backup).map_err(io_err(&target))?;
-                        faults.step()?;
-                    }
-                    fs::rename(&staged, &target).map_err(io_err(&target))?;
+                    staging.rename(staged, &dir, name).map_err(io_err(&at))?;
                     faults.step()?;
                 }
             }
@@ -243,33 +248,70 @@ impl InstallDir {
         Ok(())
     }
 
+    /// Handles on the folder, staging (if present) and backup (created) for the switch and rollback:
+    /// every file they move is named relative to a handle, and no symbolic link is followed below
+    /// the install folder itself.
+    fn switch_handles(&self) -> Result<SwitchHandles> {
+        let root = Dir::open(&self.root).map_err(io_err(&self.root))?;
+        let state = root.open_dir(STATE_DIR_NAME).map_err(io_err(&self.state))?;
+        let staging = match state.open_dir(STAGING) {
+            Ok(dir) => Some(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(self.staging(), e)),
+        };
+        let backup = state.create_dir_path(BACKUP).map_err(io_err(&self.backup()))?;
+        Ok(SwitchHandles { root, staging, backup })
+    }
+
+    /// The parent directory of release path `path`, opened from `root` one component at a time
+    /// without following a symbolic link, and the file's name in it. Parents are checked first
+    /// ([`InstallDir::check_parents`]) for a clear error; with `create`, missing ones are created
+    /// through the handles. `None` (only without `create`) when a parent is missing or a file.
+    fn open_parent<'p>(&self, root: &Dir, path: &'p str, create: bool) -> Result<Option<(Dir, &'p str)>> {
+        if !self.check_parents(path, create)? {
+            return Ok(None);
+        }
+        let (parent, name) = parent_and_name(path);
+        let opened = if create { root.create_dir_path(parent) } else { root.open_path(parent) };
+        // An error here after the check passed is a race with another process: refused, nothing followed.
+        let dir = opened.map_err(io_err(&self.target(parent)))?;
+        Ok(Some((dir, name)))
+    }
+
     /// Puts back what `run_operations` changed, in reverse: files moved in go back to staging (so a
     /// crash during the rollback can still be finished forward), backups go back in place; then
     /// created directories that are empty are removed, and the journal and staging go.
     pub(super) fn roll_back(&self, journal: &Journal, faults: &mut dyn CrashPoints) -> Result<()> {
+        let handles = self.switch_handles()?;
         for (index, op) in journal.operations.iter().enumerate().rev() {
-            let target = self.target(op.path());
-            let backup = self.backup().join(format!("b{index}"));
-            if let Operation::Replace { staged, .. } = op {
-                let staged = self.staging().join(staged);
-                if !exists(&staged) && fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
-                    fs::rename(&target, &staged).map_err(io_err(&target))?;
-                    faults.step()?;
+            let at = self.target(op.path());
+            let backup = format!("b{index}");
+            if let (Operation::Replace { staged, .. }, Some(staging)) = (op, &handles.staging) {
+                if staging.metadata(staged).map_err(io_err(&at))?.is_none() {
+                    if let Some((dir, name)) = self.open_parent(&handles.root, op.path(), false)? {
+                        if dir.metadata(name).map_err(io_err(&at))?.is_some_and(|m| m.kind == Kind::File) {
+                            dir.rename(name, staging, staged).map_err(io_err(&at))?;
+                            faults.step()?;
+                        }
+                    }
                 }
             }
-            if exists(&backup) {
-                self.check_parents(op.path(), true)?;
-                if fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir()) {
+            if handles.backup.metadata(&backup).map_err(io_err(&at))?.is_some() {
+                let Some((dir, name)) = self.open_parent(&handles.root, op.path(), true)? else { continue };
+                if dir.metadata(name).map_err(io_err(&at))?.is_some_and(|m| m.kind == Kind::Dir) {
                     // A directory the switch created where a deleted file was; empty once the
                     // files moved in are back in staging.
-                    let _ = fs::remove_dir(&target);
+                    let _ = dir.remove_dir(name);
                 }
-                fs::rename(&backup, &target).map_err(io_err(&target))?;
+                handles.backup.rename(&backup, &dir, name).map_err(io_err(&at))?;
                 faults.step()?;
             }
         }
         for dir in journal.created_dirs.iter().rev() {
-            let _ = fs::remove_dir(self.target(dir));
+            let (parent, name) = parent_and_name(dir);
+            if let Ok(parent) = handles.root.open_path(parent) {
+                let _ = parent.remove_dir(name);
+            }
         }
         sync_dir(&self.root);
         let journal_path = self.journal_path();
@@ -294,10 +336,10 @@ impl InstallDir {
         faults.step()
     }
 
-    /// Makes sure every parent of `path` is a real directory, creating missing ones when `create`.
-    /// A symbolic link is always refused, and so is a file in the way when `create`: writes never leave
-    /// the folder. Without `create`, returns false when a parent is missing or a file (so nothing can
-    /// be at `path`).
+    /// Checks that every parent of `path` is a real directory or (when `create`: it will be created)
+    /// missing. A symbolic link is always refused, and so is a file in the way when `create`: writes
+    /// never leave the folder. Without `create`, returns false when a parent is missing or a file (so
+    /// nothing can be at `path`).
     pub(super) fn check_parents(&self, path: &str, create: bool) -> Result<bool> {
         for parent in parents(path) {
             let full = self.target(parent);
@@ -312,9 +354,7 @@ impl InstallDir {
                         what: format!("{parent} is {what}"),
                     });
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
-                    fs::create_dir(&full).map_err(io_err(&full))?;
-                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => return Ok(true),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
                 Err(e) => return Err(Error::io(&full, e)),
             }
@@ -323,11 +363,12 @@ impl InstallDir {
     }
 
     /// Removes the parents of a deleted file that are now empty (they only held listed files).
-    pub(super) fn remove_empty_parents(&self, path: &str) {
+    pub(super) fn remove_empty_parents(&self, root: &Dir, path: &str) {
         let mut parents: Vec<&str> = parents(path).collect();
         parents.reverse();
         for parent in parents {
-            if fs::remove_dir(self.target(parent)).is_err() {
+            let (above, name) = parent_and_name(parent);
+            if root.open_path(above).and_then(|dir| dir.remove_dir(name)).is_err() {
                 break;
             }
         }
@@ -462,5 +503,20 @@ impl Journal {
             }
         }
         Ok(())
+    }
+}
+
+/// Open directories of a switch (see [`InstallDir::switch_handles`]).
+struct SwitchHandles {
+    root: Dir,
+    staging: Option<Dir>,
+    backup: Dir,
+}
+
+/// `a/b/c` gives (`a/b`, `c`); `c` gives (``, `c`).
+fn parent_and_name(path: &str) -> (&str, &str) {
+    match path.rfind('/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => ("", path),
     }
 }

@@ -2,19 +2,20 @@
 //! or from the full archive, before the switch touches the folder.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use mf_diff::{NewContent, NewEntry, Patch};
+use mf_format::fs::Dir;
 use mf_format::Archive;
 use rayon::prelude::*;
 
 use super::journal::Operation;
 use super::old_entries::FolderOld;
 use super::scan::{PathState, Scan};
-use super::{exists, io_err, parse_xxh3, sync_dir, InstallDir};
+use super::{exists, io_err, parse_xxh3, sync_dir, InstallDir, STAGING};
 use crate::error::{Error, Result};
 use crate::manifest::{FileEntry, FileTable};
 
@@ -47,8 +48,12 @@ impl InstallDir {
         if exists(&staging) {
             fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
         }
-        fs::create_dir(&staging).map_err(io_err(&staging))?;
-        Ok(Stager { dir: staging, next: 0 })
+        // Staged files are created through a handle on the new folder: a link swapped in for it
+        // later does not redirect them.
+        let state = Dir::open_nofollow(&self.state).map_err(io_err(&self.state))?;
+        state.create_dir(STAGING).map_err(io_err(&staging))?;
+        let handle = state.open_dir(STAGING).map_err(io_err(&staging))?;
+        Ok(Stager { dir: staging, handle, next: 0 })
     }
 
     /// Stages the target of a chain of patches: patch `k` is applied to the folder content of the
@@ -322,7 +327,9 @@ pub(super) fn verify_staged(path: &Path, want: &FileEntry) -> Result<()> {
 
 /// Writes staged files: `staging/s<n>`, each synced with its target mode.
 pub(super) struct Stager {
+    /// Where the staging folder is, for reading staged files back and for messages.
     pub(super) dir: PathBuf,
+    handle: Dir,
     next: usize,
 }
 
@@ -331,7 +338,7 @@ impl Stager {
         let name = format!("s{}", self.next);
         self.next += 1;
         let path = self.dir.join(&name);
-        let file = OpenOptions::new().write(true).create_new(true).open(&path).map_err(io_err(&path))?;
+        let file = self.handle.create_file_exclusive(&name, 0o600).map_err(io_err(&path))?;
         Ok((name, path, file))
     }
 
