@@ -73,6 +73,7 @@ pub mod panda3d;
 pub mod path;
 pub mod policy;
 pub mod reader;
+pub mod unpack;
 pub mod writer;
 
 pub use any::{AnyArchive, AnyEntry, ArchiveFormat};
@@ -81,6 +82,7 @@ pub use error::{Error, Result};
 pub use pack::{pack_inputs, PackInput};
 pub use path::{entry_path_from_fs, validate_path};
 pub use reader::{Archive, Entry, EntryReader, StoredAs};
+pub use unpack::{unpack_in, UnpackEntry, UnpackError, UnpackOptions, UnpackReport};
 pub use writer::{
     prepare_entry, ArchiveWriter, Compression, EntryOptions, Mtime, PreparedEntry, StoredLayout, WriterOptions,
     DEFAULT_LEVEL,

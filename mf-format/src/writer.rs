@@ -95,6 +95,20 @@ pub struct Mtime {
     pub nanos: u32,
 }
 
+impl Mtime {
+    /// As a `SystemTime`; `None` when the platform cannot represent it (a hostile archive's value).
+    pub fn to_system_time(self) -> Option<std::time::SystemTime> {
+        use std::time::{Duration, UNIX_EPOCH};
+        let nanos = Duration::from_nanos(u64::from(self.nanos));
+        let whole = if self.secs >= 0 {
+            UNIX_EPOCH.checked_add(Duration::from_secs(self.secs as u64))
+        } else {
+            UNIX_EPOCH.checked_sub(Duration::from_secs(self.secs.unsigned_abs()))
+        };
+        whole?.checked_add(nanos)
+    }
+}
+
 /// Per-entry settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryOptions {
