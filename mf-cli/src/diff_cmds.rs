@@ -70,10 +70,10 @@ pub fn parse_memory_limit(text: &str) -> Result<u64, String> {
 
 /// The first bytes of `path` (empty when unreadable: the diff or apply then reports the error).
 fn head(path: &Path) -> Vec<u8> {
-    use std::io::Read;
-    let mut head = Vec::new();
-    let _ = std::fs::File::open(path).and_then(|f| f.take(8).read_to_end(&mut head));
-    head
+    match mf_format::fs::read_head::<8>(path) {
+        Ok((head, len)) => head[..len].to_vec(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Whether `path` starts like a Panda3D multifile.

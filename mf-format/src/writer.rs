@@ -6,7 +6,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -382,7 +381,7 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Adds a file from disk under the entry path `path`.
     pub fn add_file(&mut self, path: &str, fs_path: &Path, options: EntryOptions) -> Result<()> {
-        let file = File::open(fs_path).map_err(|e| Error::io(fs_path, e))?;
+        let file = crate::fs::open_regular(fs_path).map_err(|e| Error::io(fs_path, e))?;
         self.add_reader(path, file, options)
     }
 
