@@ -124,6 +124,12 @@ fn outputs_refuse_to_replace_anything_but_a_regular_file() {
     assert!(std::fs::symlink_metadata(dir.path().join("adir")).unwrap().is_dir());
     let leftovers: Vec<String> = names_in(dir.path()).into_iter().filter(|n| n.ends_with(".mf-tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // `diff -o -` writes the same patch to standard output.
+    let out =
+        Command::new(mf_bin()).args(["diff", "v1.mf", "v2.mf", "-o", "-"]).current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stdout == std::fs::read(dir.path().join("p.mfpatch")).unwrap(), "diff -o - differs from -o FILE");
 }
 
 /// keygen never writes the secret key through a symlink, and --force leaves a fresh 0600 file.
