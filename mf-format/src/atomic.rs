@@ -48,8 +48,8 @@ pub fn remove_pending_temp_files() {
 /// Only a regular file is ever replaced: if a symlink, directory, FIFO, socket or device node is at
 /// the target, [`AtomicFile::create`] (and again [`AtomicFile::commit`]) refuse with
 /// `InvalidInput`, so `-o /dev/null` or `-o some-link` never replaces the node or the link. Temp
-/// files are named `.NAME.<pid>.<random>.mf-tmp`; stale ones of a killed earlier run (see
-/// [`crate::fs`] for the rule) are removed when the next one for the same target is created.
+/// files are named `.NAME.<pid>.<random>.mf-tmp`; [`AtomicFile::create_removing_stale`] also removes
+/// stale ones of a killed earlier run (see [`crate::fs`] for the rule).
 pub struct AtomicFile {
     temp: Option<TempFile>,
     target: PathBuf,
@@ -79,7 +79,18 @@ impl AtomicFile {
     /// Creates a temp file in the target's directory (so the final rename stays on one file system).
     /// Fails if something other than a regular file is at `target`.
     pub fn create(target: impl AsRef<Path>) -> io::Result<AtomicFile> {
-        let target = target.as_ref().to_owned();
+        AtomicFile::create_in(target.as_ref(), false)
+    }
+
+    /// [`AtomicFile::create`], first removing stale temp files a killed earlier run left for the same
+    /// target. This reads the whole directory, so it is for one-off outputs (`mf pack -o`), not for
+    /// code writing many files into one directory.
+    pub fn create_removing_stale(target: impl AsRef<Path>) -> io::Result<AtomicFile> {
+        AtomicFile::create_in(target.as_ref(), true)
+    }
+
+    fn create_in(target: &Path, remove_stale: bool) -> io::Result<AtomicFile> {
+        let target = target.to_owned();
         let dir_path = match target.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
             _ => PathBuf::from("."),
@@ -91,7 +102,9 @@ impl AtomicFile {
         let dir = Dir::open(&dir_path)?;
         replaceable(&dir, name, &target)?;
         let prefix = format!(".{}.", name.to_string_lossy());
-        let _ = dir.remove_stale_temps(&prefix, TEMP_SUFFIX);
+        if remove_stale {
+            let _ = dir.remove_stale_temps(&prefix, TEMP_SUFFIX);
+        }
         let temp = dir.create_temp(&prefix, TEMP_SUFFIX)?;
         let temp_path = dir_path.join(temp.name());
         register(&temp_path);

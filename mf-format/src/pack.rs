@@ -211,7 +211,8 @@ pub fn collect_inputs(
     Ok(Collected { inputs: collector.found.into_values().collect(), skipped: collector.skipped })
 }
 
-/// Packs `inputs` into `output` all or nothing ([`crate::AtomicFile`]); returns the entry count.
+/// Packs `inputs` into `output` all or nothing ([`crate::AtomicFile`], removing stale temp files of
+/// a killed earlier pack of the same output); returns the entry count.
 pub fn pack_to_file(
     inputs: &[PackInput],
     output: &Path,
@@ -219,7 +220,7 @@ pub fn pack_to_file(
     progress: impl FnMut(&PackInput, u64),
 ) -> Result<usize, PackError> {
     let io = |error| PackError::Io { path: output.to_owned(), error };
-    let mut out = crate::AtomicFile::create(output).map_err(io)?;
+    let mut out = crate::AtomicFile::create_removing_stale(output).map_err(io)?;
     let sink = std::io::BufWriter::with_capacity(1 << 20, out.file());
     let (sink, entries) = pack_to_writer(inputs, sink, output, options, progress)?;
     sink.into_inner().map_err(|e| io(e.into_error()))?;
