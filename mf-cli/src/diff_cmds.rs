@@ -25,7 +25,8 @@ pub struct DiffArgs {
     old: PathBuf,
     /// The new archive (mf or Panda3D multifile, or any file).
     new: PathBuf,
-    /// Where to write the patch.
+    /// Where to write the patch (only a regular file is replaced), or `-` for standard output (the
+    /// report is then not printed).
     #[arg(short, long, value_name = "PATCH", required_unless_present = "stat")]
     output: Option<PathBuf>,
     /// Only report what changed and what the patch would cost; write nothing.
@@ -70,10 +71,10 @@ pub fn parse_memory_limit(text: &str) -> Result<u64, String> {
 
 /// The first bytes of `path` (empty when unreadable: the diff or apply then reports the error).
 fn head(path: &Path) -> Vec<u8> {
-    use std::io::Read;
-    let mut head = Vec::new();
-    let _ = std::fs::File::open(path).and_then(|f| f.take(8).read_to_end(&mut head));
-    head
+    match mf_format::fs::read_head::<8>(path) {
+        Ok((head, len)) => head[..len].to_vec(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Whether `path` starts like a Panda3D multifile.
@@ -119,7 +120,15 @@ pub fn diff(args: DiffArgs) -> Outcome {
     let total = mf_diff::progress_total(&old, &new)?;
     let bar = progress::bytes(total, "diffing");
     let tick = |n: u64| bar.inc(n);
+    let to_stdout = !args.stat && args.output.as_deref() == Some(Path::new("-"));
     let mut report = match &args.output {
+        Some(_) if to_stdout => {
+            let mut sink = std::io::BufWriter::new(std::io::stdout().lock());
+            mf_diff::write_patch(&old, &new, &mut sink, &options, &tick)?;
+            std::io::Write::flush(&mut sink).context("writing the patch to standard output")?;
+            bar.finish_and_clear();
+            return Ok(true);
+        }
         Some(patch) if !args.stat => mf_diff::diff_files(&old, &new, patch, &options, &tick)?,
         _ => mf_diff::diff_stat(&old, &new, &options, &tick)?,
     };

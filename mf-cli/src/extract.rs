@@ -2,15 +2,12 @@
 //! unless `--force`, each file complete or absent.
 
 use std::collections::HashSet;
-use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Args;
-use mf_format::{AnyArchive as Archive, AnyEntry as Entry};
-use rayon::prelude::*;
+use mf_format::{unpack_in, AnyArchive as Archive, AnyEntry as Entry, UnpackEntry, UnpackError, UnpackOptions};
 
 use crate::archive_cmds::{open_any, PasswordArg};
 use crate::Outcome;
@@ -43,45 +40,30 @@ pub fn run(args: ExtractArgs) -> Outcome {
         }
     }
 
-    fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
-    let root = args.dir.canonicalize().with_context(|| args.dir.display().to_string())?;
-
-    // Check everything that could stop us before writing anything.
-    let mut dirs = DirMaker::new(root.clone());
-    for entry in &selected {
-        let target = root.join(entry.path());
-        if let Some(existing) = existing_kind(&target)? {
-            if existing.is_dir() {
-                bail!("{}: a directory is in the way of entry '{}'", target.display(), entry.path());
-            }
-            if !args.force {
-                bail!("{}: already exists (use --force to replace it)", target.display());
-            }
-        }
-        dirs.check(entry.path())?;
-    }
-    for entry in &selected {
-        dirs.create(entry.path())?;
-    }
-
-    let total = selected.iter().map(|e| e.size()).sum();
-    let bar = crate::progress::bytes(total, "extracting");
-    let failures: Vec<anyhow::Error> = selected
-        .par_iter()
-        .filter_map(|entry| {
-            let result = extract_one(&archive, entry, &root.join(entry.path()));
-            bar.inc(entry.size());
-            result.err()
-        })
+    let entries: Vec<UnpackEntry> = selected
+        .iter()
+        .map(|e| UnpackEntry { path: e.path().to_owned(), size: e.size(), mode: e.mode(), mtime: e.mtime() })
         .collect();
+    let total = entries.iter().map(|e| e.size).sum();
+    let bar = crate::progress::bytes(total, "extracting");
+    let open = |entry: &UnpackEntry| {
+        let found = archive.get(&entry.path).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+        archive.reader(&found).map_err(io::Error::from)
+    };
+    let options = UnpackOptions { overwrite: args.force };
+    let report = unpack_in(&args.dir, &entries, options, open, &|size| bar.inc(size)).map_err(|e| match e {
+        UnpackError::Exists { .. } => anyhow::anyhow!("{e} (use --force to replace it)"),
+        other => other.into(),
+    });
     bar.finish_and_clear();
-    for failure in &failures {
-        eprintln!("mf: {failure:#}");
+    let report = report?;
+    for failure in &report.failures {
+        eprintln!("mf: {failure}");
     }
-    if !failures.is_empty() {
-        eprintln!("mf: {} of {} entries were not extracted", failures.len(), selected.len());
+    if !report.failures.is_empty() {
+        eprintln!("mf: {} of {} entries were not extracted", entries.len() - report.written, entries.len());
     }
-    Ok(failures.is_empty())
+    Ok(report.failures.is_empty())
 }
 
 /// Entries matching the requested paths (an exact entry, or everything under a directory).
@@ -119,101 +101,4 @@ fn select<'a>(archive: &'a Archive, paths: &[String]) -> anyhow::Result<Vec<Entr
         }
     }
     Ok(chosen)
-}
-
-fn existing_kind(path: &Path) -> anyhow::Result<Option<fs::FileType>> {
-    match fs::symlink_metadata(path) {
-        Ok(metadata) => Ok(Some(metadata.file_type())),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| path.display().to_string()),
-    }
-}
-
-/// Creates the directories entries need, refusing to pass through anything that is not a real
-/// directory under the root (a symlink planted there could otherwise redirect writes outside it).
-struct DirMaker {
-    root: PathBuf,
-    known: HashSet<String>,
-}
-
-impl DirMaker {
-    fn new(root: PathBuf) -> Self {
-        DirMaker { root, known: HashSet::new() }
-    }
-
-    fn parents(path: &str) -> impl Iterator<Item = &str> {
-        path.match_indices('/').map(move |(i, _)| &path[..i])
-    }
-
-    fn check(&mut self, entry_path: &str) -> anyhow::Result<()> {
-        for dir in Self::parents(entry_path) {
-            if self.known.contains(dir) {
-                continue;
-            }
-            let full = self.root.join(dir);
-            match existing_kind(&full)? {
-                Some(kind) if kind.is_dir() => {
-                    self.known.insert(dir.to_owned());
-                }
-                Some(_) => bail!(
-                    "{}: exists and is not a directory (refusing to extract '{entry_path}' through it)",
-                    full.display()
-                ),
-                None => {}
-            }
-        }
-        Ok(())
-    }
-
-    fn create(&mut self, entry_path: &str) -> anyhow::Result<()> {
-        for dir in Self::parents(entry_path) {
-            if self.known.contains(dir) {
-                continue;
-            }
-            let full = self.root.join(dir);
-            match fs::create_dir(&full) {
-                Ok(()) => {}
-                Err(e)
-                    if e.kind() == io::ErrorKind::AlreadyExists
-                        && existing_kind(&full)?.is_some_and(|k| k.is_dir()) => {}
-                Err(e) => return Err(e).with_context(|| format!("creating {}", full.display())),
-            }
-            self.known.insert(dir.to_owned());
-        }
-        Ok(())
-    }
-}
-
-/// Streams one entry to a temp file beside its target, verifying the checksum on the way, then
-/// renames it into place. A damaged entry leaves no file.
-fn extract_one(archive: &Archive, entry: &Entry<'_>, target: &Path) -> anyhow::Result<()> {
-    let parent = target.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".mf-extract.")
-        .tempfile_in(parent)
-        .with_context(|| format!("creating a temp file in {}", parent.display()))?;
-    {
-        let mut out = BufWriter::with_capacity(256 << 10, temp.as_file_mut());
-        let mut reader = archive.reader(entry)?;
-        io::copy(&mut reader, &mut out)
-            .with_context(|| format!("{}: entry '{}'", archive.name().display(), entry.path()))?;
-        out.flush().with_context(|| format!("writing {}", target.display()))?;
-    }
-    let file: &File = temp.as_file();
-    file.set_permissions(fs::Permissions::from_mode(entry.mode() & 0o777))?;
-    if let Some(mtime) = entry.mtime() {
-        let time = mtime_to_system(mtime);
-        file.set_modified(time).with_context(|| format!("setting the mtime of {}", target.display()))?;
-    }
-    temp.persist(target).map_err(|e| e.error).with_context(|| format!("writing {}", target.display()))?;
-    Ok(())
-}
-
-fn mtime_to_system(mtime: mf_format::Mtime) -> std::time::SystemTime {
-    use std::time::{Duration, UNIX_EPOCH};
-    if mtime.secs >= 0 {
-        UNIX_EPOCH + Duration::new(mtime.secs as u64, mtime.nanos)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(mtime.secs.unsigned_abs()) + Duration::from_nanos(u64::from(mtime.nanos))
-    }
 }

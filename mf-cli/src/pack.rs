@@ -1,15 +1,11 @@
-//! `mf pack`: collect files, then hand them to the library's parallel packer.
+//! `mf pack`: the library collects the files by its rules and packs them; this prints progress.
 
-use std::collections::BTreeMap;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
-use globset::{Glob, GlobSet, GlobSetBuilder};
-use mf_format::{
-    entry_path_from_fs, pack_inputs, ArchiveWriter, AtomicFile, Compression, EntryOptions, PackInput, WriterOptions,
-};
+use mf_format::{collect_inputs, pack_to_file, pack_to_writer, DirPackOptions, WriterOptions};
 
 use crate::Outcome;
 
@@ -18,7 +14,8 @@ pub struct PackArgs {
     /// Directories whose contents become the archive's root (merged; a path may come from one only).
     #[arg(required = true, value_name = "DIR")]
     dirs: Vec<PathBuf>,
-    /// The archive to write (replaced only once complete).
+    /// The archive to write (replaced only once complete; only a regular file is replaced), or `-`
+    /// for standard output.
     #[arg(short, long, value_name = "OUT.mf")]
     output: PathBuf,
     /// zstd level, 1 (fast) to 22 (small).
@@ -41,6 +38,10 @@ pub struct PackArgs {
     /// random reads (a mount, `read_at`) decode less per read; larger ones compress a little better.
     #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_frame_size)]
     frame_size: u8,
+    /// Pack the targets of symlinks that lead outside their DIR (refused otherwise; links that stay
+    /// inside are always followed).
+    #[arg(long)]
+    follow_symlinks: bool,
 }
 
 /// Parses a frame size such as `64K` into its base-2 logarithm.
@@ -54,141 +55,38 @@ fn parse_frame_size(text: &str) -> Result<u8, String> {
     Ok(log2 as u8)
 }
 
-impl PackArgs {
-    /// `mf pack DIR -o OUTPUT` with every other option at its default, for commands that publish a
-    /// folder (so a folder and an archive packed by hand from it are the same bytes).
-    pub fn defaults(dir: PathBuf, output: PathBuf) -> PackArgs {
-        PackArgs {
-            dirs: vec![dir],
-            output,
-            level: mf_format::DEFAULT_LEVEL,
-            store: Vec::new(),
-            exclude: Vec::new(),
-            files_from: None,
-            keep_mtime: false,
-            frame_size: mf_format::WriterOptions::default().frame_size_log2,
-        }
-    }
-}
-
 pub fn run(args: PackArgs) -> Outcome {
-    let excludes = build_globs(&args.exclude)?;
-    let store: Vec<String> = args.store.iter().map(|e| e.trim_start_matches('.').to_ascii_lowercase()).collect();
-    let output_abs = absolute(&args.output);
-
-    let mut found: BTreeMap<String, PackInput> = BTreeMap::new();
-    let mut add = |entry_path: String, fs_path: PathBuf, metadata: &std::fs::Metadata| -> anyhow::Result<()> {
-        // Compare full paths only when the names match: `absolute` costs a getcwd per call.
-        let is_output = fs_path.file_name() == output_abs.file_name() && absolute(&fs_path) == output_abs;
-        if excludes.is_match(&entry_path) || is_output {
-            return Ok(());
-        }
-        let mut options = EntryOptions::from_metadata(metadata, args.keep_mtime);
-        if has_extension(&entry_path, &store) {
-            options.compression = Compression::Store;
-        }
-        let input = PackInput { entry_path: entry_path.clone(), fs_path, size_hint: metadata.len(), options };
-        if let Some(previous) = found.insert(entry_path.clone(), input) {
-            bail!("'{entry_path}' comes from two inputs: {} and another directory", previous.fs_path.display());
-        }
-        Ok(())
+    let to_stdout = args.output == Path::new("-");
+    let options = DirPackOptions {
+        writer: WriterOptions { level: args.level, frame_size_log2: args.frame_size },
+        store_extensions: args.store,
+        excludes: args.exclude,
+        files_from: args.files_from,
+        keep_mtime: args.keep_mtime,
+        follow_symlinks: args.follow_symlinks,
     };
-
-    if let Some(list) = &args.files_from {
-        let [dir] = args.dirs.as_slice() else {
-            bail!("--files-from takes exactly one DIR (the list's paths are relative to it)");
-        };
-        let text = std::fs::read_to_string(list).with_context(|| format!("reading {}", list.display()))?;
-        for (number, line) in text.lines().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.is_empty() {
-                continue;
-            }
-            let place = || format!("{}:{}", list.display(), number + 1);
-            let entry_path = entry_path_from_fs(Path::new(line)).with_context(place)?;
-            let fs_path = dir.join(line);
-            let metadata =
-                std::fs::metadata(&fs_path).with_context(|| format!("{}: {}", place(), fs_path.display()))?;
-            if !metadata.is_file() {
-                bail!("{}: {} is not a regular file", place(), fs_path.display());
-            }
-            add(entry_path, fs_path, &metadata)?;
-        }
-    } else {
-        for dir in &args.dirs {
-            if !dir.is_dir() {
-                bail!("{}: not a directory", dir.display());
-            }
-            let walker = walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name();
-            let mut walker = walker.into_iter();
-            while let Some(item) = walker.next() {
-                let item = item.with_context(|| format!("walking {}", dir.display()))?;
-                let relative = item.path().strip_prefix(dir).unwrap_or(item.path());
-                if relative.as_os_str().is_empty() {
-                    continue;
-                }
-                let entry_path = entry_path_from_fs(relative).with_context(|| item.path().display().to_string())?;
-                if item.file_type().is_dir() {
-                    if excludes.is_match(&entry_path) {
-                        walker.skip_current_dir();
-                    }
-                    continue;
-                }
-                if !item.file_type().is_file() {
-                    eprintln!("mf: skipping {} (not a regular file)", item.path().display());
-                    continue;
-                }
-                let metadata = item.metadata().with_context(|| item.path().display().to_string())?;
-                add(entry_path, item.path().to_owned(), &metadata)?;
-            }
-        }
+    let collected = collect_inputs(&args.dirs, (!to_stdout).then_some(args.output.as_path()), &options)?;
+    for path in &collected.skipped {
+        eprintln!("mf: skipping {} (not a regular file)", path.display());
     }
-
-    let inputs: Vec<PackInput> = found.into_values().collect();
-    let total: u64 = inputs.iter().map(|i| i.size_hint).sum();
+    let total: u64 = collected.inputs.iter().map(|i| i.size_hint).sum();
     let bar = crate::progress::bytes(total, "packing");
-
-    let options = WriterOptions { level: args.level, frame_size_log2: args.frame_size };
-    let mut out = AtomicFile::create(&args.output)
-        .with_context(|| format!("creating a temp file beside {}", args.output.display()))?;
-    let sink = BufWriter::with_capacity(1 << 20, out.file());
-    let mut writer = ArchiveWriter::with_name(sink, options, &args.output)?;
-    pack_inputs(&mut writer, &inputs, |input, size| {
+    let progress = |input: &mf_format::PackInput, size| {
         bar.set_message(input.entry_path.clone());
         bar.inc(size);
-    })?;
-    let entries = writer.len();
-    writer
-        .finish()?
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("writing {}", args.output.display()))?;
-    out.commit().with_context(|| format!("replacing {}", args.output.display()))?;
+    };
+    let entries = if to_stdout {
+        let sink = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+        let (mut sink, entries) =
+            pack_to_writer(&collected.inputs, sink, Path::new("<stdout>"), options.writer, progress)?;
+        sink.flush().context("writing the archive to standard output")?;
+        entries
+    } else {
+        pack_to_file(&collected.inputs, &args.output, options.writer, progress)?
+    };
     bar.finish_and_clear();
     if entries == 0 {
         eprintln!("mf: warning: {} holds no entries", args.output.display());
     }
     Ok(true)
-}
-
-fn build_globs(patterns: &[String]) -> anyhow::Result<GlobSet> {
-    let mut builder = GlobSetBuilder::new();
-    for pattern in patterns {
-        builder.add(Glob::new(pattern).with_context(|| format!("bad --exclude pattern {pattern:?}"))?);
-        // A pattern without '/' also matches a name at any depth, as in .gitignore.
-        if !pattern.contains('/') {
-            builder.add(Glob::new(&format!("**/{pattern}")).with_context(|| format!("bad pattern {pattern:?}"))?);
-        }
-    }
-    Ok(builder.build()?)
-}
-
-fn has_extension(path: &str, extensions: &[String]) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name.rsplit_once('.')
-        .is_some_and(|(stem, ext)| !stem.is_empty() && extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }

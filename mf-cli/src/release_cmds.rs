@@ -1,8 +1,6 @@
 //! `mf keygen` and `mf release add|list|prune|resign`: publishing into a release repository
 //! (mf-release, spec/RELEASE.md).
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -114,18 +112,8 @@ pub fn keygen(args: KeygenArgs) -> Outcome {
         }
     }
     let key = SecretKey::generate()?;
-    // The secret key is created 0600 from the start, never readable by others even briefly.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&secret_path)
-        .with_context(|| format!("creating {}", secret_path.display()))?;
-    file.write_all(key.to_text().as_bytes())
-        .and_then(|_| file.sync_all())
-        .with_context(|| format!("writing {}", secret_path.display()))?;
-    std::fs::write(&public_path, key.public().to_text())
+    key.write_to(&secret_path, args.force).with_context(|| format!("writing {}", secret_path.display()))?;
+    mf_format::fs::write_atomic(&public_path, key.public().to_text().as_bytes())
         .with_context(|| format!("writing {}", public_path.display()))?;
     println!("key id {}", key.public().key_id());
     println!("secret key: {} (sign with `mf release add --sign`; keep it private)", secret_path.display());
@@ -167,7 +155,10 @@ fn add(args: AddArgs) -> Outcome {
             .tempdir_in(&args.repo)
             .with_context(|| format!("creating a scratch directory in {}", args.repo.display()))?;
         let packed = scratch.path().join("release.mf");
-        crate::pack::run(crate::pack::PackArgs::defaults(args.input.clone(), packed.clone()))?;
+        // The library's directory packing with default options: the same bytes as `mf pack DIR`.
+        let options = mf_format::DirPackOptions::default();
+        let collected = mf_format::collect_inputs(std::slice::from_ref(&args.input), Some(&packed), &options)?;
+        mf_format::pack_to_file(&collected.inputs, &packed, options.writer, |_, _| {})?;
         _scratch = scratch;
         packed
     } else {

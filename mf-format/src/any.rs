@@ -3,7 +3,6 @@
 //! they behave the same on either; the format is detected from the file's first bytes.
 
 use std::borrow::Cow;
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -137,7 +136,7 @@ impl<'a> AnyEntry<'a> {
 /// Reads up to `n` leading bytes of a file (fewer when it is shorter).
 fn head(path: &Path, n: u64) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    File::open(path).and_then(|f| f.take(n).read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
+    crate::fs::open_regular(path).and_then(|f| f.take(n).read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
     Ok(bytes)
 }
 

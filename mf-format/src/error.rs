@@ -9,8 +9,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{}: {source}", file.display())]
-    Io { file: PathBuf, source: io::Error },
+    /// An I/O failure on `file`. The message includes `error`'s, so it is deliberately not reported
+    /// as the error's `source()` too: a caller printing the chain (`{:#}`) would show it twice.
+    #[error("{}: {error}", file.display())]
+    Io { file: PathBuf, error: io::Error },
 
     #[error("{}: not an mf archive (no mf or Panda3D multifile magic at offset 0)", file.display())]
     NotAnArchive { file: PathBuf },
@@ -67,8 +69,8 @@ impl fmt::Display for EntryContext<'_> {
 }
 
 impl Error {
-    pub(crate) fn io(file: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { file: file.into(), source }
+    pub(crate) fn io(file: impl Into<PathBuf>, error: io::Error) -> Self {
+        Error::Io { file: file.into(), error }
     }
 
     pub(crate) fn corrupt(file: impl Into<PathBuf>, offset: u64, entry: Option<&str>, what: impl Into<String>) -> Self {
@@ -91,7 +93,7 @@ impl Error {
 impl From<Error> for io::Error {
     fn from(err: Error) -> Self {
         let kind = match &err {
-            Error::Io { source, .. } => source.kind(),
+            Error::Io { error, .. } => error.kind(),
             Error::OutOfRange { .. } | Error::InvalidOption(_) => io::ErrorKind::InvalidInput,
             _ => io::ErrorKind::InvalidData,
         };

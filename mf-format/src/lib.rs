@@ -73,14 +73,18 @@ pub mod panda3d;
 pub mod path;
 pub mod policy;
 pub mod reader;
+pub mod unpack;
 pub mod writer;
 
 pub use any::{AnyArchive, AnyEntry, ArchiveFormat};
 pub use atomic::{remove_pending_temp_files, AtomicFile};
 pub use error::{Error, Result};
-pub use pack::{pack_inputs, PackInput};
+pub use pack::{
+    collect_inputs, pack_inputs, pack_to_file, pack_to_writer, Collected, DirPackOptions, PackError, PackInput,
+};
 pub use path::{entry_path_from_fs, validate_path};
 pub use reader::{Archive, Entry, EntryReader, StoredAs};
+pub use unpack::{unpack_in, UnpackEntry, UnpackError, UnpackOptions, UnpackReport};
 pub use writer::{
     prepare_entry, ArchiveWriter, Compression, EntryOptions, Mtime, PreparedEntry, StoredLayout, WriterOptions,
     DEFAULT_LEVEL,

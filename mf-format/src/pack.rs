@@ -2,14 +2,21 @@
 //! a time, large files stream frame by frame; everything is written in the order given, so the
 //! archive does not depend on the thread count. While one batch of small files is written, the next
 //! one is already being read and compressed, so the writes overlap with compression.
+//!
+//! Packing directories ([`collect_inputs`], [`pack_to_file`]) follows one set of rules, so a folder
+//! packs to the same bytes whoever packs it: entries in byte order of their paths, excludes,
+//! store-extensions, modes normalised, mtimes only when asked, symlinks leaving the input refused.
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
+use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::writer::{prepare_entry, ArchiveWriter, EntryOptions, PreparedEntry, WriterOptions};
+use crate::path::entry_path_from_fs;
+use crate::writer::{prepare_entry, ArchiveWriter, Compression, EntryOptions, PreparedEntry, WriterOptions};
 
 /// One file to pack.
 #[derive(Debug, Clone)]
@@ -104,4 +111,278 @@ fn write_batch<W: Write>(
         progress(input, size);
     }
     Ok(())
+}
+
+/// The rules `mf pack` applies when it turns directories into an archive, so every packer of a
+/// folder (the CLI, a publisher) produces the same bytes from the same folder.
+#[derive(Debug, Clone, Default)]
+pub struct DirPackOptions {
+    /// zstd level and frame size.
+    pub writer: WriterOptions,
+    /// Extensions (without the dot, any case) stored uncompressed, besides what `Compression::Auto`
+    /// already stores.
+    pub store_extensions: Vec<String>,
+    /// Globs matched against entry paths; a pattern without `/` also matches a name at any depth,
+    /// as in `.gitignore`. A matching directory is skipped whole.
+    pub excludes: Vec<String>,
+    /// Pack exactly the files listed here (one path per line, relative to the single input
+    /// directory) instead of walking it. The list must be a regular file of at most 256 MiB.
+    pub files_from: Option<PathBuf>,
+    /// Record modification times (off by default so archives are reproducible).
+    pub keep_mtime: bool,
+    /// Follow symlinks that lead outside their input directory (packing their targets). Without it
+    /// such a link is an error; links that stay inside are followed either way.
+    pub follow_symlinks: bool,
+}
+
+/// Largest `files_from` list accepted.
+pub const MAX_LIST_BYTES: u64 = 256 << 20;
+
+/// Why directories could not be packed.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// An exclude pattern is not a valid glob.
+    #[error("bad exclude pattern {pattern:?}: {message}")]
+    BadPattern { pattern: String, message: String },
+    /// Two input directories hold the same entry path.
+    #[error("'{entry}' comes from two inputs: {} and another directory", first.display())]
+    TwoInputs { entry: String, first: PathBuf },
+    /// A file list names paths relative to one directory.
+    #[error("a file list takes exactly one DIR (its paths are relative to it)")]
+    ListNeedsOneDir,
+    /// An input that must be a directory is not.
+    #[error("{}: not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+    /// The file list is larger than [`MAX_LIST_BYTES`].
+    #[error("{}: a file list of more than {MAX_LIST_BYTES} bytes is refused", path.display())]
+    ListTooLarge { path: PathBuf },
+    /// A symlink inside an input directory leads outside it.
+    #[error(
+        "{}: symlink to {}, outside {}: refusing to pack it (follow symlinks explicitly to pack their targets)",
+        link.display(), target.display(), root.display()
+    )]
+    SymlinkOutside { link: PathBuf, target: PathBuf, root: PathBuf },
+    /// An input that must be a regular file is not.
+    #[error("{place}: {} is not a regular file", path.display())]
+    NotRegular { place: String, path: PathBuf },
+    /// A path cannot be an entry path.
+    #[error("{place}: {error}")]
+    BadPath { place: String, error: Error },
+    /// A file-system operation failed.
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+    /// Writing the archive failed.
+    #[error(transparent)]
+    Format(#[from] Error),
+}
+
+/// The files to pack, in entry-path order.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// What to pack.
+    pub inputs: Vec<PackInput>,
+    /// Things in the input directories that are not regular files (FIFOs, sockets, devices), left out.
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Collects the files of `dirs` (merged; an entry path may come from one only) by the rules of
+/// `options`, leaving out `output` itself if it lies inside an input.
+pub fn collect_inputs(
+    dirs: &[PathBuf],
+    output: Option<&Path>,
+    options: &DirPackOptions,
+) -> Result<Collected, PackError> {
+    let mut collector = Collector {
+        excludes: build_globs(&options.excludes)?,
+        store: options.store_extensions.iter().map(|e| e.trim_start_matches('.').to_ascii_lowercase()).collect(),
+        output: output.map(absolute),
+        options,
+        found: BTreeMap::new(),
+        skipped: Vec::new(),
+    };
+    if let Some(list) = &options.files_from {
+        let [dir] = dirs else { return Err(PackError::ListNeedsOneDir) };
+        collector.read_list(dir, list)?;
+    } else {
+        for dir in dirs {
+            collector.walk(dir)?;
+        }
+    }
+    Ok(Collected { inputs: collector.found.into_values().collect(), skipped: collector.skipped })
+}
+
+/// Packs `inputs` into `output` all or nothing ([`crate::AtomicFile`], removing stale temp files of
+/// a killed earlier pack of the same output); returns the entry count.
+pub fn pack_to_file(
+    inputs: &[PackInput],
+    output: &Path,
+    options: WriterOptions,
+    progress: impl FnMut(&PackInput, u64),
+) -> Result<usize, PackError> {
+    let io = |error| PackError::Io { path: output.to_owned(), error };
+    let mut out = crate::AtomicFile::create_removing_stale(output).map_err(io)?;
+    let sink = std::io::BufWriter::with_capacity(1 << 20, out.file());
+    let (sink, entries) = pack_to_writer(inputs, sink, output, options, progress)?;
+    sink.into_inner().map_err(|e| io(e.into_error()))?;
+    out.commit().map_err(io)?;
+    Ok(entries)
+}
+
+/// Packs `inputs` as an archive streamed into `sink` (`name` is for messages); returns the sink
+/// (unflushed) and the entry count.
+pub fn pack_to_writer<W: Write>(
+    inputs: &[PackInput],
+    sink: W,
+    name: &Path,
+    options: WriterOptions,
+    progress: impl FnMut(&PackInput, u64),
+) -> Result<(W, usize), PackError> {
+    let mut writer = ArchiveWriter::with_name(sink, options, name)?;
+    pack_inputs(&mut writer, inputs, progress)?;
+    let entries = writer.len();
+    Ok((writer.finish()?, entries))
+}
+
+struct Collector<'a> {
+    excludes: GlobSet,
+    store: Vec<String>,
+    output: Option<PathBuf>,
+    options: &'a DirPackOptions,
+    found: BTreeMap<String, PackInput>,
+    skipped: Vec<PathBuf>,
+}
+
+impl Collector<'_> {
+    fn add(&mut self, entry_path: String, fs_path: PathBuf, metadata: &std::fs::Metadata) -> Result<(), PackError> {
+        // Compare full paths only when the names match: `absolute` costs a getcwd per call.
+        let is_output = self
+            .output
+            .as_ref()
+            .is_some_and(|out| fs_path.file_name() == out.file_name() && absolute(&fs_path) == *out);
+        if self.excludes.is_match(&entry_path) || is_output {
+            return Ok(());
+        }
+        let mut options = EntryOptions::from_metadata(metadata, self.options.keep_mtime);
+        if has_extension(&entry_path, &self.store) {
+            options.compression = Compression::Store;
+        }
+        let input = PackInput { entry_path: entry_path.clone(), fs_path, size_hint: metadata.len(), options };
+        if let Some(previous) = self.found.insert(entry_path.clone(), input) {
+            return Err(PackError::TwoInputs { entry: entry_path, first: previous.fs_path });
+        }
+        Ok(())
+    }
+
+    /// Fails if `path` (reached inside `root`, whose canonical form is `canonical_root`) resolves to
+    /// somewhere outside it, unless following such links was asked for.
+    fn check_inside(&self, path: &Path, root: &Path, canonical_root: &Path) -> Result<(), PackError> {
+        if self.options.follow_symlinks {
+            return Ok(());
+        }
+        let target = path.canonicalize().map_err(|error| PackError::Io { path: path.to_owned(), error })?;
+        if target.starts_with(canonical_root) {
+            return Ok(());
+        }
+        Err(PackError::SymlinkOutside { link: path.to_owned(), target, root: root.to_owned() })
+    }
+
+    fn read_list(&mut self, dir: &Path, list: &Path) -> Result<(), PackError> {
+        let io = |error| PackError::Io { path: list.to_owned(), error };
+        let file = crate::fs::open_regular(list).map_err(io)?;
+        if file.metadata().map_err(io)?.len() > MAX_LIST_BYTES {
+            return Err(PackError::ListTooLarge { path: list.to_owned() });
+        }
+        let mut text = String::new();
+        file.take(MAX_LIST_BYTES + 1).read_to_string(&mut text).map_err(io)?;
+        if text.len() as u64 > MAX_LIST_BYTES {
+            return Err(PackError::ListTooLarge { path: list.to_owned() }); // grew while read
+        }
+        let canonical_root = dir.canonicalize().map_err(|error| PackError::Io { path: dir.to_owned(), error })?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.is_empty() {
+                continue;
+            }
+            let place = format!("{}:{}", list.display(), number + 1);
+            let entry_path = entry_path_from_fs(Path::new(line))
+                .map_err(|error| PackError::BadPath { place: place.clone(), error })?;
+            let fs_path = dir.join(line);
+            let metadata = std::fs::metadata(&fs_path)
+                .map_err(|error| PackError::Io { path: fs_path.clone(), error: with_place(error, &place) })?;
+            if !metadata.is_file() {
+                return Err(PackError::NotRegular { place, path: fs_path });
+            }
+            self.check_inside(&fs_path, dir, &canonical_root)?;
+            self.add(entry_path, fs_path, &metadata)?;
+        }
+        Ok(())
+    }
+
+    fn walk(&mut self, dir: &Path) -> Result<(), PackError> {
+        if !dir.is_dir() {
+            return Err(PackError::NotADirectory { path: dir.to_owned() });
+        }
+        let canonical_root = dir.canonicalize().map_err(|error| PackError::Io { path: dir.to_owned(), error })?;
+        let mut walker = walkdir::WalkDir::new(dir).follow_links(true).sort_by_file_name().into_iter();
+        while let Some(item) = walker.next() {
+            let item = item.map_err(|e| {
+                let path = e.path().unwrap_or(dir).to_owned();
+                PackError::Io { path, error: e.into() }
+            })?;
+            let relative = item.path().strip_prefix(dir).unwrap_or(item.path());
+            if relative.as_os_str().is_empty() {
+                continue;
+            }
+            let place = || item.path().display().to_string();
+            let entry_path =
+                entry_path_from_fs(relative).map_err(|error| PackError::BadPath { place: place(), error })?;
+            if item.path_is_symlink() {
+                self.check_inside(item.path(), dir, &canonical_root)?;
+            }
+            if item.file_type().is_dir() {
+                if self.excludes.is_match(&entry_path) {
+                    walker.skip_current_dir();
+                }
+                continue;
+            }
+            if !item.file_type().is_file() {
+                self.skipped.push(item.path().to_owned());
+                continue;
+            }
+            let metadata =
+                item.metadata().map_err(|e| PackError::Io { path: item.path().to_owned(), error: e.into() })?;
+            self.add(entry_path, item.path().to_owned(), &metadata)?;
+        }
+        Ok(())
+    }
+}
+
+fn with_place(error: std::io::Error, place: &str) -> std::io::Error {
+    std::io::Error::new(error.kind(), format!("{place}: {error}"))
+}
+
+fn build_globs(patterns: &[String]) -> Result<GlobSet, PackError> {
+    let bad = |pattern: &str, e: globset::Error| PackError::BadPattern {
+        pattern: pattern.to_owned(),
+        message: e.to_string(),
+    };
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        builder.add(Glob::new(pattern).map_err(|e| bad(pattern, e))?);
+        // A pattern without '/' also matches a name at any depth, as in .gitignore.
+        if !pattern.contains('/') {
+            builder.add(Glob::new(&format!("**/{pattern}")).map_err(|e| bad(pattern, e))?);
+        }
+    }
+    builder.build().map_err(|e| bad("", e))
+}
+
+fn has_extension(path: &str, extensions: &[String]) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.rsplit_once('.')
+        .is_some_and(|(stem, ext)| !stem.is_empty() && extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }

@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::fs::File;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -128,7 +127,8 @@ impl Archive {
     /// Maps and opens an archive file, validating header, footer and index (not entry data).
     pub fn open(path: impl AsRef<Path>) -> Result<Archive> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // open_regular: a FIFO or device is refused, never blocked on.
+        let file = crate::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < HEADER_LEN + FOOTER_LEN {
             // Too short to hold the fixed structures; also avoids mapping an empty file.

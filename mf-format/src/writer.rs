@@ -6,7 +6,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -93,6 +92,20 @@ pub enum Compression {
 pub struct Mtime {
     pub secs: i64,
     pub nanos: u32,
+}
+
+impl Mtime {
+    /// As a `SystemTime`; `None` when the platform cannot represent it (a hostile archive's value).
+    pub fn to_system_time(self) -> Option<std::time::SystemTime> {
+        use std::time::{Duration, UNIX_EPOCH};
+        let nanos = Duration::from_nanos(u64::from(self.nanos));
+        let whole = if self.secs >= 0 {
+            UNIX_EPOCH.checked_add(Duration::from_secs(self.secs as u64))
+        } else {
+            UNIX_EPOCH.checked_sub(Duration::from_secs(self.secs.unsigned_abs()))
+        };
+        whole?.checked_add(nanos)
+    }
 }
 
 /// Per-entry settings.
@@ -368,7 +381,7 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Adds a file from disk under the entry path `path`.
     pub fn add_file(&mut self, path: &str, fs_path: &Path, options: EntryOptions) -> Result<()> {
-        let file = File::open(fs_path).map_err(|e| Error::io(fs_path, e))?;
+        let file = crate::fs::open_regular(fs_path).map_err(|e| Error::io(fs_path, e))?;
         self.add_reader(path, file, options)
     }
 

@@ -264,7 +264,7 @@ fn read_everything(archive: &Archive) -> Result<Contents, Error> {
     for entry in archive.entries() {
         let whole = archive.read(&entry)?.into_owned();
         let mut streamed = Vec::new();
-        archive.reader(&entry).read_to_end(&mut streamed).map_err(|e| Error::Io { file: NAME.into(), source: e })?;
+        archive.reader(&entry).read_to_end(&mut streamed).map_err(|e| Error::Io { file: NAME.into(), error: e })?;
         assert_eq!(streamed, whole, "read and reader agree once both succeed");
         contents.push((entry.path().to_owned(), whole, entry.mode(), entry.size()));
     }

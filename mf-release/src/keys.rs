@@ -49,6 +49,33 @@ impl SecretKey {
         SecretKey::parse(&text, &path.display().to_string())
     }
 
+    /// Writes the `.key` file at `path` with mode 0600 from the start. Without `replace` the file is
+    /// created exclusively (`O_CREAT|O_EXCL|O_NOFOLLOW`): anything already there, even a dangling
+    /// symlink, is an error, so the key is never written through a link or into a file someone else
+    /// holds open. With `replace`, the key goes to a fresh 0600 temp file that is renamed over
+    /// `path`: a symlink there is replaced (not followed), and the old file's mode is not kept.
+    pub fn write_to(&self, path: &Path, replace: bool) -> Result<()> {
+        use std::io::Write;
+        let io = |e| Error::io(path, e);
+        let dir_path = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| Error::io(path, std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name")))?;
+        let dir = mf_format::fs::Dir::open(dir_path).map_err(io)?;
+        if replace {
+            let mut temp = dir.create_temp(&format!(".{}.", name.to_string_lossy()), ".mf-tmp").map_err(io)?;
+            temp.file().write_all(self.to_text().as_bytes()).map_err(io)?;
+            temp.persist(name).map_err(io)?; // created 0600, fsynced, renamed over the old one
+        } else {
+            let mut file = dir.create_file_exclusive(name, 0o600).map_err(io)?;
+            file.write_all(self.to_text().as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
+        }
+        dir.sync().map_err(io)
+    }
+
     /// The `.key` file's text.
     pub fn to_text(&self) -> String {
         format!("{SECRET_PREFIX}{}\n", BASE64.encode(self.0.to_bytes()))

@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -361,13 +360,11 @@ fn create_parent(path: &Path) -> Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    mf_format::fs::sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut out = AtomicFile::create(path).map_err(|e| Error::io(path, e))?;
-    out.file().write_all(bytes).map_err(|e| Error::io(path, e))?;
-    out.commit().map_err(|e| Error::io(path, e))
+    mf_format::fs::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 fn referenced_paths(manifest: &Manifest) -> HashSet<String> {

@@ -2,7 +2,6 @@
 //! loop detection and bounds checks), and decodes subfiles (zlib, encryption) on demand.
 
 use std::collections::HashSet;
-use std::fs::File;
 use std::io::{self, Cursor, Read};
 use std::path::{Path, PathBuf};
 
@@ -130,7 +129,7 @@ impl Multifile {
     /// Maps and opens a multifile, reading its header and whole index chain (not subfile data).
     pub fn open(path: impl AsRef<Path>) -> Result<Multifile> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let file = crate::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len == 0 {
             return Err(Error::NotAnArchive { file: path.to_owned() });
