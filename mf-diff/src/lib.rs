@@ -54,6 +54,7 @@
 mod apply;
 mod bsdiff;
 mod budget;
+pub mod delta;
 mod diff;
 pub mod error;
 mod report;
