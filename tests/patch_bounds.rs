@@ -188,3 +188,92 @@ fn a_control_stream_declaring_a_huge_window_is_refused_without_allocating_it() {
     refused_small(d, &["apply", "window.mfp", "old.bin", "-o", "out.bin"], "control stream");
     assert!(!d.join("out.bin").exists());
 }
+
+/// Text-like content that zstd compresses, different in every MiB.
+fn big_content(len: usize) -> Vec<u8> {
+    let words: [&[u8]; 8] = [b"alpha ", b"beta ", b"gamma ", b"sprite ", b"mesh ", b"shader\n", b"level ", b"quest "];
+    let mut out = Vec::with_capacity(len + 16);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(words[(state & 7) as usize]);
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
+    use mf_diff::delta::{apply_in_memory, Control, DeltaParts};
+    use mf_diff::wire::{ArchivePreamble, EntryRecord, Op, PayloadDesc, Storage, KIND_ARCHIVE};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    const SIZE: usize = 300 << 20;
+    let old = big_content(SIZE);
+    write_tree(&d.join("a"), &[("big.bin", &old)]);
+    mf_ok(d, &["pack", "a", "-o", "old.mf"]);
+    std::fs::remove_dir_all(d.join("a")).unwrap();
+
+    // New content: old with scattered byte changes, 1,000 inserted bytes at 100 MiB, and the tail
+    // read from 1 MiB further on (a seek).
+    let mut delta = vec![0u8; SIZE - (2 << 20)];
+    for at in (0..delta.len()).step_by(7_000_003) {
+        delta[at] = 1;
+    }
+    let controls = vec![
+        Control { add: 100 << 20, copy: 1000, seek: 1 << 20 },
+        Control { add: (SIZE - (102 << 20)) as u64, copy: 0, seek: 0 },
+    ];
+    let parts = DeltaParts { controls, delta, extra: vec![b'+'; 1000] };
+    let new = apply_in_memory(&old, &parts).unwrap();
+    let new_hash = xxhash_rust::xxh3::xxh3_64(&new);
+    let old_hash = xxhash_rust::xxh3::xxh3_64(&old);
+    drop((old, new));
+    let encoded = parts.encode(3).unwrap();
+
+    let archive = mf_format::Archive::open(d.join("old.mf")).unwrap();
+    let mut control = Vec::new();
+    ArchivePreamble { frame_size_log2: 18, level: 3, old_entry_count: 1, new_entry_count: 1 }.write(&mut control);
+    let record = EntryRecord {
+        at: 0,
+        op: Op::Delta,
+        old_index: Some(0),
+        path: None,
+        mode: None,
+        mtime: None,
+        size: parts.output_len(),
+        hash: new_hash,
+        base_hash: Some(old_hash),
+        storage: Storage::AllFrames,
+        payload: PayloadDesc::Delta(encoded.desc()),
+    };
+    record.write(&mut control, &mut -1);
+    let header = PatchHeader {
+        version_major: PATCH_VERSION_MAJOR,
+        version_minor: PATCH_VERSION_MINOR,
+        kind: KIND_ARCHIVE,
+        flags: 0,
+        old_len: archive.file_len(),
+        old_id: archive.footer().index_hash,
+        new_len: 2 * SIZE as u64,
+        new_hash: 0,
+        control_len: 0,
+        blobs_len: 0,
+        body_hash: 0,
+    };
+    let frame = zstd::bulk::compress(&control, 3).unwrap();
+    let blobs = [encoded.controls.clone(), encoded.delta.clone(), encoded.extra.clone()];
+    std::fs::write(d.join("big.mfp"), assemble(header, &frame, &blobs)).unwrap();
+
+    let (out, rss) = mf_measured(d, &["apply", "big.mfp", "old.mf", "-o", "new.mf"]);
+    assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!("apply of a 300 MB entry: peak RSS {rss} KiB");
+    assert!(rss < 64 << 10, "apply of a 300 MB entry peaked at {rss} KiB");
+    let rebuilt = mf_format::Archive::open(d.join("new.mf")).unwrap();
+    let entry = rebuilt.get("big.bin").unwrap();
+    assert_eq!((entry.size(), entry.content_hash()), (parts.output_len(), new_hash));
+    mf_ok(d, &["verify", "new.mf"]);
+}
