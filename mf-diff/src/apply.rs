@@ -632,6 +632,9 @@ impl Patch {
 
         let content_limit = self.header.new_len.saturating_mul(1 << 16);
         let (mut content_total, mut raw_total) = (0u64, 0u64);
+        // Parsing refused explicit paths named twice and bases copied twice under their own path;
+        // an explicit path equal to a base's path is only known here.
+        let mut paths = std::collections::HashSet::new();
         for record in &self.records {
             let base = record.old_index.and_then(|i| old.entry(i).map(|e| (i, e)));
             let path = match (&record.path, &base) {
@@ -642,6 +645,9 @@ impl Patch {
                 }
             };
             let bad = |what: &str| corrupt(&self.path, "control stream", record.at, Some(&path), what);
+            if !paths.insert(path.clone()) {
+                return Err(bad("the new archive would hold this path twice").into());
+            }
             let mode = record.mode.or(base.as_ref().map(|(_, b)| b.mode)).unwrap_or(0o644);
             let mtime = match record.mtime {
                 Some((secs, nanos)) => (secs != 0 || nanos != 0).then_some(Mtime { secs, nanos }),

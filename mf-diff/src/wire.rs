@@ -883,6 +883,116 @@ mod tests {
         }
     }
 
+    fn archive_header(new_len: u64, control_len: u64, blobs_len: u64) -> PatchHeader {
+        PatchHeader {
+            version_major: PATCH_VERSION_MAJOR,
+            version_minor: PATCH_VERSION_MINOR,
+            kind: KIND_ARCHIVE,
+            flags: 0,
+            old_len: 1 << 20,
+            old_id: 0,
+            new_len,
+            new_hash: 0,
+            control_len,
+            blobs_len,
+            body_hash: 0,
+        }
+    }
+
+    fn record(op: Op, old_index: Option<u32>, path: Option<&str>, payload: PayloadDesc) -> EntryRecord {
+        EntryRecord {
+            at: 0,
+            op,
+            old_index,
+            path: path.map(str::to_owned),
+            mode: Some(0o755),
+            mtime: Some((-5, 7)),
+            size: if op == Op::Copy { 0 } else { 100 },
+            hash: if op == Op::Copy { 0 } else { 42 },
+            base_hash: matches!(op, Op::Delta | Op::ZstdRef).then_some(43),
+            storage: if op == Op::Copy { Storage::Verbatim } else { Storage::Bitmap(vec![1]) },
+            payload,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_one_declaration() {
+        let delta = DeltaDesc {
+            control_count: 2,
+            delta_len: 60,
+            controls_blob: 10,
+            delta_blob: 20,
+            extra_blob: 30,
+            blob_at: 0,
+        };
+        let block = |old_len| BlockDesc { new_len: 100, old_start: 3, old_len, blob_len: 12, blob_at: 0 };
+        let records = vec![
+            record(Op::Copy, Some(2), None, PayloadDesc::None),
+            record(Op::Delta, Some(0), Some("a/b.txt"), PayloadDesc::Delta(delta)),
+            record(Op::ZstdRef, Some(1), None, PayloadDesc::Blocks(vec![block(50)])),
+            record(Op::Full, None, Some("new.bin"), PayloadDesc::Blocks(vec![BlockDesc { old_start: 0, ..block(0) }])),
+        ];
+        let mut control = Vec::new();
+        let mut previous = -1;
+        for r in &records {
+            r.write(&mut control, &mut previous);
+        }
+        let header = archive_header(1 << 20, 0, 60 + 12 + 12);
+        let mut state = RecordState::new(&header, 3);
+        let mut reader = ControlReader::new(&control[..], Path::new("p"));
+        let mut blob_at = PATCH_HEADER_LEN;
+        for expected in &records {
+            let got = EntryRecord::read(&mut reader, &mut state).unwrap();
+            let mut expected = expected.clone();
+            expected.at = got.at;
+            match &mut expected.payload {
+                PayloadDesc::Delta(d) => d.blob_at = blob_at,
+                PayloadDesc::Blocks(blocks) => blocks[0].blob_at = blob_at,
+                PayloadDesc::None => {}
+            }
+            blob_at += expected.payload.patch_bytes();
+            assert_eq!(got, expected);
+        }
+        reader.expect_end().unwrap();
+        assert_eq!(state.blobs.cursor, state.blobs.end);
+    }
+
+    #[test]
+    fn reading_refuses_duplicates_and_records_beyond_the_declared_output() {
+        let mut control = Vec::new();
+        let mut previous = -1;
+        record(Op::Copy, Some(0), None, PayloadDesc::None).write(&mut control, &mut previous);
+        record(Op::Copy, Some(0), None, PayloadDesc::None).write(&mut control, &mut previous);
+        let header = archive_header(1 << 20, 0, 0);
+        let mut state = RecordState::new(&header, 1);
+        let mut reader = ControlReader::new(&control[..], Path::new("p"));
+        EntryRecord::read(&mut reader, &mut state).unwrap();
+        let err = EntryRecord::read(&mut reader, &mut state).unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
+
+        // Two records need two 64-byte index records: 100 bytes of declared output hold one.
+        let mut control = Vec::new();
+        let mut previous = -1;
+        record(Op::Copy, Some(0), None, PayloadDesc::None).write(&mut control, &mut previous);
+        record(Op::Copy, Some(1), None, PayloadDesc::None).write(&mut control, &mut previous);
+        let mut state = RecordState::new(&archive_header(100, 0, 0), 2);
+        let mut reader = ControlReader::new(&control[..], Path::new("p"));
+        EntryRecord::read(&mut reader, &mut state).unwrap();
+        let err = EntryRecord::read(&mut reader, &mut state).unwrap_err().to_string();
+        assert!(err.contains("the patch declares 100"), "{err}");
+
+        // A block count beyond what the blob bytes left can hold fails before anything is allocated.
+        let mut control = Vec::new();
+        let huge = record(Op::Full, None, Some("x"), PayloadDesc::None);
+        huge.write(&mut control, &mut -1);
+        put_varint(&mut control, 1 << 40);
+        let mut state = RecordState::new(&archive_header(1 << 20, 0, 90), 0);
+        let err = EntryRecord::read(&mut ControlReader::new(&control[..], Path::new("p")), &mut state)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("block count"), "{err}");
+    }
+
     #[test]
     fn header_round_trips_and_detects_damage() {
         let header = PatchHeader {
