@@ -4,3 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo run -q -p mf-format --example fuzz_seeds -- fuzz/corpus/open_and_read
+cargo run -q -p mf-diff --example patch_seeds -- fuzz/corpus/patch_apply

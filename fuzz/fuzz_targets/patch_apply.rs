@@ -2,7 +2,8 @@
 //! - raw: the input is a whole patch file (exercises header and checksum checks);
 //! - sealed: the input is a control stream plus blobs, which the target compresses and seals with
 //!   valid checksums and the right base identity, so the parser and applier see arbitrary records
-//!   against a real old archive (or plain file).
+//!   (entry records, delta and zstd payload descriptors, the delta's three streams) against a real
+//!   old archive (or plain file).
 //!
 //! Any panic, abort or out-of-memory is a finding; errors are the expected outcome.
 #![no_main]
@@ -52,23 +53,24 @@ fn fixture() -> &'static Fixture {
 
 fn seal(kind: u8, flags: u8, old_len: u64, old_id: u64, new_len: u64, control: &[u8], blobs: &[u8]) -> Vec<u8> {
     let compressed = zstd::encode_all(control, 1).unwrap_or_default();
-    let mut header = vec![0u8; 80];
-    header[..8].copy_from_slice(&mf_diff::wire::PATCH_MAGIC);
-    header[8..10].copy_from_slice(&1u16.to_le_bytes());
-    header[12] = kind;
-    header[13] = flags;
-    header[16..24].copy_from_slice(&old_len.to_le_bytes());
-    header[24..32].copy_from_slice(&old_id.to_le_bytes());
-    header[32..40].copy_from_slice(&new_len.to_le_bytes());
-    header[48..56].copy_from_slice(&(compressed.len() as u64).to_le_bytes());
-    header[56..64].copy_from_slice(&(blobs.len() as u64).to_le_bytes());
-    let mut body = compressed;
+    let mut body = compressed.clone();
     body.extend_from_slice(blobs);
-    header[64..72].copy_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
-    let hash = xxhash_rust::xxh3::xxh3_64(&header[..72]);
-    header[72..80].copy_from_slice(&hash.to_le_bytes());
-    header.extend_from_slice(&body);
-    header
+    let header = mf_diff::wire::PatchHeader {
+        version_major: mf_diff::wire::PATCH_VERSION_MAJOR,
+        version_minor: mf_diff::wire::PATCH_VERSION_MINOR,
+        kind,
+        flags,
+        old_len,
+        old_id,
+        new_len,
+        new_hash: 0,
+        control_len: compressed.len() as u64,
+        blobs_len: blobs.len() as u64,
+        body_hash: xxhash_rust::xxh3::xxh3_64(&body),
+    };
+    let mut patch = header.to_bytes().to_vec();
+    patch.extend_from_slice(&body);
+    patch
 }
 
 fuzz_target!(|data: &[u8]| {

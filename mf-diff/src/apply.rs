@@ -1,5 +1,10 @@
 //! Applying patches: check the base, rebuild into a temp file beside the target, verify every
 //! entry and (for exact patches) the whole file, then fsync and rename (spec/PATCH.md, "Applying").
+//!
+//! Memory does not grow with entry size: every entry is produced as a stream (old content read by
+//! random access, a delta's three streams decoded side by side, zstd blocks of at most 8 MiB with
+//! windows of at most 16 MiB) and handed to the archive writer, which compresses a bounded batch of
+//! frames at a time on every core.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -8,77 +13,23 @@ use std::path::{Path, PathBuf};
 
 use mf_format::{ArchiveWriter, AtomicFile, EntryOptions, Mtime, StoredLayout, WriterOptions};
 use rayon::prelude::*;
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use xxhash_rust::xxh3::Xxh3;
 
+use crate::delta::{DeltaReader, OldCursor};
 use crate::error::{Error, Result};
 use crate::report::{Change, EntryReport, Method, PatchReport};
-use crate::source::Source;
+use crate::source::{RangeReader, Source};
 use crate::wire::*;
-use crate::{bsdiff, zref};
-
-/// A block of a zstd payload, its frame located in the patch file.
-#[derive(Debug, Clone)]
-struct BlockRef {
-    new_len: u64,
-    old_start: u64,
-    old_len: u64,
-    blob_at: u64,
-    blob_len: u64,
-}
-
-#[derive(Debug, Clone)]
-enum PayloadRef {
-    None,
-    Inline(Vec<u8>),
-    Blob { at: u64, len: u64, raw_len: u64 },
-    Blocks(Vec<BlockRef>),
-}
-
-impl PayloadRef {
-    fn patch_bytes(&self) -> u64 {
-        match self {
-            PayloadRef::None => 0,
-            PayloadRef::Inline(raw) => raw.len() as u64,
-            PayloadRef::Blob { len, .. } => *len,
-            PayloadRef::Blocks(blocks) => blocks.iter().map(|b| b.blob_len).sum(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-enum Storage {
-    Verbatim,
-    None,
-    AllFrames,
-    Bitmap(Vec<u8>),
-}
-
-/// One parsed entry record.
-#[derive(Debug, Clone)]
-struct Record {
-    /// Offset of the record in the control stream, for errors.
-    at: u64,
-    op: u8,
-    old_index: Option<u32>,
-    path: Option<String>,
-    mode: Option<u32>,
-    mtime: Option<(i64, u32)>,
-    size: u64,
-    hash: u64,
-    base_hash: Option<u64>,
-    storage: Storage,
-    payload: PayloadRef,
-}
+use crate::zref;
 
 /// A parsed patch: header, settings and records. Blobs stay in the file.
 pub struct Patch {
     path: PathBuf,
     file: File,
     header: PatchHeader,
-    frame_size_log2: u8,
-    level: i32,
-    old_count: u64,
-    records: Vec<Record>,
+    preamble: ArchivePreamble,
+    records: Vec<EntryRecord>,
+    plain: Option<PlainRecord>,
 }
 
 fn corrupt(path: &Path, section: &'static str, offset: u64, entry: Option<&str>, what: impl Into<String>) -> Error {
@@ -86,11 +37,16 @@ fn corrupt(path: &Path, section: &'static str, offset: u64, entry: Option<&str>,
 }
 
 impl Patch {
-    /// Opens a patch: checks the header, the whole body's checksum, and parses the control stream.
+    /// Opens a patch: checks the header, the whole body's checksum, and parses the control stream,
+    /// holding every count to what the remaining bytes and the declared output can hold.
     /// Nothing about the old file is needed.
     pub fn open(path: &Path) -> Result<Patch> {
         let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let metadata = file.metadata().map_err(|e| Error::io(path, e))?;
+        if !metadata.is_file() {
+            return Err(Error::Unsupported { file: path.to_owned(), what: "not a regular file".into() });
+        }
+        let file_len = metadata.len();
         let mut head = Vec::new();
         (&mut file).take(PATCH_HEADER_LEN).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
         let header = PatchHeader::parse(&head, file_len, path)?;
@@ -111,66 +67,35 @@ impl Patch {
         let section = BufReader::new((&file).take(header.control_len));
         let mut decoder = zstd::stream::read::Decoder::with_buffer(section)
             .map_err(|e| corrupt(path, "control stream", 0, None, e.to_string()))?;
-        decoder.window_log_max(31).map_err(|e| corrupt(path, "control stream", 0, None, e.to_string()))?;
-        let decoder = decoder.single_frame();
-        let mut reader = ControlReader::new(decoder, path);
-        let blobs_start = PATCH_HEADER_LEN + header.control_len;
-        let mut blob_cursor = blobs_start;
+        // The window bound keeps the decoder's buffer small whatever the frame header declares.
+        decoder
+            .window_log_max(STREAM_WINDOW_LOG_MAX)
+            .map_err(|e| corrupt(path, "control stream", 0, None, e.to_string()))?;
+        let mut reader = ControlReader::new(decoder.single_frame(), path);
         let mut patch = Patch {
             path: path.to_owned(),
             file: file.try_clone().map_err(|e| Error::io(path, e))?,
             header,
-            frame_size_log2: 0,
-            level: 0,
-            old_count: 0,
+            preamble: ArchivePreamble { frame_size_log2: 0, level: 0, old_entry_count: 0, new_entry_count: 0 },
             records: Vec::new(),
+            plain: None,
         };
         if header.kind == KIND_ARCHIVE {
-            patch.frame_size_log2 = reader.u8()?;
-            patch.level = i32::from(reader.u8()? as i8);
-            WriterOptions { level: patch.level, frame_size_log2: patch.frame_size_log2 }
-                .validate()
-                .map_err(|e| reader.corrupt(format!("writer settings: {e}")))?;
-            patch.old_count = reader.bounded(u64::from(u32::MAX), "old entry count")?;
-            let count = reader.bounded(u64::from(u32::MAX), "new entry count")?;
-            let mut previous_old: i64 = -1;
-            for _ in 0..count {
-                let record =
-                    parse_record(&mut reader, &header, &mut previous_old, &mut blob_cursor, patch.frame_size_log2)?;
+            patch.preamble = ArchivePreamble::read(&mut reader, &header)?;
+            let mut state = RecordState::new(&header, patch.preamble.old_entry_count);
+            for _ in 0..patch.preamble.new_entry_count {
+                let record = EntryRecord::read(&mut reader, &mut state)?;
+                patch.records.try_reserve(1).map_err(|_| reader.corrupt("too many records to hold in memory"))?;
                 patch.records.push(record);
             }
-        } else {
-            let at = reader.offset;
-            let op = reader.u8()?;
-            if !matches!(op, OP_BSDIFF | OP_ZREF | OP_FULL) {
-                reader.offset = at;
-                return Err(reader.corrupt(format!("unknown operation {op}")));
+            reader.entry = None;
+            if state.blobs.cursor != state.blobs.end {
+                return Err(reader.corrupt("blob lengths do not add up to the blob section"));
             }
-            let payload = parse_payload(&mut reader, op, header.new_len, &mut blob_cursor)?;
-            patch.records.push(Record {
-                at,
-                op,
-                old_index: None,
-                path: None,
-                mode: None,
-                mtime: None,
-                size: header.new_len,
-                hash: header.new_hash,
-                base_hash: None,
-                storage: Storage::None,
-                payload,
-            });
+        } else {
+            patch.plain = Some(PlainRecord::read(&mut reader, &header)?);
         }
         reader.expect_end()?;
-        if blob_cursor != blobs_start + header.blobs_len {
-            return Err(corrupt(
-                path,
-                "blobs",
-                blob_cursor - blobs_start,
-                None,
-                "blob lengths do not add up to the blob section",
-            ));
-        }
         Ok(patch)
     }
 
@@ -178,33 +103,23 @@ impl Patch {
         &self.header
     }
 
-    /// Reads a blob (a zstd frame) from the patch file.
-    fn blob(&self, at: u64, len: u64, entry: &str) -> Result<Vec<u8>> {
-        let len = usize::try_from(len).map_err(|_| corrupt(&self.path, "blobs", at, Some(entry), "blob too large"))?;
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(len).map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
-        buf.resize(len, 0);
-        self.file.read_exact_at(&mut buf, at).map_err(|e| Error::io(&self.path, e))?;
-        Ok(buf)
-    }
-
     /// What the patch does, as far as it can be told without the old file: paths of entries copied
     /// under their old name are unknown (`path` is `None`; `old_index` says which old entry).
     pub fn report(&self) -> PatchReport {
+        let method = |op: Op| match op {
+            Op::Copy => Method::Copy,
+            Op::Delta => Method::Bsdiff,
+            Op::ZstdRef => Method::ZstdRef,
+            Op::Full => Method::Full,
+        };
         let mut entries: Vec<EntryReport> = self
             .records
             .iter()
             .map(|r| {
-                let method = match r.op {
-                    OP_COPY => Method::Copy,
-                    OP_BSDIFF => Method::Bsdiff,
-                    OP_ZREF => Method::ZstdRef,
-                    _ => Method::Full,
-                };
                 let change = match (r.op, r.path.is_some()) {
-                    (OP_COPY, false) => Change::Unchanged,
-                    (OP_COPY, true) => Change::Renamed,
-                    (OP_FULL, _) => Change::Added,
+                    (Op::Copy, false) => Change::Unchanged,
+                    (Op::Copy, true) => Change::Renamed,
+                    (Op::Full, _) => Change::Added,
                     _ => Change::Changed,
                 };
                 EntryReport {
@@ -212,18 +127,30 @@ impl Patch {
                     path: r.path.clone(),
                     old_path: None,
                     old_index: r.old_index,
-                    size: if r.op == OP_COPY { 0 } else { r.size },
+                    size: r.size,
                     old_size: None,
-                    method,
+                    method: method(r.op),
                     patch_bytes: r.payload.patch_bytes(),
                 }
             })
             .collect();
+        if let Some(plain) = &self.plain {
+            entries.push(EntryReport {
+                change: Change::Changed,
+                path: None,
+                old_path: None,
+                old_index: None,
+                size: self.header.new_len,
+                old_size: Some(self.header.old_len),
+                method: method(plain.op),
+                patch_bytes: plain.payload.patch_bytes(),
+            });
+        }
         if self.header.kind == KIND_ARCHIVE {
             let used: std::collections::HashSet<u32> = self.records.iter().filter_map(|r| r.old_index).collect();
-            let removed = (self.old_count as usize).saturating_sub(used.len());
+            let removed = (self.preamble.old_entry_count as usize).saturating_sub(used.len());
             // Old entries not used by any record: counted, their paths are only in the old archive.
-            for _ in 0..removed.min(1 << 20) {
+            for _ in 0..removed {
                 entries.push(EntryReport {
                     change: Change::Removed,
                     path: None,
@@ -244,147 +171,6 @@ impl Patch {
             new_hash: self.header.new_hash,
             patch_len: PATCH_HEADER_LEN + self.header.control_len + self.header.blobs_len,
             entries,
-        }
-    }
-}
-
-/// The largest entry size a patch can claim: entries are stored compressed within the new file,
-/// and no zstd frame expands more than 65536-fold, so anything larger is a lie, not a big file.
-fn max_entry_size(header: &PatchHeader) -> u64 {
-    header.new_len.saturating_mul(1 << 16)
-}
-
-fn parse_record<R: Read>(
-    reader: &mut ControlReader<R>,
-    header: &PatchHeader,
-    previous_old: &mut i64,
-    blob_cursor: &mut u64,
-    frame_size_log2: u8,
-) -> Result<Record> {
-    reader.entry = None;
-    let at = reader.offset;
-    let op = reader.u8()?;
-    if op > OP_FULL {
-        reader.offset = at;
-        return Err(reader.corrupt(format!("unknown operation {op}")));
-    }
-    let flags = reader.u8()?;
-    if flags & !EF_KNOWN != 0 || (flags & EF_VERBATIM != 0 && op != OP_COPY) {
-        reader.offset = at + 1;
-        return Err(reader.corrupt(format!("invalid record flags {flags:#x}")));
-    }
-    let old_index = if op != OP_FULL {
-        let delta = unzigzag(reader.varint()?);
-        let index = previous_old.checked_add(1).and_then(|p| p.checked_add(delta));
-        let index =
-            index.and_then(|i| u32::try_from(i).ok()).ok_or_else(|| reader.corrupt("old entry index out of range"))?;
-        *previous_old = i64::from(index);
-        Some(index)
-    } else {
-        None
-    };
-    let path = if flags & EF_PATH != 0 {
-        let len = reader.bounded(mf_format::format::MAX_PATH_LEN as u64, "path length")?;
-        let bytes = reader.bytes(len)?;
-        let path = String::from_utf8(bytes).map_err(|_| reader.corrupt("path is not UTF-8"))?;
-        mf_format::validate_path(&path).map_err(|e| reader.corrupt(e.to_string()))?;
-        Some(path)
-    } else if op == OP_FULL {
-        return Err(reader.corrupt("a full entry must name its path"));
-    } else {
-        None
-    };
-    reader.entry = path.clone();
-    let mode = if flags & EF_MODE != 0 {
-        Some(reader.bounded(u64::from(mf_format::format::MAX_MODE), "mode")? as u32)
-    } else {
-        None
-    };
-    let mtime = if flags & EF_MTIME != 0 {
-        let secs = unzigzag(reader.varint()?);
-        let nanos = reader.bounded(999_999_999, "mtime nanoseconds")? as u32;
-        Some((secs, nanos))
-    } else {
-        None
-    };
-    let (size, hash) = if op != OP_COPY {
-        let size = reader.bounded(max_entry_size(header), "entry size")?;
-        (size, reader.u64le()?)
-    } else {
-        (0, 0)
-    };
-    let base_hash = if op == OP_BSDIFF || op == OP_ZREF { Some(reader.u64le()?) } else { None };
-    let storage = if flags & EF_VERBATIM != 0 {
-        Storage::Verbatim
-    } else {
-        let kind_at = reader.offset;
-        match reader.u8()? {
-            STORE_NONE => Storage::None,
-            STORE_ALL_FRAMES => Storage::AllFrames,
-            STORE_BITMAP => {
-                // The frame count depends on the size, which copies take from the old entry; the
-                // bitmap carries its own length.
-                let len = reader
-                    .bounded(max_entry_size(header).div_ceil(1 << frame_size_log2.max(12)) / 8 + 1, "bitmap length")?;
-                Storage::Bitmap(reader.bytes(len)?)
-            }
-            other => {
-                reader.offset = kind_at;
-                return Err(reader.corrupt(format!("unknown storage kind {other}")));
-            }
-        }
-    };
-    let payload = if op == OP_COPY { PayloadRef::None } else { parse_payload(reader, op, size, blob_cursor)? };
-    Ok(Record { at, op, old_index, path, mode, mtime, size, hash, base_hash, storage, payload })
-}
-
-fn parse_payload<R: Read>(
-    reader: &mut ControlReader<R>,
-    op: u8,
-    size: u64,
-    blob_cursor: &mut u64,
-) -> Result<PayloadRef> {
-    let mut take_blob = |reader: &mut ControlReader<R>, len: u64| -> Result<u64> {
-        let at = *blob_cursor;
-        *blob_cursor = at.checked_add(len).ok_or_else(|| reader.corrupt("blob lengths overflow"))?;
-        Ok(at)
-    };
-    match op {
-        OP_BSDIFF => {
-            let where_at = reader.offset;
-            match reader.u8()? {
-                BS_INLINE => {
-                    let len = reader.bounded(INLINE_MAX, "inline payload length")?;
-                    Ok(PayloadRef::Inline(reader.bytes(len)?))
-                }
-                BS_BLOB => {
-                    let len = reader.varint()?;
-                    let raw_len = reader.bounded(size.saturating_mul(3).saturating_add(1 << 20), "payload length")?;
-                    let at = take_blob(reader, len)?;
-                    Ok(PayloadRef::Blob { at, len, raw_len })
-                }
-                other => {
-                    reader.offset = where_at;
-                    Err(reader.corrupt(format!("unknown payload location {other}")))
-                }
-            }
-        }
-        _ => {
-            let count = reader.bounded(size.max(1), "block count")?;
-            let mut blocks = Vec::new();
-            let mut total = 0u64;
-            for _ in 0..count {
-                let new_len = reader.bounded(size, "block length")?;
-                let (old_start, old_len) = if op == OP_ZREF { (reader.varint()?, reader.varint()?) } else { (0, 0) };
-                let blob_len = reader.varint()?;
-                let blob_at = take_blob(reader, blob_len)?;
-                total = total.saturating_add(new_len);
-                blocks.push(BlockRef { new_len, old_start, old_len, blob_at, blob_len });
-            }
-            if total != size {
-                return Err(reader.corrupt("blocks do not add up to the entry's size"));
-            }
-            Ok(PayloadRef::Blocks(blocks))
         }
     }
 }
@@ -430,86 +216,207 @@ fn apply_plain(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u64)
             ),
         });
     }
-    let record =
-        patch.records.first().ok_or_else(|| corrupt(&patch.path, "control stream", 0, None, "no operation"))?;
+    let record = patch.plain.as_ref().ok_or_else(|| corrupt(&patch.path, "control stream", 0, None, "no operation"))?;
+    let name = old.display().to_string();
+    let old_side = OldCursor::new(src.len, |start, len| src.read_exact_at(start, len));
+    let producer = patch.producer(record.op, &record.payload, header.new_len, old_side, &name)?;
+    let mut stream = EntryStream::new(producer, header.new_len, header.new_hash, target, &name);
     let mut out = AtomicFile::create(target).map_err(|e| Error::io(target, e))?;
-    let (len, hash) = {
-        let mut writer = HashingWriter::new(std::io::BufWriter::new(out.file()));
-        let name = old.display().to_string();
-        match &record.payload {
-            PayloadRef::Blocks(blocks) => {
-                for block in blocks {
-                    let prefix = |start: u64, len: usize| src.read_exact_at(start, len);
-                    let data = decode_block(patch, src.len, &prefix, block, &name)?;
-                    writer.write_all(&data).map_err(|e| Error::io(target, e))?;
-                    progress(data.len() as u64);
-                }
+    let len = {
+        let mut writer =
+            HashingWriter::with_limit(std::io::BufWriter::with_capacity(1 << 20, out.file()), header.new_len);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = stream.read(&mut buf).map_err(|e| stream.take_failure().unwrap_or_else(|| Error::io(target, e)))?;
+            if n == 0 {
+                break;
             }
-            payload => {
-                let old_data = src.read_exact_at(0, usize::try_from(src.len).unwrap_or(usize::MAX))?;
-                let data = apply_bsdiff(patch, payload, &old_data, record, &name)?;
-                writer.write_all(&data).map_err(|e| Error::io(target, e))?;
-                progress(data.len() as u64);
-            }
+            writer.write_all(&buf[..n]).map_err(|e| Error::io(target, e))?;
+            progress(n as u64);
         }
         writer.flush().map_err(|e| Error::io(target, e))?;
-        (writer.len, writer.hasher.digest())
+        writer.len
     };
-    if len != header.new_len || hash != header.new_hash {
-        return Err(Error::OutputMismatch {
-            file: target.to_owned(),
-            entry: None,
-            what: format!(
-                "result has {len} bytes, xxh3 {hash:016x}; the patch expects {} bytes, xxh3 {:016x}",
-                header.new_len, header.new_hash
-            ),
-        });
-    }
     out.commit().map_err(|e| Error::io(target, e))?;
     Ok(ApplyOutcome { exact: true, entries: 1, len })
 }
 
-fn apply_bsdiff(patch: &Patch, payload: &PayloadRef, old_data: &[u8], record: &Record, name: &str) -> Result<Vec<u8>> {
-    let raw;
-    let (bytes, section, base): (&[u8], &'static str, u64) = match payload {
-        PayloadRef::Inline(bytes) => (bytes, "bsdiff payload (control stream)", record.at),
-        PayloadRef::Blob { at, len, raw_len } => {
-            let blob = patch.blob(*at, *len, name)?;
-            raw = zref::decompress(&[], &blob, *raw_len).map_err(|e| {
-                corrupt(&patch.path, "blobs", *at, Some(name), format!("bsdiff payload does not decode: {e}"))
-            })?;
-            (&raw, "bsdiff payload", *at)
-        }
-        _ => return Err(corrupt(&patch.path, "control stream", record.at, Some(name), "operation without payload")),
-    };
-    bsdiff::apply(old_data, bytes, record.size).map_err(|e| {
-        corrupt(&patch.path, section, base, Some(name), format!("{} (payload offset {})", e.what, e.offset))
-    })
+/// Produces an entry's content a buffer at a time; `Ok(0)` at its end.
+trait Produce {
+    fn produce(&mut self, buf: &mut [u8]) -> Result<usize>;
 }
 
-/// Decodes one zstd block. `old_size` is the size of the base (the old entry, or the whole old file
-/// of a plain patch) and `prefix` reads a window of it; a full block reads nothing.
-fn decode_block(
-    patch: &Patch,
-    old_size: u64,
-    prefix: &dyn Fn(u64, usize) -> Result<Vec<u8>>,
-    block: &BlockRef,
-    name: &str,
-) -> Result<Vec<u8>> {
-    if block.old_start.checked_add(block.old_len).is_none_or(|end| end > old_size) {
-        return Err(corrupt(
-            &patch.path,
-            "blobs",
-            block.blob_at,
-            Some(name),
-            "reference window lies outside the old content",
-        ));
+impl Produce for DeltaReader<'_> {
+    fn produce(&mut self, buf: &mut [u8]) -> Result<usize> {
+        DeltaReader::produce(self, buf)
     }
-    let prefix = if block.old_len == 0 { Vec::new() } else { prefix(block.old_start, block.old_len as usize)? };
-    let frame = patch.blob(block.blob_at, block.blob_len, name)?;
-    zref::decompress(&prefix, &frame, block.new_len).map_err(|e| {
-        corrupt(&patch.path, "blobs", block.blob_at, Some(name), format!("zstd block does not decode: {e}"))
-    })
+}
+
+/// A copy: the old content as it is.
+struct CopyProducer<'a> {
+    old: OldCursor<'a>,
+    at: u64,
+}
+
+impl Produce for CopyProducer<'_> {
+    fn produce(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if self.at >= self.old.size() {
+            return Ok(0);
+        }
+        let chunk = self.old.at(self.at)?;
+        let n = chunk.len().min(buf.len());
+        buf[..n].copy_from_slice(&chunk[..n]);
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// zstd-ref and full blocks, each decoded whole (at most [`MAX_BLOCK_LEN`] bytes, with a reference
+/// window of at most [`MAX_REF_WINDOW`] bytes) and then handed out.
+struct BlocksProducer<'a> {
+    patch: &'a Patch,
+    blocks: &'a [BlockDesc],
+    with_window: bool,
+    old: OldCursor<'a>,
+    name: String,
+    next: usize,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Produce for BlocksProducer<'_> {
+    fn produce(&mut self, buf: &mut [u8]) -> Result<usize> {
+        while self.pos == self.current.len() {
+            let Some(block) = self.blocks.get(self.next) else { return Ok(0) };
+            self.next += 1;
+            self.current = self.decode(block)?;
+            self.pos = 0;
+        }
+        let n = (self.current.len() - self.pos).min(buf.len());
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl BlocksProducer<'_> {
+    fn decode(&mut self, block: &BlockDesc) -> Result<Vec<u8>> {
+        let bad = |what: String| corrupt(&self.patch.path, "blobs", block.blob_at, Some(&self.name), what);
+        if !self.with_window && block.old_len > 0 {
+            return Err(bad("a full block with a reference window".into()));
+        }
+        if block.old_start.checked_add(block.old_len).is_none_or(|end| end > self.old.size()) {
+            return Err(bad("reference window lies outside the old content".into()));
+        }
+        let prefix = if block.old_len == 0 {
+            Vec::new()
+        } else {
+            self.old.read_exact(block.old_start, block.old_len as usize)?
+        };
+        let range = RangeReader { file: &self.patch.file, at: block.blob_at, end: block.blob_at + block.blob_len };
+        let window = if self.with_window { REF_WINDOW_LOG_MAX } else { STREAM_WINDOW_LOG_MAX };
+        zref::decompress_from(&prefix, BufReader::with_capacity(64 << 10, range), block.new_len, window)
+            .map_err(|e| bad(format!("zstd block does not decode: {e}")))
+    }
+}
+
+/// An entry's content as `Read`, checked as it streams: never more than `size` bytes, and at its
+/// end exactly `size` bytes with the expected hash. The real error of a failed read is kept for
+/// [`EntryStream::take_failure`] (the archive writer only sees an I/O error).
+struct EntryStream<'a> {
+    producer: Box<dyn Produce + 'a>,
+    size: u64,
+    hash: u64,
+    produced: u64,
+    hasher: Xxh3,
+    output: PathBuf,
+    name: String,
+    failure: Option<Error>,
+}
+
+impl<'a> EntryStream<'a> {
+    fn new(producer: Box<dyn Produce + 'a>, size: u64, hash: u64, output: &Path, name: &str) -> Self {
+        EntryStream {
+            producer,
+            size,
+            hash,
+            produced: 0,
+            hasher: Xxh3::new(),
+            output: output.to_owned(),
+            name: name.to_owned(),
+            failure: None,
+        }
+    }
+
+    fn take_failure(&mut self) -> Option<Error> {
+        self.failure.take()
+    }
+
+    fn mismatch(&self, what: String) -> Error {
+        Error::OutputMismatch { file: self.output.clone(), entry: Some(self.name.clone()), what }
+    }
+
+    fn fill(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let n = self.producer.produce(buf)?;
+        self.produced += n as u64;
+        if self.produced > self.size {
+            return Err(self.mismatch(format!("the rebuilt content grows past its {} bytes", self.size)));
+        }
+        if n == 0 {
+            let actual = self.hasher.digest();
+            if self.produced != self.size || actual != self.hash {
+                return Err(self.mismatch(format!(
+                    "rebuilt content has {} bytes, xxh3 {actual:016x}; the patch expects {} bytes, xxh3 {:016x}",
+                    self.produced, self.size, self.hash
+                )));
+            }
+        }
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl Read for EntryStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.failure.is_some() {
+            return Err(std::io::Error::other("the entry failed"));
+        }
+        self.fill(buf).map_err(|e| {
+            let io = std::io::Error::other(e.to_string());
+            self.failure = Some(e);
+            io
+        })
+    }
+}
+
+impl Patch {
+    /// The producer of an `op` payload's content against `old`.
+    fn producer<'a>(
+        &'a self,
+        op: Op,
+        payload: &'a PayloadDesc,
+        size: u64,
+        old: OldCursor<'a>,
+        name: &str,
+    ) -> Result<Box<dyn Produce + 'a>> {
+        Ok(match (op, payload) {
+            (Op::Copy, _) => Box::new(CopyProducer { old, at: 0 }),
+            (Op::Delta, PayloadDesc::Delta(desc)) => {
+                Box::new(DeltaReader::new(&self.file, &self.path, desc, size, old, name)?)
+            }
+            (Op::ZstdRef | Op::Full, PayloadDesc::Blocks(blocks)) => Box::new(BlocksProducer {
+                patch: self,
+                blocks,
+                with_window: op == Op::ZstdRef,
+                old,
+                name: name.to_owned(),
+                next: 0,
+                current: Vec::new(),
+                pos: 0,
+            }),
+            _ => return Err(corrupt(&self.path, "control stream", 0, Some(name), "operation without its payload")),
+        })
+    }
 }
 
 /// An old entry as the old version describes it (its archive index, or a file table).
@@ -632,6 +539,12 @@ impl OldEntries for ArchiveOld<'_> {
     }
 }
 
+/// A rebuilt entry as the record walk hands it out: what it is, and its content as a checked stream.
+struct WalkedEntry<'s, 'a> {
+    meta: NewEntry,
+    stream: &'s mut EntryStream<'a>,
+}
+
 impl Patch {
     /// True for an archive patch (kind 0), which works entry by entry.
     pub fn is_archive(&self) -> bool {
@@ -640,30 +553,68 @@ impl Patch {
 
     /// Number of old entries an archive patch expects.
     pub fn old_entry_count(&self) -> u64 {
-        self.old_count
+        self.preamble.old_entry_count
     }
 
     /// Rebuilds the new entries of an archive patch from `old`, handing each to `visit` in the new
     /// archive's data order. Before the first entry, every old entry the patch uses is checked to
     /// exist, to have the base hash the patch names and to hold content matching its hash; every
-    /// rebuilt entry is checked against the patch's size and hash. Memory: one old entry, one new
-    /// entry and one payload at a time. The caller checks that `old` is the patch's base as a whole
-    /// (e.g. its index hash against [`crate::wire::PatchHeader::old_id`]).
+    /// rebuilt entry is checked against the patch's size and hash. Memory: one rebuilt entry at a
+    /// time (copies are handed out as [`NewContent::CopyOf`], not read). The caller checks that
+    /// `old` is the patch's base as a whole (e.g. its index hash against
+    /// [`crate::wire::PatchHeader::old_id`]).
     pub fn apply_entries<E: From<Error>>(
         &self,
         old: &dyn OldEntries,
         mut visit: impl FnMut(NewEntry) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.walk_records(old, &self.path, |_, entry| visit(entry))
+        self.walk_records(old, &self.path, |_, walked| {
+            let WalkedEntry { mut meta, stream } = walked;
+            if !matches!(meta.content, NewContent::CopyOf(_)) {
+                let mut content = Vec::new();
+                let size = usize::try_from(meta.size).map_err(|_| too_large(&self.path, &meta.path))?;
+                content.try_reserve_exact(size).map_err(|_| too_large(&self.path, &meta.path))?;
+                stream
+                    .read_to_end(&mut content)
+                    .map_err(|e| stream.take_failure().unwrap_or_else(|| Error::io(&self.path, e)))?;
+                meta.content = NewContent::Bytes(content);
+            }
+            visit(meta)
+        })
     }
 
-    /// The record walk shared by [`Patch::apply_entries`] and archive apply: base checks, then
-    /// each record's entry with its record (for the archive writer's storage decisions).
+    /// Checks that `old` holds every base the records name, with the base hashes they name.
+    fn check_bases(&self, old: &dyn OldEntries) -> Result<()> {
+        if old.count() != self.preamble.old_entry_count {
+            return Err(Error::WrongBase {
+                file: old.name().to_owned(),
+                entry: None,
+                what: format!("it has {} entries; the patch's base has {}", old.count(), self.preamble.old_entry_count),
+            });
+        }
+        for record in &self.records {
+            let Some(index) = record.old_index else { continue };
+            let entry = old.entry(index).ok_or_else(|| missing_old_entry(old.name(), index, old.count()))?;
+            if let Some(expected) = record.base_hash.filter(|&h| h != entry.xxh3) {
+                return Err(Error::WrongBase {
+                    file: old.name().to_owned(),
+                    entry: Some(entry.path),
+                    what: format!("content xxh3 {:016x} is not the base's {expected:016x}", entry.xxh3),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The record walk shared by [`Patch::apply_entries`] and archive apply: base checks, then each
+    /// record's entry with its record (for the archive writer's storage decisions). Copies count
+    /// towards the declared output like every other record: their content may not pass what a new
+    /// archive of `new_len` bytes can hold.
     fn walk_records<E: From<Error>>(
         &self,
         old: &dyn OldEntries,
         output: &Path,
-        mut visit: impl FnMut(&Record, NewEntry) -> std::result::Result<(), E>,
+        mut visit: impl FnMut(&EntryRecord, WalkedEntry<'_, '_>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         if !self.is_archive() {
             return Err(Error::Unsupported {
@@ -672,36 +623,18 @@ impl Patch {
             }
             .into());
         }
-        if old.count() != self.old_count {
-            return Err(Error::WrongBase {
-                file: old.name().to_owned(),
-                entry: None,
-                what: format!("it has {} entries; the patch's base has {}", old.count(), self.old_count),
-            }
-            .into());
-        }
-        for record in &self.records {
-            let Some(index) = record.old_index else { continue };
-            let entry = old.entry(index).ok_or_else(|| missing_old_entry(old.name(), index, old.count()))?;
-            if record.base_hash.is_some_and(|h| h != entry.xxh3) {
-                return Err(Error::WrongBase {
-                    file: old.name().to_owned(),
-                    entry: Some(entry.path),
-                    what: format!(
-                        "content xxh3 {:016x} is not the base's {:016x}",
-                        entry.xxh3,
-                        record.base_hash.unwrap_or(0)
-                    ),
-                }
-                .into());
-            }
-        }
+        self.check_bases(old)?;
         // Every old entry the patch reads is checked against its content hash before anything is built.
         let mut used: Vec<u32> = self.records.iter().filter_map(|r| r.old_index).collect();
         used.sort_unstable();
         used.dedup();
         used.par_iter().try_for_each(|&i| old.verify(i))?;
 
+        let content_limit = self.header.new_len.saturating_mul(1 << 16);
+        let (mut content_total, mut raw_total) = (0u64, 0u64);
+        // Parsing refused explicit paths named twice and bases copied twice under their own path;
+        // an explicit path equal to a base's path is only known here.
+        let mut paths = std::collections::HashSet::new();
         for record in &self.records {
             let base = record.old_index.and_then(|i| old.entry(i).map(|e| (i, e)));
             let path = match (&record.path, &base) {
@@ -711,76 +644,85 @@ impl Patch {
                     return Err(corrupt(&self.path, "control stream", record.at, None, "entry without a path").into())
                 }
             };
+            let bad = |what: &str| corrupt(&self.path, "control stream", record.at, Some(&path), what);
+            if !paths.insert(path.clone()) {
+                return Err(bad("the new archive would hold this path twice").into());
+            }
             let mode = record.mode.or(base.as_ref().map(|(_, b)| b.mode)).unwrap_or(0o644);
             let mtime = match record.mtime {
                 Some((secs, nanos)) => (secs != 0 || nanos != 0).then_some(Mtime { secs, nanos }),
                 None => base.as_ref().and_then(|(_, b)| b.mtime),
             };
-            let bad = |what: &str| corrupt(&self.path, "control stream", record.at, Some(&path), what);
-            if record.op == OP_COPY {
-                let (index, base) = base.ok_or_else(|| bad("copy without an old entry"))?;
-                let entry = NewEntry {
-                    path,
-                    mode,
-                    mtime,
-                    size: base.size,
-                    xxh3: base.xxh3,
-                    content: NewContent::CopyOf(index),
-                };
-                visit(record, entry)?;
-                continue;
-            }
-            let content = match &record.payload {
-                PayloadRef::Blocks(blocks) => {
-                    let base = match (record.op, &base) {
-                        (OP_ZREF, Some((index, entry))) => Some((*index, entry.size)),
-                        (OP_ZREF, None) => return Err(bad("zstd-ref without an old entry").into()),
-                        _ => None,
-                    };
-                    let mut content = Vec::new();
-                    for block in blocks {
-                        let Some((index, size)) = base else {
-                            if block.old_len > 0 {
-                                return Err(bad("full entry with a reference window").into());
-                            }
-                            content.extend_from_slice(&decode_block(self, 0, &|_, _| Ok(Vec::new()), block, &path)?);
-                            continue;
-                        };
-                        let prefix = |start: u64, len: usize| old.read_range(index, start, len);
-                        content.extend_from_slice(&decode_block(self, size, &prefix, block, &path)?);
-                    }
-                    content
-                }
-                payload => {
-                    let (index, base) = base.ok_or_else(|| bad("bsdiff without an old entry"))?;
-                    let len = usize::try_from(base.size).map_err(|_| {
-                        Error::io(old.name(), std::io::Error::other("old entry does not fit in memory"))
-                    })?;
-                    let old_data = old.read_range(index, 0, len)?;
-                    check_old_hash(old.name(), &base, xxh3_64(&old_data))?;
-                    apply_bsdiff(self, payload, &old_data, record, &path)?
-                }
+            let (size, xxh3, content) = match (record.op, &base) {
+                (Op::Copy, Some((index, b))) => (b.size, b.xxh3, NewContent::CopyOf(*index)),
+                (Op::Copy, None) => return Err(bad("copy without an old entry").into()),
+                (Op::Full, _) => (record.size, record.hash, NewContent::Bytes(Vec::new())),
+                (_, None) => return Err(bad("a delta without an old entry").into()),
+                (_, Some(_)) => (record.size, record.hash, NewContent::Bytes(Vec::new())),
             };
-            let actual = xxh3_64(&content);
-            if content.len() as u64 != record.size || actual != record.hash {
-                return Err(Error::OutputMismatch {
-                    file: output.to_owned(),
-                    entry: Some(path),
-                    what: format!("rebuilt content has xxh3 {actual:016x}, the patch expects {:016x}", record.hash),
-                }
-                .into());
+            content_total = content_total.saturating_add(size);
+            if record.storage == Storage::None {
+                raw_total = raw_total.saturating_add(size);
             }
-            let entry = NewEntry {
-                path,
-                mode,
-                mtime,
-                size: record.size,
-                xxh3: record.hash,
-                content: NewContent::Bytes(content),
+            if content_total > content_limit || raw_total > self.header.new_len {
+                return Err(bad("the entries so far hold more than the declared output can").into());
+            }
+            let old_side = match &base {
+                Some((index, b)) => {
+                    let index = *index;
+                    OldCursor::new(b.size, move |start, len| old.read_range(index, start, len))
+                }
+                None => OldCursor::new(0, |_, _| Ok(Vec::new())),
             };
-            visit(record, entry)?;
+            let producer = self.producer(record.op, &record.payload, size, old_side, &path)?;
+            let mut stream = EntryStream::new(producer, size, xxh3, output, &path);
+            let meta = NewEntry { path, mode, mtime, size, xxh3, content };
+            visit(record, WalkedEntry { meta, stream: &mut stream })?;
         }
         Ok(())
+    }
+}
+
+fn too_large(patch: &Path, entry: &str) -> Error {
+    Error::Unsupported { file: patch.to_owned(), what: format!("entry '{entry}' is too large to hold in memory") }
+}
+
+/// When the old archive is not the patch's base: the most specific reason that can be given.
+fn wrong_base(patch: &Patch, src: &Source, archive: &mf_format::Archive, old: &Path) -> Error {
+    let header = &patch.header;
+    match is_result(src, header) {
+        Ok(true) => return Error::AlreadyApplied { file: old.to_owned() },
+        Ok(false) => {}
+        Err(e) => return e,
+    }
+    for record in &patch.records {
+        let Some(index) = record.old_index else { continue };
+        let name = record.path.clone().unwrap_or_else(|| format!("#{index}"));
+        let Some(entry) = archive.entry(index) else {
+            return Error::WrongBase {
+                file: old.to_owned(),
+                entry: Some(name),
+                what: format!("the patch uses old entry #{index} but the archive has {} entries", archive.len()),
+            };
+        };
+        if let Some(expected) = record.base_hash.filter(|&h| h != entry.content_hash()) {
+            return Error::WrongBase {
+                file: old.to_owned(),
+                entry: Some(entry.path().to_owned()),
+                what: format!("content xxh3 {:016x} is not the base's {expected:016x}", entry.content_hash()),
+            };
+        }
+    }
+    Error::WrongBase {
+        file: old.to_owned(),
+        entry: None,
+        what: format!(
+            "its index (xxh3 {:016x}, {} entries) is not the base's (xxh3 {:016x}, {} entries)",
+            archive.footer().index_hash,
+            archive.len(),
+            header.old_id,
+            patch.preamble.old_entry_count
+        ),
     }
 }
 
@@ -788,120 +730,54 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
     let src = Source::open_archive(old)?;
     let archive = src.archive.as_ref().expect("opened as an archive");
     let header = &patch.header;
-
     // The base: the old index must be the one the patch was made against.
     if archive.footer().index_hash != header.old_id || src.len != header.old_len {
-        if is_result(&src, header)? {
-            return Err(Error::AlreadyApplied { file: old.to_owned() });
-        }
-        for record in &patch.records {
-            let Some(index) = record.old_index else { continue };
-            let name = record.path.clone().unwrap_or_else(|| format!("#{index}"));
-            let Some(entry) = archive.entry(index) else {
-                return Err(Error::WrongBase {
-                    file: old.to_owned(),
-                    entry: Some(name),
-                    what: format!("the patch uses old entry #{index} but the archive has {} entries", archive.len()),
-                });
-            };
-            if record.base_hash.is_some_and(|h| h != entry.content_hash()) {
-                return Err(Error::WrongBase {
-                    file: old.to_owned(),
-                    entry: Some(entry.path().to_owned()),
-                    what: format!(
-                        "content xxh3 {:016x} is not the base's {:016x}",
-                        entry.content_hash(),
-                        record.base_hash.unwrap_or(0)
-                    ),
-                });
-            }
-        }
-        return Err(Error::WrongBase {
-            file: old.to_owned(),
-            entry: None,
-            what: format!(
-                "its index (xxh3 {:016x}, {} entries) is not the base's (xxh3 {:016x}, {} entries)",
-                archive.footer().index_hash,
-                archive.len(),
-                header.old_id,
-                patch.old_count
-            ),
-        });
-    }
-    // With the right index, every reference resolves; check anyway (the patch may be forged).
-    for record in &patch.records {
-        if let Some(index) = record.old_index {
-            let entry = archive.entry(index).ok_or_else(|| {
-                corrupt(
-                    &patch.path,
-                    "control stream",
-                    record.at,
-                    record.path.as_deref(),
-                    "old entry index out of range",
-                )
-            })?;
-            if record.base_hash.is_some_and(|h| h != entry.content_hash()) {
-                return Err(corrupt(
-                    &patch.path,
-                    "control stream",
-                    record.at,
-                    Some(entry.path()),
-                    "base hash differs from the old index",
-                ));
-            }
-        }
+        return Err(wrong_base(patch, &src, archive, old));
     }
 
-    let options = WriterOptions { level: patch.level, frame_size_log2: patch.frame_size_log2 };
+    let options =
+        WriterOptions { level: i32::from(patch.preamble.level), frame_size_log2: patch.preamble.frame_size_log2 };
     let frame_size = options.frame_size() as u64;
+    // An exact patch declares its output's length: writing past it fails at once.
+    let limit = if header.exact() { header.new_len } else { u64::MAX };
     let mut out = AtomicFile::create(target).map_err(|e| Error::io(target, e))?;
     let (len, hash) = {
-        let sink = HashingWriter::new(std::io::BufWriter::with_capacity(1 << 20, out.file()));
+        let sink = HashingWriter::with_limit(std::io::BufWriter::with_capacity(1 << 20, out.file()), limit);
         let mut writer = ArchiveWriter::with_name(sink, options, target)?;
         let old_entries = ArchiveOld { src: &src, archive };
-        patch.walk_records(&old_entries, target, |record, entry| -> Result<()> {
-            let bad = |what: &str| corrupt(&patch.path, "control stream", record.at, Some(&entry.path), what);
-            let entry_options = EntryOptions { mode: entry.mode, mtime: entry.mtime, ..EntryOptions::default() };
-            match entry.content {
-                NewContent::CopyOf(index) => {
-                    let base = archive.entry(index).ok_or_else(|| bad("copy without an old entry"))?;
-                    if matches!(record.storage, Storage::Verbatim) {
-                        let ends = archive.frame_ends(&base);
-                        let reader =
-                            RangeReader { file: &src.file, at: base.offset(), end: base.offset() + base.stored_size() };
-                        writer
-                            .add_stored(
-                                &entry.path,
-                                entry_options,
-                                StoredLayout {
-                                    size: base.size(),
-                                    content_hash: base.content_hash(),
-                                    stored_len: base.stored_size(),
-                                    frame_ends: &ends,
-                                },
-                                reader,
-                            )
-                            .map_err(|e| match e {
-                                mf_format::Error::InvalidOption(what) => bad(&what),
-                                other => other.into(),
-                            })?;
-                    } else {
-                        let content = src.read_verified(&base)?;
-                        let frames = frame_flags(&record.storage, base.size(), frame_size)
-                            .ok_or_else(|| bad("storage bitmap does not fit the entry"))?;
-                        writer.add_bytes_with_frames(&entry.path, &content, entry_options, &frames)?;
-                    }
+        patch.walk_records(&old_entries, target, |record, walked| -> Result<()> {
+            let WalkedEntry { meta, stream } = walked;
+            let bad = |what: &str| corrupt(&patch.path, "control stream", record.at, Some(&meta.path), what);
+            let entry_options = EntryOptions { mode: meta.mode, mtime: meta.mtime, ..EntryOptions::default() };
+            let added = match (&meta.content, &record.storage) {
+                (NewContent::CopyOf(index), Storage::Verbatim) => {
+                    let base = archive.entry(*index).ok_or_else(|| bad("copy without an old entry"))?;
+                    let ends = archive.frame_ends(&base);
+                    let reader =
+                        RangeReader { file: &src.file, at: base.offset(), end: base.offset() + base.stored_size() };
+                    let layout = StoredLayout {
+                        size: base.size(),
+                        content_hash: base.content_hash(),
+                        stored_len: base.stored_size(),
+                        frame_ends: &ends,
+                    };
+                    writer.add_stored(&meta.path, entry_options, layout, reader).map_err(|e| match e {
+                        mf_format::Error::InvalidOption(what) => bad(&what),
+                        other => other.into(),
+                    })
                 }
-                NewContent::Bytes(content) => {
-                    let frames = frame_flags(&record.storage, entry.size, frame_size)
+                (_, storage) => {
+                    let frames = storage
+                        .frame_flags(meta.size, frame_size)
                         .ok_or_else(|| bad("storage bitmap does not fit the entry"))?;
-                    writer.add_bytes_with_frames(&entry.path, &content, entry_options, &frames)?;
+                    writer.add_reader_with_frames(&meta.path, &mut *stream, entry_options, &frames).map_err(Error::from)
                 }
-            }
-            progress(entry.size);
+            };
+            added.map_err(|e| stream.take_failure().unwrap_or(e)).map_err(|e| over_limit(e, target))?;
+            progress(meta.size);
             Ok(())
         })?;
-        let mut sink = writer.finish()?;
+        let mut sink = writer.finish().map_err(|e| over_limit(e.into(), target))?;
         sink.flush().map_err(|e| Error::io(target, e))?;
         (sink.len, sink.hasher.digest())
     };
@@ -919,36 +795,11 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
     Ok(ApplyOutcome { exact: header.exact(), entries: patch.records.len(), len })
 }
 
-/// Per-frame compression decisions from a storage descriptor.
-fn frame_flags(storage: &Storage, size: u64, frame_size: u64) -> Option<Vec<bool>> {
-    let frames = usize::try_from(size.div_ceil(frame_size)).ok()?;
-    match storage {
-        Storage::None | Storage::Verbatim => Some(vec![false; frames]),
-        Storage::AllFrames => Some(vec![true; frames]),
-        Storage::Bitmap(bits) => {
-            if bits.len() != frames.div_ceil(8) {
-                return None;
-            }
-            Some((0..frames).map(|k| bits[k / 8] & (1 << (k % 8)) != 0).collect())
-        }
+/// The writer's error when the output passed the declared length, said as what it is.
+fn over_limit(err: Error, target: &Path) -> Error {
+    let text = err.to_string();
+    if text.contains(OVER_LIMIT) {
+        return Error::OutputMismatch { file: target.to_owned(), entry: None, what: OVER_LIMIT.into() };
     }
-}
-
-/// `Read` over a byte range of a file, by `pread`.
-struct RangeReader<'a> {
-    file: &'a File,
-    at: u64,
-    end: u64,
-}
-
-impl Read for RangeReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let want = ((self.end - self.at) as usize).min(buf.len());
-        if want == 0 {
-            return Ok(0);
-        }
-        let n = self.file.read_at(&mut buf[..want], self.at)?;
-        self.at += n as u64;
-        Ok(n)
-    }
+    err
 }

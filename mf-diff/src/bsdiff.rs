@@ -1,13 +1,13 @@
-//! bsdiff payloads without bzip2: qbsdiff finds the matches, its bzip2 sections are decoded once, and
-//! the controls, delta bytes and extra bytes are stored raw so the patch's own zstd stream compresses
-//! all entries' payloads together (spec/PATCH.md, "bsdiff payload").
+//! bsdiff matches without bzip2: qbsdiff finds the matches, its bzip2 sections are decoded once into
+//! [`DeltaParts`] (controls, delta bytes, extra bytes), which the patch stores as three separately
+//! compressed streams (spec/PATCH.md, "delta").
 
 use std::io::{self, Read};
 
-use crate::wire::{put_varint, unzigzag, zigzag};
+use crate::delta::{Control, DeltaParts};
 
-/// Computes the raw bsdiff payload turning `old` into `new`. Deterministic (single-threaded search).
-pub fn diff(old: &[u8], new: &[u8]) -> io::Result<Vec<u8>> {
+/// Computes the delta turning `old` into `new`. Deterministic (single-threaded search).
+pub fn diff(old: &[u8], new: &[u8]) -> io::Result<DeltaParts> {
     let mut patch = Vec::new();
     qbsdiff::Bsdiff::new(old, new)
         .parallel_scheme(qbsdiff::ParallelScheme::Never)
@@ -27,8 +27,8 @@ fn decode_int(b: &[u8]) -> i64 {
     }
 }
 
-/// Converts a BSDIFF40 patch (bzip2 sections) into the raw payload.
-fn from_bsdiff4(patch: &[u8]) -> io::Result<Vec<u8>> {
+/// Converts a BSDIFF40 patch (bzip2 sections) into its three streams.
+fn from_bsdiff4(patch: &[u8]) -> io::Result<DeltaParts> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "qbsdiff produced an unexpected patch");
     if patch.len() < 32 || &patch[..8] != b"BSDIFF40" {
         return Err(bad());
@@ -48,105 +48,23 @@ fn from_bsdiff4(patch: &[u8]) -> io::Result<Vec<u8>> {
     if ctrls.len() % 24 != 0 {
         return Err(bad());
     }
-    let mut out = Vec::with_capacity(ctrls.len() / 2 + delta.len() + extra.len() + 16);
-    put_varint(&mut out, (ctrls.len() / 24) as u64);
-    for ctrl in ctrls.chunks_exact(24) {
-        let add = u64::try_from(decode_int(&ctrl[0..8])).map_err(|_| bad())?;
-        let copy = u64::try_from(decode_int(&ctrl[8..16])).map_err(|_| bad())?;
-        put_varint(&mut out, add);
-        put_varint(&mut out, copy);
-        put_varint(&mut out, zigzag(decode_int(&ctrl[16..24])));
-    }
-    out.extend_from_slice(&delta);
-    out.extend_from_slice(&extra);
-    Ok(out)
-}
-
-/// Why a payload cannot be applied.
-#[derive(Debug, PartialEq, Eq)]
-pub struct PayloadError {
-    /// Offset in the payload where the problem was found.
-    pub offset: u64,
-    pub what: &'static str,
-}
-
-fn read_varint(payload: &[u8], at: &mut usize) -> Result<u64, PayloadError> {
-    let mut value = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *payload.get(*at).ok_or(PayloadError { offset: *at as u64, what: "payload ends early" })?;
-        *at += 1;
-        let bits = u64::from(byte & 0x7f);
-        if shift == 63 && bits > 1 {
-            return Err(PayloadError { offset: *at as u64, what: "varint overflows" });
-        }
-        value |= bits << shift;
-        if byte & 0x80 == 0 {
-            return Ok(value);
-        }
-    }
-    Err(PayloadError { offset: *at as u64, what: "varint too long" })
-}
-
-/// Applies a raw payload to `old`, producing exactly `new_size` bytes. Every length and position is
-/// checked against the payload and `old`; the output grows only as bytes are produced.
-pub fn apply(old: &[u8], payload: &[u8], new_size: u64) -> Result<Vec<u8>, PayloadError> {
-    let mut at = 0usize;
-    let count = read_varint(payload, &mut at)?;
-    // Each control takes at least 3 bytes, so a lying count fails before any big allocation.
-    if count > (payload.len() as u64) / 3 {
-        return Err(PayloadError { offset: 0, what: "control count exceeds the payload" });
-    }
-    let mut controls = Vec::with_capacity(count as usize);
-    let (mut delta_len, mut extra_len, mut total) = (0u64, 0u64, 0u64);
-    for _ in 0..count {
-        let start = at as u64;
-        let add = read_varint(payload, &mut at)?;
-        let copy = read_varint(payload, &mut at)?;
-        let seek = unzigzag(read_varint(payload, &mut at)?);
-        let overflow = PayloadError { offset: start, what: "control lengths overflow" };
-        delta_len = delta_len.checked_add(add).ok_or(overflow)?;
-        extra_len =
-            extra_len.checked_add(copy).ok_or(PayloadError { offset: start, what: "control lengths overflow" })?;
-        total = add
-            .checked_add(copy)
-            .and_then(|n| n.checked_add(total))
-            .ok_or(PayloadError { offset: start, what: "control lengths overflow" })?;
-        controls.push((add, copy, seek));
-    }
-    if total != new_size {
-        return Err(PayloadError { offset: 0, what: "controls do not produce the entry's size" });
-    }
-    let rest = (payload.len() - at) as u64;
-    if delta_len.checked_add(extra_len) != Some(rest) {
-        return Err(PayloadError { offset: at as u64, what: "delta and extra lengths do not match the payload" });
-    }
-    let delta = &payload[at..at + delta_len as usize];
-    let extra = &payload[at + delta_len as usize..];
-    let (mut dpos, mut epos) = (0usize, 0usize);
-    let mut spos: i64 = 0;
-    let mut out = Vec::new();
-    for (add, copy, seek) in controls {
-        let add = add as usize;
-        if add > 0 {
-            let start = usize::try_from(spos)
-                .ok()
-                .filter(|&s| s.checked_add(add).is_some_and(|end| end <= old.len()))
-                .ok_or(PayloadError { offset: (at + dpos) as u64, what: "control reads outside the old entry" })?;
-            out.extend(old[start..start + add].iter().zip(&delta[dpos..dpos + add]).map(|(o, d)| o.wrapping_add(*d)));
-            dpos += add;
-            spos += add as i64;
-        }
-        let copy = copy as usize;
-        out.extend_from_slice(&extra[epos..epos + copy]);
-        epos += copy;
-        spos = spos.checked_add(seek).ok_or(PayloadError { offset: (at + dpos) as u64, what: "seek overflows" })?;
-    }
-    Ok(out)
+    let controls = ctrls
+        .chunks_exact(24)
+        .map(|ctrl| {
+            Ok(Control {
+                add: u64::try_from(decode_int(&ctrl[0..8])).map_err(|_| bad())?,
+                copy: u64::try_from(decode_int(&ctrl[8..16])).map_err(|_| bad())?,
+                seek: decode_int(&ctrl[16..24]),
+            })
+        })
+        .collect::<io::Result<_>>()?;
+    Ok(DeltaParts { controls, delta, extra })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delta::apply_in_memory;
     use proptest::prelude::*;
 
     #[test]
@@ -156,20 +74,13 @@ mod tests {
         new[1000] ^= 0xff;
         new.splice(20_000..20_000, b"inserted text".iter().copied());
         new.drain(40_000..40_100);
-        let payload = diff(&old, &new).unwrap();
-        assert_eq!(apply(&old, &payload, new.len() as u64).unwrap(), new);
-        assert!(apply(&old, &payload, new.len() as u64 + 1).is_err());
+        let parts = diff(&old, &new).unwrap();
+        assert_eq!(parts.output_len(), new.len() as u64);
+        assert_eq!(apply_in_memory(&old, &parts).unwrap(), new);
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
-        #[test]
-        fn apply_never_panics_on_garbage(old in proptest::collection::vec(any::<u8>(), 0..200),
-                                         payload in proptest::collection::vec(any::<u8>(), 0..200),
-                                         size in 0u64..500) {
-            let _ = apply(&old, &payload, size);
-        }
-
         #[test]
         fn round_trips_random_edits(old in proptest::collection::vec(any::<u8>(), 0..3000),
                                     edits in proptest::collection::vec((any::<u16>(), any::<u8>()), 0..20)) {
@@ -178,8 +89,8 @@ mod tests {
                 let at = pos as usize % (new.len() + 1);
                 if byte % 3 == 0 && at < new.len() { new.remove(at); } else { new.insert(at, byte); }
             }
-            let payload = diff(&old, &new).unwrap();
-            prop_assert_eq!(apply(&old, &payload, new.len() as u64).unwrap(), new);
+            let parts = diff(&old, &new).unwrap();
+            prop_assert_eq!(apply_in_memory(&old, &parts).unwrap(), new);
         }
     }
 }

@@ -10,6 +10,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::budget::Budget;
+use crate::delta::EncodedDelta;
 use crate::error::{Error, Result};
 use crate::report::{Change, EntryReport, Method, PatchReport};
 use crate::source::Source;
@@ -50,9 +51,10 @@ impl Default for DiffOptions {
 const BSDIFF_MAX_OLD: u64 = 1 << 31;
 /// zstd level of the control stream.
 const CONTROL_LEVEL: i32 = 19;
-/// Block size floor and ceiling for bounded-memory encoding of large entries.
+/// Block size floor and ceiling for bounded-memory encoding of large entries: a block's window (the
+/// block plus half a block each side) stays within [`MAX_REF_WINDOW`], so apply holds it easily.
 const MIN_BLOCK: u64 = 1 << 20;
-const MAX_BLOCK: u64 = 64 << 20;
+const MAX_BLOCK: u64 = MAX_BLOCK_LEN;
 
 /// zstd level for an entry's payload: strong for small entries, faster for large ones.
 fn payload_level(size: u64) -> i32 {
@@ -87,7 +89,7 @@ pub(crate) struct Block {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Payload {
-    Bsdiff(Vec<u8>),
+    Delta(EncodedDelta),
     Zref(Vec<Block>),
     Full(Vec<Block>),
 }
@@ -95,9 +97,17 @@ pub(crate) enum Payload {
 impl Payload {
     fn method(&self) -> Method {
         match self {
-            Payload::Bsdiff(_) => Method::Bsdiff,
+            Payload::Delta(_) => Method::Bsdiff,
             Payload::Zref(_) => Method::ZstdRef,
             Payload::Full(_) => Method::Full,
+        }
+    }
+
+    fn op(&self) -> Op {
+        match self {
+            Payload::Delta(_) => Op::Delta,
+            Payload::Zref(_) => Op::ZstdRef,
+            Payload::Full(_) => Op::Full,
         }
     }
 }
@@ -139,7 +149,8 @@ impl Content<'_> {
     }
 }
 
-/// Encodes one changed or added entry, choosing the smallest method that fits the budget.
+/// Encodes one changed or added entry, choosing the smallest method that fits the budget. Whole-entry
+/// zstd is for entries whose blocks and windows fit the format's bounds; larger ones get blocks.
 fn encode(
     old: Option<Content<'_>>,
     new: Content<'_>,
@@ -151,33 +162,31 @@ fn encode(
     let level = payload_level(m);
     let io_err = |e: std::io::Error| Error::Io { file: new.name().into(), source: e };
     let whole = zref_estimate(n, m, level);
-    if whole > budget.limit() {
-        let payload = encode_blocks(old, new, budget, level)?;
-        progress(m);
-        return Ok(payload);
-    }
     let try_bsdiff = old.is_some() && n > 0 && n <= BSDIFF_MAX_OLD && bsdiff_estimate(n, m) <= budget.limit();
-    let _permit = budget.acquire(if try_bsdiff { whole.max(bsdiff_estimate(n, m)) } else { whole });
-    let new_data = new.read_all()?;
-    let full = zref::compress_plain(&new_data, level).map_err(io_err)?;
-    let mut best = Payload::Full(vec![Block { new_len: m, old_start: 0, old_len: 0, frame: full }]);
-    let mut best_score = payload_score(&best);
-    if let Some(old) = old {
-        let old_data = old.read_all()?;
-        let frame = zref::compress(&old_data, &new_data, level).map_err(io_err)?;
-        let candidate = Payload::Zref(vec![Block { new_len: m, old_start: 0, old_len: n, frame }]);
-        let score = payload_score(&candidate);
-        if score < best_score {
-            best = candidate;
-            best_score = score;
-        }
-        if try_bsdiff {
-            let raw = bsdiff::diff(&old_data, &new_data).map_err(io_err)?;
-            // The payload lands in a zstd stream; its compressed size is what it costs.
-            let cost = zref::compress_plain(&raw, level).map_err(io_err)?.len() as u64 + 4;
-            if cost <= best_score {
-                best = Payload::Bsdiff(raw);
+    let small = m <= MAX_BLOCK_LEN && n <= MAX_REF_WINDOW && whole <= budget.limit();
+    let mut best = if small {
+        let _permit = budget.acquire(whole);
+        let new_data = new.read_all()?;
+        let full = zref::compress_plain(&new_data, level).map_err(io_err)?;
+        let mut best = Payload::Full(vec![Block { new_len: m, old_start: 0, old_len: 0, frame: full }]);
+        if let Some(old) = old {
+            let old_data = old.read_all()?;
+            let frame = zref::compress(&old_data, &new_data, level).map_err(io_err)?;
+            let candidate = Payload::Zref(vec![Block { new_len: m, old_start: 0, old_len: n, frame }]);
+            if payload_score(&candidate) < payload_score(&best) {
+                best = candidate;
             }
+        }
+        best
+    } else {
+        encode_blocks(old, new, budget, level)?
+    };
+    if let (Some(old), true) = (old, try_bsdiff) {
+        let _permit = budget.acquire(bsdiff_estimate(n, m));
+        let parts = bsdiff::diff(&old.read_all()?, &new.read_all()?).map_err(io_err)?;
+        let candidate = Payload::Delta(parts.encode(level).map_err(io_err)?);
+        if payload_score(&candidate) <= payload_score(&best) {
+            best = candidate;
         }
     }
     progress(m);
@@ -186,7 +195,7 @@ fn encode(
 
 fn payload_score(payload: &Payload) -> u64 {
     match payload {
-        Payload::Bsdiff(raw) => raw.len() as u64,
+        Payload::Delta(encoded) => encoded.len() + 8,
         Payload::Zref(blocks) | Payload::Full(blocks) => blocks.iter().map(|b| b.frame.len() as u64 + 8).sum(),
     }
 }
@@ -291,26 +300,9 @@ fn stored_identical(old: &Source, old_entry: &Entry<'_>, new: &Source, new_entry
 }
 
 /// The storage descriptor of a new entry (spec: "Storage").
-fn storage_of(archive: &Archive, entry: &Entry<'_>, out: &mut Vec<u8>) {
-    if entry.stored_as() == StoredAs::Raw {
-        out.push(STORE_NONE);
-        return;
-    }
-    let frames = archive.frame_count(entry);
-    let compressed: Vec<bool> = (0..frames).map(|k| !archive.frame_is_raw(entry, k)).collect();
-    if compressed.iter().all(|&c| c) {
-        out.push(STORE_ALL_FRAMES);
-        return;
-    }
-    out.push(STORE_BITMAP);
-    put_varint(out, compressed.len().div_ceil(8) as u64);
-    let mut bitmap = vec![0u8; compressed.len().div_ceil(8)];
-    for (k, &c) in compressed.iter().enumerate() {
-        if c {
-            bitmap[k / 8] |= 1 << (k % 8);
-        }
-    }
-    out.extend_from_slice(&bitmap);
+fn storage_of(archive: &Archive, entry: &Entry<'_>) -> Storage {
+    let compressed: Vec<bool> = (0..archive.frame_count(entry)).map(|k| !archive.frame_is_raw(entry, k)).collect();
+    Storage::from_frames(entry.stored_as() == StoredAs::Raw, &compressed)
 }
 
 /// One new entry's plan.
@@ -413,75 +405,46 @@ fn build_archive_patch(
     let writer_level = canonical_level(new);
     let level = writer_level.unwrap_or(mf_format::DEFAULT_LEVEL);
     let mut control = Vec::new();
-    control.push(new.header().frame_size_log2);
-    control.push(level as i8 as u8);
-    put_varint(&mut control, old.len() as u64);
-    put_varint(&mut control, new.len() as u64);
+    let preamble = ArchivePreamble {
+        frame_size_log2: new.header().frame_size_log2,
+        level: level as i8,
+        old_entry_count: old.len() as u64,
+        new_entry_count: new.len() as u64,
+    };
+    preamble.write(&mut control);
     let mut blobs = Vec::new();
     let mut report_entries = Vec::new();
     let mut previous_old: i64 = -1;
     for ((plan, entry), payload) in plans.iter().zip(&new_entries).zip(payloads) {
-        let base = plan.base.and_then(|i| old.entry(i));
-        let op = match &payload {
-            None => OP_COPY,
-            Some(Payload::Bsdiff(_)) => OP_BSDIFF,
-            Some(Payload::Zref(_)) => OP_ZREF,
-            Some(Payload::Full(_)) => OP_FULL,
-        };
+        let op = payload.as_ref().map_or(Op::Copy, Payload::op);
         // A full payload does not read the old entry; record no base for it.
-        let base = if op == OP_FULL { None } else { base };
-        let mut flags = 0u8;
+        let base = plan.base.and_then(|i| old.entry(i)).filter(|_| op.has_base());
         let (base_path, base_mode, base_mtime) = match &base {
             Some(b) => (Some(b.path()), b.mode(), (b.record().mtime_secs, b.record().mtime_nanos)),
             None => (None, 0o644, (0, 0)),
         };
         let record = entry.record();
-        if base_path != Some(entry.path()) {
-            flags |= EF_PATH;
-        }
-        if entry.mode() != base_mode {
-            flags |= EF_MODE;
-        }
-        if (record.mtime_secs, record.mtime_nanos) != base_mtime {
-            flags |= EF_MTIME;
-        }
-        if op == OP_COPY && plan.verbatim {
-            flags |= EF_VERBATIM;
-        }
-        control.push(op);
-        control.push(flags);
-        if let Some(b) = &base {
-            put_varint(&mut control, zigzag(i64::from(b.index()) - (previous_old + 1)));
-            previous_old = i64::from(b.index());
-        }
-        if flags & EF_PATH != 0 {
-            put_varint(&mut control, entry.path().len() as u64);
-            control.extend_from_slice(entry.path().as_bytes());
-        }
-        if flags & EF_MODE != 0 {
-            put_varint(&mut control, u64::from(entry.mode()));
-        }
-        if flags & EF_MTIME != 0 {
-            put_varint(&mut control, zigzag(record.mtime_secs));
-            put_varint(&mut control, u64::from(record.mtime_nanos));
-        }
-        if op != OP_COPY {
-            put_varint(&mut control, entry.size());
-            control.extend_from_slice(&entry.content_hash().to_le_bytes());
-        }
-        if op == OP_BSDIFF || op == OP_ZREF {
-            let b = base.as_ref().expect("diff ops have a base");
-            control.extend_from_slice(&b.content_hash().to_le_bytes());
-        }
-        if flags & EF_VERBATIM == 0 {
-            storage_of(new, entry, &mut control);
-        }
-        let patch_bytes = match payload {
-            None => 0,
-            Some(payload) => write_payload(payload, &mut control, &mut blobs, entry.size())?,
+        let (payload_desc, patch_bytes) = match payload {
+            None => (PayloadDesc::None, 0),
+            Some(payload) => write_payload(payload, &mut blobs),
         };
-        let change = if op == OP_FULL && plan.change == Change::Changed { Change::Added } else { plan.change };
-        let change = if op == OP_COPY && base_path == Some(entry.path()) { Change::Unchanged } else { change };
+        let entry_record = EntryRecord {
+            at: 0,
+            op,
+            old_index: base.as_ref().map(|b| b.index()),
+            path: (base_path != Some(entry.path())).then(|| entry.path().to_owned()),
+            mode: (entry.mode() != base_mode).then_some(entry.mode()),
+            mtime: ((record.mtime_secs, record.mtime_nanos) != base_mtime)
+                .then_some((record.mtime_secs, record.mtime_nanos)),
+            size: if op == Op::Copy { 0 } else { entry.size() },
+            hash: if op == Op::Copy { 0 } else { entry.content_hash() },
+            base_hash: base.as_ref().filter(|_| matches!(op, Op::Delta | Op::ZstdRef)).map(|b| b.content_hash()),
+            storage: if op == Op::Copy && plan.verbatim { Storage::Verbatim } else { storage_of(new, entry) },
+            payload: payload_desc,
+        };
+        entry_record.write(&mut control, &mut previous_old);
+        let change = if op == Op::Full && plan.change == Change::Changed { Change::Added } else { plan.change };
+        let change = if op == Op::Copy && base_path == Some(entry.path()) { Change::Unchanged } else { change };
         report_entries.push(EntryReport {
             change,
             path: Some(entry.path().to_owned()),
@@ -490,10 +453,10 @@ fn build_archive_patch(
             size: entry.size(),
             old_size: base.as_ref().map(|b| b.size()),
             method: match op {
-                OP_COPY => Method::Copy,
-                OP_BSDIFF => Method::Bsdiff,
-                OP_ZREF => Method::ZstdRef,
-                _ => Method::Full,
+                Op::Copy => Method::Copy,
+                Op::Delta => Method::Bsdiff,
+                Op::ZstdRef => Method::ZstdRef,
+                Op::Full => Method::Full,
             },
             patch_bytes,
         });
@@ -539,47 +502,35 @@ fn build_archive_patch(
     Ok(Built { header, control, blobs, report })
 }
 
-/// Appends an op's payload description to the control stream (and its blobs); returns its size.
-fn write_payload(payload: Payload, control: &mut Vec<u8>, blobs: &mut Vec<Vec<u8>>, size: u64) -> Result<u64> {
+/// Moves a payload's frames to the blob list; returns its descriptor and the blob bytes it takes.
+fn write_payload(payload: Payload, blobs: &mut Vec<Vec<u8>>) -> (PayloadDesc, u64) {
     match payload {
-        Payload::Bsdiff(raw) => {
-            if raw.len() as u64 <= INLINE_MAX {
-                control.push(BS_INLINE);
-                put_varint(control, raw.len() as u64);
-                control.extend_from_slice(&raw);
-                Ok(raw.len() as u64)
-            } else {
-                let blob =
-                    zref::compress_plain(&raw, payload_level(size)).map_err(|e| Error::io("<bsdiff payload>", e))?;
-                control.push(BS_BLOB);
-                put_varint(control, blob.len() as u64);
-                put_varint(control, raw.len() as u64);
-                let len = blob.len() as u64;
-                blobs.push(blob);
-                Ok(len)
-            }
+        Payload::Delta(encoded) => {
+            let desc = PayloadDesc::Delta(encoded.desc());
+            let len = encoded.len();
+            blobs.extend([encoded.controls, encoded.delta, encoded.extra].into_iter().filter(|b| !b.is_empty()));
+            (desc, len)
         }
-        Payload::Zref(blocks) => Ok(write_blocks(blocks, true, control, blobs)),
-        Payload::Full(blocks) => Ok(write_blocks(blocks, false, control, blobs)),
-    }
-}
-
-/// Block list: count, then per block its new length, (for zstd-ref) the old window, and its blob
-/// length; the frames go to the blob section in order.
-fn write_blocks(blocks: Vec<Block>, with_window: bool, control: &mut Vec<u8>, blobs: &mut Vec<Vec<u8>>) -> u64 {
-    put_varint(control, blocks.len() as u64);
-    let mut total = 0;
-    for block in blocks {
-        put_varint(control, block.new_len);
-        if with_window {
-            put_varint(control, block.old_start);
-            put_varint(control, block.old_len);
+        Payload::Zref(blocks) | Payload::Full(blocks) => {
+            let mut total = 0;
+            let descs = blocks
+                .into_iter()
+                .map(|block| {
+                    let desc = BlockDesc {
+                        new_len: block.new_len,
+                        old_start: block.old_start,
+                        old_len: block.old_len,
+                        blob_len: block.frame.len() as u64,
+                        blob_at: 0,
+                    };
+                    total += desc.blob_len;
+                    blobs.push(block.frame);
+                    desc
+                })
+                .collect();
+            (PayloadDesc::Blocks(descs), total)
         }
-        put_varint(control, block.frame.len() as u64);
-        total += block.frame.len() as u64;
-        blobs.push(block.frame);
     }
-    total
 }
 
 fn build_plain_patch(
@@ -594,14 +545,11 @@ fn build_plain_patch(
     let old = (old_src.len > 0).then_some(Content::Plain(old_src));
     let payload = encode(old, Content::Plain(new_src), &budget, progress)?;
     let method = payload.method();
+    let op = payload.op();
     let mut control = Vec::new();
     let mut blobs = Vec::new();
-    control.push(match method {
-        Method::Bsdiff => OP_BSDIFF,
-        Method::ZstdRef => OP_ZREF,
-        _ => OP_FULL,
-    });
-    let patch_bytes = write_payload(payload, &mut control, &mut blobs, new_src.len)?;
+    let (desc, patch_bytes) = write_payload(payload, &mut blobs);
+    PlainRecord { op, payload: desc }.write(&mut control);
     let header = PatchHeader {
         version_major: PATCH_VERSION_MAJOR,
         version_minor: PATCH_VERSION_MINOR,

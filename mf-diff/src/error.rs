@@ -19,7 +19,7 @@ pub enum Error {
     #[error("{}: not an mf patch (no patch magic at offset 0)", file.display())]
     NotAPatch { file: PathBuf },
 
-    #[error("{}: patch format version {major}.{minor} is not supported (this build reads 1.x)", file.display())]
+    #[error("{}: patch format version {major}.{minor} is not supported (this build reads 2.x; recreate the patch with this mf version)", file.display())]
     UnsupportedVersion { file: PathBuf, major: u16, minor: u16 },
 
     #[error("{}: corrupt patch at {section} offset {offset}{}: {what}", file.display(), EntryContext(entry))]

@@ -5,8 +5,9 @@
 //!
 //! - **Diff** ([`diff_files`], [`diff_stat`]) works on decompressed entry content. Entries whose
 //!   content hash matches an old entry cost a reference (renames, moves and duplicates included);
-//!   changed entries get the smallest of bsdiff, zstd with the old entry as reference prefix, or full
-//!   zstd; new entries are carried zstd-compressed. Work runs in parallel under a memory budget
+//!   changed entries get the smallest of a delta ([`delta::DeltaParts`]: the bsdiff model stored as
+//!   three zstd streams), zstd with the old entry as reference prefix, or full zstd; new entries are
+//!   carried zstd-compressed. Work runs in parallel under a memory budget
 //!   ([`DiffOptions::memory_limit`]); entries too large for bsdiff within it are encoded in blocks
 //!   against a window of the old content. The output does not depend on the thread count. Two
 //!   files that are not archives are diffed whole. Panda3D multifiles are diffed as their canonical
@@ -15,7 +16,9 @@
 //! - **Apply** ([`apply_patch`]) checks the patch's checksums, the base (the old index hash and every
 //!   old entry it reads), rebuilds into a temp file beside the target, checks every entry's hash and,
 //!   for patches of archives written by this mf version, the whole file's hash, then fsyncs and renames.
-//!   A failure at any point leaves the target untouched.
+//!   A failure at any point leaves the target untouched. Entries are streamed (old content read by
+//!   random access, a delta's streams decoded side by side, frames recompressed on every core), so
+//!   memory does not grow with entry size.
 //! - **Entry-level apply** ([`Patch::apply_entries`]) walks an archive patch's records against any
 //!   [`OldEntries`] source (an archive, or the files of an install folder listed by a release's file
 //!   table) and hands each rebuilt [`NewEntry`] to a callback: its bytes, or "a copy of old entry `i`"
@@ -54,6 +57,7 @@
 mod apply;
 mod bsdiff;
 mod budget;
+pub mod delta;
 mod diff;
 pub mod error;
 mod report;

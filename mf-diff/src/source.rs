@@ -158,3 +158,102 @@ impl Source {
         Ok(())
     }
 }
+
+/// `Read` over a byte range of a file, by `pread`.
+pub(crate) struct RangeReader<'a> {
+    pub file: &'a File,
+    pub at: u64,
+    pub end: u64,
+}
+
+impl std::io::Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = ((self.end - self.at) as usize).min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+type BlobDecoder<'a> = zstd::stream::read::Decoder<'static, std::io::BufReader<RangeReader<'a>>>;
+
+/// One blob of a patch decoded as a stream: a single zstd frame whose window is held to
+/// `window_log_max` (so no frame header can make the decoder buffer more), or nothing for an empty
+/// blob. [`BlobStream::finish`] checks that the frame ended exactly at the blob's end.
+pub(crate) struct BlobStream<'a> {
+    decoder: Option<BlobDecoder<'a>>,
+    patch: PathBuf,
+    at: u64,
+    section: &'static str,
+    entry: String,
+}
+
+impl<'a> BlobStream<'a> {
+    pub fn open(
+        file: &'a File,
+        patch: &Path,
+        at: u64,
+        len: u64,
+        window_log_max: u32,
+        section: &'static str,
+        entry: &str,
+    ) -> Result<BlobStream<'a>> {
+        let mut stream = BlobStream { decoder: None, patch: patch.to_owned(), at, section, entry: entry.to_owned() };
+        if len > 0 {
+            let range = RangeReader { file, at, end: at + len };
+            let mut decoder =
+                zstd::stream::read::Decoder::with_buffer(std::io::BufReader::with_capacity(64 << 10, range))
+                    .map_err(|e| stream.corrupt(format!("does not decode: {e}")))?;
+            decoder.window_log_max(window_log_max).map_err(|e| stream.corrupt(format!("does not decode: {e}")))?;
+            stream.decoder = Some(decoder.single_frame());
+        }
+        Ok(stream)
+    }
+
+    fn corrupt(&self, what: String) -> Error {
+        Error::CorruptPatch {
+            file: self.patch.clone(),
+            section: self.section,
+            offset: self.at,
+            entry: Some(self.entry.clone()),
+            what,
+        }
+    }
+
+    /// Turns a read error into a patch error (`eof` when the stream ended before the bytes needed).
+    pub fn error(&self, e: std::io::Error, eof: &str) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => self.corrupt(eof.to_owned()),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::Other => {
+                self.corrupt(format!("blob at offset {} does not decode: {e}", self.at))
+            }
+            _ => Error::io(&self.patch, e),
+        }
+    }
+
+    /// Checks that `what` has no bytes left and its frame ended exactly at the blob's end.
+    pub fn finish(&mut self, what: &str) -> Result<()> {
+        use std::io::{BufRead, Read};
+        let mut byte = [0u8; 1];
+        let n = self.read(&mut byte).map_err(|e| self.error(e, "ends early"))?;
+        let Some(decoder) = self.decoder.as_mut() else { return Ok(()) };
+        let reader = decoder.get_mut();
+        let rest = reader.fill_buf().map_err(|e| Error::io(&self.patch, e))?.len();
+        if n != 0 || rest != 0 {
+            return Err(self.corrupt(format!("{what} holds more bytes than its controls use")));
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Read for BlobStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.decoder.as_mut() {
+            Some(decoder) => decoder.read(buf),
+            None => Ok(0),
+        }
+    }
+}

@@ -1,17 +1,22 @@
-//! The patch file's byte layout (spec/PATCH.md): the fixed header, LEB128 varints, and a reader over
-//! the decompressed control stream that tracks its offset for error messages and never allocates
-//! more than the bytes actually present.
+//! The patch file's byte layout (spec/PATCH.md), declared once for the writer (diff.rs) and the
+//! reader (apply.rs): the fixed header as a binrw struct, the operation and storage codes as enums,
+//! the entry record and payload descriptors with one `write` and one `read` each, and a reader over
+//! the decompressed control stream that tracks its offset for error messages, holds every count to
+//! what the remaining bytes and the declared output can hold, and never allocates more than the bytes
+//! actually present.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use binrw::{binrw, BinRead, BinWrite};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
 
 /// `\x89MFP\r\n\x1a\n`.
 pub const PATCH_MAGIC: [u8; 8] = *b"\x89MFP\r\n\x1a\n";
-pub const PATCH_VERSION_MAJOR: u16 = 1;
+pub const PATCH_VERSION_MAJOR: u16 = 2;
 pub const PATCH_VERSION_MINOR: u16 = 0;
 pub const PATCH_HEADER_LEN: u64 = 80;
 
@@ -30,12 +35,6 @@ pub const FLAG_NEW_PANDA3D: u8 = 4;
 /// Every header flag this version knows.
 pub const FLAGS_KNOWN: u8 = FLAG_EXACT | FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D;
 
-/// Operation codes of an entry record.
-pub const OP_COPY: u8 = 0;
-pub const OP_BSDIFF: u8 = 1;
-pub const OP_ZREF: u8 = 2;
-pub const OP_FULL: u8 = 3;
-
 /// Entry record flags.
 pub const EF_PATH: u8 = 1;
 pub const EF_MODE: u8 = 2;
@@ -43,17 +42,474 @@ pub const EF_MTIME: u8 = 4;
 pub const EF_VERBATIM: u8 = 8;
 pub const EF_KNOWN: u8 = EF_PATH | EF_MODE | EF_MTIME | EF_VERBATIM;
 
-/// Storage descriptors.
-pub const STORE_NONE: u8 = 0;
-pub const STORE_ALL_FRAMES: u8 = 1;
-pub const STORE_BITMAP: u8 = 2;
+/// Largest `new_len` of a zstd-ref or full block: a block is decoded whole before it is written.
+pub const MAX_BLOCK_LEN: u64 = 8 << 20;
+/// Largest reference window of a zstd-ref block: the window is held in memory while it decodes.
+pub const MAX_REF_WINDOW: u64 = 16 << 20;
+/// Largest window log of the control stream, full blocks and delta streams (8 MiB), so no decoder
+/// buffers more than that whatever a frame declares.
+pub const STREAM_WINDOW_LOG_MAX: u32 = 23;
+/// Largest window log of a zstd-ref block, whose window spans its reference prefix and output.
+pub const REF_WINDOW_LOG_MAX: u32 = 25;
+/// No zstd frame is shorter (magic, frame header, window or size byte, one block header).
+pub const MIN_FRAME_LEN: u64 = 9;
+/// Each record of an archive patch adds at least one index record to the new archive.
+pub const MIN_ENTRY_OUTPUT: u64 = mf_format::format::ENTRY_RECORD_LEN;
 
-/// bsdiff payload location.
-pub const BS_INLINE: u8 = 0;
-pub const BS_BLOB: u8 = 1;
+/// What rebuilds an entry (entry record `op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Op {
+    /// The base's content unchanged. No payload.
+    Copy = 0,
+    /// The bsdiff model: controls, delta bytes and extra bytes, three zstd streams (see [`crate::delta`]).
+    Delta = 1,
+    /// zstd blocks decoded with a window of the base's content as reference prefix.
+    ZstdRef = 2,
+    /// zstd blocks without a reference.
+    Full = 3,
+}
 
-/// Largest bsdiff payload kept inline in the control stream; larger ones become blobs.
-pub const INLINE_MAX: u64 = 1 << 20;
+impl Op {
+    pub fn from_byte(byte: u8) -> Option<Op> {
+        [Op::Copy, Op::Delta, Op::ZstdRef, Op::Full].into_iter().find(|op| *op as u8 == byte)
+    }
+
+    /// Whether the op reads a base (old entry) and so has an `old_delta`.
+    pub fn has_base(self) -> bool {
+        self != Op::Full
+    }
+}
+
+/// How an entry is stored in the new archive (entry record `storage`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// VERBATIM copy: the base's stored bytes and frame ends (no storage byte on the wire).
+    Verbatim,
+    /// Byte 0: compression none.
+    None,
+    /// Byte 1: zstd frames, every frame compressed.
+    AllFrames,
+    /// Byte 2: zstd frames, bit `k` of the bitmap set when frame `k` is compressed.
+    Bitmap(Vec<u8>),
+}
+
+impl Storage {
+    const NONE: u8 = 0;
+    const ALL_FRAMES: u8 = 1;
+    const BITMAP: u8 = 2;
+
+    /// Per-frame compression decisions for an entry of `size` bytes; `None` when a bitmap does not
+    /// fit the entry's frame count.
+    pub fn frame_flags(&self, size: u64, frame_size: u64) -> Option<Vec<bool>> {
+        let frames = usize::try_from(size.div_ceil(frame_size)).ok()?;
+        match self {
+            Storage::None | Storage::Verbatim => Some(vec![false; frames]),
+            Storage::AllFrames => Some(vec![true; frames]),
+            Storage::Bitmap(bits) => {
+                if bits.len() != frames.div_ceil(8) {
+                    return None;
+                }
+                Some((0..frames).map(|k| bits[k / 8] & (1 << (k % 8)) != 0).collect())
+            }
+        }
+    }
+
+    /// The descriptor of an entry whose frames are compressed as `compressed` says.
+    pub fn from_frames(stored_raw: bool, compressed: &[bool]) -> Storage {
+        if stored_raw {
+            Storage::None
+        } else if compressed.iter().all(|&c| c) {
+            Storage::AllFrames
+        } else {
+            let mut bitmap = vec![0u8; compressed.len().div_ceil(8)];
+            for (k, _) in compressed.iter().enumerate().filter(|(_, &c)| c) {
+                bitmap[k / 8] |= 1 << (k % 8);
+            }
+            Storage::Bitmap(bitmap)
+        }
+    }
+}
+
+/// A zstd-ref or full block: `new_len` bytes decoded from one blob, for zstd-ref with the base's
+/// bytes `[old_start, old_start + old_len)` as reference prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockDesc {
+    pub new_len: u64,
+    pub old_start: u64,
+    pub old_len: u64,
+    pub blob_len: u64,
+    /// Where the blob starts in the patch file (set by the reader; ignored by the writer).
+    pub blob_at: u64,
+}
+
+/// A delta payload: three blobs (controls, delta bytes, extra bytes), each one zstd frame or empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaDesc {
+    pub control_count: u64,
+    /// Σ add: bytes of the delta stream. The extra stream holds the entry's size minus this.
+    pub delta_len: u64,
+    pub controls_blob: u64,
+    pub delta_blob: u64,
+    pub extra_blob: u64,
+    /// Where the controls blob starts in the patch file (set by the reader); the other two follow it.
+    pub blob_at: u64,
+}
+
+/// The payload descriptor of a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadDesc {
+    None,
+    Delta(DeltaDesc),
+    Blocks(Vec<BlockDesc>),
+}
+
+impl PayloadDesc {
+    /// Blob bytes the payload takes in the patch.
+    pub fn patch_bytes(&self) -> u64 {
+        match self {
+            PayloadDesc::None => 0,
+            PayloadDesc::Delta(d) => d.controls_blob + d.delta_blob + d.extra_blob,
+            PayloadDesc::Blocks(blocks) => blocks.iter().map(|b| b.blob_len).sum(),
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>, op: Op) {
+        match self {
+            PayloadDesc::None => {}
+            PayloadDesc::Delta(d) => {
+                for value in [d.control_count, d.delta_len, d.controls_blob, d.delta_blob, d.extra_blob] {
+                    put_varint(out, value);
+                }
+            }
+            PayloadDesc::Blocks(blocks) => {
+                put_varint(out, blocks.len() as u64);
+                for block in blocks {
+                    put_varint(out, block.new_len);
+                    if op == Op::ZstdRef {
+                        put_varint(out, block.old_start);
+                        put_varint(out, block.old_len);
+                    }
+                    put_varint(out, block.blob_len);
+                }
+            }
+        }
+    }
+
+    /// Reads the payload of an `op` record producing `size` bytes, assigning its blobs.
+    fn read<R: Read>(reader: &mut ControlReader<R>, op: Op, size: u64, blobs: &mut BlobCursor) -> Result<PayloadDesc> {
+        match op {
+            Op::Copy => Ok(PayloadDesc::None),
+            Op::Delta => {
+                // A control produces at least one byte, except a final seek-only one.
+                let control_count = reader.bounded(size.saturating_add(1), "control count")?;
+                let delta_len = reader.bounded(size, "delta length")?;
+                let blob_at = blobs.cursor;
+                let mut take = |reader: &mut ControlReader<R>, what: &str, content: u64| -> Result<u64> {
+                    let len = reader.bounded(blobs.remaining(), what)?;
+                    if (content == 0) != (len == 0) || (len != 0 && len < MIN_FRAME_LEN) {
+                        return Err(reader.corrupt(format!("{what} {len} does not fit a stream of {content} bytes")));
+                    }
+                    blobs.take(len);
+                    Ok(len)
+                };
+                let controls_blob = take(reader, "controls blob length", control_count)?;
+                let delta_blob = take(reader, "delta blob length", delta_len)?;
+                let extra_blob = take(reader, "extra blob length", size - delta_len)?;
+                Ok(PayloadDesc::Delta(DeltaDesc {
+                    control_count,
+                    delta_len,
+                    controls_blob,
+                    delta_blob,
+                    extra_blob,
+                    blob_at,
+                }))
+            }
+            Op::ZstdRef | Op::Full => {
+                // Every block has a blob of at least one zstd frame: the count is held to the blob
+                // bytes left before anything is allocated.
+                let most =
+                    (blobs.remaining() / MIN_FRAME_LEN).min(size.div_ceil(MAX_BLOCK_LEN).max(1).saturating_mul(64));
+                let count = reader.bounded(most, "block count")?;
+                if count == 0 {
+                    return Err(reader.corrupt("a zstd payload needs at least one block"));
+                }
+                let mut blocks = Vec::with_capacity(count as usize);
+                let mut total = 0u64;
+                for _ in 0..count {
+                    let new_len = reader.bounded(MAX_BLOCK_LEN.min(size - total), "block length")?;
+                    total += new_len;
+                    let (old_start, old_len) = if op == Op::ZstdRef {
+                        (reader.varint()?, reader.bounded(MAX_REF_WINDOW, "reference window length")?)
+                    } else {
+                        (0, 0)
+                    };
+                    let blob_len = reader.bounded(blobs.remaining(), "block blob length")?;
+                    if blob_len < MIN_FRAME_LEN {
+                        return Err(
+                            reader.corrupt(format!("block blob length {blob_len} is shorter than a zstd frame"))
+                        );
+                    }
+                    let blob_at = blobs.take(blob_len);
+                    blocks.push(BlockDesc { new_len, old_start, old_len, blob_len, blob_at });
+                }
+                if total != size {
+                    return Err(reader.corrupt("blocks do not add up to the entry's size"));
+                }
+                Ok(PayloadDesc::Blocks(blocks))
+            }
+        }
+    }
+}
+
+/// Where the next blob starts, and where the blob section ends.
+pub struct BlobCursor {
+    pub cursor: u64,
+    pub end: u64,
+}
+
+impl BlobCursor {
+    fn remaining(&self) -> u64 {
+        self.end - self.cursor
+    }
+
+    /// Takes `len` bytes (already checked to be at most [`BlobCursor::remaining`]); returns their start.
+    fn take(&mut self, len: u64) -> u64 {
+        let at = self.cursor;
+        self.cursor += len;
+        at
+    }
+}
+
+/// One entry record of an archive patch (spec/PATCH.md, "Entry record").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRecord {
+    /// Offset of the record in the control stream (set by the reader; for errors).
+    pub at: u64,
+    pub op: Op,
+    /// The base's data-order index (written as a delta from the previous record's base).
+    pub old_index: Option<u32>,
+    pub path: Option<String>,
+    pub mode: Option<u32>,
+    pub mtime: Option<(i64, u32)>,
+    /// Content size and xxh3 (zero for copies, which take the base's).
+    pub size: u64,
+    pub hash: u64,
+    pub base_hash: Option<u64>,
+    pub storage: Storage,
+    pub payload: PayloadDesc,
+}
+
+impl EntryRecord {
+    fn flags(&self) -> u8 {
+        (if self.path.is_some() { EF_PATH } else { 0 })
+            | (if self.mode.is_some() { EF_MODE } else { 0 })
+            | (if self.mtime.is_some() { EF_MTIME } else { 0 })
+            | if self.storage == Storage::Verbatim { EF_VERBATIM } else { 0 }
+    }
+
+    /// Appends the record; `previous_old` is the base index of the last record that had one.
+    pub fn write(&self, out: &mut Vec<u8>, previous_old: &mut i64) {
+        out.push(self.op as u8);
+        out.push(self.flags());
+        if let Some(index) = self.old_index {
+            put_varint(out, zigzag(i64::from(index) - (*previous_old + 1)));
+            *previous_old = i64::from(index);
+        }
+        if let Some(path) = &self.path {
+            put_varint(out, path.len() as u64);
+            out.extend_from_slice(path.as_bytes());
+        }
+        if let Some(mode) = self.mode {
+            put_varint(out, u64::from(mode));
+        }
+        if let Some((secs, nanos)) = self.mtime {
+            put_varint(out, zigzag(secs));
+            put_varint(out, u64::from(nanos));
+        }
+        if self.op != Op::Copy {
+            put_varint(out, self.size);
+            out.extend_from_slice(&self.hash.to_le_bytes());
+        }
+        if let Some(base_hash) = self.base_hash {
+            out.extend_from_slice(&base_hash.to_le_bytes());
+        }
+        match &self.storage {
+            Storage::Verbatim => {}
+            Storage::None => out.push(Storage::NONE),
+            Storage::AllFrames => out.push(Storage::ALL_FRAMES),
+            Storage::Bitmap(bits) => {
+                out.push(Storage::BITMAP);
+                put_varint(out, bits.len() as u64);
+                out.extend_from_slice(bits);
+            }
+        }
+        self.payload.write(out, self.op);
+    }
+
+    /// Reads one record, checking it against everything read before it (`state`).
+    pub fn read<R: Read>(reader: &mut ControlReader<R>, state: &mut RecordState) -> Result<EntryRecord> {
+        reader.entry = None;
+        let at = reader.offset;
+        let byte = reader.u8()?;
+        let op = Op::from_byte(byte).ok_or_else(|| reader.corrupt_at(at, format!("unknown operation {byte}")))?;
+        let flags = reader.u8()?;
+        if flags & !EF_KNOWN != 0 || (flags & EF_VERBATIM != 0 && op != Op::Copy) {
+            return Err(reader.corrupt_at(at + 1, format!("invalid record flags {flags:#x}")));
+        }
+        let old_index = if op.has_base() {
+            let delta = unzigzag(reader.varint()?);
+            let index = state.previous_old.checked_add(1).and_then(|p| p.checked_add(delta));
+            let index = index
+                .and_then(|i| u32::try_from(i).ok())
+                .filter(|&i| u64::from(i) < state.old_count)
+                .ok_or_else(|| {
+                    reader.corrupt(format!("old entry index out of range (the base has {} entries)", state.old_count))
+                })?;
+            state.previous_old = i64::from(index);
+            Some(index)
+        } else {
+            None
+        };
+        let path = if flags & EF_PATH != 0 {
+            let len = reader.bounded(mf_format::format::MAX_PATH_LEN as u64, "path length")?;
+            let bytes = reader.bytes(len)?;
+            let path = String::from_utf8(bytes).map_err(|_| reader.corrupt("path is not UTF-8"))?;
+            mf_format::validate_path(&path).map_err(|e| reader.corrupt(e.to_string()))?;
+            Some(path)
+        } else if op == Op::Full {
+            return Err(reader.corrupt("a full entry must name its path"));
+        } else {
+            None
+        };
+        reader.entry = path.clone().or_else(|| old_index.map(|i| format!("#{i} of the base")));
+        state.claim(reader, path.as_deref(), old_index)?;
+        let mode = if flags & EF_MODE != 0 {
+            Some(reader.bounded(u64::from(mf_format::format::MAX_MODE), "mode")? as u32)
+        } else {
+            None
+        };
+        let mtime = if flags & EF_MTIME != 0 {
+            let secs = unzigzag(reader.varint()?);
+            let nanos = reader.bounded(999_999_999, "mtime nanoseconds")? as u32;
+            Some((secs, nanos))
+        } else {
+            None
+        };
+        let (size, hash) = if op != Op::Copy {
+            let size = reader.bounded(state.content_left(), "entry size")?;
+            (size, reader.u64le()?)
+        } else {
+            (0, 0)
+        };
+        state.content_used += size;
+        let base_hash = if matches!(op, Op::Delta | Op::ZstdRef) { Some(reader.u64le()?) } else { None };
+        let storage = if flags & EF_VERBATIM != 0 {
+            Storage::Verbatim
+        } else {
+            let kind_at = reader.offset;
+            match reader.u8()? {
+                Storage::NONE => Storage::None,
+                Storage::ALL_FRAMES => Storage::AllFrames,
+                Storage::BITMAP => {
+                    // Each frame stores at least one byte of the new archive, so the bitmap is held
+                    // to the output bytes not yet accounted for.
+                    let len = reader.bounded(state.output_left() / 8 + 1, "bitmap length")?;
+                    state.output_used += len.saturating_sub(1) * 8;
+                    Storage::Bitmap(reader.bytes(len)?)
+                }
+                other => return Err(reader.corrupt_at(kind_at, format!("unknown storage kind {other}"))),
+            }
+        };
+        if storage == Storage::None {
+            // Stored uncompressed: the content itself is part of the new archive.
+            state.output_used = state.output_used.saturating_add(size);
+        }
+        if state.output_used > state.new_len {
+            return Err(reader.corrupt(format!(
+                "the records so far need at least {} bytes of output; the patch declares {}",
+                state.output_used, state.new_len
+            )));
+        }
+        let payload = PayloadDesc::read(reader, op, size, &mut state.blobs)?;
+        Ok(EntryRecord { at, op, old_index, path, mode, mtime, size, hash, base_hash, storage, payload })
+    }
+}
+
+/// What the records read so far have used up, for checking the next one.
+pub struct RecordState {
+    pub new_len: u64,
+    pub old_count: u64,
+    pub previous_old: i64,
+    /// Lower bound of the new archive's length implied by the records so far.
+    pub output_used: u64,
+    /// Σ of the sizes of non-copy records.
+    pub content_used: u64,
+    pub blobs: BlobCursor,
+    paths: HashSet<String>,
+    /// Bases used under their own path (records without PATH).
+    implicit: HashSet<u32>,
+}
+
+impl RecordState {
+    pub fn new(header: &PatchHeader, old_count: u64) -> RecordState {
+        let blobs_start = PATCH_HEADER_LEN + header.control_len;
+        RecordState {
+            new_len: header.new_len,
+            old_count,
+            previous_old: -1,
+            output_used: 0,
+            content_used: 0,
+            blobs: BlobCursor { cursor: blobs_start, end: blobs_start + header.blobs_len },
+            paths: HashSet::new(),
+            implicit: HashSet::new(),
+        }
+    }
+
+    fn output_left(&self) -> u64 {
+        self.new_len.saturating_sub(self.output_used)
+    }
+
+    /// Entries are stored compressed within the new file, and no zstd frame expands more than
+    /// 65536-fold, so content beyond that is a lie, not a big file.
+    fn content_left(&self) -> u64 {
+        self.new_len.saturating_mul(1 << 16).saturating_sub(self.content_used)
+    }
+
+    /// Accounts for one more entry and refuses a path named twice.
+    fn claim<R: Read>(&mut self, reader: &ControlReader<R>, path: Option<&str>, base: Option<u32>) -> Result<()> {
+        self.output_used = self.output_used.saturating_add(MIN_ENTRY_OUTPUT + path.map_or(0, |p| p.len() as u64));
+        let fresh = match (path, base) {
+            (Some(path), _) => self.paths.insert(path.to_owned()),
+            (None, Some(index)) => self.implicit.insert(index),
+            (None, None) => true,
+        };
+        if !fresh {
+            return Err(reader.corrupt("the new archive would hold this path twice"));
+        }
+        Ok(())
+    }
+}
+
+/// The fixed 80-byte header as it lies on disk.
+#[binrw]
+#[brw(little, magic = b"\x89MFP\r\n\x1a\n")]
+#[derive(Debug, Clone, Copy)]
+struct HeaderBlock {
+    version_major: u16,
+    version_minor: u16,
+    kind: u8,
+    flags: u8,
+    reserved: u16,
+    old_len: u64,
+    old_id: u64,
+    new_len: u64,
+    new_hash: u64,
+    control_len: u64,
+    blobs_len: u64,
+    body_hash: u64,
+    header_hash: u64,
+}
 
 /// The fixed 80-byte header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,23 +533,31 @@ impl PatchHeader {
         self.flags & FLAG_EXACT != 0
     }
 
+    fn block(&self, header_hash: u64) -> HeaderBlock {
+        HeaderBlock {
+            version_major: self.version_major,
+            version_minor: self.version_minor,
+            kind: self.kind,
+            flags: self.flags,
+            reserved: 0,
+            old_len: self.old_len,
+            old_id: self.old_id,
+            new_len: self.new_len,
+            new_hash: self.new_hash,
+            control_len: self.control_len,
+            blobs_len: self.blobs_len,
+            body_hash: self.body_hash,
+            header_hash,
+        }
+    }
+
     pub fn to_bytes(&self) -> [u8; PATCH_HEADER_LEN as usize] {
-        let mut b = [0u8; PATCH_HEADER_LEN as usize];
-        b[0..8].copy_from_slice(&PATCH_MAGIC);
-        b[8..10].copy_from_slice(&self.version_major.to_le_bytes());
-        b[10..12].copy_from_slice(&self.version_minor.to_le_bytes());
-        b[12] = self.kind;
-        b[13] = self.flags;
-        b[16..24].copy_from_slice(&self.old_len.to_le_bytes());
-        b[24..32].copy_from_slice(&self.old_id.to_le_bytes());
-        b[32..40].copy_from_slice(&self.new_len.to_le_bytes());
-        b[40..48].copy_from_slice(&self.new_hash.to_le_bytes());
-        b[48..56].copy_from_slice(&self.control_len.to_le_bytes());
-        b[56..64].copy_from_slice(&self.blobs_len.to_le_bytes());
-        b[64..72].copy_from_slice(&self.body_hash.to_le_bytes());
-        let hash = xxh3_64(&b[..72]);
-        b[72..80].copy_from_slice(&hash.to_le_bytes());
-        b
+        let mut cursor = io::Cursor::new([0u8; PATCH_HEADER_LEN as usize]);
+        self.block(0).write_le(&mut cursor).expect("the header fits its 80 bytes");
+        let mut bytes = cursor.into_inner();
+        let hash = xxh3_64(&bytes[..72]);
+        bytes[72..80].copy_from_slice(&hash.to_le_bytes());
+        bytes
     }
 
     /// Parses and checks a header; `file_len` is the patch file's length.
@@ -111,24 +575,20 @@ impl PatchHeader {
         if (bytes.len() as u64) < PATCH_HEADER_LEN {
             return Err(corrupt(bytes.len() as u64, "patch is truncated (shorter than its header)"));
         }
-        let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-        let u64_at = |at: usize| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(&bytes[at..at + 8]);
-            u64::from_le_bytes(a)
-        };
+        let block = HeaderBlock::read_le(&mut io::Cursor::new(&bytes[..PATCH_HEADER_LEN as usize]))
+            .map_err(|e| corrupt(0, &e.to_string()))?;
         let header = PatchHeader {
-            version_major: u16_at(8),
-            version_minor: u16_at(10),
-            kind: bytes[12],
-            flags: bytes[13],
-            old_len: u64_at(16),
-            old_id: u64_at(24),
-            new_len: u64_at(32),
-            new_hash: u64_at(40),
-            control_len: u64_at(48),
-            blobs_len: u64_at(56),
-            body_hash: u64_at(64),
+            version_major: block.version_major,
+            version_minor: block.version_minor,
+            kind: block.kind,
+            flags: block.flags,
+            old_len: block.old_len,
+            old_id: block.old_id,
+            new_len: block.new_len,
+            new_hash: block.new_hash,
+            control_len: block.control_len,
+            blobs_len: block.blobs_len,
+            body_hash: block.body_hash,
         };
         if header.version_major != PATCH_VERSION_MAJOR {
             return Err(Error::UnsupportedVersion {
@@ -137,13 +597,13 @@ impl PatchHeader {
                 minor: header.version_minor,
             });
         }
-        if xxh3_64(&bytes[..72]) != u64_at(72) {
+        if xxh3_64(&bytes[..72]) != block.header_hash {
             return Err(corrupt(72, "header checksum mismatch (the header is damaged)"));
         }
         if header.kind != KIND_ARCHIVE && header.kind != KIND_PLAIN {
             return Err(corrupt(12, &format!("unknown patch kind {}", header.kind)));
         }
-        if header.flags & !FLAGS_KNOWN != 0 || bytes[14] != 0 || bytes[15] != 0 {
+        if header.flags & !FLAGS_KNOWN != 0 || block.reserved != 0 {
             return Err(corrupt(13, "unknown flags or non-zero reserved bytes"));
         }
         if header.kind != KIND_ARCHIVE && header.flags & (FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D) != 0 {
@@ -160,6 +620,67 @@ impl PatchHeader {
             ));
         }
         Ok(header)
+    }
+}
+
+/// The settings that open an archive patch's control stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchivePreamble {
+    pub frame_size_log2: u8,
+    pub level: i8,
+    pub old_entry_count: u64,
+    pub new_entry_count: u64,
+}
+
+impl ArchivePreamble {
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.push(self.frame_size_log2);
+        out.push(self.level as u8);
+        put_varint(out, self.old_entry_count);
+        put_varint(out, self.new_entry_count);
+    }
+
+    /// Reads the preamble. Entry counts are held to what the old and new archives' lengths can
+    /// index (an entry takes at least one 64-byte index record), so a count never sizes anything
+    /// the declared files could not hold.
+    pub fn read<R: Read>(reader: &mut ControlReader<R>, header: &PatchHeader) -> Result<ArchivePreamble> {
+        let frame_size_log2 = reader.u8()?;
+        let level = reader.u8()? as i8;
+        mf_format::WriterOptions { level: i32::from(level), frame_size_log2 }
+            .validate()
+            .map_err(|e| reader.corrupt(format!("writer settings: {e}")))?;
+        let most = |len: u64| (len / MIN_ENTRY_OUTPUT).min(u64::from(u32::MAX));
+        let old_entry_count = reader.bounded(most(header.old_len), "old entry count")?;
+        let new_entry_count = reader.bounded(most(header.new_len), "new entry count")?;
+        Ok(ArchivePreamble { frame_size_log2, level, old_entry_count, new_entry_count })
+    }
+}
+
+/// The control stream of a plain patch: one op and its payload for the whole file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlainRecord {
+    pub op: Op,
+    pub payload: PayloadDesc,
+}
+
+impl PlainRecord {
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.push(self.op as u8);
+        self.payload.write(out, self.op);
+    }
+
+    pub fn read<R: Read>(reader: &mut ControlReader<R>, header: &PatchHeader) -> Result<PlainRecord> {
+        let at = reader.offset;
+        let byte = reader.u8()?;
+        let op = Op::from_byte(byte)
+            .filter(|&op| op != Op::Copy)
+            .ok_or_else(|| reader.corrupt_at(at, format!("unknown operation {byte}")))?;
+        let mut state = RecordState::new(header, 0);
+        let payload = PayloadDesc::read(reader, op, header.new_len, &mut state.blobs)?;
+        if state.blobs.cursor != state.blobs.end {
+            return Err(reader.corrupt("blob lengths do not add up to the blob section"));
+        }
+        Ok(PlainRecord { op, payload })
     }
 }
 
@@ -183,25 +704,37 @@ pub fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
-/// Reads the decompressed control stream, tracking the offset for errors.
+/// Reads a decompressed stream of the patch (the control stream, or a delta payload's controls),
+/// tracking the offset for errors.
 pub struct ControlReader<R: Read> {
     inner: R,
     pub offset: u64,
     file: PathBuf,
+    section: &'static str,
     /// The entry being parsed, for errors.
     pub entry: Option<String>,
 }
 
 impl<R: Read> ControlReader<R> {
     pub fn new(inner: R, file: &Path) -> Self {
-        ControlReader { inner, offset: 0, file: file.to_owned(), entry: None }
+        Self::for_section(inner, file, "control stream")
+    }
+
+    /// A reader whose errors name `section`.
+    pub fn for_section(inner: R, file: &Path, section: &'static str) -> Self {
+        ControlReader { inner, offset: 0, file: file.to_owned(), section, entry: None }
     }
 
     pub fn corrupt(&self, what: impl Into<String>) -> Error {
+        self.corrupt_at(self.offset, what)
+    }
+
+    /// An error about the bytes at `offset` of the stream.
+    pub fn corrupt_at(&self, offset: u64, what: impl Into<String>) -> Error {
         Error::CorruptPatch {
             file: self.file.clone(),
-            section: "control stream",
-            offset: self.offset,
+            section: self.section,
+            offset,
             entry: self.entry.clone(),
             what: what.into(),
         }
@@ -213,9 +746,9 @@ impl<R: Read> ControlReader<R> {
                 self.offset += buf.len() as u64;
                 Ok(())
             }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(self.corrupt("control stream ends early")),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(self.corrupt("the stream ends early")),
             Err(e) if e.kind() == io::ErrorKind::InvalidData || e.kind() == io::ErrorKind::Other => {
-                Err(self.corrupt(format!("control stream does not decode: {e}")))
+                Err(self.corrupt(format!("the stream does not decode: {e}")))
             }
             Err(e) => Err(Error::io(&self.file, e)),
         }
@@ -268,13 +801,13 @@ impl<R: Read> ControlReader<R> {
         let mut out = Vec::new();
         let got = (&mut self.inner).take(len).read_to_end(&mut out).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData | io::ErrorKind::Other => {
-                self.corrupt(format!("control stream does not decode: {e}"))
+                self.corrupt(format!("the stream does not decode: {e}"))
             }
             _ => Error::io(&self.file, e),
         })?;
         if (got as u64) < len {
             self.offset += got as u64;
-            return Err(self.corrupt("control stream ends early"));
+            return Err(self.corrupt("the stream ends early"));
         }
         self.offset += len;
         Ok(out)
@@ -286,26 +819,38 @@ impl<R: Read> ControlReader<R> {
         match self.inner.read(&mut b) {
             Ok(0) => Ok(()),
             Ok(_) => Err(self.corrupt("trailing bytes after the last record")),
-            Err(e) => Err(self.corrupt(format!("control stream does not decode: {e}"))),
+            Err(e) => Err(self.corrupt(format!("the stream does not decode: {e}"))),
         }
     }
 }
 
-/// A writer that hashes (xxh3) and counts what passes through.
+/// A writer that hashes (xxh3) and counts what passes through, and refuses to pass `limit` bytes
+/// (the output length a patch declares), so a lying patch fails as soon as it writes too much.
 pub struct HashingWriter<W: Write> {
     pub inner: W,
     pub hasher: xxhash_rust::xxh3::Xxh3,
     pub len: u64,
+    pub limit: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: xxhash_rust::xxh3::Xxh3::new(), len: 0 }
+        Self::with_limit(inner, u64::MAX)
+    }
+
+    pub fn with_limit(inner: W, limit: u64) -> Self {
+        HashingWriter { inner, hasher: xxhash_rust::xxh3::Xxh3::new(), len: 0, limit }
     }
 }
 
+/// The message of the error [`HashingWriter`] returns past its limit.
+pub const OVER_LIMIT: &str = "the output grows past the length the patch declares";
+
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.len.saturating_add(buf.len() as u64) > self.limit {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, OVER_LIMIT));
+        }
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.len += n as u64;
@@ -338,11 +883,121 @@ mod tests {
         }
     }
 
+    fn archive_header(new_len: u64, control_len: u64, blobs_len: u64) -> PatchHeader {
+        PatchHeader {
+            version_major: PATCH_VERSION_MAJOR,
+            version_minor: PATCH_VERSION_MINOR,
+            kind: KIND_ARCHIVE,
+            flags: 0,
+            old_len: 1 << 20,
+            old_id: 0,
+            new_len,
+            new_hash: 0,
+            control_len,
+            blobs_len,
+            body_hash: 0,
+        }
+    }
+
+    fn record(op: Op, old_index: Option<u32>, path: Option<&str>, payload: PayloadDesc) -> EntryRecord {
+        EntryRecord {
+            at: 0,
+            op,
+            old_index,
+            path: path.map(str::to_owned),
+            mode: Some(0o755),
+            mtime: Some((-5, 7)),
+            size: if op == Op::Copy { 0 } else { 100 },
+            hash: if op == Op::Copy { 0 } else { 42 },
+            base_hash: matches!(op, Op::Delta | Op::ZstdRef).then_some(43),
+            storage: if op == Op::Copy { Storage::Verbatim } else { Storage::Bitmap(vec![1]) },
+            payload,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_one_declaration() {
+        let delta = DeltaDesc {
+            control_count: 2,
+            delta_len: 60,
+            controls_blob: 10,
+            delta_blob: 20,
+            extra_blob: 30,
+            blob_at: 0,
+        };
+        let block = |old_len| BlockDesc { new_len: 100, old_start: 3, old_len, blob_len: 12, blob_at: 0 };
+        let records = vec![
+            record(Op::Copy, Some(2), None, PayloadDesc::None),
+            record(Op::Delta, Some(0), Some("a/b.txt"), PayloadDesc::Delta(delta)),
+            record(Op::ZstdRef, Some(1), None, PayloadDesc::Blocks(vec![block(50)])),
+            record(Op::Full, None, Some("new.bin"), PayloadDesc::Blocks(vec![BlockDesc { old_start: 0, ..block(0) }])),
+        ];
+        let mut control = Vec::new();
+        let mut previous = -1;
+        for r in &records {
+            r.write(&mut control, &mut previous);
+        }
+        let header = archive_header(1 << 20, 0, 60 + 12 + 12);
+        let mut state = RecordState::new(&header, 3);
+        let mut reader = ControlReader::new(&control[..], Path::new("p"));
+        let mut blob_at = PATCH_HEADER_LEN;
+        for expected in &records {
+            let got = EntryRecord::read(&mut reader, &mut state).unwrap();
+            let mut expected = expected.clone();
+            expected.at = got.at;
+            match &mut expected.payload {
+                PayloadDesc::Delta(d) => d.blob_at = blob_at,
+                PayloadDesc::Blocks(blocks) => blocks[0].blob_at = blob_at,
+                PayloadDesc::None => {}
+            }
+            blob_at += expected.payload.patch_bytes();
+            assert_eq!(got, expected);
+        }
+        reader.expect_end().unwrap();
+        assert_eq!(state.blobs.cursor, state.blobs.end);
+    }
+
+    #[test]
+    fn reading_refuses_duplicates_and_records_beyond_the_declared_output() {
+        let mut control = Vec::new();
+        let mut previous = -1;
+        record(Op::Copy, Some(0), None, PayloadDesc::None).write(&mut control, &mut previous);
+        record(Op::Copy, Some(0), None, PayloadDesc::None).write(&mut control, &mut previous);
+        let header = archive_header(1 << 20, 0, 0);
+        let mut state = RecordState::new(&header, 1);
+        let mut reader = ControlReader::new(&control[..], Path::new("p"));
+        EntryRecord::read(&mut reader, &mut state).unwrap();
+        let err = EntryRecord::read(&mut reader, &mut state).unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
+
+        // Two records need two 64-byte index records: 100 bytes of declared output hold one.
+        let mut control = Vec::new();
+        let mut previous = -1;
+        record(Op::Copy, Some(0), None, PayloadDesc::None).write(&mut control, &mut previous);
+        record(Op::Copy, Some(1), None, PayloadDesc::None).write(&mut control, &mut previous);
+        let mut state = RecordState::new(&archive_header(100, 0, 0), 2);
+        let mut reader = ControlReader::new(&control[..], Path::new("p"));
+        EntryRecord::read(&mut reader, &mut state).unwrap();
+        let err = EntryRecord::read(&mut reader, &mut state).unwrap_err().to_string();
+        assert!(err.contains("the patch declares 100"), "{err}");
+
+        // A block count beyond what the blob bytes left can hold fails before anything is allocated.
+        let mut control = Vec::new();
+        let huge = record(Op::Full, None, Some("x"), PayloadDesc::None);
+        huge.write(&mut control, &mut -1);
+        put_varint(&mut control, 1 << 40);
+        let mut state = RecordState::new(&archive_header(1 << 20, 0, 90), 0);
+        let err = EntryRecord::read(&mut ControlReader::new(&control[..], Path::new("p")), &mut state)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("block count"), "{err}");
+    }
+
     #[test]
     fn header_round_trips_and_detects_damage() {
         let header = PatchHeader {
-            version_major: 1,
-            version_minor: 0,
+            version_major: PATCH_VERSION_MAJOR,
+            version_minor: PATCH_VERSION_MINOR,
             kind: KIND_ARCHIVE,
             flags: FLAG_EXACT,
             old_len: 10,

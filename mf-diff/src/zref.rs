@@ -6,20 +6,24 @@ use std::io;
 
 use zstd::zstd_safe::{CCtx, CParameter};
 
+use crate::wire::{REF_WINDOW_LOG_MAX, STREAM_WINDOW_LOG_MAX};
+
 fn zerr(code: usize) -> io::Error {
     io::Error::other(zstd::zstd_safe::get_error_name(code).to_owned())
 }
 
-/// Smallest window log covering `len` bytes, within zstd's limits.
-fn window_log(len: u64) -> u32 {
+/// Smallest window log covering `len` bytes, within zstd's limits and `max` (spec/PATCH.md bounds
+/// every frame's window so appliers decode in bounded memory).
+fn window_log(len: u64, max: u32) -> u32 {
     let bits = 64 - len.max(1).leading_zeros();
-    bits.clamp(10, 30)
+    bits.clamp(10, max)
 }
 
 /// Compresses `new` with `prefix` as a single-use dictionary at `level`.
 pub fn compress(prefix: &[u8], new: &[u8], level: i32) -> io::Result<Vec<u8>> {
     let mut cctx = CCtx::create();
-    let window = window_log(prefix.len() as u64 + new.len() as u64);
+    let max = if prefix.is_empty() { STREAM_WINDOW_LOG_MAX } else { REF_WINDOW_LOG_MAX };
+    let window = window_log(prefix.len() as u64 + new.len() as u64, max);
     cctx.set_parameter(CParameter::CompressionLevel(level)).map_err(zerr)?;
     cctx.set_parameter(CParameter::WindowLog(window)).map_err(zerr)?;
     if window > 27 {
@@ -38,24 +42,29 @@ pub fn compress_plain(new: &[u8], level: i32) -> io::Result<Vec<u8>> {
     compress(&[], new, level)
 }
 
-/// Decodes a frame made by [`compress`] into exactly `size` bytes; any other length is an error.
-/// The output grows only as bytes are decoded, so a frame that merely declares a huge size cannot
-/// make it allocate.
-pub fn decompress(prefix: &[u8], frame: &[u8], size: u64) -> io::Result<Vec<u8>> {
+/// Decodes one frame made by [`compress`], read from `frame`, into exactly `size` bytes; any other
+/// length, a window above `window_log_max`, or bytes after the frame are errors. The output grows
+/// only as bytes are decoded, so a frame that merely declares a huge size cannot make it allocate.
+pub fn decompress_from(prefix: &[u8], frame: impl io::BufRead, size: u64, window_log_max: u32) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    match zstd::zstd_safe::get_frame_content_size(frame) {
-        Ok(Some(declared)) if declared == size => {}
-        _ => return Err(invalid("zstd frame does not declare the expected size")),
-    }
     let mut decoder = zstd::stream::read::Decoder::with_ref_prefix(frame, prefix)?.single_frame();
-    decoder.window_log_max(31)?;
+    decoder.window_log_max(window_log_max)?;
     let mut out = Vec::new();
-    decoder.take(size.saturating_add(1)).read_to_end(&mut out)?;
+    (&mut decoder).take(size.saturating_add(1)).read_to_end(&mut out)?;
     if out.len() as u64 != size {
         return Err(invalid("zstd frame decodes to the wrong size"));
     }
+    if !decoder.finish().fill_buf()?.is_empty() {
+        return Err(invalid("bytes follow the zstd frame"));
+    }
     Ok(out)
+}
+
+/// [`decompress_from`] on a frame in memory, with the widest window this format allows.
+#[cfg(test)]
+pub fn decompress(prefix: &[u8], frame: &[u8], size: u64) -> io::Result<Vec<u8>> {
+    decompress_from(prefix, frame, size, REF_WINDOW_LOG_MAX)
 }
 
 /// Estimated compression working set beyond the input buffers, in bytes.

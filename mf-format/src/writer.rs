@@ -423,15 +423,40 @@ impl<W: Write> ArchiveWriter<W> {
                 data.len().div_ceil(frame_size)
             )));
         }
+        self.add_reader_with_frames(path, data, options, compressed)
+    }
+
+    /// As [`add_bytes_with_frames`](Self::add_bytes_with_frames), streaming the content from
+    /// `reader` a bounded batch of frames at a time (compressed in parallel), so memory does not grow
+    /// with the entry's size. The reader must yield exactly as many frames as `compressed` has
+    /// decisions; a read error or a frame count that differs fails the entry.
+    pub fn add_reader_with_frames(
+        &mut self,
+        path: &str,
+        mut reader: impl Read,
+        options: EntryOptions,
+        compressed: &[bool],
+    ) -> Result<()> {
         self.claim_entry(path, &options)?;
         let level = self.options.level;
+        let frame_size = self.options.frame_size();
         let mut entry = self.begin_entry(path, options)?;
         let batch_frames = (self.batch_bytes() / frame_size).max(1);
-        let chunks: Vec<&[u8]> = data.chunks(frame_size).collect();
-        for (chunk_batch, flag_batch) in chunks.chunks(batch_frames).zip(compressed.chunks(batch_frames)) {
-            let frames: Vec<StoredFrame> = chunk_batch
-                .par_iter()
-                .zip(flag_batch.par_iter())
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.resize(batch_frames * frame_size, 0);
+        let mut hasher = Xxh3::new();
+        let (mut size, mut frame_index) = (0u64, 0usize);
+        let wrong_count =
+            || Error::InvalidOption(format!("entry '{path}': its content does not have {} frames", compressed.len()));
+        loop {
+            let filled = read_full(&mut reader, &mut buffer).map_err(|e| Error::io(path, e))?;
+            let block = &buffer[..filled];
+            let frames_in = filled.div_ceil(frame_size);
+            let flags = compressed.get(frame_index..frame_index + frames_in).ok_or_else(wrong_count)?;
+            hasher.update(block);
+            let frames: Vec<StoredFrame> = block
+                .par_chunks(frame_size)
+                .zip(flags.par_iter())
                 .map(|(chunk, &compress)| {
                     if !compress {
                         return Ok(StoredFrame::Raw);
@@ -445,11 +470,20 @@ impl<W: Write> ArchiveWriter<W> {
                 })
                 .collect::<io::Result<_>>()
                 .map_err(|e| Error::io(path, e))?;
-            for (frame, chunk) in frames.iter().zip(chunk_batch) {
+            for (frame, chunk) in frames.iter().zip(block.chunks(frame_size)) {
                 self.write_frame(&mut entry, frame, chunk)?;
             }
+            size += filled as u64;
+            frame_index += frames_in;
+            if filled < buffer.len() {
+                break;
+            }
         }
-        self.end_entry(entry, data.len() as u64, xxhash_rust::xxh3::xxh3_64(data));
+        self.buffer = buffer;
+        if frame_index != compressed.len() {
+            return Err(wrong_count());
+        }
+        self.end_entry(entry, size, hasher.digest());
         Ok(())
     }
 

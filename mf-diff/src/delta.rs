@@ -1,0 +1,289 @@
+//! Delta payloads: the bsdiff model (controls, delta bytes, extra bytes) kept as three separately
+//! compressed streams, so an applier decodes them side by side, a buffer at a time, reading the old
+//! content by random access (spec/PATCH.md, "delta"). HDiffPatch keeps its streams apart for the
+//! same reason: nothing of the entry has to be in memory at once.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::source::BlobStream;
+use crate::wire::{put_varint, unzigzag, zigzag, ControlReader, DeltaDesc, STREAM_WINDOW_LOG_MAX};
+use crate::zref;
+
+/// One control: emit `add` bytes old[p+i]+delta[i] (mod 256), then `copy` bytes of extra, then p += seek.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Control {
+    pub add: u64,
+    pub copy: u64,
+    pub seek: i64,
+}
+
+/// A delta turning one old content into one new content.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeltaParts {
+    pub controls: Vec<Control>,
+    pub delta: Vec<u8>,
+    pub extra: Vec<u8>,
+}
+
+/// A delta as it goes into a patch: three zstd frames (empty when their stream is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedDelta {
+    pub control_count: u64,
+    pub delta_len: u64,
+    pub controls: Vec<u8>,
+    pub delta: Vec<u8>,
+    pub extra: Vec<u8>,
+}
+
+impl EncodedDelta {
+    /// The payload descriptor (blob positions are the reader's business).
+    pub fn desc(&self) -> DeltaDesc {
+        DeltaDesc {
+            control_count: self.control_count,
+            delta_len: self.delta_len,
+            controls_blob: self.controls.len() as u64,
+            delta_blob: self.delta.len() as u64,
+            extra_blob: self.extra.len() as u64,
+            blob_at: 0,
+        }
+    }
+
+    /// Bytes the three blobs take.
+    pub fn len(&self) -> u64 {
+        (self.controls.len() + self.delta.len() + self.extra.len()) as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl DeltaParts {
+    /// Bytes the delta produces.
+    pub fn output_len(&self) -> u64 {
+        self.controls.iter().map(|c| c.add + c.copy).sum()
+    }
+
+    /// Compresses the three streams at `level`. Controls that produce nothing are folded into the
+    /// previous control's seek, so every control but a leading one produces a byte (the reader holds
+    /// the control count to the entry's size).
+    pub fn encode(&self, level: i32) -> io::Result<EncodedDelta> {
+        let add: u64 = self.controls.iter().map(|c| c.add).sum();
+        let copy: u64 = self.controls.iter().map(|c| c.copy).sum();
+        if add != self.delta.len() as u64 || copy != self.extra.len() as u64 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "delta controls do not match their streams"));
+        }
+        let mut folded: Vec<Control> = Vec::with_capacity(self.controls.len());
+        for control in &self.controls {
+            match folded.last_mut() {
+                Some(last) if control.add == 0 && control.copy == 0 => last.seek += control.seek,
+                _ => folded.push(*control),
+            }
+        }
+        let mut raw = Vec::with_capacity(folded.len() * 4);
+        for control in &folded {
+            put_varint(&mut raw, control.add);
+            put_varint(&mut raw, control.copy);
+            put_varint(&mut raw, zigzag(control.seek));
+        }
+        let frame = |bytes: &[u8]| -> io::Result<Vec<u8>> {
+            if bytes.is_empty() {
+                Ok(Vec::new())
+            } else {
+                zref::compress_plain(bytes, level)
+            }
+        };
+        Ok(EncodedDelta {
+            control_count: folded.len() as u64,
+            delta_len: add,
+            controls: frame(&raw)?,
+            delta: frame(&self.delta)?,
+            extra: frame(&self.extra)?,
+        })
+    }
+}
+
+/// Random access to the old content a delta reads, through a cache of one aligned chunk (the
+/// mapping of a raw entry, or the frames covering the chunk of a compressed one).
+pub(crate) struct OldCursor<'a> {
+    read: Box<dyn Fn(u64, usize) -> Result<Vec<u8>> + 'a>,
+    size: u64,
+    start: u64,
+    data: Vec<u8>,
+}
+
+/// Old bytes cached at once while applying a delta.
+const OLD_CHUNK: u64 = 1 << 20;
+
+impl<'a> OldCursor<'a> {
+    pub fn new(size: u64, read: impl Fn(u64, usize) -> Result<Vec<u8>> + 'a) -> Self {
+        OldCursor { read: Box::new(read), size, start: 0, data: Vec::new() }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// `len` old bytes from `start`, read directly (reference windows of zstd-ref blocks).
+    pub fn read_exact(&self, start: u64, len: usize) -> Result<Vec<u8>> {
+        (self.read)(start, len)
+    }
+
+    /// The cached old bytes from `pos` to the end of its chunk (`pos` < size).
+    pub fn at(&mut self, pos: u64) -> Result<&[u8]> {
+        if pos < self.start || pos >= self.start + self.data.len() as u64 {
+            let start = pos / OLD_CHUNK * OLD_CHUNK;
+            let len = OLD_CHUNK.min(self.size - start) as usize;
+            self.data = (self.read)(start, len)?;
+            self.start = start;
+        }
+        Ok(&self.data[(pos - self.start) as usize..])
+    }
+}
+
+/// Applies a delta payload as a stream: each call produces the next bytes of the new content.
+pub(crate) struct DeltaReader<'a> {
+    controls: ControlReader<BlobStream<'a>>,
+    delta: BlobStream<'a>,
+    extra: BlobStream<'a>,
+    old: OldCursor<'a>,
+    patch: &'a Path,
+    entry: String,
+    controls_left: u64,
+    add_left: u64,
+    copy_left: u64,
+    seek: Option<i64>,
+    pos: i64,
+    produced: u64,
+    size: u64,
+}
+
+impl<'a> DeltaReader<'a> {
+    pub fn new(
+        file: &'a File,
+        patch: &'a Path,
+        desc: &DeltaDesc,
+        size: u64,
+        old: OldCursor<'a>,
+        entry: &str,
+    ) -> Result<Self> {
+        let open = |at: u64, len: u64, section: &'static str| {
+            BlobStream::open(file, patch, at, len, STREAM_WINDOW_LOG_MAX, section, entry)
+        };
+        let delta_at = desc.blob_at + desc.controls_blob;
+        let extra_at = delta_at + desc.delta_blob;
+        let mut controls = ControlReader::for_section(
+            open(desc.blob_at, desc.controls_blob, "delta controls")?,
+            patch,
+            "delta controls",
+        );
+        controls.entry = Some(entry.to_owned());
+        Ok(DeltaReader {
+            controls,
+            delta: open(delta_at, desc.delta_blob, "delta bytes")?,
+            extra: open(extra_at, desc.extra_blob, "extra bytes")?,
+            old,
+            patch,
+            entry: entry.to_owned(),
+            controls_left: desc.control_count,
+            add_left: 0,
+            copy_left: 0,
+            seek: None,
+            pos: 0,
+            produced: 0,
+            size,
+        })
+    }
+
+    fn corrupt(&self, what: impl Into<String>) -> Error {
+        Error::CorruptPatch {
+            file: self.patch.to_owned(),
+            section: "delta controls",
+            offset: self.controls.offset,
+            entry: Some(self.entry.clone()),
+            what: what.into(),
+        }
+    }
+
+    /// Reads the next control, holding it to the entry's size before it produces anything.
+    fn next_control(&mut self) -> Result<bool> {
+        if self.controls_left == 0 {
+            return Ok(false);
+        }
+        self.controls_left -= 1;
+        let add = self.controls.varint()?;
+        let copy = self.controls.varint()?;
+        let seek = unzigzag(self.controls.varint()?);
+        let total = add.checked_add(copy).and_then(|n| n.checked_add(self.produced));
+        if total.is_none_or(|t| t > self.size) {
+            return Err(self.corrupt(format!("controls produce more than the entry's {} bytes", self.size)));
+        }
+        (self.add_left, self.copy_left, self.seek) = (add, copy, Some(seek));
+        Ok(true)
+    }
+
+    /// Produces up to `buf.len()` bytes; 0 at the end, after checking that every stream was used
+    /// up exactly.
+    pub fn produce(&mut self, buf: &mut [u8]) -> Result<usize> {
+        loop {
+            if self.add_left > 0 {
+                let pos = u64::try_from(self.pos).ok().filter(|&p| p < self.old.size()).ok_or_else(|| {
+                    self.corrupt(format!("a control reads old byte {} outside the old content", self.pos))
+                })?;
+                let want = (buf.len() as u64).min(self.add_left) as usize;
+                let old = self.old.at(pos)?;
+                let n = want.min(old.len());
+                let out = &mut buf[..n];
+                self.delta.read_exact(out).map_err(|e| self.delta.error(e, "the delta stream ends early"))?;
+                for (byte, o) in out.iter_mut().zip(&old[..n]) {
+                    *byte = byte.wrapping_add(*o);
+                }
+                self.add_left -= n as u64;
+                self.pos += n as i64;
+                self.produced += n as u64;
+                return Ok(n);
+            }
+            if self.copy_left > 0 {
+                let n = (buf.len() as u64).min(self.copy_left) as usize;
+                self.extra.read_exact(&mut buf[..n]).map_err(|e| self.extra.error(e, "the extra stream ends early"))?;
+                self.copy_left -= n as u64;
+                self.produced += n as u64;
+                return Ok(n);
+            }
+            if let Some(seek) = self.seek.take() {
+                self.pos = self.pos.checked_add(seek).ok_or_else(|| self.corrupt("a seek overflows"))?;
+            }
+            if !self.next_control()? {
+                break;
+            }
+        }
+        if self.produced != self.size {
+            return Err(self.corrupt(format!("controls produce {} bytes, the entry has {}", self.produced, self.size)));
+        }
+        self.controls.expect_end()?;
+        self.delta.finish("the delta stream")?;
+        self.extra.finish("the extra stream")?;
+        Ok(0)
+    }
+}
+
+/// Applies a delta to in-memory old content (for tests and small callers).
+pub fn apply_in_memory(old: &[u8], parts: &DeltaParts) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut pos, mut d, mut e) = (0i64, 0usize, 0usize);
+    for c in &parts.controls {
+        for i in 0..c.add as usize {
+            let o = *old.get(usize::try_from(pos).ok()? + i)?;
+            out.push(o.wrapping_add(*parts.delta.get(d + i)?));
+        }
+        pos += c.add as i64;
+        d += c.add as usize;
+        out.extend_from_slice(parts.extra.get(e..e + c.copy as usize)?);
+        e += c.copy as usize;
+        pos = pos.checked_add(c.seek)?;
+    }
+    Some(out)
+}
