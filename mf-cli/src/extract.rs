@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use mf_format::{AnyArchive as Archive, AnyEntry as Entry};
+use mf_panda3d::{AnyArchive as Archive, AnyEntry as Entry};
 use rayon::prelude::*;
 
 use crate::archive_cmds::{open_any, PasswordArg};
@@ -32,10 +32,12 @@ pub struct ExtractArgs {
 
 pub fn run(args: ExtractArgs) -> Outcome {
     let archive = open_any(&args.archive, &args.password)?;
+    // A file that is also a directory (`a` and `a/b`) cannot be extracted whole: refuse before writing.
+    archive.check_paths()?;
     let selected = select(&archive, &args.paths)?;
     if args.password.password.is_none() {
         if let Some(encrypted) = selected.iter().find(|e| e.is_encrypted()) {
-            return Err(mf_format::Error::PasswordRequired {
+            return Err(mf_panda3d::Error::PasswordRequired {
                 file: args.archive.clone(),
                 entry: encrypted.path().to_owned(),
             }

@@ -62,21 +62,19 @@
 //! # Ok::<(), mf_format::Error>(())
 //! ```
 
-pub mod any;
 pub mod atomic;
 pub mod error;
 pub mod format;
-mod mapping;
+pub mod mapping;
 pub mod pack;
-pub mod panda3d;
 pub mod path;
 pub mod policy;
 pub mod reader;
 pub mod writer;
 
-pub use any::{AnyArchive, AnyEntry, ArchiveFormat};
 pub use atomic::{remove_pending_temp_files, AtomicFile};
 pub use error::{Error, Result};
+pub use mapping::Backing;
 pub use pack::{pack_inputs, PackInput};
 pub use path::{entry_path_from_fs, validate_path};
 pub use reader::{Archive, Entry, EntryReader, StoredAs};
