@@ -638,7 +638,8 @@ fn release_add_and_update_work_on_panda3d_multifiles() {
     let d = dir.path();
     mf_ok(d, &["keygen", "release"]);
     let text: String = (0..30_000).map(|i| format!("line {i}\n")).collect();
-    let versions: [(&str, Vec<(&str, Vec<u8>)>); 3] = [
+    type Files = Vec<(&'static str, Vec<u8>)>;
+    let versions: [(&str, Files); 3] = [
         (
             "1.0",
             vec![("a.txt", text.clone().into_bytes()), ("img/logo.png", noise(40_000, 1)), ("b.bin", noise(9000, 2))],

@@ -268,6 +268,11 @@ fn binrw_to_io(error: binrw::Error) -> io::Error {
     }
 }
 
+/// Returns `error` as this crate's error (writer failures are all container-level errors).
+fn fail<T>(error: FormatError) -> Result<T> {
+    Err(error.into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,9 +326,4 @@ mod tests {
         assert!(writer.add(&mut &b"y"[..]).is_err(), "more subfiles than planned");
         assert!(new(vec![spec("a")], &ok).unwrap().finish().is_err(), "fewer subfiles than planned");
     }
-}
-
-/// Returns `error` as this crate's error (writer failures are all container-level errors).
-fn fail<T>(error: FormatError) -> Result<T> {
-    Err(error.into())
 }
