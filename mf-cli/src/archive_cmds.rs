@@ -304,11 +304,7 @@ pub fn info(args: InfoArgs) -> Outcome {
             })
             .collect(),
     });
-    let index_size = match &archive {
-        AnyArchive::Mf(mf) => mf.index_extent().1,
-        // Where the chain ends; for appended (non-contiguous) chains this spans the data between.
-        AnyArchive::Panda3d(multifile) => multifile.index_end().saturating_sub(multifile.index_start()),
-    };
+    let index_size = archive.index_size();
     let info = InfoJson {
         archive: args.archive.display().to_string(),
         format: archive.format().name(),

@@ -291,6 +291,15 @@ impl AnyArchive {
         }
     }
 
+    /// Bytes of the index: mf's index section; for Panda3D, from the first index entry to the end of
+    /// the chain (for appended, non-contiguous chains this spans the data in between).
+    pub fn index_size(&self) -> u64 {
+        match self {
+            AnyArchive::Mf(archive) => archive.index_extent().1,
+            AnyArchive::Panda3d(multifile) => multifile.index_end().saturating_sub(multifile.index_start()),
+        }
+    }
+
     /// Sum of the entries' content sizes.
     pub fn total_size(&self) -> u64 {
         match self {
