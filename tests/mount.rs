@@ -666,3 +666,48 @@ fn panda3d_multifiles_overlay_with_mf_archives() {
     mf_ok(scratch.path(), &["umount", scratch.mnt()]);
     assert!(!is_mounted(&mnt));
 }
+
+#[test]
+fn a_multifile_with_a_file_that_is_also_a_directory_is_refused_by_the_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let archive = common::craft_multifile(
+        scratch.path(),
+        "conflict.mf",
+        "[('a', b'file a', 0, 0), ('a/b', b'file a/b', 0, 0), ('c', b'c', 0, 0)]",
+    );
+    let err = mf_fails(scratch.path(), &["mount", "--background", archive.to_str().unwrap(), scratch.mnt()], 1);
+    assert!(err.contains("conflict.mf") && err.contains("'a' is a subfile and also a directory of 'a/b'"), "{err}");
+    assert!(!is_mounted(&scratch.mount_point), "nothing is mounted");
+}
+
+#[test]
+fn a_zlib_bomb_subfile_is_refused_per_read_within_the_cache_budget() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    // 1 GiB of zeros deflates to about 1 MiB; next to it a small compressed subfile that must still read.
+    let archive = common::craft_multifile(
+        scratch.path(),
+        "bomb.mf",
+        "[('bomb.bin', (lambda c: b''.join(c.compress(bytes(1 << 20)) for _ in range(1024)) + c.flush())\
+         (zlib.compressobj(9)), 0x08, 1 << 30), ('small.txt', zlib.compress(b'hello ' * 1000), 0x08, 6000)]",
+    );
+    let log = scratch.path().join("daemon.log");
+    scratch.mount_background(&[&archive], &["--cache-size", "64M", "--log", log.to_str().unwrap()]);
+    let mnt = scratch.mount_point.clone();
+    assert_eq!(std::fs::read(mnt.join("small.txt")).unwrap(), b"hello ".repeat(1000));
+    assert_eq!(std::fs::metadata(mnt.join("bomb.bin")).unwrap().len(), 1 << 30);
+    // Reading 4 KiB would inflate the whole GiB for every request; it is refused at once instead.
+    let started = Instant::now();
+    let mut head = [0u8; 4096];
+    let read = File::open(mnt.join("bomb.bin")).unwrap().read(&mut head);
+    assert_eq!(errno(read), Some(libc::EIO), "a subfile larger than the cache is refused");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused without inflating it");
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("bomb.bin") && logged.contains("cache size"), "log: {logged}");
+}

@@ -610,3 +610,99 @@ fn diff_and_apply_between_panda3d_multifiles() {
     mf_ok(d, &["apply", "plain.mfp", "v1.mf", "-o", "notes.out"]);
     assert_eq!(std::fs::read(d.join("notes.out")).unwrap(), std::fs::read(d.join("notes.bin")).unwrap());
 }
+
+#[test]
+fn extract_refuses_a_multifile_with_a_file_that_is_also_a_directory_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::craft_multifile(
+        d,
+        "conflict.mf",
+        "[('a', b'file a', 0, 0), ('a/b', b'file a/b', 0, 0), ('c', b'c', 0, 0)]",
+    );
+    // Readable as Panda3D reads it: listing works.
+    assert!(mf_ok(d, &["list", "conflict.mf"]).contains("a/b"));
+    let err = mf_fails(d, &["extract", "conflict.mf", "-C", "out"], 1);
+    assert!(err.contains("conflict.mf") && err.contains("'a' is a subfile and also a directory of 'a/b'"), "{err}");
+    let written: Vec<_> =
+        std::fs::read_dir(d.join("out")).map(|r| r.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(written.is_empty(), "nothing written: {written:?}");
+}
+
+/// Publishes Panda3D multifiles with `mf release add` and updates an installed one with `mf update`
+/// from a real nginx: patches between multifiles written by `mf convert` rebuild them byte for byte;
+/// a multifile multify wrote (not laid out as mf writes it) gets no patch and is installed in full.
+#[test]
+fn release_add_and_update_work_on_panda3d_multifiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mf_ok(d, &["keygen", "release"]);
+    let text: String = (0..30_000).map(|i| format!("line {i}\n")).collect();
+    type Files = Vec<(&'static str, Vec<u8>)>;
+    let versions: [(&str, Files); 3] = [
+        (
+            "1.0",
+            vec![("a.txt", text.clone().into_bytes()), ("img/logo.png", noise(40_000, 1)), ("b.bin", noise(9000, 2))],
+        ),
+        (
+            "1.1",
+            vec![
+                ("a.txt", text.replacen("line 7\n", "line seven\n", 1).into_bytes()),
+                ("img/logo.png", noise(40_000, 1)),
+            ],
+        ),
+        ("1.2", vec![("a.txt", text.replacen("line 9\n", "line nine\n", 1).into_bytes()), ("c.txt", b"new".to_vec())]),
+    ];
+    for (version, files) in &versions {
+        let tree = d.join(format!("tree-{version}"));
+        let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+        write_tree(&tree, &borrowed);
+        mf_ok(d, &["pack", tree.to_str().unwrap(), "-o", &format!("{version}.mf")]);
+        mf_ok(d, &["convert", &format!("{version}.mf"), &format!("{version}.p3d"), "--to", "panda3d"]);
+        let added = json(
+            d,
+            &[
+                "release",
+                "add",
+                "repo",
+                version,
+                &format!("{version}.p3d"),
+                "--sign",
+                "release.key",
+                "--patch-from-last",
+                "1",
+                "--json",
+            ],
+        );
+        if *version != "1.0" {
+            assert_eq!(added["patches"].as_array().unwrap().len(), 1, "a patch from the previous version: {added}");
+            assert!(added["patches_skipped"].as_array().unwrap().is_empty(), "{added}");
+        }
+    }
+    // The real Panda3D tools read what is published.
+    assert_eq!(multify_extract(&d.join("1.2.p3d"), &d.join("ref"), &[]), read_tree(&d.join("tree-1.2")));
+
+    let server = common::nginx::Nginx::serve(&d.join("repo"));
+    std::fs::copy(d.join("1.0.p3d"), d.join("game.mf")).unwrap();
+    let out = mf_ok(d, &["update", "--repo", &server.url(), "--key", "release.pub", "game.mf", "--json"]);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kinds: Vec<&str> = outcome["route"].as_array().unwrap().iter().map(|p| p["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["patch", "patch"], "1.0 -> 1.1 -> 1.2 by patches: {outcome}");
+    assert_eq!(std::fs::read(d.join("game.mf")).unwrap(), std::fs::read(d.join("1.2.p3d")).unwrap());
+    assert_eq!(json(d, &["info", "game.mf", "--json"])["format"], "panda3d");
+
+    // 1.3 made by multify: no patch can rebuild it byte for byte, so clients download it whole.
+    let tree = d.join("tree-1.3");
+    write_tree(&tree, &[("a.txt", text.as_bytes()), ("d.txt", b"multify made this")]);
+    multify_all(&tree, &d.join("1.3.p3d"));
+    let added = json(
+        d,
+        &["release", "add", "repo", "1.3", "1.3.p3d", "--sign", "release.key", "--patch-from-last", "1", "--json"],
+    );
+    assert!(added["patches"].as_array().unwrap().is_empty(), "{added}");
+    assert!(added["patches_skipped"][0]["reason"].as_str().unwrap().contains("byte for byte"), "{added}");
+    let out = mf_ok(d, &["update", "--repo", &server.url(), "--key", "release.pub", "game.mf", "--json"]);
+    let outcome: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(outcome["route"][0]["kind"], "full", "{outcome}");
+    assert_eq!(std::fs::read(d.join("game.mf")).unwrap(), std::fs::read(d.join("1.3.p3d")).unwrap());
+}

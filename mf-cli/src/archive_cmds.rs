@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context};
 use clap::Args;
-use mf_format::{AnyArchive, AnyEntry};
+use mf_panda3d::{AnyArchive, AnyEntry};
 use serde::Serialize;
 
 use crate::{JsonFlag, Outcome};
@@ -185,11 +185,11 @@ pub fn verify(args: VerifyArgs) -> Outcome {
     let bar = crate::progress::bytes(archive.total_stored_size(), "verifying");
     // Without a password, encrypted entries cannot be checked; they are reported, not counted as damage.
     let (locked, errors): (Vec<_>, Vec<_>) =
-        archive.verify().into_iter().partition(|e| matches!(e, mf_format::Error::PasswordRequired { .. }));
+        archive.verify().into_iter().partition(|e| matches!(e, mf_panda3d::Error::PasswordRequired { .. }));
     let unchecked: Vec<String> = locked
         .iter()
         .filter_map(|e| match e {
-            mf_format::Error::PasswordRequired { entry, .. } => Some(entry.clone()),
+            mf_panda3d::Error::PasswordRequired { entry, .. } => Some(entry.clone()),
             _ => None,
         })
         .collect();
@@ -199,9 +199,9 @@ pub fn verify(args: VerifyArgs) -> Outcome {
             .iter()
             .map(|e| DamagedJson {
                 entry: match e {
-                    mf_format::Error::ChecksumMismatch { entry, .. } => Some(entry.clone()),
-                    mf_format::Error::Corrupt { entry, .. } => entry.clone(),
-                    mf_format::Error::PasswordRequired { entry, .. } | mf_format::Error::Decrypt { entry, .. } => {
+                    mf_panda3d::Error::Format(mf_format::Error::ChecksumMismatch { entry, .. }) => Some(entry.clone()),
+                    mf_panda3d::Error::Format(mf_format::Error::Corrupt { entry, .. }) => entry.clone(),
+                    mf_panda3d::Error::PasswordRequired { entry, .. } | mf_panda3d::Error::Decrypt { entry, .. } => {
                         Some(entry.clone())
                     }
                     _ => None,
@@ -304,11 +304,7 @@ pub fn info(args: InfoArgs) -> Outcome {
             })
             .collect(),
     });
-    let index_size = match &archive {
-        AnyArchive::Mf(mf) => mf.index_extent().1,
-        // Where the chain ends; for appended (non-contiguous) chains this spans the data between.
-        AnyArchive::Panda3d(multifile) => multifile.index_end().saturating_sub(multifile.index_start()),
-    };
+    let index_size = archive.index_size();
     let info = InfoJson {
         archive: args.archive.display().to_string(),
         format: archive.format().name(),

@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 use clap::{ArgGroup, Args};
-use mf_diff::{Change, DiffOptions, EntryReport, PatchReport};
+use mf_diff::panda3d::{self, ArchiveFormat, PatchSink};
+use mf_diff::{Change, EntryReport, PatchReport};
 use serde_json::json;
 
-use crate::convert::{convert_to_file, Target};
 use crate::{progress, JsonFlag, Outcome};
 
 /// Format of `mf apply`'s output.
@@ -69,77 +69,26 @@ pub fn parse_memory_limit(text: &str) -> Result<u64, String> {
     mf_diff::parse_size(text).ok_or_else(|| format!("'{text}' is not a size (examples: 512M, 2G, 1048576)"))
 }
 
-/// The first bytes of `path` (empty when unreadable: the diff or apply then reports the error).
-fn head(path: &Path) -> Vec<u8> {
-    match mf_format::fs::read_head::<8>(path) {
-        Ok((head, len)) => head[..len].to_vec(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Whether `path` starts like a Panda3D multifile.
-fn is_panda3d(path: &Path) -> bool {
-    mf_format::panda3d::looks_like_multifile(&head(path))
-}
-
-/// Whether `path` starts like an archive of either format (else diff makes a plain patch).
-fn is_archive(path: &Path) -> bool {
-    let head = head(path);
-    head.starts_with(&mf_format::format::MAGIC) || mf_format::panda3d::looks_like_multifile(&head)
-}
-
-/// The canonical mf conversion of the Panda3D multifile at `path`, written into `dir`.
-fn canonical_mf(path: &Path, dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let archive = mf_format::AnyArchive::open(path)?;
-    if let Some(encrypted) = archive.entries_by_path().find(|e| e.is_encrypted()) {
-        return Err(anyhow!(
-            "{}: entry '{}' is encrypted; diff and apply do not take a password (decrypt it with mf convert first)",
-            path.display(),
-            encrypted.path()
-        ));
-    }
-    let out = dir.join(name);
-    convert_to_file(&archive, &out, Target::Mf).with_context(|| format!("converting {} to mf", path.display()))?;
-    Ok(out)
-}
-
 pub fn diff(args: DiffArgs) -> Outcome {
-    // Between two archives, a Panda3D side is diffed as its canonical mf conversion (the header
-    // records it); anything else is a plain patch of the files as they are.
-    let both_archives = is_archive(&args.old) && is_archive(&args.new);
-    let old_panda3d = both_archives && is_panda3d(&args.old);
-    let new_panda3d = both_archives && is_panda3d(&args.new);
-    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
-    let old = if old_panda3d { canonical_mf(&args.old, scratch.path(), "old.mf")? } else { args.old.clone() };
-    let new = if new_panda3d { canonical_mf(&args.new, scratch.path(), "new.mf")? } else { args.new.clone() };
-    let options = DiffOptions {
-        memory_limit: args.memory_limit.unwrap_or_else(mf_diff::default_memory_limit),
-        old_is_panda3d: old_panda3d,
-        new_is_panda3d: new_panda3d,
-    };
-    let total = mf_diff::progress_total(&old, &new)?;
+    let memory_limit = args.memory_limit.unwrap_or_else(mf_diff::default_memory_limit);
+    let total = panda3d::progress_total_any(&args.old, &args.new)?;
     let bar = progress::bytes(total, "diffing");
-    let tick = |n: u64| bar.inc(n);
     let to_stdout = !args.stat && args.output.as_deref() == Some(Path::new("-"));
-    let mut report = match &args.output {
-        Some(_) if to_stdout => {
-            let mut sink = std::io::BufWriter::new(std::io::stdout().lock());
-            mf_diff::write_patch(&old, &new, &mut sink, &options, &tick)?;
-            std::io::Write::flush(&mut sink).context("writing the patch to standard output")?;
-            bar.finish_and_clear();
-            return Ok(true);
-        }
-        Some(patch) if !args.stat => mf_diff::diff_files(&old, &new, patch, &options, &tick)?,
-        _ => mf_diff::diff_stat(&old, &new, &options, &tick)?,
-    };
-    // The patch rebuilds NEW's canonical mf conversion: NEW itself only in content.
-    report.exact &= !new_panda3d;
+    if to_stdout {
+        let mut sink = std::io::BufWriter::new(std::io::stdout().lock());
+        panda3d::diff_any(&args.old, &args.new, PatchSink::Writer(&mut sink), memory_limit, &|n| bar.inc(n))?;
+        std::io::Write::flush(&mut sink).context("writing the patch to standard output")?;
+        bar.finish_and_clear();
+        return Ok(true);
+    }
+    let patch = args.output.as_deref().filter(|_| !args.stat);
+    let diff = panda3d::diff_any(&args.old, &args.new, patch, memory_limit, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report, true, options.panda3d_flags()))?);
+        println!("{}", serde_json::to_string_pretty(&report_json(&diff.report, true, diff.flags))?);
     } else {
-        print_report(&report, true);
-        if let Some(patch) = args.output.as_ref().filter(|_| !args.stat) {
+        print_report(&diff.report, true);
+        if let Some(patch) = patch {
             println!("wrote {}", patch.display());
         }
     }
@@ -152,56 +101,14 @@ pub fn apply(args: ApplyArgs) -> Outcome {
         (None, true) => args.old.clone(),
         _ => return Err(anyhow!("give either -o NEW or --in-place")),
     };
-    let header =
-        *mf_diff::Patch::open(&args.patch).with_context(|| format!("applying {}", args.patch.display()))?.header();
-    let flags = header.flags;
-    let archive_patch = header.kind == mf_diff::wire::KIND_ARCHIVE;
-    let old_panda3d = flags & mf_diff::wire::FLAG_OLD_PANDA3D != 0;
-    let new_panda3d = flags & mf_diff::wire::FLAG_NEW_PANDA3D != 0;
-    let format = args.format.unwrap_or(if new_panda3d { ApplyFormat::Panda3d } else { ApplyFormat::Mf });
-    let scratch = tempfile::tempdir().context("creating a temporary directory")?;
-    let old = match (old_panda3d, archive_patch && is_panda3d(&args.old)) {
-        (true, true) => canonical_mf(&args.old, scratch.path(), "old.mf")?,
-        (false, false) => args.old.clone(),
-        (true, false) => {
-            return Err(anyhow!(
-                "{} was made from a Panda3D multifile, but {} is not one: wrong base",
-                args.patch.display(),
-                args.old.display()
-            ))
-        }
-        (false, true) => {
-            return Err(anyhow!(
-                "{} was made from an mf archive, but {} is a Panda3D multifile: wrong base",
-                args.patch.display(),
-                args.old.display()
-            ))
-        }
-    };
-    // A Panda3D result is rebuilt as mf first, checked, then converted; the target is replaced
-    // only by the finished conversion.
-    let rebuilt = match format {
-        ApplyFormat::Mf => target.clone(),
-        ApplyFormat::Panda3d => scratch.path().join("new.mf"),
-    };
-    let total = estimate_size(&old);
-    let bar = progress::bytes(total, "applying");
-    let outcome = mf_diff::apply_patch(&args.patch, &old, &rebuilt, &|n| bar.inc(n))
+    let format = args.format.map(|f| match f {
+        ApplyFormat::Mf => ArchiveFormat::Mf,
+        ApplyFormat::Panda3d => ArchiveFormat::Panda3d,
+    });
+    let bar = progress::bytes(estimate_size(&args.old), "applying");
+    let outcome = panda3d::apply_any(&args.patch, &args.old, &target, format, &|n| bar.inc(n))
         .with_context(|| format!("applying {}", args.patch.display()))?;
     bar.finish_and_clear();
-    let mut outcome = outcome;
-    if format == ApplyFormat::Panda3d {
-        let archive = mf_format::AnyArchive::open(&rebuilt)?;
-        convert_to_file(&archive, &target, Target::Panda3d)
-            .with_context(|| format!("writing {} as a Panda3D multifile", target.display()))?;
-        outcome.len = std::fs::metadata(&target).with_context(|| format!("reading {}", target.display()))?.len();
-        // Byte-identity is only promised for mf targets written by mf.
-        outcome.exact = false;
-    }
-    if format == ApplyFormat::Mf && new_panda3d {
-        // Identical to the canonical conversion of NEW, not to NEW itself.
-        outcome.exact = false;
-    }
     if args.json.json {
         let value = json!({
             "output": target.display().to_string(),
@@ -217,8 +124,9 @@ pub fn apply(args: ApplyArgs) -> Outcome {
     Ok(true)
 }
 
+/// Content bytes the apply will write, for the progress bar (a guess: OLD's size).
 fn estimate_size(old: &Path) -> u64 {
-    mf_format::Archive::open(old)
+    mf_panda3d::AnyArchive::open(old)
         .map(|a| a.total_size())
         .or_else(|_| std::fs::metadata(old).map(|m| m.len()))
         .unwrap_or(0)
@@ -228,7 +136,8 @@ pub fn patch_info(args: PatchInfoArgs) -> Outcome {
     let patch = mf_diff::Patch::open(&args.patch)?;
     let flags = patch.header().flags;
     let mut report = patch.report();
-    report.exact &= flags & mf_diff::wire::FLAG_NEW_PANDA3D == 0;
+    // A Panda3D NEW is rebuilt from its canonical mf conversion: promised in content only.
+    report.exact &= panda3d::patch_formats(flags).1 == ArchiveFormat::Mf;
     if args.json.json {
         println!("{}", serde_json::to_string_pretty(&report_json(&report, false, flags))?);
     } else {
@@ -297,6 +206,7 @@ fn report_json(report: &PatchReport, with_old: bool, flags: u8) -> serde_json::V
             bytes.insert(change.name().into(), json!(report.bytes(change)));
         }
     }
+    let (old_format, new_format) = panda3d::patch_formats(flags);
     let entries: Vec<serde_json::Value> = report
         .entries
         .iter()
@@ -315,8 +225,8 @@ fn report_json(report: &PatchReport, with_old: bool, flags: u8) -> serde_json::V
         .collect();
     json!({
         "kind": if report.archive { "archive" } else { "file" },
-        "old_format": if flags & mf_diff::wire::FLAG_OLD_PANDA3D != 0 { "panda3d" } else { "mf" },
-        "new_format": if flags & mf_diff::wire::FLAG_NEW_PANDA3D != 0 { "panda3d" } else { "mf" },
+        "old_format": old_format.name(),
+        "new_format": new_format.name(),
         "byte_identical": report.exact,
         "old_len": report.old_len,
         "new_len": report.new_len,

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::Args;
-use mf_format::{unpack_in, AnyArchive as Archive, AnyEntry as Entry, UnpackEntry, UnpackError, UnpackOptions};
+use mf_format::{unpack_in, UnpackEntry, UnpackError, UnpackOptions};
+use mf_panda3d::{AnyArchive as Archive, AnyEntry as Entry};
 
 use crate::archive_cmds::{open_any, PasswordArg};
 use crate::Outcome;
@@ -29,10 +30,12 @@ pub struct ExtractArgs {
 
 pub fn run(args: ExtractArgs) -> Outcome {
     let archive = open_any(&args.archive, &args.password)?;
+    // A file that is also a directory (`a` and `a/b`) cannot be extracted whole: refuse before writing.
+    archive.check_paths()?;
     let selected = select(&archive, &args.paths)?;
     if args.password.password.is_none() {
         if let Some(encrypted) = selected.iter().find(|e| e.is_encrypted()) {
-            return Err(mf_format::Error::PasswordRequired {
+            return Err(mf_panda3d::Error::PasswordRequired {
                 file: args.archive.clone(),
                 entry: encrypted.path().to_owned(),
             }

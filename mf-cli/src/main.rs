@@ -119,9 +119,22 @@ fn main() -> ExitCode {
                 // `mf list big.mf | head` is not an error.
                 return ExitCode::SUCCESS;
             }
-            eprintln!("mf: {err:#}");
+            eprintln!("mf: {err:#}{}", hint(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What the user can do about an error, in terms of this tool's flags (the libraries know no flags).
+fn hint(err: &anyhow::Error) -> &'static str {
+    let password_required = |cause: &(dyn std::error::Error + 'static)| {
+        matches!(cause.downcast_ref(), Some(mf_panda3d::Error::PasswordRequired { .. }))
+            || matches!(cause.downcast_ref(), Some(mf_diff::Error::Panda3d(mf_panda3d::Error::PasswordRequired { .. })))
+    };
+    if err.chain().any(password_required) {
+        " (give its password with --password)"
+    } else {
+        ""
     }
 }
 

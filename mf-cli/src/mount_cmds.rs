@@ -36,8 +36,8 @@ pub struct MountArgs {
     #[arg(long)]
     allow_other: bool,
     /// Memory for decoded frames of compressed entries, e.g. 64M, 1G, 0 (bytes unless suffixed
-    /// K, M or G). Compressed Panda3D subfiles are decoded whole; one larger than this is decoded
-    /// again on every read.
+    /// K, M or G). Compressed Panda3D subfiles are decoded whole and cached; one larger than this
+    /// reads as EIO (logged), since it would be decoded again for every read.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
     cache_size: u64,
     /// Kernel read-ahead window in KiB (larger READ requests; root only; 0 keeps the kernel default).

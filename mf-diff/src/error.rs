@@ -13,6 +13,10 @@ pub enum Error {
     #[error(transparent)]
     Archive(#[from] mf_format::Error),
 
+    /// An error only Panda3D multifiles have (an encrypted subfile, an unsupported multifile version).
+    #[error(transparent)]
+    Panda3d(mf_panda3d::Error),
+
     #[error("{}: {source}", file.display())]
     Io { file: PathBuf, source: io::Error },
 
@@ -41,6 +45,15 @@ pub enum Error {
     InvalidOption(String),
 }
 
+impl From<mf_panda3d::Error> for Error {
+    fn from(error: mf_panda3d::Error) -> Self {
+        match error {
+            mf_panda3d::Error::Format(inner) => Error::Archive(inner),
+            other => Error::Panda3d(other),
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn io(file: impl Into<PathBuf>, source: io::Error) -> Self {
         Error::Io { file: file.into(), source }
@@ -51,6 +64,7 @@ impl Error {
     pub fn is_data_error(&self) -> bool {
         match self {
             Error::Archive(e) => e.is_corruption(),
+            Error::Panda3d(e) => e.is_corruption(),
             Error::Io { .. } | Error::InvalidOption(_) => false,
             _ => true,
         }

@@ -11,8 +11,9 @@
 //!   ([`DiffOptions::memory_limit`]); entries too large for bsdiff within it are encoded in blocks
 //!   against a window of the old content. The output does not depend on the thread count. Two
 //!   files that are not archives are diffed whole. Panda3D multifiles are diffed as their canonical
-//!   mf conversions (done by the CLI), which [`DiffOptions::old_is_panda3d`] and [`DiffOptions::new_is_panda3d`] record in the header flags
-//!   ([`wire::FLAG_OLD_PANDA3D`], [`wire::FLAG_NEW_PANDA3D`]).
+//!   mf conversions ([`panda3d::diff_any`] and [`panda3d::apply_any`] convert, and work on either
+//!   format), which [`DiffOptions::old_is_panda3d`] and [`DiffOptions::new_is_panda3d`] record in the
+//!   header flags ([`wire::FLAG_OLD_PANDA3D`], [`wire::FLAG_NEW_PANDA3D`]).
 //! - **Apply** ([`apply_patch`]) checks the patch's checksums, the base (the old index hash and every
 //!   old entry it reads), rebuilds into a temp file beside the target, checks every entry's hash and,
 //!   for patches of archives written by this mf version, the whole file's hash, then fsyncs and renames.
@@ -60,6 +61,7 @@ mod budget;
 pub mod delta;
 mod diff;
 pub mod error;
+pub mod panda3d;
 mod report;
 mod source;
 pub mod wire;

@@ -14,7 +14,7 @@ pub enum Error {
     #[error("{}: {error}", file.display())]
     Io { file: PathBuf, error: io::Error },
 
-    #[error("{}: not an mf archive (no mf or Panda3D multifile magic at offset 0)", file.display())]
+    #[error("{}: not an mf archive (no mf magic at offset 0)", file.display())]
     NotAnArchive { file: PathBuf },
 
     #[error(
@@ -47,12 +47,6 @@ pub enum Error {
 
     #[error("offset {offset} is past the end of entry '{entry}' ({size} bytes)")]
     OutOfRange { entry: String, offset: u64, size: u64 },
-
-    #[error("{}: entry '{entry}' is encrypted: give its password (--password)", file.display())]
-    PasswordRequired { file: PathBuf, entry: String },
-
-    #[error("{}: entry '{entry}' cannot be decrypted: {what}", file.display())]
-    Decrypt { file: PathBuf, entry: String, what: String },
 }
 
 /// Formats an optional entry name as ` (entry 'NAME')`, or nothing, for error messages about archive
@@ -69,11 +63,13 @@ impl fmt::Display for EntryContext<'_> {
 }
 
 impl Error {
-    pub(crate) fn io(file: impl Into<PathBuf>, error: io::Error) -> Self {
+    /// An I/O error on `file`.
+    pub fn io(file: impl Into<PathBuf>, error: io::Error) -> Self {
         Error::Io { file: file.into(), error }
     }
 
-    pub(crate) fn corrupt(file: impl Into<PathBuf>, offset: u64, entry: Option<&str>, what: impl Into<String>) -> Self {
+    /// Damaged data in `file` at `offset`, in `entry` when known.
+    pub fn corrupt(file: impl Into<PathBuf>, offset: u64, entry: Option<&str>, what: impl Into<String>) -> Self {
         Error::Corrupt { file: file.into(), offset, entry: entry.map(str::to_owned), what: what.into() }
     }
 

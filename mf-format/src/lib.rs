@@ -62,23 +62,21 @@
 //! # Ok::<(), mf_format::Error>(())
 //! ```
 
-pub mod any;
 pub mod atomic;
 pub mod error;
 pub mod format;
 pub mod fs;
-mod mapping;
+pub mod mapping;
 pub mod pack;
-pub mod panda3d;
 pub mod path;
 pub mod policy;
 pub mod reader;
 pub mod unpack;
 pub mod writer;
 
-pub use any::{AnyArchive, AnyEntry, ArchiveFormat};
 pub use atomic::{remove_pending_temp_files, AtomicFile};
 pub use error::{Error, Result};
+pub use mapping::Backing;
 pub use pack::{
     collect_inputs, pack_inputs, pack_to_file, pack_to_writer, Collected, DirPackOptions, PackError, PackInput,
 };

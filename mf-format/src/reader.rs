@@ -16,22 +16,8 @@ use crate::format::{
     FOOTER_LEN, FRAME_END_LEN, HEADER_LEN, INDEX_HEADER_LEN, LOOKUP_LEN, MAGIC, MAX_FRAME_SIZE_LOG2, MAX_MODE,
     MIN_FRAME_SIZE_LOG2, VERSION_MAJOR,
 };
+use crate::mapping::Backing;
 use crate::path::validate_path;
-
-/// The bytes of an archive: a read-only mapping of the file, or a buffer.
-enum Backing {
-    Map(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Backing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Backing::Map(map) => map,
-            Backing::Owned(bytes) => bytes,
-        }
-    }
-}
 
 /// How an entry's data is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,20 +113,7 @@ impl Archive {
     /// Maps and opens an archive file, validating header, footer and index (not entry data).
     pub fn open(path: impl AsRef<Path>) -> Result<Archive> {
         let path = path.as_ref();
-        // open_regular: a FIFO or device is refused, never blocked on.
-        let file = crate::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        if len < HEADER_LEN + FOOTER_LEN {
-            // Too short to hold the fixed structures; also avoids mapping an empty file.
-            let mut head = Vec::new();
-            file.take(8).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
-            if head.len() < 8 || head[..] != MAGIC {
-                return Err(Error::NotAnArchive { file: path.to_owned() });
-            }
-            return Err(Error::corrupt(path, len, None, "file is truncated (shorter than header and footer)"));
-        }
-        let map = crate::mapping::map_readonly(&file, path)?;
-        Self::from_backing(path.to_owned(), Backing::Map(map))
+        Self::from_backing(path.to_owned(), Backing::open(path)?)
     }
 
     /// Opens an archive held in memory. `name` is used in errors.
@@ -153,12 +126,13 @@ impl Archive {
         let file_len = bytes.len() as u64;
         let corrupt = |offset: u64, what: &str| Error::corrupt(&name, offset, None, what);
 
-        let header_bytes = bytes.get(..HEADER_LEN as usize);
-        if header_bytes.map(|h| h[..8] != MAGIC).unwrap_or(true) {
+        if !bytes.starts_with(&MAGIC) {
             return Err(Error::NotAnArchive { file: name });
         }
-        let header: Header =
-            format::from_bytes(header_bytes.unwrap_or_default()).ok_or_else(|| corrupt(0, "unreadable header"))?;
+        let Some(header_bytes) = bytes.get(..HEADER_LEN as usize) else {
+            return Err(corrupt(file_len, "file is truncated (shorter than header and footer)"));
+        };
+        let header: Header = format::from_bytes(header_bytes).ok_or_else(|| corrupt(0, "unreadable header"))?;
         if header.version_major != VERSION_MAJOR {
             return Err(Error::UnsupportedVersion {
                 file: name,

@@ -15,8 +15,7 @@ use fuser::{
     OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs,
     ReplyXattr, Request,
 };
-use mf_format::panda3d::{Multifile, Subfile};
-use mf_format::{AnyArchive, AnyEntry, Archive, Entry, StoredAs};
+use mf_panda3d::{AnyArchive, AnyEntry, EntryLayout};
 
 use crate::cache::{FrameCache, FrameKey};
 use crate::tree::{Node, NodeKind, Tree};
@@ -158,7 +157,7 @@ impl ArchiveFs {
     }
 
     /// A decoded frame, from the cache or freshly decoded into a recycled buffer.
-    fn frame(&self, archive: &Archive, entry: &Entry<'_>, key: FrameKey) -> Result<Arc<Vec<u8>>, Errno> {
+    fn frame(&self, archive: &AnyArchive, entry: &AnyEntry<'_>, key: FrameKey) -> Result<Arc<Vec<u8>>, Errno> {
         if let Some(frame) = self.cache.get(&key) {
             return Ok(frame);
         }
@@ -180,7 +179,15 @@ impl ArchiveFs {
     /// Starts the disk reads for the archive bytes a read needs, and for a sequential reader the
     /// next few MiB: entry data is read through the mapping, whose page faults would otherwise read
     /// the file synchronously in small pieces while the worker waits.
-    fn prefetch(&self, ino: INodeNo, archive_index: u32, archive: &Archive, entry: &Entry<'_>, start: u64, end: u64) {
+    fn prefetch(
+        &self,
+        ino: INodeNo,
+        archive_index: u32,
+        entry: &AnyEntry<'_>,
+        layout: &EntryLayout<'_>,
+        start: u64,
+        end: u64,
+    ) {
         let slot = &self.stream_ends[(ino.0 as usize) % STREAM_SLOTS];
         let previous_end = slot.swap(end, Ordering::Relaxed);
         // Kernel read-ahead requests run concurrently and may arrive slightly out of order.
@@ -189,23 +196,16 @@ impl ArchiveFs {
         // Stored positions of compressed data, scaled by the entry's ratio (a hint need not be exact).
         let size = entry.size().max(1);
         let stored = |position: u64| (u128::from(position) * u128::from(entry.stored_size()) / u128::from(size)) as u64;
-        let (from, to) = match entry.stored_as() {
-            StoredAs::Raw => (start, want_end),
-            StoredAs::Zstd => {
-                let frame = archive.frame_size();
-                (stored(start.saturating_sub(frame)), stored(want_end.saturating_add(frame)).min(entry.stored_size()))
-            }
+        let (from, to) = match *layout {
+            EntryLayout::Contiguous(_) => (start, want_end),
+            EntryLayout::Frames { frame_size } => (
+                stored(start.saturating_sub(frame_size)),
+                stored(want_end.saturating_add(frame_size)).min(entry.stored_size()),
+            ),
+            // Decoded whole once, then served from memory: nothing to hint per request.
+            EntryLayout::Stream => return,
         };
         self.advise(archive_index, entry.offset().saturating_add(from), to.saturating_sub(from));
-    }
-
-    /// Like [`prefetch`](Self::prefetch) for a stored Panda3D subfile (read straight from the mapping).
-    fn prefetch_plain(&self, ino: INodeNo, archive_index: u32, subfile: &Subfile, start: u64, end: u64) {
-        let slot = &self.stream_ends[(ino.0 as usize) % STREAM_SLOTS];
-        let previous_end = slot.swap(end, Ordering::Relaxed);
-        let sequential = previous_end != u64::MAX && start.abs_diff(previous_end) <= PREFETCH_AHEAD;
-        let want_end = if sequential { end.saturating_add(PREFETCH_AHEAD).min(subfile.size()) } else { end };
-        self.advise(archive_index, subfile.data_offset().saturating_add(start), want_end.saturating_sub(start));
     }
 
     /// Asks the kernel to start reading `len` bytes of an archive file from `offset`.
@@ -217,16 +217,17 @@ impl ArchiveFs {
         }
     }
 
-    fn read_zstd(
+    #[allow(clippy::too_many_arguments)]
+    fn read_frames(
         &self,
         archive_index: u32,
-        archive: &Archive,
-        entry: &Entry<'_>,
+        archive: &AnyArchive,
+        entry: &AnyEntry<'_>,
+        frame_size: u64,
         start: u64,
         end: u64,
         reply: ReplyData,
     ) {
-        let frame_size = archive.frame_size();
         let first = start / frame_size;
         let last = (end - 1) / frame_size;
         let key = |frame| FrameKey { archive: archive_index, entry: entry.index(), frame };
@@ -265,30 +266,19 @@ impl ArchiveFs {
         });
     }
 
-    /// Reads a Panda3D subfile: a stored one straight from the mapping; a compressed or encrypted
-    /// one (zlib has no random access) from its content decoded once into the frame cache as frame 0.
-    #[allow(clippy::too_many_arguments)]
-    fn read_panda3d(
+    /// Reads a range of an entry without random access (a compressed or encrypted Panda3D subfile):
+    /// its content is decoded whole once and kept in the frame cache as frame 0.
+    fn read_stream(
         &self,
-        ino: INodeNo,
         archive_index: u32,
-        multifile: &Multifile,
-        position: u32,
-        subfile: &Subfile,
+        archive: &AnyArchive,
+        entry: &AnyEntry<'_>,
         start: u64,
         end: u64,
         reply: ReplyData,
     ) {
-        let range = start as usize..end as usize;
-        if let Some(raw) = multifile.raw_bytes(subfile) {
-            self.prefetch_plain(ino, archive_index, subfile, start, end);
-            return match raw.get(range) {
-                Some(bytes) => reply.data(bytes),
-                None => reply.error(Errno::EIO),
-            };
-        }
-        match self.decoded_subfile(archive_index, multifile, position, subfile) {
-            Ok(content) => match content.get(range) {
+        match self.decoded_whole(archive_index, archive, entry) {
+            Ok(content) => match content.get(start as usize..end as usize) {
                 Some(bytes) => reply.data(bytes),
                 None => reply.error(Errno::EIO),
             },
@@ -296,16 +286,17 @@ impl ArchiveFs {
         }
     }
 
-    /// A compressed or encrypted subfile's whole content: cached, or decoded (and checked) once
-    /// and cached as frame 0 of its entry. Errors are logged and read as EIO.
-    fn decoded_subfile(
+    /// An entry's whole content: cached, or decoded (and checked) once and cached as frame 0 of its
+    /// entry. The work per read is bounded by the cache budget: an entry whose content is larger than
+    /// the whole cache could be kept nowhere and would be decoded again for every request (a small
+    /// zlib bomb then costs gigabytes per read), so it is refused. Errors are logged and read as EIO.
+    fn decoded_whole(
         &self,
         archive_index: u32,
-        multifile: &Multifile,
-        position: u32,
-        subfile: &Subfile,
+        archive: &AnyArchive,
+        entry: &AnyEntry<'_>,
     ) -> Result<Arc<Vec<u8>>, Errno> {
-        let key = FrameKey { archive: archive_index, entry: position, frame: 0 };
+        let key = FrameKey { archive: archive_index, entry: entry.index(), frame: 0 };
         if let Some(content) = self.cache.get(&key) {
             return Ok(content);
         }
@@ -313,9 +304,21 @@ impl ArchiveFs {
         if let Some((_, content)) = lock_oversized().as_ref().filter(|(k, _)| *k == key) {
             return Ok(content.clone());
         }
-        // Decoded without holding the slot's lock: other subfiles' reads go on meanwhile.
-        match multifile.read(subfile) {
-            Ok(content) if content.capacity() > self.shard_budget && content.len() <= self.cache_size => {
+        if entry.size() > self.cache_size as u64 {
+            log_error(format_args!(
+                "mf mount: refusing to read '{}' from {}: it must be decoded whole ({} bytes of {} compression), \
+                 which is more than the cache size ({} bytes; raise --cache-size to read it)",
+                entry.path(),
+                archive.name().display(),
+                entry.size(),
+                entry.compression(),
+                self.cache_size
+            ));
+            return Err(Errno::EIO);
+        }
+        // Decoded without holding the slot's lock: other entries' reads go on meanwhile.
+        match archive.read(entry).map(|content| content.into_owned()) {
+            Ok(content) if content.capacity() > self.shard_budget => {
                 let content = Arc::new(content);
                 *lock_oversized() = Some((key, content.clone()));
                 Ok(content)
@@ -323,9 +326,9 @@ impl ArchiveFs {
             Ok(content) => Ok(self.cache.insert(key, content)),
             Err(e) => {
                 log_error(format_args!(
-                    "mf mount: I/O error reading '{}' from Panda3D multifile {}: {e}",
-                    subfile.name(),
-                    multifile.name().display()
+                    "mf mount: I/O error reading '{}' from {}: {e}",
+                    entry.path(),
+                    archive.name().display()
                 ));
                 Err(Errno::EIO)
             }
@@ -423,24 +426,18 @@ impl fuser::Filesystem for ArchiveFs {
         if start >= end {
             return reply.data(&[]);
         }
-        let (archive, entry) = match (archive, entry) {
-            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => (archive, entry),
-            (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { index, subfile, .. }) => {
-                return self.read_panda3d(ino, archive_index, multifile, index, subfile, start, end, reply);
+        let layout = archive.layout(&entry);
+        self.prefetch(ino, archive_index, &entry, &layout, start, end);
+        match layout {
+            // Zero copy: the reply is written straight from the mapping.
+            EntryLayout::Contiguous(raw) => match raw.get(start as usize..end as usize) {
+                Some(bytes) => reply.data(bytes),
+                None => reply.error(Errno::EIO),
+            },
+            EntryLayout::Frames { frame_size } => {
+                self.read_frames(archive_index, archive, &entry, frame_size, start, end, reply)
             }
-            _ => return reply.error(Errno::EIO),
-        };
-        self.prefetch(ino, archive_index, archive, &entry, start, end);
-        match entry.stored_as() {
-            StoredAs::Raw => {
-                // Zero copy: the reply is written straight from the mapping.
-                let bytes = archive.raw_bytes(&entry).and_then(|raw| raw.get(start as usize..end as usize));
-                match bytes {
-                    Some(bytes) => reply.data(bytes),
-                    None => reply.error(Errno::EIO),
-                }
-            }
-            StoredAs::Zstd => self.read_zstd(archive_index, archive, &entry, start, end, reply),
+            EntryLayout::Stream => self.read_stream(archive_index, archive, &entry, start, end, reply),
         }
     }
 
@@ -501,7 +498,13 @@ fn log_error(message: std::fmt::Arguments<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mf_format::panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
+    use mf_panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
+
+    fn filesystem(bytes: &[u8], cache_size: usize) -> ArchiveFs {
+        let archives = vec![AnyArchive::from_bytes(bytes.to_vec(), "p.mf").unwrap()];
+        let tree = Tree::build(&archives).unwrap();
+        ArchiveFs::new(archives, tree, cache_size, 1)
+    }
 
     #[test]
     fn compressed_panda3d_subfiles_are_decoded_once_into_the_cache() {
@@ -514,39 +517,33 @@ mod tests {
         writer.add(&mut &b"plain"[..]).unwrap();
         writer.add(&mut &[7u8; 100_000][..]).unwrap();
         let bytes = writer.finish().unwrap().into_inner();
-        let archives = vec![AnyArchive::from_bytes(bytes.clone(), "p.mf").unwrap()];
-        let tree = Tree::build(&archives).unwrap();
-        let fs = ArchiveFs::new(archives, tree, 1 << 20, 1);
-        let AnyArchive::Panda3d(multifile) = &fs.archives[0] else { panic!("not detected as Panda3D") };
-        let subfile = multifile.get("z.bin").unwrap();
-        assert!(multifile.raw_bytes(subfile).is_none(), "compressed: no slice of the mapping");
-        let position = multifile.lower_bound("z.bin") as u32;
-        let first = fs.decoded_subfile(0, multifile, position, subfile).unwrap();
+        let fs = filesystem(&bytes, 1 << 20);
+        let archive = &fs.archives[0];
+        let subfile = archive.get("z.bin").unwrap();
+        assert!(matches!(archive.layout(&subfile), EntryLayout::Stream), "compressed: no slice of the mapping");
+        let first = fs.decoded_whole(0, archive, &subfile).unwrap();
         assert_eq!(&first[..], &[7u8; 100_000][..]);
-        let again = fs.decoded_subfile(0, multifile, position, subfile).unwrap();
+        let again = fs.decoded_whole(0, archive, &subfile).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the second read is served from the cache, not decoded again");
         // Larger than a cache shard (1/8 of the budget) but within the budget: still decoded once.
-        let archives = vec![AnyArchive::from_bytes(bytes.clone(), "p.mf").unwrap()];
-        let tree = Tree::build(&archives).unwrap();
-        let small = ArchiveFs::new(archives, tree, 200_000, 1);
-        let AnyArchive::Panda3d(small_multifile) = &small.archives[0] else { panic!("not detected as Panda3D") };
-        let first = small.decoded_subfile(0, small_multifile, position, subfile).unwrap();
-        let again = small.decoded_subfile(0, small_multifile, position, subfile).unwrap();
+        let small = filesystem(&bytes, 200_000);
+        let first = small.decoded_whole(0, &small.archives[0], &subfile).unwrap();
+        let again = small.decoded_whole(0, &small.archives[0], &subfile).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "an oversized subfile is kept too");
-        let plain = multifile.get("a.txt").unwrap();
-        assert_eq!(multifile.raw_bytes(plain), Some(&b"plain"[..]), "stored: served from the mapping");
+        // Larger than the whole cache: refused before anything is decoded.
+        let tiny = filesystem(&bytes, 50_000);
+        assert_eq!(tiny.decoded_whole(0, &tiny.archives[0], &subfile).err(), Some(Errno::EIO));
+        let plain = archive.get("a.txt").unwrap();
+        assert!(matches!(archive.layout(&plain), EntryLayout::Contiguous(b"plain")), "stored: served from the mapping");
 
         // Damaged zlib data reads as EIO (and is not cached).
         let mut damaged = bytes;
-        let middle = (subfile.data_offset() + subfile.stored_size() / 2) as usize;
+        let middle = (subfile.offset() + subfile.stored_size() / 2) as usize;
         for byte in &mut damaged[middle..middle + 4] {
             *byte ^= 0x5A;
         }
-        let archives = vec![AnyArchive::from_bytes(damaged, "damaged.mf").unwrap()];
-        let tree = Tree::build(&archives).unwrap();
-        let fs = ArchiveFs::new(archives, tree, 1 << 20, 1);
-        let AnyArchive::Panda3d(multifile) = &fs.archives[0] else { panic!("not detected as Panda3D") };
-        let subfile = multifile.get("z.bin").unwrap();
-        assert_eq!(fs.decoded_subfile(0, multifile, position, subfile).err(), Some(Errno::EIO));
+        let fs = filesystem(&damaged, 1 << 20);
+        let subfile = fs.archives[0].get("z.bin").unwrap();
+        assert_eq!(fs.decoded_whole(0, &fs.archives[0], &subfile).err(), Some(Errno::EIO));
     }
 }

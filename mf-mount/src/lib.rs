@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fuser::{Config, MountOption, Session, SessionACL};
-use mf_format::AnyArchive;
+use mf_panda3d::AnyArchive;
 
 pub use sys::{absolute_mount_point, mount_at, MountInfo, Unmounted};
 
@@ -41,7 +41,7 @@ pub use sys::{absolute_mount_point, mount_at, MountInfo, Unmounted};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Archive(#[from] mf_format::Error),
+    Archive(#[from] mf_panda3d::Error),
     #[error("mount point {0} does not exist")]
     MissingMountPoint(PathBuf),
     #[error("mount point {0} is not a directory")]
@@ -64,6 +64,12 @@ pub enum Error {
     TooManyNodes,
     #[error("invalid mount option: {0}")]
     InvalidOption(String),
+}
+
+impl From<mf_format::Error> for Error {
+    fn from(error: mf_format::Error) -> Self {
+        Error::Archive(error.into())
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -138,13 +144,17 @@ fn fs_name(archives: &[AnyArchive]) -> String {
 /// Mounts `archives` (overlaid in order) read-only at `mount_point`, which must be an existing empty
 /// directory. Returns once the mount is live; requests are then served by background threads.
 /// `archives` are [`AnyArchive`]s, or anything that converts into one ([`mf_format::Archive`], Panda3D
-/// [`mf_format::panda3d::Multifile`]).
+/// [`mf_panda3d::Multifile`]). An archive holding a file and a directory of the same path (`a` and
+/// `a/b`, which Panda3D multifiles can) is refused: the mount could show only one of them.
 pub fn mount<A: Into<AnyArchive>>(
     archives: Vec<A>,
     mount_point: impl AsRef<Path>,
     options: &MountOptions,
 ) -> Result<MountHandle> {
     let archives: Vec<AnyArchive> = archives.into_iter().map(Into::into).collect();
+    for archive in &archives {
+        archive.check_paths()?;
+    }
     let mount_point = check_mount_point(mount_point.as_ref())?;
     if options.threads == 0 {
         return Err(Error::InvalidOption("threads must be at least 1".into()));

@@ -7,7 +7,7 @@
 use std::collections::btree_map::{BTreeMap, Entry as MapEntry};
 use std::collections::VecDeque;
 
-use mf_format::AnyArchive;
+use mf_panda3d::AnyArchive;
 
 /// What a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,6 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use mf_diff::DiffOptions;
 use mf_format::{Archive, AtomicFile};
 use serde::Serialize;
 
@@ -176,8 +175,15 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
         let old_path = object_path(root, &old.full)?;
         let patch_path = scratch.path().join(format!("{}.mfp", old.version));
         log(&format!("diffing {} -> {version}", old.version));
-        let diff_options = DiffOptions { memory_limit: options.memory_limit, ..DiffOptions::default() };
-        let report = mf_diff::diff_files(&old_path, archive, &patch_path, &diff_options, &|_| {})?;
+        // Panda3D multifiles are diffed as their canonical mf conversions (the patch records it).
+        let report = mf_diff::panda3d::diff_any(
+            &old_path,
+            archive,
+            mf_diff::panda3d::PatchSink::File(&patch_path),
+            options.memory_limit,
+            &|_| {},
+        )?
+        .report;
         let size = std::fs::metadata(&patch_path).map_err(|e| Error::io(&patch_path, e))?.len();
         // Clients check every result against the full archive's SHA-256, so a patch must rebuild it
         // byte for byte: archives not laid out as mf writes them only get full downloads.
@@ -266,8 +272,14 @@ pub fn load(root: &Path) -> Result<(Manifest, bool)> {
     read_manifest(root, None)?.ok_or_else(|| Error::NotARepository { path: root.to_owned() })
 }
 
-/// The file table of an mf archive: every entry in data order with its SHA-256.
+/// The file table of an mf archive: every entry in data order with its SHA-256. A Panda3D multifile's
+/// table is that of its canonical mf conversion (`spec/PATCH.md`), the archive its patches rebuild.
 pub fn file_table(archive_path: &Path, version: &str) -> Result<FileTable> {
+    if mf_diff::panda3d::detect(archive_path) == Some(mf_diff::panda3d::ArchiveFormat::Panda3d) {
+        let scratch = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let canonical = mf_diff::panda3d::canonical_mf(archive_path, &scratch.path().join("canonical.mf"))?;
+        return file_table(&canonical, version);
+    }
     let archive = Archive::open(archive_path)?;
     if let Some(error) = archive.verify().into_iter().next() {
         return Err(error.into());

@@ -174,3 +174,31 @@ pub fn spawn_quiet(dir: &Path, args: &[&str]) -> std::process::Child {
         .spawn()
         .expect("mf runs")
 }
+
+/// Writes `dir/name`, a Panda3D multifile (v1.1, scale 1) laid out by hand, with Python: for shapes the
+/// writers refuse or a file system cannot hold. `subfiles_py` is a Python list of
+/// `(name, stored_bytes, flags, original_length)`, evaluated with `zlib` imported (flags: 0x08 zlib).
+pub fn craft_multifile(dir: &Path, name: &str, subfiles_py: &str) -> PathBuf {
+    let script = format!(
+        r#"
+import struct, zlib
+entries = {subfiles_py}
+out = bytearray(b'pmf\0\n\r' + struct.pack('<hhII', 1, 1, 1, 0))
+names = [bytes(c ^ 0xff for c in n.encode()) for n, _, _, _ in entries]
+sizes = [20 + (4 if f & 0x18 else 0) + len(x) for x, (_, _, f, _) in zip(names, entries)]
+position, data = len(out), len(out) + sum(sizes) + 4
+for (n, stored, flags, original), x, size in zip(entries, names, sizes):
+    out += struct.pack('<IIIH', position + size, data, len(stored), flags)
+    if flags & 0x18:
+        out += struct.pack('<I', original)
+    out += struct.pack('<IH', 0, len(x)) + x
+    position, data = position + size, data + len(stored)
+out += b'\0\0\0\0'
+for _, stored, _, _ in entries:
+    out += stored
+open({name:?}, 'wb').write(out)
+"#
+    );
+    panda3d_py(dir, &script);
+    dir.join(name)
+}

@@ -207,7 +207,9 @@ fn run_route(
                 let version = session.target(Some(to))?;
                 let base = current.clone().unwrap_or_else(|| archive.to_owned());
                 let out = work.join(format!("{}.mf", version.full.sha256));
-                mf_diff::apply_patch(&file, &base, &out, &|_| {}).inspect_err(|_| session.discard(object))?;
+                // Either format: a Panda3D base is converted, and the result written as the patch's NEW.
+                mf_diff::panda3d::apply_any(&file, &base, &out, None, &|_| {})
+                    .inspect_err(|_| session.discard(object))?;
                 check_hash(&out, &version.full.sha256, &format!("the result of {}", piece.label()))?;
                 if let Some(previous) = current.replace(out) {
                     let _ = std::fs::remove_file(previous);

@@ -1,6 +1,6 @@
 //! On-disk structures of a Panda3D Multifile, one struct per table of `spec/PANDA3D.md`.
 //!
-//! Plain data, as in [`crate::format`]: parsing checks only what binrw can; the reader checks every
+//! Plain data, as in [`mf_format::format`]: parsing checks only what binrw can; the reader checks every
 //! rule that needs the file name and offsets for its errors.
 
 use binrw::binrw;

@@ -8,31 +8,18 @@ use std::path::{Path, PathBuf};
 use binrw::BinRead;
 use rayon::prelude::*;
 
-use super::crypto;
-use super::format::{
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::format::{
     pad_to_scale, xor_name, Header, IndexEntry, FLAG_COMPRESSED, FLAG_DELETED, FLAG_ENCRYPTED, FLAG_SIGNATURE,
     FLAG_TEXT, HEADER_LEN_V1_0, HEADER_LEN_V1_1, MAGIC, VERSION_MAJOR, VERSION_MINOR,
 };
-use crate::error::{Error, Result};
-use crate::path::validate_path;
+use mf_format::mapping::Backing;
+use mf_format::validate_path;
 
 /// Largest ratio a zlib stream can reach (deflate's limit is about 1032:1); caps allocations made from
 /// a subfile's recorded original length.
 const MAX_ZLIB_RATIO: u64 = 1100;
-
-enum Backing {
-    Map(memmap2::Mmap),
-    Owned(Vec<u8>),
-}
-
-impl Backing {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Backing::Map(map) => map,
-            Backing::Owned(bytes) => bytes,
-        }
-    }
-}
 
 /// True when `head` (the first bytes of a file) looks like a Panda3D multifile: the magic at offset 0,
 /// or a `#` header-prefix line (the magic must then follow the prefix).
@@ -53,6 +40,7 @@ pub struct Subfile {
 }
 
 impl Subfile {
+    /// The subfile's name (a valid entry path).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -72,12 +60,15 @@ impl Subfile {
     pub fn size(&self) -> u64 {
         self.original_length
     }
+    /// The raw flags of the index entry.
     pub fn flags(&self) -> u16 {
         self.flags
     }
+    /// Stored zlib-compressed.
     pub fn is_compressed(&self) -> bool {
         self.flags & FLAG_COMPRESSED != 0
     }
+    /// Stored encrypted (needs the password).
     pub fn is_encrypted(&self) -> bool {
         self.flags & FLAG_ENCRYPTED != 0
     }
@@ -94,8 +85,11 @@ impl Subfile {
 /// A signature record (flags 0x20): not a file, reported by `info`.
 #[derive(Debug, Clone)]
 pub struct Signature {
+    /// Position of the record's index entry.
     pub index_offset: u64,
+    /// Position of the record's data.
     pub data_offset: u64,
+    /// Length of the record's data.
     pub data_length: u64,
     /// Subject of the signing certificate, or why it could not be read.
     pub subject: std::result::Result<String, String>,
@@ -129,13 +123,7 @@ impl Multifile {
     /// Maps and opens a multifile, reading its header and whole index chain (not subfile data).
     pub fn open(path: impl AsRef<Path>) -> Result<Multifile> {
         let path = path.as_ref();
-        let file = crate::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
-        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        if len == 0 {
-            return Err(Error::NotAnArchive { file: path.to_owned() });
-        }
-        let map = crate::mapping::map_readonly(&file, path)?;
-        Self::from_backing(path.to_owned(), Backing::Map(map))
+        Self::from_backing(path.to_owned(), Backing::open(path)?)
     }
 
     /// Opens a multifile held in memory; `name` is used in errors.
@@ -154,7 +142,7 @@ impl Multifile {
             if prefix_len > 0 {
                 return Err(corrupt(prefix_len, None, "no Panda3D multifile magic after the '#' header prefix".into()));
             }
-            return Err(Error::NotAnArchive { file: name });
+            return Err(Error::NotAMultifile { file: name });
         }
         let header = Header::read(&mut Cursor::new(after_prefix))
             .map_err(|_| corrupt(prefix_len, None, "the multifile header is cut off".into()))?;
@@ -288,16 +276,46 @@ impl Multifile {
         self.password = password;
     }
 
+    /// Whether a password was set.
+    pub fn has_password(&self) -> bool {
+        self.password.is_some()
+    }
+
+    /// Fails when a subfile's name is also a directory of another subfile (`a` and `a/b`): Panda3D
+    /// reads such archives, but no file system can hold both, so extraction and mounting refuse them
+    /// up front. The error names the file, the subfile and its index entry's offset.
+    pub fn check_paths(&self) -> Result<()> {
+        let mut prefix = String::new();
+        for subfile in &self.subfiles {
+            prefix.clear();
+            prefix.push_str(&subfile.name);
+            prefix.push('/');
+            // Names are sorted, so every `name/…` is at or after the lower bound of `name/`.
+            if let Some(other) = self.subfiles.get(self.lower_bound(&prefix)).filter(|o| o.name.starts_with(&prefix)) {
+                return Err(Error::corrupt(
+                    &self.name,
+                    subfile.index_offset,
+                    Some(&subfile.name),
+                    format!("'{}' is a subfile and also a directory of '{}'", subfile.name, other.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn bytes(&self) -> &[u8] {
         self.backing.bytes()
     }
 
+    /// The file name given at open (used in errors).
     pub fn name(&self) -> &Path {
         &self.name
     }
+    /// Format version as (major, minor).
     pub fn version(&self) -> (u16, u16) {
         (self.header.version_major as u16, self.header.version_minor as u16)
     }
+    /// Positions are stored divided by this.
     pub fn scale_factor(&self) -> u32 {
         self.header.scale_factor
     }
@@ -329,15 +347,19 @@ impl Multifile {
     pub fn index_end(&self) -> u64 {
         self.index_end
     }
+    /// Signature records, in chain order.
     pub fn signatures(&self) -> &[Signature] {
         &self.signatures
     }
+    /// Size of the file in bytes.
     pub fn file_len(&self) -> u64 {
         self.bytes().len() as u64
     }
+    /// Number of live subfiles.
     pub fn len(&self) -> usize {
         self.subfiles.len()
     }
+    /// True when there are no live subfiles.
     pub fn is_empty(&self) -> bool {
         self.subfiles.is_empty()
     }
@@ -345,6 +367,7 @@ impl Multifile {
     pub fn subfiles(&self) -> &[Subfile] {
         &self.subfiles
     }
+    /// The subfile at `index` of name order.
     pub fn subfile(&self, index: usize) -> Option<&Subfile> {
         self.subfiles.get(index)
     }
@@ -447,7 +470,7 @@ impl Multifile {
     pub fn read_at(&self, subfile: &Subfile, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let size = subfile.original_length;
         if offset > size {
-            return Err(Error::OutOfRange { entry: subfile.name.clone(), offset, size });
+            return Err(mf_format::Error::OutOfRange { entry: subfile.name.clone(), offset, size }.into());
         }
         let len = (buf.len() as u64).min(size - offset) as usize;
         if let Some(raw) = self.raw_bytes(subfile) {
@@ -489,9 +512,11 @@ impl Multifile {
         results.into_iter().flatten().collect()
     }
 
+    /// Sum of the subfiles' content sizes.
     pub fn total_size(&self) -> u64 {
         self.subfiles.iter().map(|s| s.original_length).fold(0, u64::saturating_add)
     }
+    /// Sum of the subfiles' stored sizes.
     pub fn total_stored_size(&self) -> u64 {
         self.subfiles.iter().map(|s| s.data_length).fold(0, u64::saturating_add)
     }
@@ -577,7 +602,7 @@ impl Read for SubfileReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::panda3d::writer::{MultifileOptions, MultifileWriter, SubfileSpec};
+    use crate::writer::{MultifileOptions, MultifileWriter, SubfileSpec};
 
     fn build(options: &MultifileOptions, files: &[(&str, &[u8], Option<u32>)]) -> Vec<u8> {
         let specs = files
@@ -628,6 +653,19 @@ mod tests {
     }
 
     #[test]
+    fn a_name_that_is_also_a_directory_is_reported_with_both_names() {
+        // "a-x" and "a.x" sort between "a" and "a/b": the check must not stop at the next name.
+        let files: &[(&str, &[u8], Option<u32>)] = &[("a", b"1", None), ("a-x", b"2", None), ("a/b", b"3", None)];
+        let multifile = Multifile::from_bytes(build(&MultifileOptions::default(), files), "c.mf").unwrap();
+        assert_eq!(multifile.len(), 3, "opens: Panda3D reads such archives");
+        let err = multifile.check_paths().unwrap_err().to_string();
+        assert!(err.contains("c.mf") && err.contains("'a' is a subfile and also a directory of 'a/b'"), "{err}");
+        let files: &[(&str, &[u8], Option<u32>)] = &[("a", b"1", None), ("a-x/b", b"2", None), ("ab/c", b"3", None)];
+        let fine = Multifile::from_bytes(build(&MultifileOptions::default(), files), "f.mf").unwrap();
+        assert!(fine.check_paths().is_ok());
+    }
+
+    #[test]
     fn header_prefixes_are_consumed_as_panda3d_does() {
         assert_eq!(header_prefix_len(b"pmf\0"), 0);
         assert_eq!(header_prefix_len(b"#a\npmf"), 3);
@@ -635,7 +673,7 @@ mod tests {
         assert_eq!(header_prefix_len(b"#no newline"), 11);
         let err = Multifile::from_bytes(b"#x\nnot it".to_vec(), "p.mf").unwrap_err();
         assert!(err.to_string().contains("no Panda3D multifile magic after the '#' header prefix"), "{err}");
-        assert!(matches!(Multifile::from_bytes(b"PK\x03\x04".to_vec(), "z"), Err(Error::NotAnArchive { .. })));
+        assert!(matches!(Multifile::from_bytes(b"PK\x03\x04".to_vec(), "z"), Err(Error::NotAMultifile { .. })));
     }
 
     #[test]
@@ -702,6 +740,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "crypto")]
     fn encrypted_subfiles_decrypt_only_with_the_password() {
         // Hand-build a multifile whose only subfile is encrypted (as multify -e does).
         let stored = crypto::encrypt(b"secret data", "pw", crypto::Cipher::BlowfishCbc, 16, &[1; 8]).unwrap();

@@ -5,21 +5,27 @@
 use cbc::cipher::block_padding::Pkcs7;
 use cbc::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, KeyInit, KeyIvInit};
 
-use super::format::{EncryptionHeader, ENCRYPTION_CHECK, ENCRYPTION_HEADER_LEN};
+use crate::format::{EncryptionHeader, ENCRYPTION_CHECK, ENCRYPTION_HEADER_LEN};
 
 /// A cipher Panda3D can be configured with (PRC `encryption-algorithm`), by OpenSSL NID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cipher {
     /// NID 91, multify's default, with a variable key length (16 bytes by default).
     BlowfishCbc,
+    /// NID 419.
     Aes128Cbc,
+    /// NID 423.
     Aes192Cbc,
+    /// NID 427.
     Aes256Cbc,
+    /// NID 31.
     DesCbc,
+    /// NID 44 (triple DES).
     DesEde3Cbc,
 }
 
 impl Cipher {
+    /// The cipher with OpenSSL NID `nid`, if supported.
     pub fn from_nid(nid: u16) -> Option<Cipher> {
         Some(match nid {
             91 => Cipher::BlowfishCbc,
@@ -32,6 +38,7 @@ impl Cipher {
         })
     }
 
+    /// The cipher's OpenSSL NID, as recorded in the encryption record.
     pub fn nid(self) -> u16 {
         match self {
             Cipher::BlowfishCbc => 91,
@@ -43,6 +50,7 @@ impl Cipher {
         }
     }
 
+    /// OpenSSL's name for the cipher.
     pub fn name(self) -> &'static str {
         match self {
             Cipher::BlowfishCbc => "bf-cbc",
@@ -108,8 +116,9 @@ where
 /// Decrypts a stored encrypted subfile; returns the plaintext without the "crypty" check bytes. Errors
 /// are human-readable reasons (the caller adds file and entry).
 pub fn decrypt(stored: &[u8], password: &str) -> Result<Vec<u8>, String> {
-    let header: EncryptionHeader = crate::format::from_bytes(stored.get(..ENCRYPTION_HEADER_LEN).unwrap_or_default())
-        .ok_or("the encryption record is cut off")?;
+    let header: EncryptionHeader =
+        mf_format::format::from_bytes(stored.get(..ENCRYPTION_HEADER_LEN).unwrap_or_default())
+            .ok_or("the encryption record is cut off")?;
     let cipher = Cipher::from_nid(header.cipher_nid)
         .ok_or_else(|| format!("cipher NID {} is not supported by this build", header.cipher_nid))?;
     let key_len = usize::from(header.key_length);
@@ -154,7 +163,7 @@ pub fn encrypt(data: &[u8], password: &str, cipher: Cipher, key_len: u16, iv: &[
         Cipher::DesCbc => cbc_encrypt::<des::Des>(&key, iv, &plain),
         Cipher::DesEde3Cbc => cbc_encrypt::<des::TdesEde3>(&key, iv, &plain),
     }?;
-    let mut out = crate::format::to_bytes(&header);
+    let mut out = mf_format::format::to_bytes(&header);
     out.extend_from_slice(iv);
     out.extend_from_slice(&body);
     Ok(out)

@@ -10,12 +10,13 @@ use std::path::{Path, PathBuf};
 
 use binrw::BinWrite;
 
-use super::format::{
+use crate::error::Result;
+use crate::format::{
     pad_to_scale, xor_name, Header, IndexEntry, FLAG_COMPRESSED, HEADER_LEN_V1_1, MAGIC,
     MULTIFY_UNCOMPRESSED_EXTENSIONS, VERSION_MAJOR, VERSION_MINOR,
 };
-use crate::error::{Error, Result};
-use crate::path::validate_path;
+use mf_format::validate_path;
+use mf_format::Error as FormatError;
 
 /// Archive-wide settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,7 @@ impl Default for MultifileOptions {
 /// One subfile to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubfileSpec {
+    /// The subfile's name (a valid entry path).
     pub name: String,
     /// zlib level 0..=9 to compress with, or `None` to store the bytes as they are.
     pub compression_level: Option<u32>,
@@ -71,12 +73,12 @@ pub struct MultifileWriter<W: Write + Seek> {
 }
 
 fn scaled(position: u64, scale: u64, file: &Path) -> Result<u32> {
-    u32::try_from(position / scale).map_err(|_| {
-        Error::InvalidOption(format!(
+    Ok(u32::try_from(position / scale).map_err(|_| {
+        FormatError::InvalidOption(format!(
             "{}: position {position} does not fit a Panda3D multifile with scale factor {scale} (raise the scale factor)",
             file.display()
         ))
-    })
+    })?)
 }
 
 impl<W: Write + Seek> MultifileWriter<W> {
@@ -89,7 +91,7 @@ impl<W: Write + Seek> MultifileWriter<W> {
     ) -> Result<Self> {
         let file = file.into();
         if options.scale_factor == 0 {
-            return Err(Error::InvalidOption("the scale factor must be at least 1".into()));
+            return fail(FormatError::InvalidOption("the scale factor must be at least 1".into()));
         }
         let scale = u64::from(options.scale_factor);
         specs.sort_by(|a, b| a.name.cmp(&b.name));
@@ -97,13 +99,13 @@ impl<W: Write + Seek> MultifileWriter<W> {
         for spec in &specs {
             validate_path(&spec.name)?;
             if spec.name.len() > usize::from(u16::MAX) {
-                return Err(Error::InvalidPath { path: spec.name.clone(), reason: "longer than 65535 bytes" });
+                return fail(FormatError::InvalidPath { path: spec.name.clone(), reason: "longer than 65535 bytes" });
             }
             if !seen.insert(spec.name.as_str()) {
-                return Err(Error::DuplicatePath { path: spec.name.clone() });
+                return fail(FormatError::DuplicatePath { path: spec.name.clone() });
             }
             if spec.compression_level.is_some_and(|l| l > 9) {
-                return Err(Error::InvalidOption(format!("zlib level {:?} is above 9", spec.compression_level)));
+                return fail(FormatError::InvalidOption(format!("zlib level {:?} is above 9", spec.compression_level)));
             }
         }
         let prefix = match &options.header_prefix {
@@ -111,7 +113,7 @@ impl<W: Write + Seek> MultifileWriter<W> {
             Some(text) => {
                 let mut prefix = text.trim_end_matches('\n').to_owned();
                 if prefix.contains('\n') || prefix.contains('\r') {
-                    return Err(Error::InvalidOption("the header prefix must be a single line".into()));
+                    return fail(FormatError::InvalidOption("the header prefix must be a single line".into()));
                 }
                 if !prefix.starts_with('#') {
                     prefix.insert(0, '#');
@@ -127,9 +129,9 @@ impl<W: Write + Seek> MultifileWriter<W> {
             scale_factor: options.scale_factor,
             timestamp: Some(options.timestamp),
         };
-        let io_err = |e| Error::io(&file, e);
+        let io_err = |e| FormatError::io(&file, e);
         out.write_all(&prefix).map_err(io_err)?;
-        header.write(&mut out).map_err(|e| Error::io(&file, binrw_to_io(e)))?;
+        header.write(&mut out).map_err(|e| FormatError::io(&file, binrw_to_io(e)))?;
         let index_start = pad_to_scale(prefix.len() as u64 + HEADER_LEN_V1_1, scale);
 
         let mut entries = Vec::with_capacity(specs.len());
@@ -183,9 +185,10 @@ impl<W: Write + Seek> MultifileWriter<W> {
 
     /// Writes the next subfile's content from `reader` (compressing it if its spec says so).
     pub fn add(&mut self, reader: &mut dyn Read) -> Result<()> {
-        let name = self.next_name().ok_or_else(|| Error::InvalidOption("more subfiles added than planned".into()))?;
+        let name =
+            self.next_name().ok_or_else(|| FormatError::InvalidOption("more subfiles added than planned".into()))?;
         let file = self.file.clone();
-        let io_err = |e| Error::io(&file, e);
+        let io_err = |e| FormatError::io(&file, e);
         let padded = pad_to_scale(self.position, self.scale);
         io::copy(&mut io::repeat(0).take(padded - self.position), &mut self.out).map_err(io_err)?;
         self.position = padded;
@@ -203,7 +206,7 @@ impl<W: Write + Seek> MultifileWriter<W> {
         };
         let stored = counter.count;
         let too_big = |what: &str| {
-            Error::InvalidOption(format!(
+            FormatError::InvalidOption(format!(
                 "{}: subfile '{name}' is {what} 4 GiB, the Panda3D multifile limit",
                 file.display()
             ))
@@ -221,9 +224,9 @@ impl<W: Write + Seek> MultifileWriter<W> {
     /// Pads the end, writes the index and returns the output.
     pub fn finish(mut self) -> Result<W> {
         let file = self.file.clone();
-        let io_err = |e| Error::io(&file, e);
+        let io_err = |e| FormatError::io(&file, e);
         if self.added != self.entries.len() {
-            return Err(Error::InvalidOption(format!(
+            return fail(FormatError::InvalidOption(format!(
                 "{}: {} subfiles planned but {} written",
                 file.display(),
                 self.entries.len(),
@@ -234,7 +237,7 @@ impl<W: Write + Seek> MultifileWriter<W> {
         io::copy(&mut io::repeat(0).take(end - self.position), &mut self.out).map_err(io_err)?;
         for (entry, &at) in self.entries.iter().zip(&self.entry_positions) {
             self.out.seek(SeekFrom::Start(at)).map_err(io_err)?;
-            entry.write_args(&mut self.out, (true,)).map_err(|e| Error::io(&file, binrw_to_io(e)))?;
+            entry.write_args(&mut self.out, (true,)).map_err(|e| FormatError::io(&file, binrw_to_io(e)))?;
         }
         self.out.seek(SeekFrom::Start(end)).map_err(io_err)?;
         self.out.flush().map_err(io_err)?;
@@ -263,6 +266,11 @@ fn binrw_to_io(error: binrw::Error) -> io::Error {
         binrw::Error::Io(e) => e,
         other => io::Error::other(other.to_string()),
     }
+}
+
+/// Returns `error` as this crate's error (writer failures are all container-level errors).
+fn fail<T>(error: FormatError) -> Result<T> {
+    Err(error.into())
 }
 
 #[cfg(test)]

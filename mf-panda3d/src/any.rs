@@ -6,10 +6,10 @@ use std::borrow::Cow;
 use std::io::Read;
 use std::path::Path;
 
+use mf_format::{Archive, Entry, Mtime, StoredAs};
+
 use crate::error::{Error, Result};
-use crate::panda3d::{looks_like_multifile, Multifile, Subfile};
-use crate::reader::{Archive, Entry, StoredAs};
-use crate::writer::Mtime;
+use crate::reader::{looks_like_multifile, Multifile, Subfile};
 
 /// Panda3D has no permission bits; its subfiles are ordinary readable files.
 const PANDA3D_MODE: u32 = 0o644;
@@ -17,7 +17,9 @@ const PANDA3D_MODE: u32 = 0o644;
 /// An open archive of either format.
 #[derive(Debug)]
 pub enum AnyArchive {
+    /// An mf archive.
     Mf(Archive),
+    /// A Panda3D multifile.
     Panda3d(Multifile),
 }
 
@@ -36,10 +38,13 @@ impl From<Multifile> for AnyArchive {
 /// An entry of an [`AnyArchive`].
 #[derive(Debug, Clone, Copy)]
 pub enum AnyEntry<'a> {
+    /// An entry of an mf archive.
     Mf(Entry<'a>),
+    /// A subfile of a Panda3D multifile.
     Panda3d {
         /// Position in name order; unique within the archive.
         index: u32,
+        /// The subfile.
         subfile: &'a Subfile,
         /// The subfile's timestamp, or the multifile's when it has none.
         mtime: Option<u32>,
@@ -49,11 +54,14 @@ pub enum AnyEntry<'a> {
 /// Which format an archive is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchiveFormat {
+    /// mf's own `.mf` container.
     Mf,
+    /// A Panda3D multifile.
     Panda3d,
 }
 
 impl ArchiveFormat {
+    /// `mf` or `panda3d`.
     pub fn name(self) -> &'static str {
         match self {
             ArchiveFormat::Mf => "mf",
@@ -70,6 +78,7 @@ impl<'a> AnyEntry<'a> {
             AnyEntry::Panda3d { index, .. } => *index,
         }
     }
+    /// The entry's path (`/`-separated, relative).
     pub fn path(&self) -> &'a str {
         match self {
             AnyEntry::Mf(entry) => entry.path(),
@@ -90,6 +99,13 @@ impl<'a> AnyEntry<'a> {
             AnyEntry::Panda3d { subfile, .. } => subfile.stored_size(),
         }
     }
+    /// Absolute offset of the entry's stored data in the archive file.
+    pub fn offset(&self) -> u64 {
+        match self {
+            AnyEntry::Mf(entry) => entry.offset(),
+            AnyEntry::Panda3d { subfile, .. } => subfile.data_offset(),
+        }
+    }
     /// Unix permission bits (always 0644 for Panda3D subfiles).
     pub fn mode(&self) -> u32 {
         match self {
@@ -97,6 +113,7 @@ impl<'a> AnyEntry<'a> {
             AnyEntry::Panda3d { .. } => PANDA3D_MODE,
         }
     }
+    /// Modification time, if recorded.
     pub fn mtime(&self) -> Option<Mtime> {
         match self {
             AnyEntry::Mf(entry) => entry.mtime(),
@@ -114,9 +131,11 @@ impl<'a> AnyEntry<'a> {
             AnyEntry::Panda3d { .. } => "none",
         }
     }
+    /// Whether the content is stored compressed.
     pub fn is_compressed(&self) -> bool {
         self.compression() != "none"
     }
+    /// Whether the entry is encrypted (Panda3D only).
     pub fn is_encrypted(&self) -> bool {
         matches!(self, AnyEntry::Panda3d { subfile, .. } if subfile.is_encrypted())
     }
@@ -133,10 +152,29 @@ impl<'a> AnyEntry<'a> {
     }
 }
 
+/// How an entry's content lies in its archive: what a reader serving byte ranges (the mount) can do
+/// without decoding the whole entry.
+#[derive(Debug, Clone, Copy)]
+pub enum EntryLayout<'a> {
+    /// Uncompressed and contiguous: the content is this slice of the archive.
+    Contiguous(&'a [u8]),
+    /// Independent frames of `frame_size` content bytes (mf zstd entries); frame `k` holds bytes
+    /// `k * frame_size ..` and decodes alone with [`AnyArchive::decode_frame`].
+    Frames {
+        /// Content bytes per frame (the last may be shorter).
+        frame_size: u64,
+    },
+    /// A stream without random access (zlib or encrypted Panda3D subfiles): a range needs the content
+    /// decoded from the start, so readers decode it whole ([`AnyArchive::read`]) and keep it.
+    Stream,
+}
+
 /// Reads up to `n` leading bytes of a file (fewer when it is shorter).
 fn head(path: &Path, n: u64) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    crate::fs::open_regular(path).and_then(|f| f.take(n).read_to_end(&mut bytes)).map_err(|e| Error::io(path, e))?;
+    mf_format::fs::open_regular(path)
+        .and_then(|f| f.take(n).read_to_end(&mut bytes))
+        .map_err(|e| Error::io(path, e))?;
     Ok(bytes)
 }
 
@@ -168,6 +206,48 @@ impl AnyArchive {
         }
     }
 
+    /// Whether a password was set with [`set_password`](Self::set_password).
+    pub fn has_password(&self) -> bool {
+        match self {
+            AnyArchive::Mf(_) => false,
+            AnyArchive::Panda3d(multifile) => multifile.has_password(),
+        }
+    }
+
+    /// Fails when one entry's path is also a directory of another (`a` and `a/b`), which no file
+    /// system can hold: extraction and mounting check this before doing anything. mf archives are
+    /// refused at open for this; Panda3D multifiles open (Panda3D itself reads them) and fail here.
+    pub fn check_paths(&self) -> Result<()> {
+        match self {
+            AnyArchive::Mf(_) => Ok(()),
+            AnyArchive::Panda3d(multifile) => multifile.check_paths(),
+        }
+    }
+
+    /// How `entry`'s content lies in the archive (see [`EntryLayout`]).
+    pub fn layout<'a>(&'a self, entry: &AnyEntry<'a>) -> EntryLayout<'a> {
+        match (self, entry) {
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => match entry.stored_as() {
+                StoredAs::Raw => archive.raw_bytes(entry).map_or(EntryLayout::Stream, EntryLayout::Contiguous),
+                StoredAs::Zstd => EntryLayout::Frames { frame_size: archive.frame_size() },
+            },
+            (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { subfile, .. }) => {
+                multifile.raw_bytes(subfile).map_or(EntryLayout::Stream, EntryLayout::Contiguous)
+            }
+            _ => EntryLayout::Stream,
+        }
+    }
+
+    /// Decodes frame `frame` of an entry laid out as [`EntryLayout::Frames`] into `out` (replacing its
+    /// contents), checked.
+    pub fn decode_frame(&self, entry: &AnyEntry<'_>, frame: u64, out: &mut Vec<u8>) -> Result<()> {
+        match (self, entry) {
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => Ok(archive.decode_frame(entry, frame, out)?),
+            _ => Err(Self::foreign(entry)),
+        }
+    }
+
+    /// Which format the archive is in.
     pub fn format(&self) -> ArchiveFormat {
         match self {
             AnyArchive::Mf(_) => ArchiveFormat::Mf,
@@ -175,6 +255,7 @@ impl AnyArchive {
         }
     }
 
+    /// The archive's file name (as given at open; used in errors).
     pub fn name(&self) -> &Path {
         match self {
             AnyArchive::Mf(archive) => archive.name(),
@@ -182,6 +263,7 @@ impl AnyArchive {
         }
     }
 
+    /// Format version as (major, minor).
     pub fn version(&self) -> (u16, u16) {
         match self {
             AnyArchive::Mf(archive) => archive.version(),
@@ -189,6 +271,7 @@ impl AnyArchive {
         }
     }
 
+    /// Number of entries.
     pub fn len(&self) -> usize {
         match self {
             AnyArchive::Mf(archive) => archive.len(),
@@ -196,10 +279,12 @@ impl AnyArchive {
         }
     }
 
+    /// True when the archive has no entries.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Size of the archive file in bytes.
     pub fn file_len(&self) -> u64 {
         match self {
             AnyArchive::Mf(archive) => archive.file_len(),
@@ -207,6 +292,16 @@ impl AnyArchive {
         }
     }
 
+    /// Bytes of the index: mf's index section; for Panda3D, from the first index entry to the end of
+    /// the chain (for appended, non-contiguous chains this spans the data in between).
+    pub fn index_size(&self) -> u64 {
+        match self {
+            AnyArchive::Mf(archive) => archive.index_extent().1,
+            AnyArchive::Panda3d(multifile) => multifile.index_end().saturating_sub(multifile.index_start()),
+        }
+    }
+
+    /// Sum of the entries' content sizes.
     pub fn total_size(&self) -> u64 {
         match self {
             AnyArchive::Mf(archive) => archive.total_size(),
@@ -214,6 +309,7 @@ impl AnyArchive {
         }
     }
 
+    /// Sum of the entries' stored sizes.
     pub fn total_stored_size(&self) -> u64 {
         match self {
             AnyArchive::Mf(archive) => archive.total_stored_size(),
@@ -267,7 +363,7 @@ impl AnyArchive {
     /// Reads a whole entry, checked.
     pub fn read(&self, entry: &AnyEntry<'_>) -> Result<Cow<'_, [u8]>> {
         match (self, entry) {
-            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => archive.read(entry),
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => Ok(archive.read(entry)?),
             (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { subfile, .. }) => {
                 multifile.read(subfile).map(Cow::Owned)
             }
@@ -280,7 +376,7 @@ impl AnyArchive {
     /// subfile is decoded from its start.
     pub fn read_at(&self, entry: &AnyEntry<'_>, offset: u64, buf: &mut [u8]) -> Result<usize> {
         match (self, entry) {
-            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => archive.read_at(entry, offset, buf),
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => Ok(archive.read_at(entry, offset, buf)?),
             (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { subfile, .. }) => {
                 multifile.read_at(subfile, offset, buf)
             }
@@ -291,11 +387,12 @@ impl AnyArchive {
     /// Checks every entry; the errors of damaged (or, for Panda3D, undecryptable) entries.
     pub fn verify(&self) -> Vec<Error> {
         match self {
-            AnyArchive::Mf(archive) => archive.verify(),
+            AnyArchive::Mf(archive) => archive.verify().into_iter().map(Error::from).collect(),
             AnyArchive::Panda3d(multifile) => multifile.verify(),
         }
     }
 
+    /// The mf archive, if that is the format.
     pub fn as_mf(&self) -> Option<&Archive> {
         match self {
             AnyArchive::Mf(archive) => Some(archive),
@@ -303,6 +400,7 @@ impl AnyArchive {
         }
     }
 
+    /// The Panda3D multifile, if that is the format.
     pub fn as_panda3d(&self) -> Option<&Multifile> {
         match self {
             AnyArchive::Panda3d(multifile) => Some(multifile),
@@ -311,15 +409,16 @@ impl AnyArchive {
     }
 
     fn foreign(entry: &AnyEntry<'_>) -> Error {
-        Error::InvalidOption(format!("entry '{}' belongs to an archive of another format", entry.path()))
+        mf_format::Error::InvalidOption(format!("entry '{}' belongs to an archive of another format", entry.path()))
+            .into()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
-    use crate::{ArchiveWriter, EntryOptions, WriterOptions};
+    use crate::{MultifileOptions, MultifileWriter, SubfileSpec};
+    use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
 
     fn panda3d_bytes(prefix: Option<&str>) -> Vec<u8> {
         let specs = vec![
