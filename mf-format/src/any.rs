@@ -153,6 +153,18 @@ impl AnyArchive {
         }
     }
 
+    /// Like [`open`](Self::open), for long-lived readers of files that may change while open (a
+    /// mount): an mf archive reads its entry data with `pread` ([`Archive::open_pread`]), so a
+    /// truncated file gives read errors instead of SIGBUS. Panda3D multifiles are still mapped.
+    pub fn open_pread(path: impl AsRef<Path>) -> Result<AnyArchive> {
+        let path = path.as_ref();
+        if looks_like_multifile(&head(path, 8)?) {
+            Ok(AnyArchive::Panda3d(Multifile::open(path)?))
+        } else {
+            Ok(AnyArchive::Mf(Archive::open_pread(path)?))
+        }
+    }
+
     /// Like [`open`](Self::open), from memory.
     pub fn from_bytes(bytes: Vec<u8>, name: impl Into<std::path::PathBuf>) -> Result<AnyArchive> {
         if looks_like_multifile(&bytes) {

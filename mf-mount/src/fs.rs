@@ -432,14 +432,30 @@ impl fuser::Filesystem for ArchiveFs {
         };
         self.prefetch(ino, archive_index, archive, &entry, start, end);
         match entry.stored_as() {
-            StoredAs::Raw => {
+            StoredAs::Raw => match archive.raw_bytes(&entry) {
                 // Zero copy: the reply is written straight from the mapping.
-                let bytes = archive.raw_bytes(&entry).and_then(|raw| raw.get(start as usize..end as usize));
-                match bytes {
+                Some(raw) => match raw.get(start as usize..end as usize) {
                     Some(bytes) => reply.data(bytes),
                     None => reply.error(Errno::EIO),
-                }
-            }
+                },
+                // A pread archive (what `open_archives` makes): read into the worker's buffer.
+                None => ASSEMBLY.with(|assembly| {
+                    let mut assembly = assembly.borrow_mut();
+                    assembly.clear();
+                    assembly.resize((end - start) as usize, 0);
+                    match archive.read_at(&entry, start, &mut assembly) {
+                        Ok(_) => reply.data(&assembly),
+                        Err(e) => {
+                            log_error(format_args!(
+                                "mf mount: I/O error reading '{}' from archive {}: {e}",
+                                entry.path(),
+                                archive.name().display()
+                            ));
+                            reply.error(Errno::EIO)
+                        }
+                    }
+                }),
+            },
             StoredAs::Zstd => self.read_zstd(archive_index, archive, &entry, start, end, reply),
         }
     }
