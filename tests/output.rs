@@ -111,3 +111,13 @@ fn apply_in_place_through_a_symlink_replaces_the_real_archive_and_keeps_the_link
     let names: Vec<_> = std::fs::read_dir(dir.path().join("store")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, ["real.mf"], "no temp file left beside it");
 }
+
+#[test]
+fn error_messages_quoting_entry_paths_are_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tree(&dir.path().join("src"), &[("x\u{1b}]0;pwned\u{7}.txt", b"x")]);
+    mf_ok(dir.path(), &["pack", "src", "-o", "a.mf"]);
+    let stderr = common::mf_fails(dir.path(), &["cat", "a.mf", "x\u{1b}]0;pwned\u{7}.txt/missing"], 1);
+    assert!(stderr.contains("x\\u{1b}]0;pwned\\u{7}.txt/missing"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}') && !stderr.contains('\u{7}'), "{stderr}");
+}

@@ -219,7 +219,7 @@ pub fn verify(args: VerifyArgs) -> Outcome {
         say!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         for error in &errors {
-            eprintln!("mf: {error}");
+            eprintln!("mf: {}", escaped(&error.to_string()));
         }
         if !unchecked.is_empty() {
             eprintln!(

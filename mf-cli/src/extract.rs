@@ -76,7 +76,7 @@ pub fn run(args: ExtractArgs) -> Outcome {
         .collect();
     bar.finish_and_clear();
     for failure in &failures {
-        eprintln!("mf: {failure:#}");
+        eprintln!("mf: {}", crate::terminal::escaped(&format!("{failure:#}")));
     }
     if !failures.is_empty() {
         eprintln!("mf: {} of {} entries were not extracted", failures.len(), selected.len());

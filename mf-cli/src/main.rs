@@ -130,7 +130,7 @@ fn main() -> ExitCode {
                 // `mf list big.mf | head` is not an error.
                 return ExitCode::SUCCESS;
             }
-            eprintln!("mf: {err:#}");
+            eprintln!("mf: {}", terminal::escaped(&format!("{err:#}")));
             ExitCode::FAILURE
         }
     }

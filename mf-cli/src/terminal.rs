@@ -2,8 +2,8 @@
 //!
 //! Entry paths are input: a path holding ESC can recolour, move the cursor or retitle the
 //! terminal, a newline forges an extra line in a listing, and bidi controls make a name read
-//! differently from its bytes. Text output shows such characters escaped; `--json` output keeps
-//! paths exact (JSON escapes control characters itself).
+//! differently from its bytes. Text output, and error messages (which quote paths), show such
+//! characters escaped; `--json` output keeps paths exact (JSON escapes control characters itself).
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
