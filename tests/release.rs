@@ -63,3 +63,40 @@ fn publish_two_versions_from_folders_and_archives() {
     assert_eq!(pruned["manifest_version"], 4);
     assert!(!full.exists(), "1.0's full archive is gone once no manifest names it");
 }
+
+/// Every file under `root` (relative paths), for checking that a refused command wrote nothing.
+fn files_under(root: &std::path::Path) -> Vec<String> {
+    common::read_tree(root).into_iter().map(|(path, _)| path).collect()
+}
+
+#[test]
+fn manifest_lifetimes_that_cannot_be_published_are_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mf_ok(d, &["keygen", "release"]);
+    let assets = sample_assets();
+    let assets = assets.to_str().unwrap();
+    // Past year 9999 (this used to panic after storing the full archive), and zero (this used to
+    // publish a manifest every client refuses).
+    for expires in ["100000000y", "0s"] {
+        let err =
+            mf_fails(d, &["release", "add", "repo", "1.0", assets, "--sign", "release.key", "--expires", expires], 1);
+        assert!(err.contains("--expires") && !err.contains("panicked"), "{expires}: {err}");
+        let left = if d.join("repo").exists() { files_under(&d.join("repo")) } else { Vec::new() };
+        assert!(left.iter().all(|p| p == ".lock"), "{expires}: a refused add left {left:?}");
+    }
+
+    mf_ok(d, &["release", "add", "repo", "1.0", assets, "--sign", "release.key"]);
+    let before = files_under(&d.join("repo"));
+    let manifest = std::fs::read(d.join("repo/manifest.json")).unwrap();
+    for expires in ["100000000y", "0s"] {
+        for command in [&["release", "resign", "repo"][..], &["release", "prune", "repo", "--keep", "1"][..]] {
+            let mut args = command.to_vec();
+            args.extend(["--sign", "release.key", "--expires", expires]);
+            let err = mf_fails(d, &args, 1);
+            assert!(err.contains("--expires") && !err.contains("panicked"), "{args:?}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read(d.join("repo/manifest.json")).unwrap(), manifest, "the manifest is unchanged");
+    assert_eq!(files_under(&d.join("repo")), before, "no object was added or removed");
+}

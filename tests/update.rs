@@ -693,3 +693,53 @@ fn kill_9_during_a_fresh_install_leaves_no_archive_or_the_whole_one() {
 fn fault_patches(port: u16, fault: Fault) -> FaultProxy {
     FaultProxy::start(port, move |_, path| if path.starts_with("/patches/") { fault } else { Fault::Pass })
 }
+
+/// A state folder someone else can write: a symlink planted as the state folder, as `downloads/` or
+/// `work/`, or as a `.part` file is refused with a clear error, and what it points to is never
+/// emptied, filled or appended to.
+#[test]
+fn symlinks_planted_in_the_state_folder_are_refused_and_never_followed() {
+    use std::os::unix::fs::symlink;
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let repo = fixture().repo.to_str().unwrap().to_owned();
+    let key = key_arg();
+    let args = ["--repo", repo.as_str(), "--key", key.as_str(), "game.mf"];
+    let victim = d.join("victim");
+    let state = d.join("game.mf.mf-update");
+    let precious = || vec![("keep.txt".to_owned(), b"precious".to_vec())];
+    let reset = || {
+        let _ = std::fs::remove_dir_all(&state); // a symlink itself is removed, not followed
+        let _ = std::fs::remove_dir_all(&victim);
+        write_tree(&victim, &[("keep.txt", b"precious")]);
+        install(d, "1.0");
+    };
+    for planted in ["the state folder", "downloads", "work"] {
+        reset();
+        if planted == "the state folder" {
+            symlink(&victim, &state).unwrap();
+        } else {
+            std::fs::create_dir_all(&state).unwrap();
+            symlink(&victim, state.join(planted)).unwrap();
+        }
+        let err = update_fails(d, &args);
+        assert!(err.contains("symbolic link"), "{planted}: {err}");
+        assert_eq!(common::read_tree(&victim), precious(), "{planted}: the link's target changed");
+        assert_eq!(std::fs::read(d.join("game.mf")).unwrap(), fixture().bytes("1.0"), "{planted}");
+    }
+
+    // A `.part` of the route's first piece that points at someone's file: never appended to.
+    reset();
+    std::fs::create_dir_all(state.join("downloads")).unwrap();
+    let manifest = Fixture::manifest(&fixture().repo);
+    let first_piece = manifest["versions"][1]["patches"][0]["sha256"].as_str().unwrap().to_owned();
+    symlink(victim.join("keep.txt"), state.join("downloads").join(format!("{first_piece}.part"))).unwrap();
+    let err = update_fails(d, &args);
+    assert!(err.contains("symbolic link"), ".part: {err}");
+    assert_eq!(common::read_tree(&victim), precious(), ".part: the link's target changed");
+
+    // With the plants gone, the same state folder updates normally.
+    reset();
+    update_ok(d, &args);
+    assert_eq!(std::fs::read(d.join("game.mf")).unwrap(), fixture().bytes("1.2"));
+}

@@ -357,3 +357,88 @@ fn killing_an_update_at_random_points_never_breaks_the_folder() {
     assert!(killed >= 8, "only {killed} runs were killed before they finished");
     assert!(killed_in_switch >= 4, "only {killed_in_switch} kills landed during the switch");
 }
+
+/// A journal is input like any other: forged ones (paths leaving the folder, staged files from
+/// elsewhere, operations the signed file tables do not allow) are refused and nothing changes.
+#[test]
+fn a_forged_journal_is_refused_and_the_folder_stays_as_it_is() {
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let releases = small_releases();
+    publish(d, &releases);
+    let game = d.join("game");
+    update(d, "repo", "game", &["--to", "1"]);
+    write(&game, &user_files());
+    let before = snapshot(&game);
+    std::fs::write(d.join("victim.txt"), b"not the updater's").unwrap();
+    std::fs::write(d.join("secret"), b"placed by someone else").unwrap();
+    let state = game.join(".mf-update");
+    std::fs::create_dir_all(state.join("staging")).unwrap();
+    let victim = d.join("victim.txt").to_str().unwrap().to_owned();
+
+    let forged = [
+        ("a `..` deletion", serde_json::json!([{ "op": "delete", "path": "../victim.txt" }])),
+        ("an absolute deletion", serde_json::json!([{ "op": "delete", "path": victim }])),
+        ("a `..` replacement", serde_json::json!([{ "op": "replace", "path": "../outside.txt", "staged": "s0" }])),
+        (
+            "a staged file from outside staging",
+            serde_json::json!([{ "op": "replace", "path": "game.cfg", "staged": "../../../secret" }]),
+        ),
+        ("deleting a user's file", serde_json::json!([{ "op": "delete", "path": "settings.ini" }])),
+        ("deleting a file version 2 keeps", serde_json::json!([{ "op": "delete", "path": "data/level.bin" }])),
+        (
+            "replacing a file version 2 drops",
+            serde_json::json!([{ "op": "replace", "path": "docs/old.txt", "staged": "s0" }]),
+        ),
+    ];
+    for (what, operations) in forged {
+        std::fs::write(state.join("staging/s0"), b"staged by someone else").unwrap();
+        let journal = serde_json::json!({
+            "type": "mf-folder-journal", "from": "1", "to": "2", "done": false,
+            "operations": operations, "created_dirs": [],
+        });
+        std::fs::write(state.join("journal.json"), serde_json::to_vec(&journal).unwrap()).unwrap();
+        let err = mf_fails(d, &["update", "--repo", "repo", "--key", "release.pub", "--dir", "game"], 1);
+        assert!(err.contains("journal.json") && err.contains("refused"), "{what}: {err}");
+        assert_eq!(snapshot(&game), before, "{what}: the folder changed");
+        assert_eq!(std::fs::read(d.join("victim.txt")).unwrap(), b"not the updater's", "{what}");
+        assert_eq!(std::fs::read(d.join("secret")).unwrap(), b"placed by someone else", "{what}");
+        assert!(!d.join("outside.txt").exists(), "{what}: wrote outside the folder");
+        assert!(state.join("journal.json").exists(), "{what}: the refused journal stays for inspection");
+    }
+
+    // The journal the updater itself writes still finishes: remove the forgery and update for real.
+    std::fs::remove_file(state.join("journal.json")).unwrap();
+    update(d, "repo", "game", &[]);
+    assert_eq!(snapshot(&game), with_user(&releases[2]));
+}
+
+/// The updater's own folders inside `.mf-update/` are local state someone else may have planted: a
+/// `backup/` that is a symbolic link used to receive the folder's old files (and `staging/` or
+/// `downloads/` the same way). Such a state folder is refused before anything changes.
+#[test]
+fn symlinks_planted_in_the_folder_state_are_refused_and_never_followed() {
+    use std::os::unix::fs::symlink;
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let releases = small_releases();
+    publish(d, &releases);
+    let game = d.join("game");
+    update(d, "repo", "game", &["--to", "1"]);
+    let before = snapshot(&game);
+    let victim = d.join("victim");
+    for planted in ["backup", "staging", "downloads"] {
+        let _ = std::fs::remove_dir_all(&victim);
+        write(&victim, &user_files());
+        let link = game.join(".mf-update").join(planted);
+        let _ = std::fs::remove_dir_all(&link);
+        symlink(&victim, &link).unwrap();
+        let err = mf_fails(d, &["update", "--repo", "repo", "--key", "release.pub", "--dir", "game"], 1);
+        assert!(err.contains("symbolic link"), "{planted}: {err}");
+        assert_eq!(snapshot(&victim), user_files(), "{planted}: the link's target changed");
+        assert_eq!(snapshot(&game), before, "{planted}: the folder changed");
+        std::fs::remove_file(&link).unwrap();
+    }
+    update(d, "repo", "game", &[]);
+    assert_eq!(snapshot(&game), releases[2]);
+}

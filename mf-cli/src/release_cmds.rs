@@ -155,6 +155,8 @@ pub fn run(command: ReleaseCommand) -> Outcome {
 
 fn add(args: AddArgs) -> Outcome {
     let key = load_key(&args.signing)?;
+    // Before packing a folder: a lifetime that cannot be published fails at once.
+    Signing { key: key.as_ref(), expires_in: args.signing.expires }.expiry(std::time::SystemTime::now())?;
     let metadata = std::fs::metadata(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     // A folder is packed first, into the repository's filesystem, then published like an archive.
     let _scratch;

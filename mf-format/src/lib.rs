@@ -66,6 +66,7 @@ pub mod any;
 pub mod atomic;
 pub mod error;
 pub mod format;
+pub mod fs;
 mod mapping;
 pub mod pack;
 pub mod panda3d;

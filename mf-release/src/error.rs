@@ -1,11 +1,16 @@
-//! Errors of publishing and updating. Each names the file, URL or version it concerns.
+//! Errors of publishing and updating. Each names the file, URL or version it concerns, and each case a
+//! caller may act on (a held lock, an unknown version, an expired or rolled-back manifest, a modified
+//! install, a refused journal...) is a variant of its own.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// What went wrong; every variant names the file, URL or version involved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
-    #[error("{}: {source}", path.display())]
+    /// Reading or writing `path` failed (the I/O error is the source).
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     /// The manifest or a file table is not valid JSON of the expected shape.
     #[error("{origin}: {what}")]
@@ -28,9 +33,66 @@ pub enum Error {
     /// Fetching failed (network, HTTP status, timeout, short or long response).
     #[error("{url}: {what}")]
     Fetch { url: String, what: String },
-    /// A request that cannot be carried out (unknown version, duplicate version, nothing to do...).
+    /// Another `mf update` of the same install holds its lock (`lock`).
+    #[error("{}: another mf update of this install is running", lock.display())]
+    Locked { lock: PathBuf, source: nix::errno::Errno },
+    /// The repository does not list `version`.
+    #[error("{repo}: version {version:?} is not in the repository (it has: {})", available.join(", "))]
+    VersionNotFound { repo: String, version: String, available: Vec<String> },
+    /// The repository lists no version at all.
+    #[error("{repo}: the repository has no versions yet")]
+    NoVersions { repo: String },
+    /// `path` holds no `manifest.json`.
+    #[error("{}: not a release repository (no manifest.json)", path.display())]
+    NotARepository { path: PathBuf },
+    /// Publishing a version the repository already has.
+    #[error("{}: version {version} is already published", repo.display())]
+    AlreadyPublished { repo: PathBuf, version: String },
+    /// A version name outside 1-128 characters of `[A-Za-z0-9._+-]`.
+    #[error("version {version:?} must be 1-128 characters of [A-Za-z0-9._+-]")]
+    BadVersionName { version: String },
+    /// Rewriting a signed repository's manifest without its key.
+    #[error("{}: the repository is signed; pass --sign with its key (an unsigned manifest would be refused by clients)", repo.display())]
+    SigningKeyRequired { repo: PathBuf },
+    /// A manifest lifetime (`--expires`) that cannot be published: zero, or beyond year 9999.
+    #[error("--expires {}: {why}", humantime::format_duration(*expires_in))]
+    BadExpiry { expires_in: Duration, why: &'static str },
+    /// An archive to publish has an entry inside `.mf-update/`, which install folders reserve.
+    #[error("{}: entry {entry:?} is inside .mf-update/, which install folders reserve for the updater", archive.display())]
+    ReservedPath { archive: PathBuf, entry: String },
+    /// The install matches no version of the repository (modified, damaged or from elsewhere); it was
+    /// left untouched, and only `--repair` replaces it.
+    #[error("{}: {found} matches no version in {repo} (modified, damaged or unknown install); left untouched. Run again with --repair to bring it to {target} with the full download ({full_size} bytes)", install.display())]
+    UnknownInstall { install: PathBuf, repo: String, found: String, target: String, full_size: u64 },
+    /// `path` exists but is not the kind of file system object the update needs.
+    #[error("{}: not a {expected}", path.display())]
+    WrongFileType { path: PathBuf, expected: &'static str },
+    /// A folder-mode journal (`.mf-update/journal.json`) failed validation; nothing was changed.
+    #[error("{}: {what}; refused, the folder was left as it is (remove the .mf-update folder to start over)", path.display())]
+    BadJournal { path: PathBuf, what: String },
+    /// An interrupted folder update (its journal) must be finished before a new one is staged.
+    #[error("{}: an interrupted update must be finished first", journal.display())]
+    InterruptedUpdate { journal: PathBuf },
+    /// The state folder of an install (or a folder or file in it) is not what this client made: a
+    /// symbolic link, or owned by another user. Following it could empty or fill a folder elsewhere.
+    #[error("{}: {what}; refused (remove it to start over)", path.display())]
+    UnsafeState { path: PathBuf, what: String },
+    /// The switch met something at or above a release path that it must not replace or pass through
+    /// (a directory, a symbolic link, a file where a directory goes).
+    #[error("{}: cannot write {path}: {what}", root.display())]
+    Blocked { root: PathBuf, path: String, what: String },
+    /// The patch route failed, and so did the full download that replaced it (the source).
+    #[error("the update failed: the patch route failed ({}), and so did the full download", chain(patch_route))]
+    UpdateFailed { patch_route: Box<Error>, source: Box<Error> },
+    /// The switch failed (the source) and rolling it back failed too: the next run finishes it.
+    #[error("the switch failed, and rolling back failed too ({}): the next run finishes the update", chain(rollback))]
+    RollbackFailed { rollback: Box<Error>, source: Box<Error> },
+    /// A request that cannot be carried out as given (`--keep 0`, a path with no file name...).
     #[error("{0}")]
-    Invalid(String),
+    BadArgument(String),
+    /// A broken internal invariant (a bug, not bad input).
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error(transparent)]
     Format(#[from] mf_format::Error),
     #[error(transparent)]
@@ -47,4 +109,20 @@ impl Error {
     pub fn metadata(origin: impl std::fmt::Display, what: impl Into<String>) -> Error {
         Error::BadMetadata { origin: origin.to_string(), what: what.into() }
     }
+}
+
+/// `error` and its sources in one line, `a: b: c`, for messages that embed an error as text.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        // Transparent wrappers repeat their inner error's text; print it once.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }

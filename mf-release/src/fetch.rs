@@ -8,6 +8,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -152,6 +153,17 @@ impl Fetcher {
     pub fn fetch_object(&self, object: &ObjectRef, dir: &Path, progress: &dyn Fn(u64)) -> Result<PathBuf> {
         let url = self.url(&object.path);
         let complete = dir.join(&object.sha256);
+        let part = dir.join(format!("{}.part", object.sha256));
+        for path in [&complete, &part] {
+            // Only regular files the client wrote itself are used or resumed: a planted link would be
+            // read as the piece, or appended to.
+            if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+                return Err(Error::UnsafeState {
+                    path: path.clone(),
+                    what: "a symbolic link or other non-file where the updater keeps a download".into(),
+                });
+            }
+        }
         if complete.exists() {
             if matches_object(&complete, object)? {
                 progress(object.size);
@@ -159,7 +171,6 @@ impl Fetcher {
             }
             remove(&complete)?;
         }
-        let part = dir.join(format!("{}.part", object.sha256));
         self.with_retries(&url, || self.fetch_part(object, &part, progress))?;
         let (sha256, len) = sha256_file(&part)?;
         if len != object.size || sha256 != object.sha256 {
@@ -182,7 +193,7 @@ impl Fetcher {
     /// One attempt at completing `part`: requests what is missing and appends it.
     fn fetch_part(&self, object: &ObjectRef, part: &Path, progress: &dyn Fn(u64)) -> Result<(), Failure> {
         let io_fatal = |e: std::io::Error| Failure::fatal(format!("{}: {e}", part.display()));
-        let mut have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+        let mut have = std::fs::symlink_metadata(part).map(|m| m.len()).unwrap_or(0);
         if have > object.size {
             // Not ours to keep: longer than the piece can be.
             have = 0;
@@ -207,7 +218,12 @@ impl Fetcher {
                 object.size
             )));
         }
-        let mut file = OpenOptions::new().create(true).append(true).open(part).map_err(io_fatal)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+            .open(part)
+            .map_err(io_fatal)?;
         if stream.start != have {
             // A 200 to a range request: the body starts at 0.
             have = 0;

@@ -34,6 +34,26 @@ pub struct Signing<'a> {
     pub expires_in: Duration,
 }
 
+/// The latest expiry an RFC 3339 timestamp can carry: 9999-12-31T23:59:59Z.
+const LATEST_EXPIRY_SECS: u64 = 253_402_300_799;
+
+impl Signing<'_> {
+    /// When a manifest signed at `now` expires. Refused before anything is written: a zero lifetime
+    /// (clients would refuse the manifest at once) and one past year 9999 (no timestamp holds it).
+    pub fn expiry(&self, now: SystemTime) -> Result<SystemTime> {
+        let bad = |why| Error::BadExpiry { expires_in: self.expires_in, why };
+        if self.expires_in.is_zero() {
+            return Err(bad("a manifest that expires at once would be refused by every client"));
+        }
+        let expires = now.checked_add(self.expires_in).ok_or_else(|| bad("too far in the future"))?;
+        let secs = expires.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if secs > LATEST_EXPIRY_SECS {
+            return Err(bad("too far in the future (the expiry must be before year 10000)"));
+        }
+        Ok(expires)
+    }
+}
+
 /// Options of [`add`].
 pub struct AddOptions<'a> {
     pub signing: Signing<'a>,
@@ -86,7 +106,7 @@ impl Locked {
         if create {
             std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
         } else if !root.join(MANIFEST_FILE).is_file() {
-            return Err(Error::Invalid(format!("{}: not a release repository (no {MANIFEST_FILE})", root.display())));
+            return Err(Error::NotARepository { path: root.to_owned() });
         }
         let lock_path = root.join(".lock");
         let lock = File::options()
@@ -99,10 +119,7 @@ impl Locked {
         let (manifest, was_signed) =
             read_manifest(root, key.map(SecretKey::public).as_ref())?.unwrap_or_else(|| (Manifest::empty(), false));
         if was_signed && key.is_none() {
-            return Err(Error::Invalid(format!(
-                "{}: the repository is signed; pass --sign with its key (an unsigned manifest would be refused by clients)",
-                root.display()
-            )));
+            return Err(Error::SigningKeyRequired { repo: root.to_owned() });
         }
         Ok(Locked { root: root.to_owned(), _lock: lock, manifest })
     }
@@ -110,9 +127,7 @@ impl Locked {
     /// Writes `manifest` as the new `manifest.json` with the next manifest version.
     fn commit(&mut self, mut manifest: Manifest, signing: &Signing) -> Result<u64> {
         manifest.manifest_version = self.manifest.manifest_version + 1;
-        let expires = SystemTime::now()
-            .checked_add(signing.expires_in)
-            .ok_or_else(|| Error::Invalid("--expires is too far in the future".into()))?;
+        let expires = signing.expiry(SystemTime::now())?;
         manifest.expires = format_time(expires);
         manifest.validate(MANIFEST_FILE)?;
         write_atomic(&self.root.join(MANIFEST_FILE), &manifest.to_signed_json(signing.key))?;
@@ -138,11 +153,13 @@ pub fn read_manifest(root: &Path, key: Option<&PublicKey>) -> Result<Option<(Man
 /// `patch_from_last` versions, and rewrites the manifest.
 pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log: &dyn Fn(&str)) -> Result<Added> {
     if !is_valid_version(version) {
-        return Err(Error::Invalid(format!("version {version:?} must be 1-128 characters of [A-Za-z0-9._+-]")));
+        return Err(Error::BadVersionName { version: version.to_owned() });
     }
+    // Checked before the repository is touched: a bad lifetime must not leave stored objects behind.
+    options.signing.expiry(SystemTime::now())?;
     let mut repo = Locked::open(root, options.signing.key, true)?;
     if repo.manifest.version(version).is_some() {
-        return Err(Error::Invalid(format!("{}: version {version} is already published", root.display())));
+        return Err(Error::AlreadyPublished { repo: root.to_owned(), version: version.to_owned() });
     }
     let table = file_table(archive, version)?;
     let scratch = tempfile::Builder::new().prefix(".mf-publish-").tempdir_in(root).map_err(|e| Error::io(root, e))?;
@@ -204,8 +221,9 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
 /// manifest, then deletes the objects it no longer references.
 pub fn prune(root: &Path, keep: usize, signing: &Signing, dry_run: bool) -> Result<Pruned> {
     if keep == 0 {
-        return Err(Error::Invalid("--keep must be at least 1: the newest version always stays".into()));
+        return Err(Error::BadArgument("--keep must be at least 1: the newest version always stays".into()));
     }
+    signing.expiry(SystemTime::now())?;
     let mut repo = Locked::open(root, signing.key, false)?;
     let mut manifest = repo.manifest.clone();
     let cut = manifest.versions.len().saturating_sub(keep);
@@ -237,6 +255,7 @@ pub fn prune(root: &Path, keep: usize, signing: &Signing, dry_run: bool) -> Resu
 
 /// Rewrites the manifest unchanged but for a new manifest version and expiry, signed by `key`.
 pub fn resign(root: &Path, signing: &Signing) -> Result<u64> {
+    signing.expiry(SystemTime::now())?;
     let mut repo = Locked::open(root, signing.key, false)?;
     // Signing a previously unsigned repository is allowed: clients given the key start trusting it.
     let manifest = repo.manifest.clone();
@@ -245,8 +264,7 @@ pub fn resign(root: &Path, signing: &Signing) -> Result<u64> {
 
 /// The repository's current manifest (no signature or expiry check), for listing.
 pub fn load(root: &Path) -> Result<(Manifest, bool)> {
-    read_manifest(root, None)?
-        .ok_or_else(|| Error::Invalid(format!("{}: not a release repository (no {MANIFEST_FILE})", root.display())))
+    read_manifest(root, None)?.ok_or_else(|| Error::NotARepository { path: root.to_owned() })
 }
 
 /// The file table of an mf archive: every entry in data order with its SHA-256.
@@ -259,10 +277,7 @@ pub fn file_table(archive_path: &Path, version: &str) -> Result<FileTable> {
     for entry in archive.entries() {
         let path = entry.path();
         if path == STATE_DIR_NAME || path.starts_with(&format!("{STATE_DIR_NAME}/")) {
-            return Err(Error::Invalid(format!(
-                "{}: entry {path:?} is inside {STATE_DIR_NAME}/, which install folders reserve for the updater",
-                archive_path.display()
-            )));
+            return Err(Error::ReservedPath { archive: archive_path.to_owned(), entry: path.to_owned() });
         }
         let (sha256, size) = sha256_reader(archive.reader(&entry)).map_err(|e| Error::io(archive_path, e))?;
         entries.push(FileEntry {

@@ -14,9 +14,7 @@ use crate::error::{Error, Result};
 use crate::fetch::sync_dir;
 use crate::hash::sha256_file;
 use crate::plan::{Route, Step};
-use crate::update::{remove_dir_contents, Progress, Session, SessionOptions, UpdateOptions};
-
-const WORK_DIR: &str = "work";
+use crate::update::{remove_dir_contents, repair_rule, Progress, Session, UpdateOptions, WORK_DIR};
 
 /// What the archive was before the update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -106,17 +104,11 @@ pub fn state_dir(archive: &Path) -> PathBuf {
 /// Brings `archive` to the target version from repository `repo` (module docs).
 pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progress: &dyn Progress) -> Result<Outcome> {
     if archive.file_name().is_none() {
-        return Err(Error::Invalid(format!("{}: not a file path", archive.display())));
+        return Err(Error::BadArgument(format!("{}: not a file path", archive.display())));
     }
     let state = state_dir(archive);
     let work = state.join(WORK_DIR);
-    let session_options = SessionOptions {
-        key: options.key.clone(),
-        fetch: options.fetch.clone(),
-        read_only: options.check,
-        now: std::time::SystemTime::now(),
-    };
-    let session = Session::open(repo, &state, session_options)?;
+    let session = Session::for_update(repo, &state, options)?;
     if !options.check {
         // Left by a run that was killed: half-applied patches and temp files, never needed again.
         remove_dir_contents(&work)?;
@@ -147,17 +139,13 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
     outcome.route = route.steps.iter().map(Piece::of).collect();
     outcome.route_bytes = route.fetch_bytes;
     if let Installed::Unknown { sha256 } = &installed {
-        if options.check {
-            outcome.needs_repair = !options.repair;
-        } else if !options.repair {
-            return Err(Error::Invalid(format!(
-                "{}: its SHA-256 {sha256} matches no version in {repo} (modified, damaged or unknown install); \
-                 left untouched. Run again with --repair to replace it with the full download of {} ({} bytes)",
-                archive.display(),
-                target.version,
-                target.full.size
-            )));
-        }
+        outcome.needs_repair = repair_rule(options, || Error::UnknownInstall {
+            install: archive.to_owned(),
+            repo: repo.to_owned(),
+            found: format!("its SHA-256 {sha256}"),
+            target: target.version.clone(),
+            full_size: target.full.size,
+        })?;
     }
     if options.check {
         outcome.fetched_bytes = session.fetched_bytes();
@@ -186,7 +174,7 @@ fn identify(session: &Session, archive: &Path) -> Result<Installed> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Installed::Missing),
         Err(e) => return Err(Error::io(archive, e)),
         Ok(meta) if !meta.is_file() => {
-            return Err(Error::Invalid(format!("{}: not a regular file", archive.display())));
+            return Err(Error::WrongFileType { path: archive.to_owned(), expected: "regular file" });
         }
         Ok(_) => {}
     }
@@ -227,7 +215,7 @@ fn run_route(
             }
         }
     }
-    current.ok_or_else(|| Error::Invalid("empty route".into()))
+    current.ok_or_else(|| Error::Internal("empty route".into()))
 }
 
 fn check_hash(path: &Path, sha256: &str, what: &str) -> Result<()> {

@@ -31,11 +31,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
+use mf_format::fs::{Dir, Kind};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fetch::{sync_dir, FetchOptions, Fetcher};
+use crate::fetch::{FetchOptions, Fetcher};
 use crate::hash::sha256_hex;
 use crate::keys::PublicKey;
 use crate::manifest::{FileTable, Manifest, ObjectRef, Version, MAX_MANIFEST_SIZE};
@@ -64,6 +65,8 @@ const DOWNLOADS_DIR: &str = "downloads";
 /// File tables kept between runs, named by SHA-256: content-addressed, so a cached one is never stale.
 const TABLES_DIR: &str = "tables";
 const LOCK_FILE: &str = "lock";
+/// Archive mode's patch results.
+pub(crate) const WORK_DIR: &str = "work";
 /// File tables are small; a larger one is refused before it is read whole.
 const MAX_FILE_TABLE_SIZE: u64 = 256 << 20;
 
@@ -129,6 +132,7 @@ impl Session {
     /// records the accepted manifest version in `state_dir/trusted.json`.
     pub fn open(repo: &str, state_dir: &Path, options: SessionOptions) -> Result<Session> {
         let fetcher = Fetcher::new(repo, options.fetch.clone())?;
+        check_state_dir(state_dir)?;
         let lock = if options.read_only { None } else { Some(lock_state(state_dir)?) };
         let origin = fetcher.url(MANIFEST_PATH);
         let bytes = fetcher.fetch_small(MANIFEST_PATH, MAX_MANIFEST_SIZE)?;
@@ -164,6 +168,18 @@ impl Session {
         })
     }
 
+    /// Opens the session of an update of the install whose state lives in `state_dir`: read-only
+    /// for `--check`.
+    pub(crate) fn for_update(repo: &str, state_dir: &Path, options: &UpdateOptions) -> Result<Session> {
+        let session_options = SessionOptions {
+            key: options.key.clone(),
+            fetch: options.fetch.clone(),
+            read_only: options.check,
+            now: SystemTime::now(),
+        };
+        Session::open(repo, state_dir, session_options)
+    }
+
     /// The verified manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -196,18 +212,16 @@ impl Session {
     /// The version `to`, or the newest when `None`.
     pub fn target(&self, to: Option<&str>) -> Result<&Version> {
         match to {
-            Some(name) => self.manifest.version(name).ok_or_else(|| {
-                let names: Vec<&str> = self.manifest.versions.iter().map(|v| v.version.as_str()).collect();
-                Error::Invalid(format!(
-                    "{}: version {name:?} is not in the repository (it has: {})",
-                    self.repo,
-                    names.join(", ")
-                ))
-            }),
-            None => self
-                .manifest
-                .latest()
-                .ok_or_else(|| Error::Invalid(format!("{}: the repository has no versions yet", self.repo))),
+            Some(name) => self.manifest.version(name).ok_or_else(|| self.version_not_found(name)),
+            None => self.manifest.latest().ok_or_else(|| Error::NoVersions { repo: self.repo.clone() }),
+        }
+    }
+
+    fn version_not_found(&self, version: &str) -> Error {
+        Error::VersionNotFound {
+            repo: self.repo.clone(),
+            version: version.to_owned(),
+            available: self.manifest.versions.iter().map(|v| v.version.clone()).collect(),
         }
     }
 
@@ -225,7 +239,7 @@ impl Session {
     /// `target`; pieces already downloaded count as free.
     pub fn plan(&self, installed: Option<&str>, target: &str) -> Result<Route> {
         plan(&self.manifest, installed, target, &|object| self.has(object))
-            .ok_or_else(|| Error::Invalid(format!("{}: version {target:?} is not in the repository", self.repo)))
+            .ok_or_else(|| self.version_not_found(target))
     }
 
     /// `version`'s file table, fetched, checked against the manifest's size and SHA-256, and parsed
@@ -274,7 +288,7 @@ impl Session {
     /// `progress` gets the number of the piece's bytes present locally.
     pub fn download(&self, object: &ObjectRef, progress: &dyn Fn(u64)) -> Result<PathBuf> {
         if self.read_only {
-            return Err(Error::Invalid("a read-only (--check) session downloads nothing".into()));
+            return Err(Error::BadArgument("a read-only (--check) session downloads nothing".into()));
         }
         self.fetcher.fetch_object(object, &self.downloads_dir(), progress)
     }
@@ -286,7 +300,7 @@ impl Session {
         let _ = std::fs::remove_file(dir.join(format!("{}.part", object.sha256)));
     }
 
-    /// Carries out `route` with `run`. When a patch route fails, tells `progress`, and carries out the
+    /// Carries out `route` with `run`. When a patch route fails (not on tampered local state), tells `progress`, and carries out the
     /// full download of `target` instead. Returns what `run` gave, the route that gave it, and why the
     /// patch route failed when it did.
     pub(crate) fn run_with_fallback<T>(
@@ -298,18 +312,16 @@ impl Session {
     ) -> Result<(T, Route, Option<String>)> {
         let error = match run(&route) {
             Ok(result) => return Ok((result, route, None)),
-            Err(error) if route.is_full() => return Err(error),
+            // Tampered local state is no route's fault: the full download would meet it too.
+            Err(error) if route.is_full() || matches!(error, Error::UnsafeState { .. }) => return Err(error),
             Err(error) => error,
         };
-        let reason = error.to_string();
+        let reason = crate::error::chain(&error);
         progress.note(&format!("the patch route failed ({reason}); falling back to the full download"));
-        let full = full_route(&self.manifest, target, &|o| self.has(o))
-            .ok_or_else(|| Error::Invalid(format!("version {target} vanished from the manifest")))?;
-        let result = run(&full).map_err(|full_error| {
-            Error::Invalid(format!(
-                "the update failed: the patch route failed ({error}), and so did the full download ({full_error})"
-            ))
-        })?;
+        let full =
+            full_route(&self.manifest, target, &|o| self.has(o)).ok_or_else(|| self.version_not_found(target))?;
+        let result = run(&full)
+            .map_err(|full_error| Error::UpdateFailed { patch_route: Box::new(error), source: Box::new(full_error) })?;
         Ok((result, full, Some(reason)))
     }
 
@@ -323,6 +335,62 @@ impl Session {
     }
 }
 
+/// The `--repair` rule for an install that matches no version, in either mode: `--check` reports it
+/// (true when the real run needs `--repair`); a real run without `--repair` is refused with
+/// `refusal()` and leaves the install untouched; with `--repair` the update goes on.
+pub(crate) fn repair_rule(options: &UpdateOptions, refusal: impl FnOnce() -> Error) -> Result<bool> {
+    if options.check {
+        Ok(!options.repair)
+    } else if options.repair {
+        Ok(false)
+    } else {
+        Err(refusal())
+    }
+}
+
+/// Checks that an install's state folder, and the folders in it that updates fill and empty, are what
+/// this client made: real directories (never symbolic links) owned by this user. Anyone else who can
+/// write there could otherwise plant a link and have an update empty or fill the folder it points to.
+/// A missing state folder is fine (it is created).
+fn check_state_dir(state_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |path: &Path, what: String| Error::UnsafeState { path: path.to_owned(), what };
+    let meta = match std::fs::symlink_metadata(state_dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(state_dir, e)),
+    };
+    if meta.file_type().is_symlink() {
+        return Err(refuse(state_dir, "the state folder is a symbolic link".into()));
+    }
+    if !meta.is_dir() {
+        return Err(Error::WrongFileType { path: state_dir.to_owned(), expected: "directory" });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(refuse(
+            state_dir,
+            format!("the state folder is owned by uid {}, not by this user ({me})", meta.uid()),
+        ));
+    }
+    // Folder mode's staging/ and backup/ too: files are moved into and out of them.
+    for sub in [DOWNLOADS_DIR, WORK_DIR, TABLES_DIR, "staging", "backup"] {
+        let path = state_dir.join(sub);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(refuse(&path, "a symbolic link where the updater keeps its own folder".into()))
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Err(Error::WrongFileType { path, expected: "directory" });
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
 /// Takes the install's lock (`STATE/lock`), creating the state directory; refuses when another update
 /// of the same install is running.
 fn lock_state(state_dir: &Path) -> Result<Flock<File>> {
@@ -330,13 +398,23 @@ fn lock_state(state_dir: &Path) -> Result<Flock<File>> {
     let path = state_dir.join(LOCK_FILE);
     let file =
         OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
-    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-        Error::Invalid(format!("{}: another mf update of this install is running (lock: {errno})", path.display()))
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => Error::Locked { lock: path.clone(), source: errno },
+        _ => Error::io(&path, errno.into()),
     })
 }
 
 fn read_trusted(path: &Path) -> Result<Option<Trusted>> {
-    match std::fs::read(path) {
+    let read = || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
+        let mut bytes = Vec::new();
+        // A trust record is a few dozen bytes; anything near this bound is not one.
+        file.take(1 << 20).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    };
+    match read() {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
             Error::metadata(
                 path.display(),
@@ -367,23 +445,35 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     file.commit().map_err(|e| Error::io(path, e))
 }
 
-/// Removes everything inside `dir` (which may not exist).
+/// Removes everything inside `dir` (which may not exist), through directory handles: a symbolic link
+/// as `dir` is refused, and one inside it is removed itself, never followed.
 pub(crate) fn remove_dir_contents(dir: &Path) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
+    let handle = match Dir::open_nofollow(dir) {
+        Ok(handle) => handle,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+            return Err(Error::UnsafeState { path: dir.to_owned(), what: "is a symbolic link".into() })
+        }
         Err(e) => return Err(Error::io(dir, e)),
     };
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let path = entry.path();
-        let result = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
+    empty_dir(&handle)?;
+    handle.sync().map_err(|e| Error::io(dir, e))
+}
+
+fn empty_dir(dir: &Dir) -> Result<()> {
+    for (name, kind) in dir.entries().map_err(|e| Error::io(dir.path(), e))? {
+        let path = dir.display_path(&name);
+        let kind = match kind {
+            Some(kind) => Some(kind),
+            None => dir.metadata(&name).map_err(|e| Error::io(&path, e))?.map(|m| m.kind),
         };
-        result.map_err(|e| Error::io(&path, e))?;
+        if kind == Some(Kind::Dir) {
+            let sub = dir.open_dir(&name).map_err(|e| Error::io(&path, e))?;
+            empty_dir(&sub)?;
+            dir.remove_dir(&name).map_err(|e| Error::io(&path, e))?;
+        } else {
+            dir.remove_file(&name).map_err(|e| Error::io(&path, e))?;
+        }
     }
-    sync_dir(dir);
     Ok(())
 }

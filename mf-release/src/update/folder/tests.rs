@@ -1,14 +1,41 @@
 //! Folder mode against local patches and archives made with mf-format and mf-diff.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
+use mf_format::{Archive, ArchiveWriter, EntryOptions, WriterOptions};
 
+use super::journal::{CrashPoints, Journal, JournalError};
 use super::*;
 use crate::hash::sha256_hex;
+use crate::manifest::FileEntry;
 
 /// A release: path → (content, mode).
+/// Crash injection: counts the steps on disk of the switch, recovery and rollback, and stops dead
+/// (no rollback) at step `stop_at`, as a kill would.
+#[derive(Debug, Default)]
+struct Faults {
+    stop_at: Option<usize>,
+    steps: usize,
+    crashed: bool,
+}
+
+impl CrashPoints for Faults {
+    fn step(&mut self) -> Result<()> {
+        self.steps += 1;
+        if self.stop_at == Some(self.steps) {
+            self.crashed = true;
+            return Err(Error::Internal(format!("simulated crash at step {}", self.steps)));
+        }
+        Ok(())
+    }
+
+    fn crashed(&self) -> bool {
+        self.crashed
+    }
+}
+
 type Files = BTreeMap<String, (Vec<u8>, u32)>;
 
 fn text(lines: u32, tag: &str) -> Vec<u8> {
@@ -124,6 +151,15 @@ impl Repo {
     fn tables(&self) -> Vec<&FileTable> {
         self.tables.iter().collect()
     }
+
+    /// The tables by version, as a session gives them to [`InstallDir::recover`].
+    fn table(&self, version: &str) -> Result<FileTable> {
+        self.tables.iter().find(|t| t.version == version).cloned().ok_or_else(|| Error::VersionNotFound {
+            repo: "test".into(),
+            version: version.into(),
+            available: Vec::new(),
+        })
+    }
 }
 
 fn user_files() -> Files {
@@ -207,7 +243,7 @@ fn a_patch_chain_updates_the_folder_and_leaves_user_files_alone() {
     assert_clean_state(root.path());
     let scan = dir.scan(&repo.tables()).unwrap();
     assert_eq!(scan.identify(&repo.tables()), FolderState::Version { version: "3".into() });
-    assert_eq!(dir.recover().unwrap(), Recovery::Clean);
+    assert_eq!(dir.recover(&|v| repo.table(v)).unwrap(), Recovery::Clean);
 }
 
 #[test]
@@ -340,7 +376,7 @@ fn a_crash_at_any_step_of_a_failing_switch_recovers_to_the_old_version() {
             break; // k is past the last step: the rollback ran to its end
         }
         // Recovery rolls forward, meets the same obstacle and rolls back.
-        let _ = dir.recover();
+        let _ = dir.recover(&|v| repo.table(v));
         assert_eq!(contents(root.path()).0, blocked_original(&repo), "crash at step {k}");
         assert_clean_state(root.path());
         assert!(k < 100);
@@ -377,13 +413,13 @@ fn crash_at_every_step(repo: &Repo, from: usize, to: usize, nested: bool) {
         // A second crash, at every step of the recovery, then a clean recovery.
         for j in 1.. {
             let mut again = Faults { stop_at: nested.then_some(j), ..Faults::default() };
-            let outcome = dir.recover_with(&mut again);
+            let outcome = dir.recover_with(&|v| repo.table(v), &mut again);
             if !again.crashed {
                 assert!(matches!(outcome, Ok(Recovery::Finished { .. }) | Ok(Recovery::Clean)), "{outcome:?}");
                 break;
             }
         }
-        assert_eq!(dir.recover().unwrap(), Recovery::Clean);
+        assert_eq!(dir.recover(&|v| repo.table(v)).unwrap(), Recovery::Clean);
         assert_eq!(contents(root.path()).0, with_user(&repo.files[to]), "{from}->{to}: crash at step {k}");
         assert_clean_state(root.path());
         let scan = dir.scan(&repo.tables()).unwrap();
@@ -403,7 +439,7 @@ fn staging_without_a_journal_is_discarded() {
     // A journal write killed before its rename leaves only a temp file.
     let temp = root.path().join(STATE_DIR_NAME).join(".journal.json.abc123.mf-tmp");
     fs::write(&temp, b"{").unwrap();
-    assert_eq!(dir.recover().unwrap(), Recovery::DiscardedStaging);
+    assert_eq!(dir.recover(&|v| repo.table(v)).unwrap(), Recovery::DiscardedStaging);
     assert!(!temp.exists());
     assert_eq!(contents(root.path()).0, with_user(&repo.files[0]));
     assert_clean_state(root.path());
@@ -429,4 +465,41 @@ fn symbolic_links_are_never_followed_out_of_the_folder() {
     assert!(err.to_string().contains("symbolic link"), "{err}");
     assert_eq!(contents(outside.path()).0, release(&[("c.bin", repo.files[0]["b/c.bin"].0.clone(), 0o644)]));
     assert_clean_state(root.path());
+}
+
+#[test]
+fn a_journal_is_checked_against_the_tables_it_names_before_anything_runs() {
+    let repo = repo();
+    let journal = |from: Option<&str>, operations: Vec<Operation>, created_dirs: Vec<&str>| Journal {
+        kind: JOURNAL_TYPE.into(),
+        from: from.map(Into::into),
+        to: "2".into(),
+        done: false,
+        operations,
+        created_dirs: created_dirs.into_iter().map(Into::into).collect(),
+    };
+    let delete = |path: &str| Operation::Delete { path: path.into() };
+    let replace = |path: &str, staged: &str| Operation::Replace { path: path.into(), staged: staged.into() };
+    let refused = |j: Journal| match j.check(&|v| repo.table(v)) {
+        Err(JournalError::Refused(what)) => what,
+        Err(JournalError::Lookup(e)) => panic!("lookup failed: {e}"),
+        Ok(()) => panic!("accepted {j:?}"),
+    };
+    let v1_only =
+        repo.tables[0].entries.iter().find(|e| repo.table("2").unwrap().entries.iter().all(|f| f.path != e.path));
+    let v1_only = &v1_only.expect("version 1 has a file version 2 drops").path;
+    let v2_file = &repo.tables[1].entries[0].path;
+    assert!(journal(Some("1"), vec![delete(v1_only), replace(v2_file, "s0")], vec![])
+        .check(&|v| repo.table(v))
+        .is_ok());
+
+    assert!(refused(journal(Some("1"), vec![delete("../outside")], vec![])).contains("'..'"));
+    assert!(refused(journal(Some("1"), vec![delete("/etc/passwd")], vec![])).contains("absolute"));
+    assert!(refused(journal(Some("1"), vec![replace(v2_file, "../../secret")], vec![])).contains("staged"));
+    assert!(refused(journal(Some("1"), vec![delete("user.cfg")], vec![])).contains("not allowed"));
+    assert!(refused(journal(None, vec![delete(v1_only)], vec![])).contains("not allowed"));
+    assert!(refused(journal(Some("1"), vec![replace(v1_only, "s0")], vec![])).contains("not allowed"));
+    assert!(refused(journal(Some("1"), vec![replace(v2_file, "s0")], vec!["elsewhere"])).contains("created directory"));
+    assert!(refused(journal(Some("9"), vec![], vec![])).contains("does not list"));
+    assert!(refused(journal(Some("1"), vec![delete(v1_only), delete(v1_only)], vec![])).contains("two operations"));
 }
