@@ -8,6 +8,7 @@ use clap::Args;
 use mf_panda3d::{AnyArchive, AnyEntry};
 use serde::Serialize;
 
+use crate::terminal::escaped;
 use crate::{JsonFlag, Outcome};
 
 /// `--password` for archives with encrypted entries (Panda3D multifiles).
@@ -130,10 +131,10 @@ pub fn list(args: ListArgs) -> Outcome {
                     entry.stored_size(),
                     ratio(entry.size(), entry.stored_size()),
                     markers(&entry),
-                    entry.path()
+                    escaped(entry.path())
                 )?;
             } else {
-                writeln!(out, "{}", entry.path())?;
+                writeln!(out, "{}", escaped(entry.path()))?;
             }
         }
     }
@@ -215,10 +216,10 @@ pub fn verify(args: VerifyArgs) -> Outcome {
             damaged,
             unchecked_encrypted: unchecked,
         };
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        say!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
         for error in &errors {
-            eprintln!("mf: {error}");
+            eprintln!("mf: {}", escaped(&error.to_string()));
         }
         if !unchecked.is_empty() {
             eprintln!(
@@ -228,12 +229,12 @@ pub fn verify(args: VerifyArgs) -> Outcome {
             );
         }
         let status = if errors.is_empty() { "OK" } else { "DAMAGED" };
-        println!(
+        say!(
             "{}: {status}: {} entries checked, {} damaged",
             args.archive.display(),
             archive.len() - unchecked.len(),
             errors.len()
-        );
+        )?;
     }
     Ok(errors.is_empty())
 }
@@ -320,32 +321,32 @@ pub fn info(args: InfoArgs) -> Outcome {
         panda3d,
     };
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        say!("{}", serde_json::to_string_pretty(&info)?)?;
     } else {
-        println!("archive:      {}", info.archive);
-        println!("format:       {} {}", info.format, info.version);
-        println!("entries:      {} ({} compressed)", info.entries, info.compressed_entries);
-        println!("total size:   {} bytes", info.total_size);
-        println!("stored size:  {} bytes", info.stored_size);
-        println!("file size:    {} bytes (index {} bytes)", info.file_size, info.index_size);
-        println!("ratio:        {:.1}% (file size / total size)", info.ratio_percent);
+        say!("archive:      {}", info.archive)?;
+        say!("format:       {} {}", info.format, info.version)?;
+        say!("entries:      {} ({} compressed)", info.entries, info.compressed_entries)?;
+        say!("total size:   {} bytes", info.total_size)?;
+        say!("stored size:  {} bytes", info.stored_size)?;
+        say!("file size:    {} bytes (index {} bytes)", info.file_size, info.index_size)?;
+        say!("ratio:        {:.1}% (file size / total size)", info.ratio_percent)?;
         if let Some(frame_size) = info.frame_size {
-            println!("frame size:   {frame_size} bytes");
+            say!("frame size:   {frame_size} bytes")?;
         }
         if let Some(p) = &info.panda3d {
-            println!("scale factor: {}", p.scale_factor);
-            println!("timestamp:    {}", if p.timestamp == 0 { "none".to_owned() } else { p.timestamp.to_string() });
+            say!("scale factor: {}", p.scale_factor)?;
+            say!("timestamp:    {}", if p.timestamp == 0 { "none".to_owned() } else { p.timestamp.to_string() })?;
             if let Some(prefix) = &p.header_prefix {
-                println!("prefix:       {prefix}");
+                say!("prefix:       {prefix}")?;
             }
-            println!("encrypted:    {} entries", p.encrypted_entries);
-            println!("text:         {} entries", p.text_entries);
-            println!("deleted:      {} entries (still in the index chain)", p.deleted_entries);
-            println!("needs repack: {}", if p.needs_repack { "yes" } else { "no" });
+            say!("encrypted:    {} entries", p.encrypted_entries)?;
+            say!("text:         {} entries", p.text_entries)?;
+            say!("deleted:      {} entries (still in the index chain)", p.deleted_entries)?;
+            say!("needs repack: {}", if p.needs_repack { "yes" } else { "no" })?;
             for signature in &p.signatures {
                 match (&signature.subject, &signature.error) {
-                    (Some(subject), _) => println!("signature:    {subject} ({} certificates)", signature.certificates),
-                    (_, Some(error)) => println!("signature:    unreadable: {error}"),
+                    (Some(subject), _) => say!("signature:    {subject} ({} certificates)", signature.certificates)?,
+                    (_, Some(error)) => say!("signature:    unreadable: {error}")?,
                     _ => {}
                 }
             }

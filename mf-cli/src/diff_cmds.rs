@@ -8,6 +8,7 @@ use mf_diff::panda3d::{self, ArchiveFormat, PatchSink};
 use mf_diff::{Change, EntryReport, PatchReport};
 use serde_json::json;
 
+use crate::terminal::escaped;
 use crate::{progress, JsonFlag, Outcome};
 
 /// Format of `mf apply`'s output.
@@ -48,7 +49,8 @@ pub struct ApplyArgs {
     /// Where to write the result.
     #[arg(short, long, value_name = "NEW")]
     output: Option<PathBuf>,
-    /// Replace OLD with the result, once it is complete and verified.
+    /// Replace OLD with the result, once it is complete and verified. If OLD is a symlink, the file
+    /// it points to is replaced and the link kept.
     #[arg(long)]
     in_place: bool,
     /// Format of the result (default: the new archive's format, as recorded in the patch).
@@ -85,28 +87,34 @@ pub fn diff(args: DiffArgs) -> Outcome {
     let diff = panda3d::diff_any(&args.old, &args.new, patch, memory_limit, &|n| bar.inc(n))?;
     bar.finish_and_clear();
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&diff.report, true, diff.flags))?);
+        say!("{}", serde_json::to_string_pretty(&report_json(&diff.report, true, diff.flags))?)?;
     } else {
-        print_report(&diff.report, true);
+        print_report(&diff.report, true)?;
         if let Some(patch) = patch {
-            println!("wrote {}", patch.display());
+            say!("wrote {}", patch.display())?;
         }
     }
     Ok(true)
 }
 
 pub fn apply(args: ApplyArgs) -> Outcome {
-    let target = match (&args.output, args.in_place) {
-        (Some(out), false) => out.clone(),
-        (None, true) => args.old.clone(),
+    let (old_path, target) = match (&args.output, args.in_place) {
+        (Some(out), false) => (args.old.clone(), out.clone()),
+        // A symlink is followed: the file it points to is read, patched and replaced, and the link
+        // stays (like `sed -i --follow-symlinks`). Replacing the link itself by a regular file would
+        // leave the real archive old while reporting success.
+        (None, true) => {
+            let real = std::fs::canonicalize(&args.old).with_context(|| format!("resolving {}", args.old.display()))?;
+            (real.clone(), real)
+        }
         _ => return Err(anyhow!("give either -o NEW or --in-place")),
     };
     let format = args.format.map(|f| match f {
         ApplyFormat::Mf => ArchiveFormat::Mf,
         ApplyFormat::Panda3d => ArchiveFormat::Panda3d,
     });
-    let bar = progress::bytes(estimate_size(&args.old), "applying");
-    let outcome = panda3d::apply_any(&args.patch, &args.old, &target, format, &|n| bar.inc(n))
+    let bar = progress::bytes(estimate_size(&old_path), "applying");
+    let outcome = panda3d::apply_any(&args.patch, &old_path, &target, format, &|n| bar.inc(n))
         .with_context(|| format!("applying {}", args.patch.display()))?;
     bar.finish_and_clear();
     if args.json.json {
@@ -116,10 +124,10 @@ pub fn apply(args: ApplyArgs) -> Outcome {
             "bytes": outcome.len,
             "byte_identical": outcome.exact,
         });
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        say!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         let how = if outcome.exact { "byte-identical to the patch's target" } else { "identical in content" };
-        println!("wrote {} ({} bytes, {how})", target.display(), outcome.len);
+        say!("wrote {} ({} bytes, {how})", target.display(), outcome.len)?;
     }
     Ok(true)
 }
@@ -139,18 +147,20 @@ pub fn patch_info(args: PatchInfoArgs) -> Outcome {
     // A Panda3D NEW is rebuilt from its canonical mf conversion: promised in content only.
     report.exact &= panda3d::patch_formats(flags).1 == ArchiveFormat::Mf;
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&report_json(&report, false, flags))?);
+        say!("{}", serde_json::to_string_pretty(&report_json(&report, false, flags))?)?;
     } else {
-        print_report(&report, false);
+        print_report(&report, false)?;
     }
     Ok(true)
 }
 
 fn entry_name(entry: &EntryReport) -> String {
     match (&entry.path, &entry.old_path, entry.old_index) {
-        (Some(path), Some(old), _) if entry.change == Change::Renamed => format!("{old} => {path}"),
-        (Some(path), _, _) => path.clone(),
-        (None, Some(old), _) => old.clone(),
+        (Some(path), Some(old), _) if entry.change == Change::Renamed => {
+            format!("{} => {}", escaped(old), escaped(path))
+        }
+        (Some(path), _, _) => escaped(path).into_owned(),
+        (None, Some(old), _) => escaped(old).into_owned(),
         (None, None, Some(index)) => format!("(old entry #{index})"),
         (None, None, None) => "(old entry)".into(),
     }
@@ -166,7 +176,7 @@ fn letter(change: Change) -> char {
     }
 }
 
-fn print_report(report: &PatchReport, show_sizes: bool) {
+fn print_report(report: &PatchReport, show_sizes: bool) -> std::io::Result<()> {
     let listed: Vec<&EntryReport> = report.entries.iter().filter(|e| e.change != Change::Unchanged).collect();
     let width = listed.iter().map(|e| entry_name(e).chars().count()).max().unwrap_or(0).min(60);
     for entry in &listed {
@@ -181,20 +191,20 @@ fn print_report(report: &PatchReport, show_sizes: bool) {
             Change::Removed => String::new(),
             _ => format!("{} {} B", entry.method.name(), entry.patch_bytes),
         };
-        println!(" {} {name:<width$} | {sizes:>22} | {cost}", letter(entry.change));
+        say!(" {} {name:<width$} | {sizes:>22} | {cost}", letter(entry.change))?;
     }
     let counts: Vec<String> = [Change::Unchanged, Change::Renamed, Change::Changed, Change::Added, Change::Removed]
         .iter()
         .map(|&c| format!("{} {}", report.count(c), c.name()))
         .collect();
     let percent = if report.new_len > 0 { 100.0 * report.patch_len as f64 / report.new_len as f64 } else { 0.0 };
-    println!(
+    say!(
         " {}; patch {} bytes ({percent:.2}% of the new file's {} bytes){}",
         counts.join(", "),
         report.patch_len,
         report.new_len,
         if report.exact { "" } else { "; result identical in content, not byte-identical" }
-    );
+    )
 }
 
 fn report_json(report: &PatchReport, with_old: bool, flags: u8) -> serde_json::Value {

@@ -61,7 +61,7 @@ pub fn run(args: ExtractArgs) -> Outcome {
     bar.finish_and_clear();
     let report = report?;
     for failure in &report.failures {
-        eprintln!("mf: {failure}");
+        eprintln!("mf: {}", crate::terminal::escaped(&format!("{failure:#}")));
     }
     if !report.failures.is_empty() {
         eprintln!("mf: {} of {} entries were not extracted", entries.len() - report.written, entries.len());

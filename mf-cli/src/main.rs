@@ -3,6 +3,16 @@
 //! A thin front end: each subcommand parses its arguments, calls the libraries and prints. Exit codes:
 //! 0 success, 1 failure, 2 usage error.
 
+/// `println!` that returns the write error instead of panicking: a reader that closed stdout
+/// (`mf info x.mf | head -0`) then ends the command through `?`, and `main` exits quietly. Every
+/// line of standard output goes through here or through an `io::Write` with `?`.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod archive_cmds;
 mod convert;
 mod diff_cmds;
@@ -11,6 +21,7 @@ mod mount_cmds;
 mod pack;
 mod progress;
 mod release_cmds;
+mod terminal;
 mod update_cmds;
 
 use std::path::PathBuf;
@@ -119,7 +130,7 @@ fn main() -> ExitCode {
                 // `mf list big.mf | head` is not an error.
                 return ExitCode::SUCCESS;
             }
-            eprintln!("mf: {err:#}{}", hint(&err));
+            eprintln!("mf: {}{}", terminal::escaped(&format!("{err:#}")), hint(&err));
             ExitCode::FAILURE
         }
     }

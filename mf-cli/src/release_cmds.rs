@@ -115,9 +115,9 @@ pub fn keygen(args: KeygenArgs) -> Outcome {
     key.write_to(&secret_path, args.force).with_context(|| format!("writing {}", secret_path.display()))?;
     mf_format::fs::write_atomic(&public_path, key.public().to_text().as_bytes())
         .with_context(|| format!("writing {}", public_path.display()))?;
-    println!("key id {}", key.public().key_id());
-    println!("secret key: {} (sign with `mf release add --sign`; keep it private)", secret_path.display());
-    println!("public key: {} (clients: `mf update --key`)", public_path.display());
+    say!("key id {}", key.public().key_id())?;
+    say!("secret key: {} (sign with `mf release add --sign`; keep it private)", secret_path.display())?;
+    say!("public key: {} (clients: `mf update --key`)", public_path.display())?;
     Ok(true)
 }
 
@@ -177,21 +177,21 @@ fn add(args: AddArgs) -> Outcome {
     };
     let added = repo::add(&args.repo, &args.version, &archive, &options, &log)?;
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&added)?);
+        say!("{}", serde_json::to_string_pretty(&added)?)?;
         return Ok(true);
     }
-    println!(
+    say!(
         "published {} (manifest version {}{}): full {} bytes",
         added.version,
         added.manifest_version,
         if added.signed { ", signed" } else { ", UNSIGNED" },
         added.full.size
-    );
+    )?;
     for patch in &added.patches {
-        println!("  patch from {}: {} bytes", patch.from, patch.object.size);
+        say!("  patch from {}: {} bytes", patch.from, patch.object.size)?;
     }
     for skipped in &added.patches_skipped {
-        println!("  no patch from {}: {}", skipped.from, skipped.reason);
+        say!("  no patch from {}: {}", skipped.from, skipped.reason)?;
     }
     Ok(true)
 }
@@ -199,19 +199,19 @@ fn add(args: AddArgs) -> Outcome {
 fn list(args: ListArgs) -> Outcome {
     let (manifest, signed) = repo::load(&args.repo)?;
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&json!({ "signed": signed, "manifest": manifest }))?);
+        say!("{}", serde_json::to_string_pretty(&json!({ "signed": signed, "manifest": manifest }))?)?;
         return Ok(true);
     }
-    println!(
+    say!(
         "manifest version {}, {}, expires {}",
         manifest.manifest_version,
         if signed { "signed" } else { "unsigned" },
         manifest.expires
-    );
+    )?;
     for version in manifest.versions.iter().rev() {
-        println!("{}  published {}  full {} bytes", version.version, version.published, version.full.size);
+        say!("{}  published {}  full {} bytes", version.version, version.published, version.full.size)?;
         for patch in &version.patches {
-            println!("    from {}: {} bytes", patch.from, patch.object.size);
+            say!("    from {}: {} bytes", patch.from, patch.object.size)?;
         }
     }
     Ok(true)
@@ -222,18 +222,18 @@ fn prune(args: PruneArgs) -> Outcome {
     let signing = Signing { key: key.as_ref(), expires_in: args.signing.expires };
     let pruned = repo::prune(&args.repo, args.keep, &signing, args.dry_run)?;
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&pruned)?);
+        say!("{}", serde_json::to_string_pretty(&pruned)?)?;
         return Ok(true);
     }
     let verb = if args.dry_run { "would remove" } else { "removed" };
-    println!(
+    say!(
         "{verb} {} version(s) {:?}, {} patch(es), {} object(s), {} bytes",
         pruned.versions_removed.len(),
         pruned.versions_removed,
         pruned.patches_removed,
         pruned.objects_deleted.len(),
         pruned.bytes_freed
-    );
+    )?;
     Ok(true)
 }
 
@@ -244,6 +244,6 @@ fn resign(args: ResignArgs) -> Outcome {
     }
     let expires_in = args.signing.expires;
     let version = repo::resign(&args.repo, &Signing { key: key.as_ref(), expires_in })?;
-    println!("manifest version {version} signed, valid for {}", humantime::format_duration(expires_in));
+    say!("manifest version {version} signed, valid for {}", humantime::format_duration(expires_in))?;
     Ok(true)
 }

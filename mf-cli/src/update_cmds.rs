@@ -136,9 +136,9 @@ pub fn run(args: UpdateArgs) -> crate::Outcome {
         finish(&bar);
         let outcome = result?;
         if args.json.json {
-            println!("{}", serde_json::to_string_pretty(&outcome)?);
+            say!("{}", serde_json::to_string_pretty(&outcome)?)?;
         } else {
-            print_folder_outcome(&outcome);
+            print_folder_outcome(&outcome)?;
         }
         return Ok(true);
     }
@@ -147,9 +147,9 @@ pub fn run(args: UpdateArgs) -> crate::Outcome {
     finish(&bar);
     let outcome = result?;
     if args.json.json {
-        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        say!("{}", serde_json::to_string_pretty(&outcome)?)?;
     } else {
-        print_outcome(&outcome);
+        print_outcome(&outcome)?;
     }
     Ok(true)
 }
@@ -162,26 +162,27 @@ fn installed_text(installed: &Installed) -> String {
     }
 }
 
-fn print_outcome(outcome: &Outcome) {
+fn print_outcome(outcome: &Outcome) -> std::io::Result<()> {
     let name = outcome.archive.display();
     let route: Vec<String> = outcome.route.iter().map(|p| format!("{} ({} bytes)", p.label(), p.size)).collect();
     let installed = installed_text(&outcome.installed);
     if outcome.route.is_empty() {
-        println!("{name}: already at {} (manifest version {})", outcome.target, outcome.manifest_version);
+        say!("{name}: already at {} (manifest version {})", outcome.target, outcome.manifest_version)?;
     } else if outcome.check_only {
-        println!("{name}: installed {installed}, target {}", outcome.target);
-        println!("route: {}", route.join(", "));
-        println!("would fetch {} bytes", outcome.route_bytes);
+        say!("{name}: installed {installed}, target {}", outcome.target)?;
+        say!("route: {}", route.join(", "))?;
+        say!("would fetch {} bytes", outcome.route_bytes)?;
         if outcome.needs_repair {
-            println!("the installed archive is unknown or modified: only --repair replaces it");
+            say!("the installed archive is unknown or modified: only --repair replaces it")?;
         }
     } else {
-        println!("{name}: {installed} -> {} via {}", outcome.target, route.join(", "));
+        say!("{name}: {installed} -> {} via {}", outcome.target, route.join(", "))?;
         if let Some(reason) = &outcome.fell_back {
-            println!("the patch route failed ({reason}); used the full download");
+            say!("the patch route failed ({reason}); used the full download")?;
         }
-        println!("fetched {} bytes", outcome.fetched_bytes);
+        say!("fetched {} bytes", outcome.fetched_bytes)?;
     }
+    Ok(())
 }
 
 fn folder_state_text(state: &FolderState) -> String {
@@ -196,37 +197,40 @@ fn folder_state_text(state: &FolderState) -> String {
     }
 }
 
-fn print_folder_outcome(outcome: &FolderOutcome) {
+fn print_folder_outcome(outcome: &FolderOutcome) -> std::io::Result<()> {
     let name = outcome.dir.display();
     match outcome.recovered.as_deref() {
-        Some("finished") => println!("{name}: finished an interrupted update"),
-        Some("pending") => println!("{name}: an interrupted update is pending; the next update finishes it"),
+        Some("finished") => say!("{name}: finished an interrupted update")?,
+        Some("pending") => say!("{name}: an interrupted update is pending; the next update finishes it")?,
         _ => {}
     }
     let route: Vec<String> = outcome.route.iter().map(|p| format!("{} ({} bytes)", p.label(), p.size)).collect();
     let installed = folder_state_text(&outcome.installed);
     if outcome.route.is_empty() {
-        println!("{name}: already at {} (manifest version {})", outcome.target, outcome.manifest_version);
+        say!("{name}: already at {} (manifest version {})", outcome.target, outcome.manifest_version)?;
     } else if outcome.check_only {
-        println!("{name}: installed {installed}, target {}", outcome.target);
+        say!("{name}: installed {installed}, target {}", outcome.target)?;
         if let FolderState::Unknown { differences, .. } = &outcome.installed {
             for difference in differences.iter().take(20) {
-                println!("  {}: {}", difference.path, difference.what);
+                say!("  {}: {}", crate::terminal::escaped(&difference.path), difference.what)?;
             }
         }
-        println!("route: {}", route.join(", "));
-        println!("would fetch {} bytes", outcome.route_bytes);
+        say!("route: {}", route.join(", "))?;
+        say!("would fetch {} bytes", outcome.route_bytes)?;
         if outcome.needs_repair {
-            println!("the install is unknown or modified: only --repair changes it");
+            say!("the install is unknown or modified: only --repair changes it")?;
         }
     } else {
-        println!("{name}: {installed} -> {} via {}", outcome.target, route.join(", "));
+        say!("{name}: {installed} -> {} via {}", outcome.target, route.join(", "))?;
         if let Some(reason) = &outcome.fell_back {
-            println!("the patch route failed ({reason}); used the full download");
+            say!("the patch route failed ({reason}); used the full download")?;
         }
-        println!(
+        say!(
             "{} files written, {} deleted; fetched {} bytes",
-            outcome.files_written, outcome.files_deleted, outcome.fetched_bytes
-        );
+            outcome.files_written,
+            outcome.files_deleted,
+            outcome.fetched_bytes
+        )?;
     }
+    Ok(())
 }

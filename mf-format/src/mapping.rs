@@ -1,9 +1,12 @@
 //! The one place mf maps files into memory. Both archive readers (this crate's [`Archive`] and the
-//! Panda3D reader of the `mf-panda3d` crate) hold their bytes in a [`Backing`] opened here.
+//! Panda3D reader of the `mf-panda3d` crate) hold their bytes in a [`Backing`] opened here; and
+//! [`PreadFile`], the alternative for files that may change while open, reads with `pread`.
 //!
 //! [`Archive`]: crate::Archive
 
 use std::fs::File;
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -54,4 +57,57 @@ pub(crate) fn map_readonly(file: &File, path: &Path) -> Result<memmap2::Mmap> {
     // mapped; mf never modifies an archive in place (writers replace files by rename), and a
     // concurrently truncated file can at worst fault, not expose memory unsafety in this process.
     unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))
+}
+
+/// An archive file read with `pread` on demand instead of mapped: for long-lived readers (a mount)
+/// of files another process may truncate or rewrite, where a mapping would kill the reader with
+/// SIGBUS. A read of a region that no longer exists is then an ordinary I/O error.
+///
+/// The fixed structures at both ends (header, and index + footer) are read once at open and
+/// served from memory, so metadata lookups never touch the file again.
+pub(crate) struct PreadFile {
+    file: File,
+    len: u64,
+    head: Vec<u8>,
+    tail_start: u64,
+    tail: Vec<u8>,
+}
+
+impl PreadFile {
+    /// Reads the first `head_len` bytes and the bytes from `tail_start` to the end (`len` is the
+    /// file's length, `tail_start` at most `len`). The tail's buffer is reserved fallibly: its size
+    /// comes from the file's own footer.
+    pub(crate) fn new(file: File, path: &Path, len: u64, head_len: u64, tail_start: u64) -> Result<PreadFile> {
+        let read = |start: u64, end: u64| -> Result<Vec<u8>> {
+            let n = usize::try_from(end.saturating_sub(start))
+                .map_err(|_| Error::io(path, std::io::Error::other("the index does not fit in memory")))?;
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(n).map_err(|e| Error::io(path, std::io::Error::other(e)))?;
+            buf.resize(n, 0);
+            file.read_exact_at(&mut buf, start).map_err(|e| Error::io(path, e))?;
+            Ok(buf)
+        };
+        let head = read(0, head_len.min(len))?;
+        let tail = read(tail_start.min(len), len)?;
+        Ok(PreadFile { len, head, tail_start: tail_start.min(len), tail, file })
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Bytes `range` of the file if they lie within the parts held in memory.
+    pub(crate) fn held(&self, range: Range<u64>) -> Option<&[u8]> {
+        fn within<'a>(part: &'a [u8], base: u64, range: &Range<u64>) -> Option<&'a [u8]> {
+            let start = usize::try_from(range.start.checked_sub(base)?).ok()?;
+            let end = usize::try_from(range.end.checked_sub(base)?).ok()?;
+            part.get(start..end)
+        }
+        within(&self.head, 0, &range).or_else(|| within(&self.tail, self.tail_start, &range))
+    }
+
+    /// Fills `buf` from the file at `offset`; a file that shrank gives `UnexpectedEof`.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
 }

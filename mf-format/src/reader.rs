@@ -16,8 +16,69 @@ use crate::format::{
     FOOTER_LEN, FRAME_END_LEN, HEADER_LEN, INDEX_HEADER_LEN, LOOKUP_LEN, MAGIC, MAX_FRAME_SIZE_LOG2, MAX_MODE,
     MIN_FRAME_SIZE_LOG2, VERSION_MAJOR,
 };
-use crate::mapping::Backing;
+use crate::mapping::{Backing, PreadFile};
 use crate::path::validate_path;
+
+/// Where an open archive's bytes come from: a [`Backing`] (mapped or in memory, shared with the
+/// Panda3D reader), or the file read on demand with `pread`.
+enum Source {
+    Whole(Backing),
+    Pread(PreadFile),
+}
+
+impl Source {
+    /// The whole archive as a slice, when it is mapped or in memory.
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Source::Whole(backing) => Some(backing.bytes()),
+            Source::Pread(_) => None,
+        }
+    }
+
+    fn len(&self) -> u64 {
+        match self {
+            Source::Pread(file) => file.len(),
+            _ => self.bytes().map_or(0, |b| b.len() as u64),
+        }
+    }
+
+    /// Bytes of the header, index or footer (always held in memory).
+    fn meta(&self, range: Range<u64>) -> Option<&[u8]> {
+        match self {
+            Source::Pread(file) => file.held(range),
+            _ => {
+                let (start, end) = (usize::try_from(range.start).ok()?, usize::try_from(range.end).ok()?);
+                self.bytes()?.get(start..end)
+            }
+        }
+    }
+
+    /// Entry bytes `start..start + len`: borrowed when mapped, read from the file otherwise.
+    fn data(&self, start: u64, len: u64) -> io::Result<Cow<'_, [u8]>> {
+        if let Some(bytes) = self.meta(start..start.saturating_add(len)) {
+            return Ok(Cow::Borrowed(bytes));
+        }
+        let Source::Pread(file) = self else { return Err(io::ErrorKind::UnexpectedEof.into()) };
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(len).map_err(io::Error::other)?;
+        buf.resize(len, 0);
+        file.read_exact_at(&mut buf, start)?;
+        Ok(Cow::Owned(buf))
+    }
+
+    /// Fills `buf` with entry bytes from `start`, without allocating.
+    fn read_into(&self, start: u64, buf: &mut [u8]) -> io::Result<()> {
+        match self {
+            Source::Pread(file) => file.read_exact_at(buf, start),
+            _ => {
+                let bytes = self.meta(start..start + buf.len() as u64).ok_or(io::ErrorKind::UnexpectedEof)?;
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+        }
+    }
+}
 
 /// How an entry's data is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +153,7 @@ impl<'a> Entry<'a> {
 /// An open archive. Cheap to share between threads (`&Archive` is `Sync`).
 pub struct Archive {
     name: PathBuf,
-    backing: Backing,
+    backing: Source,
     header: Header,
     footer: Footer,
     records: Vec<EntryRecord>,
@@ -113,23 +174,49 @@ impl Archive {
     /// Maps and opens an archive file, validating header, footer and index (not entry data).
     pub fn open(path: impl AsRef<Path>) -> Result<Archive> {
         let path = path.as_ref();
-        Self::from_backing(path.to_owned(), Backing::open(path)?)
+        Self::from_backing(path.to_owned(), Source::Whole(Backing::open(path)?))
+    }
+
+    /// Opens an archive file like [`open`](Self::open), but reads entry data with `pread` instead
+    /// of mapping the file: for long-lived readers of files that may change while open (a mount).
+    /// If the file is truncated later, reads of the missing region are errors naming the entry and
+    /// offset, where a mapping would kill the process with SIGBUS. Header, index and footer are read
+    /// into memory at open. [`raw_bytes`](Self::raw_bytes) is `None` and
+    /// [`stored_bytes`](Self::stored_bytes) empty for such an archive; every other read works.
+    pub fn open_pread(path: impl AsRef<Path>) -> Result<Archive> {
+        let path = path.as_ref();
+        // open_regular: a FIFO or device is refused, never blocked on.
+        let file = crate::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        if len < HEADER_LEN + FOOTER_LEN {
+            return Self::open(path); // the same refusal as a mapped open
+        }
+        let footer_at = len - FOOTER_LEN;
+        let mut index_offset = [0u8; 8];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut index_offset, footer_at)
+            .map_err(|e| Error::io(path, e))?;
+        // Only an index that fits between header and footer is read; any other footer is refused
+        // by the checks in `from_backing`, which then see the footer alone.
+        let index_offset = u64::from_le_bytes(index_offset);
+        let tail_start = if (HEADER_LEN..footer_at).contains(&index_offset) { index_offset } else { footer_at };
+        let backing = PreadFile::new(file, path, len, HEADER_LEN, tail_start)?;
+        Self::from_backing(path.to_owned(), Source::Pread(backing))
     }
 
     /// Opens an archive held in memory. `name` is used in errors.
     pub fn from_bytes(bytes: Vec<u8>, name: impl Into<PathBuf>) -> Result<Archive> {
-        Self::from_backing(name.into(), Backing::Owned(bytes))
+        Self::from_backing(name.into(), Source::Whole(Backing::Owned(bytes)))
     }
 
-    fn from_backing(name: PathBuf, backing: Backing) -> Result<Archive> {
-        let bytes = backing.bytes();
-        let file_len = bytes.len() as u64;
+    fn from_backing(name: PathBuf, backing: Source) -> Result<Archive> {
+        let file_len = backing.len();
         let corrupt = |offset: u64, what: &str| Error::corrupt(&name, offset, None, what);
 
-        if !bytes.starts_with(&MAGIC) {
+        let head = backing.meta(0..file_len.min(HEADER_LEN)).unwrap_or_default();
+        if !head.starts_with(&MAGIC) {
             return Err(Error::NotAnArchive { file: name });
         }
-        let Some(header_bytes) = bytes.get(..HEADER_LEN as usize) else {
+        let Some(header_bytes) = backing.meta(0..HEADER_LEN) else {
             return Err(corrupt(file_len, "file is truncated (shorter than header and footer)"));
         };
         let header: Header = format::from_bytes(header_bytes).ok_or_else(|| corrupt(0, "unreadable header"))?;
@@ -151,8 +238,8 @@ impl Archive {
             return Err(corrupt(file_len, "file is truncated (shorter than header and footer)"));
         }
         let footer_at = file_len - FOOTER_LEN;
-        let footer: Footer =
-            format::from_bytes(&bytes[footer_at as usize..]).ok_or_else(|| corrupt(footer_at, "unreadable footer"))?;
+        let footer: Footer = format::from_bytes(backing.meta(footer_at..file_len).unwrap_or_default())
+            .ok_or_else(|| corrupt(footer_at, "unreadable footer"))?;
         if footer.end_magic != END_MAGIC {
             return Err(corrupt(file_len - 8, "no end magic: the file is truncated or has trailing data"));
         }
@@ -163,7 +250,9 @@ impl Archive {
         if footer.index_offset < HEADER_LEN || index_end != Some(footer_at) {
             return Err(corrupt(footer_at, "the footer's index extent does not end where the footer starts"));
         }
-        let index = &bytes[footer.index_offset as usize..footer_at as usize];
+        let index = backing
+            .meta(footer.index_offset..footer_at)
+            .ok_or_else(|| corrupt(footer.index_offset, "the index is not where the footer says"))?;
         if xxh3_64(index) != footer.index_hash {
             return Err(corrupt(footer.index_offset, "index checksum mismatch (the index is damaged)"));
         }
@@ -320,10 +409,6 @@ impl Archive {
         Ok(())
     }
 
-    fn bytes(&self) -> &[u8] {
-        self.backing.bytes()
-    }
-
     /// The file name (or the name given to [`from_bytes`](Self::from_bytes)).
     pub fn name(&self) -> &Path {
         &self.name
@@ -340,7 +425,7 @@ impl Archive {
 
     /// Length of the archive file in bytes.
     pub fn file_len(&self) -> u64 {
-        self.bytes().len() as u64
+        self.backing.len()
     }
 
     /// Offset and length of the index.
@@ -367,7 +452,8 @@ impl Archive {
 
     /// Whether frame `k` of a zstd entry is stored raw (its stored length equals its length).
     pub fn frame_is_raw(&self, entry: &Entry<'_>, k: u64) -> bool {
-        self.frame_stored(entry, k).len() as u64 == self.frame_len(entry, k)
+        let (start, end) = self.frame_extent(entry, k);
+        end.saturating_sub(start) == self.frame_len(entry, k)
     }
 
     pub fn len(&self) -> usize {
@@ -419,7 +505,10 @@ impl Archive {
 
     fn lookup_index(&self, position: usize) -> Option<u32> {
         let at = self.lookup_table.start.checked_add(position.checked_mul(LOOKUP_LEN as usize)?)?;
-        let bytes = self.bytes().get(at..at + LOOKUP_LEN as usize).filter(|_| at < self.lookup_table.end)?;
+        let bytes = self
+            .backing
+            .meta(at as u64..(at as u64).checked_add(LOOKUP_LEN)?)
+            .filter(|_| at < self.lookup_table.end)?;
         Some(u32::from_le_bytes(bytes.try_into().ok()?))
     }
 
@@ -451,45 +540,69 @@ impl Archive {
             .checked_mul(FRAME_END_LEN as usize)
             .and_then(|x| x.checked_add(self.frame_table.start))
             .filter(|&at| at + FRAME_END_LEN as usize <= self.frame_table.end);
-        at.and_then(|at| self.bytes().get(at..at + 8))
+        at.and_then(|at| self.backing.meta(at as u64..at as u64 + 8))
             .and_then(|b| b.try_into().ok())
             .map(u64::from_le_bytes)
             .unwrap_or(0)
     }
 
-    /// Stored bytes of frame `k`.
-    fn frame_stored(&self, entry: &Entry<'_>, k: u64) -> &[u8] {
+    /// Start and end of frame `k`'s stored bytes, relative to the entry's offset.
+    fn frame_extent(&self, entry: &Entry<'_>, k: u64) -> (u64, u64) {
         let start = if k == 0 { 0 } else { self.frame_end(entry, k - 1) };
-        let end = self.frame_end(entry, k);
-        let base = entry.offset();
-        self.bytes().get((base + start) as usize..(base + end) as usize).unwrap_or_default()
+        (start, self.frame_end(entry, k))
+    }
+
+    /// Stored bytes of frame `k`: borrowed when mapped, read from the file otherwise.
+    fn frame_stored(&self, entry: &Entry<'_>, k: u64) -> Result<Cow<'_, [u8]>> {
+        let (start, end) = self.frame_extent(entry, k);
+        self.entry_data(entry, start, end.saturating_sub(start))
+    }
+
+    /// `len` stored bytes of an entry from `start` (relative to its offset). A failure (a pread
+    /// archive whose file shrank or fails) names the entry and the offset.
+    fn entry_data(&self, entry: &Entry<'_>, start: u64, len: u64) -> Result<Cow<'_, [u8]>> {
+        let at = entry.offset().saturating_add(start);
+        self.backing.data(at, len).map_err(|e| self.unreadable(entry, at, len, e))
+    }
+
+    fn unreadable(&self, entry: &Entry<'_>, at: u64, len: u64, e: io::Error) -> Error {
+        let why = if e.kind() == io::ErrorKind::UnexpectedEof {
+            "the file ends before them (was it truncated while open?)".to_owned()
+        } else {
+            e.to_string()
+        };
+        Error::corrupt(&self.name, at, Some(entry.path()), format!("cannot read {len} stored bytes: {why}"))
     }
 
     /// The stored bytes of an entry: for raw entries, its content, borrowed from the mapping, with no
-    /// checksum verification.
+    /// checksum verification. Empty for an archive opened with [`open_pread`](Self::open_pread).
     pub fn stored_bytes(&self, entry: &Entry<'_>) -> &[u8] {
-        let start = entry.offset() as usize;
-        self.bytes().get(start..start + entry.stored_size() as usize).unwrap_or_default()
+        let start = entry.offset();
+        self.backing.meta(start..start.saturating_add(entry.stored_size())).unwrap_or_default()
     }
 
-    /// The content of a raw entry as a slice of the mapping (unverified); `None` for zstd entries.
+    /// The content of a raw entry as a slice of the mapping (unverified); `None` for zstd entries
+    /// and for archives opened with [`open_pread`](Self::open_pread) (use [`read_at`](Self::read_at)).
     pub fn raw_bytes(&self, entry: &Entry<'_>) -> Option<&[u8]> {
+        if matches!(self.backing, Source::Pread(_)) {
+            return None;
+        }
         (entry.stored_as() == StoredAs::Raw).then(|| self.stored_bytes(entry))
     }
 
     /// Decodes frame `k` of a zstd entry into `out` (replacing its contents).
     pub fn decode_frame(&self, entry: &Entry<'_>, k: u64, out: &mut Vec<u8>) -> Result<()> {
         let len = self.frame_len(entry, k) as usize;
-        self.check_frame_header(entry, k, len)?;
+        let stored = self.frame_stored(entry, k)?;
+        self.check_frame_header(entry, k, &stored, len)?;
         out.clear();
         out.resize(len, 0);
-        self.decode_frame_into(entry, k, out)
+        self.decode_frame_into(entry, k, &stored, out)
     }
 
     /// Checks, before any buffer is sized for it, that a compressed frame declares the length the
     /// index expects (writers always record it): a forged size then costs no allocation at all.
-    fn check_frame_header(&self, entry: &Entry<'_>, k: u64, len: usize) -> Result<()> {
-        let stored = self.frame_stored(entry, k);
+    fn check_frame_header(&self, entry: &Entry<'_>, k: u64, stored: &[u8], len: usize) -> Result<()> {
         if stored.len() == len {
             return Ok(()); // a raw frame
         }
@@ -506,9 +619,9 @@ impl Archive {
         }
     }
 
-    /// Decodes frame `k` into `out`, which must be exactly the frame's uncompressed length.
-    fn decode_frame_into(&self, entry: &Entry<'_>, k: u64, out: &mut [u8]) -> Result<()> {
-        let stored = self.frame_stored(entry, k);
+    /// Decodes frame `k` (its `stored` bytes) into `out`, which must be exactly the frame's
+    /// uncompressed length.
+    fn decode_frame_into(&self, entry: &Entry<'_>, k: u64, stored: &[u8], out: &mut [u8]) -> Result<()> {
         let frame_offset = entry.offset() + if k == 0 { 0 } else { self.frame_end(entry, k - 1) };
         if stored.len() == out.len() {
             out.copy_from_slice(stored);
@@ -531,7 +644,7 @@ impl Archive {
     /// Reads a whole entry and verifies its checksum. Raw entries are borrowed from the mapping.
     pub fn read(&self, entry: &Entry<'_>) -> Result<Cow<'_, [u8]>> {
         let content: Cow<'_, [u8]> = match entry.stored_as() {
-            StoredAs::Raw => Cow::Borrowed(self.stored_bytes(entry)),
+            StoredAs::Raw => self.entry_data(entry, 0, entry.stored_size())?,
             StoredAs::Zstd => {
                 let size = usize::try_from(entry.size()).map_err(|_| {
                     Error::io(&self.name, io::Error::other(format!("entry '{}' does not fit in memory", entry.path())))
@@ -546,10 +659,11 @@ impl Archive {
                 for k in 0..self.frame_count(entry) {
                     let start = out.len();
                     let len = self.frame_len(entry, k) as usize;
-                    self.check_frame_header(entry, k, len)?;
+                    let stored = self.frame_stored(entry, k)?;
+                    self.check_frame_header(entry, k, &stored, len)?;
                     out.try_reserve(len).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
                     out.resize(start + len, 0);
-                    self.decode_frame_into(entry, k, &mut out[start..])?;
+                    self.decode_frame_into(entry, k, &stored, &mut out[start..])?;
                 }
                 Cow::Owned(out)
             }
@@ -569,10 +683,7 @@ impl Archive {
         let len = (buf.len() as u64).min(size - offset) as usize;
         let buf = &mut buf[..len];
         match entry.stored_as() {
-            StoredAs::Raw => {
-                let start = offset as usize;
-                buf.copy_from_slice(&self.stored_bytes(entry)[start..start + len]);
-            }
+            StoredAs::Raw => self.read_raw_into(entry, offset, buf)?,
             StoredAs::Zstd => {
                 let mut done = 0usize;
                 while done < len {
@@ -582,7 +693,8 @@ impl Archive {
                     let frame_len = self.frame_len(entry, k) as usize;
                     let take = (frame_len - within).min(len - done);
                     if within == 0 && take == frame_len {
-                        self.decode_frame_into(entry, k, &mut buf[done..done + take])?;
+                        let stored = self.frame_stored(entry, k)?;
+                        self.decode_frame_into(entry, k, &stored, &mut buf[done..done + take])?;
                     } else {
                         SCRATCH.with(|scratch| -> Result<()> {
                             let mut scratch = scratch.borrow_mut();
@@ -596,6 +708,12 @@ impl Archive {
             }
         }
         Ok(len)
+    }
+
+    /// Fills `buf` with a raw entry's bytes from `offset` (within the entry), without allocating.
+    fn read_raw_into(&self, entry: &Entry<'_>, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let at = entry.offset().saturating_add(offset);
+        self.backing.read_into(at, buf).map_err(|e| self.unreadable(entry, at, buf.len() as u64, e))
     }
 
     /// A streaming reader over an entry's content that verifies the checksum when it reaches the
@@ -616,7 +734,18 @@ impl Archive {
     pub fn verify_entry(&self, entry: &Entry<'_>) -> Result<()> {
         let mut hasher = Xxh3::new();
         match entry.stored_as() {
-            StoredAs::Raw => hasher.update(self.stored_bytes(entry)),
+            StoredAs::Raw if !matches!(self.backing, Source::Pread(_)) => hasher.update(self.stored_bytes(entry)),
+            StoredAs::Raw => {
+                // In pieces: a pread archive would otherwise hold a whole raw entry in memory.
+                let mut piece = vec![0u8; (entry.size().min(1 << 20)) as usize];
+                let mut offset = 0;
+                while offset < entry.size() {
+                    let n = (entry.size() - offset).min(piece.len() as u64) as usize;
+                    self.read_raw_into(entry, offset, &mut piece[..n])?;
+                    hasher.update(&piece[..n]);
+                    offset += n as u64;
+                }
+            }
             StoredAs::Zstd => {
                 let mut frame = Vec::new();
                 for k in 0..self.frame_count(entry) {
@@ -735,10 +864,8 @@ impl Read for EntryReader<'_> {
         }
         let n = match self.entry.stored_as() {
             StoredAs::Raw => {
-                let stored = self.archive.stored_bytes(&self.entry);
-                let start = self.position as usize;
-                let n = buf.len().min(stored.len() - start);
-                buf[..n].copy_from_slice(&stored[start..start + n]);
+                let n = (buf.len() as u64).min(size - self.position) as usize;
+                self.archive.read_raw_into(&self.entry, self.position, &mut buf[..n])?;
                 n
             }
             StoredAs::Zstd => {
@@ -803,5 +930,48 @@ mod tests {
             let bytes = forged(paths, "b", "b");
             assert!(Archive::from_bytes(bytes, "ok.mf").is_ok(), "{paths:?}");
         }
+    }
+
+    #[test]
+    fn a_pread_archive_reads_like_a_mapped_one_and_a_truncated_file_is_an_error() {
+        let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions { level: 3, frame_size_log2: 12 }).unwrap();
+        let text: Vec<u8> = (0..40_000u32).flat_map(|i| format!("line {i}\n").into_bytes()).collect();
+        let noise: Vec<u8> = (0..30_000u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
+        writer.add_bytes("a.txt", &text, EntryOptions::default()).unwrap();
+        writer
+            .add_bytes(
+                "b.bin",
+                &noise,
+                EntryOptions { compression: crate::Compression::Store, ..EntryOptions::default() },
+            )
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.mf");
+        std::fs::write(&path, writer.finish().unwrap()).unwrap();
+
+        let mapped = Archive::open(&path).unwrap();
+        let pread = Archive::open_pread(&path).unwrap();
+        assert_eq!(pread.file_len(), mapped.file_len());
+        assert!(pread.verify().is_empty());
+        for (m, p) in mapped.entries().zip(pread.entries()) {
+            assert_eq!(m.path(), p.path());
+            assert_eq!(mapped.read(&m).unwrap(), pread.read(&p).unwrap());
+            let (mut a, mut b) = (vec![0u8; 5000], vec![0u8; 5000]);
+            assert_eq!(mapped.read_at(&m, 4000, &mut a).unwrap(), pread.read_at(&p, 4000, &mut b).unwrap());
+            assert_eq!(a, b);
+            assert!(pread.raw_bytes(&p).is_none(), "nothing borrowed from a pread archive");
+        }
+
+        let noise_entry = pread.get("b.bin").unwrap();
+        assert_eq!(noise_entry.stored_as(), StoredAs::Raw);
+        let cut = noise_entry.offset() + 10_000;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+        let mut buf = vec![0u8; 4096];
+        assert_eq!(pread.read_at(&noise_entry, 0, &mut buf).unwrap(), 4096, "before the cut still reads");
+        let err = pread.read_at(&noise_entry, 20_000, &mut buf).unwrap_err();
+        assert!(err.is_corruption());
+        let message = err.to_string();
+        assert!(message.contains("b.bin") && message.contains("truncated"), "{message}");
+        assert!(pread.get("a.txt").is_some(), "the index is held in memory");
     }
 }

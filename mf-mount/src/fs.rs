@@ -197,7 +197,7 @@ impl ArchiveFs {
         let size = entry.size().max(1);
         let stored = |position: u64| (u128::from(position) * u128::from(entry.stored_size()) / u128::from(size)) as u64;
         let (from, to) = match *layout {
-            EntryLayout::Contiguous(_) => (start, want_end),
+            EntryLayout::Contiguous(_) | EntryLayout::Positioned => (start, want_end),
             EntryLayout::Frames { frame_size } => (
                 stored(start.saturating_sub(frame_size)),
                 stored(want_end.saturating_add(frame_size)).min(entry.stored_size()),
@@ -438,6 +438,24 @@ impl fuser::Filesystem for ArchiveFs {
                 self.read_frames(archive_index, archive, &entry, frame_size, start, end, reply)
             }
             EntryLayout::Stream => self.read_stream(archive_index, archive, &entry, start, end, reply),
+            // A pread archive (what `open_archives` makes): read into the worker's buffer, so a
+            // file truncated under the mount gives EIO for the missing region, not SIGBUS.
+            EntryLayout::Positioned => ASSEMBLY.with(|assembly| {
+                let mut assembly = assembly.borrow_mut();
+                assembly.clear();
+                assembly.resize((end - start) as usize, 0);
+                match archive.read_at(&entry, start, &mut assembly) {
+                    Ok(_) => reply.data(&assembly),
+                    Err(e) => {
+                        log_error(format_args!(
+                            "mf mount: I/O error reading '{}' from archive {}: {e}",
+                            entry.path(),
+                            archive.name().display()
+                        ));
+                        reply.error(Errno::EIO)
+                    }
+                }
+            }),
         }
     }
 

@@ -107,9 +107,11 @@ impl Default for MountOptions {
 }
 
 /// Opens archives for [`mount`], in overlay order.
-/// Each is an mf archive or a Panda3D multifile, detected by its magic.
+/// Each is an mf archive or a Panda3D multifile, detected by its magic. mf archives are read with
+/// `pread`, not mapped ([`AnyArchive::open_pread`]): a mount lives long, and an archive truncated
+/// under it must give EIO for the missing part, not kill the daemon with SIGBUS.
 pub fn open_archives<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<AnyArchive>> {
-    paths.iter().map(|path| AnyArchive::open(path).map_err(Error::from)).collect()
+    paths.iter().map(|path| AnyArchive::open_pread(path).map_err(Error::from)).collect()
 }
 
 /// Checks that `path` is an existing, empty directory; returns it absolute.

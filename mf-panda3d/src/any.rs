@@ -164,6 +164,9 @@ pub enum EntryLayout<'a> {
         /// Content bytes per frame (the last may be shorter).
         frame_size: u64,
     },
+    /// Uncompressed and contiguous in a file read on demand (an mf archive opened with
+    /// [`AnyArchive::open_pread`]): ranges are read with [`AnyArchive::read_at`].
+    Positioned,
     /// A stream without random access (zlib or encrypted Panda3D subfiles): a range needs the content
     /// decoded from the start, so readers decode it whole ([`AnyArchive::read`]) and keep it.
     Stream,
@@ -187,6 +190,18 @@ impl AnyArchive {
             Ok(AnyArchive::Panda3d(Multifile::open(path)?))
         } else {
             Ok(AnyArchive::Mf(Archive::open(path)?))
+        }
+    }
+
+    /// Like [`open`](Self::open), for long-lived readers of files that may change while open (a
+    /// mount): an mf archive reads its entry data with `pread` ([`Archive::open_pread`]), so a
+    /// truncated file gives read errors instead of SIGBUS. Panda3D multifiles are still mapped.
+    pub fn open_pread(path: impl AsRef<Path>) -> Result<AnyArchive> {
+        let path = path.as_ref();
+        if looks_like_multifile(&head(path, 8)?) {
+            Ok(AnyArchive::Panda3d(Multifile::open(path)?))
+        } else {
+            Ok(AnyArchive::Mf(Archive::open_pread(path)?))
         }
     }
 
@@ -228,7 +243,7 @@ impl AnyArchive {
     pub fn layout<'a>(&'a self, entry: &AnyEntry<'a>) -> EntryLayout<'a> {
         match (self, entry) {
             (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => match entry.stored_as() {
-                StoredAs::Raw => archive.raw_bytes(entry).map_or(EntryLayout::Stream, EntryLayout::Contiguous),
+                StoredAs::Raw => archive.raw_bytes(entry).map_or(EntryLayout::Positioned, EntryLayout::Contiguous),
                 StoredAs::Zstd => EntryLayout::Frames { frame_size: archive.frame_size() },
             },
             (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { subfile, .. }) => {
