@@ -11,9 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A running nginx; killed (and its prefix removed) on drop.
 pub struct Nginx {
     child: Child,
     prefix: tempfile::TempDir,
+    /// The loopback port it listens on.
     pub port: u16,
 }
 

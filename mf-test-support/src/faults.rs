@@ -16,34 +16,23 @@ use std::time::{Duration, Instant};
 /// What happens to one connection's response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
+    /// Forward the response untouched.
     Pass,
     /// Close the connection after this many bytes of the response body.
-    Cut {
-        after: u64,
-    },
+    Cut { after: u64 },
     /// Stop forwarding after this many body bytes and keep the connection open (a stalled server).
-    Stall {
-        after: u64,
-    },
+    Stall { after: u64 },
     /// Flip the bits of the body byte at this offset.
-    Corrupt {
-        at: u64,
-    },
+    Corrupt { at: u64 },
     /// Forward at most this many bytes per second.
-    Throttle {
-        bytes_per_sec: u64,
-    },
+    Throttle { bytes_per_sec: u64 },
     /// Remove the request's Range header, as a server that ignores ranges would (it answers 200).
     IgnoreRange,
     /// Drop the response's Content-Length and send this many extra bytes after the body (the body then
     /// ends when the connection closes).
-    Append {
-        bytes: usize,
-    },
+    Append { bytes: usize },
     /// Answer with this HTTP status and no body, without asking the server.
-    Status {
-        code: u16,
-    },
+    Status { code: u16 },
 }
 
 type Policy = dyn Fn(usize, &str) -> Fault + Send + Sync;
@@ -57,6 +46,7 @@ struct Shared {
     paths: Mutex<Vec<String>>,
 }
 
+/// A running proxy on a free loopback port; stopped on drop.
 pub struct FaultProxy {
     shared: Arc<Shared>,
     pub port: u16,
