@@ -4,7 +4,8 @@
 //!
 //! Usage: `cargo run -p mf-format --example fuzz_seeds -- DIR`
 
-use mf_format::{ArchiveWriter, Compression, EntryOptions, Mtime, WriterOptions};
+use mf_format::{Compression, EntryOptions, Mtime, WriterOptions};
+use mf_test_support::{mf_bytes_with, noise};
 
 /// 4 KiB frames keep multi-frame seeds small.
 const SMALL_FRAMES: WriterOptions = WriterOptions { level: 3, frame_size_log2: 12 };
@@ -13,24 +14,8 @@ fn text(len: usize) -> Vec<u8> {
     b"the quick brown fox jumps over the lazy dog\n".iter().copied().cycle().take(len).collect()
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
-
 fn archive(options: WriterOptions, entries: &[(&str, Vec<u8>, EntryOptions)]) -> Vec<u8> {
-    let mut writer = ArchiveWriter::new(Vec::new(), options).expect("valid options");
-    for (path, data, entry_options) in entries {
-        writer.add_bytes(path, data, *entry_options).expect("valid entry");
-    }
-    writer.finish().expect("writing to memory")
+    mf_bytes_with(options, entries)
 }
 
 fn main() {

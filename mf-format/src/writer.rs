@@ -744,17 +744,7 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 mod tests {
     use super::*;
     use crate::{Archive, StoredAs};
-
-    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect()
-    }
+    use mf_test_support::noise;
 
     fn pack(entries: &[(&str, &[u8])]) -> Archive {
         let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();

@@ -6,9 +6,9 @@
 //! structure and then recomputes the index, footer and header checksums, so the reader's semantic
 //! checks are reached instead of stopping at a checksum mismatch.
 
-mod support;
 use std::io::Read;
-use support::noise;
+
+use mf_test_support::{mf_bytes_with, noise};
 
 use mf_format::format::{self, EntryRecord, Footer, Header, IndexHeader};
 use mf_format::{Archive, ArchiveWriter, Compression, EntryOptions, Error, StoredAs, StoredLayout, WriterOptions};
@@ -34,12 +34,7 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn build(entries: &[(&str, Vec<u8>, Compression)]) -> Vec<u8> {
-    let options = WriterOptions { level: 3, frame_size_log2: 12 };
-    let mut writer = ArchiveWriter::new(Vec::new(), options).unwrap();
-    for (path, data, compression) in entries {
-        writer.add_bytes(path, data, EntryOptions { compression: *compression, ..EntryOptions::default() }).unwrap();
-    }
-    writer.finish().unwrap()
+    mf_bytes_with(WriterOptions { level: 3, frame_size_log2: 12 }, entries)
 }
 
 /// The standard specimen: a two-frame zstd entry whose last frame is stored raw, a raw entry, a

@@ -1,10 +1,9 @@
 //! Property tests: random sets of entries round-trip through `ArchiveWriter` and `Archive` byte for
 //! byte, through every read path; and the output does not depend on the thread count.
 
-mod support;
+use mf_test_support::noise;
 use std::collections::BTreeMap;
 use std::io::Read;
-use support::noise;
 
 use mf_format::{prepare_entry, Archive, ArchiveWriter, Compression, EntryOptions, Mtime, StoredAs, WriterOptions};
 use proptest::prelude::*;
