@@ -9,14 +9,11 @@ use std::path::Path;
 
 use mf_diff::wire::{PatchHeader, PATCH_HEADER_LEN};
 use mf_diff::{diff_files, DiffOptions};
-use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
+use mf_format::WriterOptions;
+use mf_test_support::mf_bytes_with;
 
 fn archive(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions { level: 3, frame_size_log2: 12 }).expect("writer");
-    for (path, data) in files {
-        writer.add_bytes(path, data, EntryOptions::default()).expect("add");
-    }
-    writer.finish().expect("finish")
+    mf_bytes_with(WriterOptions { level: 3, frame_size_log2: 12 }, files)
 }
 
 fn write_seeds(out: &Path, name: &str, patch: &Path, sealed_mode: u8) {

@@ -296,10 +296,7 @@ mod tests {
         multifile(&new, &[("a", b"2")]);
         let patch = dir.path().join("p.mfp");
         diff_any(&old, &new, PatchSink::File(&patch), 1 << 26, &|_| {}).unwrap();
-        let mut writer = mf_format::ArchiveWriter::new(Vec::new(), mf_format::WriterOptions::default()).unwrap();
-        writer.add_bytes("a", b"1", mf_format::EntryOptions::default()).unwrap();
-        let mf_base = dir.path().join("base.mf");
-        std::fs::write(&mf_base, writer.finish().unwrap()).unwrap();
+        let mf_base = mf_test_support::write_mf(dir.path().join("base.mf"), [("a", b"1")]);
         let target = dir.path().join("out");
         let err = apply_any(&patch, &mf_base, &target, None, &|_| {}).unwrap_err();
         assert!(matches!(err, Error::WrongBase { .. }), "{err}");

@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use mf_diff::{diff_files, DiffOptions, NewContent, OldEntries, OldEntry, Patch};
-use mf_format::{Archive, ArchiveWriter, EntryOptions, WriterOptions};
+use mf_format::Archive;
+use mf_test_support::write_mf;
 
 /// Old entries held in memory, in data order.
 struct InMemory {
@@ -29,11 +30,7 @@ impl OldEntries for InMemory {
 }
 
 fn write_archive(path: &Path, files: &[(&str, Vec<u8>, u32)]) {
-    let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
-    for (name, data, mode) in files {
-        writer.add_bytes(name, data, EntryOptions { mode: *mode, ..EntryOptions::default() }).unwrap();
-    }
-    std::fs::write(path, writer.finish().unwrap()).unwrap();
+    write_mf(path, files);
 }
 
 fn old_side(archive: &Archive, name: &Path) -> InMemory {

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use mf_diff::{apply_patch, diff_files, DiffOptions};
-use mf_format::{ArchiveWriter, Compression, EntryOptions, Mtime, WriterOptions};
+use mf_format::{Compression, EntryOptions, Mtime, WriterOptions};
+use mf_test_support::mf_bytes_with;
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -83,20 +84,16 @@ fn mutate(files: &[File], ops: &[(u8, u16, u8)], extra: &[File]) -> Vec<File> {
 }
 
 fn write_archive(path: &Path, files: &[File], level: i32, frame_size_log2: u8) {
-    let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions { level, frame_size_log2 }).unwrap();
     let mut seen = std::collections::HashSet::new();
-    for file in files {
-        if !seen.insert(file.path.clone()) {
-            continue;
-        }
+    let entries = files.iter().filter(|file| seen.insert(&file.path)).map(|file| {
         let options = EntryOptions {
             compression: file.compression,
             mode: file.mode,
             mtime: file.mtime.map(|secs| Mtime { secs, nanos: 5 }),
         };
-        writer.add_bytes(&file.path, &file.content, options).unwrap();
-    }
-    std::fs::write(path, writer.finish().unwrap()).unwrap();
+        (&file.path, &file.content, options)
+    });
+    std::fs::write(path, mf_bytes_with(WriterOptions { level, frame_size_log2 }, entries)).unwrap();
 }
 
 proptest! {
