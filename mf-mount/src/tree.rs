@@ -150,16 +150,11 @@ fn flatten(root: &BTreeMap<&str, Draft<'_>>, archives: &[AnyArchive]) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
 
     fn archive(files: &[(&str, &[u8])]) -> AnyArchive {
-        let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
         let mut sorted = files.to_vec();
         sorted.sort();
-        for (path, content) in sorted {
-            writer.add_bytes(path, content, EntryOptions::default()).unwrap();
-        }
-        AnyArchive::from_bytes(writer.finish().unwrap(), "test.mf").unwrap()
+        AnyArchive::from_bytes(mf_test_support::mf_bytes(sorted), "test.mf").unwrap()
     }
 
     fn listing(tree: &Tree, archives: &[AnyArchive]) -> Vec<String> {

@@ -433,7 +433,6 @@ impl AnyArchive {
 mod tests {
     use super::*;
     use crate::{MultifileOptions, MultifileWriter, SubfileSpec};
-    use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
 
     fn panda3d_bytes(prefix: Option<&str>) -> Vec<u8> {
         let specs = vec![
@@ -449,11 +448,9 @@ mod tests {
 
     #[test]
     fn detects_both_formats_and_offers_one_entry_model() {
-        let mut mf = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
-        mf.add_bytes("a.txt", b"text", EntryOptions::default()).unwrap();
-        mf.add_bytes("dir/z.bin", &[0u8; 5000], EntryOptions::default()).unwrap();
+        let mf = mf_test_support::mf_bytes([("a.txt", &b"text"[..]), ("dir/z.bin", &[0u8; 5000])]);
         let archives = [
-            AnyArchive::from_bytes(mf.finish().unwrap(), "x.mf").unwrap(),
+            AnyArchive::from_bytes(mf, "x.mf").unwrap(),
             AnyArchive::from_bytes(panda3d_bytes(None), "x.p3d").unwrap(),
             AnyArchive::from_bytes(panda3d_bytes(Some("#!/usr/bin/env panda3d")), "y.p3d").unwrap(),
         ];

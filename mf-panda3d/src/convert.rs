@@ -147,12 +147,7 @@ mod tests {
     use mf_format::Archive;
 
     fn mf_bytes(files: &[(&str, &[u8], Compression)]) -> Vec<u8> {
-        let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
-        for (path, data, compression) in files {
-            let options = EntryOptions { compression: *compression, ..EntryOptions::default() };
-            writer.add_bytes(path, data, options).unwrap();
-        }
-        writer.finish().unwrap()
+        mf_test_support::mf_bytes(files)
     }
 
     #[test]

@@ -1,7 +1,5 @@
 //! Publishing: objects, file tables, patches, signatures, prune and resign on a real directory.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -9,7 +7,7 @@ use mf_format::Archive;
 use mf_release::hash::sha256_file;
 use mf_release::repo::{self, AddOptions, Signing, DEFAULT_EXPIRY};
 use mf_release::{Error, Manifest, SecretKey};
-use support::{archive, text};
+use mf_test_support::{text, write_mf};
 
 fn release(dir: &Path, n: u64) -> PathBuf {
     let mut script = text(1, 4000);
@@ -18,7 +16,7 @@ fn release(dir: &Path, n: u64) -> PathBuf {
     if n >= 2 {
         files.push(("data/new.txt", text(99, 10)));
     }
-    archive(dir, &format!("v{n}.mf"), &files)
+    write_mf(dir.join(format!("v{n}.mf")), &files)
 }
 
 fn options(key: Option<&SecretKey>) -> AddOptions<'_> {

@@ -1,8 +1,6 @@
 //! The update Session on a directory repository: trust recording, read-only sessions, file tables,
 //! planning with downloaded pieces, downloads checked against the manifest, and locking.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,7 +8,7 @@ use mf_release::hash::sha256_file;
 use mf_release::repo::{self, AddOptions, Signing, DEFAULT_EXPIRY};
 use mf_release::update::{Session, SessionOptions};
 use mf_release::{Error, SecretKey};
-use support::{archive, text};
+use mf_test_support::{text, write_mf};
 
 /// A signed repository with versions 1 and 2 (a patch from 1 to 2).
 fn publish(dir: &Path, key: &SecretKey) -> PathBuf {
@@ -24,7 +22,7 @@ fn publish(dir: &Path, key: &SecretKey) -> PathBuf {
         let mut script = text(1, 4000);
         script.extend_from_slice(format!("version {n}\n").as_bytes());
         let files = [("main.py", script), ("data.csv", text(10 + n, 2000))];
-        let path = archive(dir, &format!("v{n}.mf"), &files);
+        let path = write_mf(dir.join(format!("v{n}.mf")), &files);
         repo::add(&repo, &n.to_string(), &path, &options, &|_| {}).unwrap();
     }
     repo

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use mf_format::{Archive, ArchiveWriter, EntryOptions, WriterOptions};
+use mf_format::Archive;
 
 use super::journal::{CrashPoints, Journal, JournalError};
 use super::*;
@@ -85,11 +85,7 @@ fn versions() -> Vec<Files> {
 }
 
 fn write_archive(path: &Path, files: &Files) {
-    let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
-    for (name, (data, mode)) in files {
-        writer.add_bytes(name, data, EntryOptions { mode: *mode, ..EntryOptions::default() }).unwrap();
-    }
-    fs::write(path, writer.finish().unwrap()).unwrap();
+    mf_test_support::write_mf(path, files.iter().map(|(name, (data, mode))| (name, data, *mode)));
 }
 
 fn table_of(archive: &Path, version: &str) -> FileTable {
