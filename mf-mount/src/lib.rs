@@ -20,6 +20,7 @@
 //! handle.unmount()?; // or drop it
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+#![deny(missing_docs)]
 
 mod cache;
 mod fs;
@@ -40,28 +41,60 @@ pub use sys::{absolute_mount_point, mount_at, MountInfo, Unmounted};
 /// Errors of mounting and unmounting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An archive could not be opened or read.
     #[error(transparent)]
     Archive(#[from] mf_panda3d::Error),
+    /// The mount point does not exist.
     #[error("mount point {0} does not exist")]
     MissingMountPoint(PathBuf),
+    /// The mount point is not a directory.
     #[error("mount point {0} is not a directory")]
     NotADirectory(PathBuf),
+    /// The mount point has contents that the mount would hide.
     #[error("mount point {0} is not empty (mounting would hide its contents)")]
     NotEmpty(PathBuf),
+    /// Unmounting a path that is not a mount point.
     #[error("{0} is not a mount point")]
     NotMounted(PathBuf),
+    /// Unmounting a mount that is not FUSE (refused: mf only unmounts its own kind).
     #[error("{path} is a {fs_type} mount, not a FUSE mount")]
-    NotFuse { path: PathBuf, fs_type: String },
+    NotFuse {
+        /// The mount point.
+        path: PathBuf,
+        /// Its file system type, from the mount table.
+        fs_type: String,
+    },
+    /// The mount point could not be inspected.
     #[error("cannot use mount point {path}: {source}")]
-    MountPoint { path: PathBuf, source: io::Error },
+    MountPoint {
+        /// The mount point.
+        path: PathBuf,
+        /// Why it could not be inspected.
+        source: io::Error,
+    },
+    /// The kernel offers no FUSE device.
     #[error("/dev/fuse is missing: load the fuse kernel module (modprobe fuse) or run where FUSE is available")]
     NoFuseDevice,
+    /// The mount itself failed.
     #[error("cannot mount at {path}: {source}")]
-    Mount { path: PathBuf, source: io::Error },
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// The kernel's or fusermount's refusal.
+        source: io::Error,
+    },
+    /// Unmounting failed.
     #[error("cannot unmount {path}: {source}")]
-    Unmount { path: PathBuf, source: io::Error },
+    Unmount {
+        /// The mount point.
+        path: PathBuf,
+        /// The kernel's or fusermount's refusal (e.g. the mount is busy).
+        source: io::Error,
+    },
+    /// The merged tree has more nodes than FUSE inode numbers can name.
     #[error("the archives hold too many files and directories to mount (more than 2^32)")]
     TooManyNodes,
+    /// A `-o` style mount option that mf does not accept.
     #[error("invalid mount option: {0}")]
     InvalidOption(String),
 }
@@ -72,6 +105,7 @@ impl From<mf_format::Error> for Error {
     }
 }
 
+/// The result of mounting and unmounting.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How to mount.
@@ -92,6 +126,7 @@ pub struct MountOptions {
     pub unmount_grace: Duration,
 }
 
+/// The default byte budget of the decoded-frame cache shared by all workers (64 MiB).
 pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
 
 impl Default for MountOptions {
@@ -286,6 +321,7 @@ pub struct MountHandle {
 }
 
 impl MountHandle {
+    /// Where the archives are mounted (absolute).
     pub fn mount_point(&self) -> &Path {
         &self.stopper.mount_point
     }

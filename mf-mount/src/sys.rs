@@ -12,10 +12,13 @@ use nix::mount::{umount2, MntFlags};
 /// One line of /proc/self/mountinfo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountInfo {
+    /// Where it is mounted (octal escapes undone).
     pub mount_point: PathBuf,
     /// `major:minor` of the mounted file system (for FUSE, minor is the connection number).
     pub device: String,
+    /// The file system type (`fuse.mf` for ours).
     pub fs_type: String,
+    /// The mount source field (for mf, `mf:` and the first archive's file name).
     pub source: String,
 }
 
