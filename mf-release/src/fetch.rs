@@ -424,11 +424,10 @@ fn remove(path: &Path) -> Result<()> {
     }
 }
 
-/// Makes renames in `dir` durable; some file systems refuse a directory fsync, which is harmless.
+/// Makes renames in `dir` durable, best effort: [`mf_format::fs::sync_dir`] with its error dropped,
+/// for callers whose rename already happened and who have nothing left to undo if the fsync fails.
 pub fn sync_dir(dir: &Path) {
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
-    }
+    let _ = mf_format::fs::sync_dir(dir);
 }
 
 /// Whether a cache between client and repository may answer from a stored copy.

@@ -6,12 +6,12 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use mf_format::fs::{Dir, Kind};
+use mf_format::fs::{parents, Dir, Kind};
 use mf_format::AtomicFile;
 use serde::{Deserialize, Serialize};
 
 use super::stage::Staged;
-use super::{exists, io_err, parents, sync_dir, InstallDir, BACKUP, JOURNAL_TYPE, STAGING};
+use super::{exists, io_err, sync_dir, InstallDir, BACKUP, JOURNAL_TYPE, STAGING};
 use crate::error::{Error, Result};
 use crate::manifest::{check_relative_path, FileTable, STATE_DIR_NAME};
 

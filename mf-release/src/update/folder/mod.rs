@@ -16,13 +16,14 @@ mod scan;
 mod stage;
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fetch::sync_dir;
 use crate::manifest::{FileTable, STATE_DIR_NAME};
 use crate::plan::{Route, Step};
 use crate::update::{repair_rule, Piece, Progress, Session, UpdateOptions};
@@ -49,18 +50,6 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
 fn parse_xxh3(text: &str, path: &str) -> Result<u64> {
     u64::from_str_radix(text, 16)
         .map_err(|_| Error::metadata("file table", format!("entry {path:?}: xxh3 {text:?} is not 16 hex digits")))
-}
-
-/// `/`-separated parents of a relative path, shallowest first (`a/b/c` gives `a`, `a/b`).
-fn parents(path: &str) -> impl Iterator<Item = &str> {
-    path.match_indices('/').map(move |(i, _)| &path[..i])
-}
-
-fn sync_dir(path: &Path) {
-    // Directory fsync makes renames durable; some file systems refuse it, which is harmless.
-    if let Ok(dir) = File::open(path) {
-        let _ = dir.sync_all();
-    }
 }
 
 fn exists(path: &Path) -> bool {

@@ -8,7 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::{parents, FolderState, InstallDir};
+use mf_format::fs::parents;
+
+use super::{FolderState, InstallDir};
 use crate::error::{Error, Result};
 use crate::manifest::{FileEntry, FileTable};
 
