@@ -54,6 +54,11 @@
 //! assert_eq!(std::fs::read(&rebuilt)?, std::fs::read(&new)?); // byte for byte
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## What this crate must not know
+//!
+//! Release repositories, manifests and the network (`mf-release` decides which patch to fetch and
+//! when), and command-line flags (`mf-cli`).
 
 mod apply;
 mod bsdiff;

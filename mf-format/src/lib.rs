@@ -61,6 +61,12 @@
 //! assert!(archive.verify().is_empty()); // every entry's checksum
 //! # Ok::<(), mf_format::Error>(())
 //! ```
+//!
+//! ## What this crate must not know
+//!
+//! Panda3D multifiles (`mf-panda3d`), patches (`mf-diff`), release repositories (`mf-release`) and
+//! command-line flags (`mf-cli`): it is the container and the file-system rules every writer of it
+//! shares, nothing more.
 
 pub mod atomic;
 pub mod error;

@@ -20,6 +20,11 @@
 //! handle.unmount()?; // or drop it
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! ## What this crate must not know
+//!
+//! How archives are written, patched or released, and which format an [`AnyArchive`] holds: it
+//! reads through the `AnyArchive` API, never by matching its variants.
 #![deny(missing_docs)]
 
 mod cache;

@@ -12,6 +12,11 @@
 //! - [`fetch`]: reading repository files over HTTP(S) or from a directory, with resume and retries.
 //! - [`update`]: the client: a verified [`update::Session`] on a repository, archive mode, and
 //!   [`update::folder`] for plain install folders (journaled, crash-safe switch).
+//!
+//! ## What this crate must not know
+//!
+//! Command-line flags and printing: progress reaches callers through [`update::Progress`], failures as typed
+//! [`Error`]s, and `mf-cli` decides what to print.
 
 pub mod error;
 pub mod fetch;
