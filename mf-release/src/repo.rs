@@ -19,6 +19,7 @@ use crate::manifest::{
     format_time, is_valid_version, FileEntry, FileTable, Manifest, ObjectRef, PatchRef, Version, FILE_TABLE_TYPE,
     SPEC_VERSION, STATE_DIR_NAME,
 };
+use crate::update::write_atomically;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// Default lifetime of a freshly written manifest.
@@ -128,7 +129,7 @@ impl Locked {
         let expires = signing.expiry(SystemTime::now())?;
         manifest.expires = format_time(expires);
         manifest.validate(MANIFEST_FILE)?;
-        write_atomic(&self.root.join(MANIFEST_FILE), &manifest.to_signed_json(signing.key))?;
+        write_atomically(&self.root.join(MANIFEST_FILE), &manifest.to_signed_json(signing.key))?;
         self.manifest = manifest;
         Ok(self.manifest.manifest_version)
     }
@@ -165,7 +166,7 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
     log(&format!("storing {}", archive.display()));
     let full = store(root, "full", "mf", archive, Transfer::Copy)?;
     let table_path = scratch.path().join("files.json.zst");
-    write_atomic(&table_path, &table.to_object())?;
+    write_atomically(&table_path, &table.to_object())?;
     let files = store(root, "files", "json.zst", &table_path, Transfer::Move)?;
 
     let mut patches = Vec::new();
@@ -373,10 +374,6 @@ fn create_parent(path: &Path) -> Result<()> {
 
 fn sync_dir(dir: &Path) -> Result<()> {
     mf_format::fs::sync_dir(dir).map_err(|e| Error::io(dir, e))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    mf_format::fs::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 fn referenced_paths(manifest: &Manifest) -> HashSet<String> {

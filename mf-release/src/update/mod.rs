@@ -26,7 +26,6 @@ pub mod folder;
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -438,11 +437,9 @@ fn forget_unlisted_tables(dir: &Path, manifest: &Manifest) {
     }
 }
 
-/// Writes `bytes` to `path` by temp file, fsync and rename.
+/// Writes `bytes` to `path` all or nothing ([`mf_format::fs::write_atomic`]), the error naming `path`.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = mf_format::AtomicFile::create(path).map_err(|e| Error::io(path, e))?;
-    file.file().write_all(bytes).map_err(|e| Error::io(path, e))?;
-    file.commit().map_err(|e| Error::io(path, e))
+    mf_format::fs::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Removes everything inside `dir` (which may not exist), through directory handles: a symbolic link
