@@ -1,65 +1,50 @@
-//! bsdiff payloads without bzip2: qbsdiff finds the matches, its bzip2 sections are decoded once, and
-//! the controls, delta bytes and extra bytes are stored raw so the patch's own zstd stream compresses
-//! all entries' payloads together (spec/PATCH.md, "bsdiff payload").
+//! The raw bsdiff payload (spec/PATCH.md, "bsdiff payload"): the matcher's controls, delta bytes
+//! and extra bytes stored without bzip2, so the patch's own zstd stream compresses them.
 
-use std::io::{self, Read};
+use std::io::{self, Write};
 
+use crate::matcher::DeltaParts;
 use crate::wire::{put_varint, unzigzag, zigzag};
 
-/// Computes the raw bsdiff payload turning `old` into `new`. Deterministic (single-threaded search).
+/// Computes the raw bsdiff payload turning `old` into `new` (tests and small inputs).
+#[cfg(test)]
 pub fn diff(old: &[u8], new: &[u8]) -> io::Result<Vec<u8>> {
-    let mut patch = Vec::new();
-    qbsdiff::Bsdiff::new(old, new)
-        .parallel_scheme(qbsdiff::ParallelScheme::Never)
-        .compression_level(1)
-        .compare(io::Cursor::new(&mut patch))?;
-    from_bsdiff4(&patch)
+    let parts = crate::matcher::diff(old, new, 1).map_err(io::Error::other)?;
+    Ok(to_payload(&parts))
 }
 
-fn decode_int(b: &[u8]) -> i64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    let x = u64::from_le_bytes(a);
-    if x >> 63 == 0 || x == 1 << 63 {
-        x as i64
-    } else {
-        ((x & ((1 << 63) - 1)) as i64).wrapping_neg()
+fn controls_bytes(parts: &DeltaParts) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.controls.len() * 6 + 10);
+    put_varint(&mut out, parts.controls.len() as u64);
+    for control in &parts.controls {
+        put_varint(&mut out, control.add);
+        put_varint(&mut out, control.copy);
+        put_varint(&mut out, zigzag(control.seek));
     }
+    out
 }
 
-/// Converts a BSDIFF40 patch (bzip2 sections) into the raw payload.
-fn from_bsdiff4(patch: &[u8]) -> io::Result<Vec<u8>> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "qbsdiff produced an unexpected patch");
-    if patch.len() < 32 || &patch[..8] != b"BSDIFF40" {
-        return Err(bad());
-    }
-    let csize = usize::try_from(decode_int(&patch[8..16])).map_err(|_| bad())?;
-    let dsize = usize::try_from(decode_int(&patch[16..24])).map_err(|_| bad())?;
-    let body = &patch[32..];
-    if csize.checked_add(dsize).is_none_or(|n| n > body.len()) {
-        return Err(bad());
-    }
-    let mut ctrls = Vec::new();
-    bzip2::read::BzDecoder::new(&body[..csize]).read_to_end(&mut ctrls)?;
-    let mut delta = Vec::new();
-    bzip2::read::BzDecoder::new(&body[csize..csize + dsize]).read_to_end(&mut delta)?;
-    let mut extra = Vec::new();
-    bzip2::read::BzDecoder::new(&body[csize + dsize..]).read_to_end(&mut extra)?;
-    if ctrls.len() % 24 != 0 {
-        return Err(bad());
-    }
-    let mut out = Vec::with_capacity(ctrls.len() / 2 + delta.len() + extra.len() + 16);
-    put_varint(&mut out, (ctrls.len() / 24) as u64);
-    for ctrl in ctrls.chunks_exact(24) {
-        let add = u64::try_from(decode_int(&ctrl[0..8])).map_err(|_| bad())?;
-        let copy = u64::try_from(decode_int(&ctrl[8..16])).map_err(|_| bad())?;
-        put_varint(&mut out, add);
-        put_varint(&mut out, copy);
-        put_varint(&mut out, zigzag(decode_int(&ctrl[16..24])));
-    }
-    out.extend_from_slice(&delta);
-    out.extend_from_slice(&extra);
-    Ok(out)
+/// Length of the raw payload of `parts`.
+pub fn payload_len(parts: &DeltaParts) -> u64 {
+    let varint_len = |v: u64| u64::from((64 - v.leading_zeros()).max(1).div_ceil(7));
+    let controls: u64 =
+        parts.controls.iter().map(|c| varint_len(c.add) + varint_len(c.copy) + varint_len(zigzag(c.seek))).sum();
+    varint_len(parts.controls.len() as u64) + controls + parts.delta.len() as u64 + parts.extra.len() as u64
+}
+
+/// Writes the raw payload of `parts` to `out` (streamed, so a compressor need not hold a copy).
+pub fn write_payload(parts: &DeltaParts, out: &mut (impl Write + ?Sized)) -> io::Result<()> {
+    out.write_all(&controls_bytes(parts))?;
+    out.write_all(&parts.delta)?;
+    out.write_all(&parts.extra)
+}
+
+/// The raw payload of `parts` as bytes.
+#[cfg(test)]
+pub fn to_payload(parts: &DeltaParts) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload_len(parts) as usize);
+    write_payload(parts, &mut out).expect("writing to a Vec cannot fail");
+    out
 }
 
 /// Why a payload cannot be applied.

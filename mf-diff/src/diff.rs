@@ -11,6 +11,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::budget::Budget;
 use crate::error::{Error, Result};
+use crate::matcher::{self, DeltaParts, WindowPlan};
 use crate::report::{Change, EntryReport, Method, PatchReport};
 use crate::source::Source;
 use crate::wire::*;
@@ -46,8 +47,11 @@ impl Default for DiffOptions {
     }
 }
 
-/// Largest source qbsdiff accepts.
-const BSDIFF_MAX_OLD: u64 = 1 << 31;
+/// Entries up to this size are encoded every way at the final level and the smallest is kept:
+/// cheap, and exact where an estimate would be noisy.
+const EXACT_CHOICE_MAX: u64 = 1 << 20;
+/// zstd level of the trial compressions that choose the encoding of larger entries.
+const ESTIMATE_LEVEL: i32 = 3;
 /// zstd level of the control stream.
 const CONTROL_LEVEL: i32 = 19;
 /// Block size floor and ceiling for bounded-memory encoding of large entries.
@@ -63,12 +67,10 @@ fn payload_level(size: u64) -> i32 {
     }
 }
 
-/// Working set of qbsdiff: the suffix array of the old content (4 bytes a byte, plus construction
-/// scratch), both inputs, the bzip2 sections and the raw payload: 9 bytes per old byte plus 4 per
-/// new byte. Checked once: 8 MiB text old and new, the whole `mf diff` process peaked at 103 MiB
-/// (this estimate: 108 MiB).
-fn bsdiff_estimate(old: u64, new: u64) -> u64 {
-    old.saturating_mul(9).saturating_add(new.saturating_mul(4)).saturating_add(4 << 20)
+/// Working set of the whole-entry matcher (inputs, suffix array, delta and extra bytes) plus the
+/// compression of its payload.
+fn bsdiff_estimate(old: u64, new: u64, level: i32) -> u64 {
+    matcher::estimate(old, new).saturating_add(new).saturating_add(zref::compress_overhead(level, new))
 }
 
 fn zref_estimate(old: u64, new: u64, level: i32) -> u64 {
@@ -87,7 +89,7 @@ pub(crate) struct Block {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Payload {
-    Bsdiff(Vec<u8>),
+    Bsdiff(DeltaParts),
     Zref(Vec<Block>),
     Full(Vec<Block>),
 }
@@ -139,7 +141,9 @@ impl Content<'_> {
     }
 }
 
-/// Encodes one changed or added entry, choosing the smallest method that fits the budget.
+/// Encodes one changed or added entry: the method that makes it smallest among those that fit the
+/// budget, chosen by trial compression at a fast level (exactly, for small entries); only the
+/// chosen method is encoded at the final level.
 fn encode(
     old: Option<Content<'_>>,
     new: Content<'_>,
@@ -150,44 +154,84 @@ fn encode(
     let n = old.map_or(0, |o| o.size());
     let level = payload_level(m);
     let io_err = |e: std::io::Error| Error::Io { file: new.name().into(), source: e };
-    let whole = zref_estimate(n, m, level);
-    if whole > budget.limit() {
-        let payload = encode_blocks(old, new, budget, level)?;
+    let zref_fits = zref_estimate(n, m, level) <= budget.limit();
+    let match_fits = old.is_some() && n > 0 && n <= matcher::MAX_OLD && bsdiff_estimate(n, m, level) <= budget.limit();
+    if !zref_fits && !match_fits {
+        let payload = encode_large(old, new, budget, level)?;
         progress(m);
         return Ok(payload);
     }
-    let try_bsdiff = old.is_some() && n > 0 && n <= BSDIFF_MAX_OLD && bsdiff_estimate(n, m) <= budget.limit();
-    let _permit = budget.acquire(if try_bsdiff { whole.max(bsdiff_estimate(n, m)) } else { whole });
+    let working_set = if match_fits { bsdiff_estimate(n, m, level) } else { 0 };
+    let _permit = budget.acquire(working_set.max(if zref_fits { zref_estimate(n, m, level) } else { 0 }));
     let new_data = new.read_all()?;
-    let full = zref::compress_plain(&new_data, level).map_err(io_err)?;
-    let mut best = Payload::Full(vec![Block { new_len: m, old_start: 0, old_len: 0, frame: full }]);
-    let mut best_score = payload_score(&best);
-    if let Some(old) = old {
-        let old_data = old.read_all()?;
-        let frame = zref::compress(&old_data, &new_data, level).map_err(io_err)?;
-        let candidate = Payload::Zref(vec![Block { new_len: m, old_start: 0, old_len: n, frame }]);
-        let score = payload_score(&candidate);
-        if score < best_score {
-            best = candidate;
-            best_score = score;
-        }
-        if try_bsdiff {
-            let raw = bsdiff::diff(&old_data, &new_data).map_err(io_err)?;
-            // The payload lands in a zstd stream; its compressed size is what it costs.
-            let cost = zref::compress_plain(&raw, level).map_err(io_err)?.len() as u64 + 4;
-            if cost <= best_score {
-                best = Payload::Bsdiff(raw);
-            }
-        }
+    let old_data = match old {
+        Some(o) if n > 0 => Some(o.read_all()?),
+        _ => None,
+    };
+    let parts = match (&old_data, match_fits) {
+        (Some(old_data), true) => Some(
+            matcher::diff(old_data, &new_data, rayon::current_num_threads())
+                .map_err(|e| io_err(std::io::Error::other(e)))?,
+        ),
+        _ => None,
+    };
+    let trial_level = if m <= EXACT_CHOICE_MAX { level } else { ESTIMATE_LEVEL };
+    // Candidates by trial size; ties keep the earlier (cheaper to apply) method.
+    let mut sizes: Vec<(u64, Method)> = Vec::new();
+    if let Some(parts) = &parts {
+        let len = bsdiff::payload_len(parts);
+        let frame = zref::compress_streamed(len, trial_level, |w| bsdiff::write_payload(parts, w)).map_err(io_err)?;
+        sizes.push((frame.len() as u64 + 4, Method::Bsdiff));
     }
+    if let (Some(old_data), true) = (&old_data, zref_fits) {
+        let frame = zref::compress(old_data, &new_data, trial_level).map_err(io_err)?;
+        sizes.push((frame.len() as u64 + 8, Method::ZstdRef));
+    }
+    if zref_fits || parts.is_none() {
+        let frame = zref::compress_plain(&new_data, trial_level).map_err(io_err)?;
+        sizes.push((frame.len() as u64 + 8, Method::Full));
+    }
+    let chosen = sizes.iter().min_by_key(|(size, _)| *size).map_or(Method::Full, |(_, method)| *method);
+    let whole = |old_len: u64, frame: Vec<u8>| vec![Block { new_len: m, old_start: 0, old_len, frame }];
+    let payload = match (chosen, parts, old_data) {
+        (Method::Bsdiff, Some(parts), _) => Payload::Bsdiff(parts),
+        (Method::ZstdRef, _, Some(old_data)) => {
+            Payload::Zref(whole(n, zref::compress(&old_data, &new_data, level).map_err(io_err)?))
+        }
+        _ => Payload::Full(whole(0, zref::compress_plain(&new_data, level).map_err(io_err)?)),
+    };
     progress(m);
-    Ok(best)
+    Ok(payload)
 }
 
-fn payload_score(payload: &Payload) -> u64 {
-    match payload {
-        Payload::Bsdiff(raw) => raw.len() as u64,
-        Payload::Zref(blocks) | Payload::Full(blocks) => blocks.iter().map(|b| b.frame.len() as u64 + 8).sum(),
+/// An entry too large for whole-entry methods under the budget: the windowed matcher when a
+/// useful window fits, otherwise zstd blocks against proportionally placed windows.
+fn encode_large(old: Option<Content<'_>>, new: Content<'_>, budget: &Budget, level: i32) -> Result<Payload> {
+    let m = new.size();
+    let n = old.map_or(0, |o| o.size());
+    let plan = WindowPlan::for_budget(budget.limit().saturating_sub(zref::compress_overhead(level, m)), n, m);
+    let (Some(old), Some(plan)) = (old.filter(|_| n > 0), plan) else {
+        return encode_blocks(old, new, budget, level);
+    };
+    let _permit = budget.acquire(matcher::windowed_estimate(plan, n, m) + zref::compress_overhead(level, m));
+    let read_old = |start: u64, len: u64| old.read_range(start, len).map_err(into_io);
+    let read_new = |start: u64, len: u64| new.read_range(start, len).map_err(into_io);
+    let threads = rayon::current_num_threads();
+    let parts = matcher::diff_windowed(n, m, &read_old, &read_new, plan, threads).map_err(|e| {
+        let source = match e {
+            matcher::WindowError::Read(e) => e,
+            matcher::WindowError::Match(e) => std::io::Error::other(e),
+        };
+        Error::Io { file: new.name().into(), source }
+    })?;
+    Ok(Payload::Bsdiff(parts))
+}
+
+/// Carries a library error through the matcher's `io::Error` reads.
+fn into_io(e: Error) -> std::io::Error {
+    match e {
+        Error::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
     }
 }
 
@@ -542,18 +586,19 @@ fn build_archive_patch(
 /// Appends an op's payload description to the control stream (and its blobs); returns its size.
 fn write_payload(payload: Payload, control: &mut Vec<u8>, blobs: &mut Vec<Vec<u8>>, size: u64) -> Result<u64> {
     match payload {
-        Payload::Bsdiff(raw) => {
-            if raw.len() as u64 <= INLINE_MAX {
+        Payload::Bsdiff(parts) => {
+            let raw_len = bsdiff::payload_len(&parts);
+            if raw_len <= INLINE_MAX {
                 control.push(BS_INLINE);
-                put_varint(control, raw.len() as u64);
-                control.extend_from_slice(&raw);
-                Ok(raw.len() as u64)
+                put_varint(control, raw_len);
+                bsdiff::write_payload(&parts, control).map_err(|e| Error::io("<bsdiff payload>", e))?;
+                Ok(raw_len)
             } else {
-                let blob =
-                    zref::compress_plain(&raw, payload_level(size)).map_err(|e| Error::io("<bsdiff payload>", e))?;
+                let blob = zref::compress_streamed(raw_len, payload_level(size), |w| bsdiff::write_payload(&parts, w))
+                    .map_err(|e| Error::io("<bsdiff payload>", e))?;
                 control.push(BS_BLOB);
                 put_varint(control, blob.len() as u64);
-                put_varint(control, raw.len() as u64);
+                put_varint(control, raw_len);
                 let len = blob.len() as u64;
                 blobs.push(blob);
                 Ok(len)

@@ -56,6 +56,7 @@ mod bsdiff;
 mod budget;
 mod diff;
 pub mod error;
+pub mod matcher;
 mod report;
 mod source;
 pub mod wire;

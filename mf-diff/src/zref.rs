@@ -38,6 +38,22 @@ pub fn compress_plain(new: &[u8], level: i32) -> io::Result<Vec<u8>> {
     compress(&[], new, level)
 }
 
+/// Plain zstd of `len` bytes that `write` produces piecewise (so they need not be in one buffer),
+/// with the same frame settings as [`compress_plain`]. Fails if `write` writes another length.
+pub fn compress_streamed(
+    len: u64,
+    level: i32,
+    write: impl FnOnce(&mut dyn io::Write) -> io::Result<()>,
+) -> io::Result<Vec<u8>> {
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), level)?;
+    encoder.include_checksum(false)?;
+    encoder.include_contentsize(true)?;
+    encoder.set_pledged_src_size(Some(len))?;
+    encoder.set_parameter(CParameter::WindowLog(window_log(len)))?;
+    write(&mut encoder)?;
+    encoder.finish()
+}
+
 /// Decodes a frame made by [`compress`] into exactly `size` bytes; any other length is an error.
 /// The output grows only as bytes are decoded, so a frame that merely declares a huge size cannot
 /// make it allocate.
@@ -80,5 +96,17 @@ mod tests {
         assert!(decompress(&old, &frame, new.len() as u64 + 1).is_err());
         let wrong = vec![0u8; old.len()];
         assert_ne!(decompress(&wrong, &frame, new.len() as u64).ok(), Some(new));
+    }
+
+    #[test]
+    fn streamed_frames_decode_and_declare_their_size() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 97) as u8).collect();
+        let frame = compress_streamed(data.len() as u64, 3, |w| {
+            w.write_all(&data[..40_000])?;
+            w.write_all(&data[40_000..])
+        })
+        .unwrap();
+        assert_eq!(decompress(&[], &frame, data.len() as u64).unwrap(), data);
+        assert!(compress_streamed(10, 3, |w| w.write_all(&[0u8; 9])).is_err());
     }
 }
