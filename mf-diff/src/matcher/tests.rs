@@ -188,3 +188,26 @@ proptest! {
         prop_assert_eq!(bsdiff::apply(&old, &bsdiff::to_payload(&parts), new.len() as u64).unwrap(), new);
     }
 }
+
+#[test]
+fn damaged_payloads_are_refused_not_applied() {
+    let old = code_like(20_000, 11);
+    let mut new = old.clone();
+    new.splice(5000..5000, code_like(300, 12));
+    new[15_000] ^= 0xff;
+    let payload = bsdiff::to_payload(&diff(&old, &new, 1).unwrap());
+    for cut in [0, 1, payload.len() / 2, payload.len() - 1] {
+        let err = bsdiff::apply(&old, &payload[..cut], new.len() as u64).unwrap_err();
+        assert!(!err.what.is_empty());
+    }
+    // A seek past the old content: the first control's seek is rewritten to a huge value.
+    let mut parts = diff(&old, &new, 1).unwrap();
+    parts.controls[0].seek = 1 << 40;
+    assert!(bsdiff::apply(&old, &bsdiff::to_payload(&parts), new.len() as u64).is_err());
+    // Flipping any single byte never panics.
+    for i in 0..payload.len().min(400) {
+        let mut bad = payload.clone();
+        bad[i] ^= 0x41;
+        let _ = bsdiff::apply(&old, &bad, new.len() as u64);
+    }
+}
