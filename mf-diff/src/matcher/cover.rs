@@ -107,6 +107,8 @@ fn seed_chunk(index: &SuffixIndex<'_>, new: &[u8], from: usize, to: usize) -> Ve
 
 /// Best forward growth of a cover ending at `end` into `new[end..limit]`: the length maximising
 /// twice the matching bytes minus the length (bsdiff's criterion: at least half must match).
+// `j` indexes both inputs (old through the diagonal), so a range loop is the clear form.
+#[allow(clippy::needless_range_loop)]
 fn grow_forward(old: &[u8], new: &[u8], diagonal: i64, end: usize, limit: usize) -> usize {
     let (mut score, mut best_score, mut best) = (0i64, 0i64, 0usize);
     for j in end..limit {
@@ -124,6 +126,8 @@ fn grow_forward(old: &[u8], new: &[u8], diagonal: i64, end: usize, limit: usize)
 }
 
 /// Mirror of [`grow_forward`]: growth of a cover starting at `start` back into `new[limit..start]`.
+// `j` indexes both inputs (old through the diagonal), so a range loop is the clear form.
+#[allow(clippy::needless_range_loop)]
 fn grow_backward(old: &[u8], new: &[u8], diagonal: i64, start: usize, limit: usize) -> usize {
     let (mut score, mut best_score, mut best) = (0i64, 0i64, 0usize);
     for j in (limit..start).rev() {
