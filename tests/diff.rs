@@ -515,7 +515,7 @@ fn c_program(functions: usize, version: u32) -> String {
 fn compile(dir: &Path, source: &str, out: &str) -> PathBuf {
     let c = dir.join(format!("{out}.c"));
     std::fs::write(&c, source).unwrap();
-    let status = Command::new("cc").args(["-O2", "-o"]).arg(dir.join(out)).arg(&c).status().expect("cc runs");
+    let status = Command::new("cc").args(["-O1", "-o"]).arg(dir.join(out)).arg(&c).status().expect("cc runs");
     assert!(status.success(), "cc failed on {out}.c");
     dir.join(out)
 }
@@ -524,10 +524,12 @@ fn compile(dir: &Path, source: &str, out: &str) -> PathBuf {
 fn native_executables_round_trip_with_small_thread_independent_patches() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    compile(d, &c_program(4000, 1), "v1");
-    compile(d, &c_program(4000, 2), "v2");
+    // 2000 functions at -O1: a binary of ~450 KB that compiles in seconds, big enough that moved code
+    // and shifted addresses dominate the diff.
+    compile(d, &c_program(2000, 1), "v1");
+    compile(d, &c_program(2000, 2), "v2");
     let new = std::fs::read(d.join("v2")).unwrap();
-    assert!(new.len() > 512 << 10, "the program is a sizeable binary: {} bytes", new.len());
+    assert!(new.len() > 256 << 10, "the program is a sizeable binary: {} bytes", new.len());
     mf_ok(d, &["--threads", "1", "diff", "v1", "v2", "-o", "one.mfp"]);
     mf_ok(d, &["--threads", "4", "diff", "v1", "v2", "-o", "four.mfp"]);
     let patch = std::fs::read(d.join("one.mfp")).unwrap();
