@@ -486,3 +486,61 @@ fn usage_errors_exit_2() {
     mf_fails(d, &["apply", "p", "a"], 2);
     mf_fails(d, &["apply", "p", "a", "-o", "x", "--in-place"], 2);
 }
+
+/// C source of a program with `functions` functions; `version` changes a few constants and adds
+/// functions in the middle, which moves most code and shifts the addresses it refers to, the way
+/// a real point release of a native library does.
+fn c_program(functions: usize, version: u32) -> String {
+    let mut src = String::from("#include <stdio.h>\n#include <stdlib.h>\n");
+    let extra = if version > 1 { 40 } else { 0 };
+    for f in 0..functions + extra {
+        let k = if version > 1 && f % 97 == 0 { f * 3 + 1 } else { f * 3 };
+        src += &format!(
+            "static const char *name_{f} = \"function number {f}\";\n\
+             __attribute__((noinline)) long fn_{f}(long x) {{ long s = x; \
+             for (int i = 0; i < {r}; i++) s = s * {k} + (s >> 3) + i; \
+             if (s % 7 == 0) puts(name_{f}); return s ^ {f}; }}\n",
+            r = f % 13 + 2
+        );
+    }
+    src += "int main(int argc, char **argv) { long s = argc;\n";
+    for f in 0..functions + extra {
+        src += &format!("s += fn_{f}(s);\n");
+    }
+    src += "printf(\"%ld\\n\", s); return 0; }\n";
+    src
+}
+
+/// Compiles `source` with the system C compiler (present wherever the crates build: libsais is C).
+fn compile(dir: &Path, source: &str, out: &str) -> PathBuf {
+    let c = dir.join(format!("{out}.c"));
+    std::fs::write(&c, source).unwrap();
+    let status = Command::new("cc").args(["-O2", "-o"]).arg(dir.join(out)).arg(&c).status().expect("cc runs");
+    assert!(status.success(), "cc failed on {out}.c");
+    dir.join(out)
+}
+
+#[test]
+fn native_executables_round_trip_with_small_thread_independent_patches() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    compile(d, &c_program(4000, 1), "v1");
+    compile(d, &c_program(4000, 2), "v2");
+    let new = std::fs::read(d.join("v2")).unwrap();
+    assert!(new.len() > 512 << 10, "the program is a sizeable binary: {} bytes", new.len());
+    mf_ok(d, &["--threads", "1", "diff", "v1", "v2", "-o", "one.mfp"]);
+    mf_ok(d, &["--threads", "4", "diff", "v1", "v2", "-o", "four.mfp"]);
+    let patch = std::fs::read(d.join("one.mfp")).unwrap();
+    assert_eq!(patch, std::fs::read(d.join("four.mfp")).unwrap());
+    // Most code moved and its addresses shifted; the patch must still be a small fraction.
+    assert!(patch.len() * 20 < new.len(), "patch {} bytes for a {} byte program", patch.len(), new.len());
+    mf_ok(d, &["apply", "one.mfp", "v1", "-o", "rebuilt"]);
+    assert_eq!(std::fs::read(d.join("rebuilt")).unwrap(), new);
+    // Archives holding the programs take the same path per entry.
+    pack(d, &Release { files: vec![("bin/prog".into(), std::fs::read(d.join("v1")).unwrap())] }, "v1.mf", &[]);
+    pack(d, &Release { files: vec![("bin/prog".into(), new.clone())] }, "v2.mf", &[]);
+    let stat = json(&mf_ok(d, &["diff", "--json", "v1.mf", "v2.mf", "-o", "p.mfp"]));
+    assert_eq!(stat["entries"][0]["method"], "bsdiff", "{stat}");
+    mf_ok(d, &["apply", "p.mfp", "v1.mf", "-o", "out.mf"]);
+    assert_eq!(std::fs::read(d.join("out.mf")).unwrap(), std::fs::read(d.join("v2.mf")).unwrap());
+}

@@ -12,10 +12,11 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::budget::Budget;
 use crate::delta::EncodedDelta;
 use crate::error::{Error, Result};
+use crate::matcher::{self, WindowPlan};
 use crate::report::{Change, EntryReport, Method, PatchReport};
 use crate::source::Source;
 use crate::wire::*;
-use crate::{bsdiff, zref};
+use crate::zref;
 
 /// Settings of [`diff_files`].
 #[derive(Debug, Clone, Copy)]
@@ -47,8 +48,11 @@ impl Default for DiffOptions {
     }
 }
 
-/// Largest source qbsdiff accepts.
-const BSDIFF_MAX_OLD: u64 = 1 << 31;
+/// Entries up to this size are encoded every way at the final level and the smallest is kept:
+/// cheap, and exact where an estimate would be noisy.
+const EXACT_CHOICE_MAX: u64 = 1 << 20;
+/// zstd level of the trial compressions that choose the encoding of larger entries.
+const ESTIMATE_LEVEL: i32 = 3;
 /// zstd level of the control stream.
 const CONTROL_LEVEL: i32 = 19;
 /// Block size floor and ceiling for bounded-memory encoding of large entries: a block's window (the
@@ -65,12 +69,10 @@ fn payload_level(size: u64) -> i32 {
     }
 }
 
-/// Working set of qbsdiff: the suffix array of the old content (4 bytes a byte, plus construction
-/// scratch), both inputs, the bzip2 sections and the raw payload: 9 bytes per old byte plus 4 per
-/// new byte. Checked once: 8 MiB text old and new, the whole `mf diff` process peaked at 103 MiB
-/// (this estimate: 108 MiB).
-fn bsdiff_estimate(old: u64, new: u64) -> u64 {
-    old.saturating_mul(9).saturating_add(new.saturating_mul(4)).saturating_add(4 << 20)
+/// Working set of the whole-entry matcher (inputs, suffix array, delta and extra bytes) plus the
+/// compression of its payload.
+fn bsdiff_estimate(old: u64, new: u64, level: i32) -> u64 {
+    matcher::estimate(old, new).saturating_add(new).saturating_add(zref::compress_overhead(level, new))
 }
 
 fn zref_estimate(old: u64, new: u64, level: i32) -> u64 {
@@ -149,8 +151,10 @@ impl Content<'_> {
     }
 }
 
-/// Encodes one changed or added entry, choosing the smallest method that fits the budget. Whole-entry
-/// zstd is for entries whose blocks and windows fit the format's bounds; larger ones get blocks.
+/// Encodes one changed or added entry: the method that makes it smallest among those that fit the
+/// budget and the format's bounds (whole-entry zstd only for entries whose block and window fit
+/// them), chosen by trial compression at a fast level (exactly, for small entries); only the chosen
+/// method is encoded at the final level.
 fn encode(
     old: Option<Content<'_>>,
     new: Content<'_>,
@@ -161,42 +165,95 @@ fn encode(
     let n = old.map_or(0, |o| o.size());
     let level = payload_level(m);
     let io_err = |e: std::io::Error| Error::Io { file: new.name().into(), source: e };
-    let whole = zref_estimate(n, m, level);
-    let try_bsdiff = old.is_some() && n > 0 && n <= BSDIFF_MAX_OLD && bsdiff_estimate(n, m) <= budget.limit();
-    let small = m <= MAX_BLOCK_LEN && n <= MAX_REF_WINDOW && whole <= budget.limit();
-    let mut best = if small {
-        let _permit = budget.acquire(whole);
-        let new_data = new.read_all()?;
-        let full = zref::compress_plain(&new_data, level).map_err(io_err)?;
-        let mut best = Payload::Full(vec![Block { new_len: m, old_start: 0, old_len: 0, frame: full }]);
-        if let Some(old) = old {
-            let old_data = old.read_all()?;
-            let frame = zref::compress(&old_data, &new_data, level).map_err(io_err)?;
-            let candidate = Payload::Zref(vec![Block { new_len: m, old_start: 0, old_len: n, frame }]);
-            if payload_score(&candidate) < payload_score(&best) {
-                best = candidate;
-            }
-        }
-        best
-    } else {
-        encode_blocks(old, new, budget, level)?
-    };
-    if let (Some(old), true) = (old, try_bsdiff) {
-        let _permit = budget.acquire(bsdiff_estimate(n, m));
-        let parts = bsdiff::diff(&old.read_all()?, &new.read_all()?).map_err(io_err)?;
-        let candidate = Payload::Delta(parts.encode(level).map_err(io_err)?);
-        if payload_score(&candidate) <= payload_score(&best) {
-            best = candidate;
-        }
+    let zref_fits = m <= MAX_BLOCK_LEN && n <= MAX_REF_WINDOW && zref_estimate(n, m, level) <= budget.limit();
+    let match_fits = old.is_some() && n > 0 && n <= matcher::MAX_OLD && bsdiff_estimate(n, m, level) <= budget.limit();
+    if !zref_fits && !match_fits {
+        let payload = encode_large(old, new, budget, level)?;
+        progress(m);
+        return Ok(payload);
     }
+    let working_set = if match_fits { bsdiff_estimate(n, m, level) } else { 0 };
+    let _permit = budget.acquire(working_set.max(if zref_fits { zref_estimate(n, m, level) } else { 0 }));
+    let new_data = new.read_all()?;
+    let old_data = match old {
+        Some(o) if n > 0 => Some(o.read_all()?),
+        _ => None,
+    };
+    let parts = match (&old_data, match_fits) {
+        (Some(old_data), true) => Some(
+            matcher::diff(old_data, &new_data, rayon::current_num_threads())
+                .map_err(|e| io_err(std::io::Error::other(e)))?,
+        ),
+        _ => None,
+    };
+    let trial_level = if m <= EXACT_CHOICE_MAX { level } else { ESTIMATE_LEVEL };
+    let whole = |old_len: u64, frame: Vec<u8>| vec![Block { new_len: m, old_start: 0, old_len, frame }];
+    // Candidates by trial size; ties keep the earlier (cheaper to apply) method.
+    let mut best: Option<Payload> = None;
+    let mut consider = |candidate: Payload| {
+        if best.as_ref().is_none_or(|b| payload_score(&candidate) < payload_score(b)) {
+            best = Some(candidate);
+        }
+    };
+    if let Some(parts) = &parts {
+        consider(Payload::Delta(parts.encode(trial_level).map_err(io_err)?));
+    }
+    if let (Some(old_data), true) = (&old_data, zref_fits) {
+        consider(Payload::Zref(whole(n, zref::compress(old_data, &new_data, trial_level).map_err(io_err)?)));
+    }
+    if zref_fits {
+        consider(Payload::Full(whole(0, zref::compress_plain(&new_data, trial_level).map_err(io_err)?)));
+    }
+    // Unreachable in practice: without a whole-entry zstd fit, the matcher fit (else encode_large).
+    let best = best.ok_or_else(|| io_err(std::io::Error::other("no encoding fits the memory budget")))?;
+    // Small entries were tried at the final level: their trial encoding is the payload.
+    let payload = match (best, parts, old_data) {
+        (best, _, _) if trial_level == level => best,
+        (Payload::Delta(_), Some(parts), _) => Payload::Delta(parts.encode(level).map_err(io_err)?),
+        (Payload::Zref(_), _, Some(old_data)) => {
+            Payload::Zref(whole(n, zref::compress(&old_data, &new_data, level).map_err(io_err)?))
+        }
+        _ => Payload::Full(whole(0, zref::compress_plain(&new_data, level).map_err(io_err)?)),
+    };
     progress(m);
-    Ok(best)
+    Ok(payload)
 }
 
 fn payload_score(payload: &Payload) -> u64 {
     match payload {
         Payload::Delta(encoded) => encoded.len() + 8,
         Payload::Zref(blocks) | Payload::Full(blocks) => blocks.iter().map(|b| b.frame.len() as u64 + 8).sum(),
+    }
+}
+
+/// An entry too large for whole-entry methods under the budget: the windowed matcher when a
+/// useful window fits, otherwise zstd blocks against proportionally placed windows.
+fn encode_large(old: Option<Content<'_>>, new: Content<'_>, budget: &Budget, level: i32) -> Result<Payload> {
+    let m = new.size();
+    let n = old.map_or(0, |o| o.size());
+    let plan = WindowPlan::for_budget(budget.limit().saturating_sub(zref::compress_overhead(level, m)), n, m);
+    let (Some(old), Some(plan)) = (old.filter(|_| n > 0), plan) else {
+        return encode_blocks(old, new, budget, level);
+    };
+    let _permit = budget.acquire(matcher::windowed_estimate(plan, n, m) + zref::compress_overhead(level, m));
+    let read_old = |start: u64, len: u64| old.read_range(start, len).map_err(into_io);
+    let read_new = |start: u64, len: u64| new.read_range(start, len).map_err(into_io);
+    let threads = rayon::current_num_threads();
+    let parts = matcher::diff_windowed(n, m, &read_old, &read_new, plan, threads).map_err(|e| {
+        let source = match e {
+            matcher::WindowError::Read(e) => e,
+            matcher::WindowError::Match(e) => std::io::Error::other(e),
+        };
+        Error::Io { file: new.name().into(), source }
+    })?;
+    Ok(Payload::Delta(parts.encode(level).map_err(|e| Error::Io { file: new.name().into(), source: e })?))
+}
+
+/// Carries a library error through the matcher's `io::Error` reads.
+fn into_io(e: Error) -> std::io::Error {
+    match e {
+        Error::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
     }
 }
 

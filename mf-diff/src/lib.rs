@@ -5,11 +5,14 @@
 //!
 //! - **Diff** ([`diff_files`], [`diff_stat`]) works on decompressed entry content. Entries whose
 //!   content hash matches an old entry cost a reference (renames, moves and duplicates included);
-//!   changed entries get the smallest of a delta ([`delta::DeltaParts`]: the bsdiff model stored as
-//!   three zstd streams), zstd with the old entry as reference prefix, or full zstd; new entries are
-//!   carried zstd-compressed. Work runs in parallel under a memory budget
-//!   ([`DiffOptions::memory_limit`]); entries too large for bsdiff within it are encoded in blocks
-//!   against a window of the old content. The output does not depend on the thread count. Two
+//!   changed entries get the smallest of a delta ([`delta::DeltaParts`]: the bsdiff model that the
+//!   [`matcher`] finds with a libsais suffix array and a cover search with approximate matches,
+//!   stored as three zstd streams), zstd with the old entry as reference prefix, or full zstd,
+//!   chosen by trial compression at a fast level; new entries are carried zstd-compressed.
+//!   Work runs in parallel under a memory budget ([`DiffOptions::memory_limit`]); entries too
+//!   large for the whole-entry matcher within it are matched block by block against windows of the
+//!   old content that a sparse anchor index picks, or, when not even a window fits, encoded as zstd
+//!   blocks. The output does not depend on the thread count. Two
 //!   files that are not archives are diffed whole. Panda3D multifiles are diffed as their canonical
 //!   mf conversions ([`panda3d::diff_any`] and [`panda3d::apply_any`] convert, and work on either
 //!   format), which [`DiffOptions::old_is_panda3d`] and [`DiffOptions::new_is_panda3d`] record in the
@@ -56,11 +59,11 @@
 //! ```
 
 mod apply;
-mod bsdiff;
 mod budget;
 pub mod delta;
 mod diff;
 pub mod error;
+pub mod matcher;
 pub mod panda3d;
 mod report;
 mod source;

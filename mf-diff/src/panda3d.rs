@@ -5,7 +5,7 @@
 //! [`apply_patch`] below them only know mf archives and plain files.
 //!
 //! ```
-//! use mf_diff::panda3d::{apply_any, diff_any, ArchiveFormat};
+//! use mf_diff::panda3d::{apply_any, diff_any, ArchiveFormat, PatchSink};
 //! use mf_panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
 //! # let dir = tempfile::tempdir()?;
 //! let multifile = |name: &str, text: &[u8]| -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {

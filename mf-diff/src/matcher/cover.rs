@@ -1,0 +1,222 @@
+//! Cover search: which stretches of the new content are taken from the old content, and where.
+//!
+//! A cover is a stretch of new content coded as old content at a fixed offset (a diagonal) plus
+//! byte differences. Unlike classic bsdiff's one greedy pass, the search runs in three steps, in
+//! the spirit of HDiffPatch's cover search:
+//! 1. **Seeds**: exact matches from the suffix array, found in fixed-size chunks of the new content
+//!    in parallel (chunk bounds do not depend on the thread count, so the result does not either).
+//!    A match on a new diagonal must beat the current diagonal by a margin, so code whose addresses
+//!    shifted keeps one diagonal with sparse differences instead of many short covers.
+//! 2. **Extension**: each cover grows forward and backward into its gaps while the bytes on its
+//!    diagonal match often enough (approximate matches); where two grown covers meet, the split
+//!    point keeps the most matching bytes.
+//! 3. **Merging**: neighbouring covers on the same diagonal become one when the gap between them is
+//!    small, saving a control.
+
+use rayon::prelude::*;
+
+use super::suffix::SuffixIndex;
+
+/// New content searched per parallel task. Fixed, so covers do not depend on the thread count.
+const CHUNK: usize = 1 << 20;
+/// Shortest exact match that starts a cover on a new diagonal.
+const MIN_SEED: usize = 8;
+/// A seed on another diagonal must match this many more bytes than the current diagonal does over
+/// the same stretch.
+const SWITCH_MARGIN: usize = 8;
+/// Same-diagonal covers separated by at most this many bytes are merged.
+const MERGE_GAP: usize = 24;
+
+/// `new[new_start..new_start + len]` is coded against `old[old_start..old_start + len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cover {
+    pub new_start: usize,
+    pub old_start: usize,
+    pub len: usize,
+}
+
+impl Cover {
+    fn new_end(&self) -> usize {
+        self.new_start + self.len
+    }
+
+    fn diagonal(&self) -> i64 {
+        self.old_start as i64 - self.new_start as i64
+    }
+}
+
+/// Whether new byte `j` equals the old byte on `diagonal`.
+fn hit(old: &[u8], new: &[u8], diagonal: i64, j: usize) -> bool {
+    let o = j as i64 + diagonal;
+    o >= 0 && (o as usize) < old.len() && old[o as usize] == new[j]
+}
+
+/// Bytes of `new[from..to]` equal to the old byte on `diagonal` (positions outside old count as
+/// mismatches).
+fn matches_on(old: &[u8], new: &[u8], diagonal: i64, from: usize, to: usize) -> usize {
+    (from..to).filter(|&j| hit(old, new, diagonal, j)).count()
+}
+
+/// Exact run on `diagonal` starting at new position `at`.
+fn run_on(old: &[u8], new: &[u8], diagonal: i64, at: usize) -> usize {
+    let o = at as i64 + diagonal;
+    if o < 0 || o as usize >= old.len() {
+        return 0;
+    }
+    old[o as usize..].iter().zip(&new[at..]).take_while(|(a, b)| a == b).count()
+}
+
+/// Step 1 for one chunk `new[from..to]`: seeds may run past `to`; the caller trims overlaps.
+fn seed_chunk(index: &SuffixIndex<'_>, new: &[u8], from: usize, to: usize) -> Vec<Cover> {
+    let old = index.old();
+    let mut covers = Vec::new();
+    let mut diagonal: Option<i64> = None;
+    let mut i = from;
+    while i < to {
+        // Fast path: the current diagonal goes on matching; no search needed.
+        if let Some(d) = diagonal {
+            let run = run_on(old, new, d, i);
+            if run >= MIN_SEED {
+                covers.push(Cover { new_start: i, old_start: (i as i64 + d) as usize, len: run });
+                i += run;
+                continue;
+            }
+        }
+        let near = diagonal.map_or(i, |d| (i as i64 + d).max(0) as usize);
+        let (pos, len) = index.longest_match(&new[i..], near);
+        if len < MIN_SEED {
+            i += 1;
+            continue;
+        }
+        let d = pos as i64 - i as i64;
+        // The search stops at its probe length; the diagonal continues the run.
+        let len = len.max(run_on(old, new, d, i));
+        if let Some(current) = diagonal.filter(|&c| c != d) {
+            if len < matches_on(old, new, current, i, i + len) + SWITCH_MARGIN {
+                // The current diagonal covers this stretch nearly as well: extension will take it.
+                i += 1;
+                continue;
+            }
+        }
+        covers.push(Cover { new_start: i, old_start: pos, len });
+        diagonal = Some(d);
+        i += len;
+    }
+    covers
+}
+
+/// Best forward growth of a cover ending at `end` into `new[end..limit]`: the length maximising
+/// twice the matching bytes minus the length (bsdiff's criterion: at least half must match).
+// `j` indexes both inputs (old through the diagonal), so a range loop is the clear form.
+#[allow(clippy::needless_range_loop)]
+fn grow_forward(old: &[u8], new: &[u8], diagonal: i64, end: usize, limit: usize) -> usize {
+    let (mut score, mut best_score, mut best) = (0i64, 0i64, 0usize);
+    for j in end..limit {
+        let o = j as i64 + diagonal;
+        if o < 0 || o as usize >= old.len() {
+            break;
+        }
+        score += if old[o as usize] == new[j] { 1 } else { -1 };
+        if score > best_score {
+            best_score = score;
+            best = j + 1 - end;
+        }
+    }
+    best
+}
+
+/// Mirror of [`grow_forward`]: growth of a cover starting at `start` back into `new[limit..start]`.
+// `j` indexes both inputs (old through the diagonal), so a range loop is the clear form.
+#[allow(clippy::needless_range_loop)]
+fn grow_backward(old: &[u8], new: &[u8], diagonal: i64, start: usize, limit: usize) -> usize {
+    let (mut score, mut best_score, mut best) = (0i64, 0i64, 0usize);
+    for j in (limit..start).rev() {
+        let o = j as i64 + diagonal;
+        if o < 0 || o as usize >= old.len() {
+            break;
+        }
+        score += if old[o as usize] == new[j] { 1 } else { -1 };
+        if score > best_score {
+            best_score = score;
+            best = start - j;
+        }
+    }
+    best
+}
+
+/// Steps 2 and 3 over covers sorted by new position and not overlapping.
+fn extend_and_merge(old: &[u8], new: &[u8], covers: Vec<Cover>) -> Vec<Cover> {
+    let mut out: Vec<Cover> = Vec::with_capacity(covers.len());
+    for mut next in covers {
+        let Some(last) = out.last_mut() else {
+            let back = grow_backward(old, new, next.diagonal(), next.new_start, 0);
+            next.new_start -= back;
+            next.old_start -= back;
+            next.len += back;
+            out.push(next);
+            continue;
+        };
+        let gap_start = last.new_end();
+        let gap_end = next.new_start;
+        if last.diagonal() == next.diagonal()
+            && (gap_end - gap_start <= MERGE_GAP
+                || 2 * matches_on(old, new, last.diagonal(), gap_start, gap_end) >= gap_end - gap_start)
+        {
+            last.len = next.new_end() - last.new_start;
+            continue;
+        }
+        let forward = grow_forward(old, new, last.diagonal(), gap_start, gap_end);
+        let backward = grow_backward(old, new, next.diagonal(), gap_end, gap_start);
+        let (mut fwd_end, mut back_start) = (gap_start + forward, gap_end - backward);
+        if fwd_end > back_start {
+            // Overlap: split where the two diagonals together match the most bytes. Moving the
+            // split past byte j gains j's match on the earlier diagonal and loses it on the later.
+            let (ld, nd) = (last.diagonal(), next.diagonal());
+            let (mut score, mut best) = (0i64, (0i64, back_start));
+            for j in back_start..fwd_end {
+                score += i64::from(hit(old, new, ld, j)) - i64::from(hit(old, new, nd, j));
+                if score > best.0 {
+                    best = (score, j + 1);
+                }
+            }
+            fwd_end = best.1;
+            back_start = best.1;
+        }
+        last.len = fwd_end - last.new_start;
+        let shift = next.new_start - back_start;
+        next.new_start -= shift;
+        next.old_start -= shift;
+        next.len += shift;
+        out.push(next);
+    }
+    if let Some(last) = out.last_mut() {
+        last.len += grow_forward(old, new, last.diagonal(), last.new_end(), new.len());
+    }
+    out.retain(|c| c.len > 0);
+    out
+}
+
+/// The covers of `new` against the indexed old content, sorted by new position, not overlapping,
+/// each inside both inputs.
+pub fn find_covers(index: &SuffixIndex<'_>, new: &[u8]) -> Vec<Cover> {
+    let chunks: Vec<Vec<Cover>> = (0..new.len().div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|k| seed_chunk(index, new, k * CHUNK, ((k + 1) * CHUNK).min(new.len())))
+        .collect();
+    // Seeds of one chunk may run into the next chunk's: trim the later ones.
+    let mut seeds: Vec<Cover> = Vec::new();
+    for mut cover in chunks.into_iter().flatten() {
+        let covered = seeds.last().map_or(0, |c| c.new_end());
+        if cover.new_end() <= covered {
+            continue;
+        }
+        if cover.new_start < covered {
+            let cut = covered - cover.new_start;
+            cover.new_start += cut;
+            cover.old_start += cut;
+            cover.len -= cut;
+        }
+        seeds.push(cover);
+    }
+    extend_and_merge(index.old(), new, seeds)
+}

@@ -1,0 +1,91 @@
+//! The diff matcher: turns an old and a new byte string into the bsdiff model (controls, delta
+//! bytes, extra bytes) that spec/PATCH.md's delta payload carries.
+//!
+//! The old content is indexed by a suffix array ([`suffix`]); the new content is covered by
+//! stretches of old content found, grown and merged by [`cover`]. Output depends only on the
+//! inputs, never on the thread count.
+
+mod cover;
+mod suffix;
+mod window;
+
+pub use window::{diff_windowed, windowed_estimate, WindowError, WindowPlan};
+
+use suffix::SuffixIndex;
+
+// The bsdiff model is the delta payload's (spec/PATCH.md, "delta"), declared once in `delta`.
+pub use crate::delta::{Control, DeltaParts};
+
+/// Why the matcher could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum MatchError {
+    #[error("old content of {len} bytes is too large for one suffix array (limit 2 GiB)")]
+    OldTooLarge { len: u64 },
+    #[error("suffix array construction failed: {0}")]
+    SuffixArray(String),
+}
+
+/// Working set of [`diff`] in bytes: the old content and its suffix array (5 bytes per old byte),
+/// the new content, and the delta and extra bytes (together one byte per new byte).
+pub fn estimate(old_len: u64, new_len: u64) -> u64 {
+    old_len.saturating_mul(5).saturating_add(new_len.saturating_mul(2)).saturating_add(1 << 20)
+}
+
+/// Largest old content [`diff`] indexes at once.
+pub const MAX_OLD: u64 = i32::MAX as u64;
+
+/// The bsdiff model turning `old` into `new`. `threads` speeds up suffix sorting; the result is the
+/// same for any value.
+pub fn diff(old: &[u8], new: &[u8], threads: usize) -> Result<DeltaParts, MatchError> {
+    let index = SuffixIndex::build(old, threads)?;
+    let covers = cover::find_covers(&index, new);
+    Ok(parts_from_covers(old, new, &covers, 0))
+}
+
+/// Controls, delta and extra for `covers` (sorted, not overlapping, inside both inputs).
+/// `old_base` is added to every old position: the covers index a window starting there.
+fn parts_from_covers(old: &[u8], new: &[u8], covers: &[cover::Cover], old_base: usize) -> DeltaParts {
+    let mut parts = DeltaParts {
+        controls: Vec::with_capacity(covers.len() + 1),
+        delta: Vec::with_capacity(covers.iter().map(|c| c.len).sum()),
+        extra: Vec::new(),
+    };
+    parts.extra.reserve(new.len() - parts.delta.capacity().min(new.len()));
+    let first_new = covers.first().map_or(new.len(), |c| c.new_start);
+    let first_old = covers.first().map_or(0, |c| c.old_start + old_base);
+    if first_new > 0 || first_old > 0 {
+        parts.controls.push(Control { add: 0, copy: first_new as u64, seek: first_old as i64 });
+        parts.extra.extend_from_slice(&new[..first_new]);
+    }
+    for (k, cover) in covers.iter().enumerate() {
+        let end = cover.new_start + cover.len;
+        let (next_new, next_old) = covers.get(k + 1).map_or((new.len(), end), |n| (n.new_start, n.old_start));
+        let old_slice = &old[cover.old_start..cover.old_start + cover.len];
+        let new_slice = &new[cover.new_start..end];
+        parts.delta.extend(new_slice.iter().zip(old_slice).map(|(n, o)| n.wrapping_sub(*o)));
+        parts.extra.extend_from_slice(&new[end..next_new]);
+        let seek = if k + 1 < covers.len() { next_old as i64 - (cover.old_start + cover.len) as i64 } else { 0 };
+        parts.controls.push(Control { add: cover.len as u64, copy: (next_new - end) as u64, seek });
+    }
+    parts
+}
+
+/// Appends `next`, which reads from old position 0 on, to `parts`: the seek back from where
+/// `parts` leaves the reading position is folded into its last control.
+pub(crate) fn append_parts(parts: &mut DeltaParts, next: DeltaParts) {
+    let at = end_position(parts);
+    if let Some(last) = parts.controls.last_mut() {
+        last.seek -= at;
+    }
+    parts.controls.extend(next.controls);
+    parts.delta.extend_from_slice(&next.delta);
+    parts.extra.extend_from_slice(&next.extra);
+}
+
+/// Where the reading position ends after `parts` runs from old position 0.
+pub(crate) fn end_position(parts: &DeltaParts) -> i64 {
+    parts.controls.iter().fold(0i64, |p, c| p + c.add as i64 + c.seek)
+}
+
+#[cfg(test)]
+mod tests;

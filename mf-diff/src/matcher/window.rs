@@ -1,0 +1,165 @@
+//! Entries too large to index whole under the memory budget: the new content is diffed block by
+//! block, each block against the window of old content that a sparse index says it came from
+//! (not the proportionally placed one), with the full suffix-array matcher inside the window.
+//!
+//! The sparse index keeps content-defined anchors of the old content: positions where a gear
+//! rolling hash has its top bits clear, so equal content yields the same anchors in old and new
+//! whatever its offset. A new block's anchors vote for old positions; the window holding the most
+//! votes wins.
+
+use std::collections::HashMap;
+use std::io;
+
+use super::{append_parts, cover, parts_from_covers, suffix::SuffixIndex, DeltaParts, MatchError};
+
+/// One anchor per this many bytes on average (a power of two).
+const ANCHOR_SPACING_LOG2: u32 = 9;
+/// Bytes of old content read at a time while building the index.
+const SCAN_STEP: u64 = 8 << 20;
+/// Bytes per index entry (hash key, position, table overhead).
+const INDEX_ENTRY_BYTES: u64 = 32;
+
+const fn gear_table() -> [u64; 256] {
+    let mut table = [0u64; 256];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut i = 0;
+    while i < 256 {
+        // splitmix64
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        table[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    table
+}
+
+static GEAR: [u64; 256] = gear_table();
+
+/// Calls `found(position after the anchor, hash)` for every anchor of `data`, continuing the
+/// rolling `hash` from a previous piece. The hash depends on the last 64 bytes only.
+fn anchors(data: &[u8], hash: &mut u64, mut found: impl FnMut(usize, u64)) {
+    for (i, &b) in data.iter().enumerate() {
+        *hash = (*hash << 1).wrapping_add(GEAR[usize::from(b)]);
+        if *hash >> (64 - ANCHOR_SPACING_LOG2) == 0 {
+            found(i + 1, *hash);
+        }
+    }
+}
+
+/// Window and block sizes for a budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowPlan {
+    /// Old bytes indexed per block.
+    pub window: u64,
+    /// New bytes diffed per block.
+    pub block: u64,
+}
+
+impl WindowPlan {
+    /// The largest plan whose working set, beside the whole entry's delta and extra bytes
+    /// (`new_len`) and the sparse index, fits `budget`; `None` below a useful window (16 MiB).
+    pub fn for_budget(budget: u64, old_len: u64, new_len: u64) -> Option<WindowPlan> {
+        let fixed = new_len + index_estimate(old_len) + (8 << 20);
+        let left = budget.checked_sub(fixed)?;
+        // Per block: window and its suffix array (5 bytes a byte), the new block and its share
+        // of the output while it is built (2 bytes a byte), block = window / 2.
+        let window = (left / 6).min(super::MAX_OLD);
+        (window >= 16 << 20).then_some(WindowPlan { window, block: window / 2 })
+    }
+}
+
+fn index_estimate(old_len: u64) -> u64 {
+    (old_len >> ANCHOR_SPACING_LOG2) * INDEX_ENTRY_BYTES
+}
+
+/// Working set of [`diff_windowed`] with `plan`.
+pub fn windowed_estimate(plan: WindowPlan, old_len: u64, new_len: u64) -> u64 {
+    new_len + index_estimate(old_len) + (8 << 20) + 5 * plan.window + 2 * plan.block
+}
+
+/// Failure reading an input or running the matcher.
+#[derive(Debug, thiserror::Error)]
+pub enum WindowError {
+    #[error(transparent)]
+    Read(#[from] io::Error),
+    #[error(transparent)]
+    Match(#[from] MatchError),
+}
+
+/// The bsdiff model of new content against old content read piecewise through `read_old(start,
+/// len)` and `read_new(start, len)`, in the memory of `plan`.
+pub fn diff_windowed(
+    old_len: u64,
+    new_len: u64,
+    read_old: &dyn Fn(u64, u64) -> io::Result<Vec<u8>>,
+    read_new: &dyn Fn(u64, u64) -> io::Result<Vec<u8>>,
+    plan: WindowPlan,
+    threads: usize,
+) -> Result<DeltaParts, WindowError> {
+    // Old anchors by hash; the first occurrence wins so the index is deterministic.
+    let mut index: HashMap<u64, u64> = HashMap::new();
+    let mut hash = 0u64;
+    let mut at = 0u64;
+    while at < old_len {
+        let piece = read_old(at, SCAN_STEP.min(old_len - at))?;
+        anchors(&piece, &mut hash, |end, h| {
+            index.entry(h).or_insert(at + end as u64);
+        });
+        at += piece.len() as u64;
+    }
+    let mut parts = DeltaParts::default();
+    let mut start = 0u64;
+    while start < new_len {
+        let len = plan.block.min(new_len - start);
+        let block = read_new(start, len)?;
+        let (window_start, window_len) = choose_window(&index, &block, start, new_len, old_len, plan.window);
+        let window = read_old(window_start, window_len)?;
+        let suffixes = SuffixIndex::build(&window, threads)?;
+        let covers = cover::find_covers(&suffixes, &block);
+        drop(suffixes);
+        append_parts(&mut parts, parts_from_covers(&window, &block, &covers, window_start as usize));
+        start += len;
+    }
+    Ok(parts)
+}
+
+/// The old window for a new block at `block_start`: the `window`-long stretch holding the most old
+/// positions its anchors point to, centred on them; proportionally placed without votes.
+fn choose_window(
+    index: &HashMap<u64, u64>,
+    block: &[u8],
+    block_start: u64,
+    new_len: u64,
+    old_len: u64,
+    window: u64,
+) -> (u64, u64) {
+    let window = window.min(old_len);
+    let mut votes = Vec::new();
+    let mut hash = 0u64;
+    anchors(block, &mut hash, |end, h| {
+        if let Some(&old_end) = index.get(&h) {
+            // The old position matching the block's start, clamped into the old content.
+            votes.push(old_end.saturating_sub(end as u64).min(old_len));
+        }
+    });
+    votes.sort_unstable();
+    let (mut best_count, mut best_from, mut best_to) = (0usize, 0u64, 0u64);
+    let mut lo = 0;
+    for hi in 0..votes.len() {
+        while votes[hi] - votes[lo] > window.saturating_sub(block.len() as u64) {
+            lo += 1;
+        }
+        if hi + 1 - lo > best_count {
+            (best_count, best_from, best_to) = (hi + 1 - lo, votes[lo], votes[hi]);
+        }
+    }
+    let centre = if best_count == 0 {
+        (u128::from(block_start) * u128::from(old_len) / u128::from(new_len.max(1))) as u64 + block.len() as u64 / 2
+    } else {
+        best_from + (best_to - best_from + block.len() as u64) / 2
+    };
+    let from = centre.saturating_sub(window / 2).min(old_len - window);
+    (from, window)
+}
