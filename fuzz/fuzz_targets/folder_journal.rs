@@ -66,7 +66,8 @@ fuzz_target!(|data: &[u8]| {
     check_accepted(&journal);
 
     let again = serde_json::to_vec(&journal).expect("a journal serializes");
-    let reparsed = Journal::parse_and_check(&again, path, &tables).expect("an accepted journal, written back, is accepted");
+    let reparsed =
+        Journal::parse_and_check(&again, path, &tables).expect("an accepted journal, written back, is accepted");
     assert_eq!(reparsed.operations(), journal.operations());
     assert_eq!(reparsed.created_dirs(), journal.created_dirs());
     assert_eq!((reparsed.from_version(), reparsed.to_version()), (journal.from_version(), journal.to_version()));

@@ -431,15 +431,9 @@ impl Journal {
     /// file tables `tables` gives. A journal that does not parse, or that the check refuses, is
     /// [`Error::BadJournal`]; an error looking up a table is returned as is. Public so that the
     /// journal validation can be fuzzed without a folder on disk.
-    pub fn parse_and_check(
-        bytes: &[u8],
-        path: &Path,
-        tables: &dyn Fn(&str) -> Result<FileTable>,
-    ) -> Result<Journal> {
-        let journal: Journal = serde_json::from_slice(bytes).map_err(|e| Error::BadJournal {
-            path: path.to_owned(),
-            what: format!("not an mf folder journal: {e}"),
-        })?;
+    pub fn parse_and_check(bytes: &[u8], path: &Path, tables: &dyn Fn(&str) -> Result<FileTable>) -> Result<Journal> {
+        let journal: Journal = serde_json::from_slice(bytes)
+            .map_err(|e| Error::BadJournal { path: path.to_owned(), what: format!("not an mf folder journal: {e}") })?;
         journal.check(tables).map_err(|e| match e {
             JournalError::Refused(what) => Error::BadJournal { path: path.to_owned(), what },
             JournalError::Lookup(error) => error,
