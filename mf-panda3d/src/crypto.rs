@@ -82,6 +82,11 @@ impl Cipher {
     }
 }
 
+/// Largest iteration count accepted (PBKDF2 runs `count * 1000 + 1` rounds): Panda3D's own default
+/// is 100 and multify's 0. The field allows 65535, i.e. 65 million rounds, seconds of CPU per subfile
+/// read, which a forged archive could repeat for every subfile (found by the `panda3d` fuzz target).
+pub const MAX_ITERATION_COUNT: u16 = 100;
+
 fn derive_key(password: &str, iv: &[u8], iteration_count: u16, key_len: usize) -> Vec<u8> {
     let mut key = vec![0u8; key_len];
     let rounds = u32::from(iteration_count) * 1000 + 1;
@@ -124,6 +129,12 @@ pub fn decrypt(stored: &[u8], password: &str) -> Result<Vec<u8>, String> {
     let key_len = usize::from(header.key_length);
     if !cipher.key_len_ok(key_len) {
         return Err(format!("key length {key_len} is invalid for {}", cipher.name()));
+    }
+    if header.iteration_count > MAX_ITERATION_COUNT {
+        return Err(format!(
+            "iteration count {} (x1000 PBKDF2 rounds) exceeds the limit of {MAX_ITERATION_COUNT}",
+            header.iteration_count
+        ));
     }
     let iv_end = ENCRYPTION_HEADER_LEN + cipher.iv_len();
     let iv = stored.get(ENCRYPTION_HEADER_LEN..iv_end).ok_or("the IV is cut off")?;
@@ -172,6 +183,21 @@ pub fn encrypt(data: &[u8], password: &str, cipher: Cipher, key_len: u16, iv: &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (fuzz/corpus/panda3d/regress-pbkdf2-iterations.mf): a forged iteration count made
+    /// every read of the subfile run 65 million PBKDF2 rounds.
+    #[test]
+    fn an_iteration_count_above_the_limit_is_refused_before_deriving_a_key() {
+        let iv = [7u8; 8];
+        let mut stored = encrypt(b"data", "secret", Cipher::BlowfishCbc, 16, &iv).unwrap();
+        stored[4..6].copy_from_slice(&u16::MAX.to_le_bytes());
+        let started = std::time::Instant::now();
+        let error = decrypt(&stored, "secret").unwrap_err();
+        assert!(error.contains("iteration count 65535"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "refused without deriving the key");
+        stored[4..6].copy_from_slice(&MAX_ITERATION_COUNT.to_le_bytes());
+        assert!(decrypt(&stored, "secret").unwrap_err().contains("wrong password"), "the limit itself is accepted");
+    }
 
     #[test]
     fn every_cipher_round_trips_and_rejects_a_wrong_password() {

@@ -33,9 +33,10 @@ impl Operation {
     }
 }
 
-/// `.mf-update/journal.json`.
+/// `.mf-update/journal.json`. Outside this module it is only seen through
+/// [`Journal::parse_and_check`] and read-only accessors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct Journal {
+pub struct Journal {
     #[serde(rename = "type")]
     pub(super) kind: String,
     pub(super) from: Option<String>,
@@ -131,14 +132,7 @@ impl InstallDir {
         let path = self.journal_path();
         match read_journal_file(&path) {
             Ok(bytes) => {
-                let journal: Journal = serde_json::from_slice(&bytes).map_err(|e| Error::BadJournal {
-                    path: path.clone(),
-                    what: format!("not an mf folder journal: {e}"),
-                })?;
-                journal.check(tables).map_err(|e| match e {
-                    JournalError::Refused(what) => Error::BadJournal { path: path.clone(), what },
-                    JournalError::Lookup(error) => error,
-                })?;
+                let journal = Journal::parse_and_check(&bytes, &path, tables)?;
                 let to = journal.to.clone();
                 self.run_journal(journal, faults)?;
                 Ok(Recovery::Finished { to })
@@ -432,6 +426,46 @@ fn is_staged_name(name: &str) -> bool {
 }
 
 impl Journal {
+    /// The parse-and-check step of [`InstallDir::recover`], on the bytes of a journal file already
+    /// read from `path` (named in errors): parses the JSON and runs [`Journal::check`] against the
+    /// file tables `tables` gives. A journal that does not parse, or that the check refuses, is
+    /// [`Error::BadJournal`]; an error looking up a table is returned as is. Public so that the
+    /// journal validation can be fuzzed without a folder on disk.
+    pub fn parse_and_check(bytes: &[u8], path: &Path, tables: &dyn Fn(&str) -> Result<FileTable>) -> Result<Journal> {
+        let journal: Journal = serde_json::from_slice(bytes)
+            .map_err(|e| Error::BadJournal { path: path.to_owned(), what: format!("not an mf folder journal: {e}") })?;
+        journal.check(tables).map_err(|e| match e {
+            JournalError::Refused(what) => Error::BadJournal { path: path.to_owned(), what },
+            JournalError::Lookup(error) => error,
+        })?;
+        Ok(journal)
+    }
+
+    /// The version the interrupted update started from (`None`: nothing was installed).
+    pub fn from_version(&self) -> Option<&str> {
+        self.from.as_deref()
+    }
+
+    /// The version the interrupted update switches to.
+    pub fn to_version(&self) -> &str {
+        &self.to
+    }
+
+    /// Whether every operation is done (only the cleanup remains).
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The operations of the switch, in order.
+    pub fn operations(&self) -> &[Operation] {
+        &self.operations
+    }
+
+    /// Directories the switch creates, shallowest first.
+    pub fn created_dirs(&self) -> &[String] {
+        &self.created_dirs
+    }
+
     /// Checks a journal found on disk before any of it runs: its type; every path a valid release path
     /// (relative, no `..`, not in `.mf-update/`) named once; every staged file a plain name in staging;
     /// and every operation one the signed file tables of its `from` and `to` versions allow: a

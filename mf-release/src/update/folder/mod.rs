@@ -28,7 +28,7 @@ use crate::manifest::{FileTable, STATE_DIR_NAME};
 use crate::plan::{Route, Step};
 use crate::update::{repair_rule, Piece, Progress, Session, UpdateOptions};
 
-pub use journal::{Operation, Recovery};
+pub use journal::{Journal, Operation, Recovery};
 pub use scan::{Difference, PathState, Scan};
 pub use stage::{PatchStep, Staged};
 
