@@ -31,12 +31,13 @@ pub fn run(args: ExtractArgs) -> Outcome {
     let total = selected.iter().map(|e| e.size()).sum();
     let bar = crate::progress::bytes(total, "extracting");
     let options = UnpackOptions { overwrite: args.force };
-    let report = mf_panda3d::extract(&archive, &selected, &args.dir, options, &|size| bar.inc(size)).map_err(|e| match e {
-        ExtractError::Unpack(e @ UnpackError::Exists { .. }) => anyhow::anyhow!("{e} (use --force to replace it)"),
-        // Unwrapped so that `main` sees the library's own error (its hint for a missing password).
-        ExtractError::Unpack(other) => other.into(),
-        ExtractError::Archive(other) => other.into(),
-    });
+    let report =
+        mf_panda3d::extract(&archive, &selected, &args.dir, options, &|size| bar.inc(size)).map_err(|e| match e {
+            ExtractError::Unpack(e @ UnpackError::Exists { .. }) => anyhow::anyhow!("{e} (use --force to replace it)"),
+            // Unwrapped so that `main` sees the library's own error (its hint for a missing password).
+            ExtractError::Unpack(other) => other.into(),
+            ExtractError::Archive(other) => other.into(),
+        });
     bar.finish_and_clear();
     let report = report?;
     for failure in &report.failures {
