@@ -164,11 +164,10 @@ impl Writer {
         keep_mtime: bool,
     ) -> PyResult<()> {
         let how = self::compression(compression)?;
-        self.with_open(py, move |writer| {
-            let metadata = std::fs::metadata(&source).map_err(|e| mf_format::Error::io(&source, e))?;
-            let options = EntryOptions { compression: how, ..EntryOptions::from_metadata(&metadata, keep_mtime) };
-            Ok(writer.add_file(&path, &source, options)?)
-        })
+        // Checked before the writer is touched: a missing source is no reason to abort the archive.
+        let metadata = std::fs::metadata(&source).map_err(|e| Failure::from(mf_format::Error::io(&source, e)))?;
+        let options = EntryOptions { compression: how, ..EntryOptions::from_metadata(&metadata, keep_mtime) };
+        self.with_open(py, move |writer| Ok(writer.add_file(&path, &source, options)?))
     }
 
     /// Entries added so far.

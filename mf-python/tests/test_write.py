@@ -43,6 +43,8 @@ def test_writer_round_trip(tmp_path: Path) -> None:
         writer.add("a.txt", b"alpha", mtime=1_700_000_000.5)
         writer.add("b/raw.bin", bytearray(b"\x00" * 100_000), compression="store", mode=0o600)
         writer.add_file("bin/tool.sh", source)
+        with pytest.raises(mfarchive.MfIOError):
+            writer.add_file("missing", tmp_path / "missing")  # refused; the writer goes on
         assert len(writer) == 3 and not out.exists()  # nothing at the target before close
     assert writer.closed
     with mfarchive.open(out) as archive:
