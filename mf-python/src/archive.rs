@@ -20,6 +20,8 @@ use crate::errors::{closed, Failure, Kind, Result};
 
 /// Reads below this size keep the GIL: releasing and retaking it costs more than the copy.
 const DETACH_ABOVE: u64 = 64 << 10;
+/// Reads larger than this grow their buffer as content decodes instead of trusting the index's size.
+const GROW_ABOVE: u64 = 16 << 20;
 
 /// Opens an mf archive or a Panda3D multifile (detected by its first bytes). `password` decrypts
 /// encrypted Panda3D subfiles.
@@ -472,7 +474,14 @@ impl EntryHandle {
 
     /// Reads up to `size` bytes from content offset `offset`.
     fn read<'py>(&self, py: Python<'py>, offset: u64, size: u64) -> PyResult<Bound<'py, PyBytes>> {
-        let want = size.min(self.size.saturating_sub(offset)) as usize;
+        let want = size.min(self.size.saturating_sub(offset));
+        if want > GROW_ABOVE {
+            // The size comes from the archive's index, which a damaged file can inflate: the buffer
+            // grows as content actually decodes, so a lie costs one chunk, not the claimed size.
+            let content = py.detach(|| self.read_growing(offset, want))?;
+            return Ok(PyBytes::new(py, &content));
+        }
+        let want = want as usize;
         let mut n = 0;
         let bytes = PyBytes::new_with(py, want, |out| {
             // `out` is a new bytes object no other code can see yet: filling it without the GIL is safe.
@@ -488,5 +497,26 @@ impl EntryHandle {
         } else {
             Ok(PyBytes::new(py, &bytes.as_bytes()[..n]))
         }
+    }
+}
+
+impl EntryHandle {
+    /// Reads `want` bytes from `offset` into a buffer grown a chunk at a time.
+    fn read_growing(&self, mut offset: u64, want: u64) -> Result<Vec<u8>> {
+        let too_large = |e| Failure::message(Kind::Io, format!("entry '{}': {e}", self.path));
+        let mut out = Vec::new();
+        while (out.len() as u64) < want {
+            let start = out.len();
+            let chunk = (want - start as u64).min(GROW_ABOVE) as usize;
+            out.try_reserve(chunk).map_err(too_large)?;
+            out.resize(start + chunk, 0);
+            let got = self.read_into(offset, &mut out[start..])?;
+            out.truncate(start + got);
+            if got == 0 {
+                break;
+            }
+            offset += got as u64;
+        }
+        Ok(out)
     }
 }

@@ -64,9 +64,13 @@ impl Kind {
     }
 }
 
-/// A library failure, ready to become a Python exception.
+/// A library failure, ready to become a Python exception (boxed: it travels in every `Result`).
 #[derive(Debug, Clone)]
-pub struct Failure {
+pub struct Failure(Box<Details>);
+
+/// What a [`Failure`] tells.
+#[derive(Debug, Clone)]
+pub struct Details {
     pub kind: Kind,
     /// The library's message with its causes (`a: b: c`).
     pub message: String,
@@ -83,13 +87,26 @@ pub struct Failure {
 
 pub type Result<T, E = Failure> = std::result::Result<T, E>;
 
+impl std::ops::Deref for Failure {
+    type Target = Details;
+    fn deref(&self) -> &Details {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Failure {
+    fn deref_mut(&mut self) -> &mut Details {
+        &mut self.0
+    }
+}
+
 impl Failure {
     pub fn new(kind: Kind, error: &dyn std::error::Error) -> Failure {
         Failure::message(kind, mf_release::error::chain(error))
     }
 
     pub fn message(kind: Kind, message: impl Into<String>) -> Failure {
-        Failure {
+        Failure(Box::new(Details {
             kind,
             message: message.into(),
             file: None,
@@ -99,7 +116,7 @@ impl Failure {
             errno: None,
             failures: Vec::new(),
             written: None,
-        }
+        }))
     }
 
     fn file(mut self, file: &Path) -> Failure {
