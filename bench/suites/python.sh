@@ -13,20 +13,27 @@ mkdir -p "$W"
 
 CORPUS="$(bench_corpus_arcade)"
 WHEEL="$(ls "$BENCH_WORK"/download/arcade-3.3.3-*.whl | head -1)"
-bench_build_mf
-bench_need_pip pip
-bench_log "pip install ./mf-python (release build)"
-(cd "$REPO_DIR" && CARGO_TARGET_DIR="$REPO_DIR/target" "$BENCH_VENV/bin/pip" install -q ./mf-python) >&2
+# BENCH_PYTHON: a Python that already has this checkout's mfarchive installed (a release build, as
+# `pip install ./mf-python` makes), e.g. the Panda3D venv after scripts/test; else bench/.venv gets it.
+PY="${BENCH_PYTHON:-}"
+if [ -z "$PY" ]; then
+  bench_need_pip pip
+  bench_log "pip install ./mf-python (release build)"
+  (cd "$REPO_DIR" && CARGO_TARGET_DIR="$REPO_DIR/target" "$BENCH_VENV/bin/pip" install -q ./mf-python) >&2
+  PY="$BENCH_VENV/bin/python"
+fi
 bench_log "building the Rust reader (mf-panda3d example read_all)"
 (cd "$REPO_DIR" && cargo build --release --locked -q -p mf-panda3d --example read_all) >&2
 READ_ALL="$REPO_DIR/target/release/examples/read_all"
 
 archive="$W/arcade.mf"
-"$MF" pack "$CORPUS" -o "$archive" >/dev/null
+# Packed by the package itself: mfarchive.pack follows `mf pack`'s rules (same bytes), and the suite then
+# needs no release build of the CLI.
+"$PY" -c 'import sys, mfarchive; mfarchive.pack(sys.argv[1], sys.argv[2])' "$CORPUS" "$archive"
 rounds=$((BENCH_RUNS < 5 ? 5 : BENCH_RUNS))
 
 python_reader() {
-  "$BENCH_VENV/bin/python" - "$@" <<'PY'
+  "$PY" - "$@" <<'PY'
 import statistics, sys, time, zipfile
 import mfarchive
 kind, path, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -61,7 +68,7 @@ py_s="$(bench_median <(printf "%s\n" "${py[@]}"))"
 own_s="$(bench_median <(printf "%s\n" "${rust_owned[@]}"))"
 bor_s="$(bench_median <(printf "%s\n" "${rust_borrowed[@]}"))"
 zip_s="$(bench_median <(printf "%s\n" "${zip[@]}"))"
-entries="$("$BENCH_VENV/bin/python" -c 'import sys, mfarchive; print(len(mfarchive.open(sys.argv[1])))' "$archive")"
+entries="$("$PY" -c 'import sys, mfarchive; print(len(mfarchive.open(sys.argv[1])))' "$archive")"
 ratio_owned="$(bench_ratio "$py_s" "$own_s")"
 ratio_borrowed="$(bench_ratio "$py_s" "$bor_s")"
 speedup_zip="$(bench_ratio "$zip_s" "$py_s")"
@@ -71,8 +78,8 @@ cat >"$BENCH_RESULTS/python.md" <<MD
 ## Python package (mfarchive): reading every entry
 
 Measured $(date -u '+%Y-%m-%d %H:%M UTC') at commit ${BENCH_COMMIT:-$(git -C "$REPO_DIR" rev-parse --short HEAD)}, load average $load_before before and $load_after after.
-Arcade 3.3.3: $entries entries, $bytes_py bytes of content, packed with \`mf pack\` defaults; the wheel holds the same files
-(zip deflate). Each reader opens the archive and reads every entry whole, checksums verified, warm page cache;
+Arcade 3.3.3: $entries entries, $bytes_py bytes of content, default settings; the wheel holds the same files
+(zip deflate). The archive is packed with \`mfarchive.pack\` (the rules and bytes of \`mf pack\`). Each reader opens the archive and reads every entry whole, checksums verified, warm page cache;
 the median of $rounds in-process rounds, taken 3 times interleaved, and the median of those.
 
 | reader | median | Python ÷ this |
