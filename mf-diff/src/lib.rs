@@ -62,6 +62,7 @@
 //!
 //! Release repositories, manifests and the network (`mf-release` decides which patch to fetch and
 //! when), and command-line flags (`mf-cli`).
+#![deny(missing_docs)]
 
 mod apply;
 mod budget;

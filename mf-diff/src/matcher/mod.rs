@@ -19,8 +19,13 @@ pub use crate::delta::{Control, DeltaParts};
 /// Why the matcher could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum MatchError {
+    /// The old content exceeds what a 32-bit suffix array indexes (callers diff such content in windows, [`diff_windowed`]).
     #[error("old content of {len} bytes is too large for one suffix array (limit 2 GiB)")]
-    OldTooLarge { len: u64 },
+    OldTooLarge {
+        /// The old content's length in bytes.
+        len: u64,
+    },
+    /// The suffix array library failed (its message).
     #[error("suffix array construction failed: {0}")]
     SuffixArray(String),
 }
