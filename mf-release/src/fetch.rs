@@ -124,6 +124,7 @@ impl Fetcher {
         self.received.load(Ordering::Relaxed)
     }
 
+    /// The options this fetcher was made with (timeout, attempts, backoff).
     pub fn options(&self) -> &FetchOptions {
         &self.options
     }

@@ -17,7 +17,7 @@
 //!
 //! Command-line flags and printing: progress reaches callers through [`update::Progress`], failures as typed
 //! [`Error`]s, and `mf-cli` decides what to print.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod error;
 pub mod fetch;

@@ -20,12 +20,21 @@ use crate::manifest::{check_relative_path, FileTable, STATE_DIR_NAME};
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Operation {
     /// Put staged file `staged` (a name in the staging directory) at `path`.
-    Replace { path: String, staged: String },
+    Replace {
+        /// The release path written.
+        path: String,
+        /// The staged file's name in the staging directory (never a path).
+        staged: String,
+    },
     /// Remove the file at `path`.
-    Delete { path: String },
+    Delete {
+        /// The release path removed.
+        path: String,
+    },
 }
 
 impl Operation {
+    /// The release path the operation writes or removes.
     pub fn path(&self) -> &str {
         match self {
             Operation::Replace { path, .. } | Operation::Delete { path } => path,
@@ -54,7 +63,10 @@ pub enum Recovery {
     /// No interrupted update.
     Clean,
     /// An interrupted switch to `to` was finished.
-    Finished { to: String },
+    Finished {
+        /// The version the folder now holds.
+        to: String,
+    },
     /// Staged files of an update whose switch had not begun were removed.
     DiscardedStaging,
 }
