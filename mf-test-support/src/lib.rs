@@ -16,7 +16,7 @@
 //! of the `mf` binary: helpers that run the binary need `CARGO_BIN_EXE_mf` and stay in `tests/common`.
 //!
 //! Every helper panics on failure: a broken fixture must fail the test, never skip it.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod faults;
 pub mod nginx;
