@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use mf_format::{Archive, Entry, StoredAs};
+use mf_panda3d::ArchiveFormat;
 use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -644,18 +645,7 @@ fn build_plain_patch(
 
 /// True when the file starts with the archive magic.
 fn is_archive(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut head = [0u8; 8];
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut got = 0;
-    while got < 8 {
-        match file.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    }
-    Ok(got == 8 && head == mf_format::format::MAGIC)
+    Ok(ArchiveFormat::detect(path).map_err(|e| Error::io(path, e))? == Some(ArchiveFormat::Mf))
 }
 
 fn open_pair(old: &Path, new: &Path) -> Result<(Source, Source)> {

@@ -47,15 +47,7 @@ use crate::{
 /// The format of the file at `path`, from its first bytes: `None` when it is no archive (or cannot be
 /// read; the diff or apply then reports why).
 pub fn detect(path: &Path) -> Option<ArchiveFormat> {
-    let mut head = Vec::new();
-    File::open(path).and_then(|f| f.take(8).read_to_end(&mut head)).ok()?;
-    if mf_panda3d::looks_like_multifile(&head) {
-        Some(ArchiveFormat::Panda3d)
-    } else if head.starts_with(&mf_format::format::MAGIC) {
-        Some(ArchiveFormat::Mf)
-    } else {
-        None
-    }
+    ArchiveFormat::detect(path).ok().flatten()
 }
 
 /// The formats a patch's header records: `(old, new)`.
