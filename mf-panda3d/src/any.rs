@@ -447,18 +447,10 @@ impl AnyArchive {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MultifileOptions, MultifileWriter, SubfileSpec};
 
     fn panda3d_bytes(prefix: Option<&str>) -> Vec<u8> {
-        let specs = vec![
-            SubfileSpec { name: "dir/z.bin".into(), compression_level: Some(6), timestamp: 5 },
-            SubfileSpec { name: "a.txt".into(), compression_level: None, timestamp: 0 },
-        ];
-        let options = MultifileOptions { timestamp: 9, header_prefix: prefix.map(str::to_owned), ..Default::default() };
-        let mut writer = MultifileWriter::new(std::io::Cursor::new(Vec::new()), "p", &options, specs).unwrap();
-        writer.add(&mut &b"text"[..]).unwrap();
-        writer.add(&mut &[0u8; 5000][..]).unwrap();
-        writer.finish().unwrap().into_inner()
+        let files = [("dir/z.bin", &[0u8; 5000][..], Some(6), 5), ("a.txt", b"text", None, 0)];
+        mf_test_support::panda3d::multifile_bytes_with(1, 9, prefix, &files)
     }
 
     #[test]

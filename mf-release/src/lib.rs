@@ -70,6 +70,8 @@ pub mod keys;
 pub mod manifest;
 pub mod plan;
 pub mod repo;
+#[doc(hidden)]
+pub mod testing;
 pub mod update;
 
 pub use error::{Error, Result};

@@ -35,7 +35,7 @@ pub use stage::{PatchStep, Staged};
 const STAGING: &str = "staging";
 const BACKUP: &str = "backup";
 const JOURNAL: &str = "journal.json";
-const JOURNAL_TYPE: &str = "mf-folder-journal";
+pub(crate) const JOURNAL_TYPE: &str = "mf-folder-journal";
 
 /// An install folder and its state directory.
 pub struct InstallDir {
