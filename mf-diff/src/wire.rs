@@ -378,6 +378,8 @@ impl EntryRecord {
     }
 
     /// Reads one record, checking it against everything read before it (`state`).
+    // Over 80 lines: the record's fields in wire order (spec/PATCH.md "Entry record"), each bound
+    // checked right where it is read, so the parser mirrors the table it implements.
     pub(crate) fn read<R: Read>(reader: &mut ControlReader<R>, state: &mut RecordState) -> Result<EntryRecord> {
         reader.entry = None;
         let at = reader.offset;
