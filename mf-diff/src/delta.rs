@@ -12,7 +12,7 @@ use crate::source::BlobStream;
 use crate::wire::{put_varint, unzigzag, zigzag, ControlReader, DeltaDesc, STREAM_WINDOW_LOG_MAX};
 use crate::zref;
 
-/// One control: emit `add` bytes old[p+i]+delta[i] (mod 256), then `copy` bytes of extra, then p += seek.
+/// One control: emit `add` bytes `old[p+i] + delta[i]` (mod 256), then `copy` bytes of extra, then `p += seek`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Control {
     /// Bytes produced by adding `delta` bytes to the old bytes at the cursor.

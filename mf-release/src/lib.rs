@@ -52,7 +52,7 @@
 //! - [`keys`]: ed25519 key pairs in one-line text files.
 //! - [`manifest`]: the manifest and file tables, canonical JSON, signing and verification (type,
 //!   structure, expiry; rollback against the client's trusted version).
-//! - [`plan`]: the cheapest route from the installed version to the target.
+//! - [`plan`](mod@plan): the cheapest route from the installed version to the target.
 //! - [`fetch`]: reading repository files over HTTP(S) or from a directory, with resume and retries.
 //! - [`update`]: the client: a verified [`update::Session`] on a repository, archive mode, and
 //!   [`update::folder`] for plain install folders (journaled, crash-safe switch).

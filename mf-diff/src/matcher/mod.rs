@@ -1,8 +1,8 @@
 //! The diff matcher: turns an old and a new byte string into the bsdiff model (controls, delta
 //! bytes, extra bytes) that spec/PATCH.md's delta payload carries.
 //!
-//! The old content is indexed by a suffix array ([`suffix`]); the new content is covered by
-//! stretches of old content found, grown and merged by [`cover`]. Output depends only on the
+//! The old content is indexed by a suffix array (the private `suffix` module); the new content is covered by
+//! stretches of old content found, grown and merged by the private `cover` module. Output depends only on the
 //! inputs, never on the thread count.
 
 mod cover;

@@ -117,7 +117,7 @@ impl InstallDir {
     /// Finishes whatever an interrupted update left: a journal is rolled forward, staging without a
     /// journal is removed. The journal is untrusted input: it is first checked against the signed file
     /// tables of the versions it names (`tables` gives them) and refused, the folder untouched, unless
-    /// every operation is one those tables allow ([`Journal::check`]).
+    /// every operation is one those tables allow (`Journal::check`).
     pub fn recover(&self, tables: &dyn Fn(&str) -> Result<FileTable>) -> Result<Recovery> {
         self.recover_with(tables, &mut NoCrashes)
     }
@@ -439,7 +439,7 @@ fn is_staged_name(name: &str) -> bool {
 
 impl Journal {
     /// The parse-and-check step of [`InstallDir::recover`], on the bytes of a journal file already
-    /// read from `path` (named in errors): parses the JSON and runs [`Journal::check`] against the
+    /// read from `path` (named in errors): parses the JSON and runs `Journal::check` against the
     /// file tables `tables` gives. A journal that does not parse, or that the check refuses, is
     /// [`Error::BadJournal`]; an error looking up a table is returned as is. Public so that the
     /// journal validation can be fuzzed without a folder on disk.
