@@ -34,6 +34,9 @@ pub fn run(args: ExtractArgs) -> Outcome {
     let report =
         mf_panda3d::extract(&archive, &selected, &args.dir, options, &|size| bar.inc(size)).map_err(|e| match e {
             ExtractError::Unpack(e @ UnpackError::Exists { .. }) => anyhow::anyhow!("{e} (use --force to replace it)"),
+            // unpack_in checks every path (rules, duplicates, a file that is also a directory: `a` and
+            // `a/b`) before writing anything; its message names the entries, this names the archive.
+            ExtractError::Unpack(e @ UnpackError::Path(_)) => anyhow::anyhow!("{}: {e}", args.archive.display()),
             // Unwrapped so that `main` sees the library's own error (its hint for a missing password).
             ExtractError::Unpack(other) => other.into(),
             ExtractError::Archive(other) => other.into(),

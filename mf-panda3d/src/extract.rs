@@ -63,8 +63,9 @@ pub fn select<'a>(archive: &'a AnyArchive, paths: &[String]) -> Result<Vec<AnyEn
 
 /// Extracts `selected` entries of `archive` under `dest` with [`unpack_in`] (validated paths, no
 /// symlink followed below `dest`, each file complete or absent, checksums checked while writing).
-/// Refuses before writing anything when a path is a file and a directory at once, or when an entry is
-/// encrypted and no password was set. `progress` gets each entry's size as it completes.
+/// Refuses before writing anything when a selected path is a file and a directory at once
+/// ([`unpack_in`]'s check, so a conflict-free entry of such a multifile still extracts by name), or
+/// when an entry is encrypted and no password was set. `progress` gets each entry's size as it completes.
 pub fn extract(
     archive: &AnyArchive,
     selected: &[AnyEntry<'_>],
@@ -72,7 +73,6 @@ pub fn extract(
     options: UnpackOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<UnpackReport, ExtractError> {
-    archive.check_paths()?;
     if !archive.has_password() {
         if let Some(encrypted) = selected.iter().find(|e| e.is_encrypted()) {
             let file = archive.name().to_owned();
