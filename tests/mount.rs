@@ -773,3 +773,58 @@ fn an_archive_truncated_under_the_mount_gives_eio_and_the_daemon_lives() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("b-noise.bin") && logged.contains("a.mf") && logged.contains("truncated"), "log: {logged}");
 }
+
+/// Issue 11 item 6, for Panda3D multifiles: they used to stay mapped under a mount, so truncating one
+/// killed the daemon with SIGBUS. They are read with `pread` now: the lost region reads as a logged
+/// EIO, a stored subfile's part still in the file reads, and the mount stays alive and unmounts.
+#[test]
+fn a_multifile_truncated_under_the_mount_gives_eio_and_the_daemon_lives() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let text = b"some text ".repeat(20_000);
+    let noise_len = 1 << 20;
+    // Stored as is: a.txt and b.bin (noise); c.txt is zlib-compressed and lies after b.bin.
+    let archive = common::craft_multifile(
+        scratch.path(),
+        "game.mf",
+        "[('a.txt', b'some text ' * 20000, 0, 0), \
+          ('b.bin', bytes(((i * 2654435761) >> 13) & 255 for i in range(1 << 20)), 0, 0), \
+          ('c.txt', zlib.compress(b'some text ' * 20000), 0x08, 200000)]",
+    );
+    let noise: Vec<u8> = (0..noise_len as u64).map(|i| ((i * 2_654_435_761) >> 13) as u8).collect();
+    let multifile = mf_panda3d::Multifile::open(&archive).unwrap();
+    let noise_at = multifile.get("b.bin").unwrap().data_offset();
+    assert!(multifile.get("a.txt").unwrap().data_offset() < noise_at);
+    assert!(multifile.get("c.txt").unwrap().data_offset() > noise_at);
+    drop(multifile);
+    let cut = noise_at + noise_len as u64 / 2;
+
+    let log = scratch.path().join("daemon.log");
+    scratch.mount_background(&[&archive], &["--log", log.to_str().unwrap()]);
+    let pid = daemon_pid(&scratch.mount_point).expect("the daemon runs");
+    let mnt = scratch.mount_point.clone();
+    assert_eq!(std::fs::read(mnt.join("c.txt")).unwrap(), text, "reads before the truncation");
+    File::options().write(true).open(&archive).unwrap().set_len(cut).unwrap();
+
+    let noise_file = File::open(mnt.join("b.bin")).unwrap();
+    let mut head = vec![0u8; 64 << 10];
+    noise_file.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(head, noise[..64 << 10], "the part of a subfile still in the file reads");
+    let mut tail = vec![0u8; 64 << 10];
+    let missing = noise_file.read_exact_at(&mut tail, (noise_len - (64 << 10)) as u64);
+    assert_eq!(errno(missing), Some(libc::EIO), "the missing part is EIO");
+    assert_eq!(std::fs::read(mnt.join("a.txt")).unwrap(), text, "a.txt lies before the cut");
+    assert!(is_running(pid), "the daemon survived the truncation");
+    assert!(is_mounted(&mnt));
+    let mut listing: Vec<String> =
+        std::fs::read_dir(&mnt).unwrap().map(|item| item.unwrap().file_name().into_string().unwrap()).collect();
+    listing.sort();
+    assert_eq!(listing, ["a.txt", "b.bin", "c.txt"], "metadata is still served");
+
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+    assert!(!is_mounted(&mnt), "unmounted cleanly");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("b.bin") && logged.contains("game.mf") && logged.contains("truncated"), "log: {logged}");
+}

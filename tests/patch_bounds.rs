@@ -277,3 +277,33 @@ fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
     assert_eq!((entry.size(), entry.content_hash()), (parts.output_len(), new_hash));
     mf_ok(d, &["verify", "new.mf"]);
 }
+
+/// One delta record of `size` bytes, stored with every frame compressed, whose payload is two
+/// 9-byte blobs: the applier would size one flag per 4 KiB frame of `size` before decoding anything.
+fn huge_delta_entry(header: PatchHeader, size: u64) -> Vec<u8> {
+    let mut control = vec![12u8, 3]; // 4 KiB frames, level 3
+    varint(&mut control, 1); // old entries
+    varint(&mut control, 1); // new entries
+    control.extend_from_slice(&[1, 0]); // delta, no flags
+    varint(&mut control, 0); // base: old entry 0 (zigzag delta 0)
+    varint(&mut control, size);
+    control.extend_from_slice(&[0; 16]); // content hash, base hash
+    control.push(1); // storage: all frames compressed
+    for value in [1, size, 9, 9, 0] {
+        varint(&mut control, value); // control count, delta length, the three blob lengths
+    }
+    let frame = zstd::bulk::compress(&control, 3).unwrap();
+    assemble(header, &frame, &[vec![0x28; 9], vec![0x28; 9]])
+}
+
+#[test]
+fn an_entry_size_its_payload_cannot_decode_to_is_refused_before_per_frame_state_is_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let header = PatchHeader { new_len: 1 << 40, ..real_archive_patch(d) };
+    // 2^50 bytes in 4 KiB frames: 2^38 per-frame flags (256 GiB) before the fix.
+    std::fs::write(d.join("huge.mfp"), huge_delta_entry(header, 1 << 50)).unwrap();
+    refused_small(d, &["patch-info", "huge.mfp"], "payload bytes can decode to");
+    refused_small(d, &["apply", "huge.mfp", "old.mf", "-o", "out.mf"], "payload bytes can decode to");
+    assert!(!d.join("out.mf").exists());
+}

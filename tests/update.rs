@@ -743,3 +743,54 @@ fn symlinks_planted_in_the_state_folder_are_refused_and_never_followed() {
     update_ok(d, &args);
     assert_eq!(std::fs::read(d.join("game.mf")).unwrap(), fixture().bytes("1.2"));
 }
+
+fn make_fifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo").arg(path).status().expect("mkfifo runs");
+    assert!(status.success());
+}
+
+/// The files the updater keeps in the state folder (the lock, the trust record, downloads) are opened
+/// relative to the state folder's handle, without following a link and only as regular files: a
+/// dangling link planted as the lock is not created through, a FIFO planted as the trust record or a
+/// download does not block the update, and the archive stays as it was.
+#[test]
+fn state_files_planted_as_links_or_fifos_are_refused_without_writing_or_blocking() {
+    use std::os::unix::fs::symlink;
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let repo = fixture().repo.to_str().unwrap().to_owned();
+    let key = key_arg();
+    let args = ["--repo", repo.as_str(), "--key", key.as_str(), "game.mf"];
+    let victim = d.join("victim");
+    let state = d.join("game.mf.mf-update");
+    let manifest = Fixture::manifest(&fixture().repo);
+    let first_piece = manifest["versions"][1]["patches"][0]["sha256"].as_str().unwrap().to_owned();
+    let plants: [(&str, &str); 5] = [
+        ("lock", "dangling link"),
+        ("trusted.json", "dangling link"),
+        ("trusted.json", "fifo"),
+        (&first_piece, "fifo"),
+        (&format!("{first_piece}.part"), "fifo"),
+    ];
+    for (name, kind) in plants {
+        let _ = std::fs::remove_dir_all(&state);
+        let _ = std::fs::remove_dir_all(&victim);
+        write_tree(&victim, &[("keep.txt", b"precious")]);
+        install(d, "1.0");
+        let at = if name.starts_with(&first_piece) { state.join("downloads") } else { state.clone() };
+        std::fs::create_dir_all(&at).unwrap();
+        match kind {
+            "fifo" => make_fifo(&at.join(name)),
+            _ => symlink(victim.join("created"), at.join(name)).unwrap(),
+        }
+        let err = update_fails(d, &args);
+        let expected = if kind == "fifo" { "FIFO" } else { "symbolic link" };
+        assert!(err.contains(expected) && err.contains(name), "{name} as a {kind}: {err}");
+        assert_eq!(
+            common::read_tree(&victim),
+            vec![("keep.txt".to_owned(), b"precious".to_vec())],
+            "{name} as a {kind}: something was written outside the state folder"
+        );
+        assert_eq!(std::fs::read(d.join("game.mf")).unwrap(), fixture().bytes("1.0"), "{name} as a {kind}");
+    }
+}

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::nginx::Nginx;
-use common::{mf_fails, mf_ok};
+use common::{mf_fails, mf_ok, mf_with_deadline};
 
 /// path → (content, mode) of every file under a folder, except the updater's state directory.
 type Tree = BTreeMap<String, (Vec<u8>, u32)>;
@@ -435,6 +435,55 @@ fn symlinks_planted_in_the_folder_state_are_refused_and_never_followed() {
         assert_eq!(snapshot(&victim), user_files(), "{planted}: the link's target changed");
         assert_eq!(snapshot(&game), before, "{planted}: the folder changed");
         std::fs::remove_file(&link).unwrap();
+    }
+    update(d, "repo", "game", &[]);
+    assert_eq!(snapshot(&game), releases[2]);
+}
+
+/// The files folder mode keeps in `.mf-update/` (the installed-version hint, cached file tables, the
+/// journal) are read through the state folder's handle, only as regular files of bounded size: a FIFO
+/// planted as one of them is refused at once (reading it used to block forever), a link as one is
+/// never followed, and the folder is left as it was.
+#[test]
+fn state_files_planted_as_fifos_or_links_are_refused_without_blocking() {
+    use std::os::unix::fs::symlink;
+    let temp = tempfile::tempdir().unwrap();
+    let d = temp.path();
+    let releases = small_releases();
+    publish(d, &releases);
+    let game = d.join("game");
+    update(d, "repo", "game", &["--to", "1"]);
+    let before = snapshot(&game);
+    let state = game.join(".mf-update");
+    let cached_table = std::fs::read_dir(state.join("tables")).unwrap().next().unwrap().unwrap().file_name();
+    let cached_table = format!("tables/{}", cached_table.to_string_lossy());
+    let args = ["update", "--repo", "repo", "--key", "release.pub", "--dir", "game"];
+    for (name, kind) in [
+        ("installed.json", "fifo"),
+        (cached_table.as_str(), "fifo"),
+        ("journal.json", "fifo"),
+        ("installed.json", "link"),
+        (cached_table.as_str(), "link"),
+    ] {
+        let planted = state.join(name);
+        let saved = std::fs::read(&planted).ok();
+        let _ = std::fs::remove_file(&planted);
+        if kind == "fifo" {
+            let status = std::process::Command::new("mkfifo").arg(&planted).status().unwrap();
+            assert!(status.success());
+        } else {
+            symlink("/dev/zero", &planted).unwrap();
+        }
+        let out = mf_with_deadline(d, &args, 60);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name} as a {kind}: {err}");
+        let expected = if kind == "fifo" { "FIFO" } else { "symbolic link" };
+        assert!(err.contains(expected) && err.contains(name), "{name} as a {kind}: {err}");
+        assert_eq!(snapshot(&game), before, "{name} as a {kind}: the folder changed");
+        std::fs::remove_file(&planted).unwrap();
+        if let Some(bytes) = saved {
+            std::fs::write(&planted, bytes).unwrap();
+        }
     }
     update(d, "repo", "game", &[]);
     assert_eq!(snapshot(&game), releases[2]);

@@ -31,7 +31,39 @@ fuzz_target!(|data: &[u8]| {
         exercise(&multifile);
     }
     exercise_any(data);
+    exercise_pread(data, &multifile);
 });
+
+/// The same bytes opened from a file with `pread` (what a mount does): the same subfiles, the same
+/// stored bytes and the same content as the in-memory view.
+fn exercise_pread(data: &[u8], in_memory: &Multifile) {
+    thread_local! {
+        static FILE: tempfile::NamedTempFile = tempfile::NamedTempFile::new().expect("a scratch file");
+    }
+    FILE.with(|file| {
+        std::fs::write(file.path(), data).expect("scratch file written");
+        let mut pread = Multifile::open_pread(file.path()).expect("what opens in memory opens from the file");
+        pread.set_password(in_memory.has_password().then(|| PASSWORD.into()));
+        assert_eq!(pread.subfiles(), in_memory.subfiles());
+        assert_eq!(pread.header_prefix(), in_memory.header_prefix());
+        assert_eq!(pread.signatures().len(), in_memory.signatures().len());
+        let small = in_memory.total_size() <= FULL_READ_LIMIT;
+        for subfile in in_memory.subfiles() {
+            assert!(pread.raw_bytes(subfile).is_none(), "nothing is mapped");
+            assert_eq!(pread.stored_bytes(subfile).ok(), in_memory.stored_bytes(subfile).ok());
+            if small {
+                assert_eq!(pread.read(subfile).ok(), in_memory.read(subfile).ok());
+            }
+            let (mut a, mut b) = ([0u8; 512], [0u8; 512]);
+            let offset = subfile.size() / 2;
+            let (got, want) = (pread.read_at(subfile, offset, &mut a).ok(), in_memory.read_at(subfile, offset, &mut b).ok());
+            assert_eq!(got, want);
+            if let Some(n) = got {
+                assert_eq!(a[..n], b[..n]);
+            }
+        }
+    });
+}
 
 fn exercise(multifile: &Multifile) {
     let _ = multifile.check_paths();
@@ -47,9 +79,9 @@ fn exercise(multifile: &Multifile) {
         assert_eq!(multifile.lower_bound(subfile.name()), position);
         assert_eq!(multifile.subfile(position), Some(subfile));
         let _ = multifile.mtime(subfile);
-        let stored = multifile.stored_bytes(subfile);
+        let stored = multifile.stored_bytes(subfile).expect("stored bytes lie within the file, checked at open");
         if let Some(raw) = multifile.raw_bytes(subfile) {
-            assert_eq!(raw, stored);
+            assert_eq!(raw, &stored[..]);
         }
         let size = subfile.size();
 

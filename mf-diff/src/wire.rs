@@ -61,6 +61,10 @@ pub const STREAM_WINDOW_LOG_MAX: u32 = 23;
 pub const REF_WINDOW_LOG_MAX: u32 = 25;
 /// No zstd frame is shorter (magic, frame header, window or size byte, one block header).
 pub const MIN_FRAME_LEN: u64 = 9;
+/// Most bytes one payload byte of a record may decode to: a zstd-ref or full block of at most
+/// [`MAX_BLOCK_LEN`] from a frame of [`MIN_FRAME_LEN`] bytes is under 2^20-fold, and a zstd stream
+/// (a delta's delta and extra streams) expands less than 2^16-fold.
+pub const MAX_PAYLOAD_EXPANSION: u64 = 1 << 20;
 /// Each record of an archive patch adds at least one index record to the new archive.
 pub const MIN_ENTRY_OUTPUT: u64 = mf_format::format::ENTRY_RECORD_LEN;
 
@@ -428,6 +432,7 @@ impl EntryRecord {
         } else {
             None
         };
+        let size_at = reader.offset;
         let (size, hash) = if op != Op::Copy {
             let size = reader.bounded(state.content_left(), "entry size")?;
             (size, reader.u64le()?)
@@ -464,6 +469,18 @@ impl EntryRecord {
             )));
         }
         let payload = PayloadDesc::read(reader, op, size, &mut state.blobs)?;
+        // The applier sizes per-frame state from `size` before decoding anything, so `size` is held
+        // to what this record's own blob bytes can decode to, not just to the declared output.
+        let most = payload.patch_bytes().saturating_mul(MAX_PAYLOAD_EXPANSION);
+        if size > most {
+            return Err(reader.corrupt_at(
+                size_at,
+                format!(
+                    "entry size {size} is more than its {} payload bytes can decode to (at most {most})",
+                    payload.patch_bytes()
+                ),
+            ));
+        }
         Ok(EntryRecord { at, op, old_index, path, mode, mtime, size, hash, base_hash, storage, payload })
     }
 }

@@ -237,6 +237,41 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// Opens the regular file `name` for appending, creating it (permission bits `mode`, less the
+    /// umask) if nothing is there. A symlink, FIFO or device at `name` is refused without blocking.
+    pub fn open_file_append(&self, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
+        let name = name.as_ref();
+        check_component(name)?;
+        let flags = OFlags::WRONLY
+            | OFlags::CREATE
+            | OFlags::APPEND
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NONBLOCK
+            | OFlags::NOCTTY;
+        let fd = rustix::fs::openat(&self.fd, name, flags, Mode::from_raw_mode(mode & 0o7777)).map_err(errno)?;
+        regular_only(fd)
+    }
+
+    /// A path naming this very directory (`/proc/self/fd/N`), for APIs that only take paths: the
+    /// kernel resolves it to the open directory, not by walking the path it was opened at again, so
+    /// a directory swapped for a symlink since is not followed. Valid while `self` lives; Linux only.
+    pub fn fd_path(&self) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+    }
+
+    /// lstat of the directory itself (through its handle).
+    pub fn own_metadata(&self) -> io::Result<Metadata> {
+        let stat = rustix::fs::fstat(&self.fd).map_err(errno)?;
+        Ok(Metadata {
+            kind: Kind::of(FileType::from_raw_mode(stat.st_mode)),
+            len: stat.st_size as u64,
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+        })
+    }
+
     /// Creates a temp file `PREFIX<pid>.<random>SUFFIX` (mode 0600, `O_EXCL|O_NOFOLLOW|O_CLOEXEC`)
     /// and locks it, so [`Dir::remove_stale_temps`] of another run leaves it alone.
     pub fn create_temp(&self, prefix: &str, suffix: &str) -> io::Result<TempFile> {
@@ -566,6 +601,28 @@ mod tests {
         std::fs::write(scratch.path().join("short"), b"abc").unwrap();
         let (head, len) = read_head::<8>(scratch.path().join("short")).unwrap();
         assert_eq!(&head[..len], b"abc");
+    }
+
+    #[test]
+    fn appends_and_fd_paths_stay_in_the_opened_directory() {
+        let scratch = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(scratch.path().join("d")).unwrap();
+        let root = Dir::open(scratch.path()).unwrap();
+        let d = root.open_dir("d").unwrap();
+        d.open_file_append("log", 0o600).unwrap().write_all(b"one").unwrap();
+        d.open_file_append("log", 0o600).unwrap().write_all(b"two").unwrap();
+        assert_eq!(std::fs::read(scratch.path().join("d/log")).unwrap(), b"onetwo");
+        symlink(outside.path().join("planted"), scratch.path().join("d/link")).unwrap();
+        assert!(d.open_file_append("link", 0o600).is_err(), "a symlink is not appended through");
+        assert!(!outside.path().join("planted").exists());
+        assert_eq!(d.own_metadata().unwrap().kind, Kind::Dir);
+        // The directory is swapped for a symlink after it was opened: the fd path still names it.
+        std::fs::rename(scratch.path().join("d"), scratch.path().join("moved")).unwrap();
+        symlink(outside.path(), scratch.path().join("d")).unwrap();
+        std::fs::write(d.fd_path().join("new"), b"x").unwrap();
+        assert!(scratch.path().join("moved/new").exists());
+        assert!(!outside.path().join("new").exists());
     }
 
     #[test]

@@ -183,7 +183,7 @@ pub enum EntryLayout<'a> {
         /// Content bytes per frame (the last may be shorter).
         frame_size: u64,
     },
-    /// Uncompressed and contiguous in a file read on demand (an mf archive opened with
+    /// Uncompressed and contiguous in a file read on demand (an archive opened with
     /// [`AnyArchive::open_pread`]): ranges are read with [`AnyArchive::read_at`].
     Positioned,
     /// A stream without random access (zlib or encrypted Panda3D subfiles): a range needs the content
@@ -209,12 +209,12 @@ impl AnyArchive {
     }
 
     /// Like [`open`](Self::open), for long-lived readers of files that may change while open (a
-    /// mount): an mf archive reads its entry data with `pread` ([`Archive::open_pread`]), so a
-    /// truncated file gives read errors instead of SIGBUS. Panda3D multifiles are still mapped.
+    /// mount): both formats read entry data with `pread` ([`Archive::open_pread`],
+    /// [`Multifile::open_pread`]), so a truncated file gives read errors instead of SIGBUS.
     pub fn open_pread(path: impl AsRef<Path>) -> Result<AnyArchive> {
         let path = path.as_ref();
         if is_multifile(path)? {
-            Ok(AnyArchive::Panda3d(Multifile::open(path)?))
+            Ok(AnyArchive::Panda3d(Multifile::open_pread(path)?))
         } else {
             Ok(AnyArchive::Mf(Archive::open_pread(path)?))
         }
@@ -262,7 +262,12 @@ impl AnyArchive {
                 StoredAs::Zstd => EntryLayout::Frames { frame_size: archive.frame_size() },
             },
             (AnyArchive::Panda3d(multifile), AnyEntry::Panda3d { subfile, .. }) => {
-                multifile.raw_bytes(subfile).map_or(EntryLayout::Stream, EntryLayout::Contiguous)
+                match multifile.raw_bytes(subfile) {
+                    Some(raw) => EntryLayout::Contiguous(raw),
+                    // Stored as is in a pread multifile: read where it lies.
+                    None if !subfile.is_compressed() && !subfile.is_encrypted() => EntryLayout::Positioned,
+                    None => EntryLayout::Stream,
+                }
             }
             _ => EntryLayout::Stream,
         }

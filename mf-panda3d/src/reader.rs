@@ -1,8 +1,12 @@
-//! Reads Panda3D multifiles in place: maps the file, follows the index chain as Panda3D does (with
-//! loop detection and bounds checks), and decodes subfiles (zlib, encryption) on demand.
+//! Reads Panda3D multifiles in place: maps the file (or, for long-lived readers of files that may
+//! change, reads it with `pread`), follows the index chain as Panda3D does (with loop detection and
+//! bounds checks), and decodes subfiles (zlib, encryption) on demand.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+use std::fs::File;
 use std::io::{self, Cursor, Read};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use binrw::BinRead;
@@ -20,6 +24,101 @@ use mf_format::validate_path;
 /// Largest ratio a zlib stream can reach (deflate's limit is about 1032:1); caps allocations made from
 /// a subfile's recorded original length.
 const MAX_ZLIB_RATIO: u64 = 1100;
+
+/// Longest index entry: fixed fields (at most 24 bytes) and a name of up to 65535 bytes.
+const MAX_INDEX_ENTRY_LEN: usize = 24 + 65535;
+/// How far the `#` header prefix is looked for, and how much of a signature record is read: both are
+/// lines of text or a certificate chain, never megabytes.
+const MAX_PREFIX_LEN: usize = 1 << 20;
+const MAX_SIGNATURE_LEN: usize = 16 << 20;
+/// What a `pread` multifile reads at a time while following the index chain (entries usually lie
+/// back to back, so one read serves many).
+const INDEX_WINDOW: usize = 1 << 20;
+
+/// Where a multifile's bytes come from.
+enum Source {
+    /// Mapped or in memory: the whole file as one slice.
+    Whole(Backing),
+    /// Read with `pread` on demand, for files that may shrink while open (a mount): a missing region
+    /// is a read error, never SIGBUS. `prefix` holds the `#` header prefix, which
+    /// [`Multifile::header_prefix`] lends out.
+    Pread { file: File, len: u64, prefix: Vec<u8> },
+}
+
+impl Source {
+    fn len(&self) -> u64 {
+        match self {
+            Source::Whole(backing) => backing.bytes().len() as u64,
+            Source::Pread { len, .. } => *len,
+        }
+    }
+}
+
+/// The file's bytes while the index is parsed: slices of the whole file, or windows read with
+/// `pread` and kept until a request falls outside them.
+struct Window<'s> {
+    source: &'s Source,
+    start: u64,
+    buf: Vec<u8>,
+}
+
+impl<'s> Window<'s> {
+    fn new(source: &'s Source) -> Window<'s> {
+        Window { source, start: 0, buf: Vec::new() }
+    }
+
+    /// Up to `len` bytes from `offset` (fewer at the end of the file, none past it).
+    fn get(&mut self, offset: u64, len: usize) -> io::Result<&[u8]> {
+        let (file, file_len) = match self.source {
+            Source::Whole(backing) => {
+                let rest = usize::try_from(offset).ok().and_then(|o| backing.bytes().get(o..)).unwrap_or_default();
+                return Ok(&rest[..len.min(rest.len())]);
+            }
+            Source::Pread { file, len, .. } => (file, *len),
+        };
+        let end = offset.saturating_add(len as u64).min(file_len);
+        let held_end = self.start + self.buf.len() as u64;
+        if offset < self.start || end > held_end {
+            let want = end.saturating_sub(offset).max(INDEX_WINDOW as u64).min(file_len.saturating_sub(offset));
+            self.buf.clear();
+            self.buf.resize(want as usize, 0);
+            file.read_exact_at(&mut self.buf, offset)?;
+            self.start = offset;
+        }
+        let from = (offset - self.start) as usize;
+        Ok(&self.buf[from..from + (end.saturating_sub(offset)) as usize])
+    }
+}
+
+/// A subfile's stored bytes read with `pread`, in order; a file that ends early is an error naming
+/// where it ended.
+struct PreadRange<'a> {
+    file: &'a File,
+    at: u64,
+    end: u64,
+}
+
+impl Read for PreadRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min(usize::try_from(self.end - self.at).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        if n == 0 {
+            return Err(truncated(self.at));
+        }
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+fn truncated(at: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the file ends at offset {at}, before the subfile's data does (truncated while open?)"),
+    )
+}
 
 /// True when `head` (the first bytes of a file) looks like a Panda3D multifile: the magic at offset 0,
 /// or a `#` header-prefix line (the magic must then follow the prefix).
@@ -100,7 +199,7 @@ pub struct Signature {
 /// An open Panda3D multifile. `&Multifile` is `Sync`.
 pub struct Multifile {
     name: PathBuf,
-    backing: Backing,
+    source: Source,
     prefix_len: u64,
     header: Header,
     subfiles: Vec<Subfile>,
@@ -131,20 +230,39 @@ impl Multifile {
         Self::from_backing(name.into(), Backing::Owned(bytes))
     }
 
-    fn from_backing(name: PathBuf, backing: Backing) -> Result<Multifile> {
-        let bytes = backing.bytes();
-        let file_len = bytes.len() as u64;
-        let corrupt = |offset: u64, entry: Option<&str>, what: String| Error::corrupt(&name, offset, entry, what);
+    /// Like [`open`](Self::open), for long-lived readers of files that may change while open (a
+    /// mount): nothing is mapped; the index is read at open and subfile data with `pread` when it is
+    /// read, so a file truncated meanwhile gives read errors naming the subfile, never SIGBUS.
+    /// [`raw_bytes`](Self::raw_bytes) is then `None` (read with [`read_at`](Self::read_at)).
+    pub fn open_pread(path: impl AsRef<Path>) -> Result<Multifile> {
+        let path = path.as_ref();
+        let file = mf_format::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        Self::parse(path.to_owned(), Source::Pread { file, len, prefix: Vec::new() })
+    }
 
-        let prefix_len = header_prefix_len(bytes);
-        let after_prefix = bytes.get(prefix_len as usize..).unwrap_or_default();
+    fn from_backing(name: PathBuf, backing: Backing) -> Result<Multifile> {
+        Self::parse(name, Source::Whole(backing))
+    }
+
+    /// Reads the header and follows the whole index chain. Over the ~80-line guide: one pass over
+    /// the chain whose checks share its running state (visited entries, expected positions).
+    fn parse(name: PathBuf, mut source: Source) -> Result<Multifile> {
+        let file_len = source.len();
+        let corrupt = |offset: u64, entry: Option<&str>, what: String| Error::corrupt(&name, offset, entry, what);
+        let io_error = |e: io::Error| Error::io(&name, e);
+        let mut window = Window::new(&source);
+
+        let prefix_len = header_prefix_len(window.get(0, MAX_PREFIX_LEN).map_err(io_error)?);
+        let prefix = window.get(0, prefix_len as usize).map_err(io_error)?.to_vec();
+        let after_prefix = window.get(prefix_len, HEADER_LEN_V1_1 as usize).map_err(io_error)?.to_vec();
         if !after_prefix.starts_with(&MAGIC) {
             if prefix_len > 0 {
                 return Err(corrupt(prefix_len, None, "no Panda3D multifile magic after the '#' header prefix".into()));
             }
             return Err(Error::NotAMultifile { file: name });
         }
-        let header = Header::read(&mut Cursor::new(after_prefix))
+        let header = Header::read(&mut Cursor::new(&after_prefix))
             .map_err(|_| corrupt(prefix_len, None, "the multifile header is cut off".into()))?;
         if header.version_major != VERSION_MAJOR || !(0..=VERSION_MINOR).contains(&header.version_minor) {
             return Err(Error::UnsupportedVersion {
@@ -175,7 +293,7 @@ impl Multifile {
             if !visited.insert(position) {
                 return Err(corrupt(position, None, format!("the index chain loops back to the entry at {position}")));
             }
-            let at = usize::try_from(position).ok().and_then(|p| bytes.get(p..)).unwrap_or_default();
+            let at = window.get(position, MAX_INDEX_ENTRY_LEN).map_err(io_error)?;
             if at.len() < 4 {
                 return Err(corrupt(
                     position,
@@ -220,7 +338,8 @@ impl Multifile {
                 deleted += 1;
                 needs_repack = true;
             } else if entry.flags & FLAG_SIGNATURE != 0 {
-                signatures.push(read_signature(bytes, position, data_offset, data_length));
+                let data = window.get(data_offset, (data_length as usize).min(MAX_SIGNATURE_LEN)).map_err(io_error)?;
+                signatures.push(read_signature(data, position, data_offset, data_length));
             } else {
                 let name_str = String::from_utf8(raw_name)
                     .map_err(|_| fail(position, "the subfile name is not valid UTF-8".into()))?;
@@ -255,6 +374,10 @@ impl Multifile {
         let before = subfiles.len();
         subfiles.dedup_by(|later, first| later.name == first.name);
         let shadowed = before - subfiles.len();
+        drop(window);
+        if let Source::Pread { prefix: held, .. } = &mut source {
+            *held = prefix;
+        }
         Ok(Multifile {
             name,
             prefix_len,
@@ -267,7 +390,7 @@ impl Multifile {
             index_start,
             index_end,
             password: None,
-            backing,
+            source,
         })
     }
 
@@ -303,10 +426,6 @@ impl Multifile {
         Ok(())
     }
 
-    fn bytes(&self) -> &[u8] {
-        self.backing.bytes()
-    }
-
     /// The file name given at open (used in errors).
     pub fn name(&self) -> &Path {
         &self.name
@@ -325,7 +444,10 @@ impl Multifile {
     }
     /// Length of the `#` header prefix (0 when there is none).
     pub fn header_prefix(&self) -> &[u8] {
-        self.bytes().get(..self.prefix_len as usize).unwrap_or_default()
+        match &self.source {
+            Source::Whole(backing) => backing.bytes().get(..self.prefix_len as usize).unwrap_or_default(),
+            Source::Pread { prefix, .. } => prefix,
+        }
     }
     /// Entries marked deleted but still in the chain.
     pub fn deleted_count(&self) -> usize {
@@ -353,7 +475,7 @@ impl Multifile {
     }
     /// Size of the file in bytes.
     pub fn file_len(&self) -> u64 {
-        self.bytes().len() as u64
+        self.source.len()
     }
     /// Number of live subfiles.
     pub fn len(&self) -> usize {
@@ -384,15 +506,49 @@ impl Multifile {
         Some(if subfile.timestamp != 0 { subfile.timestamp } else { self.timestamp() }).filter(|&t| t != 0)
     }
 
-    /// The bytes stored for a subfile (compressed and/or encrypted as on disk).
-    pub fn stored_bytes(&self, subfile: &Subfile) -> &[u8] {
-        let start = subfile.data_offset as usize;
-        self.bytes().get(start..start + subfile.data_length as usize).unwrap_or_default()
+    /// The bytes stored for a subfile (compressed and/or encrypted as on disk): a slice of the
+    /// mapping, or read with `pread` (an error naming the subfile if the file shrank since it was
+    /// opened).
+    pub fn stored_bytes(&self, subfile: &Subfile) -> Result<Cow<'_, [u8]>> {
+        match &self.source {
+            Source::Whole(backing) => {
+                let start = subfile.data_offset as usize;
+                Ok(Cow::Borrowed(backing.bytes().get(start..start + subfile.data_length as usize).unwrap_or_default()))
+            }
+            Source::Pread { .. } => {
+                let mut stored = Vec::new();
+                // data_length was checked against the file's length at open.
+                stored
+                    .try_reserve_exact(subfile.data_length as usize)
+                    .map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
+                self.stored_reader(subfile)
+                    .read_to_end(&mut stored)
+                    .map_err(|e| self.corrupt(subfile, e.to_string()))?;
+                Ok(Cow::Owned(stored))
+            }
+        }
     }
 
-    /// The content of an uncompressed, unencrypted subfile as a slice of the mapping.
+    /// The stored bytes of a subfile as a stream.
+    fn stored_reader<'a>(&'a self, subfile: &Subfile) -> Box<dyn Read + Send + 'a> {
+        let (start, end) = (subfile.data_offset, subfile.data_offset + subfile.data_length);
+        match &self.source {
+            Source::Whole(backing) => Box::new(backing.bytes().get(start as usize..end as usize).unwrap_or_default()),
+            Source::Pread { file, .. } => Box::new(PreadRange { file, at: start, end }),
+        }
+    }
+
+    /// The content of an uncompressed, unencrypted subfile as a slice of the mapping (`None` for
+    /// other subfiles, and for every subfile of a multifile opened with
+    /// [`open_pread`](Self::open_pread)).
     pub fn raw_bytes(&self, subfile: &Subfile) -> Option<&[u8]> {
-        (!subfile.is_compressed() && !subfile.is_encrypted()).then(|| self.stored_bytes(subfile))
+        match &self.source {
+            Source::Whole(backing) if !subfile.is_compressed() && !subfile.is_encrypted() => {
+                let start = subfile.data_offset as usize;
+                Some(backing.bytes().get(start..start + subfile.data_length as usize).unwrap_or_default())
+            }
+            _ => None,
+        }
     }
 
     fn corrupt(&self, subfile: &Subfile, what: impl Into<String>) -> Error {
@@ -401,15 +557,15 @@ impl Multifile {
 
     /// The stored bytes after decryption (still compressed if the subfile is).
     fn decrypted(&self, subfile: &Subfile) -> Result<std::borrow::Cow<'_, [u8]>> {
-        let stored = self.stored_bytes(subfile);
+        let stored = self.stored_bytes(subfile)?;
         if !subfile.is_encrypted() {
-            return Ok(std::borrow::Cow::Borrowed(stored));
+            return Ok(stored);
         }
         let password = self
             .password
             .as_deref()
             .ok_or_else(|| Error::PasswordRequired { file: self.name.clone(), entry: subfile.name.clone() })?;
-        let plain = crypto::decrypt(stored, password).map_err(|what| Error::Decrypt {
+        let plain = crypto::decrypt(&stored, password).map_err(|what| Error::Decrypt {
             file: self.name.clone(),
             entry: subfile.name.clone(),
             what,
@@ -421,16 +577,21 @@ impl Multifile {
     /// (damaged zlib data, a wrong length) surface from `read` as `InvalidData`, naming the file,
     /// subfile and offset. Encrypted subfiles are decrypted in memory first (they need the password).
     pub fn reader<'a>(&'a self, subfile: &'a Subfile) -> Result<SubfileReader<'a>> {
-        let stored = self.decrypted(subfile)?;
-        if subfile.is_encrypted() && !subfile.is_compressed() && stored.len() as u64 != subfile.original_length {
-            return Err(self.corrupt(
-                subfile,
-                format!("decrypts to {} bytes but records {}", stored.len(), subfile.original_length),
-            ));
-        }
-        let source: Box<dyn Read + Send + 'a> = match stored {
-            std::borrow::Cow::Borrowed(slice) => Box::new(slice),
-            std::borrow::Cow::Owned(vec) => Box::new(Cursor::new(vec)),
+        let source: Box<dyn Read + Send + 'a> = if subfile.is_encrypted() {
+            let plain = self.decrypted(subfile)?;
+            if !subfile.is_compressed() && plain.len() as u64 != subfile.original_length {
+                return Err(self.corrupt(
+                    subfile,
+                    format!("decrypts to {} bytes but records {}", plain.len(), subfile.original_length),
+                ));
+            }
+            match plain {
+                Cow::Borrowed(slice) => Box::new(slice),
+                Cow::Owned(vec) => Box::new(Cursor::new(vec)),
+            }
+        } else {
+            // Streamed, never loaded whole: from the mapping, or read with pread as it is consumed.
+            self.stored_reader(subfile)
         };
         let inner: Box<dyn Read + Send + 'a> = if subfile.is_compressed() {
             // Panda3D inflates with inflateInit2(47): zlib or gzip framing.
@@ -451,7 +612,8 @@ impl Multifile {
             // Only multify's zlib output is expected inside encrypted records.
             return false;
         }
-        self.stored_bytes(subfile).starts_with(&[0x1f, 0x8b])
+        let mut magic = [0u8; 2];
+        self.stored_reader(subfile).read_exact(&mut magic).is_ok() && magic == [0x1f, 0x8b]
     }
 
     /// Reads a whole subfile, checking its decoded length.
@@ -476,6 +638,14 @@ impl Multifile {
         if let Some(raw) = self.raw_bytes(subfile) {
             let start = offset as usize;
             buf[..len].copy_from_slice(&raw[start..start + len]);
+            return Ok(len);
+        }
+        if let (Source::Pread { file, .. }, false, false) =
+            (&self.source, subfile.is_compressed(), subfile.is_encrypted())
+        {
+            let at = subfile.data_offset + offset;
+            let mut range = PreadRange { file, at, end: at + len as u64 };
+            range.read_exact(&mut buf[..len]).map_err(|e| self.corrupt(subfile, e.to_string()))?;
             return Ok(len);
         }
         let mut reader = self.reader(subfile)?;
@@ -538,8 +708,9 @@ fn header_prefix_len(bytes: &[u8]) -> u64 {
     position as u64
 }
 
-fn read_signature(bytes: &[u8], index_offset: u64, data_offset: u64, data_length: u64) -> Signature {
-    let data = bytes.get(data_offset as usize..(data_offset + data_length) as usize).unwrap_or_default();
+/// The signature record at `index_offset`, its data (`data`: at most [`MAX_SIGNATURE_LEN`] bytes of
+/// it) parsed as far as it goes.
+fn read_signature(data: &[u8], index_offset: u64, data_offset: u64, data_length: u64) -> Signature {
     let parse = || -> std::result::Result<(String, u32), String> {
         let u32_at = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?)) };
         let sig_len = u32_at(0).ok_or("the signature record is cut off")? as usize;
@@ -608,6 +779,46 @@ mod tests {
         let files: Vec<_> = files.iter().map(|&(name, data, level)| (name, data, level, 7)).collect();
         let prefix = options.header_prefix.as_deref();
         mf_test_support::panda3d::multifile_bytes_with(options.scale_factor, options.timestamp, prefix, &files)
+    }
+
+    /// A pread multifile reads what the mapped one does; once the file is truncated under it, the
+    /// lost subfiles are errors naming the subfile and the truncation, and the rest still reads.
+    #[test]
+    fn a_pread_multifile_survives_truncation_with_errors_naming_the_subfile() {
+        let noise: Vec<u8> = (0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let text = b"text ".repeat(10_000);
+        let bytes = build(
+            &MultifileOptions::default(),
+            &[("a.txt", &text, Some(6)), ("b.bin", &noise, None), ("c.txt", &text, Some(6))],
+        );
+        let scratch = tempfile::tempdir().unwrap();
+        let path = scratch.path().join("t.mf");
+        std::fs::write(&path, &bytes).unwrap();
+        let mapped = Multifile::open(&path).unwrap();
+        let pread = Multifile::open_pread(&path).unwrap();
+        assert_eq!(pread.subfiles(), mapped.subfiles());
+        for subfile in pread.subfiles() {
+            assert!(pread.raw_bytes(subfile).is_none());
+            assert_eq!(pread.read(subfile).unwrap(), mapped.read(subfile).unwrap());
+            let (mut a, mut b) = ([0u8; 100], [0u8; 100]);
+            assert_eq!(pread.read_at(subfile, 1000, &mut a).unwrap(), mapped.read_at(subfile, 1000, &mut b).unwrap());
+            assert_eq!(a, b);
+        }
+        drop(mapped);
+        let raw = pread.get("b.bin").unwrap().clone();
+        let cut = raw.data_offset + raw.data_length / 2;
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(cut).unwrap();
+        let mut buf = [0u8; 100];
+        assert_eq!(pread.read_at(&raw, 0, &mut buf).unwrap(), 100, "the part still in the file reads");
+        assert_eq!(&buf[..], &noise[..100]);
+        let err = pread.read_at(&raw, raw.data_length - 100, &mut buf).unwrap_err().to_string();
+        assert!(err.contains("b.bin") && err.contains("truncated"), "{err}");
+        let err = pread.read(&raw).unwrap_err().to_string();
+        assert!(err.contains("b.bin") && err.contains("truncated"), "{err}");
+        for subfile in pread.subfiles() {
+            let lost = subfile.data_offset + subfile.data_length > cut;
+            assert_eq!(pread.read(subfile).is_err(), lost, "{}", subfile.name());
+        }
     }
 
     #[test]

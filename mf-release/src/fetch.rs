@@ -6,16 +6,18 @@
 //! match. Transient failures (connection errors, timeouts, 5xx, 408, 429) are retried with backoff,
 //! resuming from what arrived; a 404 or a response of the wrong length is not.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::hash::sha256_file;
+use mf_format::fs::{Dir, Kind};
+
+use crate::hash::sha256_reader;
 use crate::manifest::ObjectRef;
+use crate::update::state;
 
 /// How patient fetching is.
 #[derive(Debug, Clone)]
@@ -147,35 +149,51 @@ impl Fetcher {
         })
     }
 
-    /// Downloads `object` into `dir/<sha256>` and returns that path, resuming `dir/<sha256>.part` if an
-    /// earlier attempt left one. A complete file already there is checked and reused. `progress` is told
-    /// how many of the object's bytes are present locally as they arrive (it may go back to 0 when a
+    /// Downloads `object` into `dir/<sha256>` and returns a path naming it inside `dir` (see
+    /// [`Dir::fd_path`]), resuming `dir/<sha256>.part` if an earlier attempt left one. A complete file
+    /// already there is checked and reused. Every name is opened relative to `dir` without following
+    /// a symlink: a link or special file where a download belongs is refused. `progress` is told how
+    /// many of the object's bytes are present locally as they arrive (it may go back to 0 when a
     /// server ignores the range and the download restarts).
-    pub fn fetch_object(&self, object: &ObjectRef, dir: &Path, progress: &dyn Fn(u64)) -> Result<PathBuf> {
+    pub fn fetch_object(&self, object: &ObjectRef, dir: &Dir, progress: &dyn Fn(u64)) -> Result<PathBuf> {
         let url = self.url(&object.path);
-        let complete = dir.join(&object.sha256);
-        let part = dir.join(format!("{}.part", object.sha256));
-        for path in [&complete, &part] {
+        let complete = object.sha256.as_str();
+        let part = format!("{}.part", object.sha256);
+        for name in [complete, part.as_str()] {
             // Only regular files the client wrote itself are used or resumed: a planted link would be
             // read as the piece, or appended to.
-            if std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
-                return Err(Error::UnsafeState {
-                    path: path.clone(),
-                    what: "a symbolic link or other non-file where the updater keeps a download".into(),
-                });
+            if let Some(meta) = dir.metadata(name).map_err(|e| Error::io(dir.display_path(name), e))? {
+                if meta.kind != Kind::File {
+                    return Err(Error::UnsafeState {
+                        path: dir.display_path(name),
+                        what: format!(
+                            "{} where the updater keeps a download",
+                            match meta.kind {
+                                Kind::Symlink => "a symbolic link",
+                                other => other.describe(),
+                            }
+                        ),
+                    });
+                }
             }
         }
-        if complete.exists() {
-            if matches_object(&complete, object)? {
-                progress(object.size);
-                return Ok(complete);
+        match dir.open_file(complete) {
+            Ok(file) => {
+                if matches_open_object(file, &dir.display_path(complete), object)? {
+                    progress(object.size);
+                    return Ok(state::pinned_path(dir, complete));
+                }
+                state::remove_file(dir, complete)?;
             }
-            remove(&complete)?;
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(state::state_error(&dir.display_path(complete), e)),
         }
-        self.with_retries(&url, || self.fetch_part(object, &part, progress))?;
-        let (sha256, len) = sha256_file(&part)?;
+        self.with_retries(&url, || self.fetch_part(object, dir, &part, progress))?;
+        let part_path = dir.display_path(&part);
+        let file = dir.open_file(&part).map_err(|e| state::state_error(&part_path, e))?;
+        let (sha256, len) = sha256_reader(&file).map_err(|e| Error::io(&part_path, e))?;
         if len != object.size || sha256 != object.sha256 {
-            remove(&part)?;
+            state::remove_file(dir, &part)?;
             return Err(Error::Mismatch {
                 origin: url,
                 what: format!(
@@ -185,18 +203,21 @@ impl Fetcher {
                 ),
             });
         }
-        File::open(&part).and_then(|f| f.sync_all()).map_err(|e| Error::io(&part, e))?;
-        std::fs::rename(&part, &complete).map_err(|e| Error::io(&complete, e))?;
-        sync_dir(dir);
-        Ok(complete)
+        file.sync_all().map_err(|e| Error::io(&part_path, e))?;
+        dir.rename(&part, dir, complete).map_err(|e| Error::io(dir.display_path(complete), e))?;
+        let _ = dir.sync();
+        Ok(state::pinned_path(dir, complete))
     }
 
-    /// One attempt at completing `part`: requests what is missing and appends it.
+    /// One attempt at completing `dir/part`: requests what is missing and appends it.
     // Over 80 lines: one resume attempt read top to bottom (what we hold, what the server answers,
     // the copy, the refusal of extra bytes); each step decides what the `.part` file keeps.
-    fn fetch_part(&self, object: &ObjectRef, part: &Path, progress: &dyn Fn(u64)) -> Result<(), Failure> {
-        let io_fatal = |e: std::io::Error| Failure::fatal(format!("{}: {e}", part.display()));
-        let mut have = std::fs::symlink_metadata(part).map(|m| m.len()).unwrap_or(0);
+    fn fetch_part(&self, object: &ObjectRef, dir: &Dir, part: &str, progress: &dyn Fn(u64)) -> Result<(), Failure> {
+        let part_path = dir.display_path(part);
+        let io_fatal = |e: std::io::Error| Failure::fatal(format!("{}: {e}", part_path.display()));
+        // Opened (created if missing) once, without following a link: every byte goes to this file.
+        let mut file = dir.open_file_append(part, 0o600).map_err(io_fatal)?;
+        let mut have = file.metadata().map_err(io_fatal)?.len();
         if have > object.size {
             // Not ours to keep: longer than the piece can be.
             have = 0;
@@ -215,18 +236,13 @@ impl Fetcher {
             other => other?,
         };
         if let Some(total) = stream.total.filter(|&t| t != object.size) {
-            let _ = std::fs::remove_file(part);
+            drop(file);
+            let _ = dir.remove_file(part);
             return Err(Failure::fatal(format!(
                 "the server has {total} bytes, but the manifest says {}: wrong file, refused",
                 object.size
             )));
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
-            .open(part)
-            .map_err(io_fatal)?;
         if stream.start != have {
             // A 200 to a range request: the body starts at 0.
             have = 0;
@@ -266,7 +282,7 @@ impl Fetcher {
                 Ok(0) => break,
                 Ok(_) => {
                     drop(file);
-                    let _ = std::fs::remove_file(part);
+                    let _ = dir.remove_file(part);
                     return Err(Failure::fatal(format!(
                         "the response is longer than the manifest's {} bytes: wrong file, refused",
                         object.size
@@ -411,20 +427,13 @@ impl Fetcher {
     }
 }
 
-/// True when the file at `path` has `object`'s size and SHA-256.
-pub fn matches_object(path: &Path, object: &ObjectRef) -> Result<bool> {
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+/// True when the open file (at `path`, for messages) has `object`'s size and SHA-256.
+fn matches_open_object(file: File, path: &Path, object: &ObjectRef) -> Result<bool> {
+    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     if len != object.size {
         return Ok(false);
     }
-    Ok(sha256_file(path)?.0 == object.sha256)
-}
-
-fn remove(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path, e)),
-        _ => Ok(()),
-    }
+    Ok(sha256_reader(file).map_err(|e| Error::io(path, e))?.0 == object.sha256)
 }
 
 /// Makes renames in `dir` durable, best effort: [`mf_format::fs::sync_dir`] with its error dropped,
@@ -468,10 +477,11 @@ mod tests {
         std::fs::create_dir_all(repo.path().join("full")).unwrap();
         std::fs::write(repo.path().join("full/a.mf"), &data).unwrap();
         let fetcher = Fetcher::new(repo.path().to_str().unwrap(), FetchOptions::default()).unwrap();
+        let dir = Dir::open(downloads.path()).unwrap();
         let obj = object(&data, "full/a.mf");
         // A partial download from an earlier run is continued, not restarted.
         std::fs::write(downloads.path().join(format!("{}.part", obj.sha256)), &data[..40_000]).unwrap();
-        let path = fetcher.fetch_object(&obj, downloads.path(), &|_| {}).unwrap();
+        let path = fetcher.fetch_object(&obj, &dir, &|_| {}).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert_eq!(fetcher.received(), 60_000);
         // A .part longer than the piece can be is not trusted: the download starts over.
@@ -479,21 +489,21 @@ mod tests {
         let mut junk = data.clone();
         junk.extend_from_slice(b"trailing junk");
         std::fs::write(downloads.path().join(format!("{}.part", obj.sha256)), &junk).unwrap();
-        let path = fetcher.fetch_object(&obj, downloads.path(), &|_| {}).unwrap();
+        let path = fetcher.fetch_object(&obj, &dir, &|_| {}).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert_eq!(fetcher.received(), 160_000);
         // A complete piece already downloaded is reused without fetching.
-        fetcher.fetch_object(&obj, downloads.path(), &|_| {}).unwrap();
+        fetcher.fetch_object(&obj, &dir, &|_| {}).unwrap();
         assert_eq!(fetcher.received(), 160_000);
         // A longer file in the repository is refused and leaves nothing behind.
         let short = object(&data[..1000], "full/a.mf");
-        let err = fetcher.fetch_object(&short, downloads.path(), &|_| {}).unwrap_err().to_string();
+        let err = fetcher.fetch_object(&short, &dir, &|_| {}).unwrap_err().to_string();
         assert!(err.contains("wrong file"), "{err}");
         assert!(!downloads.path().join(&short.sha256).exists());
         // A wrong hash deletes the piece.
         let mut bad = obj.clone();
         bad.sha256 = sha256_hex(b"other");
-        let err = fetcher.fetch_object(&bad, downloads.path(), &|_| {}).unwrap_err().to_string();
+        let err = fetcher.fetch_object(&bad, &dir, &|_| {}).unwrap_err().to_string();
         assert!(err.contains("discarded"), "{err}");
         assert!(!downloads.path().join(format!("{}.part", bad.sha256)).exists());
         // Missing files are not retried forever and name the path.

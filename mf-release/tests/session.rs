@@ -77,7 +77,10 @@ fn a_session_verifies_records_trust_and_downloads_checked_pieces() {
     let path = session.download(&patch, &|have| last.store(have, std::sync::atomic::Ordering::SeqCst)).unwrap();
     assert_eq!(last.load(std::sync::atomic::Ordering::SeqCst), patch.size, "progress reaches the piece's size");
     assert_eq!(sha256_file(&path).unwrap().0, patch.sha256);
-    assert_eq!(path, session.downloads_dir().join(&patch.sha256));
+    // The returned path names the file in the open downloads folder (not re-resolved by name).
+    use std::os::unix::fs::MetadataExt;
+    let stored = std::fs::metadata(session.downloads_dir().join(&patch.sha256)).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), stored.ino());
     assert!(session.has(&patch));
     assert_eq!(session.plan(Some("1"), "2").unwrap().fetch_bytes, 0);
     session.discard(&patch);
@@ -132,4 +135,32 @@ fn rollback_is_refused_against_the_recorded_manifest_version() {
     let trusted: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("trusted.json")).unwrap()).unwrap();
     assert_eq!(trusted["manifest_version"], 3);
+}
+
+/// A race against a session: once the session is open, `downloads/` is swapped for a symbolic link
+/// to someone else's folder. The session keeps writing into the folder it opened (reached through its
+/// handle, never by path again), so nothing lands in the link's target.
+#[test]
+fn a_downloads_folder_swapped_for_a_link_after_open_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SecretKey::generate().unwrap();
+    let repo = publish(dir.path(), &key);
+    let state = dir.path().join("state");
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let session = Session::open(repo.to_str().unwrap(), &state, options(&key)).unwrap();
+    std::fs::rename(state.join("downloads"), state.join("moved")).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("downloads")).unwrap();
+
+    let object = session.target(None).unwrap().full.clone();
+    let path = session.download(&object, &|_| {}).unwrap();
+    assert_eq!(sha256_file(&path).unwrap().0, object.sha256);
+    assert!(state.join("moved").join(&object.sha256).is_file(), "written into the folder the session opened");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "nothing written through the link");
+    session.clean_downloads().unwrap();
+    assert_eq!(std::fs::read_dir(state.join("moved")).unwrap().count(), 0);
+    drop(session);
+    // The next session refuses the planted link.
+    let err = Session::open(repo.to_str().unwrap(), &state, options(&key)).err().expect("refused");
+    assert!(matches!(err, Error::UnsafeState { .. }), "{err}");
 }

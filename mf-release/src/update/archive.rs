@@ -8,13 +8,13 @@
 
 use std::path::{Path, PathBuf};
 
+use mf_format::fs::{Dir, Kind};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::fetch::sync_dir;
-use crate::hash::sha256_file;
+use crate::hash::{sha256_file, sha256_reader};
 use crate::plan::{Route, Step};
-use crate::update::{remove_dir_contents, repair_rule, Progress, Session, UpdateOptions, WORK_DIR};
+use crate::update::{empty_dir, repair_rule, state, Progress, Session, UpdateOptions, WORK_DIR};
 
 /// What the archive was before the update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -121,12 +121,13 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
         return Err(Error::BadArgument(format!("{}: not a file path", archive.display())));
     }
     let state = state_dir(archive);
-    let work = state.join(WORK_DIR);
     let session = Session::for_update(repo, &state, options)?;
-    if !options.check {
+    if let (Some(state), false) = (session.state_handle(), options.check) {
         // Left by a run that was killed: half-applied patches and temp files, never needed again.
-        remove_dir_contents(&work)?;
-        remove_temp_files(&state)?;
+        if let Some(work) = state::open_subdir(state, WORK_DIR, false)? {
+            empty_dir(&work)?;
+        }
+        remove_temp_files(state)?;
     }
     let target = session.target(options.to.as_deref())?.clone();
     let installed = identify(&session, archive)?;
@@ -166,27 +167,41 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
         return Ok(outcome);
     }
 
-    std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    let state = session.state_handle().ok_or_else(|| Error::Internal("no state folder".into()))?;
+    let downloads = session.downloads_handle().ok_or_else(|| Error::Internal("no downloads folder".into()))?;
+    let work = state::open_subdir(state, WORK_DIR, true)?.ok_or_else(|| Error::Internal("no work folder".into()))?;
     let (result, taken, fell_back) = session.run_with_fallback(route, &target.version, progress, |route| {
         run_route(&session, archive, &work, route, progress)
     })?;
     outcome.route = taken.steps.iter().map(Piece::of).collect();
     outcome.route_bytes = taken.fetch_bytes;
     outcome.fell_back = fell_back;
-    install(&result, archive, &target.full.sha256)?;
+    let result_dir = match result.place {
+        Place::Work => &work,
+        Place::Downloads => downloads,
+    };
+    install(result_dir, &result.name, archive, &target.full.sha256)?;
     outcome.changed = true;
     session.clean_downloads()?;
-    remove_dir_contents(&work)?;
-    let _ = std::fs::remove_dir(&work);
+    empty_dir(&work)?;
+    let _ = state.remove_dir(WORK_DIR);
     outcome.fetched_bytes = session.fetched_bytes();
     Ok(outcome)
 }
 
 /// Which version `archive` is, by its SHA-256.
 fn identify(session: &Session, archive: &Path) -> Result<Installed> {
-    match std::fs::metadata(archive) {
+    match std::fs::symlink_metadata(archive) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Installed::Missing),
         Err(e) => return Err(Error::io(archive, e)),
+        // Renaming the new version over a link would replace the link and leave the archive it
+        // points to old.
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(Error::WrongFileType {
+                path: archive.to_owned(),
+                expected: "regular file (not a symbolic link: name the archive it points to)",
+            });
+        }
         Ok(meta) if !meta.is_file() => {
             return Err(Error::WrongFileType { path: archive.to_owned(), expected: "regular file" });
         }
@@ -199,16 +214,30 @@ fn identify(session: &Session, archive: &Path) -> Result<Installed> {
     })
 }
 
-/// Downloads and applies `route`'s pieces; returns the checked result file (in `work/` or `downloads/`).
+/// Where a route's result lies: `work/` (a patch's output) or `downloads/` (a full archive).
+enum Place {
+    Work,
+    Downloads,
+}
+
+/// A route's checked result: its folder in the state folder and its name there.
+struct RouteResult {
+    place: Place,
+    name: String,
+}
+
+/// Downloads and applies `route`'s pieces; returns where the checked result is. Patch outputs are
+/// written into the open `work` folder (through [`state::pinned_path`], so a `work/` swapped for a
+/// link meanwhile is not followed).
 fn run_route(
     session: &Session,
     archive: &Path,
-    work: &Path,
+    work: &Dir,
     route: &Route,
     progress: &dyn Progress,
-) -> Result<PathBuf> {
+) -> Result<RouteResult> {
     let count = route.steps.len();
-    let mut current: Option<PathBuf> = None;
+    let mut current: Option<(RouteResult, PathBuf)> = None;
     for (index, step) in route.steps.iter().enumerate() {
         let piece = Piece::of(step);
         let object = step.object();
@@ -216,22 +245,26 @@ fn run_route(
         let file = session.download(object, &|have| progress.bytes(have))?;
         progress.piece_done();
         match step {
-            Step::Full { .. } => current = Some(file),
+            Step::Full { .. } => {
+                current = Some((RouteResult { place: Place::Downloads, name: object.sha256.clone() }, file))
+            }
             Step::Patch { to, .. } => {
                 let version = session.target(Some(to))?;
-                let base = current.clone().unwrap_or_else(|| archive.to_owned());
-                let out = work.join(format!("{}.mf", version.full.sha256));
+                let base = current.as_ref().map_or_else(|| archive.to_owned(), |(_, path)| path.clone());
+                let name = format!("{}.mf", version.full.sha256);
+                let out = state::pinned_path(work, &name);
                 // Either format: a Panda3D base is converted, and the result written as the patch's NEW.
                 mf_diff::panda3d::apply_any(&file, &base, &out, None, &|_| {})
                     .inspect_err(|_| session.discard(object))?;
                 check_hash(&out, &version.full.sha256, &format!("the result of {}", piece.label()))?;
-                if let Some(previous) = current.replace(out) {
-                    let _ = std::fs::remove_file(previous);
+                let previous = current.replace((RouteResult { place: Place::Work, name }, out));
+                if let Some((RouteResult { place: Place::Work, name: old }, _)) = previous {
+                    let _ = work.remove_file(old);
                 }
             }
         }
     }
-    current.ok_or_else(|| Error::Internal("empty route".into()))
+    current.map(|(result, _)| result).ok_or_else(|| Error::Internal("empty route".into()))
 }
 
 fn check_hash(path: &Path, sha256: &str, what: &str) -> Result<()> {
@@ -245,30 +278,49 @@ fn check_hash(path: &Path, sha256: &str, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Moves the checked `result` over `archive`: permissions of the old archive, fsync, rename, directory
-/// fsync. `result` lives in the state directory beside the archive, so the rename is atomic.
-fn install(result: &Path, archive: &Path, sha256: &str) -> Result<()> {
-    check_hash(result, sha256, "the new archive")?;
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(archive).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0o644);
-    let file = std::fs::File::open(result).map_err(|e| Error::io(result, e))?;
-    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(result, e))?;
-    file.sync_all().map_err(|e| Error::io(result, e))?;
-    drop(file);
-    std::fs::rename(result, archive).map_err(|e| Error::io(archive, e))?;
-    if let Some(dir) = archive.parent() {
-        sync_dir(if dir.as_os_str().is_empty() { Path::new(".") } else { dir });
+/// Moves the checked result `name` in `dir` (in the state folder beside the archive, so the rename is
+/// atomic) over `archive`: permissions of the old archive, hash checked on the open file, fsync,
+/// `renameat` from the open folder into the archive's folder, directory fsync.
+fn install(dir: &Dir, name: &str, archive: &Path, sha256: &str) -> Result<()> {
+    let result_path = dir.display_path(name);
+    let (parent, archive_name) = match (archive.parent(), archive.file_name()) {
+        (Some(parent), Some(file)) => (if parent.as_os_str().is_empty() { Path::new(".") } else { parent }, file),
+        _ => return Err(Error::BadArgument(format!("{}: not a file path", archive.display()))),
+    };
+    let parent_dir = Dir::open(parent).map_err(|e| Error::io(parent, e))?;
+    let mode = match parent_dir.metadata(archive_name).map_err(|e| Error::io(archive, e))? {
+        Some(meta) if meta.kind == Kind::File => meta.mode,
+        Some(meta) => {
+            return Err(Error::UnsafeState {
+                path: archive.to_owned(),
+                what: format!("became {} during the update; left as it is", meta.kind.describe()),
+            })
+        }
+        None => 0o644,
+    };
+    let file = dir.open_file(name).map_err(|e| state::state_error(&result_path, e))?;
+    let (got, _) = sha256_reader(&file).map_err(|e| Error::io(&result_path, e))?;
+    if got != sha256 {
+        return Err(Error::Mismatch {
+            origin: result_path.display().to_string(),
+            what: format!("the new archive has SHA-256 {got}, but the manifest says {sha256}"),
+        });
     }
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(&result_path, e))?;
+    file.sync_all().map_err(|e| Error::io(&result_path, e))?;
+    drop(file);
+    dir.rename(name, &parent_dir, archive_name).map_err(|e| Error::io(archive, e))?;
+    let _ = parent_dir.sync();
     Ok(())
 }
 
-/// Removes `*.mf-tmp` files (atomic writes a killed run left) from the state directory.
-fn remove_temp_files(state: &Path) -> Result<()> {
-    let Ok(entries) = std::fs::read_dir(state) else { return Ok(()) };
-    for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().ends_with(".mf-tmp") {
-            let path = entry.path();
-            std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+/// Removes `*.mf-tmp` files (atomic writes a killed run left) from the state folder, by name in its
+/// handle (a link is removed, never followed).
+fn remove_temp_files(state: &Dir) -> Result<()> {
+    for (name, kind) in state.entries().map_err(|e| Error::io(state.path(), e))? {
+        if name.to_string_lossy().ends_with(".mf-tmp") && kind != Some(Kind::Dir) {
+            state::remove_file(state, &name.to_string_lossy())?;
         }
     }
     Ok(())

@@ -23,9 +23,10 @@
 
 pub mod archive;
 pub mod folder;
+pub(crate) mod state;
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -67,6 +68,8 @@ const LOCK_FILE: &str = "lock";
 pub(crate) const WORK_DIR: &str = "work";
 /// File tables are small; a larger one is refused before it is read whole.
 const MAX_FILE_TABLE_SIZE: u64 = 256 << 20;
+/// A trust record is a few dozen bytes; anything near this bound is not one.
+const MAX_TRUSTED_SIZE: u64 = 1 << 20;
 
 /// How a [`Session`] verifies and fetches.
 #[derive(Debug, Clone)]
@@ -120,6 +123,11 @@ pub struct Session {
     repo: String,
     fetcher: Fetcher,
     state: PathBuf,
+    /// The state folder, opened once without following a symlink (`None`: a read-only session of an
+    /// install that has none yet). Everything in it is reached through this handle.
+    state_dir: Option<Dir>,
+    /// `STATE/downloads/` (`None` when read-only).
+    downloads: Option<Dir>,
     manifest: Manifest,
     read_only: bool,
     tables: Mutex<HashMap<String, FileTable>>,
@@ -133,13 +141,19 @@ impl Session {
     /// records the accepted manifest version in `state_dir/trusted.json`.
     pub fn open(repo: &str, state_dir: &Path, options: SessionOptions) -> Result<Session> {
         let fetcher = Fetcher::new(repo, options.fetch.clone())?;
-        check_state_dir(state_dir)?;
-        let lock = if options.read_only { None } else { Some(lock_state(state_dir)?) };
+        let state = state::open_state_dir(state_dir, !options.read_only)?;
+        let lock = match (&state, options.read_only) {
+            (Some(dir), false) => Some(lock_state(dir)?),
+            _ => None,
+        };
         let origin = fetcher.url(MANIFEST_PATH);
         let bytes = fetcher.fetch_small(MANIFEST_PATH, MAX_MANIFEST_SIZE)?;
         let manifest = Manifest::verify(&bytes, options.key.as_ref(), options.now, &origin)?;
-        let trusted_path = state_dir.join(TRUSTED_FILE);
-        if let Some(trusted) = read_trusted(&trusted_path)? {
+        let trusted = match &state {
+            Some(dir) => read_trusted(dir)?,
+            None => None,
+        };
+        if let Some(trusted) = trusted {
             if manifest.manifest_version < trusted.manifest_version {
                 return Err(Error::Rollback {
                     origin,
@@ -148,20 +162,24 @@ impl Session {
                 });
             }
         }
-        if !options.read_only {
+        let mut downloads = None;
+        if let (Some(dir), false) = (&state, options.read_only) {
             let trusted = Trusted {
                 manifest_version: manifest.manifest_version,
                 keyid: options.key.as_ref().map(PublicKey::key_id),
             };
-            write_atomically(&trusted_path, &serde_json::to_vec_pretty(&trusted).unwrap_or_default())?;
-            let downloads = state_dir.join(DOWNLOADS_DIR);
-            std::fs::create_dir_all(&downloads).map_err(|e| Error::io(&downloads, e))?;
-            forget_unlisted_tables(&state_dir.join(TABLES_DIR), &manifest);
+            state::write_file(dir, TRUSTED_FILE, &serde_json::to_vec_pretty(&trusted).unwrap_or_default())?;
+            // Left by a killed run: temp files of state writes nobody holds any more.
+            dir.remove_stale_temps(state::TEMP_PREFIX, state::TEMP_SUFFIX).map_err(|e| Error::io(dir.path(), e))?;
+            downloads = state::open_subdir(dir, DOWNLOADS_DIR, true)?;
+            forget_unlisted_tables(dir, &manifest)?;
         }
         Ok(Session {
             repo: repo.to_owned(),
             fetcher,
             state: state_dir.to_owned(),
+            state_dir: state,
+            downloads,
             manifest,
             read_only: options.read_only,
             tables: Mutex::new(HashMap::new()),
@@ -194,6 +212,16 @@ impl Session {
     /// The state folder this session locks and writes (downloads, file tables, `trusted.json`).
     pub fn state_dir(&self) -> &Path {
         &self.state
+    }
+
+    /// The open state folder (`None` for a read-only session of an install without one).
+    pub(crate) fn state_handle(&self) -> Option<&Dir> {
+        self.state_dir.as_ref()
+    }
+
+    /// The open `downloads/` folder (`None` when read-only).
+    pub(crate) fn downloads_handle(&self) -> Option<&Dir> {
+        self.downloads.as_ref()
     }
 
     /// Where pieces are downloaded: `STATE/downloads/`.
@@ -234,7 +262,8 @@ impl Session {
 
     /// True when `object` is already complete in `downloads/` (its hash is checked when it is used).
     pub fn has(&self, object: &ObjectRef) -> bool {
-        std::fs::metadata(self.downloads_dir().join(&object.sha256)).is_ok_and(|m| m.len() == object.size)
+        let Some(dir) = &self.downloads else { return false };
+        dir.metadata(&object.sha256).ok().flatten().is_some_and(|m| m.kind == Kind::File && m.len == object.size)
     }
 
     /// The cheapest route from `installed` (`None`: nothing installed, or an install to replace whole) to
@@ -255,9 +284,16 @@ impl Session {
         if object.size > MAX_FILE_TABLE_SIZE {
             return Err(Error::metadata(&url, format!("{} bytes is more than a file table may have", object.size)));
         }
-        let cached = self.state.join(TABLES_DIR).join(&object.sha256);
-        let bytes = match std::fs::read(&cached) {
-            Ok(bytes) if bytes.len() as u64 == object.size && sha256_hex(&bytes) == object.sha256 => bytes,
+        let tables = match &self.state_dir {
+            Some(dir) => state::open_subdir(dir, TABLES_DIR, !self.read_only)?,
+            None => None,
+        };
+        let cached = match &tables {
+            Some(dir) => state::read_file(dir, &object.sha256, MAX_FILE_TABLE_SIZE)?,
+            None => None,
+        };
+        let bytes = match cached {
+            Some(bytes) if bytes.len() as u64 == object.size && sha256_hex(&bytes) == object.sha256 => bytes,
             _ => {
                 let bytes = self.fetcher.fetch_small(&object.path, object.size)?;
                 let sha256 = sha256_hex(&bytes);
@@ -272,10 +308,9 @@ impl Session {
                         ),
                     });
                 }
-                if !self.read_only {
+                if let (Some(dir), false) = (&tables, self.read_only) {
                     // A cache: failing to keep it only costs a download next time.
-                    let _ = std::fs::create_dir_all(cached.parent().unwrap_or(&self.state));
-                    let _ = write_atomically(&cached, &bytes);
+                    let _ = state::write_file(dir, &object.sha256, &bytes);
                 }
                 bytes
             }
@@ -286,20 +321,23 @@ impl Session {
     }
 
     /// Downloads `object` into `downloads/<sha256>` (resuming a `.part` left by an earlier run, retrying
-    /// transient failures) and returns its path once its size and SHA-256 match the manifest.
+    /// transient failures) and returns a path to it once its size and SHA-256 match the manifest: the
+    /// path names the file in the open `downloads/` folder ([`mf_format::fs::Dir::fd_path`]), valid
+    /// while the session lives.
     /// `progress` gets the number of the piece's bytes present locally.
     pub fn download(&self, object: &ObjectRef, progress: &dyn Fn(u64)) -> Result<PathBuf> {
-        if self.read_only {
-            return Err(Error::BadArgument("a read-only (--check) session downloads nothing".into()));
+        match &self.downloads {
+            Some(dir) if !self.read_only => self.fetcher.fetch_object(object, dir, progress),
+            _ => Err(Error::BadArgument("a read-only (--check) session downloads nothing".into())),
         }
-        self.fetcher.fetch_object(object, &self.downloads_dir(), progress)
     }
 
     /// Deletes a downloaded piece (complete or partial), e.g. one that failed to apply.
     pub fn discard(&self, object: &ObjectRef) {
-        let dir = self.downloads_dir();
-        let _ = std::fs::remove_file(dir.join(&object.sha256));
-        let _ = std::fs::remove_file(dir.join(format!("{}.part", object.sha256)));
+        if let Some(dir) = &self.downloads {
+            let _ = dir.remove_file(&object.sha256);
+            let _ = dir.remove_file(format!("{}.part", object.sha256));
+        }
     }
 
     /// Carries out `route` with `run`. When a patch route fails (not on tampered local state), tells `progress`, and carries out the
@@ -329,11 +367,13 @@ impl Session {
 
     /// Deletes every download (after a successful update).
     pub fn clean_downloads(&self) -> Result<()> {
-        if self.read_only {
-            return Ok(());
+        match &self.downloads {
+            Some(dir) if !self.read_only => {
+                empty_dir(dir)?;
+                dir.sync().map_err(|e| Error::io(dir.path(), e))
+            }
+            _ => Ok(()),
         }
-        let dir = self.downloads_dir();
-        remove_dir_contents(&dir)
     }
 }
 
@@ -350,94 +390,38 @@ pub(crate) fn repair_rule(options: &UpdateOptions, refusal: impl FnOnce() -> Err
     }
 }
 
-/// Checks that an install's state folder, and the folders in it that updates fill and empty, are what
-/// this client made: real directories (never symbolic links) owned by this user. Anyone else who can
-/// write there could otherwise plant a link and have an update empty or fill the folder it points to.
-/// A missing state folder is fine (it is created).
-fn check_state_dir(state_dir: &Path) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let refuse = |path: &Path, what: String| Error::UnsafeState { path: path.to_owned(), what };
-    let meta = match std::fs::symlink_metadata(state_dir) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(state_dir, e)),
-    };
-    if meta.file_type().is_symlink() {
-        return Err(refuse(state_dir, "the state folder is a symbolic link".into()));
-    }
-    if !meta.is_dir() {
-        return Err(Error::WrongFileType { path: state_dir.to_owned(), expected: "directory" });
-    }
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(refuse(
-            state_dir,
-            format!("the state folder is owned by uid {}, not by this user ({me})", meta.uid()),
-        ));
-    }
-    // Folder mode's staging/ and backup/ too: files are moved into and out of them.
-    for sub in [DOWNLOADS_DIR, WORK_DIR, TABLES_DIR, "staging", "backup"] {
-        let path = state_dir.join(sub);
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(refuse(&path, "a symbolic link where the updater keeps its own folder".into()))
-            }
-            Ok(meta) if !meta.is_dir() => {
-                return Err(Error::WrongFileType { path, expected: "directory" });
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(&path, e)),
-        }
-    }
-    Ok(())
-}
-
-/// Takes the install's lock (`STATE/lock`), creating the state directory; refuses when another update
-/// of the same install is running.
-fn lock_state(state_dir: &Path) -> Result<Flock<File>> {
-    std::fs::create_dir_all(state_dir).map_err(|e| Error::io(state_dir, e))?;
-    let path = state_dir.join(LOCK_FILE);
-    let file =
-        OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+/// Takes the install's lock (`STATE/lock`, opened in the state folder without following a link);
+/// refuses when another update of the same install is running.
+fn lock_state(state: &Dir) -> Result<Flock<File>> {
+    let path = state.display_path(LOCK_FILE);
+    let file = state.open_file_append(LOCK_FILE, 0o600).map_err(|e| state::state_error(&path, e))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
         nix::errno::Errno::EWOULDBLOCK => Error::Locked { lock: path.clone(), source: errno },
         _ => Error::io(&path, errno.into()),
     })
 }
 
-fn read_trusted(path: &Path) -> Result<Option<Trusted>> {
-    let read = || -> std::io::Result<Vec<u8>> {
-        use std::io::Read;
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
-        let mut bytes = Vec::new();
-        // A trust record is a few dozen bytes; anything near this bound is not one.
-        file.take(1 << 20).read_to_end(&mut bytes)?;
-        Ok(bytes)
-    };
-    match read() {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            Error::metadata(
-                path.display(),
-                format!("unreadable trust record ({e}); delete it only if you trust the repository's current manifest"),
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io(path, e)),
-    }
+fn read_trusted(state: &Dir) -> Result<Option<Trusted>> {
+    let Some(bytes) = state::read_file(state, TRUSTED_FILE, MAX_TRUSTED_SIZE)? else { return Ok(None) };
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+        Error::metadata(
+            state.display_path(TRUSTED_FILE).display(),
+            format!("unreadable trust record ({e}); delete it only if you trust the repository's current manifest"),
+        )
+    })
 }
 
 /// Removes cached file tables of versions the manifest no longer lists (pruned), so the cache stays
-/// the size of the repository's metadata.
-fn forget_unlisted_tables(dir: &Path, manifest: &Manifest) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+/// the size of the repository's metadata. Names are removed in the folder's handle, never followed.
+fn forget_unlisted_tables(state: &Dir, manifest: &Manifest) -> Result<()> {
+    let Some(dir) = state::open_subdir(state, TABLES_DIR, false)? else { return Ok(()) };
     let listed: std::collections::HashSet<&str> = manifest.versions.iter().map(|v| v.files.sha256.as_str()).collect();
-    for entry in entries.flatten() {
-        if !listed.contains(entry.file_name().to_string_lossy().as_ref()) {
-            let _ = std::fs::remove_file(entry.path());
+    for (name, _) in dir.entries().map_err(|e| Error::io(dir.path(), e))? {
+        if !listed.contains(name.to_string_lossy().as_ref()) {
+            let _ = dir.remove_file(&name);
         }
     }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` all or nothing ([`mf_format::fs::write_atomic`]), the error naming `path`.
@@ -445,22 +429,9 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     mf_format::fs::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
-/// Removes everything inside `dir` (which may not exist), through directory handles: a symbolic link
-/// as `dir` is refused, and one inside it is removed itself, never followed.
-pub(crate) fn remove_dir_contents(dir: &Path) -> Result<()> {
-    let handle = match Dir::open_nofollow(dir) {
-        Ok(handle) => handle,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
-            return Err(Error::UnsafeState { path: dir.to_owned(), what: "is a symbolic link".into() })
-        }
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    empty_dir(&handle)?;
-    handle.sync().map_err(|e| Error::io(dir, e))
-}
-
-fn empty_dir(dir: &Dir) -> Result<()> {
+/// Removes everything inside the open folder `dir`: a symbolic link inside it is removed itself,
+/// never followed.
+pub(crate) fn empty_dir(dir: &Dir) -> Result<()> {
     for (name, kind) in dir.entries().map_err(|e| Error::io(dir.path(), e))? {
         let path = dir.display_path(&name);
         let kind = match kind {

@@ -2,18 +2,17 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::Path;
 
 use mf_format::fs::{parents, Dir, Kind};
-use mf_format::AtomicFile;
 use serde::{Deserialize, Serialize};
 
 use super::stage::Staged;
-use super::{exists, io_err, sync_dir, InstallDir, BACKUP, JOURNAL_TYPE, STAGING};
+use super::{exists, io_err, sync_dir, InstallDir, BACKUP, JOURNAL, JOURNAL_TYPE, STAGING};
 use crate::error::{Error, Result};
 use crate::manifest::{check_relative_path, FileTable, STATE_DIR_NAME};
+use crate::update::state;
 
 /// An operation of the switch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,14 +141,17 @@ impl InstallDir {
             }
         }
         let path = self.journal_path();
-        match read_journal_file(&path) {
-            Ok(bytes) => {
+        // Read through the state folder's handle: a regular file, never through a link, bounded.
+        let state = state::open_state_dir(&self.state, false)?
+            .ok_or_else(|| Error::io(&self.state, io::ErrorKind::NotFound.into()))?;
+        match state::read_file(&state, JOURNAL, MAX_JOURNAL_SIZE)? {
+            Some(bytes) => {
                 let journal = Journal::parse_and_check(&bytes, &path, tables)?;
                 let to = journal.to.clone();
                 self.run_journal(journal, faults)?;
                 Ok(Recovery::Finished { to })
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            None => {
                 let staging = self.staging();
                 let had_staging = exists(&staging);
                 if had_staging {
@@ -159,7 +161,6 @@ impl InstallDir {
                 let _ = fs::remove_dir(self.backup());
                 Ok(if had_staging { Recovery::DiscardedStaging } else { Recovery::Clean })
             }
-            Err(e) => Err(Error::io(&path, e)),
         }
     }
 
@@ -399,32 +400,18 @@ impl InstallDir {
         dirs
     }
 
+    /// Writes the journal all or nothing through the state folder's handle ([`state::write_file`]).
     pub(super) fn write_journal(&self, journal: &Journal) -> Result<()> {
         let path = self.journal_path();
-        let mut out = AtomicFile::create(&path).map_err(io_err(&path))?;
         let bytes = serde_json::to_vec_pretty(journal).map_err(|e| Error::io(&path, io::Error::other(e)))?;
-        out.file().write_all(&bytes).map_err(io_err(&path))?;
-        out.commit().map_err(io_err(&path))
+        let state = state::open_state_dir(&self.state, false)?
+            .ok_or_else(|| Error::io(&self.state, io::ErrorKind::NotFound.into()))?;
+        state::write_file(&state, JOURNAL, &bytes)
     }
 }
 
 /// A journal larger than this is refused before it is read (a million operations take ~100 MB).
 const MAX_JOURNAL_SIZE: u64 = 512 << 20;
-
-/// Reads the journal file: a regular file (never through a symbolic link) of bounded size.
-fn read_journal_file(path: &Path) -> io::Result<Vec<u8>> {
-    let file = fs::OpenOptions::new().read(true).custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits()).open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() || meta.len() > MAX_JOURNAL_SIZE {
-        return Err(io::Error::other(format!(
-            "not a regular file of at most {MAX_JOURNAL_SIZE} bytes ({} bytes)",
-            meta.len()
-        )));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_JOURNAL_SIZE + 1).read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
 
 /// Why [`Journal::check`] failed: the journal itself, or looking up a table it names.
 pub(super) enum JournalError {

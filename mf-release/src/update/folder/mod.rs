@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::fetch::sync_dir;
 use crate::manifest::{FileTable, STATE_DIR_NAME};
 use crate::plan::{Route, Step};
-use crate::update::{repair_rule, Piece, Progress, Session, UpdateOptions};
+use crate::update::{repair_rule, state, Piece, Progress, Session, UpdateOptions};
 
 pub use journal::{Journal, Operation, Recovery};
 pub use scan::{Difference, PathState, Scan};
@@ -217,7 +217,7 @@ pub fn update_folder(
     if installed_version == Some(target.version.as_str()) {
         if !options.check {
             session.clean_downloads()?;
-            remember_installed(&install, &target.version);
+            remember_installed(&session, &target.version);
         }
         outcome.fetched_bytes = session.fetched_bytes();
         return Ok(outcome);
@@ -262,7 +262,7 @@ pub fn update_folder(
         })
     })?;
     install.switch(&staged)?;
-    remember_installed(&install, &target.version);
+    remember_installed(&session, &target.version);
     session.clean_downloads()?;
     outcome.record_switch(&taken, fell_back, &staged, session.fetched_bytes());
     Ok(outcome)
@@ -339,13 +339,15 @@ struct InstalledHint {
 
 /// Records the version the folder now holds, so the next update checks its file table first. Only a
 /// hint: losing it costs the next run a few more file tables.
-fn remember_installed(install: &InstallDir, version: &str) {
+fn remember_installed(session: &Session, version: &str) {
     let hint = InstalledHint { version: version.to_owned() };
-    let _ = crate::update::write_atomically(
-        &install.state_dir().join(INSTALLED_HINT),
-        &serde_json::to_vec(&hint).unwrap_or_default(),
-    );
+    if let Some(state) = session.state_handle() {
+        let _ = state::write_file(state, INSTALLED_HINT, &serde_json::to_vec(&hint).unwrap_or_default());
+    }
 }
+
+/// A hint is a version name: a few dozen bytes.
+const MAX_HINT_SIZE: u64 = 64 << 10;
 
 /// Identifies the installed version while fetching as few file tables as possible: the version last
 /// installed here first, then newest to oldest, stopping at the first whose every file matches (the
@@ -362,8 +364,13 @@ fn identify_installed(
         return Ok(FolderState::Fresh);
     }
     let versions: Vec<&str> = session.manifest().versions.iter().map(|v| v.version.as_str()).collect();
-    let hint = fs::read(install.state_dir().join(INSTALLED_HINT))
-        .ok()
+    let hint_bytes = match session.state_handle() {
+        // A planted link or special file is refused like any other unsafe state; an unreadable hint
+        // is only a lost hint.
+        Some(state) => state::read_file(state, INSTALLED_HINT, MAX_HINT_SIZE)?,
+        None => None,
+    };
+    let hint = hint_bytes
         .and_then(|bytes| serde_json::from_slice::<InstalledHint>(&bytes).ok())
         .map(|hint| hint.version)
         .filter(|version| versions.contains(&version.as_str()));

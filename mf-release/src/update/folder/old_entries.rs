@@ -39,7 +39,7 @@ impl FolderOld {
                 mtime: None,
             });
             locations.push(match overlay.get(&e.path) {
-                Some(name) => stager.dir.join(name),
+                Some(name) => stager.pinned(name),
                 None => dir.target(&e.path),
             });
         }

@@ -15,9 +15,10 @@ use rayon::prelude::*;
 use super::journal::Operation;
 use super::old_entries::FolderOld;
 use super::scan::{PathState, Scan};
-use super::{exists, io_err, parse_xxh3, sync_dir, InstallDir, STAGING};
+use super::{exists, io_err, parse_xxh3, InstallDir, STAGING};
 use crate::error::{Error, Result};
 use crate::manifest::{FileEntry, FileTable};
+use crate::update::state;
 
 /// One step of a patch route in folder mode: the patch file and the file table of the version it
 /// produces.
@@ -52,11 +53,12 @@ impl InstallDir {
         if exists(&staging) {
             fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
         }
-        // Staged files are created through a handle on the new folder: a link swapped in for it
-        // later does not redirect them.
-        let state = Dir::open_nofollow(&self.state).map_err(io_err(&self.state))?;
-        state.create_dir(STAGING).map_err(io_err(&staging))?;
-        let handle = state.open_dir(STAGING).map_err(io_err(&staging))?;
+        // Staged files are created, read back, synced and removed through a handle on the new
+        // folder: a link swapped in for it later does not redirect them.
+        let state = state::open_state_dir(&self.state, true)?
+            .ok_or_else(|| Error::Internal("the state folder vanished".into()))?;
+        state.create_dir(STAGING).map_err(|e| state::state_error(&staging, e))?;
+        let handle = state.open_dir(STAGING).map_err(|e| state::state_error(&staging, e))?;
         Ok(Stager { dir: staging, handle, next: 0 })
     }
 
@@ -156,7 +158,7 @@ impl InstallDir {
             // Staged files no later step or the result can use.
             let kept: HashSet<&String> = next.values().collect();
             for name in overlay.values().filter(|n| !kept.contains(n)) {
-                let _ = fs::remove_file(stager.dir.join(name));
+                let _ = stager.handle.remove_file(name);
             }
             overlay = next;
             current = step.to;
@@ -245,7 +247,7 @@ impl InstallDir {
             let state = scan.state(&want.path);
             let staged = match overlay.remove(&want.path) {
                 Some(name) if state.is(want) => {
-                    let _ = fs::remove_file(stager.dir.join(&name));
+                    let _ = stager.handle.remove_file(&name);
                     continue;
                 }
                 Some(name) => name,
@@ -274,7 +276,7 @@ impl InstallDir {
             .collect();
         stager.sync(&names)?;
         replaces.par_iter().try_for_each(|(want, op)| match op {
-            Operation::Replace { staged, .. } => verify_staged(&stager.dir.join(staged), want),
+            Operation::Replace { staged, .. } => verify_staged(&stager.pinned(staged), want),
             Operation::Delete { .. } => Ok(()),
         })?;
         let mut replaces: Vec<Operation> = replaces.into_iter().map(|(_, op)| op).collect();
@@ -331,13 +333,19 @@ pub(super) fn verify_staged(path: &Path, want: &FileEntry) -> Result<()> {
 
 /// Writes staged files: `staging/s<n>`, each synced with its target mode.
 pub(super) struct Stager {
-    /// Where the staging folder is, for reading staged files back and for messages.
+    /// Where the staging folder is, for messages.
     pub(super) dir: PathBuf,
     handle: Dir,
     next: usize,
 }
 
 impl Stager {
+    /// A path naming the staged file `name` in the open staging folder, for reading it back
+    /// ([`state::pinned_path`]).
+    pub(super) fn pinned(&self, name: &str) -> PathBuf {
+        state::pinned_path(&self.handle, name)
+    }
+
     pub(super) fn create(&mut self) -> Result<(String, PathBuf, File)> {
         let name = format!("s{}", self.next);
         self.next += 1;
@@ -356,10 +364,9 @@ impl Stager {
     pub(super) fn sync(&self, names: &[&str]) -> Result<()> {
         names.par_iter().try_for_each(|name| {
             let path = self.dir.join(name);
-            File::open(&path).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, e))
+            self.handle.open_file(name).and_then(|f| f.sync_all()).map_err(|e| Error::io(&path, e))
         })?;
-        sync_dir(&self.dir);
-        Ok(())
+        self.handle.sync().map_err(|e| Error::io(&self.dir, e))
     }
 
     pub(super) fn write(&mut self, bytes: &[u8], mode: u32) -> Result<String> {
