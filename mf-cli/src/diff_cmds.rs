@@ -141,11 +141,7 @@ fn estimate_size(old: &Path) -> u64 {
 }
 
 pub fn patch_info(args: PatchInfoArgs) -> Outcome {
-    let patch = mf_diff::Patch::open(&args.patch)?;
-    let flags = patch.header().flags;
-    let mut report = patch.report();
-    // A Panda3D NEW is rebuilt from its canonical mf conversion: promised in content only.
-    report.exact &= panda3d::patch_formats(flags).1 == ArchiveFormat::Mf;
+    let (report, flags) = panda3d::patch_info_any(&args.patch)?;
     if args.json.json {
         say!("{}", serde_json::to_string_pretty(&report_json(&report, false, flags))?)?;
     } else {

@@ -16,6 +16,7 @@ macro_rules! say {
 mod archive_cmds;
 mod convert;
 mod diff_cmds;
+mod docs_cmds;
 mod extract;
 mod mount_cmds;
 mod pack;
@@ -73,6 +74,10 @@ enum Command {
     Release(release_cmds::ReleaseCommand),
     /// Bring an archive to a release's newest (or --to) version from a release repository.
     Update(update_cmds::UpdateArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    Completions(docs_cmds::CompletionsArgs),
+    /// Write manual pages (mf.1 and one per subcommand) into a directory.
+    Man(docs_cmds::ManArgs),
 }
 
 /// `--json` for commands whose output scripts read.
@@ -121,6 +126,8 @@ fn main() -> ExitCode {
         Command::Keygen(args) => release_cmds::keygen(args),
         Command::Release(command) => release_cmds::run(command),
         Command::Update(args) => update_cmds::run(args),
+        Command::Completions(args) => docs_cmds::completions(args),
+        Command::Man(args) => docs_cmds::man(args),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -195,6 +195,17 @@ pub fn apply_any(
     Ok(AnyApply { format, entries, len, exact: false })
 }
 
+/// What the patch at `path` changes and costs ([`Patch::report`]), and its header flags (for
+/// [`patch_formats`]). `exact` is false for a Panda3D NEW: [`apply_any`] rebuilds it from its canonical
+/// mf conversion, identical in content but not necessarily byte for byte.
+pub fn patch_info_any(path: &Path) -> Result<(PatchReport, u8)> {
+    let patch = Patch::open(path)?;
+    let flags = patch.header().flags;
+    let mut report = patch.report();
+    report.exact &= patch_formats(flags).1 == ArchiveFormat::Mf;
+    Ok((report, flags))
+}
+
 /// Writes the canonical mf conversion of the multifile at `path` to `out`. Encrypted subfiles are
 /// refused: diff and apply take no password, and the conversion must not depend on one.
 pub fn canonical_mf(path: &Path, out: &Path) -> Result<PathBuf> {

@@ -44,6 +44,15 @@ pub enum Error {
         entry: String,
     },
 
+    /// A path asked for names no entry and no directory of entries.
+    #[error("{}: no entry or directory '{path}'", file.display())]
+    NotFound {
+        /// The archive.
+        file: PathBuf,
+        /// The path asked for.
+        path: String,
+    },
+
     /// An encrypted subfile could not be decrypted (wrong password, damaged record, unknown cipher,
     /// or a build without the `crypto` feature).
     #[error("{}: entry '{entry}' cannot be decrypted: {what}", file.display())]
@@ -74,7 +83,7 @@ impl Error {
         match self {
             Error::Format(inner) => inner.is_corruption(),
             Error::NotAMultifile { .. } | Error::UnsupportedVersion { .. } => true,
-            Error::PasswordRequired { .. } | Error::Decrypt { .. } => false,
+            Error::PasswordRequired { .. } | Error::Decrypt { .. } | Error::NotFound { .. } => false,
         }
     }
 }
@@ -83,6 +92,7 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> Self {
         match err {
             Error::Format(inner) => inner.into(),
+            not_found @ Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, not_found),
             other => io::Error::new(io::ErrorKind::InvalidData, other),
         }
     }

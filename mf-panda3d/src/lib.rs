@@ -50,6 +50,7 @@ pub mod convert;
 #[cfg(feature = "crypto")]
 pub mod crypto;
 pub mod error;
+pub mod extract;
 #[allow(missing_docs)] // On-disk fields, documented table by table in spec/PANDA3D.md.
 pub mod format;
 pub mod reader;
@@ -58,6 +59,7 @@ pub mod writer;
 pub use any::{AnyArchive, AnyEntry, ArchiveFormat, EntryLayout};
 pub use convert::{convert_to_file, ConvertOptions, Target, MULTIFY_DEFAULT_LEVEL};
 pub use error::{Error, Result};
+pub use extract::{extract, select, ExtractError};
 pub use reader::{looks_like_multifile, Multifile, Signature, Subfile, SubfileReader};
 pub use writer::{multify_would_compress, MultifileOptions, MultifileWriter, SubfileSpec};
 
