@@ -4,8 +4,9 @@
 //! one is already being read and compressed, so the writes overlap with compression.
 //!
 //! Packing directories ([`collect_inputs`], [`pack_to_file`]) follows one set of rules, so a folder
-//! packs to the same bytes whoever packs it: entries in byte order of their paths, excludes,
-//! store-extensions, modes normalised, mtimes only when asked, symlinks leaving the input refused.
+//! packs to the same bytes whoever packs it: entries ordered for compression (or by path when asked),
+//! excludes, store-extensions, modes normalised, mtimes only when asked, symlinks leaving the input
+//! refused.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -113,10 +114,37 @@ fn write_batch<W: Write>(
     Ok(())
 }
 
+/// The order in which collected files are added (their data order; lookup is by path either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PackOrder {
+    /// Similar files together, so solid blocks compress across them: by kind (extension, ASCII
+    /// case-folded), then file name, then path, all byte-wise ([`order_for_compression`]).
+    #[default]
+    Kind,
+    /// Byte order of the entry paths.
+    Path,
+}
+
+/// Sorts inputs by kind (extension), then file name, then path: deterministic, and it puts files
+/// that share vocabulary (same format, same name in sibling directories) next to each other.
+pub fn order_for_compression(inputs: &mut [PackInput]) {
+    fn key(path: &str) -> (String, &str, &str) {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let extension = match name.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
+            _ => String::new(),
+        };
+        (extension, name, path)
+    }
+    inputs.sort_by(|a, b| key(&a.entry_path).cmp(&key(&b.entry_path)));
+}
+
 /// The rules `mf pack` applies when it turns directories into an archive, so every packer of a
 /// folder (the CLI, a publisher) produces the same bytes from the same folder.
 #[derive(Debug, Clone, Default)]
 pub struct DirPackOptions {
+    /// The order entries are added in.
+    pub order: PackOrder,
     /// zstd level and frame size.
     pub writer: WriterOptions,
     /// Extensions (without the dot, any case) stored uncompressed, besides what `Compression::Auto`
@@ -176,7 +204,7 @@ pub enum PackError {
     Format(#[from] Error),
 }
 
-/// The files to pack, in entry-path order.
+/// The files to pack, in the order they are to be added.
 #[derive(Debug, Default)]
 pub struct Collected {
     /// What to pack.
@@ -208,7 +236,11 @@ pub fn collect_inputs(
             collector.walk(dir)?;
         }
     }
-    Ok(Collected { inputs: collector.found.into_values().collect(), skipped: collector.skipped })
+    let mut inputs: Vec<PackInput> = collector.found.into_values().collect();
+    if options.order == PackOrder::Kind {
+        order_for_compression(&mut inputs);
+    }
+    Ok(Collected { inputs, skipped: collector.skipped })
 }
 
 /// Packs `inputs` into `output` all or nothing ([`crate::AtomicFile`], removing stale temp files of
