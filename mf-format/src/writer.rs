@@ -484,7 +484,6 @@ impl<W: Write> ArchiveWriter<W> {
         }
         self.claim_entry(path, &options)?;
         let mut hasher = ContentHasher::default();
-        hasher.update(&head);
         let mut rest = io::Cursor::new(head).chain(reader);
         let record = if options.compression == Compression::Solid {
             self.stream_solid(path, &mut rest, &mut hasher)?
