@@ -68,6 +68,8 @@
 //! command-line flags (`mf-cli`): it is the container and the file-system rules every writer of it
 //! shares, nothing more.
 
+#![deny(missing_docs)]
+
 pub mod atomic;
 pub mod error;
 pub mod format;

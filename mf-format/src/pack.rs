@@ -28,6 +28,7 @@ pub struct PackInput {
     pub fs_path: PathBuf,
     /// Size seen when the file was listed; only used to plan batches.
     pub size_hint: u64,
+    /// Compression, mode and mtime of the entry.
     pub options: EntryOptions,
 }
 
@@ -171,34 +172,72 @@ pub const MAX_LIST_BYTES: u64 = 256 << 20;
 pub enum PackError {
     /// An exclude pattern is not a valid glob.
     #[error("bad exclude pattern {pattern:?}: {message}")]
-    BadPattern { pattern: String, message: String },
+    BadPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// The glob parser's complaint.
+        message: String,
+    },
     /// Two input directories hold the same entry path.
     #[error("'{entry}' comes from two inputs: {} and another directory", first.display())]
-    TwoInputs { entry: String, first: PathBuf },
+    TwoInputs {
+        /// The entry path found twice.
+        entry: String,
+        /// Where it was found first.
+        first: PathBuf,
+    },
     /// A file list names paths relative to one directory.
     #[error("a file list takes exactly one DIR (its paths are relative to it)")]
     ListNeedsOneDir,
     /// An input that must be a directory is not.
     #[error("{}: not a directory", path.display())]
-    NotADirectory { path: PathBuf },
+    NotADirectory {
+        /// The input that is not a directory.
+        path: PathBuf,
+    },
     /// The file list is larger than [`MAX_LIST_BYTES`].
     #[error("{}: a file list of more than {MAX_LIST_BYTES} bytes is refused", path.display())]
-    ListTooLarge { path: PathBuf },
+    ListTooLarge {
+        /// The file list.
+        path: PathBuf,
+    },
     /// A symlink inside an input directory leads outside it.
     #[error(
         "{}: symlink to {}, outside {}: refusing to pack it (follow symlinks explicitly to pack their targets)",
         link.display(), target.display(), root.display()
     )]
-    SymlinkOutside { link: PathBuf, target: PathBuf, root: PathBuf },
+    SymlinkOutside {
+        /// The symlink.
+        link: PathBuf,
+        /// Where it resolves to.
+        target: PathBuf,
+        /// The input directory it leaves.
+        root: PathBuf,
+    },
     /// An input that must be a regular file is not.
     #[error("{place}: {} is not a regular file", path.display())]
-    NotRegular { place: String, path: PathBuf },
+    NotRegular {
+        /// Where the path came from (list file and line, or the walk).
+        place: String,
+        /// The path that is not a regular file.
+        path: PathBuf,
+    },
     /// A path cannot be an entry path.
     #[error("{place}: {error}")]
-    BadPath { place: String, error: Error },
+    BadPath {
+        /// Where the path came from (list file and line, or the file).
+        place: String,
+        /// Why it cannot be an entry path.
+        error: Error,
+    },
     /// A file-system operation failed.
     #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        /// The file or directory operated on.
+        path: PathBuf,
+        /// What the operating system said.
+        error: std::io::Error,
+    },
     /// Writing the archive failed.
     #[error(transparent)]
     Format(#[from] Error),
