@@ -393,11 +393,8 @@ fn a_forged_journal_is_refused_and_the_folder_stays_as_it_is() {
     ];
     for (what, operations) in forged {
         std::fs::write(state.join("staging/s0"), b"staged by someone else").unwrap();
-        let journal = serde_json::json!({
-            "type": "mf-folder-journal", "from": "1", "to": "2", "done": false,
-            "operations": operations, "created_dirs": [],
-        });
-        std::fs::write(state.join("journal.json"), serde_json::to_vec(&journal).unwrap()).unwrap();
+        let journal = mf_release::testing::journal_json(Some("1"), "2", operations, &[]);
+        std::fs::write(state.join("journal.json"), journal).unwrap();
         let err = mf_fails(d, &["update", "--repo", "repo", "--key", "release.pub", "--dir", "game"], 1);
         assert!(err.contains("journal.json") && err.contains("refused"), "{what}: {err}");
         assert_eq!(snapshot(&game), before, "{what}: the folder changed");

@@ -12,23 +12,11 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use mf_release::manifest::{check_relative_path, STATE_DIR_NAME};
 use mf_release::update::folder::{Journal, Operation};
-use mf_release::{Error, FileEntry, FileTable};
+use mf_release::testing::file_table as table;
+use mf_release::{Error, FileTable};
 
 const OLD: &[&str] = &["a.txt", "dir/b.bin", "old.txt", "gone/x"];
 const NEW: &[&str] = &["a.txt", "dir/b.bin", "dir/sub/c.txt", "new.txt"];
-
-fn table(version: &str, paths: &[&str]) -> FileTable {
-    FileTable {
-        kind: "mf-file-table".into(),
-        spec_version: 1,
-        version: version.into(),
-        archive_index_hash: String::new(),
-        entries: paths
-            .iter()
-            .map(|p| FileEntry { path: (*p).into(), size: 1, mode: 0o644, sha256: String::new(), xxh3: String::new() })
-            .collect(),
-    }
-}
 
 fn tables(version: &str) -> mf_release::Result<FileTable> {
     match version {

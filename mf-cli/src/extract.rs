@@ -30,8 +30,6 @@ pub struct ExtractArgs {
 
 pub fn run(args: ExtractArgs) -> Outcome {
     let archive = open_any(&args.archive, &args.password)?;
-    // A file that is also a directory (`a` and `a/b`) cannot be extracted whole: refuse before writing.
-    archive.check_paths()?;
     let selected = select(&archive, &args.paths)?;
     if args.password.password.is_none() {
         if let Some(encrypted) = selected.iter().find(|e| e.is_encrypted()) {
@@ -56,6 +54,9 @@ pub fn run(args: ExtractArgs) -> Outcome {
     let options = UnpackOptions { overwrite: args.force };
     let report = unpack_in(&args.dir, &entries, options, open, &|size| bar.inc(size)).map_err(|e| match e {
         UnpackError::Exists { .. } => anyhow::anyhow!("{e} (use --force to replace it)"),
+        // unpack_in checks every path (rules, duplicates, a file that is also a directory: `a` and
+        // `a/b`) before writing anything; its message names the entries, this names the archive.
+        UnpackError::Path(_) => anyhow::anyhow!("{}: {e}", args.archive.display()),
         other => other.into(),
     });
     bar.finish_and_clear();

@@ -99,6 +99,7 @@ impl Patch {
         Ok(patch)
     }
 
+    /// The checked header (kind, flags, lengths, hashes).
     pub fn header(&self) -> &PatchHeader {
         &self.header
     }
@@ -180,7 +181,9 @@ impl Patch {
 pub struct ApplyOutcome {
     /// The output was checked to be byte-identical to the file the patch was made from.
     pub exact: bool,
+    /// Entry records applied (1 for a plain patch: the whole file).
     pub entries: usize,
+    /// Bytes written: the new file's length.
     pub len: u64,
 }
 
@@ -422,11 +425,15 @@ impl Patch {
 /// An old entry as the old version describes it (its archive index, or a file table).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OldEntry {
+    /// The entry's path in the old version.
     pub path: String,
+    /// Content size in bytes (decompressed).
     pub size: u64,
     /// xxh3 of the content, as the archive stores it.
     pub xxh3: u64,
+    /// Unix permission bits (0o644 or 0o755 in archives mf writes).
     pub mode: u32,
+    /// Modification time, when the old version recorded one.
     pub mtime: Option<Mtime>,
 }
 
@@ -490,11 +497,17 @@ pub enum NewContent {
 /// One entry of the new archive as an archive patch rebuilds it, in the new archive's data order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEntry {
+    /// The entry's path in the new archive.
     pub path: String,
+    /// Unix permission bits.
     pub mode: u32,
+    /// Modification time, when the new archive records one.
     pub mtime: Option<Mtime>,
+    /// Content size in bytes (decompressed).
     pub size: u64,
+    /// xxh3-64 of the content; the bytes were checked against it.
     pub xxh3: u64,
+    /// The content, or which old entry already holds it.
     pub content: NewContent,
 }
 

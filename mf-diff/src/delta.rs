@@ -12,29 +12,40 @@ use crate::source::BlobStream;
 use crate::wire::{put_varint, unzigzag, zigzag, ControlReader, DeltaDesc, STREAM_WINDOW_LOG_MAX};
 use crate::zref;
 
-/// One control: emit `add` bytes old[p+i]+delta[i] (mod 256), then `copy` bytes of extra, then p += seek.
+/// One control: emit `add` bytes `old[p+i] + delta[i]` (mod 256), then `copy` bytes of extra, then `p += seek`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Control {
+    /// Bytes produced by adding `delta` bytes to the old bytes at the cursor.
     pub add: u64,
+    /// Bytes then taken verbatim from the extra stream.
     pub copy: u64,
+    /// How far the old cursor then moves (may be negative).
     pub seek: i64,
 }
 
 /// A delta turning one old content into one new content.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeltaParts {
+    /// The controls in output order.
     pub controls: Vec<Control>,
+    /// Σ add bytes: new minus old, byte by byte (mod 256), mostly zeros for similar content.
     pub delta: Vec<u8>,
+    /// Σ copy bytes: new bytes with no counterpart in the old content.
     pub extra: Vec<u8>,
 }
 
 /// A delta as it goes into a patch: three zstd frames (empty when their stream is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedDelta {
+    /// Number of controls encoded in `controls`.
     pub control_count: u64,
+    /// Σ add: decoded length of `delta`.
     pub delta_len: u64,
+    /// The zstd frame of the controls (varint add, varint copy, zigzag seek each); empty when there are none.
     pub controls: Vec<u8>,
+    /// The zstd frame of the delta bytes; empty when there are none.
     pub delta: Vec<u8>,
+    /// The zstd frame of the extra bytes; empty when there are none.
     pub extra: Vec<u8>,
 }
 
@@ -56,6 +67,7 @@ impl EncodedDelta {
         (self.controls.len() + self.delta.len() + self.extra.len()) as u64
     }
 
+    /// Whether all three blobs are empty (a delta of empty content).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use mf_format::{Archive, Entry, StoredAs};
+use mf_panda3d::ArchiveFormat;
 use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -408,29 +409,9 @@ fn build_archive_patch(
     let (Some(old), Some(new)) = (old_src.archive.as_ref(), new_src.archive.as_ref()) else {
         unreachable!("called with two archives")
     };
-    let budget = Budget::new(options.memory_limit);
     let mut plans = plan_archive(old, new);
     let new_entries: Vec<Entry<'_>> = new.entries().collect();
-    // Copies: decide whether stored bytes can be copied verbatim (cheap: compares stored bytes).
-    plans.par_iter_mut().zip(new_entries.par_iter()).try_for_each(|(plan, entry)| -> Result<()> {
-        if plan.copy {
-            let base = plan.base.and_then(|i| old.entry(i)).expect("planned from the old archive");
-            plan.verbatim = stored_identical(old_src, &base, new_src, entry)?;
-            progress(entry.size());
-        }
-        Ok(())
-    })?;
-    let payloads: Vec<Option<Payload>> = plans
-        .par_iter()
-        .zip(new_entries.par_iter())
-        .map(|(plan, entry)| {
-            if plan.copy {
-                return Ok(None);
-            }
-            let base = plan.base.and_then(|i| old.entry(i)).map(|b| Content::Entry(old_src, b));
-            encode(base, Content::Entry(new_src, *entry), &budget, progress).map(Some)
-        })
-        .collect::<Result<_>>()?;
+    let payloads = encode_entries(old_src, new_src, &mut plans, &new_entries, options, progress)?;
 
     let writer_level = new.reference_level();
     let shared = new.shared_with();
@@ -486,36 +467,34 @@ fn build_archive_patch(
             old_index: base.as_ref().map(|b| b.index()),
             size: entry.size(),
             old_size: base.as_ref().map(|b| b.size()),
-            method: match op {
-                Op::Copy => Method::Copy,
-                Op::Delta => Method::Bsdiff,
-                Op::ZstdRef => Method::ZstdRef,
-                Op::Full => Method::Full,
-            },
+            method: method_of(op),
             patch_bytes,
         });
     }
-    let used: std::collections::HashSet<u32> = report_entries.iter().filter_map(|e| e.old_index).collect();
-    for entry in old.entries() {
-        if !used.contains(&entry.index()) && new.get(entry.path()).is_none() {
-            report_entries.push(EntryReport {
-                change: Change::Removed,
-                path: None,
-                old_path: Some(entry.path().to_owned()),
-                old_index: Some(entry.index()),
-                size: entry.size(),
-                old_size: Some(entry.size()),
-                method: Method::None,
-                patch_bytes: 0,
-            });
-        }
-    }
+    report_entries.extend(removed_entries(old, new, &report_entries));
+    let exact = writer_level.is_some();
     let new_hash = new_src.whole_hash()?;
-    let header = PatchHeader {
+    let report = PatchReport {
+        archive: true,
+        exact,
+        old_len: old_src.len,
+        new_len: new_src.len,
+        new_hash,
+        patch_len: 0,
+        entries: report_entries,
+    };
+    Ok(Built { header: archive_header(old_src, new_src, exact, new_hash), control, blobs, report })
+}
+
+/// The header of an archive patch from `old_src` to `new_src`; the section lengths and body hash
+/// are filled in when the patch is written.
+fn archive_header(old_src: &Source, new_src: &Source, exact: bool, new_hash: u64) -> PatchHeader {
+    let old = old_src.archive.as_ref().expect("called with two archives");
+    PatchHeader {
         version_major: PATCH_VERSION_MAJOR,
         version_minor: PATCH_VERSION_MINOR,
         kind: KIND_ARCHIVE,
-        flags: if writer_level.is_some() { FLAG_EXACT } else { 0 },
+        flags: if exact { FLAG_EXACT } else { 0 },
         old_len: old_src.len,
         old_id: old.footer().index_hash,
         new_len: new_src.len,
@@ -523,17 +502,69 @@ fn build_archive_patch(
         control_len: 0,
         blobs_len: 0,
         body_hash: 0,
-    };
-    let report = PatchReport {
-        archive: true,
-        exact: writer_level.is_some(),
-        old_len: old_src.len,
-        new_len: new_src.len,
-        new_hash,
-        patch_len: 0,
-        entries: report_entries,
-    };
-    Ok(Built { header, control, blobs, report })
+    }
+}
+
+/// The payload of every planned entry, in new data order (`None` for copies), encoded in parallel
+/// under one memory budget; also settles which copies keep the stored bytes verbatim.
+fn encode_entries(
+    old_src: &Source,
+    new_src: &Source,
+    plans: &mut [Plan],
+    new_entries: &[Entry<'_>],
+    options: &DiffOptions,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Vec<Option<Payload>>> {
+    let old = old_src.archive.as_ref().expect("called with two archives");
+    let budget = Budget::new(options.memory_limit);
+    // Copies: decide whether stored bytes can be copied verbatim (cheap: compares stored bytes).
+    plans.par_iter_mut().zip(new_entries.par_iter()).try_for_each(|(plan, entry)| -> Result<()> {
+        if plan.copy {
+            let base = plan.base.and_then(|i| old.entry(i)).expect("planned from the old archive");
+            plan.verbatim = stored_identical(old_src, &base, new_src, entry)?;
+            progress(entry.size());
+        }
+        Ok(())
+    })?;
+    plans
+        .par_iter()
+        .zip(new_entries.par_iter())
+        .map(|(plan, entry)| {
+            if plan.copy {
+                return Ok(None);
+            }
+            let base = plan.base.and_then(|i| old.entry(i)).map(|b| Content::Entry(old_src, b));
+            encode(base, Content::Entry(new_src, *entry), &budget, progress).map(Some)
+        })
+        .collect()
+}
+
+/// The report's name for how `op` rebuilds an entry.
+fn method_of(op: Op) -> Method {
+    match op {
+        Op::Copy => Method::Copy,
+        Op::Delta => Method::Bsdiff,
+        Op::ZstdRef => Method::ZstdRef,
+        Op::Full => Method::Full,
+    }
+}
+
+/// Report lines for the old entries the new archive neither uses nor names, in old data order.
+fn removed_entries(old: &Archive, new: &Archive, reported: &[EntryReport]) -> Vec<EntryReport> {
+    let used: std::collections::HashSet<u32> = reported.iter().filter_map(|e| e.old_index).collect();
+    old.entries()
+        .filter(|entry| !used.contains(&entry.index()) && new.get(entry.path()).is_none())
+        .map(|entry| EntryReport {
+            change: Change::Removed,
+            path: None,
+            old_path: Some(entry.path().to_owned()),
+            old_index: Some(entry.index()),
+            size: entry.size(),
+            old_size: Some(entry.size()),
+            method: Method::None,
+            patch_bytes: 0,
+        })
+        .collect()
 }
 
 /// Moves a payload's frames to the blob list; returns its descriptor and the blob bytes it takes.
@@ -621,18 +652,7 @@ fn build_plain_patch(
 
 /// True when the file starts with the archive magic.
 fn is_archive(path: &Path) -> Result<bool> {
-    use std::io::Read;
-    let mut head = [0u8; 8];
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut got = 0;
-    while got < 8 {
-        match file.read(&mut head[got..]) {
-            Ok(0) => break,
-            Ok(k) => got += k,
-            Err(e) => return Err(Error::io(path, e)),
-        }
-    }
-    Ok(got == 8 && head == mf_format::format::MAGIC)
+    Ok(ArchiveFormat::detect(path).map_err(|e| Error::io(path, e))? == Some(ArchiveFormat::Mf))
 }
 
 fn open_pair(old: &Path, new: &Path) -> Result<(Source, Source)> {

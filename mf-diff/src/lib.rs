@@ -3,31 +3,6 @@
 //! A release engineer turns two archives into a small patch; a client turns its old archive plus the
 //! patch into the new archive, exactly. The byte layout is specified in `spec/PATCH.md`.
 //!
-//! - **Diff** ([`diff_files`], [`diff_stat`]) works on decompressed entry content. Entries whose
-//!   content hash matches an old entry cost a reference (renames, moves and duplicates included);
-//!   changed entries get the smallest of a delta ([`delta::DeltaParts`]: the bsdiff model that the
-//!   [`matcher`] finds with a libsais suffix array and a cover search with approximate matches,
-//!   stored as three zstd streams), zstd with the old entry as reference prefix, or full zstd,
-//!   chosen by trial compression at a fast level; new entries are carried zstd-compressed.
-//!   Work runs in parallel under a memory budget ([`DiffOptions::memory_limit`]); entries too
-//!   large for the whole-entry matcher within it are matched block by block against windows of the
-//!   old content that a sparse anchor index picks, or, when not even a window fits, encoded as zstd
-//!   blocks. The output does not depend on the thread count. Two
-//!   files that are not archives are diffed whole. Panda3D multifiles are diffed as their canonical
-//!   mf conversions ([`panda3d::diff_any`] and [`panda3d::apply_any`] convert, and work on either
-//!   format), which [`DiffOptions::old_is_panda3d`] and [`DiffOptions::new_is_panda3d`] record in the
-//!   header flags ([`wire::FLAG_OLD_PANDA3D`], [`wire::FLAG_NEW_PANDA3D`]).
-//! - **Apply** ([`apply_patch`]) checks the patch's checksums, the base (the old index hash and every
-//!   old entry it reads), rebuilds into a temp file beside the target, checks every entry's hash and,
-//!   for patches of archives written by this mf version, the whole file's hash, then fsyncs and renames.
-//!   A failure at any point leaves the target untouched. Entries are streamed (old content read by
-//!   random access, a delta's streams decoded side by side, frames recompressed on every core), so
-//!   memory does not grow with entry size.
-//! - **Entry-level apply** ([`Patch::apply_entries`]) walks an archive patch's records against any
-//!   [`OldEntries`] source (an archive, or the files of an install folder listed by a release's file
-//!   table) and hands each rebuilt [`NewEntry`] to a callback: its bytes, or "a copy of old entry `i`"
-//!   so unchanged files need no rewrite. Archive apply uses the same walk.
-//!
 //! ```
 //! use mf_format::{ArchiveWriter, EntryOptions, WriterOptions};
 //! use mf_diff::{apply_patch, diff_files, Change, DiffOptions};
@@ -58,10 +33,36 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! - **Diff** ([`diff_files`], [`diff_stat`]) works on decompressed entry content. Entries whose
+//!   content hash matches an old entry cost a reference (renames, moves and duplicates included);
+//!   changed entries get the smallest of a delta ([`delta::DeltaParts`]: the bsdiff model that the
+//!   [`matcher`] finds with a libsais suffix array and a cover search with approximate matches,
+//!   stored as three zstd streams), zstd with the old entry as reference prefix, or full zstd,
+//!   chosen by trial compression at a fast level; new entries are carried zstd-compressed.
+//!   Work runs in parallel under a memory budget ([`DiffOptions::memory_limit`]); entries too
+//!   large for the whole-entry matcher within it are matched block by block against windows of the
+//!   old content that a sparse anchor index picks, or, when not even a window fits, encoded as zstd
+//!   blocks. The output does not depend on the thread count. Two
+//!   files that are not archives are diffed whole. Panda3D multifiles are diffed as their canonical
+//!   mf conversions ([`panda3d::diff_any`] and [`panda3d::apply_any`] convert, and work on either
+//!   format), which [`DiffOptions::old_is_panda3d`] and [`DiffOptions::new_is_panda3d`] record in the
+//!   header flags ([`wire::FLAG_OLD_PANDA3D`], [`wire::FLAG_NEW_PANDA3D`]).
+//! - **Apply** ([`apply_patch`]) checks the patch's checksums, the base (the old index hash and every
+//!   old entry it reads), rebuilds into a temp file beside the target, checks every entry's hash and,
+//!   for patches of archives written by this mf version, the whole file's hash, then fsyncs and renames.
+//!   A failure at any point leaves the target untouched. Entries are streamed (old content read by
+//!   random access, a delta's streams decoded side by side, frames recompressed on every core), so
+//!   memory does not grow with entry size.
+//! - **Entry-level apply** ([`Patch::apply_entries`]) walks an archive patch's records against any
+//!   [`OldEntries`] source (an archive, or the files of an install folder listed by a release's file
+//!   table) and hands each rebuilt [`NewEntry`] to a callback: its bytes, or "a copy of old entry `i`"
+//!   so unchanged files need no rewrite. Archive apply uses the same walk.
+//!
 //! ## What this crate must not know
 //!
 //! Release repositories, manifests and the network (`mf-release` decides which patch to fetch and
 //! when), and command-line flags (`mf-cli`).
+#![deny(missing_docs)]
 
 mod apply;
 mod budget;

@@ -47,15 +47,7 @@ use crate::{
 /// The format of the file at `path`, from its first bytes: `None` when it is no archive (or cannot be
 /// read; the diff or apply then reports why).
 pub fn detect(path: &Path) -> Option<ArchiveFormat> {
-    let mut head = Vec::new();
-    File::open(path).and_then(|f| f.take(8).read_to_end(&mut head)).ok()?;
-    if mf_panda3d::looks_like_multifile(&head) {
-        Some(ArchiveFormat::Panda3d)
-    } else if head.starts_with(&mf_format::format::MAGIC) {
-        Some(ArchiveFormat::Mf)
-    } else {
-        None
-    }
+    ArchiveFormat::detect(path).ok().flatten()
 }
 
 /// The formats a patch's header records: `(old, new)`.
@@ -245,19 +237,10 @@ fn scratch_dir() -> Result<tempfile::TempDir> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mf_panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
 
     fn multifile(path: &Path, files: &[(&str, &[u8])]) {
-        let specs = files
-            .iter()
-            .map(|(name, _)| SubfileSpec { name: (*name).into(), compression_level: Some(6), timestamp: 0 })
-            .collect();
-        let mut writer =
-            MultifileWriter::new(io::Cursor::new(Vec::new()), path, &MultifileOptions::default(), specs).unwrap();
-        for (_, data) in files {
-            writer.add(&mut &data[..]).unwrap();
-        }
-        std::fs::write(path, writer.finish().unwrap().into_inner()).unwrap();
+        let files: Vec<_> = files.iter().map(|&(name, data)| (name, data, Some(6), 0)).collect();
+        std::fs::write(path, mf_test_support::panda3d::multifile_bytes(&files)).unwrap();
     }
 
     #[test]
@@ -279,11 +262,7 @@ mod tests {
         assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&new).unwrap());
 
         // Stored instead of compressed where the canonical form compresses: content only.
-        let specs = vec![SubfileSpec { name: "a.txt".into(), compression_level: Some(1), timestamp: 5 }];
-        let mut writer =
-            MultifileWriter::new(io::Cursor::new(Vec::new()), "odd", &MultifileOptions::default(), specs).unwrap();
-        writer.add(&mut &text[..]).unwrap();
-        std::fs::write(&new, writer.finish().unwrap().into_inner()).unwrap();
+        std::fs::write(&new, mf_test_support::panda3d::multifile_bytes(&[("a.txt", &text, Some(1), 5)])).unwrap();
         let diff = diff_any(&old, &new, None, 1 << 26, &|_| {}).unwrap();
         assert!(!diff.report.exact, "level 1 and a timestamp: not what the canonical conversion writes");
     }

@@ -16,6 +16,7 @@ pub enum Change {
 }
 
 impl Change {
+    /// The lower-case word `mf diff --stat` and `--json` print.
     pub fn name(self) -> &'static str {
         match self {
             Change::Unchanged => "unchanged",
@@ -43,6 +44,7 @@ pub enum Method {
 }
 
 impl Method {
+    /// The word `mf diff --stat`, `mf patch-info` and `--json` print (`zstd-ref` for [`Method::ZstdRef`]).
     pub fn name(self) -> &'static str {
         match self {
             Method::Copy => "copy",
@@ -57,15 +59,19 @@ impl Method {
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryReport {
+    /// How the entry relates to the old archive.
     pub change: Change,
     /// The new path; `None` when only the old archive knows it (patch-info on a copied entry).
     pub path: Option<String>,
     /// The old entry's path when known and different from `path`, or its data-order index.
     pub old_path: Option<String>,
+    /// Data-order index of the old entry it is built from, when there is one.
     pub old_index: Option<u32>,
     /// New size (old size for removed entries).
     pub size: u64,
+    /// Size of the old entry it is built from, when there is one.
     pub old_size: Option<u64>,
+    /// How the content is rebuilt.
     pub method: Method,
     /// Bytes of payload this entry adds to the patch (before the control stream's compression for
     /// inline bsdiff payloads).
@@ -79,8 +85,11 @@ pub struct PatchReport {
     pub archive: bool,
     /// The result is byte-identical to the new file (else identical in content).
     pub exact: bool,
+    /// Length of the old file the patch applies to.
     pub old_len: u64,
+    /// Length of the file the patch rebuilds.
     pub new_len: u64,
+    /// xxh3-64 of the file the patch rebuilds.
     pub new_hash: u64,
     /// Total patch file length (0 when no patch was written, e.g. `--stat`, which estimates).
     pub patch_len: u64,

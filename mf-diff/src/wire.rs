@@ -16,12 +16,17 @@ use crate::error::{Error, Result};
 
 /// `\x89MFP\r\n\x1a\n`.
 pub const PATCH_MAGIC: [u8; 8] = *b"\x89MFP\r\n\x1a\n";
+/// Header `version_major` this code writes; a reader refuses any other major version.
 pub const PATCH_VERSION_MAJOR: u16 = 2;
+/// Header `version_minor` this code writes (2.1: storage kinds solid and same-as); a 2.0 reader refuses
+/// those kinds as unknown.
 pub const PATCH_VERSION_MINOR: u16 = 1;
+/// Bytes of the fixed header; the control stream starts right after it.
 pub const PATCH_HEADER_LEN: u64 = 80;
 
 /// Patch kinds (header byte 12).
 pub const KIND_ARCHIVE: u8 = 0;
+/// A patch between two plain files (one op for the whole file, no entry records).
 pub const KIND_PLAIN: u8 = 1;
 
 /// Header flag: the result is byte-identical to the new file and `new_hash` is enforced.
@@ -37,9 +42,13 @@ pub const FLAGS_KNOWN: u8 = FLAG_EXACT | FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D;
 
 /// Entry record flags.
 pub const EF_PATH: u8 = 1;
+/// Entry record flag: a mode follows.
 pub const EF_MODE: u8 = 2;
+/// Entry record flag: an mtime follows (zigzag seconds, nanoseconds).
 pub const EF_MTIME: u8 = 4;
+/// Entry record flag: a copy that also keeps the base's stored bytes and frame layout (copies only).
 pub const EF_VERBATIM: u8 = 8;
+/// Every entry record flag this version knows; a record with others is corrupt.
 pub const EF_KNOWN: u8 = EF_PATH | EF_MODE | EF_MTIME | EF_VERBATIM;
 
 /// Largest `new_len` of a zstd-ref or full block: a block is decoded whole before it is written.
@@ -71,6 +80,7 @@ pub enum Op {
 }
 
 impl Op {
+    /// The op of an entry record's `op` byte; `None` for an unknown code.
     pub fn from_byte(byte: u8) -> Option<Op> {
         [Op::Copy, Op::Delta, Op::ZstdRef, Op::Full].into_iter().find(|op| *op as u8 == byte)
     }
@@ -142,9 +152,13 @@ impl Storage {
 /// bytes `[old_start, old_start + old_len)` as reference prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockDesc {
+    /// Bytes the block decodes to (at most [`MAX_BLOCK_LEN`]).
     pub new_len: u64,
+    /// zstd-ref: start of the reference window in the base's content (0 for full blocks).
     pub old_start: u64,
+    /// zstd-ref: length of the reference window (at most [`MAX_REF_WINDOW`]; 0 for full blocks).
     pub old_len: u64,
+    /// Bytes of the block's blob (one or more zstd frames) in the blob section.
     pub blob_len: u64,
     /// Where the blob starts in the patch file (set by the reader; ignored by the writer).
     pub blob_at: u64,
@@ -153,11 +167,15 @@ pub struct BlockDesc {
 /// A delta payload: three blobs (controls, delta bytes, extra bytes), each one zstd frame or empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaDesc {
+    /// Number of (add, copy, seek) controls in the controls stream.
     pub control_count: u64,
     /// Σ add: bytes of the delta stream. The extra stream holds the entry's size minus this.
     pub delta_len: u64,
+    /// Bytes of the controls blob (0 when there are no controls).
     pub controls_blob: u64,
+    /// Bytes of the delta-bytes blob (0 when `delta_len` is 0).
     pub delta_blob: u64,
+    /// Bytes of the extra-bytes blob (0 when the entry has no extra bytes).
     pub extra_blob: u64,
     /// Where the controls blob starts in the patch file (set by the reader); the other two follow it.
     pub blob_at: u64,
@@ -166,8 +184,11 @@ pub struct DeltaDesc {
 /// The payload descriptor of a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayloadDesc {
+    /// Copy: no payload.
     None,
+    /// Delta: the three blobs of the bsdiff model.
     Delta(DeltaDesc),
+    /// zstd-ref or full: one or more blocks, in output order.
     Blocks(Vec<BlockDesc>),
 }
 
@@ -270,9 +291,11 @@ impl PayloadDesc {
 }
 
 /// Where the next blob starts, and where the blob section ends.
-pub struct BlobCursor {
-    pub cursor: u64,
-    pub end: u64,
+pub(crate) struct BlobCursor {
+    /// Patch-file offset of the next unassigned blob byte.
+    pub(crate) cursor: u64,
+    /// Patch-file offset one past the blob section (the file's end).
+    pub(crate) end: u64,
 }
 
 impl BlobCursor {
@@ -293,17 +316,25 @@ impl BlobCursor {
 pub struct EntryRecord {
     /// Offset of the record in the control stream (set by the reader; for errors).
     pub at: u64,
+    /// How the entry is rebuilt.
     pub op: Op,
     /// The base's data-order index (written as a delta from the previous record's base).
     pub old_index: Option<u32>,
+    /// The new path, when it differs from the base's (always set for full entries).
     pub path: Option<String>,
+    /// The new mode, when it differs from the base's.
     pub mode: Option<u32>,
+    /// The new mtime (seconds since the epoch, nanoseconds), when it differs from the base's.
     pub mtime: Option<(i64, u32)>,
     /// Content size and xxh3 (zero for copies, which take the base's).
     pub size: u64,
+    /// xxh3-64 of the new content, checked once it is rebuilt.
     pub hash: u64,
+    /// Delta and zstd-ref: xxh3-64 of the base's content, checked before it is used.
     pub base_hash: Option<u64>,
+    /// How the rebuilt content is stored in the new archive.
     pub storage: Storage,
+    /// Where the record's blobs are and how they decode.
     pub payload: PayloadDesc,
 }
 
@@ -360,7 +391,9 @@ impl EntryRecord {
     }
 
     /// Reads one record, checking it against everything read before it (`state`).
-    pub fn read<R: Read>(reader: &mut ControlReader<R>, state: &mut RecordState) -> Result<EntryRecord> {
+    // Over 80 lines: the record's fields in wire order (spec/PATCH.md "Entry record"), each bound
+    // checked right where it is read, so the parser mirrors the table it implements.
+    pub(crate) fn read<R: Read>(reader: &mut ControlReader<R>, state: &mut RecordState) -> Result<EntryRecord> {
         reader.entry = None;
         let at = reader.offset;
         let byte = reader.u8()?;
@@ -458,24 +491,29 @@ impl EntryRecord {
 }
 
 /// What the records read so far have used up, for checking the next one.
-pub struct RecordState {
-    pub new_len: u64,
-    pub old_count: u64,
-    pub previous_old: i64,
+pub(crate) struct RecordState {
+    /// The new file's length as the header declares it: the ceiling for every output estimate.
+    pub(crate) new_len: u64,
+    /// Entries in the old archive; a base index must be below it.
+    pub(crate) old_count: u64,
+    /// Base index of the last record that had one (-1 before the first), the origin of the next delta.
+    pub(crate) previous_old: i64,
     /// Lower bound of the new archive's length implied by the records so far.
-    pub output_used: u64,
+    pub(crate) output_used: u64,
     /// Σ of the sizes of non-copy records.
-    pub content_used: u64,
-    pub blobs: BlobCursor,
-    /// Records read before the current one.
-    pub records_read: u64,
+    pub(crate) content_used: u64,
+    /// Blob bytes assigned to records so far.
+    pub(crate) blobs: BlobCursor,
+    /// Records read before the current one (bounds a same-as distance).
+    pub(crate) records_read: u64,
     paths: HashSet<String>,
     /// Bases used under their own path (records without PATH).
     implicit: HashSet<u32>,
 }
 
 impl RecordState {
-    pub fn new(header: &PatchHeader, old_count: u64) -> RecordState {
+    /// The state before the first record of a patch with this header, over an old archive of `old_count` entries.
+    pub(crate) fn new(header: &PatchHeader, old_count: u64) -> RecordState {
         let blobs_start = PATCH_HEADER_LEN + header.control_len;
         RecordState {
             new_len: header.new_len,
@@ -538,21 +576,32 @@ struct HeaderBlock {
 /// The fixed 80-byte header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PatchHeader {
+    /// Must equal [`PATCH_VERSION_MAJOR`].
     pub version_major: u16,
+    /// Written as [`PATCH_VERSION_MINOR`]; later minors only give meaning to values that are errors here.
     pub version_minor: u16,
+    /// [`KIND_ARCHIVE`] or [`KIND_PLAIN`].
     pub kind: u8,
+    /// `FLAG_*` bits; unknown bits are corrupt.
     pub flags: u8,
+    /// Length of the old file the patch applies to; a different length is refused before reading it.
     pub old_len: u64,
     /// Archive patches: the old archive's index hash (footer field). Plain patches: xxh3 of the old file.
     pub old_id: u64,
+    /// Length of the file the patch rebuilds; the output may not grow past it.
     pub new_len: u64,
+    /// xxh3-64 of the whole new file (enforced when [`FLAG_EXACT`] is set).
     pub new_hash: u64,
+    /// Bytes of the compressed control stream.
     pub control_len: u64,
+    /// Bytes of the blob section (the rest of the file).
     pub blobs_len: u64,
+    /// xxh3-64 of the control stream and blob section, checked before anything is applied.
     pub body_hash: u64,
 }
 
 impl PatchHeader {
+    /// Whether [`FLAG_EXACT`] is set: the rebuilt file must hash to `new_hash`.
     pub fn exact(&self) -> bool {
         self.flags & FLAG_EXACT != 0
     }
@@ -575,6 +624,7 @@ impl PatchHeader {
         }
     }
 
+    /// The 80 header bytes, with the header checksum (xxh3 of bytes 0..72) filled in.
     pub fn to_bytes(&self) -> [u8; PATCH_HEADER_LEN as usize] {
         let mut cursor = io::Cursor::new([0u8; PATCH_HEADER_LEN as usize]);
         self.block(0).write_le(&mut cursor).expect("the header fits its 80 bytes");
@@ -650,13 +700,18 @@ impl PatchHeader {
 /// The settings that open an archive patch's control stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ArchivePreamble {
+    /// log2 of the new archive's frame size ([`mf_format::WriterOptions::frame_size_log2`]).
     pub frame_size_log2: u8,
+    /// zstd level the new archive's compressed frames are rebuilt at.
     pub level: i8,
+    /// Entries in the old archive; the base indexes of records are below it.
     pub old_entry_count: u64,
+    /// Entries in the new archive: the number of entry records that follow.
     pub new_entry_count: u64,
 }
 
 impl ArchivePreamble {
+    /// Appends the preamble to the (uncompressed) control stream.
     pub fn write(&self, out: &mut Vec<u8>) {
         out.push(self.frame_size_log2);
         out.push(self.level as u8);
@@ -667,7 +722,7 @@ impl ArchivePreamble {
     /// Reads the preamble. Entry counts are held to what the old and new archives' lengths can
     /// index (an entry takes at least one 64-byte index record), so a count never sizes anything
     /// the declared files could not hold.
-    pub fn read<R: Read>(reader: &mut ControlReader<R>, header: &PatchHeader) -> Result<ArchivePreamble> {
+    pub(crate) fn read<R: Read>(reader: &mut ControlReader<R>, header: &PatchHeader) -> Result<ArchivePreamble> {
         let frame_size_log2 = reader.u8()?;
         let level = reader.u8()? as i8;
         mf_format::WriterOptions { level: i32::from(level), frame_size_log2 }
@@ -683,17 +738,21 @@ impl ArchivePreamble {
 /// The control stream of a plain patch: one op and its payload for the whole file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlainRecord {
+    /// How the new file is rebuilt; never [`Op::Copy`].
     pub op: Op,
+    /// Where the blobs are and how they decode.
     pub payload: PayloadDesc,
 }
 
 impl PlainRecord {
+    /// Appends the record to the (uncompressed) control stream.
     pub fn write(&self, out: &mut Vec<u8>) {
         out.push(self.op as u8);
         self.payload.write(out, self.op);
     }
 
-    pub fn read<R: Read>(reader: &mut ControlReader<R>, header: &PatchHeader) -> Result<PlainRecord> {
+    /// Reads the record and checks that its blobs fill the blob section exactly.
+    pub(crate) fn read<R: Read>(reader: &mut ControlReader<R>, header: &PatchHeader) -> Result<PlainRecord> {
         let at = reader.offset;
         let byte = reader.u8()?;
         let op = Op::from_byte(byte)
@@ -708,7 +767,8 @@ impl PlainRecord {
     }
 }
 
-pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
+/// Appends `value` as a LEB128 varint (7 bits a byte, low bits first; at most 10 bytes).
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     loop {
         let byte = (value & 0x7f) as u8;
         value >>= 7;
@@ -720,41 +780,47 @@ pub fn put_varint(out: &mut Vec<u8>, mut value: u64) {
     }
 }
 
+/// Maps a signed delta to an unsigned varint value (0, -1, 1, -2 … → 0, 1, 2, 3 …) so small
+/// negative deltas stay one byte; [`unzigzag`] inverts it.
 pub fn zigzag(value: i64) -> u64 {
     ((value << 1) ^ (value >> 63)) as u64
 }
 
+/// The inverse of [`zigzag`].
 pub fn unzigzag(value: u64) -> i64 {
     ((value >> 1) as i64) ^ -((value & 1) as i64)
 }
 
 /// Reads a decompressed stream of the patch (the control stream, or a delta payload's controls),
 /// tracking the offset for errors.
-pub struct ControlReader<R: Read> {
+pub(crate) struct ControlReader<R: Read> {
     inner: R,
-    pub offset: u64,
+    /// Bytes consumed so far: the offset that errors name.
+    pub(crate) offset: u64,
     file: PathBuf,
     section: &'static str,
     /// The entry being parsed, for errors.
-    pub entry: Option<String>,
+    pub(crate) entry: Option<String>,
 }
 
 impl<R: Read> ControlReader<R> {
-    pub fn new(inner: R, file: &Path) -> Self {
+    /// A reader of `file`'s control stream.
+    pub(crate) fn new(inner: R, file: &Path) -> Self {
         Self::for_section(inner, file, "control stream")
     }
 
     /// A reader whose errors name `section`.
-    pub fn for_section(inner: R, file: &Path, section: &'static str) -> Self {
+    pub(crate) fn for_section(inner: R, file: &Path, section: &'static str) -> Self {
         ControlReader { inner, offset: 0, file: file.to_owned(), section, entry: None }
     }
 
-    pub fn corrupt(&self, what: impl Into<String>) -> Error {
+    /// An error about the bytes at the current offset.
+    pub(crate) fn corrupt(&self, what: impl Into<String>) -> Error {
         self.corrupt_at(self.offset, what)
     }
 
     /// An error about the bytes at `offset` of the stream.
-    pub fn corrupt_at(&self, offset: u64, what: impl Into<String>) -> Error {
+    pub(crate) fn corrupt_at(&self, offset: u64, what: impl Into<String>) -> Error {
         Error::CorruptPatch {
             file: self.file.clone(),
             section: self.section,
@@ -778,19 +844,22 @@ impl<R: Read> ControlReader<R> {
         }
     }
 
-    pub fn u8(&mut self) -> Result<u8> {
+    /// One byte; a short stream is a [`Error::CorruptPatch`].
+    pub(crate) fn u8(&mut self) -> Result<u8> {
         let mut b = [0u8; 1];
         self.fill(&mut b)?;
         Ok(b[0])
     }
 
-    pub fn u64le(&mut self) -> Result<u64> {
+    /// A little-endian u64 (hashes).
+    pub(crate) fn u64le(&mut self) -> Result<u64> {
         let mut b = [0u8; 8];
         self.fill(&mut b)?;
         Ok(u64::from_le_bytes(b))
     }
 
-    pub fn varint(&mut self) -> Result<u64> {
+    /// A LEB128 varint; one longer than 10 bytes or past 64 bits is corrupt.
+    pub(crate) fn varint(&mut self) -> Result<u64> {
         let start = self.offset;
         let mut value = 0u64;
         for shift in (0..64).step_by(7) {
@@ -810,7 +879,7 @@ impl<R: Read> ControlReader<R> {
     }
 
     /// A varint that must be at most `max` (a length or count about to size something).
-    pub fn bounded(&mut self, max: u64, what: &str) -> Result<u64> {
+    pub(crate) fn bounded(&mut self, max: u64, what: &str) -> Result<u64> {
         let at = self.offset;
         let value = self.varint()?;
         if value > max {
@@ -821,7 +890,7 @@ impl<R: Read> ControlReader<R> {
     }
 
     /// Reads `len` bytes, growing the buffer only as bytes actually arrive.
-    pub fn bytes(&mut self, len: u64) -> Result<Vec<u8>> {
+    pub(crate) fn bytes(&mut self, len: u64) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         let got = (&mut self.inner).take(len).read_to_end(&mut out).map_err(|e| match e.kind() {
             io::ErrorKind::InvalidData | io::ErrorKind::Other => {
@@ -838,7 +907,7 @@ impl<R: Read> ControlReader<R> {
     }
 
     /// Checks that nothing follows the last record.
-    pub fn expect_end(&mut self) -> Result<()> {
+    pub(crate) fn expect_end(&mut self) -> Result<()> {
         let mut b = [0u8; 1];
         match self.inner.read(&mut b) {
             Ok(0) => Ok(()),
@@ -850,25 +919,26 @@ impl<R: Read> ControlReader<R> {
 
 /// A writer that hashes (xxh3) and counts what passes through, and refuses to pass `limit` bytes
 /// (the output length a patch declares), so a lying patch fails as soon as it writes too much.
-pub struct HashingWriter<W: Write> {
-    pub inner: W,
-    pub hasher: xxhash_rust::xxh3::Xxh3,
-    pub len: u64,
-    pub limit: u64,
+pub(crate) struct HashingWriter<W: Write> {
+    /// Where the bytes go.
+    pub(crate) inner: W,
+    /// xxh3-64 of every byte written so far.
+    pub(crate) hasher: xxhash_rust::xxh3::Xxh3,
+    /// Bytes written so far.
+    pub(crate) len: u64,
+    /// Most bytes it lets through; a write past it fails with [`OVER_LIMIT`].
+    pub(crate) limit: u64,
 }
 
 impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        Self::with_limit(inner, u64::MAX)
-    }
-
-    pub fn with_limit(inner: W, limit: u64) -> Self {
+    /// A writer that fails once more than `limit` bytes pass.
+    pub(crate) fn with_limit(inner: W, limit: u64) -> Self {
         HashingWriter { inner, hasher: xxhash_rust::xxh3::Xxh3::new(), len: 0, limit }
     }
 }
 
 /// The message of the error [`HashingWriter`] returns past its limit.
-pub const OVER_LIMIT: &str = "the output grows past the length the patch declares";
+pub(crate) const OVER_LIMIT: &str = "the output grows past the length the patch declares";
 
 impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {

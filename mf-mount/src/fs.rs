@@ -519,7 +519,6 @@ fn log_error(message: std::fmt::Arguments<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mf_panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
 
     fn filesystem(bytes: &[u8], cache_size: usize) -> ArchiveFs {
         let archives = vec![AnyArchive::from_bytes(bytes.to_vec(), "p.mf").unwrap()];
@@ -529,15 +528,10 @@ mod tests {
 
     #[test]
     fn compressed_panda3d_subfiles_are_decoded_once_into_the_cache() {
-        let specs = vec![
-            SubfileSpec { name: "a.txt".into(), compression_level: None, timestamp: 0 },
-            SubfileSpec { name: "z.bin".into(), compression_level: Some(6), timestamp: 0 },
-        ];
-        let options = MultifileOptions::default();
-        let mut writer = MultifileWriter::new(std::io::Cursor::new(Vec::new()), "p", &options, specs).unwrap();
-        writer.add(&mut &b"plain"[..]).unwrap();
-        writer.add(&mut &[7u8; 100_000][..]).unwrap();
-        let bytes = writer.finish().unwrap().into_inner();
+        let bytes = mf_test_support::panda3d::multifile_bytes(&[
+            ("a.txt", b"plain", None, 0),
+            ("z.bin", &[7u8; 100_000], Some(6), 0),
+        ]);
         let fs = filesystem(&bytes, 1 << 20);
         let archive = &fs.archives[0];
         let subfile = archive.get("z.bin").unwrap();

@@ -13,10 +13,26 @@
 //! cache (a compressed or encrypted Panda3D subfile, which has no random access, is decoded once
 //! into that cache as a single frame; a stored one is served from the mapping like a raw entry); several worker threads each own a cloned `/dev/fuse` descriptor.
 //!
-//! ```no_run
-//! let archives = vec![mf_format::Archive::open("base.mf")?, mf_format::Archive::open("patch.mf")?];
-//! let handle = mf_mount::mount(archives, "/mnt/game", &mf_mount::MountOptions::default())?;
-//! let text = std::fs::read_to_string("/mnt/game/scripts/main.py")?;
+//! ```
+//! use mf_format::{Archive, ArchiveWriter, EntryOptions, WriterOptions};
+//! # if !std::path::Path::new("/dev/fuse").exists() && std::env::var_os("MF_SKIP_FUSE").is_some() {
+//! #     return Ok(()); // the FUSE tests' opt-out (tests/mount.rs); without it a missing /dev/fuse fails
+//! # }
+//! let build = |files: &[(&str, &str)]| -> Result<Archive, Box<dyn std::error::Error>> {
+//!     let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default())?;
+//!     for (path, text) in files {
+//!         writer.add_bytes(path, text.as_bytes(), EntryOptions::default())?;
+//!     }
+//!     Ok(Archive::from_bytes(writer.finish()?, "in-memory.mf")?)
+//! };
+//! let base = build(&[("scripts/main.py", "print(1)\n"), ("README", "base\n")])?;
+//! let overlay = build(&[("scripts/main.py", "print(2)\n")])?;
+//!
+//! let mount_point = tempfile::tempdir()?;
+//! let handle = mf_mount::mount(vec![base, overlay], mount_point.path(), &mf_mount::MountOptions::default())?;
+//! let read = |path: &str| std::fs::read_to_string(mount_point.path().join(path));
+//! assert_eq!(read("scripts/main.py")?, "print(2)\n"); // the later archive wins
+//! assert_eq!(read("README")?, "base\n");
 //! handle.unmount()?; // or drop it
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```

@@ -61,6 +61,25 @@ pub enum ArchiveFormat {
 }
 
 impl ArchiveFormat {
+    /// The format whose magic `head` (a file's first bytes; 8 suffice) starts with, or `None`. The
+    /// one place that decides what a file is: opening, diffing and publishing all ask it.
+    pub fn sniff(head: &[u8]) -> Option<ArchiveFormat> {
+        if looks_like_multifile(head) {
+            Some(ArchiveFormat::Panda3d)
+        } else if head.starts_with(&mf_format::format::MAGIC) {
+            Some(ArchiveFormat::Mf)
+        } else {
+            None
+        }
+    }
+
+    /// [`sniff`](Self::sniff) on the first 8 bytes of the file at `path`. A FIFO, device or
+    /// directory is an error (it is never read, so this never blocks), as is a file that cannot be opened.
+    pub fn detect(path: impl AsRef<Path>) -> std::io::Result<Option<ArchiveFormat>> {
+        let (head, len) = mf_format::fs::read_head::<8>(path)?;
+        Ok(ArchiveFormat::sniff(&head[..len]))
+    }
+
     /// `mf` or `panda3d`.
     pub fn name(self) -> &'static str {
         match self {
@@ -174,12 +193,8 @@ pub enum EntryLayout<'a> {
 }
 
 /// Reads up to `n` leading bytes of a file (fewer when it is shorter).
-fn head(path: &Path, n: u64) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    mf_format::fs::open_regular(path)
-        .and_then(|f| f.take(n).read_to_end(&mut bytes))
-        .map_err(|e| Error::io(path, e))?;
-    Ok(bytes)
+fn is_multifile(path: &Path) -> Result<bool> {
+    Ok(ArchiveFormat::detect(path).map_err(|e| Error::io(path, e))? == Some(ArchiveFormat::Panda3d))
 }
 
 impl AnyArchive {
@@ -187,7 +202,7 @@ impl AnyArchive {
     /// header prefix).
     pub fn open(path: impl AsRef<Path>) -> Result<AnyArchive> {
         let path = path.as_ref();
-        if looks_like_multifile(&head(path, 8)?) {
+        if is_multifile(path)? {
             Ok(AnyArchive::Panda3d(Multifile::open(path)?))
         } else {
             Ok(AnyArchive::Mf(Archive::open(path)?))
@@ -199,7 +214,7 @@ impl AnyArchive {
     /// truncated file gives read errors instead of SIGBUS. Panda3D multifiles are still mapped.
     pub fn open_pread(path: impl AsRef<Path>) -> Result<AnyArchive> {
         let path = path.as_ref();
-        if looks_like_multifile(&head(path, 8)?) {
+        if is_multifile(path)? {
             Ok(AnyArchive::Panda3d(Multifile::open(path)?))
         } else {
             Ok(AnyArchive::Mf(Archive::open_pread(path)?))
@@ -208,7 +223,7 @@ impl AnyArchive {
 
     /// Like [`open`](Self::open), from memory.
     pub fn from_bytes(bytes: Vec<u8>, name: impl Into<std::path::PathBuf>) -> Result<AnyArchive> {
-        if looks_like_multifile(&bytes) {
+        if ArchiveFormat::sniff(&bytes) == Some(ArchiveFormat::Panda3d) {
             Ok(AnyArchive::Panda3d(Multifile::from_bytes(bytes, name)?))
         } else {
             Ok(AnyArchive::Mf(Archive::from_bytes(bytes, name)?))
@@ -454,18 +469,10 @@ impl AnyArchive {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{MultifileOptions, MultifileWriter, SubfileSpec};
 
     fn panda3d_bytes(prefix: Option<&str>) -> Vec<u8> {
-        let specs = vec![
-            SubfileSpec { name: "dir/z.bin".into(), compression_level: Some(6), timestamp: 5 },
-            SubfileSpec { name: "a.txt".into(), compression_level: None, timestamp: 0 },
-        ];
-        let options = MultifileOptions { timestamp: 9, header_prefix: prefix.map(str::to_owned), ..Default::default() };
-        let mut writer = MultifileWriter::new(std::io::Cursor::new(Vec::new()), "p", &options, specs).unwrap();
-        writer.add(&mut &b"text"[..]).unwrap();
-        writer.add(&mut &[0u8; 5000][..]).unwrap();
-        writer.finish().unwrap().into_inner()
+        let files = [("dir/z.bin", &[0u8; 5000][..], Some(6), 5), ("a.txt", b"text", None, 0)];
+        mf_test_support::panda3d::multifile_bytes_with(1, 9, prefix, &files)
     }
 
     #[test]
@@ -502,5 +509,27 @@ mod tests {
         assert_eq!(panda.get("a.txt").unwrap().mode(), 0o644);
         assert_eq!(panda.get("dir/z.bin").unwrap().compression(), "zlib");
         assert!(panda.get("a.txt").unwrap().content_hash().is_none());
+    }
+
+    #[test]
+    fn sniffing_decides_the_format_from_the_first_bytes_only() {
+        let mf = mf_test_support::mf_bytes([("a.txt", &b"text"[..])]);
+        assert_eq!(ArchiveFormat::sniff(&mf[..8]), Some(ArchiveFormat::Mf));
+        assert_eq!(ArchiveFormat::sniff(&panda3d_bytes(None)[..8]), Some(ArchiveFormat::Panda3d));
+        assert_eq!(ArchiveFormat::sniff(b"#!/usr/bin/env panda3d"), Some(ArchiveFormat::Panda3d));
+        assert_eq!(ArchiveFormat::sniff(&mf[..5]), None, "a truncated magic is no archive");
+        assert_eq!(ArchiveFormat::sniff(b"PK\x03\x04 zip"), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain.txt");
+        std::fs::write(&plain, b"hello").unwrap();
+        assert_eq!(ArchiveFormat::detect(&plain).unwrap(), None);
+        std::fs::write(dir.path().join("x.mf"), &mf).unwrap();
+        assert_eq!(ArchiveFormat::detect(dir.path().join("x.mf")).unwrap(), Some(ArchiveFormat::Mf));
+        // A FIFO is refused without blocking on it.
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert!(ArchiveFormat::detect(&fifo).is_err());
+        assert!(ArchiveFormat::detect(dir.path().join("missing")).is_err());
     }
 }

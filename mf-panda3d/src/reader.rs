@@ -602,20 +602,12 @@ impl Read for SubfileReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::writer::{MultifileOptions, MultifileWriter, SubfileSpec};
+    use crate::writer::MultifileOptions;
 
     fn build(options: &MultifileOptions, files: &[(&str, &[u8], Option<u32>)]) -> Vec<u8> {
-        let specs = files
-            .iter()
-            .map(|(name, _, level)| SubfileSpec { name: name.to_string(), compression_level: *level, timestamp: 7 })
-            .collect();
-        let mut writer = MultifileWriter::new(Cursor::new(Vec::new()), "t.mf", options, specs).unwrap();
-        let mut sorted: Vec<_> = files.to_vec();
-        sorted.sort_by_key(|f| f.0);
-        for (_, data, _) in sorted {
-            writer.add(&mut &data[..]).unwrap();
-        }
-        writer.finish().unwrap().into_inner()
+        let files: Vec<_> = files.iter().map(|&(name, data, level)| (name, data, level, 7)).collect();
+        let prefix = options.header_prefix.as_deref();
+        mf_test_support::panda3d::multifile_bytes_with(options.scale_factor, options.timestamp, prefix, &files)
     }
 
     #[test]

@@ -124,6 +124,7 @@ impl Fetcher {
         self.received.load(Ordering::Relaxed)
     }
 
+    /// The options this fetcher was made with (timeout, attempts, backoff).
     pub fn options(&self) -> &FetchOptions {
         &self.options
     }
@@ -191,6 +192,8 @@ impl Fetcher {
     }
 
     /// One attempt at completing `part`: requests what is missing and appends it.
+    // Over 80 lines: one resume attempt read top to bottom (what we hold, what the server answers,
+    // the copy, the refusal of extra bytes); each step decides what the `.part` file keeps.
     fn fetch_part(&self, object: &ObjectRef, part: &Path, progress: &dyn Fn(u64)) -> Result<(), Failure> {
         let io_fatal = |e: std::io::Error| Failure::fatal(format!("{}: {e}", part.display()));
         let mut have = std::fs::symlink_metadata(part).map(|m| m.len()).unwrap_or(0);

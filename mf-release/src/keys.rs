@@ -81,6 +81,7 @@ impl SecretKey {
         format!("{SECRET_PREFIX}{}\n", BASE64.encode(self.0.to_bytes()))
     }
 
+    /// The public half, for clients and for the `keyid` of signatures.
     pub fn public(&self) -> PublicKey {
         PublicKey(self.0.verifying_key())
     }

@@ -14,9 +14,14 @@ use crate::error::{Error, Result};
 use crate::hash::is_sha256_hex;
 use crate::keys::{PublicKey, SecretKey};
 
+/// The manifest's `type`; clients refuse any other.
 pub const MANIFEST_TYPE: &str = "mf-release-manifest";
+/// A file table's `type`; clients refuse any other.
 pub const FILE_TABLE_TYPE: &str = "mf-file-table";
+/// The `spec_version` of manifests and file tables this code writes and reads; clients refuse others.
 pub const SPEC_VERSION: u32 = 1;
+/// The manifest's path in a repository: the one name clients fetch and publishers write.
+pub const MANIFEST_PATH: &str = "manifest.json";
 /// Clients refuse manifests larger than this (TUF's "endless data" attack).
 pub const MAX_MANIFEST_SIZE: u64 = 16 << 20;
 /// Clients refuse file tables whose JSON is larger than this (a million entries fit).
@@ -27,13 +32,18 @@ pub const STATE_DIR_NAME: &str = ".mf-update";
 /// The whole `manifest.json`: the signed part and its signatures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
+    /// The signed part ([`Manifest`]) as parsed JSON, so unknown fields stay covered by the signature.
     pub signed: serde_json::Value,
+    /// Signatures over the canonical JSON of `signed`; empty for an unsigned repository.
     pub signatures: Vec<Signature>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One ed25519 signature of the manifest (spec/RELEASE.md "Signatures").
 pub struct Signature {
+    /// First 8 bytes, in hex, of the SHA-256 of the signing public key.
     pub keyid: String,
+    /// The 64-byte ed25519 signature, base64.
     pub sig: String,
 }
 
@@ -41,37 +51,52 @@ pub struct Signature {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Manifest {
     #[serde(rename = "type")]
+    /// `type`: [`MANIFEST_TYPE`].
     pub kind: String,
+    /// [`SPEC_VERSION`].
     pub spec_version: u32,
+    /// At least 1; every rewrite increases it by one, and clients refuse one older than they trusted.
     pub manifest_version: u64,
+    /// RFC 3339 UTC time after which clients refuse the manifest.
     pub expires: String,
+    /// Published versions, oldest first; the last is the newest.
     pub versions: Vec<Version>,
 }
 
 /// One published version.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Version {
+    /// Unique name, 1-128 characters of `[A-Za-z0-9._+-]`.
     pub version: String,
+    /// RFC 3339 UTC time of publication (informational).
     pub published: String,
+    /// The version's whole archive.
     pub full: ObjectRef,
+    /// The version's file table (zstd-compressed JSON, [`FileTable`]).
     pub files: ObjectRef,
     #[serde(default)]
+    /// Patches whose result is this version, each from an earlier version.
     pub patches: Vec<PatchRef>,
 }
 
 /// A file of the repository, by path, size and SHA-256.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct ObjectRef {
+    /// Release path relative to the repository root (`/`-separated, no `.` or `..`).
     pub path: String,
+    /// Length in bytes; a download longer or shorter is refused.
     pub size: u64,
+    /// SHA-256 of the object, 64 lowercase hex digits.
     pub sha256: String,
 }
 
 /// A patch that produces the version it is listed under from version `from`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PatchRef {
+    /// The version the patch applies to (listed earlier in the manifest).
     pub from: String,
     #[serde(flatten)]
+    /// The patch file.
     pub object: ObjectRef,
 }
 
@@ -79,19 +104,30 @@ pub struct PatchRef {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileTable {
     #[serde(rename = "type")]
+    /// `type`: [`FILE_TABLE_TYPE`].
     pub kind: String,
+    /// [`SPEC_VERSION`].
     pub spec_version: u32,
+    /// The version the table describes.
     pub version: String,
+    /// The archive footer's `index_hash`, 16 hex digits.
     pub archive_index_hash: String,
+    /// Entries in the archive's data order: entry `i` is old entry `i` of every patch from this version.
     pub entries: Vec<FileEntry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// One entry of a [`FileTable`]: a file of an install folder of that version.
 pub struct FileEntry {
+    /// Release path of the file (relative, `/`-separated, never under [`STATE_DIR_NAME`]).
     pub path: String,
+    /// Content length in bytes.
     pub size: u64,
+    /// Unix permission bits.
     pub mode: u32,
+    /// SHA-256 of the content, 64 lowercase hex digits: what a folder scan compares.
     pub sha256: String,
+    /// xxh3-64 of the content as the archive stores it, 16 hex digits: what patches check old entries against.
     pub xxh3: String,
 }
 
@@ -139,6 +175,7 @@ impl Manifest {
         self.versions.last()
     }
 
+    /// The version named `name`, if the manifest lists it.
     pub fn version(&self, name: &str) -> Option<&Version> {
         self.versions.iter().find(|v| v.version == name)
     }
@@ -355,6 +392,7 @@ impl FileTable {
         Ok(table)
     }
 
+    /// Pretty-printed JSON with a final newline, as published (before zstd compression).
     pub fn to_json(&self) -> Vec<u8> {
         let mut bytes = serde_json::to_vec_pretty(self).unwrap_or_default();
         bytes.push(b'\n');

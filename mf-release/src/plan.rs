@@ -9,12 +9,25 @@ use crate::manifest::{Manifest, ObjectRef};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// Apply the patch `object` to version `from`, giving version `to`.
-    Patch { from: String, to: String, object: ObjectRef },
+    Patch {
+        /// The version the patch applies to.
+        from: String,
+        /// The version it produces.
+        to: String,
+        /// The patch file.
+        object: ObjectRef,
+    },
     /// Download version `version`'s full archive.
-    Full { version: String, object: ObjectRef },
+    Full {
+        /// The version downloaded.
+        version: String,
+        /// Its full archive.
+        object: ObjectRef,
+    },
 }
 
 impl Step {
+    /// The repository file this step downloads.
     pub fn object(&self) -> &ObjectRef {
         match self {
             Step::Patch { object, .. } | Step::Full { object, .. } => object,
@@ -33,13 +46,16 @@ impl Step {
 /// A way to reach `target`: the steps in order and the bytes they cost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
+    /// The version the route ends at.
     pub target: String,
+    /// Steps in the order they are applied; a full download is always a single step.
     pub steps: Vec<Step>,
     /// Bytes still to download (pieces already complete locally are free).
     pub fetch_bytes: u64,
 }
 
 impl Route {
+    /// Whether the route is the target's full download.
     pub fn is_full(&self) -> bool {
         matches!(self.steps.as_slice(), [Step::Full { .. }])
     }

@@ -17,11 +17,10 @@ use crate::hash::{is_sha256_hex, sha256_file, sha256_reader};
 use crate::keys::{PublicKey, SecretKey};
 use crate::manifest::{
     format_time, is_valid_version, FileEntry, FileTable, Manifest, ObjectRef, PatchRef, Version, FILE_TABLE_TYPE,
-    SPEC_VERSION, STATE_DIR_NAME,
+    MANIFEST_PATH, SPEC_VERSION, STATE_DIR_NAME,
 };
 use crate::update::write_atomically;
 
-pub const MANIFEST_FILE: &str = "manifest.json";
 /// Default lifetime of a freshly written manifest.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(180 * 24 * 3600);
 const OBJECT_DIRS: [(&str, &str); 3] = [("full", "mf"), ("patches", "mfp"), ("files", "json.zst")];
@@ -30,6 +29,7 @@ const OBJECT_DIRS: [(&str, &str); 3] = [("full", "mf"), ("patches", "mfp"), ("fi
 pub struct Signing<'a> {
     /// The publisher's key; `None` writes an unsigned manifest (refused for a signed repository).
     pub key: Option<&'a SecretKey>,
+    /// How long the manifest stays valid (`--expires`); zero or past year 9999 is refused by [`Signing::expiry`].
     pub expires_in: Duration,
 }
 
@@ -55,6 +55,7 @@ impl Signing<'_> {
 
 /// Options of [`add`].
 pub struct AddOptions<'a> {
+    /// How the rewritten manifest is signed.
     pub signing: Signing<'a>,
     /// Build patches to the new version from this many previous versions.
     pub patch_from_last: usize,
@@ -65,31 +66,45 @@ pub struct AddOptions<'a> {
 /// What [`add`] published.
 #[derive(Debug, Clone, Serialize)]
 pub struct Added {
+    /// The version published.
     pub version: String,
+    /// The rewritten manifest's `manifest_version`.
     pub manifest_version: u64,
+    /// The version's full archive as stored.
     pub full: ObjectRef,
+    /// Its file table as stored.
     pub files: ObjectRef,
+    /// Patches published to this version.
     pub patches: Vec<PatchRef>,
     /// Versions whose patch was not kept, and why.
     pub patches_skipped: Vec<SkippedPatch>,
+    /// Whether the manifest was signed.
     pub signed: bool,
 }
 
 /// A patch [`add`] built but did not publish.
 #[derive(Debug, Clone, Serialize)]
 pub struct SkippedPatch {
+    /// The version the patch would have applied to.
     pub from: String,
+    /// Why it was not kept: not smaller than the full download, or the archive cannot be rebuilt byte for byte.
     pub reason: String,
 }
 
 /// What [`prune`] removed (or would remove, for a dry run).
 #[derive(Debug, Clone, Serialize)]
 pub struct Pruned {
+    /// Versions dropped from the manifest, oldest first.
     pub versions_removed: Vec<String>,
+    /// Patches of kept versions dropped because they apply to a removed version.
     pub patches_removed: usize,
+    /// Object paths deleted (or, for a dry run, that would be).
     pub objects_deleted: Vec<String>,
+    /// Bytes of those objects.
     pub bytes_freed: u64,
+    /// The rewritten manifest's `manifest_version` (the current one for a dry run).
     pub manifest_version: u64,
+    /// Nothing was changed: the fields say what would be.
     pub dry_run: bool,
 }
 
@@ -104,7 +119,7 @@ impl Locked {
     fn open(root: &Path, key: Option<&SecretKey>, create: bool) -> Result<Locked> {
         if create {
             std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        } else if !root.join(MANIFEST_FILE).is_file() {
+        } else if !root.join(MANIFEST_PATH).is_file() {
             return Err(Error::NotARepository { path: root.to_owned() });
         }
         let lock_path = root.join(".lock");
@@ -128,8 +143,8 @@ impl Locked {
         manifest.manifest_version = self.manifest.manifest_version + 1;
         let expires = signing.expiry(SystemTime::now())?;
         manifest.expires = format_time(expires);
-        manifest.validate(MANIFEST_FILE)?;
-        write_atomically(&self.root.join(MANIFEST_FILE), &manifest.to_signed_json(signing.key))?;
+        manifest.validate(MANIFEST_PATH)?;
+        write_atomically(&self.root.join(MANIFEST_PATH), &manifest.to_signed_json(signing.key))?;
         self.manifest = manifest;
         Ok(self.manifest.manifest_version)
     }
@@ -138,7 +153,7 @@ impl Locked {
 /// Reads `REPO/manifest.json` if present: the manifest and whether it is signed. With `key`, a signed
 /// manifest must carry a valid signature by it.
 pub fn read_manifest(root: &Path, key: Option<&PublicKey>) -> Result<Option<(Manifest, bool)>> {
-    let path = root.join(MANIFEST_FILE);
+    let path = root.join(MANIFEST_PATH);
     let bytes = match std::fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

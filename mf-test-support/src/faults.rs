@@ -19,20 +19,38 @@ pub enum Fault {
     /// Forward the response untouched.
     Pass,
     /// Close the connection after this many bytes of the response body.
-    Cut { after: u64 },
+    Cut {
+        /// Body bytes forwarded before the cut.
+        after: u64,
+    },
     /// Stop forwarding after this many body bytes and keep the connection open (a stalled server).
-    Stall { after: u64 },
+    Stall {
+        /// Body bytes forwarded before the stall.
+        after: u64,
+    },
     /// Flip the bits of the body byte at this offset.
-    Corrupt { at: u64 },
+    Corrupt {
+        /// Offset of the flipped byte in the body.
+        at: u64,
+    },
     /// Forward at most this many bytes per second.
-    Throttle { bytes_per_sec: u64 },
+    Throttle {
+        /// The rate limit.
+        bytes_per_sec: u64,
+    },
     /// Remove the request's Range header, as a server that ignores ranges would (it answers 200).
     IgnoreRange,
     /// Drop the response's Content-Length and send this many extra bytes after the body (the body then
     /// ends when the connection closes).
-    Append { bytes: usize },
+    Append {
+        /// How many extra bytes follow the body.
+        bytes: usize,
+    },
     /// Answer with this HTTP status and no body, without asking the server.
-    Status { code: u16 },
+    Status {
+        /// The HTTP status sent.
+        code: u16,
+    },
 }
 
 type Policy = dyn Fn(usize, &str) -> Fault + Send + Sync;
@@ -49,6 +67,7 @@ struct Shared {
 /// A running proxy on a free loopback port; stopped on drop.
 pub struct FaultProxy {
     shared: Arc<Shared>,
+    /// The loopback port it listens on.
     pub port: u16,
 }
 
@@ -83,6 +102,7 @@ impl FaultProxy {
         FaultProxy { shared, port }
     }
 
+    /// `http://127.0.0.1:PORT`: the base URL a client under test fetches through.
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }

@@ -22,9 +22,13 @@ pub struct Nginx {
 /// One line of the access log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
+    /// The request method (`GET`, `HEAD`).
     pub method: String,
+    /// The request path (nginx's `$uri`: decoded, without the query).
     pub uri: String,
+    /// The response status.
     pub status: u16,
+    /// Body bytes sent (nginx's `$body_bytes_sent`).
     pub body_bytes: u64,
     /// The Range header, or "-" when absent.
     pub range: String,
@@ -128,6 +132,7 @@ http {{
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// nginx's error log so far, for a failing test's message (empty when there is none).
     pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.prefix.path().join("error.log")).unwrap_or_default()
     }

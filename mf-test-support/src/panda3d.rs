@@ -1,5 +1,6 @@
 //! The real Panda3D tools (the pip package panda3d and its `multify`), located through environment
-//! variables that `scripts/test` sets. A missing tool fails the test: it is never skipped.
+//! variables that `scripts/test` sets. A missing tool fails the test: it is never skipped. And
+//! multifiles built in memory with mf's own writer ([`multifile_bytes`]), for tests that need no tool.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -74,4 +75,43 @@ open({name:?}, 'wb').write(out)
     );
     panda3d_py(dir, &script);
     dir.join(name)
+}
+
+/// One subfile for [`multifile_bytes`]: name, content, zlib level (`None`: stored as is) and
+/// timestamp (Unix seconds; 0: the multifile's).
+pub type SubfileInput<'a> = (&'a str, &'a [u8], Option<u32>, u32);
+
+/// A Panda3D multifile with default options (no scale, no timestamp, no header prefix) holding
+/// `files`, in any order, written by [`mf_panda3d::MultifileWriter`].
+pub fn multifile_bytes(files: &[SubfileInput<'_>]) -> Vec<u8> {
+    multifile_bytes_with(1, 0, None, files)
+}
+
+/// [`multifile_bytes`] with the multifile options spelled out (`mf_panda3d::MultifileOptions`'
+/// fields, passed as plain values so mf-panda3d's own unit tests can call it too).
+pub fn multifile_bytes_with(
+    scale_factor: u32,
+    timestamp: u32,
+    header_prefix: Option<&str>,
+    files: &[SubfileInput<'_>],
+) -> Vec<u8> {
+    use mf_panda3d::{MultifileOptions, MultifileWriter, SubfileSpec};
+    let options = MultifileOptions { scale_factor, timestamp, header_prefix: header_prefix.map(str::to_owned) };
+    let mut sorted = files.to_vec();
+    // The writer takes contents in name order.
+    sorted.sort_by_key(|file| file.0);
+    let specs = sorted
+        .iter()
+        .map(|&(name, _, compression_level, timestamp)| SubfileSpec {
+            name: name.to_owned(),
+            compression_level,
+            timestamp,
+        })
+        .collect();
+    let mut writer = MultifileWriter::new(std::io::Cursor::new(Vec::new()), "in-memory.p3d", &options, specs)
+        .expect("valid subfiles");
+    for (_, data, _, _) in &sorted {
+        writer.add(&mut &data[..]).expect("write to memory");
+    }
+    writer.finish().expect("finish in memory").into_inner()
 }

@@ -1,8 +1,8 @@
 //! The diff matcher: turns an old and a new byte string into the bsdiff model (controls, delta
 //! bytes, extra bytes) that spec/PATCH.md's delta payload carries.
 //!
-//! The old content is indexed by a suffix array ([`suffix`]); the new content is covered by
-//! stretches of old content found, grown and merged by [`cover`]. Output depends only on the
+//! The old content is indexed by a suffix array (the private `suffix` module); the new content is covered by
+//! stretches of old content found, grown and merged by the private `cover` module. Output depends only on the
 //! inputs, never on the thread count.
 
 mod cover;
@@ -19,8 +19,13 @@ pub use crate::delta::{Control, DeltaParts};
 /// Why the matcher could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum MatchError {
+    /// The old content exceeds what a 32-bit suffix array indexes (callers diff such content in windows, [`diff_windowed`]).
     #[error("old content of {len} bytes is too large for one suffix array (limit 2 GiB)")]
-    OldTooLarge { len: u64 },
+    OldTooLarge {
+        /// The old content's length in bytes.
+        len: u64,
+    },
+    /// The suffix array library failed (its message).
     #[error("suffix array construction failed: {0}")]
     SuffixArray(String),
 }

@@ -82,8 +82,10 @@ pub fn windowed_estimate(plan: WindowPlan, old_len: u64, new_len: u64) -> u64 {
 /// Failure reading an input or running the matcher.
 #[derive(Debug, thiserror::Error)]
 pub enum WindowError {
+    /// \`read_old\` or \`read_new\` failed.
     #[error(transparent)]
     Read(#[from] io::Error),
+    /// The matcher failed on a window.
     #[error(transparent)]
     Match(#[from] MatchError),
 }

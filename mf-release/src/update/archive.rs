@@ -23,12 +23,19 @@ pub enum Installed {
     /// No archive at that path: a fresh install.
     Missing,
     /// The archive is this version's full archive, byte for byte.
-    Version { version: String },
+    Version {
+        /// The version's name.
+        version: String,
+    },
     /// The archive matches no version of the repository (modified, damaged, or from elsewhere).
-    Unknown { sha256: String },
+    Unknown {
+        /// The archive's SHA-256, which no version's full archive has.
+        sha256: String,
+    },
 }
 
 impl Installed {
+    /// The installed version, when it is one the repository lists.
     pub fn version(&self) -> Option<&str> {
         match self {
             Installed::Version { version } => Some(version),
@@ -47,7 +54,9 @@ pub struct Piece {
     pub from: Option<String>,
     /// The version the piece produces.
     pub to: String,
+    /// The object's path in the repository.
     pub path: String,
+    /// The object's size in bytes (what the piece downloads unless already present).
     pub size: u64,
 }
 
@@ -73,10 +82,15 @@ impl Piece {
 /// How an archive update went (or, with `--check`, would go).
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
+    /// The archive updated (or checked).
     pub archive: PathBuf,
+    /// The repository's URL or path.
     pub repo: String,
+    /// The `manifest_version` of the manifest used.
     pub manifest_version: u64,
+    /// What the archive was before the run.
     pub installed: Installed,
+    /// The version the run brings it to.
     pub target: String,
     /// The planned route (empty when already up to date).
     pub route: Vec<Piece>,

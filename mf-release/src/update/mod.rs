@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::fetch::{FetchOptions, Fetcher};
 use crate::hash::sha256_hex;
 use crate::keys::PublicKey;
-use crate::manifest::{FileTable, Manifest, ObjectRef, Version, MAX_MANIFEST_SIZE};
+use crate::manifest::{FileTable, Manifest, ObjectRef, Version, MANIFEST_PATH, MAX_MANIFEST_SIZE};
 use crate::plan::{full_route, plan, Route};
 
 pub use archive::{update_archive, Installed, Outcome, Piece};
@@ -48,6 +48,7 @@ pub use archive::{update_archive, Installed, Outcome, Piece};
 pub struct UpdateOptions {
     /// The key the manifest must be signed by; `None` accepts an unsigned manifest.
     pub key: Option<PublicKey>,
+    /// Timeouts, retries and limits of every download.
     pub fetch: FetchOptions,
     /// Target version; the newest when `None`.
     pub to: Option<String>,
@@ -57,8 +58,6 @@ pub struct UpdateOptions {
     pub repair: bool,
 }
 
-/// The manifest's path in a repository.
-pub const MANIFEST_PATH: &str = "manifest.json";
 const TRUSTED_FILE: &str = "trusted.json";
 const DOWNLOADS_DIR: &str = "downloads";
 /// File tables kept between runs, named by SHA-256: content-addressed, so a cached one is never stale.
@@ -75,6 +74,7 @@ pub struct SessionOptions {
     /// The key the manifest must be signed by; `None` accepts an unsigned (or any) manifest, which the
     /// CLI allows only with `--allow-unsigned`.
     pub key: Option<PublicKey>,
+    /// Timeouts, retries and limits of every download.
     pub fetch: FetchOptions,
     /// Check only: never create or write the state directory (trust is checked, not recorded;
     /// [`Session::download`] is refused).
@@ -84,6 +84,7 @@ pub struct SessionOptions {
 }
 
 impl SessionOptions {
+    /// Defaults: download options of [`FetchOptions::default`], writable state, expiry checked against now.
     pub fn new(key: Option<PublicKey>) -> SessionOptions {
         SessionOptions { key, fetch: FetchOptions::default(), read_only: false, now: SystemTime::now() }
     }
@@ -92,6 +93,7 @@ impl SessionOptions {
 /// What `trusted.json` records: the newest manifest this install accepted.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Trusted {
+    /// The highest `manifest_version` accepted; an older manifest is a rollback.
     pub manifest_version: u64,
     /// The key that signed it, or `None` for an unsigned repository.
     pub keyid: Option<String>,
@@ -189,6 +191,7 @@ impl Session {
         &self.repo
     }
 
+    /// The state folder this session locks and writes (downloads, file tables, `trusted.json`).
     pub fn state_dir(&self) -> &Path {
         &self.state
     }

@@ -20,12 +20,21 @@ use crate::manifest::{check_relative_path, FileTable, STATE_DIR_NAME};
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Operation {
     /// Put staged file `staged` (a name in the staging directory) at `path`.
-    Replace { path: String, staged: String },
+    Replace {
+        /// The release path written.
+        path: String,
+        /// The staged file's name in the staging directory (never a path).
+        staged: String,
+    },
     /// Remove the file at `path`.
-    Delete { path: String },
+    Delete {
+        /// The release path removed.
+        path: String,
+    },
 }
 
 impl Operation {
+    /// The release path the operation writes or removes.
     pub fn path(&self) -> &str {
         match self {
             Operation::Replace { path, .. } | Operation::Delete { path } => path,
@@ -54,7 +63,10 @@ pub enum Recovery {
     /// No interrupted update.
     Clean,
     /// An interrupted switch to `to` was finished.
-    Finished { to: String },
+    Finished {
+        /// The version the folder now holds.
+        to: String,
+    },
     /// Staged files of an update whose switch had not begun were removed.
     DiscardedStaging,
 }
@@ -105,7 +117,7 @@ impl InstallDir {
     /// Finishes whatever an interrupted update left: a journal is rolled forward, staging without a
     /// journal is removed. The journal is untrusted input: it is first checked against the signed file
     /// tables of the versions it names (`tables` gives them) and refused, the folder untouched, unless
-    /// every operation is one those tables allow ([`Journal::check`]).
+    /// every operation is one those tables allow (`Journal::check`).
     pub fn recover(&self, tables: &dyn Fn(&str) -> Result<FileTable>) -> Result<Recovery> {
         self.recover_with(tables, &mut NoCrashes)
     }
@@ -427,7 +439,7 @@ fn is_staged_name(name: &str) -> bool {
 
 impl Journal {
     /// The parse-and-check step of [`InstallDir::recover`], on the bytes of a journal file already
-    /// read from `path` (named in errors): parses the JSON and runs [`Journal::check`] against the
+    /// read from `path` (named in errors): parses the JSON and runs `Journal::check` against the
     /// file tables `tables` gives. A journal that does not parse, or that the check refuses, is
     /// [`Error::BadJournal`]; an error looking up a table is returned as is. Public so that the
     /// journal validation can be fuzzed without a folder on disk.

@@ -35,7 +35,7 @@ pub use stage::{PatchStep, Staged};
 const STAGING: &str = "staging";
 const BACKUP: &str = "backup";
 const JOURNAL: &str = "journal.json";
-const JOURNAL_TYPE: &str = "mf-folder-journal";
+pub(crate) const JOURNAL_TYPE: &str = "mf-folder-journal";
 
 /// An install folder and its state directory.
 pub struct InstallDir {
@@ -62,6 +62,7 @@ impl InstallDir {
         InstallDir { root: root.to_owned(), state: root.join(STATE_DIR_NAME) }
     }
 
+    /// The install folder.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -106,32 +107,53 @@ pub enum FolderState {
     /// No path that any table lists exists: an empty or missing folder, or one with only other files.
     Fresh,
     /// Every file of this version's table is present with its size and SHA-256.
-    Version { version: String },
+    Version {
+        /// The version's name.
+        version: String,
+    },
     /// Neither: `closest` is the version whose table most files match (none when no file matches),
     /// with the files that differ from it.
-    Unknown { closest: Option<String>, differences: Vec<Difference> },
+    Unknown {
+        /// The version whose table most files match.
+        closest: Option<String>,
+        /// The listed files that differ from `closest`'s table, in path order.
+        differences: Vec<Difference>,
+    },
 }
 
 /// How a folder update went (or, with `--check`, would go).
 #[derive(Debug, Clone, Serialize)]
 pub struct FolderOutcome {
+    /// The install folder updated (or checked).
     pub dir: PathBuf,
+    /// The repository's URL or path.
     pub repo: String,
+    /// The `manifest_version` of the manifest used.
     pub manifest_version: u64,
     /// An interrupted earlier update that this run finished (`finished`), whose staging it discarded
     /// (`discarded`), or (with `--check`) that the next run will finish (`pending`).
     pub recovered: Option<String>,
+    /// What the folder held before the run (after any recovery).
     pub installed: FolderState,
+    /// The version the run brings it to.
     pub target: String,
+    /// The planned route (empty when already up to date).
     pub route: Vec<Piece>,
+    /// Bytes the planned route downloads (pieces already downloaded are free).
     pub route_bytes: u64,
+    /// True when only the route was reported (`--check`).
     pub check_only: bool,
+    /// True when the switch changed files in the folder.
     pub changed: bool,
     /// Files written (created or replaced) and deleted by the switch.
     pub files_written: usize,
+    /// Files deleted by the switch.
     pub files_deleted: usize,
+    /// Why the patch route was abandoned for the full download, if it was.
     pub fell_back: Option<String>,
+    /// Bytes received from the repository, the manifest included.
     pub fetched_bytes: u64,
+    /// The unknown install needs `--repair` to be replaced (only reported with `--check`).
     pub needs_repair: bool,
 }
 

@@ -21,7 +21,14 @@ pub enum PathState {
     Missing,
     /// A regular file whose parents are real directories. `sha256` is computed only when some
     /// table lists the path with this size.
-    File { size: u64, mode: u32, sha256: Option<String> },
+    File {
+        /// Length in bytes.
+        size: u64,
+        /// Unix permission bits.
+        mode: u32,
+        /// SHA-256 in hex, when some table lists the path with this size.
+        sha256: Option<String>,
+    },
     /// Something else: a directory, a symbolic link, or a parent that is not a real directory.
     Other(String),
 }
@@ -52,7 +59,9 @@ impl PathState {
 /// A listed path whose file differs from a file table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Difference {
+    /// The release path.
     pub path: String,
+    /// How it differs: `missing`, another size, another content, or not a regular file.
     pub what: String,
 }
 
@@ -63,6 +72,7 @@ pub struct Scan {
 }
 
 impl Scan {
+    /// What was found at `path` (a path never probed reads as [`PathState::Missing`]).
     pub fn state(&self, path: &str) -> &PathState {
         self.states.get(path).unwrap_or(&PathState::Missing)
     }

@@ -22,14 +22,18 @@ use crate::manifest::{FileEntry, FileTable};
 /// One step of a patch route in folder mode: the patch file and the file table of the version it
 /// produces.
 pub struct PatchStep<'a> {
+    /// The downloaded, verified patch file.
     pub patch: &'a Path,
+    /// The file table of the version the patch produces: what every staged file is checked against.
     pub to: &'a FileTable,
 }
 
 /// Files staged and verified, ready to switch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Staged {
+    /// The version the folder held (`None` for a fresh install).
     pub from: Option<String>,
+    /// The version the staged files make.
     pub to: String,
     /// Deletions first, then replacements, each in path order.
     pub operations: Vec<Operation>,
