@@ -787,7 +787,7 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
                     let (owner_path, owner_size, owner_hash) =
                         owner.ok_or_else(|| bad("shares the data of a record before the first"))?;
                     if (*owner_size, *owner_hash) != (meta.size, meta.xxh3) {
-                        return Err(bad(&format!("shares the data of '{owner_path}', whose content differs")).into());
+                        return Err(bad(&format!("shares the data of '{owner_path}', whose content differs")));
                     }
                     // The content still streams through its checks (size and hash) before it is shared.
                     std::io::copy(&mut *stream, &mut std::io::sink()).map_err(|e| Error::io(target, e))?;

@@ -152,7 +152,7 @@ fn duplicates_are_stored_once_whatever_their_size_or_way_in() {
     let bytes = writer.finish().unwrap();
     let archive = Archive::from_bytes(bytes.clone(), NAME).unwrap();
     assert_eq!(archive.verify().iter().map(|e| e.to_string()).collect::<Vec<_>>(), Vec::<String>::new());
-    let stored = |p: &str| archive.get(p).unwrap().record().clone();
+    let stored = |p: &str| *archive.get(p).unwrap().record();
     let (a, b, c) = (stored("a/big"), stored("b/big"), stored("c/big"));
     assert_eq!((a.first_frame, a.frame_count), (b.first_frame, b.frame_count), "identical files share frames");
     assert_ne!(a.first_frame, c.first_frame, "a streamed copy is written before its hash is known");
