@@ -85,10 +85,13 @@ fn files_from_packs_exactly_the_list_and_names_bad_lines() {
 fn store_keeps_the_given_extensions_uncompressed() {
     let dir = tempfile::tempdir().unwrap();
     let text = "compressible text, again and again\n".repeat(2000);
+    // Each file's content differs by its first byte, so none is stored as a duplicate of another.
+    let [a, b, c, d] = ["1", "2", "3", "4"].map(|p| format!("{p}{text}"));
     write_tree(
         &dir.path().join("src"),
-        &[("t.dds", text.as_bytes()), ("t.BIN", text.as_bytes()), ("t.txt", text.as_bytes()), ("dds", text.as_bytes())],
+        &[("t.dds", a.as_bytes()), ("t.BIN", b.as_bytes()), ("t.txt", c.as_bytes()), ("dds", d.as_bytes())],
     );
+    let text = a;
     mf_ok(dir.path(), &["pack", "src", "-o", "x.mf", "--store", ".dds,bin"]);
     let entries = json(dir.path(), &["list", "--json", "x.mf"]);
     let compression = |path: &str| {
@@ -224,13 +227,14 @@ fn sigint_during_pack_leaves_no_temp_file_and_the_old_archive() {
 #[test]
 fn commands_on_a_damaged_archive_exit_1_naming_the_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let text = "some text that compresses well\n".repeat(500);
+    // Over 64 KiB, so bad.txt has frames of its own (not a solid frame shared with good.txt).
+    let text = "some text that compresses well\n".repeat(3000);
     write_tree(&dir.path().join("src"), &[("bad.txt", text.as_bytes()), ("good.txt", b"fine")]);
     mf_ok(dir.path(), &["pack", "src", "-o", "x.mf"]);
     let path = dir.path().join("x.mf");
     let mut bytes = std::fs::read(&path).unwrap();
-    // bad.txt is first in data order, right after the 32-byte header; hit the middle of its frame.
-    bytes[32 + 20] ^= 0x55;
+    // bad.txt is first in data order, right after the header and commit slots; hit its first frame.
+    bytes[96 + 20] ^= 0x55;
     std::fs::write(&path, &bytes).unwrap();
 
     let err = mf_fails(dir.path(), &["verify", "x.mf"], 1);
@@ -272,6 +276,43 @@ fn commands_on_a_damaged_archive_exit_1_naming_the_entry() {
 }
 
 #[test]
+fn duplicates_and_small_files_pack_once_and_extract_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = noise(1 << 20, 9);
+    let mut files: Vec<(String, Vec<u8>)> = (0..500)
+        .map(|i| (format!("scripts/m{i}.py"), format!("def f{i}(x):\n    return x * {i} + 1\n").into_bytes()))
+        .collect();
+    files.push(("a/big.bin".into(), big.clone()));
+    files.push(("b/big.bin".into(), big.clone()));
+    files.push(("c/empty".into(), Vec::new()));
+    files.push(("d/empty".into(), Vec::new()));
+    let tree: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), &d[..])).collect();
+    write_tree(&dir.path().join("src"), &tree);
+    mf_ok(dir.path(), &["pack", "src", "-o", "x.mf"]);
+    let size = std::fs::metadata(dir.path().join("x.mf")).unwrap().len();
+    assert!(size < (1 << 20) + 80_000, "two identical 1 MiB files cost 1 MiB: {size} bytes");
+    let info = json(dir.path(), &["info", "--json", "x.mf"]);
+    assert_eq!(info["space"]["shared_entries"], 1, "{info}");
+    assert_eq!(info["space"]["shared_bytes"], 1 << 20, "{info}");
+    assert_eq!(info["space"]["solid_entries"], 500, "{info}");
+    assert!(info["space"]["dead_bytes"].as_u64().unwrap() < 16 * 10, "{info}");
+    let text = mf_ok(dir.path(), &["info", "x.mf"]);
+    assert!(text.contains("dead space:") && text.contains("shared:       1 entries"), "{text}");
+    mf_ok(dir.path(), &["extract", "x.mf", "-C", "out"]);
+    let mut expected: Vec<(String, Vec<u8>)> = files.clone();
+    expected.sort();
+    assert_eq!(read_tree(&dir.path().join("out")), expected);
+    // Path order on request: same content, data in path order.
+    mf_ok(dir.path(), &["pack", "src", "-o", "p.mf", "--order", "path"]);
+    let archive = mf_format::Archive::open(dir.path().join("p.mf")).unwrap();
+    let order: Vec<&str> = archive.entries().map(|e| e.path()).collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted);
+    mf_ok(dir.path(), &["verify", "p.mf"]);
+}
+
+#[test]
 fn info_and_verify_json_report_the_right_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let text = "compressible line of text\n".repeat(4000);
@@ -281,7 +322,7 @@ fn info_and_verify_json_report_the_right_numbers() {
     let info = json(dir.path(), &["info", "--json", "x.mf"]);
     let file_size = std::fs::metadata(dir.path().join("x.mf")).unwrap().len();
     assert_eq!(info["format"], "mf");
-    assert_eq!(info["version"], "1.0");
+    assert_eq!(info["version"], "2.0");
     assert_eq!(info["entries"], 3);
     assert_eq!(info["compressed_entries"], 1);
     assert_eq!(info["total_size"], (text.len() + random.len()) as u64);

@@ -253,8 +253,25 @@ struct InfoJson {
     frame_size: Option<u64>,
     compressed_entries: usize,
     ratio_percent: f64,
+    /// How an mf archive's data area is used (dead space, deduplication, solid blocks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    space: Option<SpaceJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     panda3d: Option<Panda3dInfoJson>,
+}
+
+/// [`mf_format::SpaceUse`] as JSON.
+#[derive(Serialize)]
+struct SpaceJson {
+    /// Bytes of the data area no entry or frame uses (holes and alignment padding).
+    dead_bytes: u64,
+    /// Entries sharing an earlier entry's data, and the content bytes that saved.
+    shared_entries: u64,
+    shared_bytes: u64,
+    /// Entries in solid blocks, and the frames holding them.
+    solid_entries: u64,
+    solid_frames: u64,
+    frames: u64,
 }
 
 /// What only Panda3D multifiles have.
@@ -318,6 +335,17 @@ pub fn info(args: InfoArgs) -> Outcome {
         frame_size: archive.as_mf().map(|mf| mf.frame_size()),
         compressed_entries: count(|e| e.is_compressed()),
         ratio_percent: ratio(archive.total_size(), archive.file_len()),
+        space: archive.as_mf().map(|mf| {
+            let space = mf.space();
+            SpaceJson {
+                dead_bytes: space.dead,
+                shared_entries: space.shared_entries,
+                shared_bytes: space.shared_bytes,
+                solid_entries: space.solid_entries,
+                solid_frames: space.solid_frames,
+                frames: space.frames,
+            }
+        }),
         panda3d,
     };
     if args.json.json {
@@ -332,6 +360,11 @@ pub fn info(args: InfoArgs) -> Outcome {
         say!("ratio:        {:.1}% (file size / total size)", info.ratio_percent)?;
         if let Some(frame_size) = info.frame_size {
             say!("frame size:   {frame_size} bytes")?;
+        }
+        if let Some(space) = &info.space {
+            say!("dead space:   {} bytes", space.dead_bytes)?;
+            say!("shared:       {} entries ({} bytes stored once)", space.shared_entries, space.shared_bytes)?;
+            say!("solid:        {} entries in {} of {} frames", space.solid_entries, space.solid_frames, space.frames)?;
         }
         if let Some(p) = &info.panda3d {
             say!("scale factor: {}", p.scale_factor)?;

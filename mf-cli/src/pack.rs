@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use mf_format::{collect_inputs, pack_to_file, pack_to_writer, DirPackOptions, WriterOptions};
+use mf_format::{collect_inputs, pack_to_file, pack_to_writer, DirPackOptions, PackOrder, WriterOptions};
 
 use crate::Outcome;
 
@@ -38,10 +38,23 @@ pub struct PackArgs {
     /// random reads (a mount, `read_at`) decode less per read; larger ones compress a little better.
     #[arg(long, value_name = "SIZE", default_value = "256K", value_parser = parse_frame_size)]
     frame_size: u8,
+    /// Data order: `kind` groups similar files (by extension, then name) so small ones compress
+    /// together; `path` keeps path order. Lookup is by path either way.
+    #[arg(long, value_name = "ORDER", default_value = "kind", value_parser = parse_order)]
+    order: PackOrder,
     /// Pack the targets of symlinks that lead outside their DIR (refused otherwise; links that stay
     /// inside are always followed).
     #[arg(long)]
     follow_symlinks: bool,
+}
+
+/// Parses `--order`.
+fn parse_order(text: &str) -> Result<PackOrder, String> {
+    match text {
+        "kind" => Ok(PackOrder::Kind),
+        "path" => Ok(PackOrder::Path),
+        _ => Err(format!("'{text}' is not an order (kind or path)")),
+    }
 }
 
 /// Parses a frame size such as `64K` into its base-2 logarithm.
@@ -58,6 +71,7 @@ fn parse_frame_size(text: &str) -> Result<u8, String> {
 pub fn run(args: PackArgs) -> Outcome {
     let to_stdout = args.output == Path::new("-");
     let options = DirPackOptions {
+        order: args.order,
         writer: WriterOptions { level: args.level, frame_size_log2: args.frame_size },
         store_extensions: args.store,
         excludes: args.exclude,

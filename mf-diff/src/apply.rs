@@ -11,7 +11,7 @@ use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use mf_format::{ArchiveWriter, AtomicFile, EntryOptions, Mtime, StoredLayout, WriterOptions};
+use mf_format::{ArchiveWriter, AtomicFile, Compression, EntryOptions, Mtime, StoredLayout, WriterOptions};
 use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
@@ -757,12 +757,15 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
     let (len, hash) = {
         let sink = HashingWriter::with_limit(std::io::BufWriter::with_capacity(1 << 20, out.file()), limit);
         let mut writer = ArchiveWriter::with_name(sink, options, target)?;
+        // Shared data is rebuilt only where the patch says so (storage "same as"), never by chance.
+        writer.set_deduplicate(false);
+        let mut added: Vec<(String, u64, u64)> = Vec::new();
         let old_entries = ArchiveOld { src: &src, archive };
         patch.walk_records(&old_entries, target, |record, walked| -> Result<()> {
             let WalkedEntry { meta, stream } = walked;
             let bad = |what: &str| corrupt(&patch.path, "control stream", record.at, Some(&meta.path), what);
             let entry_options = EntryOptions { mode: meta.mode, mtime: meta.mtime, ..EntryOptions::default() };
-            let added = match (&meta.content, &record.storage) {
+            let result = match (&meta.content, &record.storage) {
                 (NewContent::CopyOf(index), Storage::Verbatim) => {
                     let base = archive.entry(*index).ok_or_else(|| bad("copy without an old entry"))?;
                     let ends = archive.frame_ends(&base);
@@ -779,6 +782,21 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
                         other => other.into(),
                     })
                 }
+                (_, Storage::SameAs(distance)) => {
+                    let owner = (added.len() as u64).checked_sub(*distance).map(|i| &added[i as usize]);
+                    let (owner_path, owner_size, owner_hash) =
+                        owner.ok_or_else(|| bad("shares the data of a record before the first"))?;
+                    if (*owner_size, *owner_hash) != (meta.size, meta.xxh3) {
+                        return Err(bad(&format!("shares the data of '{owner_path}', whose content differs")));
+                    }
+                    // The content still streams through its checks (size and hash) before it is shared.
+                    std::io::copy(&mut *stream, &mut std::io::sink()).map_err(|e| Error::io(target, e))?;
+                    writer.add_duplicate(&meta.path, entry_options, owner_path).map_err(Error::from)
+                }
+                (_, Storage::Solid) => {
+                    let solid = EntryOptions { compression: Compression::Solid, ..entry_options };
+                    writer.add_reader(&meta.path, &mut *stream, solid).map_err(Error::from)
+                }
                 (_, storage) => {
                     let frames = storage
                         .frame_flags(meta.size, frame_size)
@@ -786,7 +804,8 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
                     writer.add_reader_with_frames(&meta.path, &mut *stream, entry_options, &frames).map_err(Error::from)
                 }
             };
-            added.map_err(|e| stream.take_failure().unwrap_or(e)).map_err(|e| over_limit(e, target))?;
+            result.map_err(|e| stream.take_failure().unwrap_or(e)).map_err(|e| over_limit(e, target))?;
+            added.push((meta.path.clone(), meta.size, meta.xxh3));
             progress(meta.size);
             Ok(())
         })?;

@@ -295,50 +295,16 @@ fn encode_blocks(old: Option<Content<'_>>, new: Content<'_>, budget: &Budget, le
     Ok(if old.is_some() && n > 0 { Payload::Zref(blocks) } else { Payload::Full(blocks) })
 }
 
-/// The writer level when `archive` is laid out exactly as this version's writer lays it out (so
-/// rebuilding it entry by entry with the same frame decisions reproduces it byte for byte).
-fn canonical_level(archive: &Archive) -> Option<i32> {
-    if *archive.header() != mf_format::format::Header::new(archive.header().frame_size_log2) {
-        return None;
-    }
-    let mut level: Option<i8> = None;
-    let mut pos = mf_format::format::HEADER_LEN;
-    let mut path_offset = 0u64;
-    for entry in archive.entries() {
-        let record = entry.record();
-        if record.reserved != 0 || u64::from(record.path_offset) != path_offset {
-            return None;
-        }
-        path_offset += u64::from(record.path_len);
-        let aligned = pos.div_ceil(16) * 16;
-        if entry.offset() != aligned {
-            return None;
-        }
-        pos = aligned + entry.stored_size();
-        if entry.stored_as() == StoredAs::Zstd {
-            if level.is_some_and(|l| l != entry.level()) {
-                return None;
-            }
-            level = Some(entry.level());
-            if (0..archive.frame_count(&entry)).all(|k| archive.frame_is_raw(&entry, k)) {
-                return None;
-            }
-        } else if entry.level() != 0 {
-            return None;
-        }
-    }
-    if archive.index_extent().0 != pos {
-        return None;
-    }
-    let level = level.map_or(mf_format::DEFAULT_LEVEL, i32::from);
-    (level != 0 && zstd::compression_level_range().contains(&level)).then_some(level)
-}
-
 /// Whether a new entry's stored bytes and frames equal an old entry's, so apply may copy them.
 fn stored_identical(old: &Source, old_entry: &Entry<'_>, new: &Source, new_entry: &Entry<'_>) -> Result<bool> {
     let (oa, na) = (old.archive.as_ref(), new.archive.as_ref());
     let (Some(oa), Some(na)) = (oa, na) else { return Ok(false) };
+    // Only an entry with frames of its own (or a raw extent), contiguous in both files, can be
+    // copied as stored bytes; solid frames also hold other entries.
+    let own = |archive: &Archive, entry: &Entry<'_>| !entry.is_solid() && archive.frames_contiguous(entry);
     if oa.frame_size() != na.frame_size()
+        || !own(oa, old_entry)
+        || !own(na, new_entry)
         || old_entry.stored_as() != new_entry.stored_as()
         || old_entry.stored_size() != new_entry.stored_size()
         || oa.frame_ends(old_entry) != na.frame_ends(new_entry)
@@ -357,8 +323,15 @@ fn stored_identical(old: &Source, old_entry: &Entry<'_>, new: &Source, new_entry
     Ok(true)
 }
 
-/// The storage descriptor of a new entry (spec: "Storage").
-fn storage_of(archive: &Archive, entry: &Entry<'_>) -> Storage {
+/// The storage descriptor of a new entry (spec: "Storage"); `shared_with` is the earlier entry whose
+/// data it shares, if any.
+fn storage_of(archive: &Archive, entry: &Entry<'_>, shared_with: Option<u32>) -> Storage {
+    if let Some(owner) = shared_with {
+        return Storage::SameAs(u64::from(entry.index() - owner));
+    }
+    if entry.is_solid() {
+        return Storage::Solid;
+    }
     let compressed: Vec<bool> = (0..archive.frame_count(entry)).map(|k| !archive.frame_is_raw(entry, k)).collect();
     Storage::from_frames(entry.stored_as() == StoredAs::Raw, &compressed)
 }
@@ -440,7 +413,8 @@ fn build_archive_patch(
     let new_entries: Vec<Entry<'_>> = new.entries().collect();
     let payloads = encode_entries(old_src, new_src, &mut plans, &new_entries, options, progress)?;
 
-    let writer_level = canonical_level(new);
+    let writer_level = new.reference_level();
+    let shared = new.shared_with();
     let level = writer_level.unwrap_or(mf_format::DEFAULT_LEVEL);
     let mut control = Vec::new();
     let preamble = ArchivePreamble {
@@ -477,7 +451,10 @@ fn build_archive_patch(
             size: if op == Op::Copy { 0 } else { entry.size() },
             hash: if op == Op::Copy { 0 } else { entry.content_hash() },
             base_hash: base.as_ref().filter(|_| matches!(op, Op::Delta | Op::ZstdRef)).map(|b| b.content_hash()),
-            storage: if op == Op::Copy && plan.verbatim { Storage::Verbatim } else { storage_of(new, entry) },
+            storage: match shared[entry.index() as usize] {
+                None if op == Op::Copy && plan.verbatim => Storage::Verbatim,
+                owner => storage_of(new, entry, owner),
+            },
             payload: payload_desc,
         };
         entry_record.write(&mut control, &mut previous_old);

@@ -69,58 +69,16 @@ impl Source {
         match entry.stored_as() {
             StoredAs::Raw => self.read_exact_at(entry.offset() + start, len),
             StoredAs::Zstd => {
-                let frame_size = archive.frame_size();
-                let ends = archive.frame_ends(entry);
+                // Frames may be shared (solid blocks, deduplicated content) and lie anywhere: the
+                // archive locates them.
                 let mut out = Vec::new();
                 out.try_reserve_exact(len).map_err(|e| Error::io(&self.path, std::io::Error::other(e)))?;
-                let mut frame = Vec::new();
-                let first = start / frame_size;
-                let last = if len == 0 { first } else { (end - 1) / frame_size + 1 };
-                for k in first..last {
-                    self.decode_frame(entry, &ends, k, &mut frame)?;
-                    let frame_start = k * frame_size;
-                    let from = start.saturating_sub(frame_start) as usize;
-                    let to = ((end - frame_start) as usize).min(frame.len());
-                    out.extend_from_slice(&frame[from..to]);
-                }
+                out.resize(len, 0);
+                let read = archive.read_at(entry, start, &mut out)?;
+                debug_assert_eq!(read as u64, end - start);
                 Ok(out)
             }
         }
-    }
-
-    fn decode_frame(&self, entry: &Entry<'_>, ends: &[u64], k: u64, out: &mut Vec<u8>) -> Result<()> {
-        let archive = self.archive.as_ref().expect("entries only exist in archives");
-        let frame_len = archive.frame_len(entry, k) as usize;
-        let begin = if k == 0 { 0 } else { ends.get(k as usize - 1).copied().unwrap_or(0) };
-        let finish = ends.get(k as usize).copied().unwrap_or(0);
-        let stored_len = finish.saturating_sub(begin) as usize;
-        let stored = self.read_exact_at(entry.offset() + begin, stored_len)?;
-        out.clear();
-        if stored.len() == frame_len {
-            out.extend_from_slice(&stored);
-            return Ok(());
-        }
-        out.resize(frame_len, 0);
-        let decoded = zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress_to_buffer(&stored[..], &mut out[..]))
-            .map_err(|e| {
-                Error::from(mf_format::Error::Corrupt {
-                    file: self.path.clone(),
-                    offset: entry.offset() + begin,
-                    entry: Some(entry.path().to_owned()),
-                    what: format!("frame {k} does not decode: {e}"),
-                })
-            })?;
-        if decoded != frame_len {
-            return Err(mf_format::Error::Corrupt {
-                file: self.path.clone(),
-                offset: entry.offset() + begin,
-                entry: Some(entry.path().to_owned()),
-                what: format!("frame {k} decodes to {decoded} bytes instead of {frame_len}"),
-            }
-            .into());
-        }
-        Ok(())
     }
 
     /// The whole content of an entry, checked against its content hash.

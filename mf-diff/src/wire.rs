@@ -18,8 +18,9 @@ use crate::error::{Error, Result};
 pub const PATCH_MAGIC: [u8; 8] = *b"\x89MFP\r\n\x1a\n";
 /// Header `version_major` this code writes; a reader refuses any other major version.
 pub const PATCH_VERSION_MAJOR: u16 = 2;
-/// Header `version_minor` this code writes; minor versions only add what older readers may ignore.
-pub const PATCH_VERSION_MINOR: u16 = 0;
+/// Header `version_minor` this code writes (2.1: storage kinds solid and same-as); a 2.0 reader refuses
+/// those kinds as unknown.
+pub const PATCH_VERSION_MINOR: u16 = 1;
 /// Bytes of the fixed header; the control stream starts right after it.
 pub const PATCH_HEADER_LEN: u64 = 80;
 
@@ -105,19 +106,26 @@ pub enum Storage {
     AllFrames,
     /// Byte 2: zstd frames, bit `k` of the bitmap set when frame `k` is compressed.
     Bitmap(Vec<u8>),
+    /// Byte 3 (2.1): appended to the writer's solid stream.
+    Solid,
+    /// Byte 4 (2.1): shares the data of the record this many records earlier (at least 1), whose
+    /// content is the same.
+    SameAs(u64),
 }
 
 impl Storage {
     const NONE: u8 = 0;
     const ALL_FRAMES: u8 = 1;
     const BITMAP: u8 = 2;
+    const SOLID: u8 = 3;
+    const SAME_AS: u8 = 4;
 
     /// Per-frame compression decisions for an entry of `size` bytes; `None` when a bitmap does not
     /// fit the entry's frame count.
     pub fn frame_flags(&self, size: u64, frame_size: u64) -> Option<Vec<bool>> {
         let frames = usize::try_from(size.div_ceil(frame_size)).ok()?;
         match self {
-            Storage::None | Storage::Verbatim => Some(vec![false; frames]),
+            Storage::None | Storage::Verbatim | Storage::Solid | Storage::SameAs(_) => Some(vec![false; frames]),
             Storage::AllFrames => Some(vec![true; frames]),
             Storage::Bitmap(bits) => {
                 if bits.len() != frames.div_ceil(8) {
@@ -377,6 +385,11 @@ impl EntryRecord {
                 put_varint(out, bits.len() as u64);
                 out.extend_from_slice(bits);
             }
+            Storage::Solid => out.push(Storage::SOLID),
+            Storage::SameAs(distance) => {
+                out.push(Storage::SAME_AS);
+                put_varint(out, *distance);
+            }
         }
         self.payload.write(out, self.op);
     }
@@ -455,6 +468,14 @@ impl EntryRecord {
                     state.output_used += len.saturating_sub(1) * 8;
                     Storage::Bitmap(reader.bytes(len)?)
                 }
+                Storage::SOLID => Storage::Solid,
+                Storage::SAME_AS => {
+                    let distance = reader.bounded(state.records_read, "shared-record distance")?;
+                    if distance == 0 {
+                        return Err(reader.corrupt_at(kind_at, "a record cannot share its own data"));
+                    }
+                    Storage::SameAs(distance)
+                }
                 other => return Err(reader.corrupt_at(kind_at, format!("unknown storage kind {other}"))),
             }
         };
@@ -481,6 +502,7 @@ impl EntryRecord {
                 ),
             ));
         }
+        state.records_read += 1;
         Ok(EntryRecord { at, op, old_index, path, mode, mtime, size, hash, base_hash, storage, payload })
     }
 }
@@ -499,6 +521,8 @@ pub(crate) struct RecordState {
     pub(crate) content_used: u64,
     /// Blob bytes assigned to records so far.
     pub(crate) blobs: BlobCursor,
+    /// Records read before the current one (bounds a same-as distance).
+    pub(crate) records_read: u64,
     paths: HashSet<String>,
     /// Bases used under their own path (records without PATH).
     implicit: HashSet<u32>,
@@ -515,6 +539,7 @@ impl RecordState {
             output_used: 0,
             content_used: 0,
             blobs: BlobCursor { cursor: blobs_start, end: blobs_start + header.blobs_len },
+            records_read: 0,
             paths: HashSet::new(),
             implicit: HashSet::new(),
         }

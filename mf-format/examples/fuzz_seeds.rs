@@ -18,6 +18,23 @@ fn archive(options: WriterOptions, entries: &[(&str, Vec<u8>, EntryOptions)]) ->
     mf_bytes_with(options, entries)
 }
 
+/// `bytes` with a copy of its index and footer appended and committed through slot 1 (generation 2),
+/// slot 0 pointing at the original footer (generation 1): an in-place update's layout.
+fn two_versions(bytes: &[u8]) -> Vec<u8> {
+    use mf_format::format::{self, CommitSlot, Footer};
+    let footer: Footer = format::from_bytes(&bytes[bytes.len() - 40..]).expect("a footer");
+    let old_footer_at = bytes.len() as u64 - 40;
+    let index = bytes[footer.index_offset as usize..old_footer_at as usize].to_vec();
+    let mut out = bytes.to_vec();
+    let new_index_at = out.len() as u64;
+    out.extend_from_slice(&index);
+    let new_footer_at = out.len() as u64;
+    out.extend_from_slice(&format::to_bytes(&Footer::new(new_index_at, index.len() as u64, format::xxh3(&index))));
+    out[32..64].copy_from_slice(&format::to_bytes(&CommitSlot::new(1, old_footer_at)));
+    out[64..96].copy_from_slice(&format::to_bytes(&CommitSlot::new(2, new_footer_at)));
+    out
+}
+
 fn main() {
     let dir = std::env::args().nth(1).expect("usage: fuzz_seeds DIR");
     std::fs::create_dir_all(&dir).expect("creating the corpus directory");
@@ -63,12 +80,24 @@ fn main() {
         ("unicode.mf", archive(SMALL_FRAMES, &[("unicodé/文件.txt", text(40), auto), ("..a/b..", text(10), store)])),
     ];
 
+    // 2.0 structures: shared data, solid frames (several entries a frame, entries across frames).
+    let mut solid_entries: Vec<(String, Vec<u8>, EntryOptions)> =
+        (0..12).map(|i| (format!("s/{i}.txt"), text(700 + 61 * i), auto)).collect();
+    solid_entries.push(("dup/a.txt".into(), text(700), auto));
+    solid_entries.push(("dup/n1".into(), noise(300, 6), store));
+    solid_entries.push(("dup/n2".into(), noise(300, 6), store));
+    let borrowed: Vec<(&str, Vec<u8>, EntryOptions)> =
+        solid_entries.iter().map(|(p, d, o)| (p.as_str(), d.clone(), *o)).collect();
+    let solid = archive(SMALL_FRAMES, &borrowed);
+    seeds.push(("dedup-solid.mf", solid.clone()));
+    seeds.push(("slots-two-versions.mf", two_versions(&solid)));
+
     // Damaged variants: the fuzzer starts from both sides of each check.
     let base = seeds[6].1.clone();
     let mut truncated = base.clone();
     truncated.truncate(base.len() - 7);
     let mut data_flip = base.clone();
-    data_flip[40] ^= 0x10;
+    data_flip[100] ^= 0x10;
     let mut index_flip = base.clone();
     let index_at = base.len() - 100;
     index_flip[index_at] ^= 0x01;

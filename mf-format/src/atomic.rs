@@ -111,10 +111,12 @@ impl AtomicFile {
         Ok(AtomicFile { temp: Some(temp), target, temp_path })
     }
 
+    /// The path the file will have once committed.
     pub fn target(&self) -> &Path {
         &self.target
     }
 
+    /// The temporary file's path (in the target's directory) until it is committed.
     pub fn temp_path(&self) -> &Path {
         &self.temp_path
     }

@@ -5,48 +5,112 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+/// A result whose error is this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Everything that can go wrong reading or writing an archive; callers match on the variant.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O failure on `file`. The message includes `error`'s, so it is deliberately not reported
     /// as the error's `source()` too: a caller printing the chain (`{:#}`) would show it twice.
     #[error("{}: {error}", file.display())]
-    Io { file: PathBuf, error: io::Error },
+    Io {
+        /// The file the operation was on.
+        file: PathBuf,
+        /// What the operating system said.
+        error: io::Error,
+    },
 
+    /// The file does not start with the mf magic.
     #[error("{}: not an mf archive (no mf magic at offset 0)", file.display())]
-    NotAnArchive { file: PathBuf },
+    NotAnArchive {
+        /// The file that is not an archive.
+        file: PathBuf,
+    },
 
     #[error(
-        "{}: format version {major}.{minor} is not supported (this build reads {}.x)",
+        "{}: format version {major}.{minor} is not supported (this build reads 1.x and {}.x)",
         file.display(),
         crate::format::VERSION_MAJOR
     )]
-    UnsupportedVersion { file: PathBuf, major: u16, minor: u16 },
+    /// The archive's major version is not one this build reads.
+    UnsupportedVersion {
+        /// The archive.
+        file: PathBuf,
+        /// Its major version (this build reads 1 and 2).
+        major: u16,
+        /// Its minor version.
+        minor: u16,
+    },
 
+    /// Damaged or forged archive bytes: a rule of the spec does not hold.
     #[error("{}: corrupt archive at offset {offset}{}: {what}", file.display(), EntryContext(entry))]
-    Corrupt { file: PathBuf, offset: u64, entry: Option<String>, what: String },
+    Corrupt {
+        /// The archive.
+        file: PathBuf,
+        /// Byte offset in the file where the damage was found (a record, a frame, a field).
+        offset: u64,
+        /// The entry the damaged bytes belong to, when known.
+        entry: Option<String>,
+        /// What is wrong, in words.
+        what: String,
+    },
 
     #[error(
         "{}: entry '{entry}' is damaged: content checksum {actual:016x} does not match the recorded {expected:016x}",
         file.display()
     )]
-    ChecksumMismatch { file: PathBuf, entry: String, expected: u64, actual: u64 },
+    /// An entry decoded, but not to the content its hash records.
+    ChecksumMismatch {
+        /// The archive.
+        file: PathBuf,
+        /// The damaged entry.
+        entry: String,
+        /// The xxh3 the index records.
+        expected: u64,
+        /// The xxh3 of the content as decoded.
+        actual: u64,
+    },
 
+    /// A path breaks the entry path rules (spec "Paths").
     #[error("invalid entry path {path:?}: {reason}")]
-    InvalidPath { path: String, reason: &'static str },
+    InvalidPath {
+        /// The refused path.
+        path: String,
+        /// Which path rule it breaks.
+        reason: &'static str,
+    },
 
+    /// A path was added to a writer twice.
     #[error("entry path '{path}' is added twice")]
-    DuplicatePath { path: String },
+    DuplicatePath {
+        /// The path added twice.
+        path: String,
+    },
 
+    /// A path would be a file and a directory at once.
     #[error("entry path '{path}' conflicts with '{other}': one would be a file and a directory at once")]
-    PathConflict { path: String, other: String },
+    PathConflict {
+        /// The path being added.
+        path: String,
+        /// The earlier path it conflicts with.
+        other: String,
+    },
 
+    /// A caller passed an option or input the writer refuses (the text says which and why).
     #[error("invalid writer option: {0}")]
     InvalidOption(String),
 
+    /// A read started past the end of an entry.
     #[error("offset {offset} is past the end of entry '{entry}' ({size} bytes)")]
-    OutOfRange { entry: String, offset: u64, size: u64 },
+    OutOfRange {
+        /// The entry read.
+        entry: String,
+        /// The offset asked for (past the end).
+        offset: u64,
+        /// The entry's size in bytes.
+        size: u64,
+    },
 }
 
 /// Formats an optional entry name as ` (entry 'NAME')`, or nothing, for error messages about archive

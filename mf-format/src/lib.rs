@@ -68,26 +68,31 @@
 //! command-line flags (`mf-cli`): it is the container and the file-system rules every writer of it
 //! shares, nothing more.
 
+#![deny(missing_docs)]
+
 pub mod atomic;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod layout;
 pub mod mapping;
 pub mod pack;
 pub mod path;
 pub mod policy;
 pub mod reader;
 pub mod unpack;
+mod validate;
 pub mod writer;
 
 pub use atomic::{remove_pending_temp_files, AtomicFile};
 pub use error::{Error, Result};
 pub use mapping::Backing;
 pub use pack::{
-    collect_inputs, pack_inputs, pack_to_file, pack_to_writer, Collected, DirPackOptions, PackError, PackInput,
+    collect_inputs, order_for_compression, pack_inputs, pack_to_file, pack_to_writer, Collected, DirPackOptions,
+    PackError, PackInput, PackOrder,
 };
 pub use path::{entry_path_from_fs, validate_path};
-pub use reader::{Archive, Entry, EntryReader, StoredAs};
+pub use reader::{Archive, Entry, EntryReader, SpaceUse, StoredAs};
 pub use unpack::{unpack_in, UnpackEntry, UnpackError, UnpackOptions, UnpackReport};
 pub use writer::{
     prepare_entry, ArchiveWriter, Compression, EntryOptions, Mtime, PreparedEntry, StoredLayout, WriterOptions,

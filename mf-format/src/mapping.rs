@@ -74,10 +74,10 @@ pub(crate) struct PreadFile {
 }
 
 impl PreadFile {
-    /// Reads the first `head_len` bytes and the bytes from `tail_start` to the end (`len` is the
-    /// file's length, `tail_start` at most `len`). The tail's buffer is reserved fallibly: its size
-    /// comes from the file's own footer.
-    pub(crate) fn new(file: File, path: &Path, len: u64, head_len: u64, tail_start: u64) -> Result<PreadFile> {
+    /// Reads the first `head_len` bytes and the bytes `tail` (clamped to the file's length `len`: the
+    /// index and footer; an uncommitted tail after them is not held). The tail's buffer is reserved
+    /// fallibly: its size comes from the file's own footer.
+    pub(crate) fn new(file: File, path: &Path, len: u64, head_len: u64, tail: Range<u64>) -> Result<PreadFile> {
         let read = |start: u64, end: u64| -> Result<Vec<u8>> {
             let n = usize::try_from(end.saturating_sub(start))
                 .map_err(|_| Error::io(path, std::io::Error::other("the index does not fit in memory")))?;
@@ -88,10 +88,12 @@ impl PreadFile {
             Ok(buf)
         };
         let head = read(0, head_len.min(len))?;
-        let tail = read(tail_start.min(len), len)?;
-        Ok(PreadFile { len, head, tail_start: tail_start.min(len), tail, file })
+        let tail_start = tail.start.min(len);
+        let tail = read(tail_start, tail.end.min(len))?;
+        Ok(PreadFile { len, head, tail_start, tail, file })
     }
 
+    /// The file's length at open.
     pub(crate) fn len(&self) -> u64 {
         self.len
     }

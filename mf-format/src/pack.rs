@@ -4,8 +4,9 @@
 //! one is already being read and compressed, so the writes overlap with compression.
 //!
 //! Packing directories ([`collect_inputs`], [`pack_to_file`]) follows one set of rules, so a folder
-//! packs to the same bytes whoever packs it: entries in byte order of their paths, excludes,
-//! store-extensions, modes normalised, mtimes only when asked, symlinks leaving the input refused.
+//! packs to the same bytes whoever packs it: entries ordered for compression (or by path when asked),
+//! excludes, store-extensions, modes normalised, mtimes only when asked, symlinks leaving the input
+//! refused.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -27,6 +28,7 @@ pub struct PackInput {
     pub fs_path: PathBuf,
     /// Size seen when the file was listed; only used to plan batches.
     pub size_hint: u64,
+    /// Compression, mode and mtime of the entry.
     pub options: EntryOptions,
 }
 
@@ -113,10 +115,37 @@ fn write_batch<W: Write>(
     Ok(())
 }
 
+/// The order in which collected files are added (their data order; lookup is by path either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PackOrder {
+    /// Similar files together, so solid blocks compress across them: by kind (extension, ASCII
+    /// case-folded), then file name, then path, all byte-wise ([`order_for_compression`]).
+    #[default]
+    Kind,
+    /// Byte order of the entry paths.
+    Path,
+}
+
+/// Sorts inputs by kind (extension), then file name, then path: deterministic, and it puts files
+/// that share vocabulary (same format, same name in sibling directories) next to each other.
+pub fn order_for_compression(inputs: &mut [PackInput]) {
+    fn key(path: &str) -> (String, &str, &str) {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let extension = match name.rsplit_once('.') {
+            Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
+            _ => String::new(),
+        };
+        (extension, name, path)
+    }
+    inputs.sort_by(|a, b| key(&a.entry_path).cmp(&key(&b.entry_path)));
+}
+
 /// The rules `mf pack` applies when it turns directories into an archive, so every packer of a
 /// folder (the CLI, a publisher) produces the same bytes from the same folder.
 #[derive(Debug, Clone, Default)]
 pub struct DirPackOptions {
+    /// The order entries are added in.
+    pub order: PackOrder,
     /// zstd level and frame size.
     pub writer: WriterOptions,
     /// Extensions (without the dot, any case) stored uncompressed, besides what `Compression::Auto`
@@ -143,40 +172,78 @@ pub const MAX_LIST_BYTES: u64 = 256 << 20;
 pub enum PackError {
     /// An exclude pattern is not a valid glob.
     #[error("bad exclude pattern {pattern:?}: {message}")]
-    BadPattern { pattern: String, message: String },
+    BadPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// The glob parser's complaint.
+        message: String,
+    },
     /// Two input directories hold the same entry path.
     #[error("'{entry}' comes from two inputs: {} and another directory", first.display())]
-    TwoInputs { entry: String, first: PathBuf },
+    TwoInputs {
+        /// The entry path found twice.
+        entry: String,
+        /// Where it was found first.
+        first: PathBuf,
+    },
     /// A file list names paths relative to one directory.
     #[error("a file list takes exactly one DIR (its paths are relative to it)")]
     ListNeedsOneDir,
     /// An input that must be a directory is not.
     #[error("{}: not a directory", path.display())]
-    NotADirectory { path: PathBuf },
+    NotADirectory {
+        /// The input that is not a directory.
+        path: PathBuf,
+    },
     /// The file list is larger than [`MAX_LIST_BYTES`].
     #[error("{}: a file list of more than {MAX_LIST_BYTES} bytes is refused", path.display())]
-    ListTooLarge { path: PathBuf },
+    ListTooLarge {
+        /// The file list.
+        path: PathBuf,
+    },
     /// A symlink inside an input directory leads outside it.
     #[error(
         "{}: symlink to {}, outside {}: refusing to pack it (follow symlinks explicitly to pack their targets)",
         link.display(), target.display(), root.display()
     )]
-    SymlinkOutside { link: PathBuf, target: PathBuf, root: PathBuf },
+    SymlinkOutside {
+        /// The symlink.
+        link: PathBuf,
+        /// Where it resolves to.
+        target: PathBuf,
+        /// The input directory it leaves.
+        root: PathBuf,
+    },
     /// An input that must be a regular file is not.
     #[error("{place}: {} is not a regular file", path.display())]
-    NotRegular { place: String, path: PathBuf },
+    NotRegular {
+        /// Where the path came from (list file and line, or the walk).
+        place: String,
+        /// The path that is not a regular file.
+        path: PathBuf,
+    },
     /// A path cannot be an entry path.
     #[error("{place}: {error}")]
-    BadPath { place: String, error: Error },
+    BadPath {
+        /// Where the path came from (list file and line, or the file).
+        place: String,
+        /// Why it cannot be an entry path.
+        error: Error,
+    },
     /// A file-system operation failed.
     #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        /// The file or directory operated on.
+        path: PathBuf,
+        /// What the operating system said.
+        error: std::io::Error,
+    },
     /// Writing the archive failed.
     #[error(transparent)]
     Format(#[from] Error),
 }
 
-/// The files to pack, in entry-path order.
+/// The files to pack, in the order they are to be added.
 #[derive(Debug, Default)]
 pub struct Collected {
     /// What to pack.
@@ -208,7 +275,11 @@ pub fn collect_inputs(
             collector.walk(dir)?;
         }
     }
-    Ok(Collected { inputs: collector.found.into_values().collect(), skipped: collector.skipped })
+    let mut inputs: Vec<PackInput> = collector.found.into_values().collect();
+    if options.order == PackOrder::Kind {
+        order_for_compression(&mut inputs);
+    }
+    Ok(Collected { inputs, skipped: collector.skipped })
 }
 
 /// Packs `inputs` into `output` all or nothing ([`crate::AtomicFile`], removing stale temp files of

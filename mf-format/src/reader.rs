@@ -1,23 +1,25 @@
-//! The archive reader: maps the file, validates header, footer and index at open, and serves entry
-//! data from the mapping. Entry data is only touched when read or verified.
+//! The archive reader: maps the file, validates header, commit slots, footer and index at open (both
+//! format versions; 1.0 indexes are converted to the 2.0 model), and serves entry data from the
+//! mapping. Entry data is only touched when read or verified.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, EntryRecord, Footer, Header, IndexHeader, COMPRESSION_NONE, COMPRESSION_ZSTD, END_MAGIC, ENTRY_RECORD_LEN,
-    FOOTER_LEN, FRAME_END_LEN, HEADER_LEN, INDEX_HEADER_LEN, LOOKUP_LEN, MAGIC, MAX_FRAME_SIZE_LOG2, MAX_MODE,
-    MIN_FRAME_SIZE_LOG2, VERSION_MAJOR,
+    self, CommitSlot, EntryRecord, Footer, FrameRecord, Header, IndexHeader, COMPRESSION_NONE, COMPRESSION_ZSTD,
+    DATA_START, END_MAGIC, ENTRY_RECORD_LEN, FOOTER_LEN, FRAME_END_LEN, FRAME_RECORD_LEN, HEADER_LEN, INDEX_HEADER_LEN,
+    LOOKUP_LEN, MAGIC, MAX_FRAME_SIZE_LOG2, MIN_FRAME_SIZE_LOG2, SLOT_LEN, VERSION_MAJOR, VERSION_MAJOR_1,
 };
 use crate::mapping::{Backing, PreadFile};
-use crate::path::validate_path;
+use crate::validate;
 
 /// Where an open archive's bytes come from: a [`Backing`] (mapped or in memory, shared with the
 /// Panda3D reader), or the file read on demand with `pread`.
@@ -53,7 +55,7 @@ impl Source {
         }
     }
 
-    /// Entry bytes `start..start + len`: borrowed when mapped, read from the file otherwise.
+    /// Data bytes `start..start + len`: borrowed when mapped, read from the file otherwise.
     fn data(&self, start: u64, len: u64) -> io::Result<Cow<'_, [u8]>> {
         if let Some(bytes) = self.meta(start..start.saturating_add(len)) {
             return Ok(Cow::Borrowed(bytes));
@@ -67,7 +69,7 @@ impl Source {
         Ok(Cow::Owned(buf))
     }
 
-    /// Fills `buf` with entry bytes from `start`, without allocating.
+    /// Fills `buf` with data bytes from `start`, without allocating.
     fn read_into(&self, start: u64, buf: &mut [u8]) -> io::Result<()> {
         match self {
             Source::Pread(file) => file.read_exact_at(buf, start),
@@ -85,7 +87,8 @@ impl Source {
 pub enum StoredAs {
     /// Contiguous, uncompressed: readable as a slice of the archive.
     Raw,
-    /// Independent zstd frames (some may be raw), decodable one at a time.
+    /// A run of independent frames (zstd or raw), decodable one at a time; possibly shared with other
+    /// entries (a solid block, or deduplicated content).
     Zstd,
 }
 
@@ -95,13 +98,24 @@ pub struct Entry<'a> {
     index: u32,
     path: &'a str,
     record: &'a EntryRecord,
+    placement: &'a Placement,
+}
+
+/// Where an entry's stored bytes start and how many there are, computed once at open.
+#[derive(Debug, Clone, Copy, Default)]
+struct Placement {
+    /// Raw: the content's offset; frames: the first frame's offset.
+    offset: u64,
+    /// Raw: the size; frames: the sum of the run's stored lengths (shared frames count for each entry).
+    stored_size: u64,
 }
 
 impl<'a> Entry<'a> {
-    /// Position in the archive's data order (0-based); stable for a given archive file.
+    /// Position in the archive's record order (0-based); stable for a given archive file.
     pub fn index(&self) -> u32 {
         self.index
     }
+    /// The entry's path (validated: relative, `/`-separated, no `.`/`..`).
     pub fn path(&self) -> &'a str {
         self.path
     }
@@ -109,20 +123,26 @@ impl<'a> Entry<'a> {
     pub fn size(&self) -> u64 {
         self.record.size
     }
-    /// Bytes the entry occupies in the archive.
+    /// Stored bytes of the entry's data: the size for raw entries, the sum of its frames' stored
+    /// lengths otherwise (frames shared with other entries count in full for each).
     pub fn stored_size(&self) -> u64 {
-        self.record.stored_size
+        self.placement.stored_size
     }
-    /// Absolute offset of the entry's data in the archive file.
+    /// Absolute offset of the entry's data (raw) or of its first frame (frames).
     pub fn offset(&self) -> u64 {
-        self.record.offset
+        self.placement.offset
     }
+    /// Whether the content is a raw extent or a run of frames.
     pub fn stored_as(&self) -> StoredAs {
         if self.record.compression == COMPRESSION_ZSTD {
             StoredAs::Zstd
         } else {
             StoredAs::Raw
         }
+    }
+    /// Whether the entry's frames belong to a solid block (the writer's informational flag).
+    pub fn is_solid(&self) -> bool {
+        self.record.flags & format::ENTRY_FLAG_SOLID != 0
     }
     /// The zstd level recorded by the writer (0 for raw entries).
     pub fn level(&self) -> i8 {
@@ -132,6 +152,7 @@ impl<'a> Entry<'a> {
     pub fn mode(&self) -> u32 {
         self.record.mode
     }
+    /// True when any executable bit is set.
     pub fn is_executable(&self) -> bool {
         self.record.mode & 0o111 != 0
     }
@@ -144,22 +165,31 @@ impl<'a> Entry<'a> {
     pub fn content_hash(&self) -> u64 {
         self.record.content_hash
     }
-    /// The raw index record.
+    /// The index record, in 2.0 form (a 1.0 record is converted at open).
     pub fn record(&self) -> &'a EntryRecord {
         self.record
     }
 }
 
+/// Distinguishes open archives in the thread-local frame cache.
+static NEXT_ARCHIVE_ID: AtomicU64 = AtomicU64::new(1);
+
 /// An open archive. Cheap to share between threads (`&Archive` is `Sync`).
 pub struct Archive {
+    id: u64,
     name: PathBuf,
     backing: Source,
     header: Header,
     footer: Footer,
+    /// The commit generation the footer was found through (0: no commit slot in use).
+    generation: u64,
     records: Vec<EntryRecord>,
+    placements: Vec<Placement>,
+    frames: Vec<FrameRecord>,
+    /// Decoded coordinate of each frame's first byte (prefix sums of `len` in table order).
+    frame_starts: Vec<u64>,
     /// The string table, validated as UTF-8 once at open.
     strings: Box<str>,
-    frame_table: Range<usize>,
     lookup_table: Range<usize>,
     frame_size: u64,
 }
@@ -168,6 +198,27 @@ impl std::fmt::Debug for Archive {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Archive").field("name", &self.name).field("entries", &self.records.len()).finish()
     }
+}
+
+/// Byte counts of how an archive's data area is used (see [`Archive::space`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpaceUse {
+    /// Bytes of the data area (from the end of the header and slots to the index).
+    pub data_area: u64,
+    /// Distinct stored bytes: each raw extent and each frame counted once.
+    pub stored: u64,
+    /// Bytes of the data area no entry or frame uses (holes and alignment padding).
+    pub dead: u64,
+    /// Entries whose data is shared with an earlier entry (deduplicated).
+    pub shared_entries: u64,
+    /// Uncompressed bytes those shared entries did not need to store again.
+    pub shared_bytes: u64,
+    /// Entries in solid blocks.
+    pub solid_entries: u64,
+    /// Frames holding solid entries.
+    pub solid_frames: u64,
+    /// Frames in the frame table.
+    pub frames: u64,
 }
 
 impl Archive {
@@ -188,18 +239,21 @@ impl Archive {
         // open_regular: a FIFO or device is refused, never blocked on.
         let file = crate::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-        if len < HEADER_LEN + FOOTER_LEN {
-            return Self::open(path); // the same refusal as a mapped open
-        }
-        let footer_at = len - FOOTER_LEN;
+        let mut head = vec![0u8; DATA_START.min(len) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&file, &mut head, 0).map_err(|e| Error::io(path, e))?;
+        // Where the footer is follows from the header and slots alone; anything wrong is refused by
+        // `from_backing`, which then sees the head (and at most the footer) only.
+        let footer_at = match locate_footer(&head, len, path) {
+            Ok(at) => at,
+            Err(_) => len.saturating_sub(FOOTER_LEN),
+        };
         let mut index_offset = [0u8; 8];
-        std::os::unix::fs::FileExt::read_exact_at(&file, &mut index_offset, footer_at)
-            .map_err(|e| Error::io(path, e))?;
-        // Only an index that fits between header and footer is read; any other footer is refused
-        // by the checks in `from_backing`, which then see the footer alone.
-        let index_offset = u64::from_le_bytes(index_offset);
+        let footer_end = footer_at.saturating_add(FOOTER_LEN).min(len);
+        let read = std::os::unix::fs::FileExt::read_exact_at(&file, &mut index_offset, footer_at);
+        let index_offset = if read.is_ok() { u64::from_le_bytes(index_offset) } else { footer_at };
+        // Only an index that fits between header and footer is read.
         let tail_start = if (HEADER_LEN..footer_at).contains(&index_offset) { index_offset } else { footer_at };
-        let backing = PreadFile::new(file, path, len, HEADER_LEN, tail_start)?;
+        let backing = PreadFile::new(file, path, len, DATA_START, tail_start..footer_end)?;
         Self::from_backing(path.to_owned(), Source::Pread(backing))
     }
 
@@ -212,7 +266,7 @@ impl Archive {
         let file_len = backing.len();
         let corrupt = |offset: u64, what: &str| Error::corrupt(&name, offset, None, what);
 
-        let head = backing.meta(0..file_len.min(HEADER_LEN)).unwrap_or_default();
+        let head = backing.meta(0..file_len.min(DATA_START)).unwrap_or_default();
         if !head.starts_with(&MAGIC) {
             return Err(Error::NotAnArchive { file: name });
         }
@@ -220,7 +274,7 @@ impl Archive {
             return Err(corrupt(file_len, "file is truncated (shorter than header and footer)"));
         };
         let header: Header = format::from_bytes(header_bytes).ok_or_else(|| corrupt(0, "unreadable header"))?;
-        if header.version_major != VERSION_MAJOR {
+        if header.version_major != VERSION_MAJOR && header.version_major != VERSION_MAJOR_1 {
             return Err(Error::UnsupportedVersion {
                 file: name,
                 major: header.version_major,
@@ -233,21 +287,28 @@ impl Archive {
         if !(MIN_FRAME_SIZE_LOG2..=MAX_FRAME_SIZE_LOG2).contains(&header.frame_size_log2) {
             return Err(corrupt(12, "frame size out of range"));
         }
-
-        if file_len < HEADER_LEN + FOOTER_LEN {
+        let v1 = header.version_major == VERSION_MAJOR_1;
+        let data_start = if v1 { HEADER_LEN } else { DATA_START };
+        if file_len < data_start + FOOTER_LEN {
             return Err(corrupt(file_len, "file is truncated (shorter than header and footer)"));
         }
-        let footer_at = file_len - FOOTER_LEN;
-        let footer: Footer = format::from_bytes(backing.meta(footer_at..file_len).unwrap_or_default())
+        let (footer_at, generation) = locate_footer_and_generation(head, file_len, &name)?;
+        let footer_end = footer_at + FOOTER_LEN;
+        let footer: Footer = format::from_bytes(backing.meta(footer_at..footer_end).unwrap_or_default())
             .ok_or_else(|| corrupt(footer_at, "unreadable footer"))?;
         if footer.end_magic != END_MAGIC {
-            return Err(corrupt(file_len - 8, "no end magic: the file is truncated or has trailing data"));
+            let what = if generation == 0 {
+                "no end magic: the file is truncated or has trailing data"
+            } else {
+                "the committed footer has no end magic (the commit slot points at garbage)"
+            };
+            return Err(corrupt(footer_end - 8, what));
         }
         if footer.footer_hash != footer.compute_hash() {
             return Err(corrupt(footer_at + 24, "footer checksum mismatch (the footer is damaged)"));
         }
         let index_end = footer.index_offset.checked_add(footer.index_len);
-        if footer.index_offset < HEADER_LEN || index_end != Some(footer_at) {
+        if footer.index_offset < data_start || index_end != Some(footer_at) {
             return Err(corrupt(footer_at, "the footer's index extent does not end where the footer starts"));
         }
         let index = backing
@@ -261,102 +322,80 @@ impl Archive {
         // index: every count is still checked against the real length before use.
         let index_header: IndexHeader = format::from_bytes(index)
             .ok_or_else(|| corrupt(footer.index_offset, "index is shorter than its header"))?;
-        let layout = IndexLayout::new(&index_header, footer.index_len)
+        let frame_record_len = if v1 { FRAME_END_LEN } else { FRAME_RECORD_LEN };
+        let layout = IndexLayout::new(&index_header, footer.index_len, frame_record_len)
             .ok_or_else(|| corrupt(footer.index_offset, "index counts do not add up to the index length"))?;
+        if !v1 && (index_header.dictionary_count != 0 || index_header.reserved != 0) {
+            return Err(corrupt(footer.index_offset + 24, "index header has a dictionary count or reserved bits set"));
+        }
 
-        let base = footer.index_offset as usize;
+        let base = footer.index_offset;
         let records: Vec<EntryRecord> = index[layout.records.clone()]
             .chunks_exact(ENTRY_RECORD_LEN as usize)
             .map(|chunk| format::from_bytes(chunk).unwrap_or_default())
             .collect();
-        let strings = std::str::from_utf8(&index[layout.strings.clone()])
-            .map_err(|e| corrupt((base + layout.strings.start + e.valid_up_to()) as u64, "string table is not UTF-8"))?
+        let strings: Box<str> = std::str::from_utf8(&index[layout.strings.clone()])
+            .map_err(|e| corrupt(base + (layout.strings.start + e.valid_up_to()) as u64, "string table is not UTF-8"))?
             .into();
+        let frame_size = 1u64 << header.frame_size_log2;
+        let table = validate::Tables {
+            name: &name,
+            records_at: base + layout.records.start as u64,
+            frames_at: base + layout.frames.start as u64,
+            data: data_start..footer.index_offset,
+            frame_size,
+            strings: &strings,
+        };
+        let (records, frames) = if v1 {
+            let ends: Vec<u64> = index[layout.frames.clone()]
+                .chunks_exact(FRAME_END_LEN as usize)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect();
+            validate::convert_v1(&table, records, &ends)?
+        } else {
+            let frames: Vec<FrameRecord> = index[layout.frames.clone()]
+                .chunks_exact(FRAME_RECORD_LEN as usize)
+                .map(|chunk| format::from_bytes(chunk).unwrap_or_default())
+                .collect();
+            (records, frames)
+        };
+        let frame_starts = validate::check_frames(&table, &frames)?;
+        validate::check_entries(&table, &records, &frames, &frame_starts, !v1)?;
+        validate::check_sharing(&table, &records, &frames, &frame_starts)?;
+        // Prefix sums keep this O(1) an entry: many entries may share one long run.
+        let mut stored_prefix = Vec::with_capacity(frames.len() + 1);
+        stored_prefix.push(0u64);
+        for frame in &frames {
+            stored_prefix.push(stored_prefix[stored_prefix.len() - 1] + u64::from(frame.stored_len));
+        }
+        let placements = records
+            .iter()
+            .map(|r| match r.compression {
+                COMPRESSION_NONE => Placement { offset: r.offset, stored_size: r.size },
+                _ => {
+                    let (first, end) = (r.first_frame as usize, (u64::from(r.first_frame) + r.frame_count) as usize);
+                    Placement { offset: frames[first].offset, stored_size: stored_prefix[end] - stored_prefix[first] }
+                }
+            })
+            .collect();
 
         let archive = Archive {
+            id: NEXT_ARCHIVE_ID.fetch_add(1, Ordering::Relaxed),
             name,
             header,
             footer,
+            generation,
             records,
+            placements,
+            frames,
+            frame_starts,
             strings,
-            frame_table: base + layout.frames.start..base + layout.frames.end,
-            lookup_table: base + layout.lookup.start..base + layout.lookup.end,
-            frame_size: 1u64 << header.frame_size_log2,
+            lookup_table: (base as usize + layout.lookup.start)..(base as usize + layout.lookup.end),
+            frame_size,
             backing,
         };
-        archive.validate_entries(layout.records.start as u64 + footer.index_offset)?;
         archive.validate_lookup()?;
         Ok(archive)
-    }
-
-    /// Checks every entry record against the spec's rules, in one pass in data order.
-    fn validate_entries(&self, records_at: u64) -> Result<()> {
-        let data_end = self.footer.index_offset;
-        let mut previous_end = HEADER_LEN;
-        let mut next_frame = 0u64;
-        let frame_count = (self.frame_table.len() as u64) / FRAME_END_LEN;
-        for (i, record) in self.records.iter().enumerate() {
-            let at = records_at + i as u64 * ENTRY_RECORD_LEN;
-            let path_range = (record.path_offset as usize)
-                .checked_add(record.path_len as usize)
-                .map(|end| record.path_offset as usize..end);
-            let path = path_range.and_then(|range| self.strings.get(range)).ok_or_else(|| {
-                let what = "path lies outside the string table or cuts a UTF-8 character in two";
-                Error::corrupt(&self.name, at, None, what)
-            })?;
-            let fail = |what: &str| Error::corrupt(&self.name, at, Some(path), what);
-            validate_path(path).map_err(|e| fail(&e.to_string()))?;
-            let end = record.offset.checked_add(record.stored_size).ok_or_else(|| fail("extent overflows"))?;
-            if record.offset < previous_end {
-                return Err(fail("data extent overlaps the previous entry or the header"));
-            }
-            if end > data_end {
-                return Err(fail("data extent runs past the data area"));
-            }
-            previous_end = end;
-            if record.mode > MAX_MODE {
-                return Err(fail("mode has bits above 0o7777"));
-            }
-            if record.mtime_nanos >= 1_000_000_000 {
-                return Err(fail("mtime nanoseconds out of range"));
-            }
-            match record.compression {
-                COMPRESSION_NONE => {
-                    if record.stored_size != record.size {
-                        return Err(fail("uncompressed entry whose stored size differs from its size"));
-                    }
-                }
-                COMPRESSION_ZSTD => {
-                    let frames = record.size.div_ceil(self.frame_size);
-                    if u64::from(record.first_frame) != next_frame {
-                        return Err(fail("first frame is not the next unused frame"));
-                    }
-                    next_frame += frames;
-                    if next_frame > frame_count {
-                        return Err(fail("frames run past the frame table"));
-                    }
-                    let entry = self.entry_at(i as u32);
-                    let mut previous = 0u64;
-                    for k in 0..frames {
-                        let end = self.frame_end(&entry, k);
-                        let stored = end.saturating_sub(previous);
-                        let uncompressed = self.frame_len(&entry, k);
-                        if stored == 0 || stored > uncompressed {
-                            return Err(fail(&format!("frame {k} has an impossible stored length")));
-                        }
-                        previous = end;
-                    }
-                    if previous != record.stored_size {
-                        return Err(fail("last frame end differs from the stored size"));
-                    }
-                }
-                other => return Err(fail(&format!("unknown compression method {other}"))),
-            }
-        }
-        if next_frame != frame_count {
-            return Err(Error::corrupt(&self.name, records_at, None, "frame table has unused frames"));
-        }
-        Ok(())
     }
 
     /// Checks that the lookup table orders paths strictly (so it is a permutation without
@@ -414,16 +453,23 @@ impl Archive {
         &self.name
     }
 
+    /// The format version `(major, minor)` of the file (1.0 or 2.x).
     pub fn version(&self) -> (u16, u16) {
         (self.header.version_major, self.header.version_minor)
     }
 
-    /// Uncompressed frame size of zstd entries.
+    /// The commit generation the index was found through; 0 when no commit slot is in use (a
+    /// streamed archive, or a 1.0 one).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Largest uncompressed length of a frame (the header's frame size).
     pub fn frame_size(&self) -> u64 {
         self.frame_size
     }
 
-    /// Length of the archive file in bytes.
+    /// Length of the archive file in bytes (at open).
     pub fn file_len(&self) -> u64 {
         self.backing.len()
     }
@@ -443,28 +489,83 @@ impl Archive {
         &self.footer
     }
 
-    /// The frame ends of a zstd entry, relative to its offset (empty for raw entries). With
-    /// [`stored_bytes`](Self::stored_bytes) this is everything needed to copy the entry verbatim
+    /// The frame table (a 1.0 archive's frame ends converted to records).
+    pub fn frames(&self) -> &[FrameRecord] {
+        &self.frames
+    }
+
+    /// The frame-table indexes of an entry's run (empty for raw entries).
+    pub fn entry_frames(&self, entry: &Entry<'_>) -> Range<u32> {
+        match entry.stored_as() {
+            StoredAs::Raw => 0..0,
+            StoredAs::Zstd => entry.record.first_frame..entry.record.first_frame + entry.record.frame_count as u32,
+        }
+    }
+
+    /// Where a frames entry's content starts within its first frame's decoded bytes (0 for raw
+    /// entries and for entries with frames of their own).
+    pub fn entry_skip(&self, entry: &Entry<'_>) -> u64 {
+        match entry.stored_as() {
+            StoredAs::Raw => 0,
+            StoredAs::Zstd => entry.record.offset,
+        }
+    }
+
+    /// The frame holding byte `offset` of a frames entry, as (frame-table index, offset within that
+    /// frame's decoded bytes); `None` for raw entries and offsets at or past the end.
+    pub fn frame_of(&self, entry: &Entry<'_>, offset: u64) -> Option<(u32, u64)> {
+        if entry.stored_as() == StoredAs::Raw || offset >= entry.size() {
+            return None;
+        }
+        let run = self.entry_frames(entry);
+        let coordinate = self.frame_starts[run.start as usize] + entry.record.offset + offset;
+        let starts = &self.frame_starts[run.start as usize..run.end as usize];
+        // The last frame starting at or before the coordinate (validated: the run covers it).
+        let k = starts.partition_point(|&start| start <= coordinate) - 1;
+        Some((run.start + k as u32, coordinate - starts[k]))
+    }
+
+    /// The cumulative stored lengths of an entry's frames (empty for raw entries). When the run is
+    /// contiguous in the file ([`frames_contiguous`](Self::frames_contiguous)), these are the frame
+    /// ends relative to [`Entry::offset`], which with [`stored_bytes`](Self::stored_bytes) is
+    /// everything needed to copy the entry verbatim
     /// (see [`ArchiveWriter::add_stored`](crate::ArchiveWriter::add_stored)).
     pub fn frame_ends(&self, entry: &Entry<'_>) -> Vec<u64> {
-        (0..self.frame_count(entry)).map(|k| self.frame_end(entry, k)).collect()
+        let mut end = 0u64;
+        self.entry_frames(entry)
+            .map(|f| {
+                end += u64::from(self.frames[f as usize].stored_len);
+                end
+            })
+            .collect()
     }
 
-    /// Whether frame `k` of a zstd entry is stored raw (its stored length equals its length).
+    /// Whether a frames entry's run lies back to back in the file, in table order (true for raw
+    /// entries).
+    pub fn frames_contiguous(&self, entry: &Entry<'_>) -> bool {
+        let run = self.entry_frames(entry);
+        run.clone().skip(1).all(|f| {
+            let previous = self.frames[f as usize - 1];
+            previous.offset + u64::from(previous.stored_len) == self.frames[f as usize].offset
+        })
+    }
+
+    /// Whether frame `k` of an entry's run is stored raw (its stored length equals its length).
     pub fn frame_is_raw(&self, entry: &Entry<'_>, k: u64) -> bool {
-        let (start, end) = self.frame_extent(entry, k);
-        end.saturating_sub(start) == self.frame_len(entry, k)
+        self.run_frame(entry, k).is_some_and(|f| f.stored_len == f.len)
     }
 
+    /// Number of entries.
     pub fn len(&self) -> usize {
         self.records.len()
     }
 
+    /// True when the archive has no entries.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
 
-    /// Entries in data order.
+    /// Entries in record order (the order the writer added them).
     pub fn entries(&self) -> impl ExactSizeIterator<Item = Entry<'_>> + '_ {
         (0..self.records.len() as u32).map(move |i| self.entry_at(i))
     }
@@ -474,7 +575,7 @@ impl Archive {
         (0..self.records.len()).filter_map(move |position| self.lookup_entry(position))
     }
 
-    /// The entry at a data-order index.
+    /// The entry at a record-order index.
     pub fn entry(&self, index: u32) -> Option<Entry<'_>> {
         ((index as usize) < self.records.len()).then(|| self.entry_at(index))
     }
@@ -517,126 +618,144 @@ impl Archive {
         let range = record.path_offset as usize..record.path_offset as usize + record.path_len as usize;
         // Validated at open; the fallback only guards the validator itself.
         let path = self.strings.get(range).unwrap_or("");
-        Entry { index, path, record }
+        Entry { index, path, record, placement: &self.placements[index as usize] }
     }
 
-    /// Number of frames of an entry (0 for raw entries).
+    /// Number of frames in an entry's run (0 for raw entries).
     pub fn frame_count(&self, entry: &Entry<'_>) -> u64 {
         match entry.stored_as() {
             StoredAs::Raw => 0,
-            StoredAs::Zstd => entry.size().div_ceil(self.frame_size),
+            StoredAs::Zstd => entry.record.frame_count,
         }
     }
 
-    /// Uncompressed length of frame `k` of a zstd entry.
+    /// Uncompressed length of frame `k` of an entry's run (the whole frame, which in a solid block
+    /// also holds other entries' bytes); 0 past the run.
     pub fn frame_len(&self, entry: &Entry<'_>, k: u64) -> u64 {
-        let start = k.saturating_mul(self.frame_size);
-        entry.size().saturating_sub(start).min(self.frame_size)
+        self.run_frame(entry, k).map_or(0, |f| u64::from(f.len))
     }
 
-    fn frame_end(&self, entry: &Entry<'_>, k: u64) -> u64 {
-        let slot = u64::from(entry.record.first_frame) + k;
-        let at = (slot as usize)
-            .checked_mul(FRAME_END_LEN as usize)
-            .and_then(|x| x.checked_add(self.frame_table.start))
-            .filter(|&at| at + FRAME_END_LEN as usize <= self.frame_table.end);
-        at.and_then(|at| self.backing.meta(at as u64..at as u64 + 8))
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0)
+    fn run_frame(&self, entry: &Entry<'_>, k: u64) -> Option<FrameRecord> {
+        let run = self.entry_frames(entry);
+        let f = u64::from(run.start) + k;
+        (f < u64::from(run.end)).then(|| self.frames[f as usize])
     }
 
-    /// Start and end of frame `k`'s stored bytes, relative to the entry's offset.
-    fn frame_extent(&self, entry: &Entry<'_>, k: u64) -> (u64, u64) {
-        let start = if k == 0 { 0 } else { self.frame_end(entry, k - 1) };
-        (start, self.frame_end(entry, k))
-    }
-
-    /// Stored bytes of frame `k`: borrowed when mapped, read from the file otherwise.
-    fn frame_stored(&self, entry: &Entry<'_>, k: u64) -> Result<Cow<'_, [u8]>> {
-        let (start, end) = self.frame_extent(entry, k);
-        self.entry_data(entry, start, end.saturating_sub(start))
-    }
-
-    /// `len` stored bytes of an entry from `start` (relative to its offset). A failure (a pread
-    /// archive whose file shrank or fails) names the entry and the offset.
-    fn entry_data(&self, entry: &Entry<'_>, start: u64, len: u64) -> Result<Cow<'_, [u8]>> {
-        let at = entry.offset().saturating_add(start);
-        self.backing.data(at, len).map_err(|e| self.unreadable(entry, at, len, e))
-    }
-
-    fn unreadable(&self, entry: &Entry<'_>, at: u64, len: u64, e: io::Error) -> Error {
+    fn unreadable(&self, entry: Option<&str>, at: u64, len: u64, e: io::Error) -> Error {
         let why = if e.kind() == io::ErrorKind::UnexpectedEof {
             "the file ends before them (was it truncated while open?)".to_owned()
         } else {
             e.to_string()
         };
-        Error::corrupt(&self.name, at, Some(entry.path()), format!("cannot read {len} stored bytes: {why}"))
+        Error::corrupt(&self.name, at, entry, format!("cannot read {len} stored bytes: {why}"))
     }
 
-    /// The stored bytes of an entry: for raw entries, its content, borrowed from the mapping, with no
-    /// checksum verification. Empty for an archive opened with [`open_pread`](Self::open_pread).
+    /// The stored bytes of an entry, borrowed from the mapping, unverified: a raw entry's content, or
+    /// a frames entry's run when it is contiguous (else empty). Empty for an archive opened with
+    /// [`open_pread`](Self::open_pread).
     pub fn stored_bytes(&self, entry: &Entry<'_>) -> &[u8] {
+        if !self.frames_contiguous(entry) {
+            return &[];
+        }
         let start = entry.offset();
         self.backing.meta(start..start.saturating_add(entry.stored_size())).unwrap_or_default()
     }
 
-    /// The content of a raw entry as a slice of the mapping (unverified); `None` for zstd entries
+    /// The content of a raw entry as a slice of the mapping (unverified); `None` for frames entries
     /// and for archives opened with [`open_pread`](Self::open_pread) (use [`read_at`](Self::read_at)).
     pub fn raw_bytes(&self, entry: &Entry<'_>) -> Option<&[u8]> {
-        if matches!(self.backing, Source::Pread(_)) {
+        if matches!(self.backing, Source::Pread(_)) || entry.stored_as() != StoredAs::Raw {
             return None;
         }
-        (entry.stored_as() == StoredAs::Raw).then(|| self.stored_bytes(entry))
+        let start = entry.offset();
+        Some(self.backing.meta(start..start.saturating_add(entry.size())).unwrap_or_default())
     }
 
-    /// Decodes frame `k` of a zstd entry into `out` (replacing its contents).
+    /// Decodes frame `k` of an entry's run, whole, into `out` (replacing its contents). The entry's
+    /// bytes in it start at [`entry_skip`](Self::entry_skip) for `k == 0`, at 0 after.
     pub fn decode_frame(&self, entry: &Entry<'_>, k: u64, out: &mut Vec<u8>) -> Result<()> {
-        let len = self.frame_len(entry, k) as usize;
-        let stored = self.frame_stored(entry, k)?;
-        self.check_frame_header(entry, k, &stored, len)?;
-        out.clear();
-        out.resize(len, 0);
-        self.decode_frame_into(entry, k, &stored, out)
+        let run = self.entry_frames(entry);
+        let f = u64::from(run.start) + k;
+        if f >= u64::from(run.end) {
+            return Err(Error::OutOfRange { entry: entry.path().to_owned(), offset: k, size: run.len() as u64 });
+        }
+        self.decode_frame_for(f as u32, Some(entry.path()), out)
     }
 
-    /// Checks, before any buffer is sized for it, that a compressed frame declares the length the
-    /// index expects (writers always record it): a forged size then costs no allocation at all.
-    fn check_frame_header(&self, entry: &Entry<'_>, k: u64, stored: &[u8], len: usize) -> Result<()> {
-        if stored.len() == len {
-            return Ok(()); // a raw frame
-        }
-        let fail = |what: String| {
-            let frame_offset = entry.offset() + if k == 0 { 0 } else { self.frame_end(entry, k - 1) };
-            Err(Error::corrupt(&self.name, frame_offset, Some(entry.path()), what))
+    /// The stored bytes of frame `frame` of the frame table (borrowed when mapped), unverified.
+    pub fn stored_frame(&self, frame: u32) -> Result<Cow<'_, [u8]>> {
+        let Some(record) = self.frames.get(frame as usize).copied() else {
+            return Err(Error::InvalidOption(format!("frame {frame} is past the frame table")));
         };
-        match zstd::zstd_safe::get_frame_content_size(stored) {
-            Ok(Some(declared)) if declared != len as u64 => {
-                fail(format!("frame {k} does not decode to its length: it declares {declared} bytes, not {len}"))
-            }
-            Ok(_) => Ok(()),
-            Err(_) => fail(format!("frame {k} does not decode: no valid zstd frame header")),
-        }
+        let len = u64::from(record.stored_len);
+        self.backing.data(record.offset, len).map_err(|e| self.unreadable(None, record.offset, len, e))
     }
 
-    /// Decodes frame `k` (its `stored` bytes) into `out`, which must be exactly the frame's
-    /// uncompressed length.
-    fn decode_frame_into(&self, entry: &Entry<'_>, k: u64, stored: &[u8], out: &mut [u8]) -> Result<()> {
-        let frame_offset = entry.offset() + if k == 0 { 0 } else { self.frame_end(entry, k - 1) };
-        if stored.len() == out.len() {
-            out.copy_from_slice(stored);
+    /// Decodes frame `frame` of the frame table into `out` (replacing its contents), checked.
+    pub fn decode_frame_at(&self, frame: u32, out: &mut Vec<u8>) -> Result<()> {
+        self.decode_frame_for(frame, None, out)
+    }
+
+    fn decode_frame_for(&self, frame: u32, entry: Option<&str>, out: &mut Vec<u8>) -> Result<()> {
+        let Some(record) = self.frames.get(frame as usize).copied() else {
+            let what = format!("frame {frame} is past the frame table ({} frames)", self.frames.len());
+            return Err(Error::InvalidOption(what));
+        };
+        let len = record.len as usize;
+        let stored = self
+            .backing
+            .data(record.offset, u64::from(record.stored_len))
+            .map_err(|e| self.unreadable(entry, record.offset, u64::from(record.stored_len), e))?;
+        let fail = |what: String| Error::corrupt(&self.name, record.offset, entry, format!("frame {frame} {what}"));
+        if stored.len() == len {
+            out.clear();
+            out.extend_from_slice(&stored);
             return Ok(());
         }
-        let decoded = decompress_frame(stored, out).map_err(|e| {
-            Error::corrupt(&self.name, frame_offset, Some(entry.path()), format!("frame {k} does not decode: {e}"))
-        })?;
-        if decoded != out.len() {
-            return Err(Error::corrupt(
-                &self.name,
-                frame_offset,
-                Some(entry.path()),
-                format!("frame {k} decodes to {decoded} bytes instead of {}", out.len()),
-            ));
+        // The declared length is checked before any buffer is sized for it (writers always record
+        // it): a forged frame then costs no allocation at all.
+        match zstd::zstd_safe::get_frame_content_size(&stored) {
+            Ok(Some(declared)) if declared != len as u64 => {
+                return Err(fail(format!("does not decode to its length: it declares {declared} bytes, not {len}")))
+            }
+            Ok(_) => {}
+            Err(_) => return Err(fail("does not decode: no valid zstd frame header".to_owned())),
+        }
+        out.clear();
+        out.try_reserve_exact(len).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
+        out.resize(len, 0);
+        let decoded = decompress_frame(&stored, out).map_err(|e| fail(format!("does not decode: {e}")))?;
+        if decoded != len {
+            return Err(fail(format!("decodes to {decoded} bytes instead of {len}")));
+        }
+        Ok(())
+    }
+
+    /// Gives the bytes of a frames entry from `offset` to its end to `sink`, piece by piece (at most
+    /// one frame each), decoding each frame once through the thread's frame cache.
+    fn pieces(
+        &self,
+        entry: &Entry<'_>,
+        offset: u64,
+        end: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let mut position = offset;
+        while position < end {
+            let Some((frame, within)) = self.frame_of(entry, position) else { break };
+            FRAME_CACHE.with(|cell| -> Result<()> {
+                let mut cache = cell.borrow_mut();
+                if cache.key != Some((self.id, frame)) {
+                    cache.key = None;
+                    self.decode_frame_for(frame, Some(entry.path()), &mut cache.bytes)?;
+                    cache.key = Some((self.id, frame));
+                }
+                let available = cache.bytes.len() as u64 - within;
+                let take = available.min(end - position) as usize;
+                sink(&cache.bytes[within as usize..within as usize + take])?;
+                position += take as u64;
+                Ok(())
+            })?;
         }
         Ok(())
     }
@@ -644,7 +763,10 @@ impl Archive {
     /// Reads a whole entry and verifies its checksum. Raw entries are borrowed from the mapping.
     pub fn read(&self, entry: &Entry<'_>) -> Result<Cow<'_, [u8]>> {
         let content: Cow<'_, [u8]> = match entry.stored_as() {
-            StoredAs::Raw => self.entry_data(entry, 0, entry.stored_size())?,
+            StoredAs::Raw => self
+                .backing
+                .data(entry.offset(), entry.size())
+                .map_err(|e| self.unreadable(Some(entry.path()), entry.offset(), entry.size(), e))?,
             StoredAs::Zstd => {
                 let size = usize::try_from(entry.size()).map_err(|_| {
                     Error::io(&self.name, io::Error::other(format!("entry '{}' does not fit in memory", entry.path())))
@@ -656,15 +778,11 @@ impl Archive {
                 let mut out = Vec::new();
                 out.try_reserve_exact(size.min(first_guess as usize))
                     .map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
-                for k in 0..self.frame_count(entry) {
-                    let start = out.len();
-                    let len = self.frame_len(entry, k) as usize;
-                    let stored = self.frame_stored(entry, k)?;
-                    self.check_frame_header(entry, k, &stored, len)?;
-                    out.try_reserve(len).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
-                    out.resize(start + len, 0);
-                    self.decode_frame_into(entry, k, &stored, &mut out[start..])?;
-                }
+                self.pieces(entry, 0, entry.size(), |piece| {
+                    out.try_reserve(piece.len()).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
+                    out.extend_from_slice(piece);
+                    Ok(())
+                })?;
                 Cow::Owned(out)
             }
         };
@@ -686,25 +804,11 @@ impl Archive {
             StoredAs::Raw => self.read_raw_into(entry, offset, buf)?,
             StoredAs::Zstd => {
                 let mut done = 0usize;
-                while done < len {
-                    let position = offset + done as u64;
-                    let k = position / self.frame_size;
-                    let within = (position % self.frame_size) as usize;
-                    let frame_len = self.frame_len(entry, k) as usize;
-                    let take = (frame_len - within).min(len - done);
-                    if within == 0 && take == frame_len {
-                        let stored = self.frame_stored(entry, k)?;
-                        self.decode_frame_into(entry, k, &stored, &mut buf[done..done + take])?;
-                    } else {
-                        SCRATCH.with(|scratch| -> Result<()> {
-                            let mut scratch = scratch.borrow_mut();
-                            self.decode_frame(entry, k, &mut scratch)?;
-                            buf[done..done + take].copy_from_slice(&scratch[within..within + take]);
-                            Ok(())
-                        })?;
-                    }
-                    done += take;
-                }
+                self.pieces(entry, offset, offset + len as u64, |piece| {
+                    buf[done..done + piece.len()].copy_from_slice(piece);
+                    done += piece.len();
+                    Ok(())
+                })?;
             }
         }
         Ok(len)
@@ -713,7 +817,7 @@ impl Archive {
     /// Fills `buf` with a raw entry's bytes from `offset` (within the entry), without allocating.
     fn read_raw_into(&self, entry: &Entry<'_>, offset: u64, buf: &mut [u8]) -> Result<()> {
         let at = entry.offset().saturating_add(offset);
-        self.backing.read_into(at, buf).map_err(|e| self.unreadable(entry, at, buf.len() as u64, e))
+        self.backing.read_into(at, buf).map_err(|e| self.unreadable(Some(entry.path()), at, buf.len() as u64, e))
     }
 
     /// A streaming reader over an entry's content that verifies the checksum when it reaches the
@@ -734,7 +838,9 @@ impl Archive {
     pub fn verify_entry(&self, entry: &Entry<'_>) -> Result<()> {
         let mut hasher = Xxh3::new();
         match entry.stored_as() {
-            StoredAs::Raw if !matches!(self.backing, Source::Pread(_)) => hasher.update(self.stored_bytes(entry)),
+            StoredAs::Raw if !matches!(self.backing, Source::Pread(_)) => {
+                hasher.update(self.raw_bytes(entry).unwrap_or_default())
+            }
             StoredAs::Raw => {
                 // In pieces: a pread archive would otherwise hold a whole raw entry in memory.
                 let mut piece = vec![0u8; (entry.size().min(1 << 20)) as usize];
@@ -746,25 +852,34 @@ impl Archive {
                     offset += n as u64;
                 }
             }
-            StoredAs::Zstd => {
-                let mut frame = Vec::new();
-                for k in 0..self.frame_count(entry) {
-                    self.decode_frame(entry, k, &mut frame)?;
-                    hasher.update(&frame);
-                }
-            }
+            StoredAs::Zstd => self.pieces(entry, 0, entry.size(), |piece| {
+                hasher.update(piece);
+                Ok(())
+            })?,
         }
         self.check_hash(entry, hasher.digest())
     }
 
-    /// Verifies every entry in parallel; returns the errors of damaged entries in data order
-    /// (empty when the archive is intact). Header, footer and index were verified at open.
+    /// Verifies every entry in parallel; returns the errors of damaged entries in record order
+    /// (empty when the archive is intact). Header, footer and index were verified at open. Entries
+    /// are taken in frame order in chunks, so a frame shared by a solid block is decoded about once.
     pub fn verify(&self) -> Vec<Error> {
-        let results: Vec<Option<Error>> = (0..self.records.len() as u32)
-            .into_par_iter()
-            .map(|i| self.verify_entry(&self.entry_at(i)).err())
+        let mut order: Vec<u32> = (0..self.records.len() as u32).collect();
+        order.sort_by_key(|&i| {
+            let r = &self.records[i as usize];
+            (r.compression, r.first_frame, r.offset)
+        });
+        let mut results: Vec<(u32, Error)> = order
+            .par_chunks(64)
+            .flat_map_iter(|chunk| {
+                chunk
+                    .iter()
+                    .filter_map(|&i| self.verify_entry(&self.entry_at(i)).err().map(|e| (i, e)))
+                    .collect::<Vec<_>>()
+            })
             .collect();
-        results.into_iter().flatten().collect()
+        results.sort_by_key(|(i, _)| *i);
+        results.into_iter().map(|(_, e)| e).collect()
     }
 
     fn check_hash(&self, entry: &Entry<'_>, actual: u64) -> Result<()> {
@@ -784,9 +899,41 @@ impl Archive {
         self.records.iter().map(|r| r.size).fold(0u64, u64::saturating_add)
     }
 
-    /// Sum of the entries' stored sizes.
+    /// Distinct stored bytes: each raw extent and each frame counted once (shared data once).
     pub fn total_stored_size(&self) -> u64 {
-        self.records.iter().map(|r| r.stored_size).fold(0u64, u64::saturating_add)
+        self.space().stored
+    }
+
+    /// How the data area is used: distinct stored bytes, dead bytes (holes and padding), and what
+    /// deduplication and solid blocks shared.
+    pub fn space(&self) -> SpaceUse {
+        let data_start = if self.header.version_major == VERSION_MAJOR_1 { HEADER_LEN } else { DATA_START };
+        let data_area = self.footer.index_offset - data_start;
+        let frames_stored: u64 = self.frames.iter().map(|f| u64::from(f.stored_len)).sum();
+        let mut seen = std::collections::HashSet::new();
+        let mut space = SpaceUse { data_area, frames: self.frames.len() as u64, ..SpaceUse::default() };
+        let mut raw_stored = 0u64;
+        let mut solid_frames = std::collections::HashSet::new();
+        for record in &self.records {
+            if record.size == 0 {
+                continue;
+            }
+            let key = (record.compression, record.first_frame, record.frame_count, record.offset);
+            if !seen.insert(key) {
+                space.shared_entries += 1;
+                space.shared_bytes += record.size;
+            } else if record.compression == COMPRESSION_NONE {
+                raw_stored += record.size;
+            }
+            if record.flags & format::ENTRY_FLAG_SOLID != 0 {
+                space.solid_entries += 1;
+                solid_frames.extend(record.first_frame..record.first_frame + record.frame_count as u32);
+            }
+        }
+        space.solid_frames = solid_frames.len() as u64;
+        space.stored = raw_stored + frames_stored;
+        space.dead = data_area.saturating_sub(space.stored);
+        space
     }
 }
 
@@ -799,12 +946,12 @@ struct IndexLayout {
 }
 
 impl IndexLayout {
-    fn new(header: &IndexHeader, index_len: u64) -> Option<IndexLayout> {
-        if header.entry_count > u64::from(u32::MAX) {
+    fn new(header: &IndexHeader, index_len: u64, frame_record_len: u64) -> Option<IndexLayout> {
+        if header.entry_count > u64::from(u32::MAX) || header.frame_count > u64::from(u32::MAX) {
             return None;
         }
         let records_len = header.entry_count.checked_mul(ENTRY_RECORD_LEN)?;
-        let frames_len = header.frame_count.checked_mul(FRAME_END_LEN)?;
+        let frames_len = header.frame_count.checked_mul(frame_record_len)?;
         let lookup_len = header.entry_count.checked_mul(LOOKUP_LEN)?;
         let total = INDEX_HEADER_LEN
             .checked_add(records_len)?
@@ -823,9 +970,63 @@ impl IndexLayout {
     }
 }
 
+/// Finds the footer from the header and commit slots (`head`: the file's first bytes, `file_len`
+/// its length): the winning slot's footer, or the last 40 bytes when no slot is valid (always for
+/// 1.0). Returns the footer's offset and the generation it was committed with (0 without a slot).
+fn locate_footer_and_generation(head: &[u8], file_len: u64, name: &Path) -> Result<(u64, u64)> {
+    let streamed = file_len
+        .checked_sub(FOOTER_LEN)
+        .ok_or_else(|| Error::corrupt(name, file_len, None, "file is truncated (shorter than header and footer)"))?;
+    if head.get(8..10) == Some(&VERSION_MAJOR_1.to_le_bytes()[..]) {
+        return Ok((streamed, 0));
+    }
+    let mut best: Option<(u64, CommitSlot)> = None;
+    for i in 0..2u64 {
+        let at = HEADER_LEN + i * SLOT_LEN;
+        let Some(slot) = head.get(at as usize..(at + SLOT_LEN) as usize).and_then(format::from_bytes::<CommitSlot>)
+        else {
+            return Err(Error::corrupt(name, at, None, "file is truncated (shorter than its commit slots)"));
+        };
+        if slot.generation == 0 || slot.slot_hash != slot.compute_hash() {
+            continue; // empty, or torn by a crash during its write
+        }
+        match best {
+            Some((_, other)) if other.generation == slot.generation => {
+                let what = format!("both commit slots claim generation {}", slot.generation);
+                return Err(Error::corrupt(name, at, None, what));
+            }
+            Some((_, other)) if other.generation > slot.generation => {}
+            _ => best = Some((at, slot)),
+        }
+    }
+    let Some((at, slot)) = best else { return Ok((streamed, 0)) };
+    if slot.reserved != 0 {
+        return Err(Error::corrupt(name, at + 16, None, "commit slot has reserved bits set"));
+    }
+    let fits = slot.footer_offset >= DATA_START
+        && slot.footer_offset.checked_add(FOOTER_LEN).is_some_and(|end| end <= file_len);
+    if !fits {
+        let what = format!("commit slot (generation {}) points at a footer outside the file", slot.generation);
+        return Err(Error::corrupt(name, at + 8, None, what));
+    }
+    Ok((slot.footer_offset, slot.generation))
+}
+
+/// [`locate_footer_and_generation`]'s offset alone.
+fn locate_footer(head: &[u8], file_len: u64, name: &Path) -> Result<u64> {
+    locate_footer_and_generation(head, file_len, name).map(|(at, _)| at)
+}
+
+/// The last frame decoded on this thread, keyed by (archive id, frame index): neighbouring small
+/// entries of a solid block are then served from one decode.
+struct FrameCache {
+    key: Option<(u64, u32)>,
+    bytes: Vec<u8>,
+}
+
 thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
-    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static FRAME_CACHE: RefCell<FrameCache> = const { RefCell::new(FrameCache { key: None, bytes: Vec::new() }) };
 }
 
 /// Decodes one zstd frame into `out`, never writing past it; returns the decoded length.
@@ -846,7 +1047,9 @@ pub struct EntryReader<'a> {
     entry: Entry<'a>,
     position: u64,
     frame: Vec<u8>,
-    frame_start: u64,
+    /// Entry position of `frame[0]` (may be "before" the entry: a solid entry's first frame starts
+    /// with other entries' bytes, so this is `position - within` as a signed quantity).
+    frame_start: i128,
     hasher: Xxh3,
     empty_checked: bool,
 }
@@ -869,16 +1072,20 @@ impl Read for EntryReader<'_> {
                 n
             }
             StoredAs::Zstd => {
-                let frame_size = self.archive.frame_size;
-                let within_loaded =
-                    self.position >= self.frame_start && self.position < self.frame_start + self.frame.len() as u64;
-                if !within_loaded {
-                    let k = self.position / frame_size;
-                    self.archive.decode_frame(&self.entry, k, &mut self.frame)?;
-                    self.frame_start = k * frame_size;
+                let position = i128::from(self.position);
+                let loaded = position >= self.frame_start && position < self.frame_start + self.frame.len() as i128;
+                if !loaded {
+                    let (frame, within) = self
+                        .archive
+                        .frame_of(&self.entry, self.position)
+                        .ok_or_else(|| io::Error::other("position outside the entry"))?;
+                    self.frame.clear();
+                    self.archive.decode_frame_for(frame, Some(self.entry.path()), &mut self.frame)?;
+                    self.frame_start = position - i128::from(within);
                 }
-                let within = (self.position - self.frame_start) as usize;
-                let n = buf.len().min(self.frame.len() - within);
+                let within = (position - self.frame_start) as usize;
+                let left_in_entry = (size - self.position) as usize;
+                let n = buf.len().min(self.frame.len() - within).min(left_in_entry);
                 buf[..n].copy_from_slice(&self.frame[within..within + n]);
                 n
             }

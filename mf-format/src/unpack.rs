@@ -61,20 +61,47 @@ pub enum UnpackError {
     Path(crate::Error),
     /// A file exists at an entry's target and `overwrite` is off.
     #[error("{}: already exists", path.display())]
-    Exists { path: PathBuf, entry: String },
+    Exists {
+        /// The existing file.
+        path: PathBuf,
+        /// The entry that would replace it.
+        entry: String,
+    },
     /// A directory is where an entry's file would go.
     #[error("{}: a directory is in the way of entry '{entry}'", path.display())]
-    DirectoryInTheWay { path: PathBuf, entry: String },
+    DirectoryInTheWay {
+        /// The directory in the way.
+        path: PathBuf,
+        /// The entry whose file would go there.
+        entry: String,
+    },
     /// Something other than a directory (a file, a symlink...) is where an entry needs a directory.
     #[error("{}: exists and is {kind}, not a directory (refusing to extract '{entry}' through it)", path.display())]
-    NotADirectory { path: PathBuf, entry: String, kind: &'static str },
+    NotADirectory {
+        /// The non-directory in the way.
+        path: PathBuf,
+        /// The entry being extracted.
+        entry: String,
+        /// What it is instead (a file, a symlink...).
+        kind: &'static str,
+    },
     /// A file-system operation failed (a symlink swapped in during extraction shows up here as
     /// "Too many levels of symbolic links" or "Not a directory").
     #[error("{}: {error}", path.display())]
-    Io { path: PathBuf, error: io::Error },
+    Io {
+        /// The file or directory operated on.
+        path: PathBuf,
+        /// What the operating system said.
+        error: io::Error,
+    },
     /// Reading the entry's content failed (damaged data, checksum mismatch...).
     #[error("entry '{entry}': {error}")]
-    Read { entry: String, error: io::Error },
+    Read {
+        /// The entry being read.
+        entry: String,
+        /// The read error (damage shows up as InvalidData).
+        error: io::Error,
+    },
 }
 
 /// What an extraction did.

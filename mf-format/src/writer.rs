@@ -1,21 +1,25 @@
-//! The streaming archive writer.
+//! The streaming archive writer (format 2.0, spec/FORMAT.md "What writers do").
 //!
-//! Data is written once, front to back; only the index (about 100 bytes an entry) is held in memory
-//! until [`ArchiveWriter::finish`]. Frames of an entry are compressed in parallel on the rayon pool, a
-//! bounded batch at a time, and written in order, so the output does not depend on the thread count.
+//! Data is written once, front to back; only the index (about 100 bytes an entry, plus 48 bytes of
+//! deduplication key) is held in memory until [`ArchiveWriter::finish`]. Entries with the content of
+//! an earlier entry share its data; small compressible entries go into the solid stream, whose frames
+//! are compressed a fixed batch at a time; other entries get frames of their own. Frames are
+//! compressed in parallel on the rayon pool and written in order, so the output does not depend on
+//! the thread count.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
-use std::io::{self, Read, Write};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, EntryRecord, Footer, Header, IndexHeader, COMPRESSION_NONE, COMPRESSION_ZSTD, HEADER_LEN,
-    MAX_FRAME_SIZE_LOG2, MIN_FRAME_SIZE_LOG2,
+    self, EntryRecord, Footer, FrameRecord, Header, IndexHeader, COMPRESSION_NONE, COMPRESSION_ZSTD, DATA_START,
+    ENTRY_FLAG_SOLID, MAX_FRAME_SIZE_LOG2, MIN_FRAME_SIZE_LOG2,
 };
 use crate::path::validate_path;
 use crate::policy;
@@ -26,6 +30,12 @@ pub const DATA_ALIGNMENT: u64 = 16;
 pub const DEFAULT_LEVEL: i32 = 9;
 /// Default frame size: 256 KiB.
 pub const DEFAULT_FRAME_SIZE_LOG2: u8 = 18;
+/// Entries up to this size (bytes) with automatic compression go into the solid stream when they
+/// look compressible.
+pub const SOLID_LIMIT: u64 = 64 << 10;
+/// Complete solid frames buffered before they are compressed and written (a fixed count, so the
+/// layout does not depend on the thread count).
+pub const SOLID_BATCH_FRAMES: usize = 16;
 
 /// Archive-wide settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +72,7 @@ impl WriterOptions {
         Ok(())
     }
 
+    /// The frame size in bytes.
     pub fn frame_size(&self) -> usize {
         1usize << self.frame_size_log2
     }
@@ -83,14 +94,20 @@ pub enum Compression {
     Auto,
     /// Never compress.
     Store,
-    /// Compress every frame that zstd makes any shorter, whatever the extension.
+    /// Compress every frame that zstd makes any shorter, whatever the extension, in frames of the
+    /// entry's own.
     Zstd,
+    /// Append the content to the solid stream whatever its size (the writer does this itself for
+    /// small compressible entries under `Auto`); used to rebuild an archive's layout exactly.
+    Solid,
 }
 
 /// A modification time; only recorded when the caller asks for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Mtime {
+    /// Seconds since the Unix epoch (negative before it).
     pub secs: i64,
+    /// Nanoseconds, below 10⁹.
     pub nanos: u32,
 }
 
@@ -111,6 +128,7 @@ impl Mtime {
 /// Per-entry settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryOptions {
+    /// How to store the content.
     pub compression: Compression,
     /// Unix permission bits (at most `0o7777`).
     pub mode: u32,
@@ -145,7 +163,8 @@ pub struct StoredLayout<'a> {
     pub content_hash: u64,
     /// Bytes of stored data that follow.
     pub stored_len: u64,
-    /// Frame ends relative to the entry's start; empty for an uncompressed entry.
+    /// Frame ends relative to the entry's start; empty for an uncompressed entry. Frame `k` holds
+    /// uncompressed bytes `k·frame_size ..` (the writer's frame size).
     pub frame_ends: &'a [u64],
 }
 
@@ -156,27 +175,56 @@ enum StoredFrame {
     Zstd(Vec<u8>),
 }
 
+/// How the writer stores one entry's content.
+enum Placing {
+    /// Nothing stored (size 0).
+    Empty,
+    /// Appended to the solid stream.
+    Solid,
+    /// Frames of its own, compressed already (by [`prepare_entry`]).
+    Frames(Vec<StoredFrame>),
+}
+
 /// An entry compressed in memory, ready to be written. Made by [`prepare_entry`] on any thread, so
-/// many small files can be compressed in parallel and then written in a fixed order.
+/// many small files can be compressed (and hashed) in parallel and then written in a fixed order.
 pub struct PreparedEntry {
     path: String,
     options: EntryOptions,
     data: Vec<u8>,
-    frames: Vec<StoredFrame>,
+    placing: Placing,
     content_hash: u64,
+    digest: [u8; 32],
 }
 
 impl PreparedEntry {
+    /// The entry path.
     pub fn path(&self) -> &str {
         &self.path
     }
 
+    /// The content size in bytes.
     pub fn size(&self) -> u64 {
         self.data.len() as u64
     }
 }
 
-/// Compresses a whole entry held in memory. Pure: the result depends only on the arguments.
+/// Whether content goes into the solid stream: forced, or automatic for a small entry of a kind that
+/// is not already compressed and whose bytes do not look random.
+fn goes_solid(path: &str, data: &[u8], compression: Compression) -> bool {
+    match compression {
+        Compression::Solid => !data.is_empty(),
+        Compression::Auto => {
+            !data.is_empty()
+                && data.len() as u64 <= SOLID_LIMIT
+                && !policy::is_precompressed(path)
+                && policy::byte_entropy_bits(data) <= policy::PROBE_ENTROPY_BITS
+        }
+        Compression::Store | Compression::Zstd => false,
+    }
+}
+
+/// Compresses (and hashes) a whole entry held in memory. Pure: the result depends only on the
+/// arguments. Solid-stream entries are left for the writer, which compresses the stream in batches.
 pub fn prepare_entry(
     path: String,
     data: Vec<u8>,
@@ -185,14 +233,22 @@ pub fn prepare_entry(
 ) -> Result<PreparedEntry> {
     validate_path(&path)?;
     check_entry_options(&options)?;
-    let plan = FramePlan::new(&path, &options, writer_options);
-    let frames = data
-        .chunks(writer_options.frame_size())
-        .map(|chunk| plan.encode(chunk))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(|e| Error::io(&path, e))?;
+    let placing = if data.is_empty() {
+        Placing::Empty
+    } else if goes_solid(&path, &data, options.compression) {
+        Placing::Solid
+    } else {
+        let plan = FramePlan::new(&path, &options, writer_options);
+        let frames = data
+            .chunks(writer_options.frame_size())
+            .map(|chunk| plan.encode(chunk))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(|e| Error::io(&path, e))?;
+        Placing::Frames(frames)
+    };
     let content_hash = xxhash_rust::xxh3::xxh3_64(&data);
-    Ok(PreparedEntry { path, options, data, frames, content_hash })
+    let digest = Sha256::digest(&data).into();
+    Ok(PreparedEntry { path, options, data, placing, content_hash, digest })
 }
 
 fn check_entry_options(options: &EntryOptions) -> Result<()> {
@@ -221,7 +277,7 @@ impl FramePlan {
     fn new(path: &str, options: &EntryOptions, writer_options: &WriterOptions) -> Self {
         let (compress, only_if_useful, probe_first) = match options.compression {
             Compression::Store => (false, true, false),
-            Compression::Auto => (true, true, policy::is_precompressed(path)),
+            Compression::Auto | Compression::Solid => (true, true, policy::is_precompressed(path)),
             Compression::Zstd => (true, false, false),
         };
         FramePlan { compress, only_if_useful, probe_first, level: writer_options.level }
@@ -247,6 +303,17 @@ impl FramePlan {
         };
         Ok(if keep { StoredFrame::Zstd(compressed) } else { StoredFrame::Raw })
     }
+}
+
+/// A solid frame: zstd at the archive's level when that is shorter, else raw (spec: "What writers
+/// do"; `mf apply` relies on this rule to rebuild solid frames).
+fn encode_solid(chunk: &[u8], level: i32) -> io::Result<StoredFrame> {
+    let compressed = compress_frame(chunk, level)?;
+    Ok(if policy::compression_is_shorter(chunk.len(), compressed.len()) {
+        StoredFrame::Zstd(compressed)
+    } else {
+        StoredFrame::Raw
+    })
 }
 
 thread_local! {
@@ -278,6 +345,21 @@ fn compress_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
     })
 }
 
+/// The key under which content is deduplicated: size and SHA-256 (a 64-bit hash alone is never
+/// trusted to decide that two contents are equal).
+type ContentKey = (u64, [u8; 32]);
+
+/// The solid stream: small entries' bytes back to back, cut into frames of the frame size.
+#[derive(Default)]
+struct SolidStream {
+    /// Bytes appended and not yet written (less than a batch of frames after each entry).
+    pending: Vec<u8>,
+    /// Bytes appended so far.
+    len: u64,
+    /// Frames written so far, in stream order (their table index is offset at `finish`).
+    frames: Vec<FrameRecord>,
+}
+
 /// Streams entries into an archive. Call [`finish`](Self::finish) to write the index and footer; an
 /// archive whose writer is dropped unfinished is incomplete and unreadable. After an error, discard
 /// the output.
@@ -289,15 +371,23 @@ pub struct ArchiveWriter<W: Write> {
     pos: u64,
     records: Vec<EntryRecord>,
     paths: Vec<String>,
-    frame_ends: Vec<u64>,
-    files: HashSet<String>,
+    /// Frames of entries with frames of their own, in the order written.
+    frames: Vec<FrameRecord>,
+    solid: SolidStream,
+    deduplicate: bool,
+    /// Where each content stored so far lies (a template record: storage fields only).
+    stored: HashMap<ContentKey, EntryRecord>,
+    /// Sizes of those contents: a file is hashed ahead only when its size was seen.
+    sizes: HashSet<u64>,
+    /// Record index of each path.
+    files: HashMap<String, u32>,
     dirs: HashSet<String>,
     /// Reused read buffer for streamed entries.
     buffer: Vec<u8>,
 }
 
 impl<W: Write> ArchiveWriter<W> {
-    /// Starts an archive on `out`, writing the header at once.
+    /// Starts an archive on `out`, writing the header (and two empty commit slots) at once.
     pub fn new(out: W, options: WriterOptions) -> Result<Self> {
         Self::with_name(out, options, "<output>")
     }
@@ -306,23 +396,36 @@ impl<W: Write> ArchiveWriter<W> {
     pub fn with_name(mut out: W, options: WriterOptions, name: impl Into<PathBuf>) -> Result<Self> {
         options.check()?;
         let name = name.into();
-        out.write_all(&format::to_bytes(&Header::new(options.frame_size_log2))).map_err(|e| Error::io(&name, e))?;
+        let mut head = format::to_bytes(&Header::new(options.frame_size_log2));
+        head.resize(DATA_START as usize, 0); // both commit slots empty
+        out.write_all(&head).map_err(|e| Error::io(&name, e))?;
         Ok(ArchiveWriter {
             out,
             name,
             options,
-            pos: HEADER_LEN,
+            pos: DATA_START,
             records: Vec::new(),
             paths: Vec::new(),
-            frame_ends: Vec::new(),
-            files: HashSet::new(),
+            frames: Vec::new(),
+            solid: SolidStream::default(),
+            deduplicate: true,
+            stored: HashMap::new(),
+            sizes: HashSet::new(),
+            files: HashMap::new(),
             dirs: HashSet::new(),
             buffer: Vec::new(),
         })
     }
 
+    /// The archive-wide settings.
     pub fn options(&self) -> &WriterOptions {
         &self.options
+    }
+
+    /// Turns automatic deduplication on (the default) or off. Off, an entry shares data only when
+    /// added with [`add_duplicate`](Self::add_duplicate): for rebuilding an archive's exact layout.
+    pub fn set_deduplicate(&mut self, on: bool) {
+        self.deduplicate = on;
     }
 
     /// Number of entries added so far.
@@ -330,6 +433,7 @@ impl<W: Write> ArchiveWriter<W> {
         self.records.len()
     }
 
+    /// True when no entry was added yet.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
@@ -339,75 +443,162 @@ impl<W: Write> ArchiveWriter<W> {
         self.pos
     }
 
-    /// Adds an entry from memory.
+    /// Adds an entry from memory: shared with an earlier entry of the same content, appended to the
+    /// solid stream, or compressed in frames of its own (in parallel, a bounded batch at a time).
     pub fn add_bytes(&mut self, path: &str, data: &[u8], options: EntryOptions) -> Result<()> {
-        self.claim_entry(path, &options)?;
-        let plan = FramePlan::new(path, &options, &self.options);
-        let mut entry = self.begin_entry(path, options)?;
-        let mut hasher = Xxh3::new();
-        hasher.update(data);
-        let batch = self.batch_bytes();
-        for block in data.chunks(batch) {
-            self.write_block(&mut entry, &plan, block)?;
+        check_entry_options(&options)?;
+        validate_path(path)?;
+        let key = (data.len() as u64, Sha256::digest(data).into());
+        let content_hash = xxhash_rust::xxh3::xxh3_64(data);
+        if self.add_if_stored(path, options, &key, content_hash)? {
+            return Ok(());
         }
-        self.end_entry(entry, data.len() as u64, hasher.digest());
+        self.claim_entry(path, &options)?;
+        if data.is_empty() {
+            self.push_record(path, options, empty_record(content_hash));
+        } else if goes_solid(path, data, options.compression) {
+            let record = self.append_solid(data, content_hash)?;
+            self.push_stored(path, options, record, key);
+        } else {
+            let plan = FramePlan::new(path, &options, &self.options);
+            let mut entry = self.begin_entry()?;
+            for block in data.chunks(self.batch_bytes()) {
+                self.write_block(&mut entry, &plan, path, block)?;
+            }
+            let record = self.end_frames(entry, data.len() as u64, content_hash);
+            self.push_stored(path, options, record, key);
+        }
         Ok(())
     }
 
-    /// Adds an entry by streaming `reader` to its end, compressing a bounded batch of frames at a
-    /// time in parallel. Memory stays at a few frames per thread whatever the entry's size.
+    /// Adds an entry by streaming `reader` to its end. Content of up to [`SOLID_LIMIT`] bytes is
+    /// handled as by [`add_bytes`](Self::add_bytes); longer content is compressed a bounded batch
+    /// of frames at a time in parallel (memory: a few frames per thread whatever the size) and is
+    /// not deduplicated against earlier entries (its bytes are written before its hash is known).
+    /// With [`Compression::Solid`] the content is appended to the solid stream whatever its size.
     pub fn add_reader(&mut self, path: &str, mut reader: impl Read, options: EntryOptions) -> Result<()> {
+        let mut head = Vec::new();
+        (&mut reader).take(SOLID_LIMIT + 1).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+        if head.len() as u64 <= SOLID_LIMIT {
+            return self.add_bytes(path, &head, options);
+        }
         self.claim_entry(path, &options)?;
-        let plan = FramePlan::new(path, &options, &self.options);
-        let mut entry = self.begin_entry(path, options)?;
-        let mut hasher = Xxh3::new();
-        let batch = self.batch_bytes();
-        let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.resize(batch, 0);
-        let mut size = 0u64;
-        loop {
-            let filled = read_full(&mut reader, &mut buffer).map_err(|e| Error::io(path, e))?;
-            hasher.update(&buffer[..filled]);
-            size += filled as u64;
-            self.write_block(&mut entry, &plan, &buffer[..filled])?;
-            if filled < batch {
-                break;
+        let mut hasher = ContentHasher::default();
+        let mut rest = io::Cursor::new(head).chain(reader);
+        let record = if options.compression == Compression::Solid {
+            self.stream_solid(path, &mut rest, &mut hasher)?
+        } else {
+            self.stream_frames(path, &mut rest, options, &mut hasher)?
+        };
+        let (key, content_hash) = hasher.finish();
+        self.push_stored(path, options, EntryRecord { content_hash, ..record }, key);
+        Ok(())
+    }
+
+    /// Adds a file from disk under the entry path `path`. A file whose size equals an earlier
+    /// entry's is hashed first, so identical large files are stored once; the hash is taken again
+    /// while the file is written, and a file that changed in between is an error.
+    pub fn add_file(&mut self, path: &str, fs_path: &Path, options: EntryOptions) -> Result<()> {
+        let mut file = crate::fs::open_regular(fs_path).map_err(|e| Error::io(fs_path, e))?;
+        let size = file.metadata().map_err(|e| Error::io(fs_path, e))?.len();
+        if size <= SOLID_LIMIT || !self.deduplicate || !self.sizes.contains(&size) {
+            return self.add_reader_checked(path, fs_path, file, options, None);
+        }
+        let mut hasher = ContentHasher::default();
+        io::copy(&mut (&mut file).take(size), &mut hasher).map_err(|e| Error::io(fs_path, e))?;
+        let (key, content_hash) = hasher.finish();
+        check_entry_options(&options)?;
+        validate_path(path)?;
+        if key.0 == size && self.add_if_stored(path, options, &key, content_hash)? {
+            return Ok(());
+        }
+        file.rewind().map_err(|e| Error::io(fs_path, e))?;
+        self.add_reader_checked(path, fs_path, file, options, Some(key))
+    }
+
+    /// [`add_reader`](Self::add_reader), failing if the content's key differs from `expected`.
+    fn add_reader_checked(
+        &mut self,
+        path: &str,
+        fs_path: &Path,
+        file: std::fs::File,
+        options: EntryOptions,
+        expected: Option<ContentKey>,
+    ) -> Result<()> {
+        self.add_reader(path, file, options)?;
+        let written = self.records.last().map(|r| r.content_hash);
+        if let (Some(expected), Some(_)) = (expected, written) {
+            let matches = self.stored.get(&expected).is_some_and(|r| r.size == expected.0);
+            if !matches {
+                let what = "the file changed while it was being packed";
+                return Err(Error::io(fs_path, io::Error::other(what)));
             }
         }
-        self.buffer = buffer;
-        self.end_entry(entry, size, hasher.digest());
         Ok(())
     }
 
-    /// Adds a file from disk under the entry path `path`.
-    pub fn add_file(&mut self, path: &str, fs_path: &Path, options: EntryOptions) -> Result<()> {
-        let file = crate::fs::open_regular(fs_path).map_err(|e| Error::io(fs_path, e))?;
-        self.add_reader(path, file, options)
+    /// Adds an entry whose content equals the entry already added at `of` (same size and content):
+    /// it shares that entry's data. The caller vouches for the equality (the content hash is copied).
+    pub fn add_duplicate(&mut self, path: &str, options: EntryOptions, of: &str) -> Result<()> {
+        let Some(&index) = self.files.get(of) else {
+            return Err(Error::InvalidOption(format!("entry '{path}' duplicates '{of}', which was not added")));
+        };
+        let template = self.records[index as usize];
+        self.claim_entry(path, &options)?;
+        self.push_record(path, options, template);
+        Ok(())
     }
 
     /// Writes an entry compressed by [`prepare_entry`].
     pub fn add_prepared(&mut self, prepared: PreparedEntry) -> Result<()> {
-        if prepared.frames.len() != prepared.data.chunks(self.options.frame_size()).len() {
-            return Err(Error::InvalidOption(format!(
-                "entry '{}' was prepared with another frame size",
-                prepared.path
-            )));
+        let PreparedEntry { path, options, data, placing, content_hash, digest } = prepared;
+        if let Placing::Frames(frames) = &placing {
+            if frames.len() != data.chunks(self.options.frame_size()).len() {
+                return Err(Error::InvalidOption(format!("entry '{path}' was prepared with another frame size")));
+            }
         }
-        self.claim_entry(&prepared.path, &prepared.options)?;
-        let mut entry = self.begin_entry(&prepared.path, prepared.options)?;
-        let chunks = prepared.data.chunks(self.options.frame_size());
-        for (frame, chunk) in prepared.frames.iter().zip(chunks) {
-            self.write_frame(&mut entry, frame, chunk)?;
+        let key = (data.len() as u64, digest);
+        if self.add_if_stored(&path, options, &key, content_hash)? {
+            return Ok(());
         }
-        self.end_entry(entry, prepared.data.len() as u64, prepared.content_hash);
+        self.claim_entry(&path, &options)?;
+        let record = match placing {
+            Placing::Empty => empty_record(content_hash),
+            Placing::Solid => self.append_solid(&data, content_hash)?,
+            Placing::Frames(frames) => {
+                let mut entry = self.begin_entry()?;
+                for (frame, chunk) in frames.iter().zip(data.chunks(self.options.frame_size())) {
+                    self.write_frame(&mut entry, frame, chunk)?;
+                }
+                self.end_frames(entry, data.len() as u64, content_hash)
+            }
+        };
+        self.push_stored(&path, options, record, key);
         Ok(())
     }
 
+    /// If deduplication is on and content with `key` is stored, adds the entry sharing it.
+    fn add_if_stored(
+        &mut self,
+        path: &str,
+        options: EntryOptions,
+        key: &ContentKey,
+        content_hash: u64,
+    ) -> Result<bool> {
+        let Some(template) = self.stored.get(key).copied().filter(|_| self.deduplicate && key.0 > 0) else {
+            return Ok(false);
+        };
+        self.claim_entry(path, &options)?;
+        self.push_record(path, options, EntryRecord { content_hash, ..template });
+        Ok(true)
+    }
+
     /// Adds an entry whose per-frame storage is decided by the caller instead of the compression
-    /// policy: `compressed[k]` says whether frame `k` is zstd-compressed (at the writer's level) or
-    /// stored raw; an entry with no compressed frame is recorded as compression none. A frame marked
-    /// compressed that zstd cannot make shorter is stored raw, as the spec requires. Used to rebuild
-    /// an archive byte for byte from another archive's frame table (`mf apply`).
+    /// policy: `compressed[k]` says whether frame `k` of its own frames is zstd-compressed (at the
+    /// writer's level) or stored raw; an entry with no compressed frame is stored raw. A frame marked
+    /// compressed that zstd cannot make shorter is stored raw, as the spec requires. Never shared with
+    /// an earlier entry. Used to rebuild an archive byte for byte from another archive's frame table
+    /// (`mf apply`).
     pub fn add_bytes_with_frames(
         &mut self,
         path: &str,
@@ -438,14 +629,25 @@ impl<W: Write> ArchiveWriter<W> {
         compressed: &[bool],
     ) -> Result<()> {
         self.claim_entry(path, &options)?;
+        if compressed.is_empty() {
+            // No frames: the content must be empty, and an empty entry stores nothing (no padding).
+            let mut probe = [0u8; 1];
+            if read_full(&mut reader, &mut probe).map_err(|e| Error::io(path, e))? != 0 {
+                let what = format!("entry '{path}': its content does not have 0 frames");
+                return Err(Error::InvalidOption(what));
+            }
+            let (key, content_hash) = ContentHasher::default().finish();
+            self.push_stored(path, options, empty_record(content_hash), key);
+            return Ok(());
+        }
         let level = self.options.level;
         let frame_size = self.options.frame_size();
-        let mut entry = self.begin_entry(path, options)?;
+        let mut entry = self.begin_entry()?;
         let batch_frames = (self.batch_bytes() / frame_size).max(1);
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.resize(batch_frames * frame_size, 0);
-        let mut hasher = Xxh3::new();
-        let (mut size, mut frame_index) = (0u64, 0usize);
+        let mut hasher = ContentHasher::default();
+        let mut frame_index = 0usize;
         let wrong_count =
             || Error::InvalidOption(format!("entry '{path}': its content does not have {} frames", compressed.len()));
         loop {
@@ -473,7 +675,6 @@ impl<W: Write> ArchiveWriter<W> {
             for (frame, chunk) in frames.iter().zip(block.chunks(frame_size)) {
                 self.write_frame(&mut entry, frame, chunk)?;
             }
-            size += filled as u64;
             frame_index += frames_in;
             if filled < buffer.len() {
                 break;
@@ -483,17 +684,18 @@ impl<W: Write> ArchiveWriter<W> {
         if frame_index != compressed.len() {
             return Err(wrong_count());
         }
-        self.end_entry(entry, size, hasher.digest());
+        let (key, content_hash) = hasher.finish();
+        let record = if key.0 == 0 { empty_record(content_hash) } else { self.end_frames(entry, key.0, content_hash) };
+        self.push_stored(path, options, record, key);
         Ok(())
     }
 
     /// Adds an entry from its stored form, `stored_len` bytes streamed from `stored` and copied
     /// verbatim (for instance from another archive with the same frame size, via
     /// [`Archive::stored_bytes`](crate::Archive::stored_bytes) and
-    /// [`Archive::frame_ends`](crate::Archive::frame_ends)). `frame_ends` is empty for an
-    /// uncompressed entry, else one end per frame, relative to the entry's start. The layout is
-    /// checked against the spec's rules; the content hash is taken on trust (the caller has
-    /// verified it), and the entry's level is recorded as the writer's.
+    /// [`Archive::frame_ends`](crate::Archive::frame_ends) of an entry with frames of its own). The
+    /// layout is checked against the spec's rules; the content hash is taken on trust (the caller
+    /// has verified it), and the entry's level is recorded as the writer's. Never shared.
     pub fn add_stored(
         &mut self,
         path: &str,
@@ -525,7 +727,11 @@ impl<W: Write> ArchiveWriter<W> {
             }
         }
         self.claim_entry(path, &options)?;
-        let mut entry = self.begin_entry(path, options)?;
+        if size == 0 {
+            self.push_record(path, options, empty_record(content_hash));
+            return Ok(());
+        }
+        let mut entry = self.begin_entry()?;
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.resize(1 << 20, 0);
         let mut copied = 0u64;
@@ -539,21 +745,31 @@ impl<W: Write> ArchiveWriter<W> {
             copied += got as u64;
         }
         self.buffer = buffer;
-        for &end in frame_ends {
-            self.frame_ends.push(end);
+        let mut previous = 0u64;
+        for (k, &end) in frame_ends.iter().enumerate() {
+            let len = (size - k as u64 * frame_size).min(frame_size) as u32;
+            let stored_len = (end - previous) as u32;
+            self.frames.push(FrameRecord { offset: entry.offset + previous, stored_len, len });
+            entry.all_raw &= stored_len == len;
+            previous = end;
         }
-        // An entry whose frames are all raw would not be recorded as zstd by this writer; keep the
-        // caller's framing as given only when some frame is compressed.
-        let all_raw = frame_ends.is_empty() || stored_len == size;
-        if !all_raw {
-            entry.all_raw = false;
-        }
-        self.end_entry(entry, size, content_hash);
+        // An entry whose frames are all raw would not be stored in frames by this writer.
+        let record = self.end_frames(entry, size, content_hash);
+        self.push_record(path, options, record);
         Ok(())
     }
 
-    /// Writes the index and footer, flushes, and returns the output.
+    /// Writes the rest of the solid stream, the index and the footer, flushes, and returns the output.
     pub fn finish(mut self) -> Result<W> {
+        self.flush_solid(true)?;
+        let own_frames = self.frames.len() as u32;
+        for record in &mut self.records {
+            if record.flags & ENTRY_FLAG_SOLID != 0 {
+                record.first_frame += own_frames;
+            }
+        }
+        let solid_frames = std::mem::take(&mut self.solid.frames);
+        self.frames.extend(solid_frames);
         let index = self.build_index()?;
         let index_offset = self.pos;
         let index_hash = xxhash_rust::xxh3::xxh3_64(&index);
@@ -566,6 +782,7 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Bytes of a streamed entry compressed at once: several frames per thread, so threads rarely
     /// wait for the slowest frame of a batch, but at most about 8 MiB unless frames are larger.
+    /// (Only the work split depends on it, never the output.)
     fn batch_bytes(&self) -> usize {
         let threads = rayon::current_num_threads();
         let frame_size = self.options.frame_size();
@@ -579,7 +796,7 @@ impl<W: Write> ArchiveWriter<W> {
     fn claim_entry(&mut self, path: &str, options: &EntryOptions) -> Result<()> {
         check_entry_options(options)?;
         validate_path(path)?;
-        if self.files.contains(path) {
+        if self.files.contains_key(path) {
             return Err(Error::DuplicatePath { path: path.to_owned() });
         }
         if self.dirs.contains(path) {
@@ -593,7 +810,7 @@ impl<W: Write> ArchiveWriter<W> {
         for (i, byte) in path.bytes().enumerate() {
             if byte == b'/' {
                 let dir = &path[..i];
-                if self.files.contains(dir) {
+                if self.files.contains_key(dir) {
                     return Err(Error::PathConflict { path: path.to_owned(), other: dir.to_owned() });
                 }
                 ancestors.push(dir);
@@ -604,29 +821,29 @@ impl<W: Write> ArchiveWriter<W> {
                 self.dirs.insert(dir.to_owned());
             }
         }
-        self.files.insert(path.to_owned());
+        // The record index this path will get (the record is pushed once its data is written).
+        self.files.insert(path.to_owned(), self.records.len() as u32);
         Ok(())
     }
 
-    fn begin_entry(&mut self, path: &str, options: EntryOptions) -> Result<OpenEntry> {
-        let padding = (DATA_ALIGNMENT - self.pos % DATA_ALIGNMENT) % DATA_ALIGNMENT;
-        self.write(&[0u8; DATA_ALIGNMENT as usize][..padding as usize])?;
-        Ok(OpenEntry {
-            path: path.to_owned(),
-            options,
-            offset: self.pos,
-            first_frame: self.frame_ends.len(),
-            all_raw: true,
-        })
+    /// Starts an entry's own data at the next aligned offset.
+    fn begin_entry(&mut self) -> Result<OpenEntry> {
+        self.align()?;
+        Ok(OpenEntry { offset: self.pos, first_frame: self.frames.len(), all_raw: true })
     }
 
-    fn write_block(&mut self, entry: &mut OpenEntry, plan: &FramePlan, block: &[u8]) -> Result<()> {
+    fn align(&mut self) -> Result<()> {
+        let padding = (DATA_ALIGNMENT - self.pos % DATA_ALIGNMENT) % DATA_ALIGNMENT;
+        self.write(&[0u8; DATA_ALIGNMENT as usize][..padding as usize])
+    }
+
+    fn write_block(&mut self, entry: &mut OpenEntry, plan: &FramePlan, path: &str, block: &[u8]) -> Result<()> {
         let frame_size = self.options.frame_size();
         let frames: Vec<StoredFrame> = block
             .par_chunks(frame_size)
             .map(|chunk| plan.encode(chunk))
             .collect::<io::Result<_>>()
-            .map_err(|e| Error::io(&entry.path, e))?;
+            .map_err(|e| Error::io(path, e))?;
         for (frame, chunk) in frames.iter().zip(block.chunks(frame_size)) {
             self.write_frame(entry, frame, chunk)?;
         }
@@ -634,6 +851,7 @@ impl<W: Write> ArchiveWriter<W> {
     }
 
     fn write_frame(&mut self, entry: &mut OpenEntry, frame: &StoredFrame, chunk: &[u8]) -> Result<()> {
+        let offset = self.pos;
         match frame {
             StoredFrame::Raw => self.write(chunk)?,
             StoredFrame::Zstd(bytes) => {
@@ -641,43 +859,169 @@ impl<W: Write> ArchiveWriter<W> {
                 self.write(bytes)?;
             }
         }
-        self.frame_ends.push(self.pos - entry.offset);
+        let stored_len = (self.pos - offset) as u32;
+        self.frames.push(FrameRecord { offset, stored_len, len: chunk.len() as u32 });
         Ok(())
     }
 
-    fn end_entry(&mut self, entry: OpenEntry, size: u64, content_hash: u64) {
-        let stored_size = self.pos - entry.offset;
-        let (compression, level, first_frame) = if entry.all_raw {
-            // Every frame is raw: the content is contiguous, so record it as uncompressed and drop
-            // its frame ends.
-            self.frame_ends.truncate(entry.first_frame);
-            (COMPRESSION_NONE, 0, 0)
-        } else {
-            (COMPRESSION_ZSTD, self.options.level.clamp(-128, 127) as i8, entry.first_frame as u32)
-        };
-        let mtime = entry.options.mtime.unwrap_or_default();
+    /// The record of an entry whose frames were just written: a raw extent when every frame is raw
+    /// (the content is then contiguous), else its run of frames.
+    fn end_frames(&mut self, entry: OpenEntry, size: u64, content_hash: u64) -> EntryRecord {
+        if entry.all_raw {
+            self.frames.truncate(entry.first_frame);
+            return EntryRecord {
+                compression: COMPRESSION_NONE,
+                size,
+                offset: entry.offset,
+                content_hash,
+                ..EntryRecord::default()
+            };
+        }
+        EntryRecord {
+            compression: COMPRESSION_ZSTD,
+            level: self.level_byte(),
+            first_frame: entry.first_frame as u32,
+            frame_count: (self.frames.len() - entry.first_frame) as u64,
+            size,
+            content_hash,
+            ..EntryRecord::default()
+        }
+    }
+
+    fn level_byte(&self) -> i8 {
+        self.options.level.clamp(-128, 127) as i8
+    }
+
+    /// Appends content to the solid stream; returns its record (first frame in stream numbering).
+    fn append_solid(&mut self, data: &[u8], content_hash: u64) -> Result<EntryRecord> {
+        let start = self.solid.len;
+        self.solid.pending.extend_from_slice(data);
+        self.solid.len += data.len() as u64;
+        self.flush_solid(false)?;
+        Ok(self.solid_record(start, data.len() as u64, content_hash))
+    }
+
+    /// Streams `reader` to its end into the solid stream (memory: one batch of frames).
+    fn stream_solid(&mut self, path: &str, reader: &mut impl Read, hasher: &mut ContentHasher) -> Result<EntryRecord> {
+        let start = self.solid.len;
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.resize(1 << 20, 0);
+        loop {
+            let filled = read_full(reader, &mut buffer).map_err(|e| Error::io(path, e))?;
+            hasher.update(&buffer[..filled]);
+            self.solid.pending.extend_from_slice(&buffer[..filled]);
+            self.solid.len += filled as u64;
+            self.flush_solid(false)?;
+            if filled < buffer.len() {
+                break;
+            }
+        }
+        self.buffer = buffer;
+        Ok(self.solid_record(start, self.solid.len - start, 0))
+    }
+
+    fn solid_record(&self, start: u64, size: u64, content_hash: u64) -> EntryRecord {
+        if size == 0 {
+            return empty_record(content_hash);
+        }
+        let frame_size = self.options.frame_size() as u64;
+        let (first, skip) = (start / frame_size, start % frame_size);
+        EntryRecord {
+            compression: COMPRESSION_ZSTD,
+            level: self.level_byte(),
+            flags: ENTRY_FLAG_SOLID,
+            first_frame: first as u32,
+            frame_count: (skip + size).div_ceil(frame_size),
+            offset: skip,
+            size,
+            content_hash,
+            ..EntryRecord::default()
+        }
+    }
+
+    /// Writes buffered solid frames: whole batches of [`SOLID_BATCH_FRAMES`] while there are, or
+    /// (`all`, at the end) everything left, the last frame possibly short.
+    fn flush_solid(&mut self, all: bool) -> Result<()> {
+        let frame_size = self.options.frame_size();
+        let batch = SOLID_BATCH_FRAMES * frame_size;
+        while self.solid.pending.len() >= batch || (all && !self.solid.pending.is_empty()) {
+            let take = self.solid.pending.len().min(batch);
+            let level = self.options.level;
+            let pending = std::mem::take(&mut self.solid.pending);
+            let frames: Vec<StoredFrame> = pending[..take]
+                .par_chunks(frame_size)
+                .map(|chunk| encode_solid(chunk, level))
+                .collect::<io::Result<_>>()
+                .map_err(|e| Error::io(&self.name, e))?;
+            self.align()?;
+            for (frame, chunk) in frames.iter().zip(pending[..take].chunks(frame_size)) {
+                let offset = self.pos;
+                match frame {
+                    StoredFrame::Raw => self.write(chunk)?,
+                    StoredFrame::Zstd(bytes) => self.write(bytes)?,
+                }
+                let stored_len = (self.pos - offset) as u32;
+                self.solid.frames.push(FrameRecord { offset, stored_len, len: chunk.len() as u32 });
+            }
+            self.solid.pending = pending[take..].to_vec();
+        }
+        Ok(())
+    }
+
+    /// Streams `reader` into frames of the entry's own, by the compression policy.
+    fn stream_frames(
+        &mut self,
+        path: &str,
+        reader: &mut impl Read,
+        options: EntryOptions,
+        hasher: &mut ContentHasher,
+    ) -> Result<EntryRecord> {
+        let plan = FramePlan::new(path, &options, &self.options);
+        let mut entry = self.begin_entry()?;
+        let batch = self.batch_bytes();
+        let mut buffer = std::mem::take(&mut self.buffer);
+        buffer.resize(batch, 0);
+        let mut size = 0u64;
+        loop {
+            let filled = read_full(reader, &mut buffer).map_err(|e| Error::io(path, e))?;
+            hasher.update(&buffer[..filled]);
+            size += filled as u64;
+            self.write_block(&mut entry, &plan, path, &buffer[..filled])?;
+            if filled < batch {
+                break;
+            }
+        }
+        self.buffer = buffer;
+        Ok(self.end_frames(entry, size, 0))
+    }
+
+    /// Records an entry (path already claimed) with the storage fields of `template`.
+    fn push_record(&mut self, path: &str, options: EntryOptions, template: EntryRecord) {
+        let mtime = options.mtime.unwrap_or_default();
         self.records.push(EntryRecord {
             path_offset: 0,
-            path_len: entry.path.len() as u32,
-            compression,
-            level,
-            reserved: 0,
-            mode: entry.options.mode,
+            path_len: path.len() as u32,
+            mode: options.mode,
             mtime_secs: mtime.secs,
             mtime_nanos: mtime.nanos,
-            first_frame,
-            size,
-            stored_size,
-            offset: entry.offset,
-            content_hash,
+            ..template
         });
-        self.paths.push(entry.path);
+        self.paths.push(path.to_owned());
+    }
+
+    /// Records an entry whose data was just stored, remembering where content `key` lies.
+    fn push_stored(&mut self, path: &str, options: EntryOptions, record: EntryRecord, key: ContentKey) {
+        if key.0 > 0 {
+            self.sizes.insert(key.0);
+            self.stored.entry(key).or_insert(record);
+        }
+        self.push_record(path, options, record);
     }
 
     fn build_index(&mut self) -> Result<Vec<u8>> {
         let too_many = |what: &str| Error::InvalidOption(format!("too many {what} for one archive"));
         u32::try_from(self.records.len()).map_err(|_| too_many("entries"))?;
-        u32::try_from(self.frame_ends.len()).map_err(|_| too_many("frames"))?;
+        u32::try_from(self.frames.len()).map_err(|_| too_many("frames"))?;
         let strings_len: usize = self.paths.iter().map(String::len).sum();
         u32::try_from(strings_len).map_err(|_| too_many("path bytes"))?;
 
@@ -686,11 +1030,12 @@ impl<W: Write> ArchiveWriter<W> {
 
         let header = IndexHeader {
             entry_count: self.records.len() as u64,
-            frame_count: self.frame_ends.len() as u64,
+            frame_count: self.frames.len() as u64,
             strings_len: strings_len as u64,
+            dictionary_count: 0,
             reserved: 0,
         };
-        let capacity = 32 + self.records.len() * 68 + self.frame_ends.len() * 8 + strings_len;
+        let capacity = 32 + self.records.len() * 68 + self.frames.len() * 16 + strings_len;
         let mut index = Vec::with_capacity(capacity);
         index.extend_from_slice(&format::to_bytes(&header));
         let mut path_offset = 0u32;
@@ -699,8 +1044,8 @@ impl<W: Write> ArchiveWriter<W> {
             path_offset += path.len() as u32;
             index.extend_from_slice(&format::to_bytes(record));
         }
-        for end in &self.frame_ends {
-            index.extend_from_slice(&end.to_le_bytes());
+        for frame in &self.frames {
+            index.extend_from_slice(&format::to_bytes(frame));
         }
         for entry in &lookup {
             index.extend_from_slice(&entry.to_le_bytes());
@@ -718,12 +1063,48 @@ impl<W: Write> ArchiveWriter<W> {
     }
 }
 
+/// An entry whose own data is being written.
 struct OpenEntry {
-    path: String,
-    options: EntryOptions,
     offset: u64,
     first_frame: usize,
     all_raw: bool,
+}
+
+/// The record fields of an empty entry.
+fn empty_record(content_hash: u64) -> EntryRecord {
+    EntryRecord { compression: COMPRESSION_NONE, content_hash, ..EntryRecord::default() }
+}
+
+/// Takes the xxh3 and the deduplication key of content as it streams past.
+#[derive(Default)]
+struct ContentHasher {
+    xxh3: Xxh3,
+    sha: Sha256,
+    len: u64,
+}
+
+impl ContentHasher {
+    fn update(&mut self, bytes: &[u8]) {
+        self.xxh3.update(bytes);
+        self.sha.update(bytes);
+        self.len += bytes.len() as u64;
+    }
+
+    /// The deduplication key and the xxh3.
+    fn finish(self) -> (ContentKey, u64) {
+        ((self.len, self.sha.finalize().into()), self.xxh3.digest())
+    }
+}
+
+impl Write for ContentHasher {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Reads until `buf` is full or the reader is exhausted; returns the bytes read.

@@ -65,7 +65,7 @@ fn entries_larger_than_4_gib_and_offsets_beyond_4_gib_work() {
     assert_eq!(huge.size(), BIG);
     assert_eq!(huge.stored_size(), BIG);
     assert_eq!(huge.stored_as(), StoredAs::Raw);
-    assert_eq!(huge.offset(), 32);
+    assert_eq!(huge.offset(), format::DATA_START);
     let small = archive.get("tail.txt").unwrap();
     assert!(small.offset() > BIG && small.offset() > u64::from(u32::MAX), "offset {}", small.offset());
     assert_eq!(small.offset() % 16, 0);
@@ -98,7 +98,10 @@ fn entries_larger_than_4_gib_and_offsets_beyond_4_gib_work() {
     assert_eq!(header.entry_count, 2);
     let records: Vec<EntryRecord> = (0..2).map(|i| format::from_bytes(&index[32 + 64 * i..]).unwrap()).collect();
     assert_eq!(records[0].size, BIG);
-    assert!(records[1].offset > 1 << 32);
+    // The small text entry went into the solid stream: its frame record holds the 64-bit offset.
+    assert_eq!(records[1].first_frame, 0);
+    let frame: format::FrameRecord = format::from_bytes(&index[32 + 64 * 2..]).unwrap();
+    assert!(frame.offset > 1 << 32);
     let mut footer = [0u8; 40];
     file.read_exact_at(&mut footer, metadata.len() - 40).unwrap();
     let footer: Footer = format::from_bytes(&footer).unwrap();

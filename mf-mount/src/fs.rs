@@ -35,6 +35,9 @@ const PREFETCH_AHEAD: u64 = 4 << 20;
 
 /// Slots remembering where the last read of an inode ended (indexed by inode modulo the count).
 const STREAM_SLOTS: usize = 256;
+/// [`FrameKey::entry`] of frames keyed by their number in the archive's frame table (shared by every
+/// entry whose run includes them) rather than by entry; no entry has this index.
+const SHARED_FRAMES: u32 = u32::MAX;
 
 pub struct ArchiveFs {
     archives: Vec<AnyArchive>,
@@ -156,13 +159,18 @@ impl ArchiveFs {
         }
     }
 
-    /// A decoded frame, from the cache or freshly decoded into a recycled buffer.
+    /// A decoded frame, from the cache or freshly decoded into a recycled buffer. Keys with entry
+    /// [`SHARED_FRAMES`] name a frame of the archive's frame table; others frame `k` of the entry.
     fn frame(&self, archive: &AnyArchive, entry: &AnyEntry<'_>, key: FrameKey) -> Result<Arc<Vec<u8>>, Errno> {
         if let Some(frame) = self.cache.get(&key) {
             return Ok(frame);
         }
         let mut buffer = self.cache.take_buffer();
-        match archive.decode_frame(entry, key.frame, &mut buffer) {
+        let decoded = match u32::try_from(key.frame) {
+            Ok(frame) if key.entry == SHARED_FRAMES => archive.decode_frame_at(frame, &mut buffer),
+            _ => archive.decode_frame(entry, key.frame, &mut buffer),
+        };
+        match decoded {
             Ok(()) => Ok(self.cache.insert(key, buffer)),
             Err(e) => {
                 self.cache.recycle(buffer);
@@ -217,50 +225,47 @@ impl ArchiveFs {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Serves `start..end` of a frames entry from the frame cache, keyed by the archive's frame
+    /// number: entries sharing a frame (a solid block, deduplicated content) share its decode.
     fn read_frames(
         &self,
         archive_index: u32,
         archive: &AnyArchive,
         entry: &AnyEntry<'_>,
-        frame_size: u64,
         start: u64,
         end: u64,
         reply: ReplyData,
     ) {
-        let first = start / frame_size;
-        let last = (end - 1) / frame_size;
-        let key = |frame| FrameKey { archive: archive_index, entry: entry.index(), frame };
-        if first == last {
+        let key = |frame: u32| FrameKey { archive: archive_index, entry: SHARED_FRAMES, frame: u64::from(frame) };
+        let Some((first, within)) = archive.frame_of(entry, start) else { return reply.error(Errno::EIO) };
+        let frame = match self.frame(archive, entry, key(first)) {
+            Ok(frame) => frame,
+            Err(errno) => return reply.error(errno),
+        };
+        let in_first = (frame.len() as u64).saturating_sub(within);
+        if in_first >= end - start {
             // The common case: the request lies in one frame; reply straight from the cached frame.
-            match self.frame(archive, entry, key(first)) {
-                Ok(frame) => {
-                    let frame_start = first * frame_size;
-                    let range = (start - frame_start) as usize..(end - frame_start) as usize;
-                    match frame.get(range) {
-                        Some(bytes) => reply.data(bytes),
-                        None => reply.error(Errno::EIO),
-                    }
-                }
-                Err(errno) => reply.error(errno),
-            }
-            return;
+            return match frame.get(within as usize..(within + end - start) as usize) {
+                Some(bytes) => reply.data(bytes),
+                None => reply.error(Errno::EIO),
+            };
         }
         ASSEMBLY.with(|assembly| {
             let mut assembly = assembly.borrow_mut();
             assembly.clear();
-            for k in first..=last {
-                let frame = match self.frame(archive, entry, key(k)) {
+            let mut position = start;
+            while position < end {
+                let Some((number, within)) = archive.frame_of(entry, position) else { return reply.error(Errno::EIO) };
+                let frame = match self.frame(archive, entry, key(number)) {
                     Ok(frame) => frame,
                     Err(errno) => return reply.error(errno),
                 };
-                let frame_start = k * frame_size;
-                let from = (start.max(frame_start) - frame_start) as usize;
-                let to = (end.min(frame_start + frame.len() as u64) - frame_start) as usize;
-                match frame.get(from..to) {
-                    Some(bytes) => assembly.extend_from_slice(bytes),
-                    None => return reply.error(Errno::EIO),
+                let take = (frame.len() as u64).saturating_sub(within).min(end - position);
+                match frame.get(within as usize..(within + take) as usize) {
+                    Some(bytes) if take > 0 => assembly.extend_from_slice(bytes),
+                    _ => return reply.error(Errno::EIO),
                 }
+                position += take;
             }
             reply.data(&assembly);
         });
@@ -434,9 +439,7 @@ impl fuser::Filesystem for ArchiveFs {
                 Some(bytes) => reply.data(bytes),
                 None => reply.error(Errno::EIO),
             },
-            EntryLayout::Frames { frame_size } => {
-                self.read_frames(archive_index, archive, &entry, frame_size, start, end, reply)
-            }
+            EntryLayout::Frames { .. } => self.read_frames(archive_index, archive, &entry, start, end, reply),
             EntryLayout::Stream => self.read_stream(archive_index, archive, &entry, start, end, reply),
             // A pread archive (what `open_archives` makes): read into the worker's buffer, so a
             // file truncated under the mount gives EIO for the missing region, not SIGBUS.

@@ -177,10 +177,11 @@ impl<'a> AnyEntry<'a> {
 pub enum EntryLayout<'a> {
     /// Uncompressed and contiguous: the content is this slice of the archive.
     Contiguous(&'a [u8]),
-    /// Independent frames of `frame_size` content bytes (mf zstd entries); frame `k` holds bytes
-    /// `k * frame_size ..` and decodes alone with [`AnyArchive::decode_frame`].
+    /// Independent frames of at most `frame_size` content bytes (mf frames entries), possibly shared
+    /// with other entries (solid blocks, deduplicated content): [`AnyArchive::frame_of`] says which
+    /// frame holds a byte, and [`AnyArchive::decode_frame_at`] decodes it alone.
     Frames {
-        /// Content bytes per frame (the last may be shorter).
+        /// The archive's largest frame length.
         frame_size: u64,
     },
     /// Uncompressed and contiguous in a file read on demand (an archive opened with
@@ -279,6 +280,27 @@ impl AnyArchive {
         match (self, entry) {
             (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => Ok(archive.decode_frame(entry, frame, out)?),
             _ => Err(Self::foreign(entry)),
+        }
+    }
+
+    /// The frame holding byte `offset` of an entry laid out as [`EntryLayout::Frames`], as (frame
+    /// number in the archive, offset within that frame's decoded bytes). Entries sharing a frame get
+    /// the same frame number, so a cache keyed by it decodes a shared frame once.
+    pub fn frame_of(&self, entry: &AnyEntry<'_>, offset: u64) -> Option<(u32, u64)> {
+        match (self, entry) {
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => archive.frame_of(entry, offset),
+            _ => None,
+        }
+    }
+
+    /// Decodes frame `frame` of the archive (a number from [`frame_of`](Self::frame_of)) into `out`,
+    /// checked.
+    pub fn decode_frame_at(&self, frame: u32, out: &mut Vec<u8>) -> Result<()> {
+        match self {
+            AnyArchive::Mf(archive) => Ok(archive.decode_frame_at(frame, out)?),
+            AnyArchive::Panda3d(_) => {
+                Err(mf_format::Error::InvalidOption(format!("frame {frame}: Panda3D multifiles have no frames")).into())
+            }
         }
     }
 

@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 
 use mf_format::{
     collect_inputs, pack_to_file, ArchiveWriter, AtomicFile, Compression, DirPackOptions, EntryOptions, Mtime,
-    WriterOptions, DEFAULT_LEVEL,
+    PackOrder, WriterOptions, DEFAULT_LEVEL,
 };
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -77,6 +77,8 @@ pub fn pack(
             files_from: None,
             keep_mtime,
             follow_symlinks,
+            // The same data order as `mf pack`'s default: similar files together in solid blocks.
+            order: PackOrder::default(),
         };
         let collected = collect_inputs(&dirs, Some(&out), &options)?;
         Ok(pack_to_file(&collected.inputs, &out, options.writer, |_, _| {})?)

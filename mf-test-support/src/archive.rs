@@ -90,6 +90,91 @@ pub fn mf_bytes_with<I: ArchiveInput>(options: WriterOptions, files: impl IntoIt
     writer.finish().expect("the archive finishes")
 }
 
+/// The bytes of a **format 1.0** archive holding `files` in that order (readers still read 1.0; no
+/// writer writes it any more). Each entry gets frames of its own, compressed at the options' level
+/// when that is shorter (`Compression::Store`: never), laid out as the 1.0 writer did: data from
+/// offset 32 in record order, each entry 16-aligned, 8-byte frame ends.
+pub fn mf_v1_bytes_with<I: ArchiveInput>(options: WriterOptions, files: impl IntoIterator<Item = I>) -> Vec<u8> {
+    use mf_format::format::{self, EntryRecord, Footer, Header, IndexHeader};
+    let mut writer = ArchiveWriter::new(Vec::new(), options).expect("valid writer options");
+    writer.set_deduplicate(false);
+    for file in files {
+        let (path, data, entry_options) = (file.path(), file.data(), file.options());
+        let compress = entry_options.compression != mf_format::Compression::Store;
+        let flags = vec![compress; data.len().div_ceil(options.frame_size())];
+        writer
+            .add_bytes_with_frames(path, data, entry_options, &flags)
+            .unwrap_or_else(|e| panic!("adding {path:?}: {e}"));
+    }
+    let modern = mf_format::Archive::from_bytes(writer.finish().expect("finishes"), "v1").expect("opens");
+    let mut header = Header::new(options.frame_size_log2);
+    header.version_major = 1;
+    header.header_hash = header.compute_hash();
+    let mut out = format::to_bytes(&header);
+    let (mut records, mut ends, mut paths) = (Vec::new(), Vec::<u64>::new(), Vec::new());
+    for entry in modern.entries() {
+        out.resize(out.len().div_ceil(16) * 16, 0);
+        let offset = out.len() as u64;
+        let first_frame = ends.len() as u32;
+        if entry.stored_as() == mf_format::StoredAs::Raw {
+            out.extend_from_slice(modern.raw_bytes(&entry).expect("mapped"));
+        } else {
+            for f in modern.entry_frames(&entry) {
+                let frame = modern.frames()[f as usize];
+                let at = frame.offset as usize;
+                out.extend_from_slice(&modern_bytes(&modern, at, frame.stored_len as usize));
+                ends.push(out.len() as u64 - offset);
+            }
+        }
+        let record = entry.record();
+        let raw = entry.stored_as() == mf_format::StoredAs::Raw;
+        records.push(EntryRecord {
+            flags: 0,
+            first_frame: if raw { 0 } else { first_frame },
+            frame_count: out.len() as u64 - offset, // 1.0: the stored size
+            offset,
+            ..*record
+        });
+        paths.push(entry.path().to_owned());
+    }
+    let mut lookup: Vec<u32> = (0..records.len() as u32).collect();
+    lookup.sort_by(|&a, &b| paths[a as usize].cmp(&paths[b as usize]));
+    let strings_len: usize = paths.iter().map(String::len).sum();
+    let index_header = IndexHeader {
+        entry_count: records.len() as u64,
+        frame_count: ends.len() as u64,
+        strings_len: strings_len as u64,
+        dictionary_count: 0,
+        reserved: 0,
+    };
+    let mut index = format::to_bytes(&index_header);
+    let mut path_offset = 0u32;
+    for (record, path) in records.iter_mut().zip(&paths) {
+        record.path_offset = path_offset;
+        path_offset += path.len() as u32;
+        index.extend_from_slice(&format::to_bytes(record));
+    }
+    ends.iter().for_each(|end| index.extend_from_slice(&end.to_le_bytes()));
+    lookup.iter().for_each(|i| index.extend_from_slice(&i.to_le_bytes()));
+    paths.iter().for_each(|p| index.extend_from_slice(p.as_bytes()));
+    let footer = Footer::new(out.len() as u64, index.len() as u64, xxh3(&index));
+    out.extend_from_slice(&index);
+    out.extend_from_slice(&format::to_bytes(&footer));
+    out
+}
+
+/// `len` bytes of the archive file from `at` (through an entry-independent read of the frame).
+fn modern_bytes(archive: &mf_format::Archive, at: usize, len: usize) -> Vec<u8> {
+    let frame = archive.frames().iter().position(|f| f.offset as usize == at).expect("a frame starts there");
+    let record = archive.frames()[frame];
+    assert_eq!(record.stored_len as usize, len);
+    archive.stored_frame(frame as u32).expect("frame bytes").into_owned()
+}
+
+fn xxh3(bytes: &[u8]) -> u64 {
+    mf_format::format::xxh3(bytes)
+}
+
 /// Writes [`mf_bytes`]`(files)` to `path` and returns `path`.
 pub fn write_mf<I: ArchiveInput>(path: impl AsRef<Path>, files: impl IntoIterator<Item = I>) -> PathBuf {
     let path = path.as_ref();

@@ -1,4 +1,5 @@
-//! Damaged and forged archives: every one must be refused with a clear error (naming the file, and
+//! Damaged and forged **format 1.0** archives (still read; see `bad_input_v2.rs` for 2.0): every one
+//! must be refused with a clear error (naming the file, and
 //! where it applies the entry and the offset), never a panic, never an allocation sized by a lying
 //! field.
 //!
@@ -8,7 +9,7 @@
 
 use std::io::Read;
 
-use mf_test_support::{mf_bytes_with, noise};
+use mf_test_support::{mf_v1_bytes_with, noise};
 
 use mf_format::format::{self, EntryRecord, Footer, Header, IndexHeader};
 use mf_format::{Archive, ArchiveWriter, Compression, EntryOptions, Error, StoredAs, StoredLayout, WriterOptions};
@@ -34,7 +35,7 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn build(entries: &[(&str, Vec<u8>, Compression)]) -> Vec<u8> {
-    mf_bytes_with(WriterOptions { level: 3, frame_size_log2: 12 }, entries)
+    mf_v1_bytes_with(WriterOptions { level: 3, frame_size_log2: 12 }, entries)
 }
 
 /// The standard specimen: a two-frame zstd entry whose last frame is stored raw, a raw entry, a
@@ -318,7 +319,7 @@ fn every_single_bit_flip_is_detected_or_harmless() {
 
 #[test]
 fn unsupported_major_versions_are_refused_by_name() {
-    for major in [0u16, 2, 0xffff] {
+    for major in [0u16, 3, 0xffff] {
         let mut doctor = Doctor::new(specimen());
         doctor.set_header(|h| h.version_major = major);
         let err = doctor.open().unwrap_err();
@@ -451,7 +452,7 @@ fn overlapping_and_out_of_range_extents_are_refused() {
     assert_corrupt(doctor.open(), Some("b.bin"), at(1), "overlaps");
 
     let mut doctor = Doctor::new(original.clone());
-    doctor.edit_record(1, |r| r.offset = a.offset + a.stored_size - 1);
+    doctor.edit_record(1, |r| r.offset = a.offset + a.frame_count - 1);
     assert_corrupt(doctor.open(), Some("b.bin"), at(1), "overlaps");
 
     let mut doctor = Doctor::new(original.clone());
@@ -478,7 +479,7 @@ fn overlapping_and_out_of_range_extents_are_refused() {
     doctor.edit_record(1, |r| {
         r.offset = data_end - 100;
         r.size = 300;
-        r.stored_size = 300;
+        r.frame_count = 300;
     });
     assert_corrupt(doctor.open(), Some("b.bin"), at(1), "past the data area");
 
@@ -492,7 +493,7 @@ fn overlapping_and_out_of_range_extents_are_refused() {
     let mut doctor = Doctor::new(original.clone());
     doctor.edit_record(1, |r| {
         r.size = u64::MAX;
-        r.stored_size = u64::MAX;
+        r.frame_count = u64::MAX;
     });
     assert_corrupt(doctor.open(), Some("b.bin"), at(1), "");
     let _ = c;
@@ -504,7 +505,7 @@ fn raw_entries_must_store_exactly_their_size() {
         let mut doctor = Doctor::new(specimen());
         doctor.edit_record(1, |r| {
             r.size = size;
-            r.stored_size = stored;
+            r.frame_count = stored;
         });
         let at = doctor.record_at(1);
         assert_corrupt(doctor.open(), Some("b.bin"), Some(at), "stored size differs");
@@ -561,7 +562,7 @@ fn bad_frame_tables_are_refused() {
 
     // Last end differs from stored_size, either way.
     let mut doctor = Doctor::new(original.clone());
-    doctor.edit_record(0, |r| r.stored_size -= 1);
+    doctor.edit_record(0, |r| r.frame_count -= 1);
     assert_corrupt(doctor.open(), Some("a.txt"), at(0), "last frame end differs");
     let mut doctor = Doctor::new(original.clone());
     doctor.set_frame_end(1, e1 - 1);
@@ -578,7 +579,7 @@ fn bad_frame_tables_are_refused() {
     doctor.edit_record(0, |r| {
         r.compression = 0;
         r.first_frame = 0;
-        r.size = r.stored_size;
+        r.size = r.frame_count;
     });
     let message = assert_corrupt(doctor.open(), None, None, "");
     assert!(message.contains("first frame") || message.contains("unused frames"), "{message}");
