@@ -182,7 +182,7 @@ fn encode(
     };
     let parts = match (&old_data, match_fits) {
         (Some(old_data), true) => Some(
-            matcher::diff(old_data, &new_data, rayon::current_num_threads())
+            matcher::diff(old_data, &new_data)
                 .map_err(|e| io_err(std::io::Error::other(e)))?,
         ),
         _ => None,
@@ -239,8 +239,7 @@ fn encode_large(old: Option<Content<'_>>, new: Content<'_>, budget: &Budget, lev
     let _permit = budget.acquire(matcher::windowed_estimate(plan, n, m) + zref::compress_overhead(level, m));
     let read_old = |start: u64, len: u64| old.read_range(start, len).map_err(into_io);
     let read_new = |start: u64, len: u64| new.read_range(start, len).map_err(into_io);
-    let threads = rayon::current_num_threads();
-    let parts = matcher::diff_windowed(n, m, &read_old, &read_new, plan, threads).map_err(|e| {
+    let parts = matcher::diff_windowed(n, m, &read_old, &read_new, plan).map_err(|e| {
         let source = match e {
             matcher::WindowError::Read(e) => e,
             matcher::WindowError::Match(e) => std::io::Error::other(e),

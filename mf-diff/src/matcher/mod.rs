@@ -39,10 +39,9 @@ pub fn estimate(old_len: u64, new_len: u64) -> u64 {
 /// Largest old content [`diff`] indexes at once.
 pub const MAX_OLD: u64 = i32::MAX as u64;
 
-/// The bsdiff model turning `old` into `new`. `threads` speeds up suffix sorting; the result is the
-/// same for any value.
-pub fn diff(old: &[u8], new: &[u8], threads: usize) -> Result<DeltaParts, MatchError> {
-    let index = SuffixIndex::build(old, threads)?;
+/// The bsdiff model turning `old` into `new`; the same for any number of threads.
+pub fn diff(old: &[u8], new: &[u8]) -> Result<DeltaParts, MatchError> {
+    let index = SuffixIndex::build(old)?;
     let covers = cover::find_covers(&index, new);
     Ok(parts_from_covers(old, new, &covers, 0))
 }

@@ -90,7 +90,7 @@ fn output_does_not_depend_on_the_thread_count() {
     }
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| diff(&old, &new, threads).unwrap())
+        pool.install(|| diff(&old, &new).unwrap())
     };
     let one = run(1);
     check_parts(&old, &new, &one);
@@ -108,7 +108,7 @@ fn windowed_diff_finds_content_outside_the_proportional_window() {
     let read = |data: &[u8], start: u64, len: u64| data[start as usize..(start + len) as usize].to_vec();
     let (read_old, read_new) = (|s, l| Ok(read(&old, s, l)), |s, l| Ok(read(&new, s, l)));
     let plan = WindowPlan { window: 1 << 20, block: 512 << 10 };
-    let parts = diff_windowed(old.len() as u64, new.len() as u64, &read_old, &read_new, plan, 2).unwrap();
+    let parts = diff_windowed(old.len() as u64, new.len() as u64, &read_old, &read_new, plan).unwrap();
     check_parts(&old, &new, &parts);
     assert!(parts.extra.len() < 64 << 10, "{} extra bytes", parts.extra.len());
 }
@@ -177,14 +177,14 @@ proptest! {
         for e in &edits {
             apply_edit(&mut new, e);
         }
-        let parts = diff(&old, &new, 1).unwrap();
+        let parts = diff(&old, &new).unwrap();
         prop_assert_eq!(apply_in_memory(&old, &parts).unwrap(), new);
     }
 
     #[test]
     fn random_bytes_round_trip(old in proptest::collection::vec(0u8..3, 0..3000),
                                new in proptest::collection::vec(0u8..3, 0..3000)) {
-        let parts = diff(&old, &new, 1).unwrap();
+        let parts = diff(&old, &new).unwrap();
         prop_assert_eq!(apply_in_memory(&old, &parts).unwrap(), new);
     }
 
@@ -197,7 +197,7 @@ proptest! {
             let at = pos as usize % (new.len() + 1);
             if byte % 3 == 0 && at < new.len() { new.remove(at); } else { new.insert(at, byte); }
         }
-        let parts = diff(&old, &new, 1).unwrap();
+        let parts = diff(&old, &new).unwrap();
         prop_assert_eq!(apply_in_memory(&old, &parts).unwrap(), new);
     }
 }
@@ -210,7 +210,7 @@ fn diff_then_apply_reproduces_the_new_data() {
     new[1000] ^= 0xff;
     new.splice(20_000..20_000, b"inserted text".iter().copied());
     new.drain(40_000..40_100);
-    let parts = diff(&old, &new, 1).unwrap();
+    let parts = diff(&old, &new).unwrap();
     check_parts(&old, &new, &parts);
 }
 
@@ -222,7 +222,7 @@ fn damaged_parts_are_refused_not_applied() {
     let mut new = old.clone();
     new.splice(5000..5000, code_like(300, 12));
     new[15_000] ^= 0xff;
-    let parts = diff(&old, &new, 1).unwrap();
+    let parts = diff(&old, &new).unwrap();
     assert!(!parts.extra.is_empty() && !parts.delta.is_empty());
     // Streams cut short: encoding refuses them, applying runs out.
     let mut cut = parts.clone();

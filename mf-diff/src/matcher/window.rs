@@ -98,7 +98,6 @@ pub fn diff_windowed(
     read_old: &dyn Fn(u64, u64) -> io::Result<Vec<u8>>,
     read_new: &dyn Fn(u64, u64) -> io::Result<Vec<u8>>,
     plan: WindowPlan,
-    threads: usize,
 ) -> Result<DeltaParts, WindowError> {
     // Old anchors by hash; the first occurrence wins so the index is deterministic.
     let mut index: HashMap<u64, u64> = HashMap::new();
@@ -118,7 +117,7 @@ pub fn diff_windowed(
         let block = read_new(start, len)?;
         let (window_start, window_len) = choose_window(&index, &block, start, new_len, old_len, plan.window);
         let window = read_old(window_start, window_len)?;
-        let suffixes = SuffixIndex::build(&window, threads)?;
+        let suffixes = SuffixIndex::build(&window)?;
         let covers = cover::find_covers(&suffixes, &block);
         drop(suffixes);
         append_parts(&mut parts, parts_from_covers(&window, &block, &covers, window_start as usize));
