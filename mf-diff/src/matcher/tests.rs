@@ -23,7 +23,7 @@ fn code_like(len: usize, seed: u32) -> Vec<u8> {
 }
 
 fn round_trip(old: &[u8], new: &[u8]) -> DeltaParts {
-    let parts = diff(old, new, 2).unwrap();
+    let parts = diff(old, new).unwrap();
     check_parts(old, new, &parts);
     parts
 }
