@@ -181,10 +181,9 @@ fn encode(
         _ => None,
     };
     let parts = match (&old_data, match_fits) {
-        (Some(old_data), true) => Some(
-            matcher::diff(old_data, &new_data)
-                .map_err(|e| io_err(std::io::Error::other(e)))?,
-        ),
+        (Some(old_data), true) => {
+            Some(matcher::diff(old_data, &new_data).map_err(|e| io_err(std::io::Error::other(e)))?)
+        }
         _ => None,
     };
     let trial_level = if m <= EXACT_CHOICE_MAX { level } else { ESTIMATE_LEVEL };
