@@ -66,7 +66,13 @@ fn extract_raced_by_a_symlink_swap_never_writes_outside() {
         assert_eq!(names_in(&elsewhere), Vec::<String>::new(), "round {round}: files were written outside the target");
         if !status.status.success() {
             let stderr = String::from_utf8_lossy(&status.stderr).to_lowercase();
-            assert!(stderr.contains("symbolic links") || stderr.contains("not a directory"), "{stderr}");
+            // A directory caught between being moved aside and replaced by a link is simply gone.
+            assert!(
+                stderr.contains("symbolic links")
+                    || stderr.contains("not a directory")
+                    || stderr.contains("no such file"),
+                "{stderr}"
+            );
         }
         // Start the next round from an empty target.
         std::fs::remove_dir_all(&out).unwrap();
@@ -233,8 +239,9 @@ fn golden_tree(root: &Path) {
     std::os::unix::fs::symlink("deep", root.join("link-to-deep")).unwrap();
 }
 
-/// Directory packing moved into the library; the bytes of a packed folder must not change. The
-/// hashes were taken from `mf pack` before the move.
+/// The bytes of a packed folder are a pure function of its content and the options: they change
+/// only with a deliberate format or writer change. The hashes are of container 2.0's output (taken
+/// when 2.0 landed; before that, of 1.0's from `mf pack` before packing moved into the library).
 #[test]
 fn packing_a_folder_gives_the_same_bytes_as_before() {
     let dir = tempfile::tempdir().unwrap();
@@ -254,8 +261,8 @@ fn packing_a_folder_gives_the_same_bytes_as_before() {
     assert!(out.stdout == default, "pack -o - differs from pack -o FILE");
 }
 
-const GOLDEN_DEFAULT: u64 = 14952386142787340789;
-const GOLDEN_OPTIONS: u64 = 7553172751978283708;
+const GOLDEN_DEFAULT: u64 = 13077602988424820072;
+const GOLDEN_OPTIONS: u64 = 18079066463313749006;
 
 /// A symlink inside a packed folder that leads outside it is refused unless --follow-symlinks.
 #[test]
