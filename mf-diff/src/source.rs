@@ -20,8 +20,10 @@ pub struct Source {
 }
 
 impl Source {
+    /// Opens an archive whose entry data is read with `pread`: a diff or apply reads whole old
+    /// entries once, and through a mapping every page read would stay resident until the end.
     pub fn open_archive(path: &Path) -> Result<Source> {
-        let archive = Archive::open(path)?;
+        let archive = Archive::open_pread(path)?;
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = archive.file_len();
         Ok(Source { path: path.to_owned(), file, archive: Some(archive), len })
