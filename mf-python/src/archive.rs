@@ -377,11 +377,10 @@ impl EntryView {
     }
 }
 
-/// What an entry file keeps between reads: the last decoded frame (frame-granular reads), or the whole
-/// content of an entry that only decodes from its start (zlib or encrypted Panda3D subfiles).
+/// What an entry file keeps between reads: the whole content of an entry that only decodes from its
+/// start (zlib or encrypted Panda3D subfiles). Frame-granular reads are cached by the archive.
 #[derive(Default)]
 struct Cache {
-    frame: Option<u64>,
     data: Vec<u8>,
     whole: bool,
 }
@@ -411,30 +410,9 @@ impl EntryHandle {
                 let start = offset as usize;
                 out.copy_from_slice(&bytes[start..start + len]);
             }
-            EntryLayout::Frames { frame_size } => {
-                let mut done = 0;
-                while done < len {
-                    let at = offset + done as u64;
-                    let (frame, within) = (at / frame_size, (at % frame_size) as usize);
-                    // Whole frames the read covers decode straight into `out` (unless the first one is
-                    // cached); a partial frame goes through the cache, which the next read may reuse.
-                    let end = offset + len as u64;
-                    let whole_end = if end == self.size { end } else { end / frame_size * frame_size };
-                    if within == 0 && whole_end > at && cache.frame != Some(frame) {
-                        let run = (whole_end - at) as usize;
-                        done += archive.read_at(&entry, at, &mut out[done..done + run])?;
-                        continue;
-                    }
-                    if cache.frame != Some(frame) {
-                        cache.frame = None;
-                        archive.decode_frame(&entry, frame, &mut cache.data)?;
-                        cache.frame = Some(frame);
-                    }
-                    let take = (cache.data.len() - within).min(len - done);
-                    out[done..done + take].copy_from_slice(&cache.data[within..within + take]);
-                    done += take;
-                }
-            }
+            // The archive locates the frames (which may be shared by a solid block or deduplicated
+            // entries) and keeps the last decoded one per thread, so a partial frame is decoded once.
+            EntryLayout::Frames { .. } => return Ok(archive.read_at(&entry, offset, out)?),
             EntryLayout::Stream => {
                 if !cache.whole {
                     cache.data = archive.read(&entry)?.into_owned();

@@ -9,6 +9,7 @@ many threads at once. Errors are :class:`MfError` subclasses.
 
 from __future__ import annotations
 
+from . import _errors
 from ._entryfile import EntryFile
 from ._errors import (
     AlreadyAppliedError,
@@ -58,25 +59,4 @@ __all__ = [
     "patch_info",
     "update",
     "__version__",
-    "MfError",
-    "MfIOError",
-    "CorruptError",
-    "NotAnArchiveError",
-    "UnsupportedVersionError",
-    "NotFoundError",
-    "PasswordError",
-    "InvalidPathError",
-    "InvalidOptionError",
-    "ExistsError",
-    "ExtractError",
-    "NotRawError",
-    "WrongBaseError",
-    "AlreadyAppliedError",
-    "ReleaseError",
-    "SignatureError",
-    "ExpiredError",
-    "RollbackError",
-    "FetchError",
-    "LockedError",
-    "UnknownInstallError",
-]
+] + _errors.__all__
