@@ -404,6 +404,10 @@ impl EntryHandle {
         let entry = archive.lookup_entry(self.position).ok_or_else(|| not_found(archive, &self.path))?;
         let len = (out.len() as u64).min(self.size.saturating_sub(offset)) as usize;
         let out = &mut out[..len];
+        if len == 0 {
+            // At or past the end, as a file read: nothing, not an error.
+            return Ok(0);
+        }
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         match archive.layout(&entry) {
             EntryLayout::Contiguous(bytes) => {
