@@ -1,7 +1,7 @@
 //! # mf-format: the `.mf` multifile container
 //!
 //! One file holding many entries (assets, scripts, libraries) that programs read in place. The byte
-//! layout is specified in `spec/FORMAT.md`; [`format`] mirrors it struct for struct.
+//! layout is specified in `spec/FORMAT.md`; [`format`](mod@format) mirrors it struct for struct.
 //!
 //! - [`ArchiveWriter`] streams entries out front to back (the index comes last), compressing each
 //!   entry as independent zstd frames in parallel. Memory is bounded by a few frames per thread plus

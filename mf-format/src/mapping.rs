@@ -1,6 +1,6 @@
 //! The one place mf maps files into memory. Both archive readers (this crate's [`Archive`] and the
 //! Panda3D reader of the `mf-panda3d` crate) hold their bytes in a [`Backing`] opened here; and
-//! [`PreadFile`], the alternative for files that may change while open, reads with `pread`.
+//! `PreadFile`, the alternative for files that may change while open, reads with `pread`.
 //!
 //! [`Archive`]: crate::Archive
 
