@@ -408,16 +408,17 @@ impl EntryHandle {
             // At or past the end, as a file read: nothing, not an error.
             return Ok(0);
         }
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         match archive.layout(&entry) {
             EntryLayout::Contiguous(bytes) => {
                 let start = offset as usize;
                 out.copy_from_slice(&bytes[start..start + len]);
             }
-            // The archive locates the frames (which may be shared by a solid block or deduplicated
-            // entries) and keeps the last decoded one per thread, so a partial frame is decoded once.
-            EntryLayout::Frames { .. } => return Ok(archive.read_at(&entry, offset, out)?),
+            // Positioned reads go where the bytes lie; for frames the archive locates them (they may
+            // be shared by a solid block or deduplicated entries) and keeps the last decoded one per
+            // thread, so a partial frame is decoded once.
+            EntryLayout::Frames { .. } | EntryLayout::Positioned => return Ok(archive.read_at(&entry, offset, out)?),
             EntryLayout::Stream => {
+                let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
                 if !cache.whole {
                     cache.data = archive.read(&entry)?.into_owned();
                     cache.whole = true;
@@ -425,7 +426,6 @@ impl EntryHandle {
                 let start = offset as usize;
                 out.copy_from_slice(&cache.data[start..start + len]);
             }
-            EntryLayout::Positioned => return Ok(archive.read_at(&entry, offset, out)?),
         }
         Ok(len)
     }
