@@ -3,11 +3,16 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use clap::Args;
-use mf_format::{collect_inputs, pack_to_file, pack_to_writer, DirPackOptions, PackOrder, WriterOptions};
+use mf_format::{
+    collect_inputs, pack_to_file_reusing, pack_to_writer_reusing, DirPackOptions, PackOrder, PackSummary, ReuseSource,
+    WriterOptions,
+};
 
-use crate::Outcome;
+use crate::{JsonFlag, Outcome};
 
 #[derive(Args)]
 pub struct PackArgs {
@@ -46,6 +51,14 @@ pub struct PackArgs {
     /// inside are always followed).
     #[arg(long)]
     follow_symlinks: bool,
+    /// Copy the compressed frames of an earlier archive where they decode to the content being
+    /// packed, instead of compressing it again. The output is byte-identical to a pack without it;
+    /// frames are only found when OLD was packed with the same level and frame size.
+    #[arg(long, value_name = "OLD.mf")]
+    reuse: Option<PathBuf>,
+    /// Print a JSON summary (entries, what was reused) on standard output.
+    #[command(flatten)]
+    json: JsonFlag,
 }
 
 /// Parses `--order`.
@@ -79,6 +92,13 @@ pub fn run(args: PackArgs) -> Outcome {
         keep_mtime: args.keep_mtime,
         follow_symlinks: args.follow_symlinks,
     };
+    if to_stdout && args.json.json {
+        anyhow::bail!("--json prints on standard output, which -o - already writes the archive to");
+    }
+    let reuse = match &args.reuse {
+        Some(old) => Some(Arc::new(ReuseSource::open(old, &options.writer).context("cannot reuse it")?)),
+        None => None,
+    };
     let collected = collect_inputs(&args.dirs, (!to_stdout).then_some(args.output.as_path()), &options)?;
     for path in &collected.skipped {
         eprintln!("mf: skipping {} (not a regular file)", path.display());
@@ -89,18 +109,57 @@ pub fn run(args: PackArgs) -> Outcome {
         bar.set_message(input.entry_path.clone());
         bar.inc(size);
     };
-    let entries = if to_stdout {
+    let summary = if to_stdout {
         let sink = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-        let (mut sink, entries) =
-            pack_to_writer(&collected.inputs, sink, Path::new("<stdout>"), options.writer, progress)?;
+        let (mut sink, summary) =
+            pack_to_writer_reusing(&collected.inputs, sink, Path::new("<stdout>"), options.writer, reuse.clone(), progress)?;
         sink.flush().context("writing the archive to standard output")?;
-        entries
+        summary
     } else {
-        pack_to_file(&collected.inputs, &args.output, options.writer, progress)?
+        pack_to_file_reusing(&collected.inputs, &args.output, options.writer, reuse.clone(), progress)?
     };
     bar.finish_and_clear();
-    if entries == 0 {
+    if summary.entries == 0 {
         eprintln!("mf: warning: {} holds no entries", args.output.display());
     }
+    if let (Some(old), Some(source)) = (&args.reuse, &reuse) {
+        report_reuse(old, source, &summary);
+    }
+    if args.json.json {
+        let reused = summary.reused;
+        let json = serde_json::json!({
+            "entries": summary.entries,
+            "reused": {
+                "entries": reused.entries,
+                "whole_entries": reused.whole_entries,
+                "frames": reused.frames,
+                "bytes": reused.bytes,
+                "stored_bytes": reused.stored_bytes,
+                "damaged_frames": summary.damaged_frames,
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    }
     Ok(true)
+}
+
+/// Says on standard error what was copied from OLD, and warns about damaged frames of it.
+fn report_reuse(old: &Path, source: &ReuseSource, summary: &PackSummary) {
+    let reused = summary.reused;
+    eprintln!(
+        "mf: reused {} frames of {} entries ({} whole) from {}: {} bytes not compressed again",
+        reused.frames,
+        reused.entries,
+        reused.whole_entries,
+        old.display(),
+        reused.bytes
+    );
+    let (damaged, first) = source.damage();
+    if damaged > 0 {
+        eprintln!(
+            "mf: warning: {}: {damaged} damaged frames were compressed afresh instead ({})",
+            old.display(),
+            first.unwrap_or_default()
+        );
+    }
 }

@@ -80,6 +80,7 @@ pub mod pack;
 pub mod path;
 pub mod policy;
 pub mod reader;
+pub mod reuse;
 pub mod unpack;
 mod validate;
 pub mod writer;
@@ -88,13 +89,14 @@ pub use atomic::{remove_pending_temp_files, AtomicFile};
 pub use error::{Error, Result};
 pub use mapping::Backing;
 pub use pack::{
-    collect_inputs, order_for_compression, pack_inputs, pack_to_file, pack_to_writer, Collected, DirPackOptions,
-    PackError, PackInput, PackOrder,
+    collect_inputs, order_for_compression, pack_inputs, pack_to_file, pack_to_file_reusing, pack_to_writer,
+    pack_to_writer_reusing, Collected, DirPackOptions, PackError, PackInput, PackOrder, PackSummary,
 };
 pub use path::{entry_path_from_fs, validate_path};
 pub use reader::{Archive, Entry, EntryReader, SpaceUse, StoredAs};
+pub use reuse::ReuseSource;
 pub use unpack::{unpack_in, UnpackEntry, UnpackError, UnpackOptions, UnpackReport};
 pub use writer::{
-    prepare_entry, ArchiveWriter, Compression, EntryOptions, Mtime, PreparedEntry, StoredLayout, WriterOptions,
-    DEFAULT_LEVEL,
+    prepare_entry, prepare_entry_reusing, ArchiveWriter, Compression, EntryOptions, Mtime, PreparedEntry, ReuseReport,
+    StoredLayout, WriterOptions, DEFAULT_LEVEL,
 };

@@ -11,13 +11,17 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::path::entry_path_from_fs;
-use crate::writer::{prepare_entry, ArchiveWriter, Compression, EntryOptions, PreparedEntry, WriterOptions};
+use crate::reuse::ReuseSource;
+use crate::writer::{
+    prepare_entry_reusing, ArchiveWriter, Compression, EntryOptions, PreparedEntry, ReuseReport, WriterOptions,
+};
 
 /// One file to pack.
 #[derive(Debug, Clone)]
@@ -52,6 +56,7 @@ pub fn pack_inputs<W: Write>(
     mut progress: impl FnMut(&PackInput, u64),
 ) -> Result<()> {
     let options = *writer.options();
+    let reuse = writer.reuse().cloned();
     let mut rest = inputs;
     let mut ready: Option<ReadyBatch<'_>> = None;
     while let Some(first) = rest.first() {
@@ -68,7 +73,7 @@ pub fn pack_inputs<W: Write>(
         let previous = ready.take();
         let mut prepared = Vec::new();
         rayon::in_place_scope(|scope| {
-            scope.spawn(|_| prepared = prepare_batch(batch, &options));
+            scope.spawn(|_| prepared = prepare_batch(batch, &options, reuse.as_deref()));
             write_batch(writer, previous, &mut progress)
         })?;
         ready = Some(ReadyBatch { inputs: batch, prepared });
@@ -90,12 +95,16 @@ fn small_batch_len(rest: &[PackInput]) -> usize {
         .count()
 }
 
-fn prepare_batch(batch: &[PackInput], options: &WriterOptions) -> Vec<Result<PreparedEntry>> {
+fn prepare_batch(
+    batch: &[PackInput],
+    options: &WriterOptions,
+    reuse: Option<&ReuseSource>,
+) -> Vec<Result<PreparedEntry>> {
     batch
         .par_iter()
         .map(|input| {
             let data = std::fs::read(&input.fs_path).map_err(|e| Error::io(&input.fs_path, e))?;
-            prepare_entry(input.entry_path.clone(), data, input.options, options)
+            prepare_entry_reusing(input.entry_path.clone(), data, input.options, options, reuse)
         })
         .collect()
 }
@@ -290,13 +299,7 @@ pub fn pack_to_file(
     options: WriterOptions,
     progress: impl FnMut(&PackInput, u64),
 ) -> Result<usize, PackError> {
-    let io = |error| PackError::Io { path: output.to_owned(), error };
-    let mut out = crate::AtomicFile::create_removing_stale(output).map_err(io)?;
-    let sink = std::io::BufWriter::with_capacity(1 << 20, out.file());
-    let (sink, entries) = pack_to_writer(inputs, sink, output, options, progress)?;
-    sink.into_inner().map_err(|e| io(e.into_error()))?;
-    out.commit().map_err(io)?;
-    Ok(entries)
+    Ok(pack_to_file_reusing(inputs, output, options, None, progress)?.entries)
 }
 
 /// Packs `inputs` as an archive streamed into `sink` (`name` is for messages); returns the sink
@@ -308,10 +311,56 @@ pub fn pack_to_writer<W: Write>(
     options: WriterOptions,
     progress: impl FnMut(&PackInput, u64),
 ) -> Result<(W, usize), PackError> {
+    let (sink, summary) = pack_to_writer_reusing(inputs, sink, name, options, None, progress)?;
+    Ok((sink, summary.entries))
+}
+
+/// What a pack wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackSummary {
+    /// Entries in the archive.
+    pub entries: usize,
+    /// What was copied from the earlier archive instead of compressed (all zero without one).
+    pub reused: ReuseReport,
+    /// Frames of the earlier archive found damaged (they were compressed afresh instead).
+    pub damaged_frames: u64,
+}
+
+/// [`pack_to_file`], copying frames of `reuse` (an earlier archive, see [`crate::reuse`]) where
+/// they decode to the content being packed. The output is the same bytes as without `reuse`.
+pub fn pack_to_file_reusing(
+    inputs: &[PackInput],
+    output: &Path,
+    options: WriterOptions,
+    reuse: Option<Arc<ReuseSource>>,
+    progress: impl FnMut(&PackInput, u64),
+) -> Result<PackSummary, PackError> {
+    let io = |error| PackError::Io { path: output.to_owned(), error };
+    let mut out = crate::AtomicFile::create_removing_stale(output).map_err(io)?;
+    let sink = std::io::BufWriter::with_capacity(1 << 20, out.file());
+    let (sink, summary) = pack_to_writer_reusing(inputs, sink, output, options, reuse, progress)?;
+    sink.into_inner().map_err(|e| io(e.into_error()))?;
+    out.commit().map_err(io)?;
+    Ok(summary)
+}
+
+/// [`pack_to_writer`] with an earlier archive to reuse frames of, as [`pack_to_file_reusing`].
+pub fn pack_to_writer_reusing<W: Write>(
+    inputs: &[PackInput],
+    sink: W,
+    name: &Path,
+    options: WriterOptions,
+    reuse: Option<Arc<ReuseSource>>,
+    progress: impl FnMut(&PackInput, u64),
+) -> Result<(W, PackSummary), PackError> {
     let mut writer = ArchiveWriter::with_name(sink, options, name)?;
+    if let Some(source) = &reuse {
+        writer.set_reuse(source.clone());
+    }
     pack_inputs(&mut writer, inputs, progress)?;
-    let entries = writer.len();
-    Ok((writer.finish()?, entries))
+    let damaged_frames = reuse.as_deref().map_or(0, |r| r.damage().0);
+    let summary = PackSummary { entries: writer.len(), reused: writer.reuse_report(), damaged_frames };
+    Ok((writer.finish()?, summary))
 }
 
 struct Collector<'a> {

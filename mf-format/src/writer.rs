@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
@@ -23,6 +24,7 @@ use crate::format::{
 };
 use crate::path::validate_path;
 use crate::policy;
+use crate::reuse::{Donor, ReuseSource};
 
 /// Entry data starts at a multiple of this (spec: "What writers do").
 pub const DATA_ALIGNMENT: u64 = 16;
@@ -170,9 +172,27 @@ pub struct StoredLayout<'a> {
 
 /// One frame as it will be written.
 enum StoredFrame {
-    /// Index range into the entry's uncompressed data.
+    /// The chunk itself.
     Raw,
+    /// Compressed here.
     Zstd(Vec<u8>),
+    /// Copied from an earlier archive's frame that decodes to the chunk (see [`crate::reuse`]).
+    Reused(Vec<u8>),
+}
+
+/// What an incremental pack took from the earlier archive instead of compressing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReuseReport {
+    /// Entries written with at least one copied frame.
+    pub entries: u64,
+    /// Entries all of whose stored frames were copied.
+    pub whole_entries: u64,
+    /// Frames copied.
+    pub frames: u64,
+    /// Uncompressed bytes of those frames (what was not compressed again).
+    pub bytes: u64,
+    /// Stored bytes of those frames.
+    pub stored_bytes: u64,
 }
 
 /// How the writer stores one entry's content.
@@ -231,22 +251,36 @@ pub fn prepare_entry(
     options: EntryOptions,
     writer_options: &WriterOptions,
 ) -> Result<PreparedEntry> {
+    prepare_entry_reusing(path, data, options, writer_options, None)
+}
+
+/// As [`prepare_entry`], copying frames of `reuse` that decode to the content's chunks instead of
+/// compressing them (the result is the same; see [`crate::reuse`]).
+pub fn prepare_entry_reusing(
+    path: String,
+    data: Vec<u8>,
+    options: EntryOptions,
+    writer_options: &WriterOptions,
+    reuse: Option<&ReuseSource>,
+) -> Result<PreparedEntry> {
     validate_path(&path)?;
     check_entry_options(&options)?;
+    let content_hash = xxhash_rust::xxh3::xxh3_64(&data);
     let placing = if data.is_empty() {
         Placing::Empty
     } else if goes_solid(&path, &data, options.compression) {
         Placing::Solid
     } else {
         let plan = FramePlan::new(&path, &options, writer_options);
+        let donor = reuse.and_then(|r| r.donor(&path, Some((data.len() as u64, content_hash))));
         let frames = data
             .chunks(writer_options.frame_size())
-            .map(|chunk| plan.encode(chunk))
+            .enumerate()
+            .map(|(k, chunk)| plan.encode(chunk, donor.map(|d| (d, k))))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| Error::io(&path, e))?;
         Placing::Frames(frames)
     };
-    let content_hash = xxhash_rust::xxh3::xxh3_64(&data);
     let digest = Sha256::digest(&data).into();
     Ok(PreparedEntry { path, options, data, placing, content_hash, digest })
 }
@@ -283,7 +317,10 @@ impl FramePlan {
         FramePlan { compress, only_if_useful, probe_first, level: writer_options.level }
     }
 
-    fn encode(&self, chunk: &[u8]) -> io::Result<StoredFrame> {
+    /// The frame a fresh pack stores for `chunk`. With a donor (frame `k` of an earlier archive's
+    /// entry), every decision is still taken here; only the final compression at the archive's level
+    /// is replaced by the donor's frame when that decodes to `chunk`.
+    fn encode(&self, chunk: &[u8], donor: Option<(Donor<'_>, usize)>) -> io::Result<StoredFrame> {
         if !self.compress {
             return Ok(StoredFrame::Raw);
         }
@@ -295,13 +332,23 @@ impl FramePlan {
                 return Ok(StoredFrame::Raw);
             }
         }
+        if let Some(reused) = donor.and_then(|(donor, k)| donor.frame(k, chunk)) {
+            if self.keeps(chunk.len(), reused.len()) {
+                return Ok(StoredFrame::Reused(reused));
+            }
+        }
         let compressed = compress_frame(chunk, self.level)?;
-        let keep = if self.only_if_useful {
-            policy::compression_is_useful(chunk.len(), compressed.len())
-        } else {
-            policy::compression_is_shorter(chunk.len(), compressed.len())
-        };
+        let keep = self.keeps(chunk.len(), compressed.len());
         Ok(if keep { StoredFrame::Zstd(compressed) } else { StoredFrame::Raw })
+    }
+
+    /// Whether a frame compressed to `compressed_len` bytes is stored compressed.
+    fn keeps(&self, raw_len: usize, compressed_len: usize) -> bool {
+        if self.only_if_useful {
+            policy::compression_is_useful(raw_len, compressed_len)
+        } else {
+            policy::compression_is_shorter(raw_len, compressed_len)
+        }
     }
 }
 
@@ -384,6 +431,9 @@ pub struct ArchiveWriter<W: Write> {
     dirs: HashSet<String>,
     /// Reused read buffer for streamed entries.
     buffer: Vec<u8>,
+    /// An earlier archive whose frames may be copied instead of compressed (incremental pack).
+    reuse: Option<Arc<ReuseSource>>,
+    reused: ReuseReport,
 }
 
 impl<W: Write> ArchiveWriter<W> {
@@ -414,7 +464,25 @@ impl<W: Write> ArchiveWriter<W> {
             files: HashMap::new(),
             dirs: HashSet::new(),
             buffer: Vec::new(),
+            reuse: None,
+            reused: ReuseReport::default(),
         })
+    }
+
+    /// Copies frames of `source` that decode to the content being packed instead of compressing
+    /// that content again. The output stays what it would be without (see [`crate::reuse`]).
+    pub fn set_reuse(&mut self, source: Arc<ReuseSource>) {
+        self.reuse = Some(source);
+    }
+
+    /// The earlier archive set with [`set_reuse`](Self::set_reuse).
+    pub fn reuse(&self) -> Option<&Arc<ReuseSource>> {
+        self.reuse.as_ref()
+    }
+
+    /// What was copied from the earlier archive so far.
+    pub fn reuse_report(&self) -> ReuseReport {
+        self.reused
     }
 
     /// The archive-wide settings.
@@ -461,9 +529,11 @@ impl<W: Write> ArchiveWriter<W> {
             self.push_stored(path, options, record, key);
         } else {
             let plan = FramePlan::new(path, &options, &self.options);
+            let reuse = self.reuse.clone();
+            let donor = reuse.as_deref().and_then(|r| r.donor(path, Some((data.len() as u64, content_hash))));
             let mut entry = self.begin_entry()?;
             for block in data.chunks(self.batch_bytes()) {
-                self.write_block(&mut entry, &plan, path, block)?;
+                self.write_block(&mut entry, &plan, path, block, donor)?;
             }
             let record = self.end_frames(entry, data.len() as u64, content_hash);
             self.push_stored(path, options, record, key);
@@ -476,7 +546,19 @@ impl<W: Write> ArchiveWriter<W> {
     /// of frames at a time in parallel (memory: a few frames per thread whatever the size) and is
     /// not deduplicated against earlier entries (its bytes are written before its hash is known).
     /// With [`Compression::Solid`] the content is appended to the solid stream whatever its size.
-    pub fn add_reader(&mut self, path: &str, mut reader: impl Read, options: EntryOptions) -> Result<()> {
+    pub fn add_reader(&mut self, path: &str, reader: impl Read, options: EntryOptions) -> Result<()> {
+        self.add_reader_known(path, reader, options, None)
+    }
+
+    /// [`add_reader`](Self::add_reader) of content whose size and xxh3 may be known already
+    /// (`content`), so that an earlier archive's frames can be found by content.
+    fn add_reader_known(
+        &mut self,
+        path: &str,
+        mut reader: impl Read,
+        options: EntryOptions,
+        content: Option<(u64, u64)>,
+    ) -> Result<()> {
         let mut head = Vec::new();
         (&mut reader).take(SOLID_LIMIT + 1).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
         if head.len() as u64 <= SOLID_LIMIT {
@@ -488,7 +570,7 @@ impl<W: Write> ArchiveWriter<W> {
         let record = if options.compression == Compression::Solid {
             self.stream_solid(path, &mut rest, &mut hasher)?
         } else {
-            self.stream_frames(path, &mut rest, options, &mut hasher)?
+            self.stream_frames(path, &mut rest, options, &mut hasher, content)?
         };
         let (key, content_hash) = hasher.finish();
         self.push_stored(path, options, EntryRecord { content_hash, ..record }, key);
@@ -501,7 +583,7 @@ impl<W: Write> ArchiveWriter<W> {
     pub fn add_file(&mut self, path: &str, fs_path: &Path, options: EntryOptions) -> Result<()> {
         let mut file = crate::fs::open_regular(fs_path).map_err(|e| Error::io(fs_path, e))?;
         let size = file.metadata().map_err(|e| Error::io(fs_path, e))?.len();
-        if size <= SOLID_LIMIT || !self.deduplicate || !self.sizes.contains(&size) {
+        if size <= SOLID_LIMIT || !self.hash_first(path, size) {
             return self.add_reader_checked(path, fs_path, file, options, None);
         }
         let mut hasher = ContentHasher::default();
@@ -513,19 +595,30 @@ impl<W: Write> ArchiveWriter<W> {
             return Ok(());
         }
         file.rewind().map_err(|e| Error::io(fs_path, e))?;
-        self.add_reader_checked(path, fs_path, file, options, Some(key))
+        self.add_reader_checked(path, fs_path, file, options, Some((key, content_hash)))
     }
 
-    /// [`add_reader`](Self::add_reader), failing if the content's key differs from `expected`.
+    /// Whether a file of `size` bytes is hashed before it is written: an earlier entry has its size
+    /// (it may be stored already), or the earlier archive being reused has an entry of its size
+    /// that it would find by content only.
+    fn hash_first(&self, path: &str, size: u64) -> bool {
+        (self.deduplicate && self.sizes.contains(&size))
+            || self.reuse.as_deref().is_some_and(|r| r.has_size(size) && !r.has_path_of_size(path, size))
+    }
+
+    /// [`add_reader`](Self::add_reader), failing if the content's key differs from `expected`'s (a
+    /// key and xxh3 taken before).
     fn add_reader_checked(
         &mut self,
         path: &str,
         fs_path: &Path,
         file: std::fs::File,
         options: EntryOptions,
-        expected: Option<ContentKey>,
+        expected: Option<(ContentKey, u64)>,
     ) -> Result<()> {
-        self.add_reader(path, file, options)?;
+        let content = expected.map(|((size, _), xxh3)| (size, xxh3));
+        let expected = expected.map(|(key, _)| key);
+        self.add_reader_known(path, file, options, content)?;
         let written = self.records.last().map(|r| r.content_hash);
         if let (Some(expected), Some(_)) = (expected, written) {
             let matches = self.stored.get(&expected).is_some_and(|r| r.size == expected.0);
@@ -829,7 +922,13 @@ impl<W: Write> ArchiveWriter<W> {
     /// Starts an entry's own data at the next aligned offset.
     fn begin_entry(&mut self) -> Result<OpenEntry> {
         self.align()?;
-        Ok(OpenEntry { offset: self.pos, first_frame: self.frames.len(), all_raw: true })
+        Ok(OpenEntry {
+            offset: self.pos,
+            first_frame: self.frames.len(),
+            all_raw: true,
+            compressed_here: 0,
+            reused: ReuseReport::default(),
+        })
     }
 
     fn align(&mut self) -> Result<()> {
@@ -837,11 +936,21 @@ impl<W: Write> ArchiveWriter<W> {
         self.write(&[0u8; DATA_ALIGNMENT as usize][..padding as usize])
     }
 
-    fn write_block(&mut self, entry: &mut OpenEntry, plan: &FramePlan, path: &str, block: &[u8]) -> Result<()> {
+    /// Encodes `block` (the entry's next bytes, whole frames but at the end) and writes its frames.
+    fn write_block(
+        &mut self,
+        entry: &mut OpenEntry,
+        plan: &FramePlan,
+        path: &str,
+        block: &[u8],
+        donor: Option<Donor<'_>>,
+    ) -> Result<()> {
         let frame_size = self.options.frame_size();
+        let first = self.frames.len() - entry.first_frame;
         let frames: Vec<StoredFrame> = block
             .par_chunks(frame_size)
-            .map(|chunk| plan.encode(chunk))
+            .enumerate()
+            .map(|(k, chunk)| plan.encode(chunk, donor.map(|d| (d, first + k))))
             .collect::<io::Result<_>>()
             .map_err(|e| Error::io(path, e))?;
         for (frame, chunk) in frames.iter().zip(block.chunks(frame_size)) {
@@ -856,6 +965,14 @@ impl<W: Write> ArchiveWriter<W> {
             StoredFrame::Raw => self.write(chunk)?,
             StoredFrame::Zstd(bytes) => {
                 entry.all_raw = false;
+                entry.compressed_here += 1;
+                self.write(bytes)?;
+            }
+            StoredFrame::Reused(bytes) => {
+                entry.all_raw = false;
+                entry.reused.frames += 1;
+                entry.reused.bytes += chunk.len() as u64;
+                entry.reused.stored_bytes += bytes.len() as u64;
                 self.write(bytes)?;
             }
         }
@@ -867,6 +984,13 @@ impl<W: Write> ArchiveWriter<W> {
     /// The record of an entry whose frames were just written: a raw extent when every frame is raw
     /// (the content is then contiguous), else its run of frames.
     fn end_frames(&mut self, entry: OpenEntry, size: u64, content_hash: u64) -> EntryRecord {
+        if entry.reused.frames > 0 {
+            self.reused.entries += 1;
+            self.reused.whole_entries += u64::from(entry.compressed_here == 0);
+            self.reused.frames += entry.reused.frames;
+            self.reused.bytes += entry.reused.bytes;
+            self.reused.stored_bytes += entry.reused.stored_bytes;
+        }
         if entry.all_raw {
             self.frames.truncate(entry.first_frame);
             return EntryRecord {
@@ -958,7 +1082,7 @@ impl<W: Write> ArchiveWriter<W> {
                 let offset = self.pos;
                 match frame {
                     StoredFrame::Raw => self.write(chunk)?,
-                    StoredFrame::Zstd(bytes) => self.write(bytes)?,
+                    StoredFrame::Zstd(bytes) | StoredFrame::Reused(bytes) => self.write(bytes)?,
                 }
                 let stored_len = (self.pos - offset) as u32;
                 self.solid.frames.push(FrameRecord { offset, stored_len, len: chunk.len() as u32 });
@@ -975,8 +1099,11 @@ impl<W: Write> ArchiveWriter<W> {
         reader: &mut impl Read,
         options: EntryOptions,
         hasher: &mut ContentHasher,
+        content: Option<(u64, u64)>,
     ) -> Result<EntryRecord> {
         let plan = FramePlan::new(path, &options, &self.options);
+        let reuse = self.reuse.clone();
+        let donor = reuse.as_deref().and_then(|r| r.donor(path, content));
         let mut entry = self.begin_entry()?;
         let batch = self.batch_bytes();
         let mut buffer = std::mem::take(&mut self.buffer);
@@ -986,7 +1113,7 @@ impl<W: Write> ArchiveWriter<W> {
             let filled = read_full(reader, &mut buffer).map_err(|e| Error::io(path, e))?;
             hasher.update(&buffer[..filled]);
             size += filled as u64;
-            self.write_block(&mut entry, &plan, path, &buffer[..filled])?;
+            self.write_block(&mut entry, &plan, path, &buffer[..filled], donor)?;
             if filled < batch {
                 break;
             }
@@ -1068,6 +1195,10 @@ struct OpenEntry {
     offset: u64,
     first_frame: usize,
     all_raw: bool,
+    /// Frames compressed by this writer (not copied).
+    compressed_here: u64,
+    /// Frames copied from the reuse source (`entries` unused here).
+    reused: ReuseReport,
 }
 
 /// The record fields of an empty entry.
