@@ -111,8 +111,14 @@ pub fn run(args: PackArgs) -> Outcome {
     };
     let summary = if to_stdout {
         let sink = BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
-        let (mut sink, summary) =
-            pack_to_writer_reusing(&collected.inputs, sink, Path::new("<stdout>"), options.writer, reuse.clone(), progress)?;
+        let (mut sink, summary) = pack_to_writer_reusing(
+            &collected.inputs,
+            sink,
+            Path::new("<stdout>"),
+            options.writer,
+            reuse.clone(),
+            progress,
+        )?;
         sink.flush().context("writing the archive to standard output")?;
         summary
     } else {

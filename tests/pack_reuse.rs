@@ -1,0 +1,138 @@
+//! End-to-end tests of `mf pack --reuse`: the output is byte-identical to a fresh pack, the
+//! summary says what was reused, and a damaged OLD is an error (unreadable index) or a warning
+//! (damaged frames) but never a different output.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn text(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("vertex {} {} {}\n", i % 89, (i * seed) % 997, i / 5).as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// v1 and v2 trees: changed, added, removed and renamed files, solid small files, duplicates, raw
+/// noise, and a media file mixing raw and compressed frames.
+fn write_versions(root: &Path) {
+    let big = text(400_000, 1);
+    let mut edited = text(300_000, 2);
+    let mixed = [noise(30_000, 3), text(50_000, 3)].concat();
+    let small: Vec<Vec<u8>> = (0..12).map(|i| text(400 + i * 200, 10 + i as u64)).collect();
+    let mut v1: Vec<(String, Vec<u8>)> = vec![
+        ("models/big.obj".into(), big.clone()),
+        ("models/edited.obj".into(), edited.clone()),
+        ("models/gone.obj".into(), text(90_000, 4)),
+        ("old/name.obj".into(), text(150_000, 5)),
+        ("textures/wall.png".into(), noise(80_000, 6)),
+        ("audio/mixed.ogg".into(), mixed.clone()),
+        ("dup/one.obj".into(), text(70_000, 7)),
+        ("dup/two.obj".into(), text(70_000, 7)),
+    ];
+    v1.extend(small.iter().enumerate().map(|(i, data)| (format!("text/s{i}.txt"), data.clone())));
+    edited[123_456..123_466].copy_from_slice(b"0123456789");
+    let mut v2: Vec<(String, Vec<u8>)> = v1
+        .iter()
+        .filter(|(p, _)| p != "models/gone.obj" && p != "text/s4.txt")
+        .map(|(p, data)| match p.as_str() {
+            "models/edited.obj" => (p.clone(), edited.clone()),
+            "old/name.obj" => ("new/name.obj".into(), data.clone()),
+            "text/s2.txt" => (p.clone(), text(900, 99)),
+            _ => (p.clone(), data.clone()),
+        })
+        .collect();
+    v2.push(("models/added.obj".into(), text(100_000, 8)));
+    v2.push(("dup/three.obj".into(), text(70_000, 7)));
+    for (name, files) in [("v1", v1), ("v2", v2)] {
+        let files: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+        write_tree(&root.join(name), &files);
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[test]
+fn pack_reuse_is_byte_identical_to_a_fresh_pack_and_reports_what_it_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_versions(d);
+    for frame in ["4K", "256K"] {
+        mf_ok(d, &["pack", "v1", "-o", "old.mf", "--frame-size", frame, "--level", "5"]);
+        mf_ok(d, &["pack", "v2", "-o", "fresh.mf", "--frame-size", frame, "--level", "5"]);
+        let out = mf_in(
+            d,
+            &["pack", "v2", "-o", "reused.mf", "--frame-size", frame, "--level", "5", "--reuse", "old.mf", "--json"],
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(std::fs::read(d.join("reused.mf")).unwrap(), std::fs::read(d.join("fresh.mf")).unwrap(), "{frame}");
+        let report = json(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(report["entries"], 20, "{report}");
+        // big.obj, name.obj (renamed), dup/one.obj and the compressed part of mixed.ogg whole;
+        // edited.obj all but the frame with the edit.
+        assert_eq!(report["reused"]["whole_entries"], 4, "{frame}: {report}");
+        assert_eq!(report["reused"]["entries"], 5, "{frame}: {report}");
+        assert!(report["reused"]["bytes"].as_u64().unwrap() > 400_000 + 150_000 + 70_000, "{report}");
+        assert_eq!(report["reused"]["damaged_frames"], 0);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("reused") && stderr.contains("from old.mf"), "{stderr}");
+        mf_ok(d, &["verify", "reused.mf"]);
+    }
+}
+
+#[test]
+fn pack_reuse_of_another_level_reuses_nothing_and_still_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_versions(d);
+    mf_ok(d, &["pack", "v1", "-o", "old.mf", "--level", "3"]);
+    mf_ok(d, &["pack", "v2", "-o", "fresh.mf"]);
+    let report = json(&mf_ok(d, &["pack", "v2", "-o", "reused.mf", "--reuse", "old.mf", "--json"]));
+    assert_eq!(std::fs::read(d.join("reused.mf")).unwrap(), std::fs::read(d.join("fresh.mf")).unwrap());
+    assert_eq!(report["reused"]["frames"], 0, "{report}");
+}
+
+#[test]
+fn a_damaged_old_archive_is_refused_or_warned_about_never_copied_wrongly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_versions(d);
+    mf_ok(d, &["pack", "v1", "-o", "old.mf"]);
+    mf_ok(d, &["pack", "v2", "-o", "fresh.mf"]);
+    let good = std::fs::read(d.join("old.mf")).unwrap();
+
+    // Damaged frame data: a warning naming OLD, the frame recompressed, the output still identical.
+    // Entries are ordered by kind, then name: big.obj's first frame is the first data, at 96.
+    let offset = 96;
+    let mut damaged = good.clone();
+    for b in &mut damaged[offset + 100..offset + 140] {
+        *b ^= 0xa5;
+    }
+    std::fs::write(d.join("old.mf"), &damaged).unwrap();
+    let out = mf_in(d, &["pack", "v2", "-o", "reused.mf", "--reuse", "old.mf"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("old.mf") && stderr.contains("damaged"), "{stderr}");
+    assert_eq!(std::fs::read(d.join("reused.mf")).unwrap(), std::fs::read(d.join("fresh.mf")).unwrap());
+
+    // An unreadable index: an error naming OLD, exit 1, and no output written.
+    let mut broken = good.clone();
+    let len = broken.len();
+    broken[len - 30] ^= 0xff;
+    std::fs::write(d.join("old.mf"), &broken).unwrap();
+    let stderr = mf_fails(d, &["pack", "v2", "-o", "new.mf", "--reuse", "old.mf"], 1);
+    assert!(stderr.contains("old.mf") && stderr.contains("reuse"), "{stderr}");
+    assert!(!d.join("new.mf").exists());
+
+    // Not there at all: the same.
+    let stderr = mf_fails(d, &["pack", "v2", "-o", "new.mf", "--reuse", "missing.mf"], 1);
+    assert!(stderr.contains("missing.mf"), "{stderr}");
+    assert!(!d.join("new.mf").exists());
+}
