@@ -319,6 +319,15 @@ impl Editor {
         Ok(())
     }
 
+    /// Rewrites the committed version with [`compact`] over the archive's own path while this editor
+    /// holds the lock (nothing planned may be pending: commit first).
+    pub fn compact_in_place(self) -> Result<CompactReport> {
+        if self.changed {
+            return Err(Error::InvalidOption("an editor with uncommitted changes cannot compact".into()));
+        }
+        compact(&self.archive, &self.name)
+    }
+
     /// Test hook: `hook(step)` is asked after each step of the protocol; `true` stops there with an
     /// I/O error, leaving the file as a crash at that point would (bar what the OS had not synced).
     #[doc(hidden)]

@@ -75,6 +75,7 @@ pub mod edit;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod inplace;
 pub mod layout;
 pub mod mapping;
 pub mod pack;
