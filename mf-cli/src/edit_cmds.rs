@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 use clap::Args;
 use mf_format::inplace::{AddOptions, EditReport};
-use mf_format::{DirPackOptions, Editor};
+use mf_format::DirPackOptions;
 use mf_panda3d::ArchiveFormat;
 use serde::Serialize;
 
@@ -121,7 +121,7 @@ pub fn compact(args: CompactArgs) -> Outcome {
     refuse_panda3d(&args.archive)?;
     let report = match &args.output {
         Some(output) => mf_format::compact(&mf_format::Archive::open(&args.archive)?, output)?,
-        None => Editor::open(&args.archive)?.compact_in_place()?,
+        None => mf_format::edit::compact_file(&args.archive)?,
     };
     let output = args.output.as_ref().unwrap_or(&args.archive);
     let json = CompactJson {

@@ -881,6 +881,17 @@ pub fn needs_compaction(archive: &Archive) -> bool {
     archive.space().dead as f64 > COMPACT_DEAD_SHARE * archive.file_len() as f64
 }
 
+/// Compacts the archive at `path` over itself ([`compact`]), holding its edit lock meanwhile so no
+/// editor commits into the version being rewritten ([`Error::Busy`] if one is open). Any version
+/// the reader reads is accepted (a 1.0 archive comes out as 2.0).
+pub fn compact_file(path: &Path) -> Result<CompactReport> {
+    let file = crate::fs::open_regular_for_update(path).map_err(|e| Error::io(path, e))?;
+    if !crate::fs::try_lock_exclusive(&file).map_err(|e| Error::io(path, e))? {
+        return Err(Error::Busy { file: path.to_owned() });
+    }
+    compact(&Archive::from_file(&file, path)?, path)
+}
+
 /// What [`compact`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactReport {
