@@ -455,3 +455,43 @@ fn a_version_1_archive_is_not_edited_in_place_but_compacts_to_2_0() {
     assert_eq!(content(&path), before);
     Editor::open(&path).unwrap();
 }
+
+/// Yields `good` bytes, then fails.
+struct FailingReader {
+    good: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.good.len() {
+            return Err(std::io::Error::other("the source went away"));
+        }
+        let n = buf.len().min(self.good.len() - self.at);
+        buf[..n].copy_from_slice(&self.good[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_put_whose_source_fails_leaves_the_editor_usable_and_solid_content_streams() {
+    let (_dir, path, mut files) = setup(SMALL_FRAMES);
+    let mut editor = Editor::open(&path).unwrap();
+    for compression in [Compression::Auto, Compression::Solid] {
+        let options = EntryOptions { compression, ..EntryOptions::default() };
+        let mut failing = FailingReader { good: text(7, 5_000), at: 0 };
+        let err = editor.put("big/model.bin", &options, &mut failing, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("the source went away"), "{err}");
+    }
+    // Forced solid content larger than the solid limit streams into the solid stream.
+    let long = text(8, 10_000);
+    let solid = EntryOptions { compression: Compression::Solid, ..EntryOptions::default() };
+    editor.put("long.txt", &solid, &mut &long[..], long.len() as u64).unwrap();
+    put(&mut editor, "short.txt", b"short");
+    editor.commit().unwrap();
+    files.insert("long.txt".into(), long);
+    files.insert("short.txt".into(), b"short".to_vec());
+    assert_eq!(content(&path), files, "the failed puts changed nothing");
+    assert!(Archive::open(&path).unwrap().get("long.txt").unwrap().is_solid());
+}
