@@ -933,5 +933,12 @@ fn a_mount_follows_an_archive_edited_in_place() {
     names.sort();
     assert_eq!(names, ["added.txt", "dir", "keep.txt"]);
     drop(old);
+
+    // `mf compact` renames a new file over the path: followed too, and so are edits of that file.
+    mf_ok(d, &["compact", "a.mf"]);
+    check(&expected, "after compacting");
+    mf_ok(d, &["rm", "a.mf", "added.txt", "--no-compact"]);
+    expected.remove("added.txt");
+    check(&expected, "after an edit of the compacted file");
     handle.unmount().unwrap();
 }

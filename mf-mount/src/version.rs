@@ -54,10 +54,10 @@ impl Opened {
             .or_else(|| file.as_ref().and_then(|f| f.metadata().and_then(|m| m.modified()).ok()))
             .unwrap_or_else(SystemTime::now);
         let generation = archive.as_mf().map_or(0, |mf| mf.generation());
-        // Only when the file at the archive's name holds the version opened (an archive read from
-        // memory may merely be named like a file).
+        // Only when the file at the archive's name holds the version opened or a newer one (an
+        // archive read from memory may merely be named like a file; a commit may land meanwhile).
         let followed = match (archive.as_mf(), &file) {
-            (Some(mf), Some(f)) => mf_format::reader::committed_generation(f, mf.name()).ok() == Some(generation),
+            (Some(mf), Some(f)) => mf_format::reader::committed_generation(f, mf.name()).is_ok_and(|g| g >= generation),
             _ => false,
         };
         Opened { archive, id, mtime, file, followed, identity, generation }
