@@ -236,7 +236,10 @@ fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
 
     let archive = mf_format::Archive::open(d.join("old.mf")).unwrap();
     let mut control = Vec::new();
-    ArchivePreamble { frame_size_log2: 18, level: 3, old_entry_count: 1, new_entry_count: 1 }.write(&mut control);
+    // A 2.1 patch (no content ids): readers keep reading them.
+    let preamble =
+        ArchivePreamble { frame_size_log2: 18, level: 3, old_entry_count: 1, new_entry_count: 1, content_ids: None };
+    preamble.write(&mut control);
     let record = EntryRecord {
         at: 0,
         op: Op::Delta,
@@ -253,7 +256,7 @@ fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
     record.write(&mut control, &mut -1);
     let header = PatchHeader {
         version_major: PATCH_VERSION_MAJOR,
-        version_minor: PATCH_VERSION_MINOR,
+        version_minor: 1,
         kind: KIND_ARCHIVE,
         flags: 0,
         old_len: archive.file_len(),

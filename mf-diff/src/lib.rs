@@ -66,6 +66,7 @@
 
 mod apply;
 mod budget;
+pub mod content_id;
 pub mod delta;
 mod diff;
 pub mod error;
@@ -78,6 +79,7 @@ mod zref;
 
 pub use apply::{apply_patch, ApplyOutcome, NewContent, NewEntry, OldEntries, OldEntry, Patch};
 pub use budget::{default_memory_limit, parse_size};
+pub use content_id::content_id;
 pub use diff::{diff_files, diff_stat, progress_total, write_patch, DiffOptions};
 pub use error::{Error, Result};
 pub use report::{Change, EntryReport, Method, PatchReport};
