@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hash::{sha256_file, sha256_reader};
 use crate::plan::{Route, Step};
-use crate::update::{empty_dir, repair_rule, state, Progress, Session, UpdateOptions, WORK_DIR};
+use crate::update::{empty_dir, identity, repair_rule, state, Progress, Session, UpdateOptions, WORK_DIR};
 
 /// What the archive was before the update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -90,6 +90,8 @@ pub struct Outcome {
     pub manifest_version: u64,
     /// What the archive was before the run.
     pub installed: Installed,
+    /// How the installed version was recognised (`None`: missing or unknown).
+    pub identified_by: Option<IdentifiedBy>,
     /// The version the run brings it to.
     pub target: String,
     /// The planned route (empty when already up to date).
@@ -130,12 +132,13 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
         remove_temp_files(state)?;
     }
     let target = session.target(options.to.as_deref())?.clone();
-    let installed = identify(&session, archive)?;
+    let (installed, identified_by) = identify(&session, archive, options.verify)?;
     let mut outcome = Outcome {
         archive: archive.to_owned(),
         repo: repo.to_owned(),
         manifest_version: session.manifest().manifest_version,
         installed: installed.clone(),
+        identified_by,
         target: target.version.clone(),
         route: Vec::new(),
         route_bytes: 0,
@@ -189,10 +192,25 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
     Ok(outcome)
 }
 
-/// Which version `archive` is, by its SHA-256.
-fn identify(session: &Session, archive: &Path) -> Result<Installed> {
+/// How the installed version was recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentifiedBy {
+    /// The whole file's SHA-256 is the version's `full.sha256`.
+    Sha256,
+    /// The index equals the version's file table and every entry has the table's SHA-256.
+    Entries,
+    /// The index equals the version's file table, and the state folder's record of the last update
+    /// still describes the file (spec/RELEASE.md: why that is enough).
+    Record,
+}
+
+/// Which version `archive` is (spec/RELEASE.md "Installed version"): by the state folder's record
+/// and an index check (unless `verify`), by the whole file's SHA-256, or by its entries against a
+/// version's file table.
+fn identify(session: &Session, archive: &Path, verify: bool) -> Result<(Installed, Option<IdentifiedBy>)> {
     match std::fs::symlink_metadata(archive) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Installed::Missing),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Installed::Missing, None)),
         Err(e) => return Err(Error::io(archive, e)),
         // Renaming the new version over a link would replace the link and leave the archive it
         // points to old.
@@ -207,11 +225,40 @@ fn identify(session: &Session, archive: &Path) -> Result<Installed> {
         }
         Ok(_) => {}
     }
-    let (sha256, _) = sha256_file(archive)?;
-    Ok(match session.version_by_full_hash(&sha256) {
-        Some(version) => Installed::Version { version: version.version.clone() },
-        None => Installed::Unknown { sha256 },
-    })
+    let version = |name: String, by| Ok((Installed::Version { version: name }, Some(by)));
+    // Not an mf archive (a Panda3D multifile, or damaged): only the whole file's hash can tell.
+    let opened = mf_format::Archive::open_pread(archive).ok();
+    if let (Some(opened), Some(state), false) = (&opened, session.state_handle(), verify) {
+        if let Some(name) = identity::recorded_version(state, archive, opened)? {
+            if session.manifest().version(&name).is_some()
+                && identity::index_matches(opened, &session.file_table(&name)?).is_ok()
+            {
+                return version(name, IdentifiedBy::Record);
+            }
+        }
+    }
+    // A fresh pack (no commit slot in use) is most likely some version's full archive byte for byte.
+    let mut sha256 = None;
+    if opened.as_ref().is_none_or(|a| a.generation() == 0) {
+        let (hash, _) = sha256_file(archive)?;
+        if let Some(found) = session.version_by_full_hash(&hash) {
+            return version(found.version.clone(), IdentifiedBy::Sha256);
+        }
+        sha256 = Some(hash);
+    }
+    if let Some(opened) = &opened {
+        for candidate in session.manifest().versions.iter().rev() {
+            let table = session.file_table(&candidate.version)?;
+            if identity::index_matches(opened, &table).is_ok() && identity::content_matches(opened, &table)?.is_ok() {
+                return version(candidate.version.clone(), IdentifiedBy::Entries);
+            }
+        }
+    }
+    let sha256 = match sha256 {
+        Some(hash) => hash,
+        None => sha256_file(archive)?.0,
+    };
+    Ok((Installed::Unknown { sha256 }, None))
 }
 
 /// Where a route's result lies: `work/` (a patch's output) or `downloads/` (a full archive).
