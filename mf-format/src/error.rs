@@ -101,6 +101,31 @@ pub enum Error {
     #[error("invalid writer option: {0}")]
     InvalidOption(String),
 
+    /// Another process holds the archive's edit lock (an `Editor` is open on it).
+    #[error("{}: the archive is busy: another process is changing it (try again when it is done)", file.display())]
+    Busy {
+        /// The archive.
+        file: PathBuf,
+    },
+
+    /// The archive cannot be changed in place (the text says why).
+    #[error("{}: cannot change this archive in place: {reason}", file.display())]
+    NotEditable {
+        /// The archive.
+        file: PathBuf,
+        /// Why not.
+        reason: String,
+    },
+
+    /// An edit names an entry the archive does not have.
+    #[error("{}: no entry '{entry}'", file.display())]
+    NoSuchEntry {
+        /// The archive.
+        file: PathBuf,
+        /// The path asked for.
+        entry: String,
+    },
+
     /// A read started past the end of an entry.
     #[error("offset {offset} is past the end of entry '{entry}' ({size} bytes)")]
     OutOfRange {
@@ -154,7 +179,10 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> Self {
         let kind = match &err {
             Error::Io { error, .. } => error.kind(),
-            Error::OutOfRange { .. } | Error::InvalidOption(_) => io::ErrorKind::InvalidInput,
+            Error::OutOfRange { .. } | Error::InvalidOption(_) | Error::NoSuchEntry { .. } => {
+                io::ErrorKind::InvalidInput
+            }
+            Error::Busy { .. } => io::ErrorKind::WouldBlock,
             _ => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, err)

@@ -440,6 +440,24 @@ pub fn open_regular(path: impl AsRef<Path>) -> io::Result<File> {
     regular_only(fd)
 }
 
+/// Opens `path` for reading and writing in place if it is a regular file, refusing a symlink as the
+/// last component (`O_NOFOLLOW`: an archive changed in place is the file named, never a link's
+/// target), and FIFOs and devices without blocking on them.
+pub fn open_regular_for_update(path: impl AsRef<Path>) -> io::Result<File> {
+    let flags = OFlags::RDWR | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::NOFOLLOW;
+    let fd = rustix::fs::open(path.as_ref(), flags, Mode::empty()).map_err(errno)?;
+    regular_only(fd)
+}
+
+/// Takes an exclusive `flock` on `file` without waiting; `Ok(false)` when another holder has it.
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(e) => Err(errno(e)),
+    }
+}
+
 /// A temp file in a [`Dir`], locked while it lives and removed on drop unless persisted.
 #[derive(Debug)]
 pub struct TempFile {

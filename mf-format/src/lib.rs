@@ -71,6 +71,7 @@
 #![deny(missing_docs)]
 
 pub mod atomic;
+pub mod edit;
 pub mod error;
 pub mod format;
 pub mod fs;
@@ -85,6 +86,7 @@ mod validate;
 pub mod writer;
 
 pub use atomic::{remove_pending_temp_files, AtomicFile};
+pub use edit::{compact, CommitReport, CompactReport, Editor};
 pub use error::{Error, Result};
 pub use mapping::Backing;
 pub use pack::{

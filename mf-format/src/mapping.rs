@@ -31,6 +31,15 @@ impl Backing {
         map_readonly(&file, path).map(Backing::Map)
     }
 
+    /// Maps `file` (opened from `name`, used in errors). An empty file is held as an empty buffer.
+    pub fn from_file(file: &File, name: &Path) -> Result<Backing> {
+        let len = file.metadata().map_err(|e| Error::io(name, e))?.len();
+        if len == 0 {
+            return Ok(Backing::Owned(Vec::new()));
+        }
+        map_readonly(file, name).map(Backing::Map)
+    }
+
     /// All the bytes.
     pub fn bytes(&self) -> &[u8] {
         match self {
@@ -54,8 +63,9 @@ impl std::fmt::Debug for Backing {
 pub(crate) fn map_readonly(file: &File, path: &Path) -> Result<memmap2::Mmap> {
     // SAFETY: the map is read-only and every access through it is bounds-checked. The remaining
     // hazard of any file mapping is another process truncating or rewriting the file while it is
-    // mapped; mf never modifies an archive in place (writers replace files by rename), and a
-    // concurrently truncated file can at worst fault, not expose memory unsafety in this process.
+    // mapped. mf's in-place editor (`edit`) only writes space no version a reader may hold uses
+    // (holes, and the end of the file), and a concurrently truncated file can at worst fault, not
+    // expose memory unsafety in this process.
     unsafe { memmap2::Mmap::map(file) }.map_err(|e| Error::io(path, e))
 }
 

@@ -33,7 +33,7 @@ pub struct PackInput {
 }
 
 /// Files up to this size are compressed whole in parallel batches; larger ones are streamed.
-const SMALL_FILE_LIMIT: u64 = 4 << 20;
+pub(crate) const SMALL_FILE_LIMIT: u64 = 4 << 20;
 /// Bytes of small files read into memory at once. Two batches are in memory at a time (one being
 /// written, the next being compressed).
 const BATCH_BYTES: u64 = 48 << 20;
@@ -129,15 +129,17 @@ pub enum PackOrder {
 /// Sorts inputs by kind (extension), then file name, then path: deterministic, and it puts files
 /// that share vocabulary (same format, same name in sibling directories) next to each other.
 pub fn order_for_compression(inputs: &mut [PackInput]) {
-    fn key(path: &str) -> (String, &str, &str) {
-        let name = path.rsplit('/').next().unwrap_or(path);
-        let extension = match name.rsplit_once('.') {
-            Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
-            _ => String::new(),
-        };
-        (extension, name, path)
-    }
-    inputs.sort_by(|a, b| key(&a.entry_path).cmp(&key(&b.entry_path)));
+    inputs.sort_by(|a, b| compression_order_key(&a.entry_path).cmp(&compression_order_key(&b.entry_path)));
+}
+
+/// The sort key of [`order_for_compression`]: extension (ASCII case-folded), file name, path.
+pub(crate) fn compression_order_key(path: &str) -> (String, &str, &str) {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let extension = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => ext.to_ascii_lowercase(),
+        _ => String::new(),
+    };
+    (extension, name, path)
 }
 
 /// The rules `mf pack` applies when it turns directories into an archive, so every packer of a

@@ -225,7 +225,22 @@ impl Archive {
     /// Maps and opens an archive file, validating header, footer and index (not entry data).
     pub fn open(path: impl AsRef<Path>) -> Result<Archive> {
         let path = path.as_ref();
-        Self::from_backing(path.to_owned(), Source::Whole(Backing::open(path)?))
+        Self::from_backing(path.to_owned(), Source::Whole(Backing::open(path)?), None)
+    }
+
+    /// Maps and opens an archive from a file already open for reading (`name` is used in errors), so
+    /// a caller that locked or checked that file reads exactly it, never what the path names later.
+    pub fn from_file(file: &std::fs::File, name: impl Into<PathBuf>) -> Result<Archive> {
+        let name = name.into();
+        Self::from_backing(name.clone(), Source::Whole(Backing::from_file(file, &name)?), None)
+    }
+
+    /// Opens the version of `file` whose footer is at `footer_at`, committed as `generation`,
+    /// whatever the commit slots say: the in-place editor reads the older commit slot's version, and
+    /// checks a new version before it commits it. Every rule is checked as for the winning version.
+    pub(crate) fn open_version(file: &std::fs::File, name: &Path, footer_at: u64, generation: u64) -> Result<Archive> {
+        let backing = Source::Whole(Backing::from_file(file, name)?);
+        Self::from_backing(name.to_owned(), backing, Some((footer_at, generation)))
     }
 
     /// Opens an archive file like [`open`](Self::open), but reads entry data with `pread` instead
@@ -254,15 +269,17 @@ impl Archive {
         // Only an index that fits between header and footer is read.
         let tail_start = if (HEADER_LEN..footer_at).contains(&index_offset) { index_offset } else { footer_at };
         let backing = PreadFile::new(file, path, len, DATA_START, tail_start..footer_end)?;
-        Self::from_backing(path.to_owned(), Source::Pread(backing))
+        Self::from_backing(path.to_owned(), Source::Pread(backing), None)
     }
 
     /// Opens an archive held in memory. `name` is used in errors.
     pub fn from_bytes(bytes: Vec<u8>, name: impl Into<PathBuf>) -> Result<Archive> {
-        Self::from_backing(name.into(), Source::Whole(Backing::Owned(bytes)))
+        Self::from_backing(name.into(), Source::Whole(Backing::Owned(bytes)), None)
     }
 
-    fn from_backing(name: PathBuf, backing: Source) -> Result<Archive> {
+    /// Opens the version the commit slots name, or (`version`: footer offset and generation) the one
+    /// given.
+    fn from_backing(name: PathBuf, backing: Source, version: Option<(u64, u64)>) -> Result<Archive> {
         let file_len = backing.len();
         let corrupt = |offset: u64, what: &str| Error::corrupt(&name, offset, None, what);
 
@@ -292,7 +309,11 @@ impl Archive {
         if file_len < data_start + FOOTER_LEN {
             return Err(corrupt(file_len, "file is truncated (shorter than header and footer)"));
         }
-        let (footer_at, generation) = locate_footer_and_generation(head, file_len, &name)?;
+        let (footer_at, generation) = match version {
+            Some((at, generation)) if at.checked_add(FOOTER_LEN).is_some_and(|end| end <= file_len) => (at, generation),
+            Some((at, _)) => return Err(corrupt(at, "the footer lies outside the file")),
+            None => locate_footer_and_generation(head, file_len, &name)?,
+        };
         let footer_end = footer_at + FOOTER_LEN;
         let footer: Footer = format::from_bytes(backing.meta(footer_at..footer_end).unwrap_or_default())
             .ok_or_else(|| corrupt(footer_at, "unreadable footer"))?;

@@ -169,7 +169,7 @@ pub struct StoredLayout<'a> {
 }
 
 /// One frame as it will be written.
-enum StoredFrame {
+pub(crate) enum StoredFrame {
     /// Index range into the entry's uncompressed data.
     Raw,
     Zstd(Vec<u8>),
@@ -210,7 +210,7 @@ impl PreparedEntry {
 
 /// Whether content goes into the solid stream: forced, or automatic for a small entry of a kind that
 /// is not already compressed and whose bytes do not look random.
-fn goes_solid(path: &str, data: &[u8], compression: Compression) -> bool {
+pub(crate) fn goes_solid(path: &str, data: &[u8], compression: Compression) -> bool {
     match compression {
         Compression::Solid => !data.is_empty(),
         Compression::Auto => {
@@ -251,7 +251,7 @@ pub fn prepare_entry(
     Ok(PreparedEntry { path, options, data, placing, content_hash, digest })
 }
 
-fn check_entry_options(options: &EntryOptions) -> Result<()> {
+pub(crate) fn check_entry_options(options: &EntryOptions) -> Result<()> {
     if options.mode > format::MAX_MODE {
         return Err(Error::InvalidOption(format!("mode {:o} has bits above 0o7777", options.mode)));
     }
@@ -264,7 +264,7 @@ fn check_entry_options(options: &EntryOptions) -> Result<()> {
 }
 
 /// The per-entry compression decision, applied frame by frame.
-struct FramePlan {
+pub(crate) struct FramePlan {
     compress: bool,
     only_if_useful: bool,
     /// Try a fast level first and store the frame raw unless that already saves enough (also done
@@ -274,7 +274,7 @@ struct FramePlan {
 }
 
 impl FramePlan {
-    fn new(path: &str, options: &EntryOptions, writer_options: &WriterOptions) -> Self {
+    pub(crate) fn new(path: &str, options: &EntryOptions, writer_options: &WriterOptions) -> Self {
         let (compress, only_if_useful, probe_first) = match options.compression {
             Compression::Store => (false, true, false),
             Compression::Auto | Compression::Solid => (true, true, policy::is_precompressed(path)),
@@ -283,7 +283,7 @@ impl FramePlan {
         FramePlan { compress, only_if_useful, probe_first, level: writer_options.level }
     }
 
-    fn encode(&self, chunk: &[u8]) -> io::Result<StoredFrame> {
+    pub(crate) fn encode(&self, chunk: &[u8]) -> io::Result<StoredFrame> {
         if !self.compress {
             return Ok(StoredFrame::Raw);
         }
@@ -307,7 +307,7 @@ impl FramePlan {
 
 /// A solid frame: zstd at the archive's level when that is shorter, else raw (spec: "What writers
 /// do"; `mf apply` relies on this rule to rebuild solid frames).
-fn encode_solid(chunk: &[u8], level: i32) -> io::Result<StoredFrame> {
+pub(crate) fn encode_solid(chunk: &[u8], level: i32) -> io::Result<StoredFrame> {
     let compressed = compress_frame(chunk, level)?;
     Ok(if policy::compression_is_shorter(chunk.len(), compressed.len()) {
         StoredFrame::Zstd(compressed)
@@ -499,39 +499,61 @@ impl<W: Write> ArchiveWriter<W> {
     /// entry's is hashed first, so identical large files are stored once; the hash is taken again
     /// while the file is written, and a file that changed in between is an error.
     pub fn add_file(&mut self, path: &str, fs_path: &Path, options: EntryOptions) -> Result<()> {
-        let mut file = crate::fs::open_regular(fs_path).map_err(|e| Error::io(fs_path, e))?;
+        let file = crate::fs::open_regular(fs_path).map_err(|e| Error::io(fs_path, e))?;
         let size = file.metadata().map_err(|e| Error::io(fs_path, e))?.len();
+        let reopen = || -> io::Result<std::fs::File> {
+            let mut again = file.try_clone()?;
+            again.rewind()?;
+            Ok(again)
+        };
+        self.add_rereadable(path, fs_path, size, reopen, options)
+    }
+
+    /// Adds `size` bytes of content that `open` can read from the start more than once (a file, an
+    /// entry of another archive), exactly as [`add_file`](Self::add_file) adds a file of that size:
+    /// content whose size an earlier entry has is read once to hash it (shared if equal), then
+    /// again to store it. `name` is used in errors.
+    pub fn add_rereadable<R: Read>(
+        &mut self,
+        path: &str,
+        name: &Path,
+        size: u64,
+        mut open: impl FnMut() -> io::Result<R>,
+        options: EntryOptions,
+    ) -> Result<()> {
         if size <= SOLID_LIMIT || !self.deduplicate || !self.sizes.contains(&size) {
-            return self.add_reader_checked(path, fs_path, file, options, None);
+            let reader = open().map_err(|e| Error::io(name, e))?;
+            return self.add_reader_checked(path, name, reader, options, None);
         }
         let mut hasher = ContentHasher::default();
-        io::copy(&mut (&mut file).take(size), &mut hasher).map_err(|e| Error::io(fs_path, e))?;
+        let reader = open().map_err(|e| Error::io(name, e))?;
+        io::copy(&mut reader.take(size), &mut hasher).map_err(|e| Error::io(name, e))?;
         let (key, content_hash) = hasher.finish();
         check_entry_options(&options)?;
         validate_path(path)?;
         if key.0 == size && self.add_if_stored(path, options, &key, content_hash)? {
             return Ok(());
         }
-        file.rewind().map_err(|e| Error::io(fs_path, e))?;
-        self.add_reader_checked(path, fs_path, file, options, Some(key))
+        let reader = open().map_err(|e| Error::io(name, e))?;
+        self.add_reader_checked(path, name, reader, options, Some(key))
     }
 
     /// [`add_reader`](Self::add_reader), failing if the content's key differs from `expected`.
     fn add_reader_checked(
         &mut self,
         path: &str,
-        fs_path: &Path,
-        file: std::fs::File,
+        name: &Path,
+        reader: impl Read,
         options: EntryOptions,
         expected: Option<ContentKey>,
     ) -> Result<()> {
-        self.add_reader(path, file, options)?;
+        self.add_reader(path, reader, options)?;
         let written = self.records.last().map(|r| r.content_hash);
         if let (Some(expected), Some(_)) = (expected, written) {
             let matches = self.stored.get(&expected).is_some_and(|r| r.size == expected.0);
             if !matches {
                 let what = "the file changed while it was being packed";
-                return Err(Error::io(fs_path, io::Error::other(what)));
+                return Err(Error::io(name, io::Error::other(what)));
             }
         }
         Ok(())
@@ -770,7 +792,7 @@ impl<W: Write> ArchiveWriter<W> {
         }
         let solid_frames = std::mem::take(&mut self.solid.frames);
         self.frames.extend(solid_frames);
-        let index = self.build_index()?;
+        let index = build_index(&mut self.records, &self.paths, &self.frames)?;
         let index_offset = self.pos;
         let index_hash = xxhash_rust::xxh3::xxh3_64(&index);
         let footer = Footer::new(index_offset, index.len() as u64, index_hash);
@@ -1018,49 +1040,52 @@ impl<W: Write> ArchiveWriter<W> {
         self.push_record(path, options, record);
     }
 
-    fn build_index(&mut self) -> Result<Vec<u8>> {
-        let too_many = |what: &str| Error::InvalidOption(format!("too many {what} for one archive"));
-        u32::try_from(self.records.len()).map_err(|_| too_many("entries"))?;
-        u32::try_from(self.frames.len()).map_err(|_| too_many("frames"))?;
-        let strings_len: usize = self.paths.iter().map(String::len).sum();
-        u32::try_from(strings_len).map_err(|_| too_many("path bytes"))?;
-
-        let mut lookup: Vec<u32> = (0..self.records.len() as u32).collect();
-        lookup.sort_unstable_by(|&a, &b| self.paths[a as usize].cmp(&self.paths[b as usize]));
-
-        let header = IndexHeader {
-            entry_count: self.records.len() as u64,
-            frame_count: self.frames.len() as u64,
-            strings_len: strings_len as u64,
-            dictionary_count: 0,
-            reserved: 0,
-        };
-        let capacity = 32 + self.records.len() * 68 + self.frames.len() * 16 + strings_len;
-        let mut index = Vec::with_capacity(capacity);
-        index.extend_from_slice(&format::to_bytes(&header));
-        let mut path_offset = 0u32;
-        for (record, path) in self.records.iter_mut().zip(&self.paths) {
-            record.path_offset = path_offset;
-            path_offset += path.len() as u32;
-            index.extend_from_slice(&format::to_bytes(record));
-        }
-        for frame in &self.frames {
-            index.extend_from_slice(&format::to_bytes(frame));
-        }
-        for entry in &lookup {
-            index.extend_from_slice(&entry.to_le_bytes());
-        }
-        for path in &self.paths {
-            index.extend_from_slice(path.as_bytes());
-        }
-        Ok(index)
-    }
-
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.out.write_all(bytes).map_err(|e| Error::io(&self.name, e))?;
         self.pos += bytes.len() as u64;
         Ok(())
     }
+}
+
+/// Serialises an index (spec "Index"): `records` in order (their `path_offset`s are set here),
+/// `paths` alongside, then the frame table, the lookup table and the string table. Shared by the
+/// streaming writer and the in-place editor.
+pub(crate) fn build_index(records: &mut [EntryRecord], paths: &[String], frames: &[FrameRecord]) -> Result<Vec<u8>> {
+    let too_many = |what: &str| Error::InvalidOption(format!("too many {what} for one archive"));
+    u32::try_from(records.len()).map_err(|_| too_many("entries"))?;
+    u32::try_from(frames.len()).map_err(|_| too_many("frames"))?;
+    let strings_len: usize = paths.iter().map(String::len).sum();
+    u32::try_from(strings_len).map_err(|_| too_many("path bytes"))?;
+
+    let mut lookup: Vec<u32> = (0..records.len() as u32).collect();
+    lookup.sort_unstable_by(|&a, &b| paths[a as usize].cmp(&paths[b as usize]));
+
+    let header = IndexHeader {
+        entry_count: records.len() as u64,
+        frame_count: frames.len() as u64,
+        strings_len: strings_len as u64,
+        dictionary_count: 0,
+        reserved: 0,
+    };
+    let capacity = 32 + records.len() * 68 + frames.len() * 16 + strings_len;
+    let mut index = Vec::with_capacity(capacity);
+    index.extend_from_slice(&format::to_bytes(&header));
+    let mut path_offset = 0u32;
+    for (record, path) in records.iter_mut().zip(paths) {
+        record.path_offset = path_offset;
+        path_offset += path.len() as u32;
+        index.extend_from_slice(&format::to_bytes(record));
+    }
+    for frame in frames {
+        index.extend_from_slice(&format::to_bytes(frame));
+    }
+    for entry in &lookup {
+        index.extend_from_slice(&entry.to_le_bytes());
+    }
+    for path in paths {
+        index.extend_from_slice(path.as_bytes());
+    }
+    Ok(index)
 }
 
 /// An entry whose own data is being written.
@@ -1108,7 +1133,7 @@ impl Write for ContentHasher {
 }
 
 /// Reads until `buf` is full or the reader is exhausted; returns the bytes read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(reader: &mut (impl Read + ?Sized), buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
