@@ -342,7 +342,7 @@ impl BlocksProducer<'_> {
 /// An entry's content as `Read`, checked as it streams: never more than `size` bytes, and at its
 /// end exactly `size` bytes with the expected hash. The real error of a failed read is kept for
 /// [`EntryStream::take_failure`] (the archive writer only sees an I/O error).
-struct EntryStream<'a> {
+pub(crate) struct EntryStream<'a> {
     producer: Box<dyn Produce + 'a>,
     size: u64,
     hash: u64,
@@ -367,7 +367,7 @@ impl<'a> EntryStream<'a> {
         }
     }
 
-    fn take_failure(&mut self) -> Option<Error> {
+    pub(crate) fn take_failure(&mut self) -> Option<Error> {
         self.failure.take()
     }
 
@@ -528,9 +528,9 @@ pub struct NewEntry {
 }
 
 /// An entry of an archive opened as the old side of a patch.
-struct ArchiveOld<'a> {
-    src: &'a Source,
-    archive: &'a mf_format::Archive,
+pub(crate) struct ArchiveOld<'a> {
+    pub(crate) src: &'a Source,
+    pub(crate) archive: &'a mf_format::Archive,
 }
 
 impl OldEntries for ArchiveOld<'_> {
@@ -569,9 +569,9 @@ impl OldEntries for ArchiveOld<'_> {
 }
 
 /// A rebuilt entry as the record walk hands it out: what it is, and its content as a checked stream.
-struct WalkedEntry<'s, 'a> {
-    meta: NewEntry,
-    stream: &'s mut EntryStream<'a>,
+pub(crate) struct WalkedEntry<'s, 'a> {
+    pub(crate) meta: NewEntry,
+    pub(crate) stream: &'s mut EntryStream<'a>,
 }
 
 impl Patch {
@@ -639,7 +639,7 @@ impl Patch {
     /// record's entry with its record (for the archive writer's storage decisions). Copies count
     /// towards the declared output like every other record: their content may not pass what a new
     /// archive of `new_len` bytes can hold.
-    fn walk_records<E: From<Error>>(
+    pub(crate) fn walk_records<E: From<Error>>(
         &self,
         old: &dyn OldEntries,
         output: &Path,
@@ -758,6 +758,16 @@ impl Patch {
             }
         }
         Err(wrong_base(self, src, archive, old))
+    }
+
+    /// The records, in the new archive's record order.
+    pub(crate) fn records(&self) -> &[EntryRecord] {
+        &self.records
+    }
+
+    /// The patch file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The content ids of a 2.2 archive patch.
@@ -934,8 +944,7 @@ impl Read for ExtentsReader<'_> {
 
 /// Which old entries the record walk checks against their content hash before building anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // DecodedBases: in-place apply
-enum Verify {
+pub(crate) enum Verify {
     /// Every base any record uses (a rebuild reads them all anyway).
     EveryBase,
     /// Only the bases of records that decode against them (delta, zstd-ref): an in-place apply

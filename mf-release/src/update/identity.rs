@@ -84,7 +84,8 @@ pub(crate) fn recorded_version(state: &Dir, path: &Path, archive: &mf_format::Ar
 /// the result).
 pub(crate) fn record_version(state: &Dir, path: &Path, version: &str) -> Result<()> {
     let archive = mf_format::Archive::open_pread(path)?;
-    let record = Record { kind: RECORD_TYPE.into(), version: version.to_owned(), fingerprint: fingerprint(path, &archive)? };
+    let record =
+        Record { kind: RECORD_TYPE.into(), version: version.to_owned(), fingerprint: fingerprint(path, &archive)? };
     state::write_file(state, RECORD_FILE, &serde_json::to_vec_pretty(&record).unwrap_or_default())
 }
 
@@ -125,7 +126,10 @@ pub(crate) fn index_matches(archive: &mf_format::Archive, table: &FileTable) -> 
 
 /// The content check: every entry of `archive` (whose index already matches `table`) has the
 /// table's SHA-256. Entries are read in parallel. `Err` names the first entry that differs.
-pub(crate) fn content_matches(archive: &mf_format::Archive, table: &FileTable) -> Result<std::result::Result<(), String>> {
+pub(crate) fn content_matches(
+    archive: &mf_format::Archive,
+    table: &FileTable,
+) -> Result<std::result::Result<(), String>> {
     let differing = (0..archive.len())
         .into_par_iter()
         .map(|i| -> Result<Option<String>> {
@@ -151,4 +155,99 @@ pub(crate) fn content_matches(archive: &mf_format::Archive, table: &FileTable) -
         Some(what) => Err(what),
         None => Ok(()),
     })
+}
+
+/// The check an in-place patch step runs on every entry before its commit: the new version's
+/// entries must be the target table's, in order (path, size, mode, xxh3); an entry left in place
+/// must be a copy of an old entry whose table SHA-256 is the new entry's (the old entries were
+/// bound to the old table when the archive was identified); an entry written is SHA-256'd as it
+/// streams and compared with the target table.
+pub(crate) struct TableCheck<'t> {
+    pub(crate) archive: &'t Path,
+    pub(crate) old: &'t FileTable,
+    pub(crate) new: &'t FileTable,
+    pub(crate) writing: Option<(usize, Sha256)>,
+}
+
+impl TableCheck<'_> {
+    fn mismatch(&self, entry: &str, what: String) -> mf_diff::Error {
+        mf_diff::Error::OutputMismatch {
+            file: self.archive.to_owned(),
+            entry: Some(entry.to_owned()),
+            what: format!("{what} (version {}'s signed file table)", self.new.version),
+        }
+    }
+}
+
+impl mf_diff::EntryCheck for TableCheck<'_> {
+    fn entry(&mut self, index: usize, entry: &mf_diff::NewEntry, written: bool) -> mf_diff::Result<()> {
+        let Some(listed) = self.new.entries.get(index) else {
+            return Err(self.mismatch(
+                &entry.path,
+                format!("entry #{index} is past the table's {} entries", self.new.entries.len()),
+            ));
+        };
+        let xxh3 = format!("{:016x}", entry.xxh3);
+        if entry.path != listed.path
+            || entry.size != listed.size
+            || entry.mode != listed.mode
+            || !xxh3.eq_ignore_ascii_case(&listed.xxh3)
+        {
+            return Err(self.mismatch(
+                &entry.path,
+                format!(
+                    "entry #{index} would be '{}' ({} bytes, mode {:o}, xxh3 {xxh3}), the table lists '{}' ({} bytes, mode {:o}, xxh3 {})",
+                    entry.path, entry.size, entry.mode, listed.path, listed.size, listed.mode, listed.xxh3
+                ),
+            ));
+        }
+        if written {
+            self.writing = Some((index, Sha256::new()));
+            return Ok(());
+        }
+        let old_sha = match entry.content {
+            mf_diff::NewContent::CopyOf(i) => self.old.entries.get(i as usize).map(|e| e.sha256.as_str()),
+            mf_diff::NewContent::Bytes(_) => None,
+        };
+        if old_sha != Some(listed.sha256.as_str()) {
+            return Err(
+                self.mismatch(&entry.path, "an entry kept in place has another SHA-256 than the table's".into())
+            );
+        }
+        Ok(())
+    }
+
+    fn content(&mut self, bytes: &[u8]) {
+        if let Some((_, hasher)) = &mut self.writing {
+            hasher.update(bytes);
+        }
+    }
+
+    fn finish(&mut self) -> mf_diff::Result<()> {
+        let Some((index, hasher)) = self.writing.take() else { return Ok(()) };
+        let listed = &self.new.entries[index];
+        let got = hex::encode(hasher.finalize());
+        if got != listed.sha256 {
+            return Err(self.mismatch(
+                &listed.path,
+                format!("written content has SHA-256 {got}, the table says {}", listed.sha256),
+            ));
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, entries: usize) -> mf_diff::Result<()> {
+        if entries != self.new.entries.len() {
+            return Err(mf_diff::Error::OutputMismatch {
+                file: self.archive.to_owned(),
+                entry: None,
+                what: format!(
+                    "{entries} entries, version {}'s table lists {}",
+                    self.new.version,
+                    self.new.entries.len()
+                ),
+            });
+        }
+        Ok(())
+    }
 }

@@ -61,6 +61,9 @@ pub struct UpdateOptions {
     /// Archive mode: identify the installed version by every entry's SHA-256 even when the state
     /// folder's record of the last update still describes the archive (`--verify`).
     pub verify: bool,
+    /// Archive mode: rebuild the archive into a new file and rename it over the old one, as for
+    /// Panda3D multifiles, instead of patching it in place (`--rebuild`).
+    pub rebuild: bool,
 }
 
 const TRUSTED_FILE: &str = "trusted.json";
