@@ -88,7 +88,10 @@ fn real_archive_patch(d: &Path) -> PatchHeader {
     mf_ok(d, &["pack", "b", "-o", "new.mf"]);
     mf_ok(d, &["diff", "old.mf", "new.mf", "-o", "real.mfp"]);
     let bytes = std::fs::read(d.join("real.mfp")).unwrap();
-    PatchHeader::parse(&bytes[..PATCH_HEADER_LEN as usize], bytes.len() as u64, Path::new("real.mfp")).unwrap()
+    let header =
+        PatchHeader::parse(&bytes[..PATCH_HEADER_LEN as usize], bytes.len() as u64, Path::new("real.mfp")).unwrap();
+    // The control streams built here carry no content ids (2.1 layout).
+    PatchHeader { flags: header.flags & !mf_diff::wire::FLAG_CONTENT_IDS, ..header }
 }
 
 /// 20 million copy records (60 MB of control stream) in a patch of a few KB.

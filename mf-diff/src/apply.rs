@@ -658,7 +658,7 @@ impl Patch {
         let mut used: Vec<u32> = self
             .records
             .iter()
-            .filter(|r| verify == Verify::EveryBase || r.op != Op::Copy)
+            .filter(|r| verify == Verify::EveryBase || !r.is_copy_in_place())
             .filter_map(|r| r.old_index)
             .collect();
         used.sort_unstable();
@@ -947,9 +947,9 @@ impl Read for ExtentsReader<'_> {
 pub(crate) enum Verify {
     /// Every base any record uses (a rebuild reads them all anyway).
     EveryBase,
-    /// Only the bases of records that decode against them (delta, zstd-ref): an in-place apply
-    /// leaves copies where they are, and any copy it does write is checked as it streams.
-    DecodedBases,
+    /// Only the bases an in-place apply reads: every base but those of copies left where they are
+    /// (under their base's path, mode and mtime), which it neither reads nor writes.
+    ReadBases,
 }
 
 /// The writer's error when the output passed the declared length, said as what it is.

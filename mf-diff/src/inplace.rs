@@ -125,7 +125,7 @@ pub fn apply_in_place(
     let mut index = 0usize;
     let mut written = 0usize;
     let old_entries = ArchiveOld { src: &src, archive: old };
-    patch.walk_records(&old_entries, archive, Verify::DecodedBases, |record, walked| -> Result<()> {
+    patch.walk_records(&old_entries, archive, Verify::ReadBases, |record, walked| -> Result<()> {
         let WalkedEntry { meta, stream } = walked;
         let (mtime_secs, mtime_nanos) = meta.mtime.map_or((0, 0), |m| (m.secs, m.nanos));
         id.push(IdEntry {

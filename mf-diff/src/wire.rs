@@ -347,6 +347,11 @@ pub struct EntryRecord {
 }
 
 impl EntryRecord {
+    /// A copy under its base's path, mode and mtime: the new entry is the old one, unchanged.
+    pub fn is_copy_in_place(&self) -> bool {
+        self.op == Op::Copy && self.path.is_none() && self.mode.is_none() && self.mtime.is_none()
+    }
+
     fn flags(&self) -> u8 {
         (if self.path.is_some() { EF_PATH } else { 0 })
             | (if self.mode.is_some() { EF_MODE } else { 0 })
