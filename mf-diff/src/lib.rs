@@ -53,6 +53,11 @@
 //!   A failure at any point leaves the target untouched. Entries are streamed (old content read by
 //!   random access, a delta's streams decoded side by side, frames recompressed on every core), so
 //!   memory does not grow with entry size.
+//! - **In-place apply** ([`apply_in_place`]) edits an mf archive through [`mf_format::Editor`]:
+//!   unchanged entries stay where they are, changed and new ones stream through the same checks
+//!   into the editor, and one crash-safe commit makes the new version. 2.2 patches carry the old and
+//!   new [`content_id`]s, so a base laid out differently (an archive edited in place) is still
+//!   recognised by its entries.
 //! - **Entry-level apply** ([`Patch::apply_entries`]) walks an archive patch's records against any
 //!   [`OldEntries`] source (an archive, or the files of an install folder listed by a release's file
 //!   table) and hands each rebuilt [`NewEntry`] to a callback: its bytes, or "a copy of old entry `i`"

@@ -83,7 +83,8 @@ pub(crate) fn recorded_version(state: &Dir, path: &Path, archive: &mf_format::Ar
 /// Records that the archive at `path` is now `version` (after this client changed it and checked
 /// the result).
 pub(crate) fn record_version(state: &Dir, path: &Path, version: &str) -> Result<()> {
-    let archive = mf_format::Archive::open_pread(path)?;
+    // Only mf archives are identified by content: a Panda3D multifile is checked by its SHA-256.
+    let Ok(archive) = mf_format::Archive::open_pread(path) else { return forget_record(state) };
     let record =
         Record { kind: RECORD_TYPE.into(), version: version.to_owned(), fingerprint: fingerprint(path, &archive)? };
     state::write_file(state, RECORD_FILE, &serde_json::to_vec_pretty(&record).unwrap_or_default())
