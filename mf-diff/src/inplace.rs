@@ -178,7 +178,7 @@ pub fn apply_in_place(
         Ok(())
     })?;
     let expected = id.finish();
-    if let Some(check) = check.as_deref_mut() {
+    if let Some(check) = check {
         check.complete(index)?;
     }
     let order: Vec<&str> = new_paths.iter().map(String::as_str).collect();
