@@ -251,6 +251,9 @@ struct InfoJson {
     index_size: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     frame_size: Option<u64>,
+    /// The commit generation (0: never changed in place).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    generation: Option<u64>,
     compressed_entries: usize,
     ratio_percent: f64,
     /// How an mf archive's data area is used (dead space, deduplication, solid blocks).
@@ -333,6 +336,7 @@ pub fn info(args: InfoArgs) -> Outcome {
         file_size: archive.file_len(),
         index_size,
         frame_size: archive.as_mf().map(|mf| mf.frame_size()),
+        generation: archive.as_mf().map(|mf| mf.generation()),
         compressed_entries: count(|e| e.is_compressed()),
         ratio_percent: ratio(archive.total_size(), archive.file_len()),
         space: archive.as_mf().map(|mf| {
@@ -360,6 +364,9 @@ pub fn info(args: InfoArgs) -> Outcome {
         say!("ratio:        {:.1}% (file size / total size)", info.ratio_percent)?;
         if let Some(frame_size) = info.frame_size {
             say!("frame size:   {frame_size} bytes")?;
+        }
+        if let Some(generation) = info.generation {
+            say!("generation:   {generation}")?;
         }
         if let Some(space) = &info.space {
             say!("dead space:   {} bytes", space.dead_bytes)?;

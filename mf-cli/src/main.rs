@@ -17,6 +17,7 @@ mod archive_cmds;
 mod convert;
 mod diff_cmds;
 mod docs_cmds;
+mod edit_cmds;
 mod extract;
 mod mount_cmds;
 mod pack;
@@ -55,6 +56,12 @@ enum Command {
     Verify(archive_cmds::VerifyArgs),
     /// Show an archive's version, counts and sizes.
     Info(archive_cmds::InfoArgs),
+    /// Add or replace files in an archive, in place (crash-safe; directories recursively).
+    Add(edit_cmds::AddArgs),
+    /// Remove entries (or directories of entries) from an archive, in place (crash-safe).
+    Rm(edit_cmds::RmArgs),
+    /// Rewrite an archive without dead space, exactly as a fresh `mf pack` of its content.
+    Compact(edit_cmds::CompactArgs),
     /// Convert between mf archives and Panda3D multifiles.
     Convert(convert::ConvertArgs),
     /// Mount archives (overlaid) as a read-only folder, through FUSE.
@@ -117,6 +124,9 @@ fn main() -> ExitCode {
         Command::Cat(args) => archive_cmds::cat(args),
         Command::Verify(args) => archive_cmds::verify(args),
         Command::Info(args) => archive_cmds::info(args),
+        Command::Add(args) => edit_cmds::add(args),
+        Command::Rm(args) => edit_cmds::rm(args),
+        Command::Compact(args) => edit_cmds::compact(args),
         Command::Convert(args) => convert::run(args),
         Command::Mount(args) => mount_cmds::mount(args, cli.threads),
         Command::Umount(args) => mount_cmds::umount(args),

@@ -319,6 +319,15 @@ impl Editor {
         Ok(())
     }
 
+    /// Rewrites the committed version with [`compact`] over the archive's own path while this editor
+    /// holds the lock (nothing planned may be pending: commit first).
+    pub fn compact_in_place(self) -> Result<CompactReport> {
+        if self.changed {
+            return Err(Error::InvalidOption("an editor with uncommitted changes cannot compact".into()));
+        }
+        compact(&self.archive, &self.name)
+    }
+
     /// Test hook: `hook(step)` is asked after each step of the protocol; `true` stops there with an
     /// I/O error, leaving the file as a crash at that point would (bar what the OS had not synced).
     #[doc(hidden)]
@@ -870,6 +879,17 @@ pub fn writer_options_of(archive: &Archive) -> WriterOptions {
 /// Whether an archive's dead space is past [`COMPACT_DEAD_SHARE`] of its file.
 pub fn needs_compaction(archive: &Archive) -> bool {
     archive.space().dead as f64 > COMPACT_DEAD_SHARE * archive.file_len() as f64
+}
+
+/// Compacts the archive at `path` over itself ([`compact`]), holding its edit lock meanwhile so no
+/// editor commits into the version being rewritten ([`Error::Busy`] if one is open). Any version
+/// the reader reads is accepted (a 1.0 archive comes out as 2.0).
+pub fn compact_file(path: &Path) -> Result<CompactReport> {
+    let file = crate::fs::open_regular_for_update(path).map_err(|e| Error::io(path, e))?;
+    if !crate::fs::try_lock_exclusive(&file).map_err(|e| Error::io(path, e))? {
+        return Err(Error::Busy { file: path.to_owned() });
+    }
+    compact(&Archive::from_file(&file, path)?, path)
 }
 
 /// What [`compact`] wrote.

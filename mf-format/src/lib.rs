@@ -10,6 +10,8 @@
 //!   binary search; raw entries are slices of the mapping; [`Archive::read_at`] decodes only the
 //!   frames a range touches.
 //! - Every entry carries the xxh3-64 of its content; the index, header and footer carry their own.
+//! - [`Editor`] changes an archive in place (put, remove, commit), crash-safe through the commit
+//!   slots, writing only new content; [`compact`] rewrites it without holes ([`edit`]).
 //!
 //! ## Writing
 //!
@@ -75,6 +77,7 @@ pub mod edit;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod inplace;
 pub mod layout;
 pub mod mapping;
 pub mod pack;

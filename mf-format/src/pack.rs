@@ -450,7 +450,7 @@ fn build_globs(patterns: &[String]) -> Result<GlobSet, PackError> {
     builder.build().map_err(|e| bad("", e))
 }
 
-fn has_extension(path: &str, extensions: &[String]) -> bool {
+pub(crate) fn has_extension(path: &str, extensions: &[String]) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path);
     name.rsplit_once('.')
         .is_some_and(|(stem, ext)| !stem.is_empty() && extensions.iter().any(|e| e.eq_ignore_ascii_case(ext)))

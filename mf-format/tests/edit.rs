@@ -408,3 +408,50 @@ fn compact_equals_a_fresh_pack_of_the_same_content() {
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&fresh).unwrap());
     assert_eq!(Archive::open(&out).unwrap().space().dead, Archive::open(&fresh).unwrap().space().dead);
 }
+
+#[test]
+fn a_reader_of_version_n_stays_consistent_through_commits_n_plus_1_and_n_plus_2() {
+    let (_dir, path, mut files) = setup(SMALL_FRAMES);
+    for name in ["big/noise.dat", "docs/readme.txt"] {
+        let mut editor = Editor::open(&path).unwrap();
+        editor.remove(name).unwrap();
+        editor.commit().unwrap();
+        files.remove(name);
+    }
+    // A long-lived reader maps generation 3.
+    let reader = Archive::open(&path).unwrap();
+    assert_eq!(reader.generation(), 3);
+    let mut reused = 0;
+    for (generation, seed) in [(4u64, 40u64), (5, 50)] {
+        let mut editor = Editor::open(&path).unwrap();
+        editor.remove("docs/notes.txt").ok();
+        let data = noise(120_000, seed);
+        editor.put(&format!("n{seed}.dat"), &EntryOptions::default(), &mut &data[..], data.len() as u64).unwrap();
+        let report = editor.commit().unwrap();
+        assert_eq!(report.generation, generation);
+        reused += report.holes_reused;
+        // The old reader still reads exactly its version, and can tell a newer one was committed.
+        assert!(reader.verify().is_empty(), "after generation {generation}: {:?}", reader.verify());
+        for (name, data) in &files {
+            assert_eq!(&reader.read(&reader.get(name).unwrap()).unwrap()[..], &data[..], "{name}");
+        }
+        assert_eq!(Archive::open(&path).unwrap().generation(), generation);
+    }
+    assert!(reused > 0, "the commits did reuse holes, so the guarantee was exercised");
+}
+
+#[test]
+fn a_version_1_archive_is_not_edited_in_place_but_compacts_to_2_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.mf");
+    let files = [("a.txt", text(1, 100)), ("b.bin", noise(10_000, 2))];
+    let inputs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (*n, &d[..])).collect();
+    std::fs::write(&path, mf_test_support::mf_v1_bytes_with(WriterOptions::default(), inputs)).unwrap();
+    let before = content(&path);
+    let err = Editor::open(&path).unwrap_err();
+    assert!(matches!(err, Error::NotEditable { .. }) && err.to_string().contains("1.0"), "{err}");
+    mf_format::edit::compact_file(&path).unwrap();
+    assert_eq!(Archive::open(&path).unwrap().version().0, 2);
+    assert_eq!(content(&path), before);
+    Editor::open(&path).unwrap();
+}

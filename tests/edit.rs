@@ -1,0 +1,187 @@
+//! End-to-end tests of `mf add`, `mf rm` and `mf compact`: archives changed in place, what they
+//! report, `mf info` after edits, compaction byte-identical to `mf pack`, and refusals.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn json(dir: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&mf_ok(dir, args)).expect("valid JSON")
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value.as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+}
+
+/// A source tree with text, a large compressible file, noise and a nested directory.
+fn source(root: &Path) {
+    let big: Vec<u8> = (0..60_000u32).flat_map(|i| format!("row {i} of the big table\n").into_bytes()).collect();
+    write_tree(
+        root,
+        &[
+            ("readme.txt", b"hello\n"),
+            ("data/big.csv", &big),
+            ("data/noise.bin", &noise(200_000, 3)),
+            ("scripts/a.py", b"print('a')\n"),
+            ("scripts/b.py", b"print('b')\n"),
+        ],
+    );
+}
+
+/// The archive's content as extracted by `mf extract`.
+fn extracted(dir: &Path, archive: &str) -> Vec<(String, Vec<u8>)> {
+    let out = dir.join(format!("x-{}", fastrand_name(archive)));
+    let _ = std::fs::remove_dir_all(&out);
+    mf_ok(dir, &["extract", archive, "-C", out.to_str().unwrap()]);
+    read_tree(&out)
+}
+
+fn fastrand_name(archive: &str) -> String {
+    archive.replace(['/', '.'], "_")
+}
+
+#[test]
+fn add_and_rm_change_the_archive_in_place_and_report_what_they_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    source(&d.join("src"));
+    mf_ok(d, &["pack", "src", "-o", "a.mf"]);
+    write_tree(&d.join("more"), &[("extra/new.txt", b"new file\n"), ("extra/deep/x.txt", b"x\n")]);
+
+    let report = json(d, &["add", "a.mf", "-C", "more", "extra", "--json"]);
+    // In `mf pack`'s order: by kind, then file name.
+    assert_eq!(strings(&report["added"]), ["extra/new.txt", "extra/deep/x.txt"]);
+    assert_eq!(report["generation"], 2);
+    let written = report["bytes_written"].as_u64().unwrap();
+    assert!(written > 0 && written < 10_000, "adding two tiny files writes little: {report}");
+    let info = json(d, &["info", "a.mf", "--json"]);
+    assert_eq!(info["generation"], 2);
+    assert_eq!(info["space"]["dead_bytes"], report["dead_bytes"], "info and the edit agree on dead space");
+    assert_eq!(info["file_size"], report["file_size"]);
+
+    // Replacing a file with the same name from the current directory (no -C).
+    std::fs::write(d.join("readme.txt"), b"changed\n").unwrap();
+    let text = mf_ok(d, &["add", "a.mf", "readme.txt"]);
+    assert!(text.contains("replaced  readme.txt") && text.contains("generation 3"), "{text}");
+
+    let report = json(d, &["rm", "a.mf", "scripts", "data/noise.bin", "--json", "--no-compact"]);
+    assert_eq!(strings(&report["removed"]), ["scripts/a.py", "scripts/b.py", "data/noise.bin"]);
+    let mut expected = read_tree(&d.join("src"));
+    expected.retain(|(p, _)| !p.starts_with("scripts/") && p != "data/noise.bin");
+    expected.retain(|(p, _)| p != "readme.txt");
+    expected.push(("readme.txt".into(), b"changed\n".to_vec()));
+    expected.push(("extra/deep/x.txt".into(), b"x\n".to_vec()));
+    expected.push(("extra/new.txt".into(), b"new file\n".to_vec()));
+    expected.sort();
+    assert_eq!(extracted(d, "a.mf"), expected);
+    mf_ok(d, &["verify", "a.mf"]);
+    let info = json(d, &["info", "a.mf", "--json"]);
+    assert!(info["space"]["dead_bytes"].as_u64().unwrap() >= 200_000, "the removed noise is dead space: {info}");
+
+    let err = mf_fails(d, &["rm", "a.mf", "no/such"], 1);
+    assert!(err.contains("a.mf") && err.contains("no entry 'no/such'"), "{err}");
+}
+
+#[test]
+fn add_update_writes_only_changed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    source(&d.join("src"));
+    mf_ok(d, &["pack", "src", "-o", "a.mf"]);
+    let report = json(d, &["add", "a.mf", "-C", "src", ".", "--update", "--json"]);
+    assert!(report["added"].as_array().unwrap().is_empty() && report["replaced"].as_array().unwrap().is_empty());
+    assert_eq!(report["unchanged"].as_array().unwrap().len(), 5, "{report}");
+    assert_eq!(report["bytes_written"], 0, "nothing changed, nothing written: {report}");
+
+    // One changed line in the middle of the large file: only its frame is written again.
+    let path = d.join("src/data/big.csv");
+    let mut big = std::fs::read(&path).unwrap();
+    let middle = big.len() / 2;
+    big[middle..middle + 3].copy_from_slice(b"XYZ");
+    std::fs::write(&path, &big).unwrap();
+    let report = json(d, &["add", "a.mf", "-C", "src", ".", "--update", "--json"]);
+    assert_eq!(strings(&report["replaced"]), ["data/big.csv"], "{report}");
+    assert_eq!(report["unchanged"].as_array().unwrap().len(), 4);
+    assert!(report["frames_reused"].as_u64().unwrap() >= 4, "{report}");
+    let index_and_slot = 2_000;
+    assert!(report["bytes_written"].as_u64().unwrap() < 256 * 1024 + index_and_slot, "{report}");
+    assert_eq!(extracted(d, "a.mf"), read_tree(&d.join("src")));
+}
+
+#[test]
+fn compact_is_byte_identical_to_a_fresh_pack_of_the_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    source(&d.join("src"));
+    mf_ok(d, &["pack", "src", "-o", "a.mf", "--level", "5", "--frame-size", "64K"]);
+    write_tree(&d.join("more"), &[("extra/new.txt", b"new file\n"), ("huge.log", &vec![b'z'; 300_000])]);
+    mf_ok(d, &["add", "a.mf", "-C", "more", "extra", "huge.log"]);
+    mf_ok(d, &["rm", "a.mf", "scripts/a.py", "--no-compact"]);
+    std::fs::write(d.join("src/readme.txt"), b"edited\n").unwrap();
+    mf_ok(d, &["add", "a.mf", "-C", "src", "readme.txt"]);
+
+    let tree = d.join("tree");
+    mf_ok(d, &["extract", "a.mf", "-C", tree.to_str().unwrap()]);
+    mf_ok(d, &["pack", "tree", "-o", "fresh.mf", "--level", "5", "--frame-size", "64K"]);
+    let report = json(d, &["compact", "a.mf", "-o", "c.mf", "--json"]);
+    assert_eq!(report["entries"], 6);
+    assert_eq!(std::fs::read(d.join("c.mf")).unwrap(), std::fs::read(d.join("fresh.mf")).unwrap());
+    // In place: the archive itself becomes that file, with no dead space and generation 0.
+    let before = std::fs::metadata(d.join("a.mf")).unwrap().len();
+    let text = mf_ok(d, &["compact", "a.mf"]);
+    assert!(text.contains("compacted 6 entries"), "{text}");
+    assert_eq!(std::fs::read(d.join("a.mf")).unwrap(), std::fs::read(d.join("fresh.mf")).unwrap());
+    assert!(std::fs::metadata(d.join("a.mf")).unwrap().len() < before);
+    assert_eq!(json(d, &["info", "a.mf", "--json"])["generation"], 0);
+}
+
+#[test]
+fn removing_most_of_an_archive_compacts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    source(&d.join("src"));
+    mf_ok(d, &["pack", "src", "-o", "a.mf"]);
+    let report = json(d, &["rm", "a.mf", "data", "--json"]);
+    assert_eq!(report["compacted"], true, "{report}");
+    assert_eq!(report["dead_bytes"], 0);
+    let info = json(d, &["info", "a.mf", "--json"]);
+    assert_eq!(info["generation"], 0, "a compacted archive is a fresh pack");
+    assert_eq!(report["file_size"], info["file_size"]);
+    let names: Vec<String> = extracted(d, "a.mf").into_iter().map(|(p, _)| p).collect();
+    assert_eq!(names, ["readme.txt", "scripts/a.py", "scripts/b.py"]);
+}
+
+#[test]
+fn add_refuses_links_leaving_a_directory_and_paths_outside_the_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    source(&d.join("src"));
+    mf_ok(d, &["pack", "src", "-o", "a.mf"]);
+    std::fs::write(d.join("secret"), b"secret").unwrap();
+    std::fs::create_dir(d.join("add")).unwrap();
+    std::os::unix::fs::symlink(d.join("secret"), d.join("add/link")).unwrap();
+    let before = std::fs::read(d.join("a.mf")).unwrap();
+    let err = mf_fails(d, &["add", "a.mf", "add"], 1);
+    assert!(err.contains("outside"), "{err}");
+    let err = mf_fails(d, &["add", "a.mf", "-C", "src", "../secret"], 1);
+    assert!(err.contains("relative"), "{err}");
+    let err = mf_fails(d, &["add", "a.mf", "a.mf"], 1);
+    assert!(err.contains("cannot be added to itself"), "{err}");
+    assert_eq!(std::fs::read(d.join("a.mf")).unwrap(), before, "a refused add leaves the archive as it was");
+}
+
+#[test]
+fn panda3d_multifiles_are_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bytes = mf_test_support::panda3d::multifile_bytes(&[("a.txt", b"a", None, 0)]);
+    std::fs::write(d.join("p.mf"), &bytes).unwrap();
+    std::fs::write(d.join("b.txt"), b"b").unwrap();
+    for args in [&["add", "p.mf", "b.txt"][..], &["rm", "p.mf", "a.txt"], &["compact", "p.mf"]] {
+        let err = mf_fails(d, args, 1);
+        assert!(err.contains("p.mf") && err.contains("not supported yet"), "{err}");
+    }
+    assert_eq!(std::fs::read(d.join("p.mf")).unwrap(), bytes);
+}
