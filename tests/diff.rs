@@ -252,7 +252,10 @@ fn applying_twice_fails_cleanly() {
 }
 
 /// The entries of two archives in record order: path, mode, mtime and content.
-fn entries_of(path: &Path) -> Vec<(String, u32, Option<mf_format::Mtime>, Vec<u8>)> {
+/// One entry as compared: path, mode, mtime, content.
+type EntryView = (String, u32, Option<mf_format::Mtime>, Vec<u8>);
+
+fn entries_of(path: &Path) -> Vec<EntryView> {
     let archive = mf_format::Archive::open(path).unwrap();
     archive
         .entries()

@@ -639,7 +639,10 @@ fn kill_9_at_random_points_leaves_the_old_or_the_new_archive() {
 }
 
 /// The entries of an archive in record order: path, mode, mtime, content (`None`: no archive).
-fn entries_of(path: &Path) -> Option<Vec<(String, u32, Option<mf_format::Mtime>, Vec<u8>)>> {
+/// One entry as compared: path, mode, mtime, content.
+type EntryView = (String, u32, Option<mf_format::Mtime>, Vec<u8>);
+
+fn entries_of(path: &Path) -> Option<Vec<EntryView>> {
     let archive = mf_format::Archive::open(path).ok()?;
     archive
         .entries()

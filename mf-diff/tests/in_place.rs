@@ -115,7 +115,7 @@ fn a_failed_check_or_a_wrong_base_commits_nothing() {
     assert_eq!(content_id(&Archive::open(&target).unwrap()), content_id(&Archive::open(&old).unwrap()));
 
     // A wrong base: the archive of another version is refused before anything is written.
-    let other = write(dir.path(), "other.mf", &release(2)[..5].to_vec());
+    let other = write(dir.path(), "other.mf", &release(2)[..5]);
     let other_bytes = std::fs::read(&other).unwrap();
     let err = apply_in_place(&patch, &other, InPlaceOptions::default(), &|_| {}).unwrap_err();
     assert!(matches!(err, Error::WrongBase { .. }), "{err}");

@@ -420,9 +420,12 @@ fn compact_if_needed(state: &Dir, archive: &Path, version: &str) -> Result<Optio
     if !mf_format::edit::needs_compaction(&opened) {
         return Ok(None);
     }
-    identity::forget_record(state)?;
-    let report = mf_format::edit::compact_keeping_order(&opened, archive)?;
     drop(opened);
+    identity::forget_record(state)?;
+    // Under the edit lock, so no editor commits into the version being rewritten.
+    let editor = mf_format::Editor::open(archive)?;
+    let report = mf_format::edit::compact_keeping_order(editor.archive(), archive)?;
+    drop(editor);
     identity::record_version(state, archive, version)?;
     Ok(Some(report.new_len))
 }
