@@ -30,14 +30,11 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 /// Three versions: 1.1 edits a large raw entry in its middle and a text; 1.2 adds and removes files.
 fn repository() -> Repo {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().to_owned();
-    let key = SecretKey::generate().unwrap();
     let mut big = noise(2 << 20, 1);
     let mut files: Vec<(String, Vec<u8>)> =
         (0..10).map(|i| (format!("scripts/s{i}.py"), format!("print({i})\n").repeat(200 + i).into_bytes())).collect();
     let mut versions = Vec::new();
-    for (step, version) in ["1.0", "1.1", "1.2"].iter().enumerate() {
+    for step in 0..3 {
         match step {
             1 => {
                 big[1 << 20] ^= 0x55;
@@ -49,11 +46,25 @@ fn repository() -> Repo {
             }
             _ => {}
         }
+        let mut version = files.clone();
+        version.push(("data/big.raw".into(), big.clone()));
+        versions.push(version);
+    }
+    publish(&versions)
+}
+
+/// Publishes `versions` as 1.0, 1.1, ... with a patch from each to the next.
+fn publish(contents: &[Vec<(String, Vec<u8>)>]) -> Repo {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let key = SecretKey::generate().unwrap();
+    let mut versions = Vec::new();
+    for (i, files) in contents.iter().enumerate() {
+        let version = format!("1.{i}");
         let mut writer = ArchiveWriter::new(Vec::new(), WriterOptions::default()).unwrap();
-        for (path, data) in &files {
+        for (path, data) in files {
             writer.add_bytes(path, data, EntryOptions::default()).unwrap();
         }
-        writer.add_bytes("data/big.raw", &big, EntryOptions::default()).unwrap();
         let path = root.join(format!("v{version}.mf"));
         std::fs::write(&path, writer.finish().unwrap()).unwrap();
         let options = AddOptions {
@@ -61,7 +72,7 @@ fn repository() -> Repo {
             patch_from_last: 1,
             memory_limit: 256 << 20,
         };
-        repo::add(&root.join("repo"), version, &path, &options, &|_| {}).unwrap();
+        repo::add(&root.join("repo"), &version, &path, &options, &|_| {}).unwrap();
         versions.push(path);
     }
     Repo { _dir: dir, root, key, versions }
@@ -226,4 +237,24 @@ fn a_crash_at_any_step_of_an_in_place_commit_is_finished_by_the_next_update() {
         }
         stop_at += 1;
     }
+}
+
+#[test]
+fn dead_space_past_the_threshold_is_compacted_keeping_the_version() {
+    // 1.1 replaces a 3 MiB incompressible entry by another of 1 MiB: in place, the old one becomes a
+    // hole of most of the file.
+    let small = vec![("a.txt".to_string(), b"text\n".repeat(1000))];
+    let v0 = [small.clone(), vec![("big.bin".into(), noise(3 << 20, 7))]].concat();
+    let v1 = [small, vec![("big.bin".into(), noise(1 << 20, 8))]].concat();
+    let repo = publish(&[v0, v1]);
+    let game = repo.install(0, "game.mf");
+    let outcome = repo.update(&game, &repo.options()).unwrap();
+    assert!(outcome.in_place && outcome.compacted, "{outcome:?}");
+    let archive = Archive::open(&game).unwrap();
+    assert!(!mf_format::edit::needs_compaction(&archive));
+    assert_eq!(entries(&game), entries(&repo.versions[1]));
+    // Compacted in record order with the publisher's settings: the published 1.1 byte for byte, and
+    // the record describes the compacted file.
+    assert_eq!(std::fs::read(&game).unwrap(), std::fs::read(&repo.versions[1]).unwrap());
+    assert_eq!(repo.update(&game, &repo.options()).unwrap().identified_by, Some(IdentifiedBy::Record));
 }
