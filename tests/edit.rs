@@ -185,3 +185,37 @@ fn panda3d_multifiles_are_refused_untouched() {
     }
     assert_eq!(std::fs::read(d.join("p.mf")).unwrap(), bytes);
 }
+
+#[test]
+fn mf_add_killed_at_any_moment_leaves_the_old_or_the_new_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    source(&d.join("src"));
+    mf_ok(d, &["pack", "src", "-o", "a.mf"]);
+    let old = extracted(d, "a.mf");
+    let big: Vec<u8> = (0..400_000u32).flat_map(|i| format!("line {i} of the added log\n").into_bytes()).collect();
+    write_tree(&d.join("more"), &[("added.log", &big), ("added.bin", &noise(6 << 20, 9))]);
+    let mut new = old.clone();
+    new.push(("added.bin".into(), noise(6 << 20, 9)));
+    new.push(("added.log".into(), big));
+    new.sort();
+    let mut saw_old = false;
+    for delay_ms in [0u64, 5, 10, 20, 40, 80, 160, 320] {
+        let mut child = spawn_quiet(d, &["add", "a.mf", "-C", "more", "added.log", "added.bin", "--no-compact"]);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+        mf_ok(d, &["verify", "a.mf"]);
+        let now = extracted(d, "a.mf");
+        assert!(now == old || now == new, "killed after {delay_ms} ms: neither version");
+        if now == new {
+            // Committed before the kill: undo it for the next round.
+            mf_ok(d, &["rm", "a.mf", "added.log", "added.bin", "--no-compact"]);
+        } else {
+            saw_old = true;
+        }
+    }
+    assert!(saw_old, "at least one kill landed before the commit");
+    mf_ok(d, &["add", "a.mf", "-C", "more", "added.log", "added.bin"]);
+    assert_eq!(extracted(d, "a.mf"), new);
+}

@@ -830,3 +830,115 @@ fn a_multifile_truncated_under_the_mount_gives_eio_and_the_daemon_lives() {
     let logged = std::fs::read_to_string(&log).unwrap();
     assert!(logged.contains("b.bin") && logged.contains("game.mf") && logged.contains("truncated"), "log: {logged}");
 }
+
+/// Issue 14: a live mount follows an mf archive edited in place (`mf add`, `mf rm`, the library's
+/// `Editor`). After each commit, what is opened through the mount is the new version at once
+/// (replaced bytes, new files, removed files gone; never EIO), while a file opened before the edits
+/// goes on reading its own version exactly through the next two commits (spec/FORMAT.md "Readers
+/// that keep a version open"), and fails with ESTALE, never wrong bytes, once a third one may have
+/// reused its space.
+#[test]
+fn a_mount_follows_an_archive_edited_in_place() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let d = scratch.path();
+    let old_raw = noise(300_000, 21); // stored raw: read with pread straight from the file
+    let old_text = compressible(1 << 20); // zstd frames
+    write_tree(
+        &d.join("src"),
+        &[("keep.txt", b"kept\n"), ("dir/replace.bin", &old_raw), ("dir/text.txt", &old_text), ("gone.txt", b"bye\n")],
+    );
+    let archive = pack(d, &d.join("src"), "a.mf", &[]);
+    let options = mf_mount::MountOptions { follow: Some(Duration::from_millis(100)), ..Default::default() };
+    let handle = mf_mount::mount_paths(&[&archive], &scratch.mount_point, &options).unwrap();
+    let mnt = scratch.mount_point.clone();
+    let keep_ino = std::fs::metadata(mnt.join("keep.txt")).unwrap().ino();
+    let replace_ino = std::fs::metadata(mnt.join("dir/replace.bin")).unwrap().ino();
+    assert_eq!(std::fs::metadata(mnt.join("gone.txt")).unwrap().len(), 4, "looked up (and cached) before it goes");
+
+    // Opened before any edit; O_DIRECT so that every read reaches the daemon (not the page cache).
+    let old = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(mnt.join("dir/replace.bin"));
+    let old = old.unwrap();
+    let read_old = || {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut out = Vec::new();
+        for offset in [0u64, 150_000, 300_000 - (64 << 10)] {
+            let n = old.read_at(&mut buf, offset).map_err(|e| e.raw_os_error())?;
+            out.push((offset, buf[..n].to_vec()));
+        }
+        Ok::<_, Option<i32>>(out)
+    };
+    let expected_old: Vec<(u64, Vec<u8>)> = [0usize, 150_000, 300_000 - (64 << 10)]
+        .iter()
+        .map(|&o| (o as u64, old_raw[o..(o + (64 << 10)).min(old_raw.len())].to_vec()))
+        .collect();
+    assert_eq!(read_old().unwrap(), expected_old);
+
+    let mut expected: std::collections::BTreeMap<String, Vec<u8>> =
+        common::read_tree(&d.join("src")).into_iter().collect();
+    let check = |expected: &std::collections::BTreeMap<String, Vec<u8>>, step: &str| {
+        // Opens see the new version at once: an open checks the archive first.
+        let seen: std::collections::BTreeMap<String, Vec<u8>> = common::read_tree(&mnt).into_iter().collect();
+        assert!(seen == *expected, "{step}: the mount shows {:?}", seen.keys().collect::<Vec<_>>());
+        assert_eq!(std::fs::metadata(mnt.join("keep.txt")).unwrap().ino(), keep_ino, "{step}: unchanged, same inode");
+    };
+
+    // Commit 1 (generation 2): replace a file with `mf add`.
+    let new_raw = noise(300_000, 22);
+    write_tree(&d.join("new"), &[("dir/replace.bin", &new_raw), ("added.txt", b"hello\n")]);
+    mf_ok(d, &["add", "a.mf", "-C", "new", "dir/replace.bin", "--no-compact"]);
+    expected.insert("dir/replace.bin".into(), new_raw.clone());
+    assert_eq!(std::fs::read(mnt.join("dir/replace.bin")).unwrap(), new_raw, "replaced bytes at once");
+    check(&expected, "after replacing");
+    assert_eq!(read_old().unwrap(), expected_old, "the open file still reads its version");
+    wait_until("the replaced file gets a new inode", Duration::from_secs(5), || {
+        std::fs::metadata(mnt.join("dir/replace.bin")).unwrap().ino() != replace_ino
+    });
+
+    // Commit 2 (generation 3): add a file, never looked up before.
+    mf_ok(d, &["add", "a.mf", "-C", "new", "added.txt", "--no-compact"]);
+    expected.insert("added.txt".into(), b"hello\n".to_vec());
+    assert_eq!(std::fs::read(mnt.join("added.txt")).unwrap(), b"hello\n", "a new file appears at once");
+    check(&expected, "after adding");
+    assert_eq!(read_old().unwrap(), expected_old, "two commits later, the open file still reads its version");
+
+    // Commit 3 (generation 4): remove a file the kernel had cached.
+    mf_ok(d, &["rm", "a.mf", "gone.txt", "--no-compact"]);
+    expected.remove("gone.txt");
+    assert_eq!(errno(File::open(mnt.join("gone.txt"))), Some(libc::ENOENT), "opening a removed file fails at once");
+    check(&expected, "after removing");
+    wait_until("the cached name of the removed file is dropped", Duration::from_secs(5), || {
+        errno(std::fs::metadata(mnt.join("gone.txt"))) == Some(libc::ENOENT)
+    });
+    // A third commit may reuse the space of the version the old file reads: refused, not wrong bytes.
+    assert_eq!(read_old().err(), Some(Some(libc::ESTALE)), "an overtaken version is stale");
+
+    // Commit 4 (generation 5), through the library: a compressed entry replaced, its holes reused.
+    let new_text: Vec<u8> = old_text.iter().rev().copied().collect();
+    let text_ino = std::fs::metadata(mnt.join("dir/text.txt")).unwrap().ino();
+    let mut editor = mf_format::Editor::open(&archive).unwrap();
+    let options = mf_format::EntryOptions::default();
+    editor.put("dir/text.txt", &options, &mut &new_text[..], new_text.len() as u64).unwrap();
+    assert_eq!(editor.commit().unwrap().generation, 5);
+    expected.insert("dir/text.txt".into(), new_text.clone());
+    check(&expected, "after the editor's commit");
+    // Cached attributes follow within the follow interval: a new inode with the new size.
+    wait_until("the replaced entry's attributes follow", Duration::from_secs(5), || {
+        std::fs::metadata(mnt.join("dir/text.txt")).unwrap().ino() != text_ino
+    });
+    let mut names: Vec<String> =
+        std::fs::read_dir(&mnt).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["added.txt", "dir", "keep.txt"]);
+    drop(old);
+
+    // `mf compact` renames a new file over the path: followed too, and so are edits of that file.
+    mf_ok(d, &["compact", "a.mf"]);
+    check(&expected, "after compacting");
+    mf_ok(d, &["rm", "a.mf", "added.txt", "--no-compact"]);
+    expected.remove("added.txt");
+    check(&expected, "after an edit of the compacted file");
+    handle.unmount().unwrap();
+}

@@ -33,6 +33,9 @@ use crate::writer::{
     DATA_ALIGNMENT, DEFAULT_LEVEL, SOLID_BATCH_FRAMES, SOLID_LIMIT,
 };
 
+/// The mode, mtime and compression of an entry given to [`Editor::put`] (the writer's options).
+pub type EntryMeta = EntryOptions;
+
 /// Dead bytes above this share of the file make [`needs_compaction`] true (the CLI then compacts
 /// after an edit): past it, reads touch a file more than twice the size of its content.
 pub const COMPACT_DEAD_SHARE: f64 = 0.5;

@@ -1033,6 +1033,19 @@ fn locate_footer_and_generation(head: &[u8], file_len: u64, name: &Path) -> Resu
     Ok((slot.footer_offset, slot.generation))
 }
 
+/// The generation a fresh open of `file` would find (0 for a streamed or 1.0 archive), from its
+/// header and commit slots alone (one read of 96 bytes): how a long-lived reader notices a newer
+/// commit cheaply (spec "Readers that keep a version open"). `name` is used in errors.
+pub fn committed_generation(file: &std::fs::File, name: &Path) -> Result<u64> {
+    let len = file.metadata().map_err(|e| Error::io(name, e))?.len();
+    let mut head = vec![0u8; DATA_START.min(len) as usize];
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut head, 0).map_err(|e| Error::io(name, e))?;
+    if !head.starts_with(&MAGIC) {
+        return Err(Error::NotAnArchive { file: name.to_owned() });
+    }
+    locate_footer_and_generation(&head, len, name).map(|(_, generation)| generation)
+}
+
 /// [`locate_footer_and_generation`]'s offset alone.
 fn locate_footer(head: &[u8], file_len: u64, name: &Path) -> Result<u64> {
     locate_footer_and_generation(head, file_len, name).map(|(at, _)| at)

@@ -455,3 +455,100 @@ fn a_version_1_archive_is_not_edited_in_place_but_compacts_to_2_0() {
     assert_eq!(content(&path), before);
     Editor::open(&path).unwrap();
 }
+
+/// Yields `good` bytes, then fails.
+struct FailingReader {
+    good: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for FailingReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.good.len() {
+            return Err(std::io::Error::other("the source went away"));
+        }
+        let n = buf.len().min(self.good.len() - self.at);
+        buf[..n].copy_from_slice(&self.good[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_put_whose_source_fails_leaves_the_editor_usable_and_solid_content_streams() {
+    let (_dir, path, mut files) = setup(SMALL_FRAMES);
+    let mut editor = Editor::open(&path).unwrap();
+    for compression in [Compression::Auto, Compression::Solid] {
+        let options = EntryOptions { compression, ..EntryOptions::default() };
+        let mut failing = FailingReader { good: text(7, 5_000), at: 0 };
+        let err = editor.put("big/model.bin", &options, &mut failing, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("the source went away"), "{err}");
+    }
+    // Forced solid content larger than the solid limit streams into the solid stream.
+    let long = text(8, 10_000);
+    let solid = EntryOptions { compression: Compression::Solid, ..EntryOptions::default() };
+    editor.put("long.txt", &solid, &mut &long[..], long.len() as u64).unwrap();
+    put(&mut editor, "short.txt", b"short");
+    editor.commit().unwrap();
+    files.insert("long.txt".into(), long);
+    files.insert("short.txt".into(), b"short".to_vec());
+    assert_eq!(content(&path), files, "the failed puts changed nothing");
+    assert!(Archive::open(&path).unwrap().get("long.txt").unwrap().is_solid());
+}
+
+#[test]
+fn random_edit_sequences_keep_the_content_and_every_reader_of_the_last_two_versions_intact() {
+    let (_dir, path, mut files) = setup(SMALL_FRAMES);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut readers: Vec<(Archive, Content)> = Vec::new();
+    let mut holes_reused = 0;
+    for round in 0..30u64 {
+        let mut editor = Editor::open(&path).unwrap();
+        for _ in 0..1 + next(3) {
+            let name = format!("f{}.{}", next(8), ["txt", "bin", "dat"][next(3) as usize]);
+            match next(4) {
+                0 if files.contains_key(&name) => {
+                    editor.remove(&name).unwrap();
+                    files.remove(&name);
+                }
+                1 if files.contains_key(&name) => {
+                    // A small edit of an existing entry.
+                    let mut data = files[&name].clone();
+                    if !data.is_empty() {
+                        let at = next(data.len() as u64) as usize;
+                        data[at] ^= 0x5a;
+                    }
+                    put(&mut editor, &name, &data);
+                    files.insert(name, data);
+                }
+                _ => {
+                    let len = next(40_000) as usize;
+                    let data = if next(2) == 0 { noise(len, round * 100 + next(50)) } else { text(round, len / 30) };
+                    put(&mut editor, &name, &data);
+                    files.insert(name, data);
+                }
+            }
+        }
+        holes_reused += editor.commit().unwrap().holes_reused;
+        assert_eq!(content(&path), files, "round {round}");
+        readers.push((Archive::open(&path).unwrap(), files.clone()));
+        // Readers of the versions committed one and two commits ago still read exactly them.
+        let keep = readers.len().saturating_sub(3);
+        readers.drain(..keep);
+        for (reader, expected) in &readers {
+            let got: Content =
+                reader.entries().map(|e| (e.path().to_owned(), reader.read(&e).unwrap().into_owned())).collect();
+            assert_eq!(&got, expected, "round {round}, reader of generation {}", reader.generation());
+        }
+    }
+    let archive = Archive::open(&path).unwrap();
+    assert_eq!(archive.generation(), 31);
+    assert!(holes_reused > 0, "the sequence exercised hole reuse");
+    assert_eq!(archive.space().dead + archive.space().stored, archive.space().data_area);
+}

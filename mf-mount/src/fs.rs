@@ -3,8 +3,8 @@
 //! entries by frame; compressed or encrypted Panda3D subfiles whole, as one frame).
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,16 +12,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
 };
-use mf_panda3d::{AnyArchive, AnyEntry, EntryLayout};
+use mf_panda3d::{AnyEntry, EntryLayout};
 
 use crate::cache::{FrameCache, FrameKey};
-use crate::tree::{Node, NodeKind, Tree};
+use crate::tree::{Node, NodeKind};
+use crate::version::{Opened, Versions, View};
 
-/// Archives never change while mounted, so the kernel may keep names and attributes for as long as
-/// it likes. (A year: far beyond any mount, and well inside the kernel's jiffies arithmetic.)
+/// An inode number always names the same content (see `version.rs`), so the kernel may keep names
+/// and attributes for as long as it likes; names that change are invalidated. (A year: far beyond
+/// any mount, and well inside the kernel's jiffies arithmetic.) Answers from a view that is no
+/// longer current get no lifetime at all, so the kernel asks again.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Block size reported by stat and statfs: large, so that cp, stdio and Python pick big buffers.
@@ -40,19 +43,14 @@ const STREAM_SLOTS: usize = 256;
 const SHARED_FRAMES: u32 = u32::MAX;
 
 pub struct ArchiveFs {
-    archives: Vec<AnyArchive>,
-    /// Per archive: mtime reported for entries that recorded none (the archive file's mtime).
-    archive_mtimes: Vec<SystemTime>,
-    /// Reported for directories: the newest archive's mtime.
-    dir_mtime: SystemTime,
-    tree: Tree,
+    versions: Arc<Versions>,
     cache: FrameCache,
     uid: u32,
     gid: u32,
-    /// The kernel agreed to skip OPEN/OPENDIR (FUSE_NO_OPEN_SUPPORT): reads are keyed by inode.
-    zero_message_open: bool,
-    /// Per archive, the file itself (when it is one), for read-ahead hints.
-    archive_files: Vec<Option<File>>,
+    /// Open files and directories: the view each was opened in, and its node there. Reads and
+    /// listings go through it, so an open file reads the version it was opened at.
+    handles: Mutex<HashMap<u64, (Arc<View>, u32)>>,
+    next_handle: AtomicU64,
     /// Where the last read of an inode ended, to tell sequential readers from random ones.
     stream_ends: Box<[AtomicU64]>,
     /// The last decoded Panda3D subfile too large for a cache shard (but within the cache size):
@@ -69,21 +67,10 @@ thread_local! {
 }
 
 impl ArchiveFs {
-    pub fn new(archives: Vec<AnyArchive>, tree: Tree, cache_size: usize, threads: usize) -> ArchiveFs {
-        let mount_time = SystemTime::now();
-        let archive_mtimes: Vec<SystemTime> = archives
-            .iter()
-            .map(|archive| std::fs::metadata(archive.name()).and_then(|m| m.modified()).unwrap_or(mount_time))
-            .collect();
-        let dir_mtime = archive_mtimes.iter().copied().max().unwrap_or(mount_time);
-        let archive_files = archives.iter().map(|archive| File::open(archive.name()).ok()).collect();
+    pub fn new(versions: Arc<Versions>, cache_size: usize, threads: usize) -> ArchiveFs {
         ArchiveFs {
-            archive_files,
+            versions,
             stream_ends: (0..STREAM_SLOTS).map(|_| AtomicU64::new(u64::MAX)).collect(),
-            archives,
-            archive_mtimes,
-            dir_mtime,
-            tree,
             // A couple of spare buffers per worker absorb evictions without reallocating.
             cache: FrameCache::new(cache_size, 2 * threads.max(1)),
             oversized: Mutex::new(None),
@@ -91,33 +78,51 @@ impl ArchiveFs {
             cache_size,
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
-            zero_message_open: false,
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
         }
     }
 
-    fn node(&self, ino: INodeNo) -> Option<(u32, &Node)> {
-        let index = u32::try_from(ino.0.checked_sub(1)?).ok()?;
-        Some((index, self.tree.node(index)?))
+    fn lock_handles(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (Arc<View>, u32)>> {
+        self.handles.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Entry `position` (in path order, as the tree numbers them) of archive `archive`.
-    fn entry(&self, archive: u32, position: u32) -> Option<(&AnyArchive, AnyEntry<'_>)> {
-        let archive = self.archives.get(archive as usize)?;
-        Some((archive, archive.lookup_entry(position as usize)?))
+    /// The view and node of an open handle; without one (or for a handle not ours), the current
+    /// view's node of `ino`.
+    fn view_of(&self, ino: INodeNo, fh: Option<FileHandle>) -> Option<(Arc<View>, u32)> {
+        if let Some(handle) = fh.and_then(|fh| self.lock_handles().get(&fh.0).cloned()) {
+            return Some(handle);
+        }
+        let view = self.versions.current();
+        let (index, _) = view.node(ino)?;
+        Some((view, index))
     }
 
-    fn attr(&self, index: u32, node: &Node) -> FileAttr {
-        let ino = INodeNo(u64::from(index) + 1);
+    fn open_handle(&self, view: Arc<View>, index: u32) -> FileHandle {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.lock_handles().insert(fh, (view, index));
+        FileHandle(fh)
+    }
+
+    /// How long the kernel may keep an answer taken from `view`.
+    fn ttl(&self, view: &View) -> Duration {
+        if self.versions.is_current(view) {
+            TTL
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    fn attr(&self, view: &View, index: u32, node: &Node) -> FileAttr {
+        let ino = view.ino(index);
         let (kind, size, perm, nlink, mtime) = match node.kind {
-            NodeKind::Dir { subdirs, .. } => (FileType::Directory, 4096, 0o755, 2 + subdirs, self.dir_mtime),
-            NodeKind::File { archive, entry } => match self.entry(archive, entry) {
-                Some((_, entry)) => {
-                    let mtime = entry.mtime().map(system_time).unwrap_or_else(|| {
-                        self.archive_mtimes.get(archive as usize).copied().unwrap_or(self.dir_mtime)
-                    });
+            NodeKind::Dir { subdirs, .. } => (FileType::Directory, 4096, 0o755, 2 + subdirs, view.dir_mtime),
+            NodeKind::File { archive, entry } => match view.entry(archive, entry) {
+                Some((opened, entry)) => {
+                    let mtime = entry.mtime().map(system_time).unwrap_or(opened.mtime);
                     (FileType::RegularFile, entry.size(), entry.mode() as u16, 1, mtime)
                 }
-                None => (FileType::RegularFile, 0, 0o444, 1, self.dir_mtime),
+                None => (FileType::RegularFile, 0, 0o444, 1, view.dir_mtime),
             },
         };
         FileAttr {
@@ -141,7 +146,13 @@ impl ArchiveFs {
 
     /// Inode number, kind and name of position `position` of a directory listing: `.`, `..`, then
     /// the children in name order.
-    fn dir_item(&self, index: u32, node: &Node, position: u64) -> Option<(u32, FileType, &[u8])> {
+    fn dir_item<'v>(
+        &self,
+        view: &'v View,
+        index: u32,
+        node: &Node,
+        position: u64,
+    ) -> Option<(u32, FileType, &'v [u8])> {
         let NodeKind::Dir { first, count, .. } = node.kind else { return None };
         match position {
             0 => Some((index, FileType::Directory, b".")),
@@ -149,19 +160,30 @@ impl ArchiveFs {
             _ => {
                 let child_position = u32::try_from(position - 2).ok().filter(|&p| p < count)?;
                 let child = first + child_position;
-                let child_node = self.tree.node(child)?;
+                let child_node = view.tree.node(child)?;
                 let kind = match child_node.kind {
                     NodeKind::Dir { .. } => FileType::Directory,
                     NodeKind::File { .. } => FileType::RegularFile,
                 };
-                Some((child, kind, self.tree.name(child_node).as_bytes()))
+                Some((child, kind, view.tree.name(child_node).as_bytes()))
             }
         }
     }
 
+    /// Replies `bytes` read from `opened` through `view`. A view that is no longer current may
+    /// have been overtaken by three commits, after which its space may hold newer data: then the
+    /// read fails with ESTALE instead (checked after reading, one 96-byte read of the slots).
+    fn deliver(&self, view: &View, opened: &Opened, reply: ReplyData, bytes: &[u8]) {
+        if !self.versions.is_current(view) && opened.overtaken() {
+            return reply.error(Errno::ESTALE);
+        }
+        reply.data(bytes)
+    }
+
     /// A decoded frame, from the cache or freshly decoded into a recycled buffer. Keys with entry
     /// [`SHARED_FRAMES`] name a frame of the archive's frame table; others frame `k` of the entry.
-    fn frame(&self, archive: &AnyArchive, entry: &AnyEntry<'_>, key: FrameKey) -> Result<Arc<Vec<u8>>, Errno> {
+    fn frame(&self, opened: &Opened, entry: &AnyEntry<'_>, key: FrameKey) -> Result<Arc<Vec<u8>>, Errno> {
+        let archive = &opened.archive;
         if let Some(frame) = self.cache.get(&key) {
             return Ok(frame);
         }
@@ -190,7 +212,7 @@ impl ArchiveFs {
     fn prefetch(
         &self,
         ino: INodeNo,
-        archive_index: u32,
+        opened: &Opened,
         entry: &AnyEntry<'_>,
         layout: &EntryLayout<'_>,
         start: u64,
@@ -213,12 +235,12 @@ impl ArchiveFs {
             // Decoded whole once, then served from memory: nothing to hint per request.
             EntryLayout::Stream => return,
         };
-        self.advise(archive_index, entry.offset().saturating_add(from), to.saturating_sub(from));
+        Self::advise(opened, entry.offset().saturating_add(from), to.saturating_sub(from));
     }
 
     /// Asks the kernel to start reading `len` bytes of an archive file from `offset`.
-    fn advise(&self, archive_index: u32, offset: u64, len: u64) {
-        let Some(Some(file)) = self.archive_files.get(archive_index as usize) else { return };
+    fn advise(opened: &Opened, offset: u64, len: u64) {
+        let Some(file) = &opened.file else { return };
         let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
         if len > 0 {
             let _ = nix::fcntl::posix_fadvise(file, offset, len, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
@@ -227,18 +249,11 @@ impl ArchiveFs {
 
     /// Serves `start..end` of a frames entry from the frame cache, keyed by the archive's frame
     /// number: entries sharing a frame (a solid block, deduplicated content) share its decode.
-    fn read_frames(
-        &self,
-        archive_index: u32,
-        archive: &AnyArchive,
-        entry: &AnyEntry<'_>,
-        start: u64,
-        end: u64,
-        reply: ReplyData,
-    ) {
-        let key = |frame: u32| FrameKey { archive: archive_index, entry: SHARED_FRAMES, frame: u64::from(frame) };
+    fn read_frames(&self, view: &View, opened: &Opened, entry: &AnyEntry<'_>, start: u64, end: u64, reply: ReplyData) {
+        let archive = &opened.archive;
+        let key = |frame: u32| FrameKey { archive: opened.id, entry: SHARED_FRAMES, frame: u64::from(frame) };
         let Some((first, within)) = archive.frame_of(entry, start) else { return reply.error(Errno::EIO) };
-        let frame = match self.frame(archive, entry, key(first)) {
+        let frame = match self.frame(opened, entry, key(first)) {
             Ok(frame) => frame,
             Err(errno) => return reply.error(errno),
         };
@@ -246,7 +261,7 @@ impl ArchiveFs {
         if in_first >= end - start {
             // The common case: the request lies in one frame; reply straight from the cached frame.
             return match frame.get(within as usize..(within + end - start) as usize) {
-                Some(bytes) => reply.data(bytes),
+                Some(bytes) => self.deliver(view, opened, reply, bytes),
                 None => reply.error(Errno::EIO),
             };
         }
@@ -256,7 +271,7 @@ impl ArchiveFs {
             let mut position = start;
             while position < end {
                 let Some((number, within)) = archive.frame_of(entry, position) else { return reply.error(Errno::EIO) };
-                let frame = match self.frame(archive, entry, key(number)) {
+                let frame = match self.frame(opened, entry, key(number)) {
                     Ok(frame) => frame,
                     Err(errno) => return reply.error(errno),
                 };
@@ -267,24 +282,16 @@ impl ArchiveFs {
                 }
                 position += take;
             }
-            reply.data(&assembly);
+            self.deliver(view, opened, reply, &assembly);
         });
     }
 
     /// Reads a range of an entry without random access (a compressed or encrypted Panda3D subfile):
     /// its content is decoded whole once and kept in the frame cache as frame 0.
-    fn read_stream(
-        &self,
-        archive_index: u32,
-        archive: &AnyArchive,
-        entry: &AnyEntry<'_>,
-        start: u64,
-        end: u64,
-        reply: ReplyData,
-    ) {
-        match self.decoded_whole(archive_index, archive, entry) {
+    fn read_stream(&self, view: &View, opened: &Opened, entry: &AnyEntry<'_>, start: u64, end: u64, reply: ReplyData) {
+        match self.decoded_whole(opened, entry) {
             Ok(content) => match content.get(start as usize..end as usize) {
-                Some(bytes) => reply.data(bytes),
+                Some(bytes) => self.deliver(view, opened, reply, bytes),
                 None => reply.error(Errno::EIO),
             },
             Err(errno) => reply.error(errno),
@@ -295,13 +302,9 @@ impl ArchiveFs {
     /// entry. The work per read is bounded by the cache budget: an entry whose content is larger than
     /// the whole cache could be kept nowhere and would be decoded again for every request (a small
     /// zlib bomb then costs gigabytes per read), so it is refused. Errors are logged and read as EIO.
-    fn decoded_whole(
-        &self,
-        archive_index: u32,
-        archive: &AnyArchive,
-        entry: &AnyEntry<'_>,
-    ) -> Result<Arc<Vec<u8>>, Errno> {
-        let key = FrameKey { archive: archive_index, entry: entry.index(), frame: 0 };
+    fn decoded_whole(&self, opened: &Opened, entry: &AnyEntry<'_>) -> Result<Arc<Vec<u8>>, Errno> {
+        let archive = &opened.archive;
+        let key = FrameKey { archive: opened.id, entry: entry.index(), frame: 0 };
         if let Some(content) = self.cache.get(&key) {
             return Ok(content);
         }
@@ -352,7 +355,10 @@ fn system_time(mtime: mf_format::Mtime) -> SystemTime {
 
 impl fuser::Filesystem for ArchiveFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Each capability separately: an old kernel lacking one still gets the others.
+        // Each capability separately: an old kernel lacking one still gets the others. Opens are
+        // real messages (no FUSE_NO_OPEN_SUPPORT): each open file holds the view it was opened in,
+        // and an open checks the archives for a newer commit first. The page cache is still kept
+        // across opens (FOPEN_KEEP_CACHE), so this costs one round trip per open, not the reads.
         for wanted in [
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
@@ -361,86 +367,138 @@ impl fuser::Filesystem for ArchiveFs {
             // concurrently instead of one at a time.
             InitFlags::FUSE_ASYNC_DIO,
             InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_NO_OPEN_SUPPORT | InitFlags::FUSE_NO_OPENDIR_SUPPORT,
         ] {
             let _ = config.add_capabilities(wanted);
         }
-        self.zero_message_open = config.capabilities().contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         let _ = config.set_max_background(MAX_BACKGROUND);
         let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let Some((_, dir)) = self.node(parent) else { return reply.error(Errno::ENOENT) };
-        if !matches!(dir.kind, NodeKind::Dir { .. }) {
-            return reply.error(Errno::ENOTDIR);
-        }
-        match self.tree.find_child(dir, name.as_bytes()) {
-            Some(index) => match self.tree.node(index) {
-                Some(node) => reply.entry(&TTL, &self.attr(index, node), Generation(0)),
-                None => reply.error(Errno::EIO),
-            },
-            None => {
-                // Inode 0 with a lifetime: the kernel caches the miss as a negative dentry.
-                let mut negative = self.attr(0, dir);
-                negative.ino = INodeNo(0);
-                reply.entry(&TTL, &negative, Generation(0));
+        let mut view = self.versions.current();
+        let mut checked = false;
+        loop {
+            // A directory inode keeps its number while its path exists: unknown means removed.
+            let Some((_, dir)) = view.node(parent) else { return reply.error(Errno::ESTALE) };
+            if !matches!(dir.kind, NodeKind::Dir { .. }) {
+                return reply.error(Errno::ENOTDIR);
+            }
+            let ttl = self.ttl(&view);
+            match view.tree.find_child(dir, name.as_bytes()) {
+                Some(index) => {
+                    return match view.tree.node(index) {
+                        Some(node) => reply.entry(&ttl, &self.attr(&view, index, node), Generation(0)),
+                        None => reply.error(Errno::EIO),
+                    }
+                }
+                // A name the mount lacks may have just been added: misses are cached by the
+                // kernel, so checking the archives here costs little and shows new files at once.
+                None if !checked && self.versions.refresh() => {
+                    checked = true;
+                    view = self.versions.current();
+                }
+                None => {
+                    // Inode 0 with a lifetime: the kernel caches the miss as a negative dentry.
+                    let mut negative = self.attr(&view, 0, dir);
+                    negative.ino = INodeNo(0);
+                    return reply.entry(&ttl, &negative, Generation(0));
+                }
             }
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.node(ino) {
-            Some((index, node)) => reply.attr(&TTL, &self.attr(index, node)),
-            None => reply.error(Errno::ENOENT),
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.view_of(ino, fh) {
+            Some((view, index)) => match view.tree.node(index) {
+                Some(node) => reply.attr(&self.ttl(&view), &self.attr(&view, index, node)),
+                None => reply.error(Errno::EIO),
+            },
+            // No longer in the archives: the kernel retries a path walk once, asking again.
+            None => reply.error(Errno::ESTALE),
         }
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.zero_message_open {
-            // Tells the kernel to stop sending OPEN; it then keeps the page cache by itself.
-            return reply.error(Errno::ENOSYS);
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.versions.refresh();
+        let view = self.versions.current();
+        // An inode of a replaced or removed file: ESTALE makes the kernel look the path up again
+        // and open what it names now.
+        let Some((index, node)) = view.node(ino) else { return reply.error(Errno::ESTALE) };
+        if !matches!(node.kind, NodeKind::File { .. }) {
+            return reply.error(Errno::EISDIR);
         }
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+        let fh = self.open_handle(view, index);
+        reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.zero_message_open {
-            return reply.error(Errno::ENOSYS);
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.versions.refresh();
+        let view = self.versions.current();
+        let Some((index, node)) = view.node(ino) else { return reply.error(Errno::ESTALE) };
+        if !matches!(node.kind, NodeKind::Dir { .. }) {
+            return reply.error(Errno::ENOTDIR);
         }
-        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR);
+        // The kernel's cached listing may be used once it has been told what changed.
+        let flags = if self.versions.flushed(&view) {
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+        } else {
+            FopenFlags::empty()
+        };
+        let fh = self.open_handle(view, index);
+        reply.opened(fh, flags);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.lock_handles().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.lock_handles().remove(&fh.0);
+        reply.ok();
     }
 
     fn read(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let Some((_, node)) = self.node(ino) else { return reply.error(Errno::ENOENT) };
-        let NodeKind::File { archive: archive_index, entry } = node.kind else { return reply.error(Errno::EISDIR) };
-        let Some((archive, entry)) = self.entry(archive_index, entry) else { return reply.error(Errno::EIO) };
+        let Some((view, index)) = self.view_of(ino, Some(fh)) else { return reply.error(Errno::ESTALE) };
+        let Some(node) = view.tree.node(index) else { return reply.error(Errno::EIO) };
+        let NodeKind::File { archive, entry } = node.kind else { return reply.error(Errno::EISDIR) };
+        let Some((opened, entry)) = view.entry(archive, entry) else { return reply.error(Errno::EIO) };
         let start = offset.min(entry.size());
         let end = offset.saturating_add(u64::from(size)).min(entry.size());
         if start >= end {
             return reply.data(&[]);
         }
+        let archive = &opened.archive;
         let layout = archive.layout(&entry);
-        self.prefetch(ino, archive_index, &entry, &layout, start, end);
+        self.prefetch(ino, opened, &entry, &layout, start, end);
         match layout {
             // Zero copy: the reply is written straight from the mapping.
             EntryLayout::Contiguous(raw) => match raw.get(start as usize..end as usize) {
-                Some(bytes) => reply.data(bytes),
+                Some(bytes) => self.deliver(&view, opened, reply, bytes),
                 None => reply.error(Errno::EIO),
             },
-            EntryLayout::Frames { .. } => self.read_frames(archive_index, archive, &entry, start, end, reply),
-            EntryLayout::Stream => self.read_stream(archive_index, archive, &entry, start, end, reply),
+            EntryLayout::Frames { .. } => self.read_frames(&view, opened, &entry, start, end, reply),
+            EntryLayout::Stream => self.read_stream(&view, opened, &entry, start, end, reply),
             // A pread archive (what `open_archives` makes): read into the worker's buffer, so a
             // file truncated under the mount gives EIO for the missing region, not SIGBUS.
             EntryLayout::Positioned => ASSEMBLY.with(|assembly| {
@@ -448,7 +506,7 @@ impl fuser::Filesystem for ArchiveFs {
                 assembly.clear();
                 assembly.resize((end - start) as usize, 0);
                 match archive.read_at(&entry, start, &mut assembly) {
-                    Ok(_) => reply.data(&assembly),
+                    Ok(_) => self.deliver(&view, opened, reply, &assembly),
                     Err(e) => {
                         log_error(format_args!(
                             "mf mount: I/O error reading '{}' from archive {}: {e}",
@@ -462,14 +520,15 @@ impl fuser::Filesystem for ArchiveFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some((index, node)) = self.node(ino) else { return reply.error(Errno::ENOENT) };
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some((view, index)) = self.view_of(ino, Some(fh)) else { return reply.error(Errno::ESTALE) };
+        let Some(node) = view.tree.node(index) else { return reply.error(Errno::EIO) };
         if !matches!(node.kind, NodeKind::Dir { .. }) {
             return reply.error(Errno::ENOTDIR);
         }
         let mut position = offset;
-        while let Some((item, kind, name)) = self.dir_item(index, node, position) {
-            if reply.add(INodeNo(u64::from(item) + 1), position + 1, kind, OsStr::from_bytes(name)) {
+        while let Some((item, kind, name)) = self.dir_item(&view, index, node, position) {
+            if reply.add(view.ino(item), position + 1, kind, OsStr::from_bytes(name)) {
                 break;
             }
             position += 1;
@@ -477,16 +536,20 @@ impl fuser::Filesystem for ArchiveFs {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let Some((index, node)) = self.node(ino) else { return reply.error(Errno::ENOENT) };
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let Some((view, index)) = self.view_of(ino, Some(fh)) else { return reply.error(Errno::ESTALE) };
+        let Some(node) = view.tree.node(index) else { return reply.error(Errno::EIO) };
         if !matches!(node.kind, NodeKind::Dir { .. }) {
             return reply.error(Errno::ENOTDIR);
         }
+        // A listing opened before a change goes on in its version, but the kernel must not keep
+        // the names it learns from it.
+        let ttl = self.ttl(&view);
         let mut position = offset;
-        while let Some((item, _, name)) = self.dir_item(index, node, position) {
-            let Some(item_node) = self.tree.node(item) else { break };
-            let attr = self.attr(item, item_node);
-            if reply.add(attr.ino, position + 1, OsStr::from_bytes(name), &TTL, &attr, Generation(0)) {
+        while let Some((item, _, name)) = self.dir_item(&view, index, node, position) {
+            let Some(item_node) = view.tree.node(item) else { break };
+            let attr = self.attr(&view, item, item_node);
+            if reply.add(attr.ino, position + 1, OsStr::from_bytes(name), &ttl, &attr, Generation(0)) {
                 break;
             }
             position += 1;
@@ -495,8 +558,9 @@ impl fuser::Filesystem for ArchiveFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let blocks = self.tree.total_size.div_ceil(u64::from(BLOCK_SIZE));
-        reply.statfs(blocks, 0, 0, self.tree.len() as u64, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
+        let view = self.versions.current();
+        let blocks = view.tree.total_size.div_ceil(u64::from(BLOCK_SIZE));
+        reply.statfs(blocks, 0, 0, view.tree.len() as u64, 0, BLOCK_SIZE, 255, BLOCK_SIZE);
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
@@ -511,7 +575,7 @@ impl fuser::Filesystem for ArchiveFs {
 
 /// Logs a failed read on standard error. Unlike `eprintln!`, never panics: a daemon whose stderr
 /// went away (a closed pipe) must keep serving, and a panic here would take a FUSE thread down.
-fn log_error(message: std::fmt::Arguments<'_>) {
+pub(crate) fn log_error(message: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr().lock(), "{message}");
 }
@@ -520,10 +584,16 @@ fn log_error(message: std::fmt::Arguments<'_>) {
 mod tests {
     use super::*;
 
-    fn filesystem(bytes: &[u8], cache_size: usize) -> ArchiveFs {
-        let archives = vec![AnyArchive::from_bytes(bytes.to_vec(), "p.mf").unwrap()];
-        let tree = Tree::build(&archives).unwrap();
-        ArchiveFs::new(archives, tree, cache_size, 1)
+    use crate::tree::Tree;
+    use mf_panda3d::AnyArchive;
+
+    fn filesystem(bytes: &[u8], cache_size: usize) -> (ArchiveFs, Arc<View>) {
+        let archive = AnyArchive::from_bytes(bytes.to_vec(), "p.mf").unwrap();
+        let tree = Tree::build(&[&archive]).unwrap();
+        let view = View::new(0, vec![Arc::new(Opened::new(archive, 0, None, None))], tree);
+        let fs = ArchiveFs::new(Arc::new(Versions::new(view)), cache_size, 1);
+        let view = fs.versions.current();
+        (fs, view)
     }
 
     #[test]
@@ -532,22 +602,23 @@ mod tests {
             ("a.txt", b"plain", None, 0),
             ("z.bin", &[7u8; 100_000], Some(6), 0),
         ]);
-        let fs = filesystem(&bytes, 1 << 20);
-        let archive = &fs.archives[0];
+        let (fs, view) = filesystem(&bytes, 1 << 20);
+        let opened = &view.archives[0];
+        let archive = &opened.archive;
         let subfile = archive.get("z.bin").unwrap();
         assert!(matches!(archive.layout(&subfile), EntryLayout::Stream), "compressed: no slice of the mapping");
-        let first = fs.decoded_whole(0, archive, &subfile).unwrap();
+        let first = fs.decoded_whole(opened, &subfile).unwrap();
         assert_eq!(&first[..], &[7u8; 100_000][..]);
-        let again = fs.decoded_whole(0, archive, &subfile).unwrap();
+        let again = fs.decoded_whole(opened, &subfile).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "the second read is served from the cache, not decoded again");
         // Larger than a cache shard (1/8 of the budget) but within the budget: still decoded once.
-        let small = filesystem(&bytes, 200_000);
-        let first = small.decoded_whole(0, &small.archives[0], &subfile).unwrap();
-        let again = small.decoded_whole(0, &small.archives[0], &subfile).unwrap();
+        let (small, small_view) = filesystem(&bytes, 200_000);
+        let first = small.decoded_whole(&small_view.archives[0], &subfile).unwrap();
+        let again = small.decoded_whole(&small_view.archives[0], &subfile).unwrap();
         assert!(Arc::ptr_eq(&first, &again), "an oversized subfile is kept too");
         // Larger than the whole cache: refused before anything is decoded.
-        let tiny = filesystem(&bytes, 50_000);
-        assert_eq!(tiny.decoded_whole(0, &tiny.archives[0], &subfile).err(), Some(Errno::EIO));
+        let (tiny, tiny_view) = filesystem(&bytes, 50_000);
+        assert_eq!(tiny.decoded_whole(&tiny_view.archives[0], &subfile).err(), Some(Errno::EIO));
         let plain = archive.get("a.txt").unwrap();
         assert!(matches!(archive.layout(&plain), EntryLayout::Contiguous(b"plain")), "stored: served from the mapping");
 
@@ -557,8 +628,8 @@ mod tests {
         for byte in &mut damaged[middle..middle + 4] {
             *byte ^= 0x5A;
         }
-        let fs = filesystem(&damaged, 1 << 20);
-        let subfile = fs.archives[0].get("z.bin").unwrap();
-        assert_eq!(fs.decoded_whole(0, &fs.archives[0], &subfile).err(), Some(Errno::EIO));
+        let (fs, view) = filesystem(&damaged, 1 << 20);
+        let subfile = view.archives[0].archive.get("z.bin").unwrap();
+        assert_eq!(fs.decoded_whole(&view.archives[0], &subfile).err(), Some(Errno::EIO));
     }
 }

@@ -5,10 +5,10 @@
 //! (as [`AnyArchive`]s; [`open_archives`] detects the format), and serves them from worker threads until the
 //! returned [`MountHandle`] is unmounted or dropped.
 //!
-//! What makes it fast, after squashfuse and DwarFS: the namespace is computed once at mount time as
-//! a flat node table (inode = node index + 1, directories as sorted runs); names and attributes
-//! carry year-long lifetimes and misses are cached as negative entries; opens cost no message and
-//! keep the page cache; `readdirplus` seeks in O(1); raw entries are answered straight from the
+//! What makes it fast, after squashfuse and DwarFS: the namespace is computed once per version of
+//! the archives as a flat node table (directories as sorted runs); names and attributes carry
+//! year-long lifetimes and misses are cached as negative entries; opens keep the page cache;
+//! `readdirplus` seeks in O(1); raw entries are answered straight from the
 //! mapping; zstd entries decode only the frames a read touches, through a shared byte-bounded frame
 //! cache (a compressed or encrypted Panda3D subfile, which has no random access, is decoded once
 //! into that cache as a single frame; a stored one is served from the mapping like a raw entry); several worker threads each own a cloned `/dev/fuse` descriptor.
@@ -37,6 +37,35 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! ## Archives that change while mounted
+//!
+//! An mf archive edited in place under a mount (`mf add`, `mf rm`, `mf apply --in-place`,
+//! [`mf_format::Editor`]) is followed (unless [`MountOptions::follow`] is `None`); so is a new file
+//! renamed over its path (`mf compact`, a rebuilt archive). Panda3D multifiles have no commit
+//! protocol and are served as opened. Exactly:
+//!
+//! - **Seeing a new version.** The mount checks each followed archive's commit slots (a `stat` of
+//!   its path and a 96-byte read) on every `open` and `opendir`, on every lookup of a name it does
+//!   not have, and every [`MountOptions::follow`] interval (default [`DEFAULT_FOLLOW_INTERVAL`]).
+//!   When it finds a newer commit, it opens that version and builds its tree; from then on opens,
+//!   directory listings and lookups show it. So a file opened, a directory listed or a new name
+//!   looked up after a commit has returned shows the committed version; names and attributes the
+//!   kernel had cached (a `stat` of a path looked up before) follow within one interval, when the
+//!   mount tells the kernel which names changed.
+//! - **Inode numbers.** A directory keeps its inode number while its path exists; a file keeps it
+//!   while its path holds the same content (size, mode, mtime and content hash), and a replaced file
+//!   gets a new one: as on a disk file system after a `rename` over it.
+//! - **Open files.** A file keeps reading the version it was opened in until it is closed (the
+//!   kernel's page cache holds its pages by inode, so those stay right). A version opened at
+//!   generation `N` reads exactly its bytes through commits `N + 1` and `N + 2` (a streamed archive,
+//!   generation 0, counts as 1, the generation its adoption commits: spec/FORMAT.md "Readers that
+//!   keep a version open"). After that, its reads that reach the mount fail with `ESTALE`, checked
+//!   after each read of a version that is no longer the current one. The one window left: a read
+//!   taken while commit `N + 3` is writing, before its commit slot is written, may see that commit's
+//!   new bytes in a raw entry (a zstd frame fails its checksum and reads as EIO); readers take no
+//!   lock, so nothing can close it. Likewise a current version overtaken by three commits between
+//!   two checks of the mount (within one interval, with no open, listing or missed lookup between).
+//!
 //! ## What this crate must not know
 //!
 //! How archives are written, patched or released, and which format an [`AnyArchive`] holds: it
@@ -47,6 +76,7 @@ mod cache;
 mod fs;
 mod sys;
 mod tree;
+mod version;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -145,7 +175,15 @@ pub struct MountOptions {
     /// When unmounting a mount with open files: how long to wait for them to close before the
     /// connection is aborted (their reads then fail).
     pub unmount_grace: Duration,
+    /// Follow mf archives edited in place (see "Archives that change while mounted"): how often a
+    /// background thread checks them for a newer commit. `None` serves the archives as opened.
+    pub follow: Option<Duration>,
 }
+
+/// How often a mount checks its archives for a newer commit by default. Each check costs a `stat`
+/// and a 96-byte read per archive; opens, directory opens and lookups of missing names check at
+/// once anyway, so this only bounds how long names and attributes the kernel cached stay old.
+pub const DEFAULT_FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The default byte budget of the decoded-frame cache shared by all workers (64 MiB).
 pub const DEFAULT_CACHE_SIZE: usize = 64 << 20;
@@ -158,6 +196,7 @@ impl Default for MountOptions {
             threads: 4,
             read_ahead_kb: Some(1024),
             unmount_grace: Duration::from_secs(1),
+            follow: Some(DEFAULT_FOLLOW_INTERVAL),
         }
     }
 }
@@ -220,7 +259,7 @@ pub fn mount<A: Into<AnyArchive>>(
     if !Path::new("/dev/fuse").exists() {
         return Err(Error::NoFuseDevice);
     }
-    let tree = tree::Tree::build(&archives).map_err(|_| Error::TooManyNodes)?;
+    let tree = tree::Tree::build(&archives.iter().collect::<Vec<_>>()).map_err(|_| Error::TooManyNodes)?;
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -235,9 +274,21 @@ pub fn mount<A: Into<AnyArchive>>(
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
 
-    let filesystem = fs::ArchiveFs::new(archives, tree, options.cache_size, options.threads);
+    let opened = archives
+        .into_iter()
+        .enumerate()
+        .map(|(id, archive)| {
+            let file = std::fs::File::open(archive.name()).ok();
+            let mut opened = version::Opened::new(archive, id as u32, None, file);
+            opened.followed &= options.follow.is_some();
+            Arc::new(opened)
+        })
+        .collect();
+    let versions = Arc::new(version::Versions::new(version::View::new(0, opened, tree)));
+    let filesystem = fs::ArchiveFs::new(versions.clone(), options.cache_size, options.threads);
     let session = Session::new(filesystem, &mount_point, &config)
         .map_err(|source| Error::Mount { path: mount_point.clone(), source })?;
+    let notifier = session.notifier();
     let device = sys::mount_at(&mount_point).ok().flatten().filter(|m| m.fs_type.starts_with("fuse")).map(|m| m.device);
     if let (Some(kib), Some(device)) = (options.read_ahead_kb, &device) {
         // Best effort: only root may, and the default still works.
@@ -246,13 +297,26 @@ pub fn mount<A: Into<AnyArchive>>(
 
     let state = Arc::new(SessionState::default());
     let thread_state = state.clone();
+    let session_versions = versions.clone();
     let thread = std::thread::Builder::new()
         .name("mf-mount".into())
         .spawn(move || {
             let result = session.run();
+            session_versions.stop();
             thread_state.finish(result);
         })
         .map_err(|source| Error::Mount { path: mount_point.clone(), source })?;
+    if let Some(every) = options.follow {
+        let watched = versions.clone();
+        // Not joined: it ends within `every` of the session's end (when the session thread stops
+        // it), and it may be waiting on the kernel, which unmounting must not.
+        let follower =
+            std::thread::Builder::new().name("mf-mount-follow".into()).spawn(move || watched.watch(&notifier, every));
+        if follower.is_err() {
+            // Served as opened, like a mount without following.
+            log_follow_failure();
+        }
+    }
     Ok(MountHandle {
         stopper: Stopper { mount_point, device, state },
         thread: Some(thread),
@@ -403,6 +467,10 @@ impl Drop for MountHandle {
     fn drop(&mut self) {
         let _ = self.finish();
     }
+}
+
+fn log_follow_failure() {
+    fs::log_error(format_args!("mf mount: cannot start the thread following the archives; serving them as opened"));
 }
 
 /// Unmounts whatever FUSE mount is at `path` (for `mf umount`), also when its daemon died

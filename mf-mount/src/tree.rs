@@ -1,6 +1,5 @@
-//! The mounted namespace, computed once at mount time: every file and directory of the overlaid
-//! archives as one flat table of nodes. A node's inode number is its index + 1, so inode numbers are
-//! stable for a given set of archives and need no lookup counting. Nodes are numbered breadth-first,
+//! The mounted namespace of one version of the archives (see `version.rs`): every file and
+//! directory of the overlaid archives as one flat table of nodes. Nodes are numbered breadth-first,
 //! which makes every directory's children a contiguous, name-sorted run of the table: lookups are a
 //! binary search and a readdir offset is an index into the run.
 
@@ -51,7 +50,7 @@ impl Tree {
     /// Overlays `archives` in order: a later archive's entry replaces an earlier one at the same
     /// path, a later file hides an earlier directory of the same name and vice versa, and
     /// directories present in several archives are merged.
-    pub fn build(archives: &[AnyArchive]) -> Result<Tree, TooManyNodes> {
+    pub fn build(archives: &[&AnyArchive]) -> Result<Tree, TooManyNodes> {
         let mut root: BTreeMap<&str, Draft<'_>> = BTreeMap::new();
         for (archive_index, archive) in archives.iter().enumerate() {
             let archive_index = u32::try_from(archive_index).map_err(|_| TooManyNodes)?;
@@ -108,7 +107,7 @@ fn insert<'a>(root: &mut BTreeMap<&'a str, Draft<'a>>, path: &'a str, archive: u
     }
 }
 
-fn flatten(root: &BTreeMap<&str, Draft<'_>>, archives: &[AnyArchive]) -> Result<Tree, TooManyNodes> {
+fn flatten(root: &BTreeMap<&str, Draft<'_>>, archives: &[&AnyArchive]) -> Result<Tree, TooManyNodes> {
     let root_node =
         Node { name_start: 0, name_len: 0, parent: 0, kind: NodeKind::Dir { first: 1, count: 0, subdirs: 0 } };
     let mut tree = Tree { nodes: vec![root_node], names: String::new(), total_size: 0, file_count: 0 };
@@ -190,7 +189,7 @@ mod tests {
             archive(&[("a/x", b"base"), ("a/y", b"base"), ("file", b"base"), ("dir/inner", b"base")]),
             archive(&[("a/x", b"dlc"), ("a/z", b"dlc"), ("file/now_a_dir", b"dlc"), ("dir", b"dlc")]),
         ];
-        let tree = Tree::build(&archives).unwrap();
+        let tree = Tree::build(&archives.iter().collect::<Vec<_>>()).unwrap();
         assert_eq!(
             listing(&tree, &archives),
             ["a/", "a/x=dlc", "a/y=base", "a/z=dlc", "dir=dlc", "file/", "file/now_a_dir=dlc"]
