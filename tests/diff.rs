@@ -235,12 +235,36 @@ fn applying_twice_fails_cleanly() {
     let new = pack(d, &release_v2(), "v2.mf", &[]);
     mf_ok(d, &["diff", "v1.mf", "v2.mf", "-o", "p.mfp"]);
     std::fs::copy(d.join("v1.mf"), d.join("client.mf")).unwrap();
+    // Edited in place: the new version's entries, not its bytes.
     mf_ok(d, &["apply", "p.mfp", "client.mf", "--in-place"]);
-    assert_eq!(std::fs::read(d.join("client.mf")).unwrap(), std::fs::read(&new).unwrap());
+    assert!(same_content(&d.join("client.mf"), &new));
     let err = mf_fails(d, &["apply", "p.mfp", "client.mf", "--in-place"], 1);
+    assert!(err.contains("already applied"), "{err}");
+    assert!(same_content(&d.join("client.mf"), &new));
+    // Rebuilt: byte for byte; applying again is recognised too.
+    std::fs::copy(d.join("v1.mf"), d.join("client.mf")).unwrap();
+    mf_ok(d, &["apply", "p.mfp", "client.mf", "--in-place", "--rebuild"]);
+    assert_eq!(std::fs::read(d.join("client.mf")).unwrap(), std::fs::read(&new).unwrap());
+    let err = mf_fails(d, &["apply", "p.mfp", "client.mf", "--in-place", "--rebuild"], 1);
     assert!(err.contains("already applied"), "{err}");
     assert_eq!(std::fs::read(d.join("client.mf")).unwrap(), std::fs::read(&new).unwrap());
     assert!(temp_files(d).is_empty());
+}
+
+/// The entries of two archives in record order: path, mode, mtime and content.
+/// One entry as compared: path, mode, mtime, content.
+type EntryView = (String, u32, Option<mf_format::Mtime>, Vec<u8>);
+
+fn entries_of(path: &Path) -> Vec<EntryView> {
+    let archive = mf_format::Archive::open(path).unwrap();
+    archive
+        .entries()
+        .map(|e| (e.path().to_owned(), e.mode(), e.mtime(), archive.read(&e).unwrap().into_owned()))
+        .collect()
+}
+
+fn same_content(a: &Path, b: &Path) -> bool {
+    entries_of(a) == entries_of(b)
 }
 
 #[test]
@@ -316,9 +340,11 @@ fn a_damaged_old_archive_is_detected_before_writing() {
     let err = mf_fails(d, &["apply", "p.mfp", "v1.mf", "-o", "out.mf"], 1);
     assert!(err.contains("assets/big.bin") && err.contains("damaged"), "{err}");
     assert!(!d.join("out.mf").exists());
-    let err = mf_fails(d, &["apply", "p.mfp", "v1.mf", "--in-place"], 1);
-    assert!(err.contains("assets/big.bin"), "{err}");
-    assert_eq!(std::fs::read(&old).unwrap(), bytes, "old archive untouched");
+    for mode in [&["--in-place"][..], &["--in-place", "--rebuild"]] {
+        let err = mf_fails(d, &[&["apply", "p.mfp", "v1.mf"][..], mode].concat(), 1);
+        assert!(err.contains("assets/big.bin"), "{mode:?}: {err}");
+        assert_eq!(std::fs::read(&old).unwrap(), bytes, "{mode:?}: old archive untouched");
+    }
     assert!(temp_files(d).is_empty());
 }
 
@@ -371,9 +397,14 @@ fn a_full_disk_fails_cleanly_and_leaves_old_intact() {
     std::fs::copy(d.join("v1.mf"), &old).unwrap();
     let before = std::fs::read(&old).unwrap();
     let patch = d.join("p.mfp");
-    let err = mf_fails(d, &["apply", patch.to_str().unwrap(), old.to_str().unwrap(), "--in-place"], 1);
+    let err = mf_fails(d, &["apply", patch.to_str().unwrap(), old.to_str().unwrap(), "--in-place", "--rebuild"], 1);
     assert!(err.contains("No space left on device"), "{err}");
     assert_eq!(std::fs::read(&old).unwrap(), before);
+    assert!(temp_files(disk.path()).is_empty(), "{:?}", temp_files(disk.path()));
+    // In place: the uncommitted data does not fit; the archive stays the old version.
+    let err = mf_fails(d, &["apply", patch.to_str().unwrap(), old.to_str().unwrap(), "--in-place"], 1);
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(same_content(&old, &d.join("v1.mf")));
     assert!(temp_files(disk.path()).is_empty(), "{:?}", temp_files(disk.path()));
     let out = disk.path().join("out.mf");
     let err = mf_fails(d, &["apply", patch.to_str().unwrap(), old.to_str().unwrap(), "-o", out.to_str().unwrap()], 1);
@@ -427,8 +458,11 @@ fn kill_9_during_an_in_place_apply_leaves_old_or_new_never_a_mix() {
     let mut saw_old = false;
     for delay_ms in [20u64, 150, 400, 900, 1600, 2600] {
         std::fs::write(&target, &old_bytes).unwrap();
-        let mut child =
-            Command::new(mf_bin()).args(["apply", "p.mfp", "client.mf", "--in-place"]).current_dir(d).spawn().unwrap();
+        let mut child = Command::new(mf_bin())
+            .args(["apply", "p.mfp", "client.mf", "--in-place", "--rebuild"])
+            .current_dir(d)
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill(); // SIGKILL
         child.wait().unwrap();
@@ -443,8 +477,31 @@ fn kill_9_during_an_in_place_apply_leaves_old_or_new_never_a_mix() {
     assert!(saw_old, "no kill landed before the rename: the test did not exercise an interrupted apply");
     // A later apply ignores any leftover temp file and completes.
     std::fs::write(&target, &old_bytes).unwrap();
-    mf_ok(d, &["apply", "p.mfp", "client.mf", "--in-place"]);
+    mf_ok(d, &["apply", "p.mfp", "client.mf", "--in-place", "--rebuild"]);
     assert_eq!(std::fs::read(&target).unwrap(), new_bytes);
+
+    // Edited in place: a kill at any moment leaves the old or the new version (by content: the
+    // edit changes the file's bytes), and the next run completes. (Every step of the commit is
+    // stopped at in mf-diff's in_place tests.)
+    let old_path = d.join("v1.mf");
+    for name in temp_files(d) {
+        std::fs::remove_file(d.join(name)).unwrap();
+    }
+    for delay_ms in [5u64, 20, 60, 150, 400] {
+        std::fs::write(&target, &old_bytes).unwrap();
+        let mut child =
+            Command::new(mf_bin()).args(["apply", "p.mfp", "client.mf", "--in-place"]).current_dir(d).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        child.wait().unwrap();
+        let now_old = same_content(&target, &old_path);
+        assert!(now_old || same_content(&target, &new), "after kill at {delay_ms} ms: neither old nor new");
+        if now_old {
+            mf_ok(d, &["apply", "p.mfp", "client.mf", "--in-place"]);
+        }
+        assert!(same_content(&target, &new), "after kill at {delay_ms} ms and another run");
+        assert!(temp_files(d).is_empty(), "{:?}", temp_files(d));
+    }
 }
 
 #[test]

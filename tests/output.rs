@@ -103,6 +103,15 @@ fn apply_in_place_through_a_symlink_replaces_the_real_archive_and_keeps_the_link
     let link = std::fs::symlink_metadata(dir.path().join("link.mf")).unwrap();
     assert!(link.file_type().is_symlink(), "the link is still a link");
     assert_eq!(std::fs::read_link(dir.path().join("link.mf")).unwrap(), Path::new("store/real.mf"));
+    // Edited in place: the new version's entries (its bytes only with --rebuild, below).
+    let entries = |path: &str| {
+        let archive = mf_format::Archive::open(dir.path().join(path)).unwrap();
+        archive.entries().map(|e| (e.path().to_owned(), archive.read(&e).unwrap().into_owned())).collect::<Vec<_>>()
+    };
+    assert_eq!(entries("store/real.mf"), entries("v2.mf"), "the real archive is the new version");
+    std::fs::copy(dir.path().join("v1.mf"), dir.path().join("store/real.mf")).unwrap();
+    mf_ok(dir.path(), &["apply", "p.mfp", "link.mf", "--in-place", "--rebuild"]);
+    assert!(std::fs::symlink_metadata(dir.path().join("link.mf")).unwrap().file_type().is_symlink());
     assert_eq!(
         std::fs::read(dir.path().join("store/real.mf")).unwrap(),
         std::fs::read(dir.path().join("v2.mf")).unwrap(),

@@ -88,7 +88,10 @@ fn real_archive_patch(d: &Path) -> PatchHeader {
     mf_ok(d, &["pack", "b", "-o", "new.mf"]);
     mf_ok(d, &["diff", "old.mf", "new.mf", "-o", "real.mfp"]);
     let bytes = std::fs::read(d.join("real.mfp")).unwrap();
-    PatchHeader::parse(&bytes[..PATCH_HEADER_LEN as usize], bytes.len() as u64, Path::new("real.mfp")).unwrap()
+    let header =
+        PatchHeader::parse(&bytes[..PATCH_HEADER_LEN as usize], bytes.len() as u64, Path::new("real.mfp")).unwrap();
+    // The control streams built here carry no content ids (2.1 layout).
+    PatchHeader { flags: header.flags & !mf_diff::wire::FLAG_CONTENT_IDS, ..header }
 }
 
 /// 20 million copy records (60 MB of control stream) in a patch of a few KB.
@@ -236,7 +239,10 @@ fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
 
     let archive = mf_format::Archive::open(d.join("old.mf")).unwrap();
     let mut control = Vec::new();
-    ArchivePreamble { frame_size_log2: 18, level: 3, old_entry_count: 1, new_entry_count: 1 }.write(&mut control);
+    // A 2.1 patch (no content ids): readers keep reading them.
+    let preamble =
+        ArchivePreamble { frame_size_log2: 18, level: 3, old_entry_count: 1, new_entry_count: 1, content_ids: None };
+    preamble.write(&mut control);
     let record = EntryRecord {
         at: 0,
         op: Op::Delta,
@@ -253,7 +259,7 @@ fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
     record.write(&mut control, &mut -1);
     let header = PatchHeader {
         version_major: PATCH_VERSION_MAJOR,
-        version_minor: PATCH_VERSION_MINOR,
+        version_minor: 1,
         kind: KIND_ARCHIVE,
         flags: 0,
         old_len: archive.file_len(),

@@ -198,18 +198,34 @@ fn patch_chain_fresh_install_and_up_to_date() {
     assert_eq!(outcome["target"], "1.2");
     assert_eq!(route_kinds(&outcome), ["patch", "patch"], "{outcome}");
     assert_eq!(outcome["route_bytes"], patch_sizes);
-    assert_eq!(outcome["fetched_bytes"], patch_sizes + manifest_len, "only the manifest and the patches travel");
+    // In place, each step checks entries against the signed file tables of both its versions.
+    let table_sizes: u64 = (0..3).map(|i| manifest["versions"][i]["files"]["size"].as_u64().unwrap()).sum();
+    assert_eq!(
+        outcome["fetched_bytes"],
+        patch_sizes + table_sizes + manifest_len,
+        "only the manifest, the patches and the file tables travel"
+    );
     assert!(patch_sizes * 10 < full_size, "the fixture's patches are small: {patch_sizes} vs {full_size}");
     assert_eq!(outcome["changed"], true);
     assert!(outcome["fell_back"].is_null());
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"), "byte-identical to the published 1.2");
+    assert_version(&game, "1.2", "patched in place: the published 1.2's entries");
+    assert_eq!(outcome["in_place"], true);
+    // Two patches' worth of changed entries, indexes and slots: a fraction of the archive.
+    let written = outcome["bytes_written"].as_u64().unwrap();
+    assert!(written > 0 && written * 3 < full_size, "wrote {written} of {full_size}");
     let paths = served_paths(&server);
-    assert_eq!(paths.len(), 3, "{paths:?}");
-    assert!(paths[0].ends_with("/manifest.json") && paths[1..].iter().all(|p| p.starts_with("/patches/")), "{paths:?}");
-    // Only the manifest, rewritten in place, asks caches to revalidate; content-addressed objects may
-    // come from any cache.
-    let caching: Vec<String> = server.requests().iter().map(|r| r.cache_control.clone()).collect();
-    assert_eq!(caching, ["no-cache", "-", "-"]);
+    assert_eq!(paths.len(), 6, "{paths:?}");
+    assert!(
+        paths[0].ends_with("/manifest.json")
+            && paths[1..].iter().all(|p| p.starts_with("/patches/") || p.starts_with("/files/")),
+        "{paths:?}"
+    );
+    // The manifest, rewritten in place, asks caches to revalidate; patches, content-addressed, may
+    // come from any cache. (File tables are fetched as small metadata, revalidated like the manifest.)
+    for request in server.requests() {
+        let expected = if request.uri.starts_with("/patches/") { "-" } else { "no-cache" };
+        assert_eq!(request.cache_control, expected, "{}", request.uri);
+    }
     assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
 
     // Nothing to do: only the manifest is fetched.
@@ -229,7 +245,7 @@ fn patch_chain_fresh_install_and_up_to_date() {
     // A single patch from there.
     let outcome = update_ok(dir.path(), &["--repo", &server.url(), "--key", &key, "fresh.mf"]);
     assert_eq!(route_kinds(&outcome), ["patch"]);
-    assert_eq!(std::fs::read(dir.path().join("fresh.mf")).unwrap(), f.bytes("1.2"));
+    assert_version(&dir.path().join("fresh.mf"), "1.2", "");
     let err = update_fails(dir.path(), &["--repo", &server.url(), "--key", &key, "--to", "9.9", "fresh.mf"]);
     assert!(err.contains("9.9") && err.contains("1.0, 1.1, 1.2"), "{err}");
 }
@@ -270,7 +286,7 @@ fn a_cut_connection_resumes_with_a_range_request() {
     let dir = tempfile::tempdir().unwrap();
     let key = key_arg();
     let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key, "game.mf"]);
-    assert_eq!(std::fs::read(dir.path().join("game.mf")).unwrap(), f.bytes("1.2"));
+    assert_version(&dir.path().join("game.mf"), "1.2", "");
     let full_size = Fixture::manifest(&f.repo)["versions"][2]["full"]["size"].as_u64().unwrap();
     let manifest_len = std::fs::metadata(f.repo.join("manifest.json")).unwrap().len();
     assert_eq!(outcome["fetched_bytes"], full_size + manifest_len, "the second attempt fetched only the missing bytes");
@@ -292,7 +308,7 @@ fn a_cut_connection_resumes_with_a_range_request() {
         }
     });
     let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key, "again.mf"]);
-    assert_eq!(std::fs::read(dir.path().join("again.mf")).unwrap(), f.bytes("1.2"));
+    assert_version(&dir.path().join("again.mf"), "1.2", "");
     assert_eq!(outcome["fetched_bytes"], CUT + full_size + manifest_len, "the cut bytes, then the whole file");
     let statuses: Vec<u16> =
         server.requests().into_iter().filter(|r| r.uri.starts_with("/full/")).map(|r| r.status).collect();
@@ -332,7 +348,7 @@ fn a_stalled_server_times_out_cleanly_and_a_later_run_resumes() {
     let server = Nginx::serve(&f.repo);
     let outcome = update_ok(dir.path(), &["--repo", &server.url(), "--key", &key, "game.mf"]);
     assert_eq!(route_kinds(&outcome), ["patch", "patch"]);
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
     let ranges: Vec<String> = server.requests().into_iter().map(|r| r.range).filter(|r| r != "-").collect();
     assert_eq!(ranges, ["bytes=1000-"], "the stalled patch resumed at byte 1000");
     assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
@@ -355,7 +371,7 @@ fn a_corrupted_patch_falls_back_to_the_full_download() {
     let reason = outcome["fell_back"].as_str().expect("fell back");
     assert!(reason.contains("SHA-256") && reason.contains("/patches/"), "{reason}");
     assert_eq!(route_kinds(&outcome), ["full"]);
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
     assert!(served_paths(&server).iter().any(|p| p.starts_with("/full/")));
 
     // Corruption in transit (the repository is fine) is caught the same way.
@@ -364,7 +380,7 @@ fn a_corrupted_patch_falls_back_to_the_full_download() {
     let game = install(dir.path(), "1.0");
     let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key_arg(), "game.mf"]);
     assert!(outcome["fell_back"].as_str().unwrap().contains("SHA-256"), "{outcome}");
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
     assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
 }
 
@@ -381,7 +397,7 @@ fn a_missing_patch_is_not_retried_and_the_full_download_is_used() {
     let outcome = update_ok(dir.path(), &["--repo", &server.url(), "--key", &key_arg(), "game.mf"]);
     let reason = outcome["fell_back"].as_str().expect("fell back");
     assert!(reason.contains("404") && reason.contains(&patch_path), "{reason}");
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
     let requests = server.requests();
     let missing: Vec<_> = requests.iter().filter(|r| r.uri.ends_with(&patch_path)).collect();
     assert_eq!(missing.len(), 1, "a 404 is not retried: {requests:?}");
@@ -406,17 +422,17 @@ fn server_errors_are_retried_and_an_unreachable_server_is_named() {
     let key = key_arg();
     let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key, "game.mf"]);
     assert!(outcome["fell_back"].is_null(), "{outcome}");
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
     let paths = proxy.paths();
-    assert_eq!(paths.len(), 6, "manifest and two patches, each asked twice: {paths:?}");
-    assert_eq!(server.requests().len(), 3, "the server saw each once");
+    assert_eq!(paths.len(), 12, "manifest, two patches and three file tables, each asked twice: {paths:?}");
+    assert_eq!(server.requests().len(), 6, "the server saw each once");
 
     // Nothing listens: the error names the URL and how many attempts were made.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{closed}/repo");
     let err = update_fails(dir.path(), &["--repo", &url, "--key", &key, "--retries", "1", "game.mf"]);
     assert!(err.contains(&format!("{url}/manifest.json")) && err.contains("2 attempts"), "{err}");
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
 }
 
 #[test]
@@ -445,7 +461,7 @@ fn wrong_length_responses_are_never_used() {
     std::fs::write(&full, &full_bytes).unwrap();
     let outcome = update_ok(dir.path(), &["--repo", &server.url(), "--key", &key_arg(), "game.mf"]);
     assert!(outcome["fell_back"].as_str().unwrap().contains("wrong file"), "{outcome}");
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
 
     // A body of unannounced length that runs past the manifest's size: cut off and refused.
     let server = Nginx::serve(&f.repo);
@@ -454,7 +470,7 @@ fn wrong_length_responses_are_never_used() {
     let outcome = update_ok(dir.path(), &["--repo", &proxy.url(), "--key", &key_arg(), "game.mf"]);
     let reason = outcome["fell_back"].as_str().expect("fell back");
     assert!(reason.contains("longer than the manifest's"), "{reason}");
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
     assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
 }
 
@@ -496,7 +512,7 @@ fn bad_signatures_wrong_keys_and_unsigned_repositories_are_refused() {
 
     let outcome = update_ok(d, &["--repo", unsigned.to_str().unwrap(), "--allow-unsigned", "game.mf"]);
     assert_eq!(outcome["changed"], true);
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
 }
 
 #[test]
@@ -523,13 +539,13 @@ fn expired_and_rolled_back_manifests_are_refused() {
     update_ok(d, &["--repo", &server.url(), "--key", &key, "--check", "game.mf"]);
     std::fs::write(repo.join("manifest.json"), &new_manifest).unwrap();
     update_ok(d, &["--repo", &server.url(), "--key", &key, "--to", "1.2", "game.mf"]);
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
 
     // A mirror serving the older (validly signed) manifest: a rollback.
     std::fs::write(repo.join("manifest.json"), &old_manifest).unwrap();
     let err = update_fails(d, &["--repo", &server.url(), "--key", &key, "--to", "1.1", "game.mf"]);
     assert!(err.contains("rollback refused") && err.contains("manifest version 3"), "{err}");
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
     std::fs::write(repo.join("manifest.json"), &new_manifest).unwrap();
 
     // A manifest that expired (re-signed to expire in one second).
@@ -537,7 +553,7 @@ fn expired_and_rolled_back_manifests_are_refused() {
     std::thread::sleep(Duration::from_millis(2100));
     let err = update_fails(d, &["--repo", &server.url(), "--key", &key, "game.mf"]);
     assert!(err.contains("expired"), "{err}");
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
 }
 
 #[test]
@@ -560,7 +576,7 @@ fn an_unknown_install_is_reported_and_repaired_only_when_asked() {
 
     let outcome = update_ok(dir.path(), &["--repo", &server.url(), "--key", &key, "--repair", "game.mf"]);
     assert_eq!(outcome["changed"], true);
-    assert_eq!(std::fs::read(&game).unwrap(), f.bytes("1.2"));
+    assert_version(&game, "1.2", "");
 }
 
 /// A tiny deterministic generator for kill times.
@@ -579,7 +595,7 @@ fn kill_9_at_random_points_leaves_the_old_or_the_new_archive() {
     let proxy = FaultProxy::start(server.port, |_, _| Fault::Throttle { bytes_per_sec: 200 << 10 });
     let dir = tempfile::tempdir().unwrap();
     let game = install(dir.path(), "1.0");
-    let (old, new) = (f.bytes("1.0"), f.bytes("1.2"));
+    let old = f.bytes("1.0");
     let key = key_arg();
     let args = ["update", "--repo", &proxy.url(), "--key", &key, "game.mf"];
     let spawn = || spawn_quiet(dir.path(), &args);
@@ -587,39 +603,62 @@ fn kill_9_at_random_points_leaves_the_old_or_the_new_archive() {
     let started = Instant::now();
     assert!(spawn().wait().unwrap().success());
     let full_run = started.elapsed();
-    assert_eq!(std::fs::read(&game).unwrap(), new);
+    assert_version(&game, "1.2", "");
     std::fs::remove_dir_all(dir.path().join("game.mf.mf-update")).unwrap();
     std::fs::write(&game, &old).unwrap();
 
     let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("kill test: a full run takes {full_run:?}; seed {seed}");
-    let mut outcomes = [0usize; 2];
+    // Patched in place, one commit per patch: a kill leaves 1.0, 1.1 (between the patches) or 1.2,
+    // each complete.
+    let mut outcomes = [0usize; 3];
     for round in 0..14 {
         let at = full_run.mul_f64((xorshift(&mut seed) % 1000) as f64 / 1000.0);
         let mut child = spawn();
         std::thread::sleep(at);
         let _ = child.kill(); // SIGKILL
         child.wait().unwrap();
-        let now = std::fs::read(&game).unwrap();
-        let state = if now == old {
-            0
-        } else if now == new {
-            1
-        } else {
-            panic!("round {round}: killed after {at:?}, the archive is neither 1.0 nor 1.2 ({} bytes)", now.len())
+        let state = match version_of(&game) {
+            Some("1.0") => 0,
+            Some("1.1") => 1,
+            Some("1.2") => 2,
+            _ => panic!("round {round}: killed after {at:?}, the archive is no complete version"),
         };
         outcomes[state] += 1;
-        if state == 1 {
+        if state == 2 {
             // Start over from the old version, keeping whatever state the killed run left behind.
             std::fs::write(&game, &old).unwrap();
         }
     }
-    eprintln!("kill test: {} rounds left 1.0, {} left 1.2", outcomes[0], outcomes[1]);
+    eprintln!("kill test: {} rounds left 1.0, {} left 1.1, {} left 1.2", outcomes[0], outcomes[1], outcomes[2]);
     // The next run completes from whatever the killed runs left.
     let outcome = update_ok(dir.path(), &["--repo", &server.url(), "--key", &key, "game.mf"]);
     assert_eq!(outcome["changed"], true);
-    assert_eq!(std::fs::read(&game).unwrap(), new);
+    assert_version(&game, "1.2", "");
     assert!(leftovers(&game).is_empty(), "{:?}", leftovers(&game));
+}
+
+/// The entries of an archive in record order: path, mode, mtime, content (`None`: no archive).
+/// One entry as compared: path, mode, mtime, content.
+type EntryView = (String, u32, Option<mf_format::Mtime>, Vec<u8>);
+
+fn entries_of(path: &Path) -> Option<Vec<EntryView>> {
+    let archive = mf_format::Archive::open(path).ok()?;
+    archive
+        .entries()
+        .map(|e| Some((e.path().to_owned(), e.mode(), e.mtime(), archive.read(&e).ok()?.into_owned())))
+        .collect()
+}
+
+/// Which fixture version `path` holds, by content (an archive patched in place is not the published
+/// file byte for byte).
+fn version_of(path: &Path) -> Option<&'static str> {
+    let entries = entries_of(path)?;
+    VERSIONS.into_iter().find(|v| entries_of(fixture().archive(v)).as_ref() == Some(&entries))
+}
+
+fn assert_version(path: &Path, version: &str, why: &str) {
+    assert_eq!(version_of(path), Some(VERSIONS.into_iter().find(|v| *v == version).unwrap()), "{why}");
 }
 
 #[test]
@@ -741,7 +780,7 @@ fn symlinks_planted_in_the_state_folder_are_refused_and_never_followed() {
     // With the plants gone, the same state folder updates normally.
     reset();
     update_ok(d, &args);
-    assert_eq!(std::fs::read(d.join("game.mf")).unwrap(), fixture().bytes("1.2"));
+    assert_version(&d.join("game.mf"), "1.2", "");
 }
 
 fn make_fifo(path: &Path) {

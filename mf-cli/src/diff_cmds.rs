@@ -49,10 +49,15 @@ pub struct ApplyArgs {
     /// Where to write the result.
     #[arg(short, long, value_name = "NEW")]
     output: Option<PathBuf>,
-    /// Replace OLD with the result, once it is complete and verified. If OLD is a symlink, the file
-    /// it points to is replaced and the link kept.
+    /// Change OLD into the result. A patch between mf archives edits OLD in place, writing only the
+    /// entries that changed (crash-safe: OLD stays the old version until the new one is complete
+    /// and checked); other patches, and --rebuild, write a new file and rename it over OLD. If OLD is
+    /// a symlink, the file it points to is changed and the link kept.
     #[arg(long)]
     in_place: bool,
+    /// With --in-place: rewrite the whole archive instead of editing it.
+    #[arg(long, requires = "in_place")]
+    rebuild: bool,
     /// Format of the result (default: the new archive's format, as recorded in the patch).
     #[arg(long, value_enum)]
     format: Option<ApplyFormat>,
@@ -113,6 +118,9 @@ pub fn apply(args: ApplyArgs) -> Outcome {
         ApplyFormat::Mf => ArchiveFormat::Mf,
         ApplyFormat::Panda3d => ArchiveFormat::Panda3d,
     });
+    if args.in_place && !args.rebuild && args.format.is_none() && mf_diff::can_apply_in_place(&args.patch, &old_path)? {
+        return apply_in_place(&args, &target);
+    }
     let bar = progress::bytes(estimate_size(&old_path), "applying");
     let outcome = panda3d::apply_any(&args.patch, &old_path, &target, format, &|n| bar.inc(n))
         .with_context(|| format!("applying {}", args.patch.display()))?;
@@ -122,12 +130,51 @@ pub fn apply(args: ApplyArgs) -> Outcome {
             "output": target.display().to_string(),
             "entries": outcome.entries,
             "bytes": outcome.len,
+            "bytes_written": outcome.len,
+            "in_place": false,
             "byte_identical": outcome.exact,
         });
         say!("{}", serde_json::to_string_pretty(&value)?)?;
     } else {
         let how = if outcome.exact { "byte-identical to the patch's target" } else { "identical in content" };
         say!("wrote {} ({} bytes, {how})", target.display(), outcome.len)?;
+    }
+    Ok(true)
+}
+
+/// `mf apply --in-place` of a patch between mf archives: the archive is edited, not rewritten.
+fn apply_in_place(args: &ApplyArgs, target: &Path) -> Outcome {
+    let bar = progress::bytes(estimate_size(target), "applying");
+    let outcome = mf_diff::apply_in_place(&args.patch, target, mf_diff::InPlaceOptions::default(), &|n| bar.inc(n))
+        .with_context(|| format!("applying {}", args.patch.display()))?;
+    bar.finish_and_clear();
+    let checked = "every written entry's size and xxh3, and the new entry list's content id";
+    if args.json.json {
+        let value = json!({
+            "output": target.display().to_string(),
+            "entries": outcome.entries,
+            "bytes": outcome.len,
+            "bytes_written": outcome.bytes_written,
+            "in_place": true,
+            "entries_written": outcome.entries_written,
+            "entries_removed": outcome.entries_removed,
+            "dead_bytes": outcome.dead_bytes,
+            "content_id": format!("{:016x}", outcome.content_id),
+            "checked": checked,
+        });
+        say!("{}", serde_json::to_string_pretty(&value)?)?;
+    } else {
+        say!(
+            "updated {} in place: {} entries ({} written, {} removed); wrote {} bytes, the archive has {} bytes ({} dead)",
+            target.display(),
+            outcome.entries,
+            outcome.entries_written,
+            outcome.entries_removed,
+            outcome.bytes_written,
+            outcome.len,
+            outcome.dead_bytes
+        )?;
+        say!("checked: {checked} ({:016x})", outcome.content_id)?;
     }
     Ok(true)
 }

@@ -33,6 +33,13 @@ pub struct UpdateArgs {
     /// Replace an unknown or modified install with the full download.
     #[arg(long)]
     repair: bool,
+    /// Identify the installed archive by every entry's SHA-256 even when the record of the last
+    /// update says it is unchanged (reads the whole archive).
+    #[arg(long)]
+    verify: bool,
+    /// Rewrite the whole archive and rename it over the old one instead of patching it in place.
+    #[arg(long)]
+    rebuild: bool,
     /// Update to this version instead of the newest.
     #[arg(long, value_name = "VERSION")]
     to: Option<String>,
@@ -124,6 +131,8 @@ pub fn run(args: UpdateArgs) -> crate::Outcome {
         to: args.to.clone(),
         check: args.check,
         repair: args.repair,
+        verify: args.verify,
+        rebuild: args.rebuild,
     };
     let bar = Bar { bar: OnceLock::new(), state: Mutex::new(BarState::default()) };
     let finish = |bar: &Bar| {
@@ -180,7 +189,9 @@ fn print_outcome(outcome: &Outcome) -> std::io::Result<()> {
         if let Some(reason) = &outcome.fell_back {
             say!("the patch route failed ({reason}); used the full download")?;
         }
-        say!("fetched {} bytes", outcome.fetched_bytes)?;
+        let how = if outcome.in_place { "in place" } else { "as a new file" };
+        let compacted = if outcome.compacted { ", then compacted" } else { "" };
+        say!("fetched {} bytes; wrote {} bytes ({how}{compacted})", outcome.fetched_bytes, outcome.bytes_written)?;
     }
     Ok(())
 }

@@ -15,6 +15,7 @@ use mf_format::{ArchiveWriter, AtomicFile, Compression, EntryOptions, Mtime, Sto
 use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::content_id::{content_id, ContentIdBuilder, IdEntry};
 use crate::delta::{DeltaReader, OldCursor};
 use crate::error::{Error, Result};
 use crate::report::{Change, EntryReport, Method, PatchReport};
@@ -76,7 +77,13 @@ impl Patch {
             path: path.to_owned(),
             file: file.try_clone().map_err(|e| Error::io(path, e))?,
             header,
-            preamble: ArchivePreamble { frame_size_log2: 0, level: 0, old_entry_count: 0, new_entry_count: 0 },
+            preamble: ArchivePreamble {
+                frame_size_log2: 0,
+                level: 0,
+                old_entry_count: 0,
+                new_entry_count: 0,
+                content_ids: None,
+            },
             records: Vec::new(),
             plain: None,
         };
@@ -174,6 +181,15 @@ impl Patch {
             entries,
         }
     }
+}
+
+/// How an archive was recognised as a patch's base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseMatch {
+    /// Byte for byte the archive the patch was made from (its length and index hash).
+    Canonical,
+    /// The same entries in the same record order (content id), laid out differently.
+    Content,
 }
 
 /// How an apply went.
@@ -326,7 +342,7 @@ impl BlocksProducer<'_> {
 /// An entry's content as `Read`, checked as it streams: never more than `size` bytes, and at its
 /// end exactly `size` bytes with the expected hash. The real error of a failed read is kept for
 /// [`EntryStream::take_failure`] (the archive writer only sees an I/O error).
-struct EntryStream<'a> {
+pub(crate) struct EntryStream<'a> {
     producer: Box<dyn Produce + 'a>,
     size: u64,
     hash: u64,
@@ -351,7 +367,7 @@ impl<'a> EntryStream<'a> {
         }
     }
 
-    fn take_failure(&mut self) -> Option<Error> {
+    pub(crate) fn take_failure(&mut self) -> Option<Error> {
         self.failure.take()
     }
 
@@ -512,9 +528,9 @@ pub struct NewEntry {
 }
 
 /// An entry of an archive opened as the old side of a patch.
-struct ArchiveOld<'a> {
-    src: &'a Source,
-    archive: &'a mf_format::Archive,
+pub(crate) struct ArchiveOld<'a> {
+    pub(crate) src: &'a Source,
+    pub(crate) archive: &'a mf_format::Archive,
 }
 
 impl OldEntries for ArchiveOld<'_> {
@@ -553,9 +569,9 @@ impl OldEntries for ArchiveOld<'_> {
 }
 
 /// A rebuilt entry as the record walk hands it out: what it is, and its content as a checked stream.
-struct WalkedEntry<'s, 'a> {
-    meta: NewEntry,
-    stream: &'s mut EntryStream<'a>,
+pub(crate) struct WalkedEntry<'s, 'a> {
+    pub(crate) meta: NewEntry,
+    pub(crate) stream: &'s mut EntryStream<'a>,
 }
 
 impl Patch {
@@ -581,7 +597,7 @@ impl Patch {
         old: &dyn OldEntries,
         mut visit: impl FnMut(NewEntry) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.walk_records(old, &self.path, |_, walked| {
+        self.walk_records(old, &self.path, Verify::EveryBase, |_, walked| {
             let WalkedEntry { mut meta, stream } = walked;
             if !matches!(meta.content, NewContent::CopyOf(_)) {
                 let mut content = Vec::new();
@@ -623,10 +639,11 @@ impl Patch {
     /// record's entry with its record (for the archive writer's storage decisions). Copies count
     /// towards the declared output like every other record: their content may not pass what a new
     /// archive of `new_len` bytes can hold.
-    fn walk_records<E: From<Error>>(
+    pub(crate) fn walk_records<E: From<Error>>(
         &self,
         old: &dyn OldEntries,
         output: &Path,
+        verify: Verify,
         mut visit: impl FnMut(&EntryRecord, WalkedEntry<'_, '_>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         if !self.is_archive() {
@@ -638,7 +655,12 @@ impl Patch {
         }
         self.check_bases(old)?;
         // Every old entry the patch reads is checked against its content hash before anything is built.
-        let mut used: Vec<u32> = self.records.iter().filter_map(|r| r.old_index).collect();
+        let mut used: Vec<u32> = self
+            .records
+            .iter()
+            .filter(|r| verify == Verify::EveryBase || !r.is_copy_in_place())
+            .filter_map(|r| r.old_index)
+            .collect();
         used.sort_unstable();
         used.dedup();
         used.par_iter().try_for_each(|&i| old.verify(i))?;
@@ -648,6 +670,7 @@ impl Patch {
         // Parsing refused explicit paths named twice and bases copied twice under their own path;
         // an explicit path equal to a base's path is only known here.
         let mut paths = std::collections::HashSet::new();
+        let mut new_id = ContentIdBuilder::default();
         for record in &self.records {
             let base = record.old_index.and_then(|i| old.entry(i).map(|e| (i, e)));
             let path = match (&record.path, &base) {
@@ -689,10 +712,67 @@ impl Patch {
             };
             let producer = self.producer(record.op, &record.payload, size, old_side, &path)?;
             let mut stream = EntryStream::new(producer, size, xxh3, output, &path);
+            let (mtime_secs, mtime_nanos) = mtime.map_or((0, 0), |m| (m.secs, m.nanos));
+            new_id.push(IdEntry { path: &path, size, content_hash: xxh3, mode, mtime_secs, mtime_nanos });
             let meta = NewEntry { path, mode, mtime, size, xxh3, content };
             visit(record, WalkedEntry { meta, stream: &mut stream })?;
         }
+        // 2.2: the entry list rebuilt (paths, sizes, hashes, modes, mtimes, in order) is the new one.
+        if let Some(ids) = self.preamble.content_ids {
+            let rebuilt = new_id.finish();
+            if rebuilt != ids.new {
+                return Err(Error::OutputMismatch {
+                    file: output.to_owned(),
+                    entry: None,
+                    what: format!(
+                        "the rebuilt entry list has content id {rebuilt:016x}; the patch expects {:016x}",
+                        ids.new
+                    ),
+                }
+                .into());
+            }
+        }
         Ok(())
+    }
+
+    /// Whether `archive` (the file `src`) is this archive patch's base: byte-identical to it (its
+    /// length and index hash, as 2.0 and 2.1 patches check) or, for 2.2 patches, the same entries
+    /// in the same record order whatever the layout (its content id). Otherwise the most specific
+    /// reason, or [`Error::AlreadyApplied`].
+    pub(crate) fn check_archive_base(
+        &self,
+        src: &Source,
+        archive: &mf_format::Archive,
+        old: &Path,
+    ) -> Result<BaseMatch> {
+        if archive.footer().index_hash == self.header.old_id && src.len == self.header.old_len {
+            return Ok(BaseMatch::Canonical);
+        }
+        if let Some(ids) = self.preamble.content_ids {
+            let id = content_id(archive);
+            if id == ids.old && archive.len() as u64 == self.preamble.old_entry_count {
+                return Ok(BaseMatch::Content);
+            }
+            if id == ids.new {
+                return Err(Error::AlreadyApplied { file: old.to_owned() });
+            }
+        }
+        Err(wrong_base(self, src, archive, old))
+    }
+
+    /// The records, in the new archive's record order.
+    pub(crate) fn records(&self) -> &[EntryRecord] {
+        &self.records
+    }
+
+    /// The patch file.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The content ids of a 2.2 archive patch.
+    pub fn content_ids(&self) -> Option<ContentIds> {
+        self.preamble.content_ids
     }
 }
 
@@ -743,10 +823,8 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
     let src = Source::open_archive(old)?;
     let archive = src.archive.as_ref().expect("opened as an archive");
     let header = &patch.header;
-    // The base: the old index must be the one the patch was made against.
-    if archive.footer().index_hash != header.old_id || src.len != header.old_len {
-        return Err(wrong_base(patch, &src, archive, old));
-    }
+    // The base: the old archive itself, or (2.2) any archive with its entries in its record order.
+    patch.check_archive_base(&src, archive, old)?;
 
     let options =
         WriterOptions { level: i32::from(patch.preamble.level), frame_size_log2: patch.preamble.frame_size_log2 };
@@ -761,7 +839,7 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
         writer.set_deduplicate(false);
         let mut added: Vec<(String, u64, u64)> = Vec::new();
         let old_entries = ArchiveOld { src: &src, archive };
-        patch.walk_records(&old_entries, target, |record, walked| -> Result<()> {
+        patch.walk_records(&old_entries, target, Verify::EveryBase, |record, walked| -> Result<()> {
             let WalkedEntry { meta, stream } = walked;
             let bad = |what: &str| corrupt(&patch.path, "control stream", record.at, Some(&meta.path), what);
             let entry_options = EntryOptions { mode: meta.mode, mtime: meta.mtime, ..EntryOptions::default() };
@@ -769,8 +847,7 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
                 (NewContent::CopyOf(index), Storage::Verbatim) => {
                     let base = archive.entry(*index).ok_or_else(|| bad("copy without an old entry"))?;
                     let ends = archive.frame_ends(&base);
-                    let reader =
-                        RangeReader { file: &src.file, at: base.offset(), end: base.offset() + base.stored_size() };
+                    let reader = stored_reader(&src.file, archive, &base);
                     let layout = StoredLayout {
                         size: base.size(),
                         content_hash: base.content_hash(),
@@ -825,6 +902,54 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
     }
     out.commit().map_err(|e| Error::io(target, e))?;
     Ok(ApplyOutcome { exact: header.exact(), entries: patch.records.len(), len })
+}
+
+/// The stored bytes of `entry` as one stream: its raw extent, or its frames one after another
+/// wherever they lie (an archive edited in place need not keep an entry's frames back to back).
+fn stored_reader<'a>(file: &'a File, archive: &mf_format::Archive, entry: &mf_format::Entry<'_>) -> Box<dyn Read + 'a> {
+    if entry.stored_as() == mf_format::StoredAs::Raw || archive.frames_contiguous(entry) {
+        return Box::new(RangeReader { file, at: entry.offset(), end: entry.offset() + entry.stored_size() });
+    }
+    let extents: Vec<(u64, u64)> = archive
+        .entry_frames(entry)
+        .map(|f| archive.frames()[f as usize])
+        .map(|frame| (frame.offset, frame.offset + u64::from(frame.stored_len)))
+        .collect();
+    Box::new(ExtentsReader { file, extents, next: 0, current: None })
+}
+
+/// Byte ranges of a file read one after another.
+struct ExtentsReader<'a> {
+    file: &'a File,
+    extents: Vec<(u64, u64)>,
+    next: usize,
+    current: Option<RangeReader<'a>>,
+}
+
+impl Read for ExtentsReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(range) = &mut self.current {
+                let n = range.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+            }
+            let Some(&(at, end)) = self.extents.get(self.next) else { return Ok(0) };
+            self.next += 1;
+            self.current = Some(RangeReader { file: self.file, at, end });
+        }
+    }
+}
+
+/// Which old entries the record walk checks against their content hash before building anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verify {
+    /// Every base any record uses (a rebuild reads them all anyway).
+    EveryBase,
+    /// Only the bases an in-place apply reads: every base but those of copies left where they are
+    /// (under their base's path, mode and mtime), which it neither reads nor writes.
+    ReadBases,
 }
 
 /// The writer's error when the output passed the declared length, said as what it is.

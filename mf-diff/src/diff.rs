@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::budget::Budget;
+use crate::content_id::content_id;
 use crate::delta::EncodedDelta;
 use crate::error::{Error, Result};
 use crate::matcher::{self, WindowPlan};
@@ -420,6 +421,7 @@ fn build_archive_patch(
         level: level as i8,
         old_entry_count: old.len() as u64,
         new_entry_count: new.len() as u64,
+        content_ids: Some(ContentIds { old: content_id(old), new: content_id(new) }),
     };
     preamble.write(&mut control);
     let mut blobs = Vec::new();
@@ -492,7 +494,7 @@ fn archive_header(old_src: &Source, new_src: &Source, exact: bool, new_hash: u64
         version_major: PATCH_VERSION_MAJOR,
         version_minor: PATCH_VERSION_MINOR,
         kind: KIND_ARCHIVE,
-        flags: if exact { FLAG_EXACT } else { 0 },
+        flags: FLAG_CONTENT_IDS | if exact { FLAG_EXACT } else { 0 },
         old_len: old_src.len,
         old_id: old.footer().index_hash,
         new_len: new_src.len,

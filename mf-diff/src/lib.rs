@@ -53,6 +53,11 @@
 //!   A failure at any point leaves the target untouched. Entries are streamed (old content read by
 //!   random access, a delta's streams decoded side by side, frames recompressed on every core), so
 //!   memory does not grow with entry size.
+//! - **In-place apply** ([`apply_in_place`]) edits an mf archive through [`mf_format::Editor`]:
+//!   unchanged entries stay where they are, changed and new ones stream through the same checks
+//!   into the editor, and one crash-safe commit makes the new version. 2.2 patches carry the old and
+//!   new [`content_id`]s, so a base laid out differently (an archive edited in place) is still
+//!   recognised by its entries.
 //! - **Entry-level apply** ([`Patch::apply_entries`]) walks an archive patch's records against any
 //!   [`OldEntries`] source (an archive, or the files of an install folder listed by a release's file
 //!   table) and hands each rebuilt [`NewEntry`] to a callback: its bytes, or "a copy of old entry `i`"
@@ -66,9 +71,11 @@
 
 mod apply;
 mod budget;
+pub mod content_id;
 pub mod delta;
 mod diff;
 pub mod error;
+pub mod inplace;
 pub mod matcher;
 pub mod panda3d;
 mod report;
@@ -76,8 +83,10 @@ mod source;
 pub mod wire;
 mod zref;
 
-pub use apply::{apply_patch, ApplyOutcome, NewContent, NewEntry, OldEntries, OldEntry, Patch};
+pub use apply::{apply_patch, ApplyOutcome, BaseMatch, NewContent, NewEntry, OldEntries, OldEntry, Patch};
 pub use budget::{default_memory_limit, parse_size};
+pub use content_id::content_id;
 pub use diff::{diff_files, diff_stat, progress_total, write_patch, DiffOptions};
 pub use error::{Error, Result};
+pub use inplace::{apply_in_place, can_apply_in_place, EntryCheck, InPlaceOptions, InPlaceOutcome};
 pub use report::{Change, EntryReport, Method, PatchReport};

@@ -18,9 +18,10 @@ use crate::error::{Error, Result};
 pub const PATCH_MAGIC: [u8; 8] = *b"\x89MFP\r\n\x1a\n";
 /// Header `version_major` this code writes; a reader refuses any other major version.
 pub const PATCH_VERSION_MAJOR: u16 = 2;
-/// Header `version_minor` this code writes (2.1: storage kinds solid and same-as); a 2.0 reader refuses
-/// those kinds as unknown.
-pub const PATCH_VERSION_MINOR: u16 = 1;
+/// Header `version_minor` this code writes (2.1: storage kinds solid and same-as, which a 2.0 reader
+/// refuses as unknown; 2.2: the archive preamble carries the old and new content ids, so a patch
+/// applies to any layout of its base, an archive edited in place included).
+pub const PATCH_VERSION_MINOR: u16 = 2;
 /// Bytes of the fixed header; the control stream starts right after it.
 pub const PATCH_HEADER_LEN: u64 = 80;
 
@@ -37,8 +38,11 @@ pub const FLAG_OLD_PANDA3D: u8 = 2;
 /// Header flag (archive patches): the new file was a Panda3D multifile; the patch rebuilds its
 /// canonical mf conversion, and `apply` writes a Panda3D multifile by default.
 pub const FLAG_NEW_PANDA3D: u8 = 4;
+/// Header flag (archive patches, 2.2): the archive preamble carries the old and new content ids. A
+/// 2.1 reader refuses the flag as unknown instead of misreading the preamble.
+pub const FLAG_CONTENT_IDS: u8 = 8;
 /// Every header flag this version knows.
-pub const FLAGS_KNOWN: u8 = FLAG_EXACT | FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D;
+pub const FLAGS_KNOWN: u8 = FLAG_EXACT | FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D | FLAG_CONTENT_IDS;
 
 /// Entry record flags.
 pub const EF_PATH: u8 = 1;
@@ -343,6 +347,11 @@ pub struct EntryRecord {
 }
 
 impl EntryRecord {
+    /// A copy under its base's path, mode and mtime: the new entry is the old one, unchanged.
+    pub fn is_copy_in_place(&self) -> bool {
+        self.op == Op::Copy && self.path.is_none() && self.mode.is_none() && self.mtime.is_none()
+    }
+
     fn flags(&self) -> u8 {
         (if self.path.is_some() { EF_PATH } else { 0 })
             | (if self.mode.is_some() { EF_MODE } else { 0 })
@@ -697,8 +706,8 @@ impl PatchHeader {
         if header.flags & !FLAGS_KNOWN != 0 || block.reserved != 0 {
             return Err(corrupt(13, "unknown flags or non-zero reserved bytes"));
         }
-        if header.kind != KIND_ARCHIVE && header.flags & (FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D) != 0 {
-            return Err(corrupt(13, "Panda3D flags on a plain patch"));
+        if header.kind != KIND_ARCHIVE && header.flags & (FLAG_OLD_PANDA3D | FLAG_NEW_PANDA3D | FLAG_CONTENT_IDS) != 0 {
+            return Err(corrupt(13, "archive flags on a plain patch"));
         }
         let expected = PATCH_HEADER_LEN.checked_add(header.control_len).and_then(|x| x.checked_add(header.blobs_len));
         if expected != Some(file_len) {
@@ -725,6 +734,18 @@ pub struct ArchivePreamble {
     pub old_entry_count: u64,
     /// Entries in the new archive: the number of entry records that follow.
     pub new_entry_count: u64,
+    /// 2.2: the content ids ([`crate::content_id`]) of the old and new archives; `None` in 2.0 and
+    /// 2.1 patches, which identify their base by its index hash alone.
+    pub content_ids: Option<ContentIds>,
+}
+
+/// The content ids a 2.2 archive patch carries (spec/PATCH.md, "Content id").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContentIds {
+    /// The old archive's content id: the base check of a patch applied to an archive of any layout.
+    pub old: u64,
+    /// The new archive's content id: what the rebuilt entry list must hash to.
+    pub new: u64,
 }
 
 impl ArchivePreamble {
@@ -734,6 +755,10 @@ impl ArchivePreamble {
         out.push(self.level as u8);
         put_varint(out, self.old_entry_count);
         put_varint(out, self.new_entry_count);
+        if let Some(ids) = self.content_ids {
+            out.extend_from_slice(&ids.old.to_le_bytes());
+            out.extend_from_slice(&ids.new.to_le_bytes());
+        }
     }
 
     /// Reads the preamble. Entry counts are held to what the old and new archives' lengths can
@@ -748,7 +773,12 @@ impl ArchivePreamble {
         let most = |len: u64| (len / MIN_ENTRY_OUTPUT).min(u64::from(u32::MAX));
         let old_entry_count = reader.bounded(most(header.old_len), "old entry count")?;
         let new_entry_count = reader.bounded(most(header.new_len), "new entry count")?;
-        Ok(ArchivePreamble { frame_size_log2, level, old_entry_count, new_entry_count })
+        let content_ids = if header.flags & FLAG_CONTENT_IDS != 0 {
+            Some(ContentIds { old: reader.u64le()?, new: reader.u64le()? })
+        } else {
+            None
+        };
+        Ok(ArchivePreamble { frame_size_log2, level, old_entry_count, new_entry_count, content_ids })
     }
 }
 

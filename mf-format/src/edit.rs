@@ -911,11 +911,21 @@ pub struct CompactReport {
 /// (by kind), the archive's level and frame size, each entry's mode and mtime, automatic
 /// compression. Every entry is verified as it is read.
 pub fn compact(archive: &Archive, output: &Path) -> Result<CompactReport> {
-    let options = writer_options_of(archive);
     let mut order: Vec<_> = archive.entries().collect();
     order.sort_by(|a, b| {
         crate::pack::compression_order_key(a.path()).cmp(&crate::pack::compression_order_key(b.path()))
     });
+    compact_in_order(archive, output, order)
+}
+
+/// [`compact`], but the entries keep their record order: what an updater needs whose patches and
+/// file tables number entries in record order (spec/PATCH.md "Content id").
+pub fn compact_keeping_order(archive: &Archive, output: &Path) -> Result<CompactReport> {
+    compact_in_order(archive, output, archive.entries().collect())
+}
+
+fn compact_in_order(archive: &Archive, output: &Path, order: Vec<crate::Entry<'_>>) -> Result<CompactReport> {
+    let options = writer_options_of(archive);
     let mut out = crate::AtomicFile::create_removing_stale(output).map_err(|e| Error::io(output, e))?;
     let sink = io::BufWriter::with_capacity(1 << 20, out.file());
     let mut writer = crate::ArchiveWriter::with_name(sink, options, output)?;

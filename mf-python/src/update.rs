@@ -123,7 +123,7 @@ pub fn update<'py>(
             attempts: retries.saturating_add(1),
             ..FetchOptions::default()
         };
-        let options = UpdateOptions { key, fetch, to, check, repair };
+        let options = UpdateOptions { key, fetch, to, check, repair, verify: false, rebuild: false };
         let progress: &dyn Progress = match &callback {
             Some(callback) => callback,
             None => &mf_release::update::Quiet,

@@ -41,11 +41,15 @@
 //!     to: None, // the newest
 //!     check: false,
 //!     repair: false,
+//!     verify: false,  // trust the record of the last update (the index is still checked)
+//!     rebuild: false, // patch the archive in place
 //! };
 //! let outcome = update_archive(repository.to_str().unwrap(), &installed, &update, &Quiet)?;
 //! assert_eq!(outcome.installed, Installed::Version { version: "1.0".into() });
 //! assert_eq!(outcome.route[0].label(), "patch 1.0 -> 1.1"); // a patch, not the full archive
-//! assert_eq!(std::fs::read(&installed)?, std::fs::read(dir.path().join("v2.mf"))?);
+//! assert!(outcome.in_place); // only what changed was written
+//! let (got, want) = (mf_format::Archive::open(&installed)?, mf_format::Archive::open(dir.path().join("v2.mf"))?);
+//! assert_eq!(mf_diff::content_id(&got), mf_diff::content_id(&want)); // same entries, in the same order
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

@@ -7,6 +7,7 @@
 //! synced, so the archive is at every instant either the old version or the new one, complete.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use mf_format::fs::{Dir, Kind};
 use serde::Serialize;
@@ -14,7 +15,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hash::{sha256_file, sha256_reader};
 use crate::plan::{Route, Step};
-use crate::update::{empty_dir, repair_rule, state, Progress, Session, UpdateOptions, WORK_DIR};
+use crate::update::{empty_dir, identity, repair_rule, state, Progress, Session, UpdateOptions, WORK_DIR};
 
 /// What the archive was before the update.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -90,6 +91,8 @@ pub struct Outcome {
     pub manifest_version: u64,
     /// What the archive was before the run.
     pub installed: Installed,
+    /// How the installed version was recognised (`None`: missing or unknown).
+    pub identified_by: Option<IdentifiedBy>,
     /// The version the run brings it to.
     pub target: String,
     /// The planned route (empty when already up to date).
@@ -106,6 +109,15 @@ pub struct Outcome {
     pub fetched_bytes: u64,
     /// The unknown install needs `--repair` to be replaced (only reported with `--check`).
     pub needs_repair: bool,
+    /// True when the archive was patched in place (only changed entries written) rather than
+    /// replaced by a new file.
+    pub in_place: bool,
+    /// True when the archive was compacted after an in-place update (its dead space had passed the
+    /// threshold).
+    pub compacted: bool,
+    /// Bytes this run wrote for the archive: in place, what each commit wrote (data, index, footer,
+    /// slot) plus a compaction's new file; otherwise each patch result or the full download.
+    pub bytes_written: u64,
 }
 
 /// The state directory of an archive: `ARCHIVE.mf-update/` beside it.
@@ -130,12 +142,13 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
         remove_temp_files(state)?;
     }
     let target = session.target(options.to.as_deref())?.clone();
-    let installed = identify(&session, archive)?;
+    let (installed, identified_by) = identify(&session, archive, options.verify)?;
     let mut outcome = Outcome {
         archive: archive.to_owned(),
         repo: repo.to_owned(),
         manifest_version: session.manifest().manifest_version,
         installed: installed.clone(),
+        identified_by,
         target: target.version.clone(),
         route: Vec::new(),
         route_bytes: 0,
@@ -144,8 +157,17 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
         fell_back: None,
         fetched_bytes: 0,
         needs_repair: false,
+        in_place: false,
+        compacted: false,
+        bytes_written: 0,
     };
     if installed.version() == Some(target.version.as_str()) {
+        if let (Some(state), false, Some(IdentifiedBy::Sha256 | IdentifiedBy::Entries)) =
+            (session.state_handle(), options.check, identified_by)
+        {
+            // Checked the long way: the next run can take the short one.
+            identity::record_version(state, archive, &target.version)?;
+        }
         session.clean_downloads()?;
         outcome.fetched_bytes = session.fetched_bytes();
         return Ok(outcome);
@@ -170,17 +192,37 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
     let state = session.state_handle().ok_or_else(|| Error::Internal("no state folder".into()))?;
     let downloads = session.downloads_handle().ok_or_else(|| Error::Internal("no downloads folder".into()))?;
     let work = state::open_subdir(state, WORK_DIR, true)?.ok_or_else(|| Error::Internal("no work folder".into()))?;
+    // An mf archive at a known version is patched in place; anything else is rebuilt and renamed.
+    let in_place = !options.rebuild && installed.version().is_some() && is_editable(archive);
+    let written = AtomicU64::new(0);
     let (result, taken, fell_back) = session.run_with_fallback(route, &target.version, progress, |route| {
-        run_route(&session, archive, &work, route, progress)
+        if in_place && !route.is_full() {
+            run_in_place(&session, archive, state, route, progress, &written)
+        } else {
+            run_route(&session, archive, &work, route, progress, &written)
+        }
     })?;
     outcome.route = taken.steps.iter().map(Piece::of).collect();
     outcome.route_bytes = taken.fetch_bytes;
     outcome.fell_back = fell_back;
     let result_dir = match result.place {
-        Place::Work => &work,
-        Place::Downloads => downloads,
+        Place::Work => Some(&work),
+        Place::Downloads => Some(downloads),
+        Place::Archive => None,
     };
-    install(result_dir, &result.name, archive, &target.full.sha256)?;
+    if let Some(result_dir) = result_dir {
+        // No record may describe a file that is about to be replaced.
+        identity::forget_record(state)?;
+        install(result_dir, &result.name, archive, &target.full.sha256)?;
+        identity::record_version(state, archive, &target.version)?;
+    } else {
+        outcome.in_place = true;
+        if let Some(compacted) = compact_if_needed(state, archive, &target.version)? {
+            written.fetch_add(compacted, Ordering::Relaxed);
+            outcome.compacted = true;
+        }
+    }
+    outcome.bytes_written = written.load(Ordering::Relaxed);
     outcome.changed = true;
     session.clean_downloads()?;
     empty_dir(&work)?;
@@ -189,10 +231,25 @@ pub fn update_archive(repo: &str, archive: &Path, options: &UpdateOptions, progr
     Ok(outcome)
 }
 
-/// Which version `archive` is, by its SHA-256.
-fn identify(session: &Session, archive: &Path) -> Result<Installed> {
+/// How the installed version was recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentifiedBy {
+    /// The whole file's SHA-256 is the version's `full.sha256`.
+    Sha256,
+    /// The index equals the version's file table and every entry has the table's SHA-256.
+    Entries,
+    /// The index equals the version's file table, and the state folder's record of the last update
+    /// still describes the file (spec/RELEASE.md: why that is enough).
+    Record,
+}
+
+/// Which version `archive` is (spec/RELEASE.md "Installed version"): by the state folder's record
+/// and an index check (unless `verify`), by the whole file's SHA-256, or by its entries against a
+/// version's file table.
+fn identify(session: &Session, archive: &Path, verify: bool) -> Result<(Installed, Option<IdentifiedBy>)> {
     match std::fs::symlink_metadata(archive) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Installed::Missing),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Installed::Missing, None)),
         Err(e) => return Err(Error::io(archive, e)),
         // Renaming the new version over a link would replace the link and leave the archive it
         // points to old.
@@ -207,17 +264,48 @@ fn identify(session: &Session, archive: &Path) -> Result<Installed> {
         }
         Ok(_) => {}
     }
-    let (sha256, _) = sha256_file(archive)?;
-    Ok(match session.version_by_full_hash(&sha256) {
-        Some(version) => Installed::Version { version: version.version.clone() },
-        None => Installed::Unknown { sha256 },
-    })
+    let version = |name: String, by| Ok((Installed::Version { version: name }, Some(by)));
+    // Not an mf archive (a Panda3D multifile, or damaged): only the whole file's hash can tell.
+    let opened = mf_format::Archive::open_pread(archive).ok();
+    if let (Some(opened), Some(state), false) = (&opened, session.state_handle(), verify) {
+        if let Some(name) = identity::recorded_version(state, archive, opened)? {
+            if session.manifest().version(&name).is_some()
+                && identity::index_matches(opened, &session.file_table(&name)?).is_ok()
+            {
+                return version(name, IdentifiedBy::Record);
+            }
+        }
+    }
+    // A fresh pack (no commit slot in use) is most likely some version's full archive byte for byte.
+    let mut sha256 = None;
+    if opened.as_ref().is_none_or(|a| a.generation() == 0) {
+        let (hash, _) = sha256_file(archive)?;
+        if let Some(found) = session.version_by_full_hash(&hash) {
+            return version(found.version.clone(), IdentifiedBy::Sha256);
+        }
+        sha256 = Some(hash);
+    }
+    if let Some(opened) = &opened {
+        for candidate in session.manifest().versions.iter().rev() {
+            let table = session.file_table(&candidate.version)?;
+            if identity::index_matches(opened, &table).is_ok() && identity::content_matches(opened, &table)?.is_ok() {
+                return version(candidate.version.clone(), IdentifiedBy::Entries);
+            }
+        }
+    }
+    let sha256 = match sha256 {
+        Some(hash) => hash,
+        None => sha256_file(archive)?.0,
+    };
+    Ok((Installed::Unknown { sha256 }, None))
 }
 
-/// Where a route's result lies: `work/` (a patch's output) or `downloads/` (a full archive).
+/// Where a route's result lies: `work/` (a patch's output), `downloads/` (a full archive), or the
+/// archive itself (patched in place).
 enum Place {
     Work,
     Downloads,
+    Archive,
 }
 
 /// A route's checked result: its folder in the state folder and its name there.
@@ -235,6 +323,7 @@ fn run_route(
     work: &Dir,
     route: &Route,
     progress: &dyn Progress,
+    written: &AtomicU64,
 ) -> Result<RouteResult> {
     let count = route.steps.len();
     let mut current: Option<(RouteResult, PathBuf)> = None;
@@ -246,6 +335,7 @@ fn run_route(
         progress.piece_done();
         match step {
             Step::Full { .. } => {
+                written.fetch_add(object.size, Ordering::Relaxed);
                 current = Some((RouteResult { place: Place::Downloads, name: object.sha256.clone() }, file))
             }
             Step::Patch { to, .. } => {
@@ -254,8 +344,9 @@ fn run_route(
                 let name = format!("{}.mf", version.full.sha256);
                 let out = state::pinned_path(work, &name);
                 // Either format: a Panda3D base is converted, and the result written as the patch's NEW.
-                mf_diff::panda3d::apply_any(&file, &base, &out, None, &|_| {})
+                let applied = mf_diff::panda3d::apply_any(&file, &base, &out, None, &|_| {})
                     .inspect_err(|_| session.discard(object))?;
+                written.fetch_add(applied.len, Ordering::Relaxed);
                 check_hash(&out, &version.full.sha256, &format!("the result of {}", piece.label()))?;
                 let previous = current.replace((RouteResult { place: Place::Work, name }, out));
                 if let Some((RouteResult { place: Place::Work, name: old }, _)) = previous {
@@ -265,6 +356,78 @@ fn run_route(
         }
     }
     current.map(|(result, _)| result).ok_or_else(|| Error::Internal("empty route".into()))
+}
+
+/// Whether `archive` is an mf archive the editor can change in place (container 2.x).
+fn is_editable(archive: &Path) -> bool {
+    mf_diff::panda3d::detect(archive) == Some(mf_diff::panda3d::ArchiveFormat::Mf)
+        && mf_format::Archive::open_pread(archive).is_ok_and(|a| a.version().0 == mf_format::format::VERSION_MAJOR)
+}
+
+/// Downloads and applies `route`'s patches to `archive` in place, one commit each. Before each
+/// commit every entry of the new version is checked against the target's signed file table
+/// ([`identity::TableCheck`]); after it, the archive's index is checked against the table once more
+/// and the state folder records the version. A failure leaves the archive at the last version
+/// committed (the caller falls back to the full download).
+fn run_in_place(
+    session: &Session,
+    archive: &Path,
+    state: &Dir,
+    route: &Route,
+    progress: &dyn Progress,
+    written: &AtomicU64,
+) -> Result<RouteResult> {
+    let count = route.steps.len();
+    for (index, step) in route.steps.iter().enumerate() {
+        let Step::Patch { from, to, .. } = step else {
+            return Err(Error::Internal("a full download in a patch route".into()));
+        };
+        let piece = Piece::of(step);
+        let object = step.object();
+        progress.piece(index, count, &piece.label(), object.size);
+        let file = session.download(object, &|have| progress.bytes(have))?;
+        progress.piece_done();
+        let (old_table, new_table) = (session.file_table(from)?, session.file_table(to)?);
+        if !mf_diff::can_apply_in_place(&file, archive)? {
+            return Err(Error::Mismatch {
+                origin: session.url(&object.path),
+                what: "the patch cannot be applied in place (not a patch between mf archives)".into(),
+            });
+        }
+        let mut check = identity::TableCheck { archive, old: &old_table, new: &new_table, writing: None };
+        let options = mf_diff::InPlaceOptions { check: Some(&mut check), ..Default::default() };
+        identity::forget_record(state)?;
+        let applied = mf_diff::apply_in_place(&file, archive, options, &|_| {}).inspect_err(|e| {
+            if matches!(e, mf_diff::Error::CorruptPatch { .. }) {
+                session.discard(object)
+            }
+        })?;
+        written.fetch_add(applied.bytes_written, Ordering::Relaxed);
+        let committed = mf_format::Archive::open_pread(archive)?;
+        identity::index_matches(&committed, &new_table).map_err(|what| Error::Mismatch {
+            origin: archive.display().to_string(),
+            what: format!("after the patch to {to}: {what}"),
+        })?;
+        identity::record_version(state, archive, to)?;
+    }
+    Ok(RouteResult { place: Place::Archive, name: String::new() })
+}
+
+/// Compacts `archive` (keeping its record order, so it stays `version` for the file table and for
+/// patches) when its dead space passed the threshold; returns the bytes written.
+fn compact_if_needed(state: &Dir, archive: &Path, version: &str) -> Result<Option<u64>> {
+    let opened = mf_format::Archive::open(archive)?;
+    if !mf_format::edit::needs_compaction(&opened) {
+        return Ok(None);
+    }
+    drop(opened);
+    identity::forget_record(state)?;
+    // Under the edit lock, so no editor commits into the version being rewritten.
+    let editor = mf_format::Editor::open(archive)?;
+    let report = mf_format::edit::compact_keeping_order(editor.archive(), archive)?;
+    drop(editor);
+    identity::record_version(state, archive, version)?;
+    Ok(Some(report.new_len))
 }
 
 fn check_hash(path: &Path, sha256: &str, what: &str) -> Result<()> {

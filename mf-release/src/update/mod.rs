@@ -23,6 +23,7 @@
 
 pub mod archive;
 pub mod folder;
+pub(crate) mod identity;
 pub(crate) mod state;
 
 use std::collections::HashMap;
@@ -42,7 +43,7 @@ use crate::keys::PublicKey;
 use crate::manifest::{FileTable, Manifest, ObjectRef, Version, MANIFEST_PATH, MAX_MANIFEST_SIZE};
 use crate::plan::{full_route, plan, Route};
 
-pub use archive::{update_archive, Installed, Outcome, Piece};
+pub use archive::{update_archive, IdentifiedBy, Installed, Outcome, Piece};
 
 /// What `mf update` was asked to do, for an archive or an install folder alike.
 #[derive(Debug, Clone)]
@@ -57,6 +58,12 @@ pub struct UpdateOptions {
     pub check: bool,
     /// Bring an unknown or modified install to the target with the full download (`--repair`).
     pub repair: bool,
+    /// Archive mode: identify the installed version by every entry's SHA-256 even when the state
+    /// folder's record of the last update still describes the archive (`--verify`).
+    pub verify: bool,
+    /// Archive mode: rebuild the archive into a new file and rename it over the old one, as for
+    /// Panda3D multifiles, instead of patching it in place (`--rebuild`).
+    pub rebuild: bool,
 }
 
 const TRUSTED_FILE: &str = "trusted.json";
