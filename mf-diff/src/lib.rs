@@ -56,7 +56,7 @@
 //! - **In-place apply** ([`apply_in_place`]) edits an mf archive through [`mf_format::Editor`]:
 //!   unchanged entries stay where they are, changed and new ones stream through the same checks
 //!   into the editor, and one crash-safe commit makes the new version. 2.2 patches carry the old and
-//!   new [`content_id`]s, so a base laid out differently (an archive edited in place) is still
+//!   new [`content_id()`]s, so a base laid out differently (an archive edited in place) is still
 //!   recognised by its entries.
 //! - **Entry-level apply** ([`Patch::apply_entries`]) walks an archive patch's records against any
 //!   [`OldEntries`] source (an archive, or the files of an install folder listed by a release's file

@@ -734,7 +734,7 @@ pub struct ArchivePreamble {
     pub old_entry_count: u64,
     /// Entries in the new archive: the number of entry records that follow.
     pub new_entry_count: u64,
-    /// 2.2: the content ids ([`crate::content_id`]) of the old and new archives; `None` in 2.0 and
+    /// 2.2: the content ids ([`crate::content_id()`]) of the old and new archives; `None` in 2.0 and
     /// 2.1 patches, which identify their base by its index hash alone.
     pub content_ids: Option<ContentIds>,
 }
