@@ -23,14 +23,14 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, CommitSlot, EntryRecord, Footer, FrameRecord, COMPRESSION_NONE, COMPRESSION_ZSTD, DATA_START,
-    ENTRY_FLAG_SOLID, FOOTER_LEN, HEADER_LEN, SLOT_LEN, VERSION_MAJOR,
+    self, CommitSlot, EntryRecord, Footer, FrameRecord, COMPRESSION_NONE, COMPRESSION_ZSTD, DATA_START, FOOTER_LEN,
+    HEADER_LEN, SLOT_LEN, VERSION_MAJOR,
 };
 use crate::path::validate_path;
 use crate::reader::{Archive, StoredAs};
 use crate::writer::{
-    self, check_entry_options, goes_solid, read_full, EntryOptions, FramePlan, StoredFrame, WriterOptions,
-    DATA_ALIGNMENT, DEFAULT_LEVEL, SOLID_BATCH_FRAMES, SOLID_LIMIT,
+    self, check_entry_options, goes_solid, read_full, EntryOptions, FramePlan, SolidStream, StoredFrame, WriterOptions,
+    DATA_ALIGNMENT, DEFAULT_LEVEL, SOLID_LIMIT,
 };
 
 /// The mode, mtime and compression of an entry given to [`Editor::put`] (the writer's options).
@@ -102,7 +102,8 @@ pub struct Editor {
     entries: BTreeMap<String, Planned>,
     next_rank: u64,
     order: Option<Vec<String>>,
-    solid: Solid,
+    /// This edit's solid stream (small new entries), cut and compressed as the writer's.
+    solid: SolidStream,
     /// Where new data may go; set up before the first write.
     space: Option<Space>,
     changed: bool,
@@ -133,14 +134,6 @@ enum Run {
     Own(Vec<FrameRecord>),
     /// In this edit's solid stream; the record's `first_frame` counts in that stream.
     Solid,
-}
-
-/// The solid stream of this edit: small entries back to back, cut into frames (as the writer's).
-#[derive(Default)]
-struct Solid {
-    pending: Vec<u8>,
-    len: u64,
-    frames: Vec<FrameRecord>,
 }
 
 /// Free space: holes first fit, then the end of the file.
@@ -227,7 +220,7 @@ impl Editor {
             options,
             entries,
             order: None,
-            solid: Solid::default(),
+            solid: SolidStream::default(),
             space: None,
             changed: false,
             report: CommitReport::default(),
@@ -505,9 +498,7 @@ impl Editor {
             return Ok((record, Run::None));
         }
         if goes_solid(path, &data, options.compression) {
-            let start = self.solid.len;
-            self.solid.pending.extend_from_slice(&data);
-            self.solid.len += size;
+            let start = self.solid.push(&data);
             self.flush_solid(false)?;
             return Ok((self.solid_record(start, size, hash), Run::Solid));
         }
@@ -516,15 +507,14 @@ impl Editor {
 
     /// Content of any size streamed into the solid stream ([`writer::Compression::Solid`]).
     fn stream_solid(&mut self, path: &str, content: &mut dyn Read, size: u64) -> Result<(EntryRecord, Run)> {
-        let start = self.solid.len;
+        let start = self.solid.len();
         let mut hasher = Xxh3::new();
         let mut buffer = vec![0u8; 1 << 20];
         let mut read = 0u64;
         loop {
             let filled = read_full(content, &mut buffer).map_err(|e| Error::io(path, e))?;
             hasher.update(&buffer[..filled]);
-            self.solid.pending.extend_from_slice(&buffer[..filled]);
-            self.solid.len += filled as u64;
+            self.solid.push(&buffer[..filled]);
             read += filled as u64;
             self.flush_solid(false)?;
             if filled < buffer.len() {
@@ -536,42 +526,17 @@ impl Editor {
     }
 
     fn solid_record(&self, start: u64, size: u64, content_hash: u64) -> EntryRecord {
-        let frame_size = self.options.frame_size() as u64;
-        EntryRecord {
-            compression: COMPRESSION_ZSTD,
-            level: level_byte(self.options.level),
-            flags: ENTRY_FLAG_SOLID,
-            first_frame: (start / frame_size) as u32,
-            frame_count: (start % frame_size + size).div_ceil(frame_size),
-            offset: start % frame_size,
-            size,
-            content_hash,
-            ..EntryRecord::default()
-        }
+        SolidStream::record(start, size, content_hash, &self.options)
     }
 
-    /// Writes buffered solid frames as the writer does: whole batches, or everything at the end.
+    /// Stores buffered solid frames as the writer does: whole batches, or everything at the end.
     fn flush_solid(&mut self, all: bool) -> Result<()> {
-        let frame_size = self.options.frame_size();
-        let batch = SOLID_BATCH_FRAMES * frame_size;
-        while self.solid.pending.len() >= batch || (all && !self.solid.pending.is_empty()) {
-            let take = self.solid.pending.len().min(batch);
-            let level = self.options.level;
-            let pending = std::mem::take(&mut self.solid.pending);
-            let frames: Vec<StoredFrame> = pending[..take]
-                .par_chunks(frame_size)
-                .map(|chunk| writer::encode_solid(chunk, level))
-                .collect::<io::Result<_>>()
-                .map_err(|e| Error::io(&self.name, e))?;
-            for (k, (frame, chunk)) in frames.iter().zip(pending[..take].chunks(frame_size)).enumerate() {
-                let bytes = match frame {
-                    StoredFrame::Raw => chunk,
-                    StoredFrame::Zstd(bytes) | StoredFrame::Reused(bytes) => bytes.as_slice(),
-                };
+        while let Some(batch) = self.solid.take_batch(all, &self.options) {
+            let batch = batch.map_err(|e| Error::io(&self.name, e))?;
+            for (k, (bytes, len)) in batch.frames().enumerate() {
                 let offset = self.place(bytes, k == 0)?;
-                self.solid.frames.push(FrameRecord { offset, stored_len: bytes.len() as u32, len: chunk.len() as u32 });
+                self.solid.frames.push(FrameRecord { offset, stored_len: bytes.len() as u32, len });
             }
-            self.solid.pending = pending[take..].to_vec();
         }
         Ok(())
     }
@@ -613,10 +578,7 @@ impl Editor {
                         reusable[first + i].0
                     }
                     Some(frame) => {
-                        let bytes = match &frame {
-                            StoredFrame::Raw => chunk,
-                            StoredFrame::Zstd(bytes) | StoredFrame::Reused(bytes) => bytes.as_slice(),
-                        };
+                        let bytes = frame.bytes(chunk);
                         let offset = self.place(bytes, first + i == 0)?;
                         FrameRecord { offset, stored_len: bytes.len() as u32, len: chunk.len() as u32 }
                     }

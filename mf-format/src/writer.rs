@@ -180,6 +180,16 @@ pub(crate) enum StoredFrame {
     Reused(Vec<u8>),
 }
 
+impl StoredFrame {
+    /// The bytes to store for `chunk`, the frame's uncompressed content.
+    pub(crate) fn bytes<'a>(&'a self, chunk: &'a [u8]) -> &'a [u8] {
+        match self {
+            StoredFrame::Raw => chunk,
+            StoredFrame::Zstd(bytes) | StoredFrame::Reused(bytes) => bytes,
+        }
+    }
+}
+
 /// What an incremental pack took from the earlier archive instead of compressing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReuseReport {
@@ -396,15 +406,85 @@ fn compress_frame(data: &[u8], level: i32) -> io::Result<Vec<u8>> {
 /// trusted to decide that two contents are equal).
 type ContentKey = (u64, [u8; 32]);
 
-/// The solid stream: small entries' bytes back to back, cut into frames of the frame size.
+/// The solid stream: small entries' bytes back to back, cut into frames of the frame size and
+/// compressed a batch of [`SOLID_BATCH_FRAMES`] at a time. The writer and the in-place editor both
+/// use it, so an edit cuts and compresses its small entries exactly as a fresh pack would.
 #[derive(Default)]
-struct SolidStream {
+pub(crate) struct SolidStream {
     /// Bytes appended and not yet written (less than a batch of frames after each entry).
     pending: Vec<u8>,
     /// Bytes appended so far.
     len: u64,
     /// Frames written so far, in stream order (their table index is offset at `finish`).
-    frames: Vec<FrameRecord>,
+    pub(crate) frames: Vec<FrameRecord>,
+}
+
+/// A batch of solid frames ready to store: the bytes cut off the stream and each frame's encoding.
+pub(crate) struct SolidBatch {
+    bytes: Vec<u8>,
+    encoded: Vec<StoredFrame>,
+    frame_size: usize,
+}
+
+impl SolidBatch {
+    /// Each frame's stored bytes and its uncompressed length, in stream order.
+    pub(crate) fn frames(&self) -> impl Iterator<Item = (&[u8], u32)> {
+        self.encoded
+            .iter()
+            .zip(self.bytes.chunks(self.frame_size))
+            .map(|(frame, chunk)| (frame.bytes(chunk), chunk.len() as u32))
+    }
+}
+
+impl SolidStream {
+    /// Appends `data`; returns where it starts in the stream.
+    pub(crate) fn push(&mut self, data: &[u8]) -> u64 {
+        let start = self.len;
+        self.pending.extend_from_slice(data);
+        self.len += data.len() as u64;
+        start
+    }
+
+    /// Bytes appended so far.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The record of the `size` (≥ 1) bytes at `start` of the stream, `first_frame` counted in the
+    /// stream's frames.
+    pub(crate) fn record(start: u64, size: u64, content_hash: u64, options: &WriterOptions) -> EntryRecord {
+        let frame_size = options.frame_size() as u64;
+        let skip = start % frame_size;
+        EntryRecord {
+            compression: COMPRESSION_ZSTD,
+            level: options.level.clamp(-128, 127) as i8,
+            flags: ENTRY_FLAG_SOLID,
+            first_frame: (start / frame_size) as u32,
+            frame_count: (skip + size).div_ceil(frame_size),
+            offset: skip,
+            size,
+            content_hash,
+            ..EntryRecord::default()
+        }
+    }
+
+    /// The next batch to store, compressed on every core: a whole batch while there is one, or
+    /// (`all`, at the end) everything left, the last frame possibly short. `None` when there is
+    /// nothing (more) to store. The caller stores the frames in order and pushes their records.
+    pub(crate) fn take_batch(&mut self, all: bool, options: &WriterOptions) -> Option<io::Result<SolidBatch>> {
+        let frame_size = options.frame_size();
+        let batch = SOLID_BATCH_FRAMES * frame_size;
+        let ready = self.pending.len() >= batch || (all && !self.pending.is_empty());
+        if !ready {
+            return None;
+        }
+        let take = self.pending.len().min(batch);
+        let rest = self.pending.split_off(take);
+        let bytes = std::mem::replace(&mut self.pending, rest);
+        let level = options.level;
+        let encoded = bytes.par_chunks(frame_size).map(|chunk| encode_solid(chunk, level)).collect::<io::Result<_>>();
+        Some(encoded.map(|encoded| SolidBatch { bytes, encoded, frame_size }))
+    }
 }
 
 /// Streams entries into an archive. Call [`finish`](Self::finish) to write the index and footer; an
@@ -1040,76 +1120,47 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Appends content to the solid stream; returns its record (first frame in stream numbering).
     fn append_solid(&mut self, data: &[u8], content_hash: u64) -> Result<EntryRecord> {
-        let start = self.solid.len;
-        self.solid.pending.extend_from_slice(data);
-        self.solid.len += data.len() as u64;
+        let start = self.solid.push(data);
         self.flush_solid(false)?;
         Ok(self.solid_record(start, data.len() as u64, content_hash))
     }
 
     /// Streams `reader` to its end into the solid stream (memory: one batch of frames).
     fn stream_solid(&mut self, path: &str, reader: &mut impl Read, hasher: &mut ContentHasher) -> Result<EntryRecord> {
-        let start = self.solid.len;
+        let start = self.solid.len();
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.resize(1 << 20, 0);
         loop {
             let filled = read_full(reader, &mut buffer).map_err(|e| Error::io(path, e))?;
             hasher.update(&buffer[..filled]);
-            self.solid.pending.extend_from_slice(&buffer[..filled]);
-            self.solid.len += filled as u64;
+            self.solid.push(&buffer[..filled]);
             self.flush_solid(false)?;
             if filled < buffer.len() {
                 break;
             }
         }
         self.buffer = buffer;
-        Ok(self.solid_record(start, self.solid.len - start, 0))
+        Ok(self.solid_record(start, self.solid.len() - start, 0))
     }
 
     fn solid_record(&self, start: u64, size: u64, content_hash: u64) -> EntryRecord {
         if size == 0 {
             return empty_record(content_hash);
         }
-        let frame_size = self.options.frame_size() as u64;
-        let (first, skip) = (start / frame_size, start % frame_size);
-        EntryRecord {
-            compression: COMPRESSION_ZSTD,
-            level: self.level_byte(),
-            flags: ENTRY_FLAG_SOLID,
-            first_frame: first as u32,
-            frame_count: (skip + size).div_ceil(frame_size),
-            offset: skip,
-            size,
-            content_hash,
-            ..EntryRecord::default()
-        }
+        SolidStream::record(start, size, content_hash, &self.options)
     }
 
     /// Writes buffered solid frames: whole batches of [`SOLID_BATCH_FRAMES`] while there are, or
     /// (`all`, at the end) everything left, the last frame possibly short.
     fn flush_solid(&mut self, all: bool) -> Result<()> {
-        let frame_size = self.options.frame_size();
-        let batch = SOLID_BATCH_FRAMES * frame_size;
-        while self.solid.pending.len() >= batch || (all && !self.solid.pending.is_empty()) {
-            let take = self.solid.pending.len().min(batch);
-            let level = self.options.level;
-            let pending = std::mem::take(&mut self.solid.pending);
-            let frames: Vec<StoredFrame> = pending[..take]
-                .par_chunks(frame_size)
-                .map(|chunk| encode_solid(chunk, level))
-                .collect::<io::Result<_>>()
-                .map_err(|e| Error::io(&self.name, e))?;
+        while let Some(batch) = self.solid.take_batch(all, &self.options) {
+            let batch = batch.map_err(|e| Error::io(&self.name, e))?;
             self.align()?;
-            for (frame, chunk) in frames.iter().zip(pending[..take].chunks(frame_size)) {
+            for (bytes, len) in batch.frames() {
                 let offset = self.pos;
-                match frame {
-                    StoredFrame::Raw => self.write(chunk)?,
-                    StoredFrame::Zstd(bytes) | StoredFrame::Reused(bytes) => self.write(bytes)?,
-                }
-                let stored_len = (self.pos - offset) as u32;
-                self.solid.frames.push(FrameRecord { offset, stored_len, len: chunk.len() as u32 });
+                self.write(bytes)?;
+                self.solid.frames.push(FrameRecord { offset, stored_len: bytes.len() as u32, len });
             }
-            self.solid.pending = pending[take..].to_vec();
         }
         Ok(())
     }
