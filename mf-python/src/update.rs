@@ -86,10 +86,13 @@ impl Progress for Callback {
 /// Updates `target` (an archive, or with `folder=True` an install folder; by default a folder when
 /// `target` is an existing directory) from the release repository `repo` (an http(s)/file URL or a
 /// folder), trusting manifests signed by `key` (a `.pub` file or its text). `key=None` requires
-/// `allow_unsigned=True`. Returns the outcome as a dict (the keys of `mf update --json`).
+/// `allow_unsigned=True`. An mf archive is patched in place unless `rebuild=True` (`--rebuild`);
+/// `verify=True` (`--verify`) identifies it by every entry's SHA-256. Returns the outcome as a dict
+/// (the keys of `mf update --json`).
 #[pyfunction]
 #[pyo3(signature = (repo, key, target, *, to = None, check = false, repair = false, folder = None,
-                    allow_unsigned = false, timeout = 30.0, retries = 3, progress = None))]
+                    allow_unsigned = false, timeout = 30.0, retries = 3, progress = None, verify = false,
+                    rebuild = false))]
 #[allow(clippy::too_many_arguments)] // Python keyword arguments, one per `mf update` option.
 pub fn update<'py>(
     py: Python<'py>,
@@ -104,6 +107,8 @@ pub fn update<'py>(
     timeout: f64,
     retries: u32,
     progress: Option<Py<PyAny>>,
+    verify: bool,
+    rebuild: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     if key.is_none() && !allow_unsigned {
         let what = "key=None accepts an unsigned repository only with allow_unsigned=True";
@@ -123,7 +128,7 @@ pub fn update<'py>(
             attempts: retries.saturating_add(1),
             ..FetchOptions::default()
         };
-        let options = UpdateOptions { key, fetch, to, check, repair, verify: false, rebuild: false };
+        let options = UpdateOptions { key, fetch, to, check, repair, verify, rebuild };
         let progress: &dyn Progress = match &callback {
             Some(callback) => callback,
             None => &mf_release::update::Quiet,

@@ -64,6 +64,11 @@ def test_apply_to_the_wrong_base_changes_nothing(tmp_path: Path, versions: tuple
         mfarchive.patch_info(v1)
 
 
+def contents(archive: Path) -> dict[str, bytes]:
+    with mfarchive.open(archive) as opened:
+        return {entry.path: opened.read(entry) for entry in opened}
+
+
 def publish(mf_bin: Path, repo: Path, key: Path, version: str, source: Path) -> None:
     subprocess.run(
         [str(mf_bin), "release", "add", str(repo), version, str(source), "--sign", str(key)],
@@ -94,9 +99,17 @@ def test_update_an_archive_and_a_folder_from_a_local_repository(
     calls: list[tuple[int, int, str]] = []
     second = mfarchive.update(repo, pub, game, progress=lambda done, total, label: calls.append((done, total, label)))
     assert second["installed"] == {"state": "version", "version": "1.0"} and second["target"] == "1.1"
-    assert game.read_bytes() == v2.read_bytes()
+    # Patched in place: the new version's entries, written where they changed, not its exact bytes.
+    assert second["in_place"] and 0 < second["bytes_written"] < v2.stat().st_size
+    assert game.read_bytes() != v2.read_bytes() and contents(game) == contents(v2)
     assert calls and calls[-1][0] == calls[-1][1] == check["route_bytes"] and "patch 1.0 -> 1.1" in calls[-1][2]
     assert mfarchive.update(repo, pub, game)["route"] == []
+    assert mfarchive.update(repo, pub, game, verify=True)["route"] == []
+
+    rebuilt = tmp_path / "rebuilt.mf"
+    rebuilt.write_bytes(v1.read_bytes())
+    outcome = mfarchive.update(repo, pub, rebuilt, rebuild=True)
+    assert not outcome["in_place"] and rebuilt.read_bytes() == v2.read_bytes()
 
     folder = tmp_path / "install"
     folder.mkdir()

@@ -180,8 +180,12 @@ def update(
     timeout: float = 30.0,
     retries: int = 3,
     progress: Callable[[int, int, str], object] | None = None,
+    verify: bool = False,
+    rebuild: bool = False,
 ) -> dict[str, Any]:
     """Brings ``target`` (an archive, or an install folder) to the newest (or ``to``) version of the
     release repository ``repo``, verified against ``key``, by the fewest bytes, atomically. Returns
     the outcome (the keys of ``mf update --json``). ``progress(done, total, label)`` is called as
-    pieces download."""
+    pieces download. An mf archive is patched in place (only what changed is written; the result
+    has the new version's entries, not its exact bytes) unless ``rebuild=True``; ``verify=True``
+    identifies the installed archive by every entry's SHA-256 instead of trusting the state record."""
