@@ -5,6 +5,10 @@
 //!   (entry records, delta and zstd payload descriptors, the delta's three streams) against a real
 //!   old archive (or plain file).
 //!
+//! Archive patches are also applied in place to a copy of the old archive: a patch that fails must
+//! leave the copy reading exactly as the old archive (nothing committed), and one that succeeds must
+//! leave an archive that opens and verifies.
+//!
 //! Any panic, abort or out-of-memory is a finding; errors are the expected outcome.
 #![no_main]
 
@@ -99,4 +103,27 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = mf_diff::apply_patch(&patch, old, &out, &|_| {});
     let _ = std::fs::remove_file(&out);
+    if old == &fx.archive {
+        apply_in_place_to_a_copy(fx, &patch, &out);
+    }
 });
+
+/// Every entry's path and content, in record order.
+fn contents(archive: &mf_format::Archive) -> Vec<(String, Vec<u8>)> {
+    archive.entries().map(|e| (e.path().to_owned(), archive.read(&e).expect("readable").into_owned())).collect()
+}
+
+fn apply_in_place_to_a_copy(fx: &Fixture, patch: &std::path::Path, copy: &std::path::Path) {
+    if std::fs::copy(&fx.archive, copy).is_err() {
+        return;
+    }
+    let result = mf_diff::apply_in_place(patch, copy, mf_diff::InPlaceOptions::default(), &|_| {});
+    let after = mf_format::Archive::open(copy).expect("an in-place apply leaves an archive that opens");
+    if result.is_ok() {
+        assert!(after.verify().is_empty(), "a successful in-place apply leaves an archive that verifies");
+    } else {
+        let before = mf_format::Archive::open(&fx.archive).expect("fixture");
+        assert_eq!(contents(&after), contents(&before), "a failed in-place apply changed the archive");
+    }
+    let _ = std::fs::remove_file(copy);
+}
