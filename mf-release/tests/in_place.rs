@@ -7,6 +7,7 @@ use mf_format::{Archive, ArchiveWriter, Editor, EntryOptions, WriterOptions};
 use mf_release::repo::{self, AddOptions, Signing, DEFAULT_EXPIRY};
 use mf_release::update::{update_archive, IdentifiedBy, Installed, Outcome, Quiet, UpdateOptions};
 use mf_release::{Error, SecretKey};
+use mf_test_support::noise;
 
 struct Repo {
     _dir: tempfile::TempDir,
@@ -14,18 +15,6 @@ struct Repo {
     key: SecretKey,
     /// Each version's published archive, oldest first.
     versions: Vec<PathBuf>,
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 /// Three versions: 1.1 edits a large raw entry in its middle and a text; 1.2 adds and removes files.
