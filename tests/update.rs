@@ -770,8 +770,7 @@ fn symlinks_planted_in_the_state_folder_are_refused_and_never_followed() {
     // A `.part` of the route's first piece that points at someone's file: never appended to.
     reset();
     std::fs::create_dir_all(state.join("downloads")).unwrap();
-    let manifest = Fixture::manifest(&fixture().repo);
-    let first_piece = manifest["versions"][1]["patches"][0]["sha256"].as_str().unwrap().to_owned();
+    let first_piece = first_patch_from_1_0();
     symlink(victim.join("keep.txt"), state.join("downloads").join(format!("{first_piece}.part"))).unwrap();
     let err = update_fails(d, &args);
     assert!(err.contains("symbolic link"), ".part: {err}");
@@ -781,6 +780,12 @@ fn symlinks_planted_in_the_state_folder_are_refused_and_never_followed() {
     reset();
     update_ok(d, &args);
     assert_version(&d.join("game.mf"), "1.2", "");
+}
+
+/// The SHA-256 of the second version's first patch (from 1.0): the first piece of the route from 1.0.
+fn first_patch_from_1_0() -> String {
+    let manifest = Fixture::manifest(&fixture().repo);
+    manifest["versions"][1]["patches"][0]["sha256"].as_str().unwrap().to_owned()
 }
 
 fn make_fifo(path: &Path) {
@@ -802,8 +807,7 @@ fn state_files_planted_as_links_or_fifos_are_refused_without_writing_or_blocking
     let args = ["--repo", repo.as_str(), "--key", key.as_str(), "game.mf"];
     let victim = d.join("victim");
     let state = d.join("game.mf.mf-update");
-    let manifest = Fixture::manifest(&fixture().repo);
-    let first_piece = manifest["versions"][1]["patches"][0]["sha256"].as_str().unwrap().to_owned();
+    let first_piece = first_patch_from_1_0();
     let plants: [(&str, &str); 5] = [
         ("lock", "dangling link"),
         ("trusted.json", "dangling link"),

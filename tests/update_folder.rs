@@ -114,6 +114,15 @@ fn publish(d: &Path, releases: &[Tree]) {
     }
 }
 
+/// A temp dir holding a repository of [`small_releases`] and `game/` installed at version 1 from it.
+fn installed_at_version_1() -> (tempfile::TempDir, Vec<Tree>) {
+    let temp = tempfile::tempdir().unwrap();
+    let releases = small_releases();
+    publish(temp.path(), &releases);
+    update(temp.path(), "repo", "game", &["--to", "1"]);
+    (temp, releases)
+}
+
 fn update(d: &Path, url: &str, dir: &str, extra: &[&str]) -> serde_json::Value {
     let mut args = vec!["update", "--repo", url, "--key", "release.pub", "--dir", dir, "--json"];
     args.extend_from_slice(extra);
@@ -362,12 +371,9 @@ fn killing_an_update_at_random_points_never_breaks_the_folder() {
 /// elsewhere, operations the signed file tables do not allow) are refused and nothing changes.
 #[test]
 fn a_forged_journal_is_refused_and_the_folder_stays_as_it_is() {
-    let temp = tempfile::tempdir().unwrap();
+    let (temp, releases) = installed_at_version_1();
     let d = temp.path();
-    let releases = small_releases();
-    publish(d, &releases);
     let game = d.join("game");
-    update(d, "repo", "game", &["--to", "1"]);
     write(&game, &user_files());
     let before = snapshot(&game);
     std::fs::write(d.join("victim.txt"), b"not the updater's").unwrap();
@@ -416,12 +422,9 @@ fn a_forged_journal_is_refused_and_the_folder_stays_as_it_is() {
 #[test]
 fn symlinks_planted_in_the_folder_state_are_refused_and_never_followed() {
     use std::os::unix::fs::symlink;
-    let temp = tempfile::tempdir().unwrap();
+    let (temp, releases) = installed_at_version_1();
     let d = temp.path();
-    let releases = small_releases();
-    publish(d, &releases);
     let game = d.join("game");
-    update(d, "repo", "game", &["--to", "1"]);
     let before = snapshot(&game);
     let victim = d.join("victim");
     for planted in ["backup", "staging", "downloads"] {
@@ -447,12 +450,9 @@ fn symlinks_planted_in_the_folder_state_are_refused_and_never_followed() {
 #[test]
 fn state_files_planted_as_fifos_or_links_are_refused_without_blocking() {
     use std::os::unix::fs::symlink;
-    let temp = tempfile::tempdir().unwrap();
+    let (temp, releases) = installed_at_version_1();
     let d = temp.path();
-    let releases = small_releases();
-    publish(d, &releases);
     let game = d.join("game");
-    update(d, "repo", "game", &["--to", "1"]);
     let before = snapshot(&game);
     let state = game.join(".mf-update");
     let cached_table = std::fs::read_dir(state.join("tables")).unwrap().next().unwrap().unwrap().file_name();
