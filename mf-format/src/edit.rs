@@ -843,7 +843,19 @@ pub fn writer_options_of(archive: &Archive) -> WriterOptions {
 
 /// Whether an archive's dead space is past [`COMPACT_DEAD_SHARE`] of its file.
 pub fn needs_compaction(archive: &Archive) -> bool {
-    archive.space().dead as f64 > COMPACT_DEAD_SHARE * archive.file_len() as f64
+    past_compaction_threshold(archive.space().dead, archive.file_len())
+}
+
+fn past_compaction_threshold(dead_bytes: u64, file_len: u64) -> bool {
+    dead_bytes as f64 > COMPACT_DEAD_SHARE * file_len as f64
+}
+
+impl CommitReport {
+    /// Whether the committed version's dead space is past [`COMPACT_DEAD_SHARE`] of its file (what
+    /// [`needs_compaction`] says of the archive, without opening it again).
+    pub fn needs_compaction(&self) -> bool {
+        past_compaction_threshold(self.dead_bytes, self.file_len)
+    }
 }
 
 /// Compacts the archive at `path` over itself ([`compact`]), holding its edit lock meanwhile so no

@@ -2,14 +2,13 @@
 //! by the rules of `mf pack`), paths removed, one crash-safe commit each, then compaction when dead
 //! space passes [`COMPACT_DEAD_SHARE`](crate::edit::COMPACT_DEAD_SHARE).
 
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 
-use crate::edit::{needs_compaction, CommitReport, CompactReport, Editor};
+use crate::edit::{CommitReport, CompactReport, Editor};
 use crate::pack::{collect_inputs, has_extension, DirPackOptions, PackError, PackInput};
 use crate::path::entry_path_from_fs;
 use crate::writer::{Compression, EntryOptions};
-use crate::Archive;
 
 /// How [`add_paths`] turns files into entries.
 #[derive(Debug, Clone, Default)]
@@ -60,9 +59,14 @@ pub fn add_paths(archive: &Path, paths: &[PathBuf], options: &AddOptions) -> Res
         let size = file.metadata().map_err(|error| io(&input.fs_path, error))?.len();
         let existing = editor.archive().get(&input.entry_path).map(|e| (e.size(), e.content_hash(), e.mode()));
         if let Some((old_size, old_hash, old_mode)) = existing.filter(|_| options.update) {
-            if old_size == size && old_mode == input.options.mode && hash_file(&input.fs_path, size)? == old_hash {
-                report.unchanged.push(input.entry_path.clone());
-                continue;
+            if old_size == size && old_mode == input.options.mode {
+                // Hashed through the handle `put` reads from, so the file compared is the file stored.
+                let unchanged = hash_prefix(&mut file, size).map_err(|error| io(&input.fs_path, error))? == old_hash;
+                if unchanged {
+                    report.unchanged.push(input.entry_path.clone());
+                    continue;
+                }
+                file.rewind().map_err(|error| io(&input.fs_path, error))?;
             }
         }
         editor.put(&input.entry_path, &input.options, &mut file, size)?;
@@ -86,7 +90,7 @@ pub fn remove_paths(archive: &Path, paths: &[String], no_compact: bool) -> Resul
 fn finish(editor: Editor, no_compact: bool, mut report: EditReport) -> Result<EditReport, PackError> {
     let name = editor.archive().name().to_owned();
     report.commit = editor.commit()?;
-    if !no_compact && needs_compaction(&Archive::open(&name)?) {
+    if !no_compact && report.commit.needs_compaction() {
         report.compacted = Some(Editor::open(&name)?.compact_in_place()?);
     }
     Ok(report)
@@ -141,14 +145,13 @@ fn is_same_file(metadata: &std::fs::Metadata, other: &Path) -> bool {
     std::fs::metadata(other).is_ok_and(|o| o.dev() == metadata.dev() && o.ino() == metadata.ino())
 }
 
-/// xxh3 of a file's first `size` bytes.
-fn hash_file(path: &Path, size: u64) -> Result<u64, PackError> {
-    let file = crate::fs::open_regular(path).map_err(|error| io(path, error))?;
+/// xxh3 of the first `size` bytes read from `file`.
+fn hash_prefix(file: &mut std::fs::File, size: u64) -> std::io::Result<u64> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut buffer = vec![0u8; 1 << 20];
     let mut reader = file.take(size);
     loop {
-        let n = reader.read(&mut buffer).map_err(|error| io(path, error))?;
+        let n = reader.read(&mut buffer)?;
         if n == 0 {
             break;
         }
