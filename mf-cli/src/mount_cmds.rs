@@ -50,6 +50,11 @@ pub struct MountArgs {
     /// With --background: append the daemon's messages (I/O errors) to FILE instead of discarding them.
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
+    /// Record which files are opened, in the order first opened, in FILE (created; it must not
+    /// exist): one JSON string per line, written as it happens. `mf pack --order-from FILE` lays
+    /// them out first.
+    #[arg(long, value_name = "FILE")]
+    record_trace: Option<PathBuf>,
     /// Internal: run as the daemon of `--background`, reporting readiness on standard output.
     #[arg(long, hide = true)]
     daemon_child: bool,
@@ -111,6 +116,7 @@ pub fn mount(args: MountArgs, threads: Option<usize>) -> Outcome {
         cache_size: usize::try_from(args.cache_size).context("cache size does not fit in memory")?,
         threads: threads.unwrap_or(DEFAULT_THREADS),
         read_ahead_kb: (args.read_ahead > 0).then_some(args.read_ahead),
+        record_trace: args.record_trace.clone(),
         ..MountOptions::default()
     };
     let mut archives = mf_mount::open_archives(&args.archives)?;
@@ -171,6 +177,9 @@ fn spawn_daemon(args: &MountArgs, threads: Option<usize>) -> Outcome {
     }
     if let Some(log) = &args.log {
         command.arg("--log").arg(absolute(log)?);
+    }
+    if let Some(trace) = &args.record_trace {
+        command.arg("--record-trace").arg(absolute(trace)?);
     }
     command.arg("--");
     for archive in &args.archives {
