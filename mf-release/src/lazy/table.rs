@@ -79,7 +79,7 @@ pub struct BlockTable {
     /// footer), each non-empty and inside the file; fetched first by a mount.
     #[br(count = range_count)]
     #[br(assert(open_ranges.iter().all(|r| r.len > 0 && r.end().is_some_and(|end| end <= archive_size)), "an open range lies outside the {}-byte archive", archive_size))]
-    #[br(assert(table_len_of(archive_size, block_size, open_ranges.len()) == Some(table_len), "the table is {} bytes, but a {}-byte archive in {}-byte blocks with {} open ranges needs {:?}", table_len, archive_size, block_size, open_ranges.len(), table_len_of(archive_size, block_size, open_ranges.len())))]
+    #[br(assert(table_len_of(archive_size, block_size, open_ranges.len()) == Some(table_len), "{}", length_mismatch(table_len, archive_size, block_size, open_ranges.len())))]
     pub open_ranges: Vec<ByteRange>,
     /// SHA-256 of each block of the archive file in order, `ceil(archive_size / block_size)` of them;
     /// the last block is short when the size is not a multiple of the block size.
@@ -95,6 +95,17 @@ fn valid_block_size(size: u32) -> bool {
 fn table_len_of(archive_size: u64, block_size: u32, ranges: usize) -> Option<u64> {
     let blocks = archive_size.div_ceil(u64::from(block_size.max(1)));
     FIXED_LEN.checked_add(RANGE_LEN * ranges as u64)?.checked_add(blocks.checked_mul(DIGEST_LEN)?)
+}
+
+/// Why a table of `table_len` bytes cannot hold what its header declares.
+fn length_mismatch(table_len: u64, archive_size: u64, block_size: u32, ranges: usize) -> String {
+    let needs = match table_len_of(archive_size, block_size, ranges) {
+        Some(len) => format!("{len} bytes"),
+        None => "more than 2^64 bytes".into(),
+    };
+    format!(
+        "the table is {table_len} bytes, but a {archive_size}-byte archive in {block_size}-byte blocks with {ranges} open ranges needs {needs}"
+    )
 }
 
 impl BlockTable {
@@ -147,7 +158,9 @@ impl BlockTable {
     /// The blocks `[first, end)` covering bytes `[offset, offset + len)`, clamped to the archive.
     pub fn blocks_of(&self, offset: u64, len: u64) -> std::ops::Range<u64> {
         let end = offset.saturating_add(len).min(self.archive_size);
-        let offset = offset.min(end);
+        if offset >= end {
+            return 0..0;
+        }
         let size = u64::from(self.block_size);
         (offset / size)..end.div_ceil(size)
     }
@@ -210,9 +223,139 @@ impl BlockTable {
 fn describe(error: &binrw::Error) -> String {
     match error {
         binrw::Error::BadMagic { .. } => "not a block table (the magic is not MFBLOCK1)".into(),
-        binrw::Error::AssertFail { pos, message } => format!("at byte {pos}: {message}"),
+        binrw::Error::AssertFail { message, .. } => message.clone(),
         binrw::Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "truncated".into(),
         binrw::Error::Backtrace(backtrace) => describe(&backtrace.error),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::sha256_hex;
+
+    /// A real archive of a few hundred KiB, its bytes and its table.
+    fn sample() -> (tempfile::TempDir, Vec<u8>, BlockTable) {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<(String, Vec<u8>)> =
+            (0..6).map(|i| (format!("f{i}.bin"), mf_test_support::noise(50_000 + i * 999, i as u64))).collect();
+        let path = mf_test_support::write_mf(dir.path().join("a.mf"), &files);
+        let bytes = std::fs::read(&path).unwrap();
+        let table = BlockTable::build(&path, MIN_BLOCK_SIZE).unwrap();
+        (dir, bytes, table)
+    }
+
+    fn full_of(bytes: &[u8]) -> ObjectRef {
+        ObjectRef { path: "full/x.mf".into(), size: bytes.len() as u64, sha256: sha256_hex(bytes) }
+    }
+
+    fn error_of(bytes: &[u8]) -> String {
+        match BlockTable::parse(bytes, "blocks/t.bin") {
+            Err(e @ Error::BadBlockTable { .. }) => e.to_string(),
+            other => panic!("expected a BadBlockTable error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_table_round_trips_and_describes_the_archive() {
+        let (_dir, archive, table) = sample();
+        assert_eq!(table.archive_size, archive.len() as u64);
+        assert_eq!(hex::encode(table.archive_sha256), sha256_hex(&archive));
+        assert_eq!(table.block_count(), (archive.len() as u64).div_ceil(4096));
+        for (i, chunk) in archive.chunks(4096).enumerate() {
+            assert!(table.block_matches(i as u64, chunk), "block {i}");
+            assert_eq!(table.block_range(i as u64).start, i as u64 * 4096);
+        }
+        assert!(!table.block_matches(0, &archive[1..4097]));
+        // The open ranges are what Archive::open reads: header + slots, and index + footer at the end.
+        let opened = mf_format::Archive::from_bytes(archive.clone(), "a.mf").unwrap();
+        let (index_offset, index_len) = opened.index_extent();
+        assert_eq!(
+            table.open_ranges,
+            vec![ByteRange { offset: 0, len: 96 }, ByteRange { offset: index_offset, len: index_len + 40 }]
+        );
+        assert_eq!(index_offset + index_len + 40, archive.len() as u64);
+        let bytes = table.to_bytes();
+        assert_eq!(&bytes[..8], b"MFBLOCK1");
+        assert_eq!(bytes.len() as u64, 56 + 2 * 16 + 32 * table.block_count());
+        assert_eq!(BlockTable::parse(&bytes, "t").unwrap(), table);
+        assert_eq!(BlockTable::parse_for(&bytes, &full_of(&archive), "t").unwrap(), table);
+        // Only the open ranges, with the rest zero, already opens as the archive.
+        let mut sparse = vec![0u8; archive.len()];
+        for r in &table.open_ranges {
+            let range = r.offset as usize..r.end().unwrap() as usize;
+            sparse[range.clone()].copy_from_slice(&archive[range]);
+        }
+        assert_eq!(mf_format::Archive::from_bytes(sparse, "s.mf").unwrap().len(), 6);
+        assert_eq!(table.blocks_of(4095, 2), 0..2);
+        assert_eq!(table.blocks_of(u64::MAX - 1, 10), 0..0);
+        assert_eq!(table.blocks_of(5, 0), 0..0);
+    }
+
+    #[test]
+    fn bad_tables_are_refused_with_the_rule_they_break() {
+        let (_dir, archive, table) = sample();
+        let good = table.to_bytes();
+        // Truncated anywhere: in the header, in the ranges, in the digests.
+        for cut in [0, 5, 30, 60, good.len() - 1] {
+            let err = error_of(&good[..cut]);
+            assert!(err.contains("blocks/t.bin") && err.contains("bad block hash table"), "{cut}: {err}");
+        }
+        assert!(error_of(&good[..good.len() - 1]).contains("needs"), "a short table names the length it needs");
+        let mut longer = good.clone();
+        longer.extend_from_slice(&[0; 32]);
+        assert!(error_of(&longer).contains(&format!("is {} bytes", good.len() + 32)));
+        let mut magic = good.clone();
+        magic[7] = b'2';
+        assert!(error_of(&magic).contains("magic"));
+        let mut block_size = good.clone();
+        block_size[8..12].copy_from_slice(&3000u32.to_le_bytes());
+        assert!(error_of(&block_size).contains("block size 3000"));
+        block_size[8..12].copy_from_slice(&(32u32 << 20).to_le_bytes());
+        assert!(error_of(&block_size).contains("power of two"));
+        let mut count = good.clone();
+        count[52..56].copy_from_slice(&5u32.to_le_bytes());
+        assert!(error_of(&count).contains("5 open ranges"));
+        count[52..56].copy_from_slice(&1u32.to_le_bytes());
+        assert!(error_of(&count).contains("needs"), "one range fewer: the length no longer adds up");
+        let mut outside = good.clone();
+        outside[56 + 16..56 + 24].copy_from_slice(&(archive.len() as u64 - 10).to_le_bytes());
+        assert!(error_of(&outside).contains("outside"));
+        let mut empty = good.clone();
+        empty[56 + 8..56 + 16].copy_from_slice(&0u64.to_le_bytes());
+        assert!(error_of(&empty).contains("outside"));
+        let mut overflow = good.clone();
+        overflow[56 + 16..56 + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(error_of(&overflow).contains("outside"));
+        // A huge block count in a small table: refused by the length rule before anything is allocated.
+        let mut huge = good.clone();
+        huge[12..20].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
+        let err = error_of(&huge);
+        assert!(err.contains(&format!("needs {} bytes", 56 + 32 + 32 * (u64::MAX - 1).div_ceil(4096))), "{err}");
+        huge[12..20].copy_from_slice(&(1u64 << 50).to_le_bytes());
+        assert!(error_of(&huge).contains(&format!("needs {} bytes", 56 + 32 + 32 * (1u64 << 38))));
+        assert!(error_of(&vec![0u8; (MAX_BLOCK_TABLE_SIZE + 1) as usize]).contains("limit"));
+
+        // Another archive's table: size or hash differ from the manifest's `full`.
+        let mut other = full_of(&archive);
+        other.size += 1;
+        let err = BlockTable::parse_for(&good, &other, "t").unwrap_err().to_string();
+        assert!(err.contains("manifest"), "{err}");
+        let mut other = full_of(&archive);
+        other.sha256 = sha256_hex(b"other");
+        assert!(matches!(BlockTable::parse_for(&good, &other, "t"), Err(Error::BadBlockTable { .. })));
+    }
+
+    #[test]
+    fn building_refuses_bad_block_sizes_and_non_archives() {
+        let (dir, _archive, _table) = sample();
+        let path = dir.path().join("a.mf");
+        assert!(BlockTable::build(&path, 1000).is_err());
+        assert!(BlockTable::build(&path, MAX_BLOCK_SIZE * 2).is_err());
+        let big = BlockTable::build(&path, MAX_BLOCK_SIZE).unwrap();
+        assert_eq!(big.block_count(), 1);
+        std::fs::write(dir.path().join("junk"), b"not an archive").unwrap();
+        assert!(BlockTable::build(&dir.path().join("junk"), DEFAULT_BLOCK_SIZE).is_err());
     }
 }
