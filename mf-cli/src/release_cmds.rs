@@ -201,6 +201,9 @@ fn add(args: AddArgs) -> Outcome {
         if added.signed { ", signed" } else { ", UNSIGNED" },
         added.full.size
     )?;
+    if let Some(blocks) = &added.blocks {
+        say!("  block hash table: {} bytes", blocks.size)?;
+    }
     for patch in &added.patches {
         say!("  patch from {}: {} bytes", patch.from, patch.object.size)?;
     }
