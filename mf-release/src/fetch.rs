@@ -599,6 +599,25 @@ mod tests {
     }
 
     #[test]
+    fn full_content_ranges_parse_and_directory_ranges_are_checked() {
+        assert_eq!(parse_full_content_range("bytes 100-199/200"), Some((100, 199, 200)));
+        assert_eq!(parse_full_content_range("bytes 100-199/*"), None);
+        assert_eq!(parse_full_content_range("bytes 100-/200"), None);
+        let repo = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(repo.path().join("a.mf"), &data).unwrap();
+        let fetcher = Fetcher::new(repo.path().to_str().unwrap(), FetchOptions::default()).unwrap();
+        assert_eq!(fetcher.fetch_range("a.mf", 100, 50, 10_000).unwrap(), &data[100..150]);
+        assert_eq!(fetcher.received(), 50);
+        // Outside the file, empty, too long for one request, or a file of another size: refused.
+        assert!(fetcher.fetch_range("a.mf", 9_990, 11, 10_000).is_err());
+        assert!(fetcher.fetch_range("a.mf", 0, 0, 10_000).is_err());
+        assert!(fetcher.fetch_range("a.mf", 0, MAX_RANGE_REQUEST + 1, u64::MAX).is_err());
+        let err = fetcher.fetch_range("a.mf", 0, 10, 20_000).unwrap_err().to_string();
+        assert!(err.contains("the manifest says 20000") && err.contains("a.mf"), "{err}");
+    }
+
+    #[test]
     fn content_ranges_parse() {
         assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));

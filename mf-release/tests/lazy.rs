@@ -440,3 +440,63 @@ fn release_add_publishes_the_block_table_and_prune_removes_it() {
     assert!(!repo.join(&blocks.path).exists());
     assert!(repo.join(&v2_blocks.path).is_file());
 }
+
+#[test]
+fn concurrent_reads_of_the_same_blocks_fetch_each_block_once() {
+    let published = publish();
+    let server = Nginx::serve(&published.repo);
+    // Slow responses, so the threads' requests overlap.
+    let proxy = FaultProxy::start(server.port, |_, path| {
+        if path.starts_with("/full/") {
+            Fault::Throttle { bytes_per_sec: 4 << 20 }
+        } else {
+            Fault::Pass
+        }
+    });
+    let mut options = published.options();
+    options.max_in_flight = 2;
+    let lazy = published.open(&proxy.url(), options).unwrap();
+    server.clear_log();
+    let archive = lazy.open_archive().unwrap();
+    let (first, last) = (archive.get("data/20.bin").unwrap(), archive.get("data/29.bin").unwrap());
+    let (start, end) = (first.offset(), last.offset() + last.stored_size());
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let lazy = &lazy;
+            // Overlapping, differently aligned ranges.
+            scope.spawn(move || lazy.ensure(start + t * 10_000, end - start - t * 20_000).unwrap());
+        }
+    });
+    for i in 20..30 {
+        assert_eq!(read_entry(&lazy, &format!("data/{i}.bin")).unwrap(), noise(128 << 10, i));
+    }
+    let mut ranges = archive_ranges(&server.requests());
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        assert!(pair[0].1 < pair[1].0, "a block was fetched twice: {ranges:?}");
+    }
+    let fetched: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
+    assert_eq!(fetched, (end.div_ceil(BLOCK) - start / BLOCK) * BLOCK);
+}
+
+#[test]
+fn without_fill_only_what_is_read_or_read_ahead_is_fetched() {
+    let published = publish();
+    let server = Nginx::serve(&published.repo);
+    let mut options = published.options();
+    options.fill = false;
+    let lazy = published.open(&server.url(), options).unwrap();
+    let at_open = lazy.progress().present;
+    lazy.start_fill();
+    let archive = lazy.open_archive().unwrap();
+    let entry = archive.get("data/15.bin").unwrap();
+    lazy.prefetch(entry.offset(), entry.stored_size());
+    wait_until("the read-ahead", Duration::from_secs(30), || lazy.is_present(entry.offset(), entry.stored_size()));
+    let blocks = lazy.table().blocks_of(entry.offset(), entry.stored_size());
+    std::thread::sleep(Duration::from_millis(300));
+    let progress = lazy.progress();
+    assert_eq!(progress.present, at_open + (blocks.end - blocks.start) * BLOCK, "nothing else was fetched");
+    assert!(!progress.complete);
+    assert_eq!(archive.read(&entry).unwrap().as_ref(), noise(128 << 10, 15));
+    lazy.stop();
+}
