@@ -49,9 +49,14 @@ impl Published {
 
 /// A signed repository with one version: 48 entries of 128 KiB incompressible data (about 6 MiB).
 fn publish() -> Published {
+    publish_with(48, 128 << 10)
+}
+
+/// A signed repository with one version: `count` entries `data/NN.bin` of `size` bytes of noise.
+fn publish_with(count: u64, size: usize) -> Published {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate().unwrap();
-    let files: Vec<(String, Vec<u8>)> = (0..48).map(|i| (format!("data/{i:02}.bin"), noise(128 << 10, i))).collect();
+    let files: Vec<(String, Vec<u8>)> = (0..count).map(|i| (format!("data/{i:02}.bin"), noise(size, i))).collect();
     let path = write_mf(dir.path().join("v1.mf"), &files);
     let repo = dir.path().join("repo");
     repo::add(&repo, "1", &path, &add_options(&key), &|_| {}).unwrap();
@@ -250,6 +255,15 @@ fn a_server_ignoring_ranges_is_refused_rather_than_downloaded_whole() {
     let err = read_entry(&lazy, "data/01.bin").unwrap_err().to_string();
     assert!(err.contains("ignores Range"), "{err}");
     assert!(proxy.body_bytes() < published.archive.len() as u64, "the whole archive was not read");
+
+    // A small archive (at most 1 MiB) is read whole from such a server, and still checked.
+    let published = publish_with(4, 100_000);
+    let server = Nginx::serve(&published.repo);
+    let (proxy, armed) = faulty(&server, |_| Fault::IgnoreRange);
+    armed.store(true, Ordering::SeqCst);
+    let lazy = published.open(&proxy.url(), published.options()).unwrap();
+    assert_eq!(read_entry(&lazy, "data/02.bin").unwrap(), noise(100_000, 2));
+    assert!(server.requests().iter().any(|r| r.uri.starts_with("/full/") && r.status == 200));
 }
 
 #[test]
@@ -499,4 +513,12 @@ fn without_fill_only_what_is_read_or_read_ahead_is_fetched() {
     assert!(!progress.complete);
     assert_eq!(archive.read(&entry).unwrap().as_ref(), noise(128 << 10, 15));
     lazy.stop();
+}
+
+/// A mount shares one `LazyArchive` between its threads.
+#[test]
+fn a_lazy_archive_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<LazyArchive>();
+    shared::<Arc<LazyArchive>>();
 }
