@@ -344,8 +344,12 @@ fn a_tampered_cache_is_hashed_again_and_refetched() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&partial, &bytes).unwrap();
+    // A record write cut short by a kill left its temp file (pid 0 is no process's).
+    let stale = published.cache().join(".mf-state.0.0badf00d.mf-tmp");
+    std::fs::write(&stale, b"half a record").unwrap();
     server.clear_log();
     let lazy = published.open(&server.url(), published.options()).unwrap();
+    assert!(!stale.exists(), "stale temp files are removed");
     lazy.start_fill();
     wait_until("completion", Duration::from_secs(60), || lazy.progress().complete);
     let ranges = archive_ranges(&server.requests());
