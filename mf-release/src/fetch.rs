@@ -426,72 +426,74 @@ impl Fetcher {
                 self.received.fetch_add(len, Ordering::Relaxed);
                 Ok(out)
             }
-            Location::Http(base) => {
-                let url = format!("{base}{path}");
-                let agent = self.agent.as_ref().ok_or_else(|| Failure::fatal("no HTTP agent"))?;
-                let last = offset + len - 1;
-                let response = agent
-                    .get(&url)
-                    .header("Range", format!("bytes={offset}-{last}"))
-                    .call()
-                    .map_err(|e| ureq_failure(e, offset))?;
-                let status = response.status().as_u16();
-                let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-                let skip = match status {
-                    206 => {
-                        let range = header("content-range").unwrap_or_default();
-                        if parse_full_content_range(&range) != Some((offset, last, total)) {
-                            return Err(Failure::fatal(format!(
-                                "asked for bytes {offset}-{last} of a {total}-byte file, the server sent Content-Range {range:?}: wrong file or range, refused"
-                            )));
-                        }
-                        0
-                    }
-                    200 if total <= MAX_WHOLE_FOR_RANGE => offset,
-                    200 => {
-                        return Err(Failure::fatal(format!(
-                            "the server ignores Range requests (200 instead of 206); the {total}-byte file is not downloaded whole for a part of it"
-                        )))
-                    }
-                    416 => return Err(Failure::fatal(format!("HTTP 416: the server has no bytes {offset}-{last}"))),
-                    404 => return Err(Failure::fatal("HTTP 404 not found")),
-                    408 | 429 | 500..=599 => return Err(Failure::transient(format!("HTTP {status}"))),
-                    _ => return Err(Failure::fatal(format!("HTTP {status}"))),
-                };
-                let mut reader = response.into_body().into_reader();
-                if skip > 0 {
-                    let skipped = std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
-                        .map_err(|e| self.io_failure(&e, 0, Some(total)))?;
-                    if skipped < skip {
-                        return Err(Failure::transient(format!("connection closed after {skipped} bytes")));
-                    }
-                }
-                let mut got = 0usize;
-                while got < out.len() {
-                    match reader.read(&mut out[got..]) {
-                        Ok(0) => {
-                            return Err(Failure::transient(format!(
-                                "connection closed after {got} of the {len} bytes asked for"
-                            )))
-                        }
-                        Ok(n) => {
-                            got += n;
-                            self.received.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(self.io_failure(&e, got as u64, Some(len))),
-                    }
-                }
-                // The body must end here; reading its end also hands the connection back to the
-                // agent's pool for the next request (keep-alive).
-                if skip == 0 && matches!(reader.read(&mut [0u8; 1]), Ok(n) if n > 0) {
+            Location::Http(base) => self.http_range(&format!("{base}{path}"), offset, total, out),
+        }
+    }
+
+    /// [`Fetcher::range_attempt`] over HTTP: fills `out` with the bytes from `offset` of `url`.
+    fn http_range(&self, url: &str, offset: u64, total: u64, mut out: Vec<u8>) -> Result<Vec<u8>, Failure> {
+        let len = out.len() as u64;
+        let agent = self.agent.as_ref().ok_or_else(|| Failure::fatal("no HTTP agent"))?;
+        let last = offset + len - 1;
+        let response = agent
+            .get(url)
+            .header("Range", format!("bytes={offset}-{last}"))
+            .call()
+            .map_err(|e| ureq_failure(e, offset))?;
+        let status = response.status().as_u16();
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        // Bytes to skip before `offset`: a 206 starts there; a 200 is the whole file.
+        let (skip, whole) = match status {
+            206 => {
+                let range = header("content-range").unwrap_or_default();
+                if parse_full_content_range(&range) != Some((offset, last, total)) {
                     return Err(Failure::fatal(format!(
-                        "the response is longer than the {len} bytes asked for: refused"
+                        "asked for bytes {offset}-{last} of a {total}-byte file, the server sent Content-Range {range:?}: wrong file or range, refused"
                     )));
                 }
-                Ok(out)
+                (0, false)
+            }
+            200 if total <= MAX_WHOLE_FOR_RANGE => (offset, true),
+            200 => {
+                return Err(Failure::fatal(format!(
+                    "the server ignores Range requests (200 instead of 206); the {total}-byte file is not downloaded whole for a part of it"
+                )))
+            }
+            416 => return Err(Failure::fatal(format!("HTTP 416: the server has no bytes {offset}-{last}"))),
+            404 => return Err(Failure::fatal("HTTP 404 not found")),
+            408 | 429 | 500..=599 => return Err(Failure::transient(format!("HTTP {status}"))),
+            _ => return Err(Failure::fatal(format!("HTTP {status}"))),
+        };
+        let mut reader = response.into_body().into_reader();
+        if skip > 0 {
+            let skipped = std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
+                .map_err(|e| self.io_failure(&e, 0, Some(total)))?;
+            if skipped < skip {
+                return Err(Failure::transient(format!("connection closed after {skipped} bytes")));
             }
         }
+        let mut got = 0usize;
+        while got < out.len() {
+            match reader.read(&mut out[got..]) {
+                Ok(0) => {
+                    return Err(Failure::transient(format!(
+                        "connection closed after {got} of the {len} bytes asked for"
+                    )))
+                }
+                Ok(n) => {
+                    got += n;
+                    self.received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_failure(&e, got as u64, Some(len))),
+            }
+        }
+        // The body must end here; reading its end also hands the connection back to the
+        // agent's pool for the next request (keep-alive).
+        if !whole && matches!(reader.read(&mut [0u8; 1]), Ok(n) if n > 0) {
+            return Err(Failure::fatal(format!("the response is longer than the {len} bytes asked for: refused")));
+        }
+        Ok(out)
     }
 }
 
@@ -596,6 +598,25 @@ mod tests {
 
     fn object(bytes: &[u8], path: &str) -> ObjectRef {
         ObjectRef { path: path.into(), size: bytes.len() as u64, sha256: sha256_hex(bytes) }
+    }
+
+    #[test]
+    fn full_content_ranges_parse_and_directory_ranges_are_checked() {
+        assert_eq!(parse_full_content_range("bytes 100-199/200"), Some((100, 199, 200)));
+        assert_eq!(parse_full_content_range("bytes 100-199/*"), None);
+        assert_eq!(parse_full_content_range("bytes 100-/200"), None);
+        let repo = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(repo.path().join("a.mf"), &data).unwrap();
+        let fetcher = Fetcher::new(repo.path().to_str().unwrap(), FetchOptions::default()).unwrap();
+        assert_eq!(fetcher.fetch_range("a.mf", 100, 50, 10_000).unwrap(), &data[100..150]);
+        assert_eq!(fetcher.received(), 50);
+        // Outside the file, empty, too long for one request, or a file of another size: refused.
+        assert!(fetcher.fetch_range("a.mf", 9_990, 11, 10_000).is_err());
+        assert!(fetcher.fetch_range("a.mf", 0, 0, 10_000).is_err());
+        assert!(fetcher.fetch_range("a.mf", 0, MAX_RANGE_REQUEST + 1, u64::MAX).is_err());
+        let err = fetcher.fetch_range("a.mf", 0, 10, 20_000).unwrap_err().to_string();
+        assert!(err.contains("the manifest says 20000") && err.contains("a.mf"), "{err}");
     }
 
     #[test]

@@ -49,9 +49,14 @@ impl Published {
 
 /// A signed repository with one version: 48 entries of 128 KiB incompressible data (about 6 MiB).
 fn publish() -> Published {
+    publish_with(48, 128 << 10)
+}
+
+/// A signed repository with one version: `count` entries `data/NN.bin` of `size` bytes of noise.
+fn publish_with(count: u64, size: usize) -> Published {
     let dir = tempfile::tempdir().unwrap();
     let key = SecretKey::generate().unwrap();
-    let files: Vec<(String, Vec<u8>)> = (0..48).map(|i| (format!("data/{i:02}.bin"), noise(128 << 10, i))).collect();
+    let files: Vec<(String, Vec<u8>)> = (0..count).map(|i| (format!("data/{i:02}.bin"), noise(size, i))).collect();
     let path = write_mf(dir.path().join("v1.mf"), &files);
     let repo = dir.path().join("repo");
     repo::add(&repo, "1", &path, &add_options(&key), &|_| {}).unwrap();
@@ -250,6 +255,15 @@ fn a_server_ignoring_ranges_is_refused_rather_than_downloaded_whole() {
     let err = read_entry(&lazy, "data/01.bin").unwrap_err().to_string();
     assert!(err.contains("ignores Range"), "{err}");
     assert!(proxy.body_bytes() < published.archive.len() as u64, "the whole archive was not read");
+
+    // A small archive (at most 1 MiB) is read whole from such a server, and still checked.
+    let published = publish_with(4, 100_000);
+    let server = Nginx::serve(&published.repo);
+    let (proxy, armed) = faulty(&server, |_| Fault::IgnoreRange);
+    armed.store(true, Ordering::SeqCst);
+    let lazy = published.open(&proxy.url(), published.options()).unwrap();
+    assert_eq!(read_entry(&lazy, "data/02.bin").unwrap(), noise(100_000, 2));
+    assert!(server.requests().iter().any(|r| r.uri.starts_with("/full/") && r.status == 200));
 }
 
 #[test]
@@ -330,8 +344,12 @@ fn a_tampered_cache_is_hashed_again_and_refetched() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&partial, &bytes).unwrap();
+    // A record write cut short by a kill left its temp file (pid 0 is no process's).
+    let stale = published.cache().join(".mf-state.0.0badf00d.mf-tmp");
+    std::fs::write(&stale, b"half a record").unwrap();
     server.clear_log();
     let lazy = published.open(&server.url(), published.options()).unwrap();
+    assert!(!stale.exists(), "stale temp files are removed");
     lazy.start_fill();
     wait_until("completion", Duration::from_secs(60), || lazy.progress().complete);
     let ranges = archive_ranges(&server.requests());
@@ -439,4 +457,72 @@ fn release_add_publishes_the_block_table_and_prune_removes_it() {
     assert!(pruned.objects_deleted.contains(&blocks.path), "{:?}", pruned.objects_deleted);
     assert!(!repo.join(&blocks.path).exists());
     assert!(repo.join(&v2_blocks.path).is_file());
+}
+
+#[test]
+fn concurrent_reads_of_the_same_blocks_fetch_each_block_once() {
+    let published = publish();
+    let server = Nginx::serve(&published.repo);
+    // Slow responses, so the threads' requests overlap.
+    let proxy = FaultProxy::start(server.port, |_, path| {
+        if path.starts_with("/full/") {
+            Fault::Throttle { bytes_per_sec: 4 << 20 }
+        } else {
+            Fault::Pass
+        }
+    });
+    let mut options = published.options();
+    options.max_in_flight = 2;
+    let lazy = published.open(&proxy.url(), options).unwrap();
+    server.clear_log();
+    let archive = lazy.open_archive().unwrap();
+    let (first, last) = (archive.get("data/20.bin").unwrap(), archive.get("data/29.bin").unwrap());
+    let (start, end) = (first.offset(), last.offset() + last.stored_size());
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let lazy = &lazy;
+            // Overlapping, differently aligned ranges.
+            scope.spawn(move || lazy.ensure(start + t * 10_000, end - start - t * 20_000).unwrap());
+        }
+    });
+    for i in 20..30 {
+        assert_eq!(read_entry(&lazy, &format!("data/{i}.bin")).unwrap(), noise(128 << 10, i));
+    }
+    let mut ranges = archive_ranges(&server.requests());
+    ranges.sort();
+    for pair in ranges.windows(2) {
+        assert!(pair[0].1 < pair[1].0, "a block was fetched twice: {ranges:?}");
+    }
+    let fetched: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
+    assert_eq!(fetched, (end.div_ceil(BLOCK) - start / BLOCK) * BLOCK);
+}
+
+#[test]
+fn without_fill_only_what_is_read_or_read_ahead_is_fetched() {
+    let published = publish();
+    let server = Nginx::serve(&published.repo);
+    let mut options = published.options();
+    options.fill = false;
+    let lazy = published.open(&server.url(), options).unwrap();
+    let at_open = lazy.progress().present;
+    lazy.start_fill();
+    let archive = lazy.open_archive().unwrap();
+    let entry = archive.get("data/15.bin").unwrap();
+    lazy.prefetch(entry.offset(), entry.stored_size());
+    wait_until("the read-ahead", Duration::from_secs(30), || lazy.is_present(entry.offset(), entry.stored_size()));
+    let blocks = lazy.table().blocks_of(entry.offset(), entry.stored_size());
+    std::thread::sleep(Duration::from_millis(300));
+    let progress = lazy.progress();
+    assert_eq!(progress.present, at_open + (blocks.end - blocks.start) * BLOCK, "nothing else was fetched");
+    assert!(!progress.complete);
+    assert_eq!(archive.read(&entry).unwrap().as_ref(), noise(128 << 10, 15));
+    lazy.stop();
+}
+
+/// A mount shares one `LazyArchive` between its threads.
+#[test]
+fn a_lazy_archive_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<LazyArchive>();
+    shared::<Arc<LazyArchive>>();
 }

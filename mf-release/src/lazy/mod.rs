@@ -180,6 +180,9 @@ impl LazyArchive {
         let table = fetch_table(&fetcher, blocks_ref, &version.full)?;
         let full = version.full.clone();
         let lock = cache::lock(&cache, &full.sha256)?;
+        // Left by a killed run: temp files of record writes nobody holds any more (a running mount's
+        // are locked and stay).
+        cache.remove_stale_temps(state::TEMP_PREFIX, state::TEMP_SUFFIX).map_err(|e| Error::io(cache.path(), e))?;
         let opened = cache::open_file(&cache, &full, &table)?;
         let states = BlockStates::new(&table, &opened.claimed);
         let lazy = Arc::new(LazyArchive {
