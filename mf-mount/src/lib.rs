@@ -66,6 +66,18 @@
 //!   lock, so nothing can close it. Likewise a current version overtaken by three commits between
 //!   two checks of the mount (within one interval, with no open, listing or missed lookup between).
 //!
+//! ## Archives whose bytes arrive on demand
+//!
+//! [`mount_on_demand`] serves one mf archive whose file is still being fetched (a mount straight
+//! from a release repository, `mf mount --repo`): its header and index are present, the rest arrives
+//! through an [`OnDemand`] source, which every read asks for exactly the stored bytes it needs before
+//! it reads them. This crate knows nothing of where the bytes come from or how they are verified.
+//!
+//! ## Access traces
+//!
+//! [`MountOptions::record_trace`] records which files are opened, in the order first opened, so
+//! that a packer can lay them out first (`mf pack --order-from`).
+//!
 //! ## What this crate must not know
 //!
 //! How archives are written, patched or released, and which format an [`AnyArchive`] holds: it
