@@ -241,10 +241,12 @@ impl ArchiveFs {
             // Decoded whole once, then served from memory: nothing to hint per request.
             EntryLayout::Stream => return,
         };
-        let (offset, len) = (entry.offset().saturating_add(from), to.saturating_sub(from));
-        Self::advise(opened, offset, len);
-        if let (Some(source), true) = (&opened.source, sequential && len > 0) {
-            source.prefetch(offset, len);
+        Self::advise(opened, entry.offset().saturating_add(from), to.saturating_sub(from));
+        // On demand, the stored bytes of what lies ahead of this read (the read ensures its own).
+        if let (Some(source), true) = (&opened.source, sequential && want_end > end) {
+            if let Some((offset, len)) = stored_span(opened, entry, layout, end, want_end) {
+                source.prefetch(offset, len);
+            }
         }
     }
 
@@ -404,6 +406,30 @@ impl Coalesced {
             Some((start, end)) => ensure(opened, entry, start, end - start),
             None => Ok(()),
         }
+    }
+}
+
+/// The archive bytes holding entry bytes `start..end` (`start < end`): the span itself for raw
+/// content, from the first frame's start to the last frame's end for frames (`None` when those lie
+/// out of order, as deduplicated runs may).
+fn stored_span(
+    opened: &Opened,
+    entry: &AnyEntry<'_>,
+    layout: &EntryLayout<'_>,
+    start: u64,
+    end: u64,
+) -> Option<(u64, u64)> {
+    match layout {
+        EntryLayout::Contiguous(_) | EntryLayout::Positioned => Some((entry.offset().checked_add(start)?, end - start)),
+        EntryLayout::Frames { .. } => {
+            let (first, _) = opened.archive.frame_of(entry, start)?;
+            let (last, _) = opened.archive.frame_of(entry, end - 1)?;
+            let (from, _) = stored_frame(opened, first)?;
+            let (last_offset, last_len) = stored_frame(opened, last)?;
+            let to = last_offset.checked_add(last_len)?;
+            (to > from).then(|| (from, to - from))
+        }
+        EntryLayout::Stream => None,
     }
 }
 

@@ -230,8 +230,16 @@ fn every_read_is_ensured_failures_are_eio_and_a_later_success_serves_right() {
         let frame_aligned = frames.iter().any(|f| f.0 == offset) && frames.iter().any(|f| f.0 + f.1 == offset + len);
         assert!(in_raw || frame_aligned, "ensure({offset}, {len}) is neither frames nor within a raw entry");
     }
-    // The sequential read of the big text gave read-ahead hints.
-    assert!(!source.prefetches.lock().unwrap().is_empty(), "sequential reads prefetch");
+    // The sequential read of the big text gave read-ahead hints: whole frames, or spans of raw
+    // entries, ahead of the reads (never the index).
+    let prefetches = source.prefetches.lock().unwrap().clone();
+    assert!(!prefetches.is_empty(), "sequential reads prefetch");
+    for &(offset, len) in &prefetches {
+        assert!(len > 0 && offset + len <= index_offset, "prefetch({offset}, {len})");
+        let in_raw = extents.iter().any(|e| e.3.is_empty() && e.1 <= offset && offset + len <= e.1 + e.2);
+        let frame_aligned = frames.iter().any(|f| f.0 == offset) && frames.iter().any(|f| f.0 + f.1 == offset + len);
+        assert!(in_raw || frame_aligned, "prefetch({offset}, {len}) is neither frames nor within a raw entry");
+    }
 }
 
 #[test]
