@@ -72,6 +72,7 @@
 
 #![deny(missing_docs)]
 
+pub mod access_order;
 pub mod atomic;
 pub mod edit;
 pub mod error;
@@ -89,6 +90,7 @@ pub mod unpack;
 mod validate;
 pub mod writer;
 
+pub use access_order::TraceOrder;
 pub use atomic::{remove_pending_temp_files, AtomicFile};
 pub use edit::{compact, CommitReport, CompactReport, Editor};
 pub use error::{Error, Result};
