@@ -172,14 +172,11 @@ fn open_fetches_only_the_open_ranges_and_ensure_only_the_blocks_asked_for() {
     }
     let fetched: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
     assert_eq!(fetched + fetched_at_open + (blocks.end - blocks.start) * BLOCK, size);
+    let made = lazy.progress().requests;
     for i in 0..96 {
         assert_eq!(read_entry(&lazy, &format!("data/{i:02}.bin")).unwrap(), noise(128 << 10, i));
     }
-    assert_eq!(
-        logged(&server, u64::MAX).len() as u64,
-        lazy.progress().requests,
-        "reads of present blocks fetch nothing"
-    );
+    assert_eq!(lazy.progress().requests, made, "reads of present blocks fetch nothing");
 
     // A second user of the same cached version is refused while the first holds it.
     let err = published.open(&server.url(), published.options()).err().expect("the cache is in use");
