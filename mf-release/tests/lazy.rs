@@ -573,3 +573,27 @@ fn the_record_of_present_blocks_is_saved_while_filling() {
     wait_until("completion", Duration::from_secs(60), || lazy.progress().complete);
     assert!(!record.exists(), "removed once complete");
 }
+
+#[test]
+fn requests_reuse_connections() {
+    let published = publish();
+    let server = Nginx::serve(&published.repo);
+    let mut options = published.options();
+    options.max_in_flight = 1;
+    let lazy = published.open(&server.url(), options).unwrap();
+    for i in 0..10 {
+        assert_eq!(read_entry(&lazy, &format!("data/{:02}.bin", i * 4)).unwrap(), noise(128 << 10, i * 4));
+    }
+    assert_eq!(lazy.progress().requests, 12);
+    drop(lazy);
+    // nginx logs (at level info) each connection's close, with its number: `*N client ... closed`.
+    wait_until("the connections to close", Duration::from_secs(10), || server.error_log().contains("closed"));
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.error_log();
+    let mut connections: Vec<&str> =
+        log.lines().filter_map(|line| line.split_whitespace().find(|word| word.starts_with('*'))).collect();
+    connections.sort();
+    connections.dedup();
+    // 14 requests (manifest, table, 12 ranges): the two open ranges in parallel, the rest kept alive.
+    assert!(!connections.is_empty() && connections.len() <= 2, "{log}");
+}
