@@ -597,3 +597,26 @@ fn requests_reuse_connections() {
     // 14 requests (manifest, table, 12 ranges): the two open ranges in parallel, the rest kept alive.
     assert!(!connections.is_empty() && connections.len() <= 2, "{log}");
 }
+
+#[test]
+fn readers_waiting_for_a_failed_fetch_fail_with_it_instead_of_each_retrying() {
+    let published = publish();
+    let server = Nginx::serve(&published.repo);
+    let (proxy, armed) = faulty(&server, |_| Fault::Stall { after: 100 });
+    let mut options = published.options();
+    options.fetch.timeout = Duration::from_secs(1);
+    let lazy = published.open(&proxy.url(), options).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let archive = lazy.open_archive().unwrap();
+    let entry = archive.get("data/12.bin").unwrap();
+    let start = Instant::now();
+    let failures = std::thread::scope(|scope| {
+        let readers: Vec<_> =
+            (0..6).map(|_| scope.spawn(|| lazy.ensure(entry.offset(), entry.stored_size()).is_err())).collect();
+        readers.into_iter().map(|r| r.join().unwrap()).filter(|&failed| failed).count()
+    });
+    assert_eq!(failures, 6);
+    // One fetch's attempts (2 of 1 s), not six of them one after the other.
+    assert!(start.elapsed() < Duration::from_secs(7), "{:?}", start.elapsed());
+    assert!(lazy.progress().requests <= 2 + 2 * 2, "{:?}", lazy.progress());
+}

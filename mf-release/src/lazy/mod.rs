@@ -258,7 +258,8 @@ impl LazyArchive {
     /// Blocks until bytes `[offset, offset + len)` of the archive (clamped to its length) are in the
     /// cache file and verified. Missing blocks are fetched (neighbouring missing blocks coalesced into
     /// one request of at most [`MAX_REQUEST`] bytes, up to `max_in_flight` requests in parallel); a
-    /// block another thread is already fetching is waited for, not fetched twice; a block that fails
+    /// block another thread is already fetching is waited for, not fetched twice (and if that fetch
+    /// fails, this call fails too instead of trying again after it); a block that fails
     /// its hash is fetched once more, then refused with [`Error::BlockHash`]. Errors name the URL,
     /// block and offset; a server that is gone fails after the fetch options' timeout and attempts.
     pub fn ensure(&self, offset: u64, len: u64) -> Result<()> {
