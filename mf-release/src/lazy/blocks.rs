@@ -321,7 +321,6 @@ impl LazyArchive {
     /// One range request for bytes `[start, end)` (blocks `run`), within the in-flight limit.
     fn fetch_bytes(&self, run: Range<u64>, start: u64, end: u64) -> Result<Vec<u8>> {
         let _slot = self.slots.acquire();
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let blocks = format!("blocks {}..{} of {}", run.start, run.end, self.describe());
         self.fetcher.fetch_range(&self.full.path, start, end - start, self.full.size).map_err(|e| match e {
             Error::Fetch { url, what } => Error::Fetch { url, what: format!("{blocks}: {what}") },
