@@ -51,6 +51,8 @@ pub struct Fetcher {
     options: FetchOptions,
     /// Bytes received from the repository so far (network bytes for HTTP, bytes copied for a directory).
     received: AtomicU64,
+    /// Attempts of [`Fetcher::fetch_range`] so far (each retry counts).
+    range_attempts: AtomicU64,
 }
 
 /// Why one attempt failed, and whether trying again may help.
@@ -116,7 +118,7 @@ impl Fetcher {
             }
             (Location::Dir(dir), None)
         };
-        Ok(Fetcher { location, agent, options, received: AtomicU64::new(0) })
+        Ok(Fetcher { location, agent, options, received: AtomicU64::new(0), range_attempts: AtomicU64::new(0) })
     }
 
     /// The URL or path of the file at repository path `path`, for messages.
@@ -130,6 +132,11 @@ impl Fetcher {
     /// Bytes received from the repository by this fetcher so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Range requests made by [`Fetcher::fetch_range`] so far, each attempt of a retried one counted.
+    pub fn range_requests(&self) -> u64 {
+        self.range_attempts.load(Ordering::Relaxed)
     }
 
     /// The options this fetcher was made with (timeout, attempts, backoff).
@@ -413,6 +420,7 @@ impl Fetcher {
 
     /// One attempt of [`Fetcher::fetch_range`].
     fn range_attempt(&self, path: &str, offset: u64, len: u64, total: u64) -> Result<Vec<u8>, Failure> {
+        self.range_attempts.fetch_add(1, Ordering::Relaxed);
         let mut out = vec![0u8; len as usize];
         match &self.location {
             Location::Dir(dir) => {

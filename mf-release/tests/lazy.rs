@@ -86,6 +86,25 @@ fn archive_ranges(requests: &[Request]) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// The archive range requests of nginx's log once it holds `count` of them (nginx logs a request
+/// after sending the response, which can be after the client has read it), at most 10 s later.
+fn logged(server: &Nginx, count: u64) -> Vec<(u64, u64)> {
+    let start = Instant::now();
+    loop {
+        let ranges = archive_ranges(&server.requests());
+        if ranges.len() as u64 >= count || start.elapsed() > Duration::from_secs(10) {
+            return ranges;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The archive range requests `lazy` made since it had made `before`, as nginx logged them.
+fn logged_since(server: &Nginx, lazy: &LazyArchive, before: u64) -> Vec<(u64, u64)> {
+    let all = logged(server, lazy.progress().requests);
+    all[before as usize..].to_vec()
+}
+
 /// Entry `name`'s content read through the lazy archive after `ensure` of its stored extent.
 fn read_entry(lazy: &LazyArchive, name: &str) -> mf_release::Result<Vec<u8>> {
     let archive = lazy.open_archive()?;
@@ -104,7 +123,7 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn open_fetches_only_the_open_ranges_and_ensure_only_the_blocks_asked_for() {
-    let published = publish();
+    let published = publish_with(96, 128 << 10);
     let server = Nginx::serve(&published.repo);
     let lazy = published.open(&server.url(), published.options()).unwrap();
     assert_eq!(lazy.version(), "1");
@@ -114,10 +133,10 @@ fn open_fetches_only_the_open_ranges_and_ensure_only_the_blocks_asked_for() {
     assert_eq!(table.block_size as u64, BLOCK);
 
     // Opening read the manifest, the block table, and exactly the blocks of the open ranges.
+    let ranges = logged(&server, 2);
     let requests = server.requests();
     assert_eq!(requests[0].uri, "/manifest.json");
     assert!(requests.iter().any(|r| r.uri.starts_with("/blocks/") && r.status == 200));
-    let ranges = archive_ranges(&requests);
     let size = published.archive.len() as u64;
     let head = (0, BLOCK - 1);
     let (index_offset, _) = lazy.open_archive().unwrap().index_extent();
@@ -129,34 +148,35 @@ fn open_fetches_only_the_open_ranges_and_ensure_only_the_blocks_asked_for() {
     assert_eq!(fetched_at_open, BLOCK + (size - tail.0));
 
     // One entry in the middle: one coalesced request for exactly its blocks.
-    server.clear_log();
     let name = "data/20.bin";
     assert_eq!(read_entry(&lazy, name).unwrap(), noise(128 << 10, 20));
     let archive = lazy.open_archive().unwrap();
     let entry = archive.get(name).unwrap();
     let blocks = table.blocks_of(entry.offset(), entry.stored_size());
     assert!(blocks.end - blocks.start >= 2, "the entry spans several blocks");
-    let ranges = archive_ranges(&server.requests());
+    let ranges = logged_since(&server, &lazy, 2);
     assert_eq!(ranges, vec![(blocks.start * BLOCK, blocks.end * BLOCK - 1)], "neighbours coalesced into one request");
     assert_eq!(lazy.progress().present, fetched_at_open + (blocks.end - blocks.start) * BLOCK);
     assert!(lazy.is_present(entry.offset(), entry.stored_size()));
 
     // Present blocks are not fetched again; a large range is split into requests of at most 4 MiB.
-    server.clear_log();
     lazy.ensure(entry.offset(), entry.stored_size()).unwrap();
-    assert!(server.requests().is_empty());
+    assert_eq!(lazy.progress().requests, 3);
     lazy.ensure(0, size).unwrap();
-    let ranges = archive_ranges(&server.requests());
-    assert!(ranges.len() >= 2, "{ranges:?}");
+    let ranges = logged_since(&server, &lazy, 3);
+    assert!(ranges.len() >= 3, "{ranges:?}");
+    assert_eq!(ranges.iter().map(|(a, b)| b - a + 1).max(), Some(4 << 20), "{ranges:?}");
     for &(a, b) in &ranges {
         assert!(b - a < 4 << 20 && a % BLOCK == 0, "{ranges:?}");
         assert!(b < blocks.start * BLOCK || a >= blocks.end * BLOCK, "present blocks are not asked for again");
     }
     let fetched: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
     assert_eq!(fetched + fetched_at_open + (blocks.end - blocks.start) * BLOCK, size);
-    for i in 0..48 {
+    let made = lazy.progress().requests;
+    for i in 0..96 {
         assert_eq!(read_entry(&lazy, &format!("data/{i:02}.bin")).unwrap(), noise(128 << 10, i));
     }
+    assert_eq!(lazy.progress().requests, made, "reads of present blocks fetch nothing");
 
     // A second user of the same cached version is refused while the first holds it.
     let err = published.open(&server.url(), published.options()).err().expect("the cache is in use");
@@ -189,9 +209,9 @@ fn a_corrupted_block_is_fetched_again_and_never_served() {
     let (proxy, armed) = faulty(&server, |n| if n == 0 { Fault::Corrupt { at: BLOCK + 5 } } else { Fault::Pass });
     let lazy = published.open(&proxy.url(), published.options()).unwrap();
     armed.store(true, Ordering::SeqCst);
-    server.clear_log();
+    let before = lazy.progress().requests;
     assert_eq!(read_entry(&lazy, "data/10.bin").unwrap(), noise(128 << 10, 10));
-    let ranges = archive_ranges(&server.requests());
+    let ranges = logged_since(&server, &lazy, before);
     assert_eq!(ranges.len(), 2, "the run, then the bad block alone: {ranges:?}");
     assert_eq!(ranges[1], (ranges[0].0 + BLOCK, ranges[0].0 + 2 * BLOCK - 1));
 
@@ -225,11 +245,15 @@ fn a_cut_connection_is_retried_and_a_stall_times_out() {
     let (proxy, armed) = faulty(&server, |n| if n == 0 { Fault::Cut { after: 70_000 } } else { Fault::Pass });
     let lazy = published.open(&proxy.url(), published.options()).unwrap();
     armed.store(true, Ordering::SeqCst);
-    server.clear_log();
+    let before = lazy.progress().requests;
     assert_eq!(read_entry(&lazy, "data/05.bin").unwrap(), noise(128 << 10, 5));
-    let ranges = archive_ranges(&server.requests());
-    assert_eq!(ranges.len(), 2, "{ranges:?}");
-    assert_eq!(ranges[0], ranges[1], "the same range asked for again");
+    assert_eq!(lazy.progress().requests, before + 2, "the cut request, then the same one again");
+    let ranges = logged_since(&server, &lazy, before);
+    assert_eq!(ranges.len(), 2);
+    let archive = lazy.open_archive().unwrap();
+    let entry = archive.get("data/05.bin").unwrap();
+    let blocks = lazy.table().blocks_of(entry.offset(), entry.stored_size());
+    assert!(ranges.iter().all(|&r| r == (blocks.start * BLOCK, blocks.end * BLOCK - 1)), "{ranges:?}");
     drop(lazy);
 
     // A server that stops sending: the read fails after the timeout (2 attempts of 2 s), not never.
@@ -253,9 +277,10 @@ fn a_server_ignoring_ranges_is_refused_rather_than_downloaded_whole() {
     let (proxy, armed) = faulty(&server, |_| Fault::IgnoreRange);
     let lazy = published.open(&proxy.url(), published.options()).unwrap();
     armed.store(true, Ordering::SeqCst);
+    let before = lazy.progress().fetched_bytes;
     let err = read_entry(&lazy, "data/01.bin").unwrap_err().to_string();
     assert!(err.contains("ignores Range"), "{err}");
-    assert!(proxy.body_bytes() < published.archive.len() as u64, "the whole archive was not read");
+    assert_eq!(lazy.progress().fetched_bytes, before, "no byte of the 200's body was read");
 
     // A small archive (at most 1 MiB) is read whole from such a server, and still checked.
     let published = publish_with(4, 100_000);
@@ -304,14 +329,15 @@ fn a_stopped_fill_resumes_where_it_stopped_and_completes_as_the_full_download() 
     lazy.stop();
     let present = lazy.progress().present;
     assert!(present < size, "stopped before the end");
+    let base = logged(&server, lazy.progress().requests).len();
     drop(lazy);
 
     // Reopened: the blocks the cache holds are hashed again, not fetched; only the rest is.
-    server.clear_log();
     let lazy = published.open(&server.url(), published.options()).unwrap();
     lazy.start_fill();
     wait_until("completion", Duration::from_secs(60), || lazy.progress().complete);
-    let fetched: u64 = archive_ranges(&server.requests()).iter().map(|(a, b)| b - a + 1).sum();
+    let ranges = logged(&server, base as u64 + lazy.progress().requests);
+    let fetched: u64 = ranges[base..].iter().map(|(a, b)| b - a + 1).sum();
     assert_eq!(fetched, size - present, "only the missing blocks were fetched");
     let complete = published.cache().join(format!("{}.mf", published.full_sha256()));
     assert_eq!(lazy.cache_path(), complete);
@@ -323,10 +349,9 @@ fn a_stopped_fill_resumes_where_it_stopped_and_completes_as_the_full_download() 
     drop(lazy);
 
     // A complete cache is used as it is: nothing fetched but metadata.
-    server.clear_log();
     let lazy = published.open(&server.url(), published.options()).unwrap();
     assert_eq!(read_entry(&lazy, "data/47.bin").unwrap(), noise(128 << 10, 47));
-    assert!(archive_ranges(&server.requests()).is_empty());
+    assert_eq!(lazy.progress().requests, 0);
 }
 
 #[test]
@@ -338,6 +363,7 @@ fn a_tampered_cache_is_hashed_again_and_refetched() {
     lazy.ensure(0, size).unwrap();
     lazy.stop();
     let partial = lazy.cache_path().to_owned();
+    let base = logged(&server, lazy.progress().requests).len();
     drop(lazy);
 
     // Blocks 10 and 11 are zeroed behind the record's back, and the last byte (of the footer) changed.
@@ -349,17 +375,17 @@ fn a_tampered_cache_is_hashed_again_and_refetched() {
     // A record write cut short by a kill left its temp file (pid 0 is no process's).
     let stale = published.cache().join(".mf-state.0.0badf00d.mf-tmp");
     std::fs::write(&stale, b"half a record").unwrap();
-    server.clear_log();
     let lazy = published.open(&server.url(), published.options()).unwrap();
     assert!(!stale.exists(), "stale temp files are removed");
     lazy.start_fill();
     wait_until("completion", Duration::from_secs(60), || lazy.progress().complete);
-    let ranges = archive_ranges(&server.requests());
+    let ranges = logged(&server, base as u64 + lazy.progress().requests)[base..].to_vec();
     let fetched: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
     let tail_block = (size - 1) / BLOCK;
     let tail_len = size - tail_block * BLOCK;
     assert_eq!(fetched, 2 * BLOCK + tail_len, "the two zeroed blocks and the damaged last block: {ranges:?}");
     assert_eq!(std::fs::read(lazy.cache_path()).unwrap(), published.archive);
+    let base = base + ranges.len();
     drop(lazy);
 
     // A record claiming every block of an all-zero file: every block fails its hash and is fetched.
@@ -375,13 +401,13 @@ fn a_tampered_cache_is_hashed_again_and_refetched() {
     let file = std::fs::File::create(cache.join(format!("{sha}.mf.partial"))).unwrap();
     file.set_len(size).unwrap();
     drop(file);
-    server.clear_log();
     let lazy = published.open(&server.url(), published.options()).unwrap();
     assert_eq!(read_entry(&lazy, "data/02.bin").unwrap(), noise(128 << 10, 2));
     lazy.start_fill();
     wait_until("completion", Duration::from_secs(60), || lazy.progress().complete);
     assert_eq!(std::fs::read(lazy.cache_path()).unwrap(), published.archive);
-    let fetched: u64 = archive_ranges(&server.requests()).iter().map(|(a, b)| b - a + 1).sum();
+    let ranges = logged(&server, base as u64 + lazy.progress().requests)[base..].to_vec();
+    let fetched: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
     assert_eq!(fetched, size, "every claimed block was refetched once");
 }
 
@@ -476,7 +502,7 @@ fn concurrent_reads_of_the_same_blocks_fetch_each_block_once() {
     let mut options = published.options();
     options.max_in_flight = 2;
     let lazy = published.open(&proxy.url(), options).unwrap();
-    server.clear_log();
+    let before = lazy.progress().requests;
     let archive = lazy.open_archive().unwrap();
     let (first, last) = (archive.get("data/20.bin").unwrap(), archive.get("data/29.bin").unwrap());
     let (start, end) = (first.offset(), last.offset() + last.stored_size());
@@ -490,7 +516,7 @@ fn concurrent_reads_of_the_same_blocks_fetch_each_block_once() {
     for i in 20..30 {
         assert_eq!(read_entry(&lazy, &format!("data/{i}.bin")).unwrap(), noise(128 << 10, i));
     }
-    let mut ranges = archive_ranges(&server.requests());
+    let mut ranges = logged_since(&server, &lazy, before);
     ranges.sort();
     for pair in ranges.windows(2) {
         assert!(pair[0].1 < pair[1].0, "a block was fetched twice: {ranges:?}");
@@ -550,4 +576,51 @@ fn the_record_of_present_blocks_is_saved_while_filling() {
     assert!(lazy.progress().present + BLOCK > u64::from(claimed) * BLOCK);
     wait_until("completion", Duration::from_secs(60), || lazy.progress().complete);
     assert!(!record.exists(), "removed once complete");
+}
+
+#[test]
+fn requests_reuse_connections() {
+    let published = publish();
+    let server = Nginx::serve(&published.repo);
+    let mut options = published.options();
+    options.max_in_flight = 1;
+    let lazy = published.open(&server.url(), options).unwrap();
+    for i in 0..10 {
+        assert_eq!(read_entry(&lazy, &format!("data/{:02}.bin", i * 4)).unwrap(), noise(128 << 10, i * 4));
+    }
+    assert_eq!(lazy.progress().requests, 12);
+    drop(lazy);
+    // nginx logs (at level info) each connection's close, with its number: `*N client ... closed`.
+    wait_until("the connections to close", Duration::from_secs(10), || server.error_log().contains("closed"));
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.error_log();
+    let mut connections: Vec<&str> =
+        log.lines().filter_map(|line| line.split_whitespace().find(|word| word.starts_with('*'))).collect();
+    connections.sort();
+    connections.dedup();
+    // 14 requests (manifest, table, 12 ranges): the two open ranges in parallel, the rest kept alive.
+    assert!(!connections.is_empty() && connections.len() <= 2, "{log}");
+}
+
+#[test]
+fn readers_waiting_for_a_failed_fetch_fail_with_it_instead_of_each_retrying() {
+    let published = publish();
+    let server = Nginx::serve(&published.repo);
+    let (proxy, armed) = faulty(&server, |_| Fault::Stall { after: 100 });
+    let mut options = published.options();
+    options.fetch.timeout = Duration::from_secs(1);
+    let lazy = published.open(&proxy.url(), options).unwrap();
+    armed.store(true, Ordering::SeqCst);
+    let archive = lazy.open_archive().unwrap();
+    let entry = archive.get("data/12.bin").unwrap();
+    let start = Instant::now();
+    let failures = std::thread::scope(|scope| {
+        let readers: Vec<_> =
+            (0..6).map(|_| scope.spawn(|| lazy.ensure(entry.offset(), entry.stored_size()).is_err())).collect();
+        readers.into_iter().map(|r| r.join().unwrap()).filter(|&failed| failed).count()
+    });
+    assert_eq!(failures, 6);
+    // One fetch's attempts (2 of 1 s), not six of them one after the other.
+    assert!(start.elapsed() < Duration::from_secs(7), "{:?}", start.elapsed());
+    assert!(lazy.progress().requests <= 2 + 2 * 2, "{:?}", lazy.progress());
 }

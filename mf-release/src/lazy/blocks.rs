@@ -144,23 +144,29 @@ impl LazyArchive {
     /// [`LazyArchive::ensure`] without counting as a foreground call (the fill uses it too).
     pub(super) fn ensure_blocks(&self, offset: u64, len: u64) -> Result<()> {
         let blocks = self.table.blocks_of(offset, len);
-        loop {
-            let (mut taken, others_busy) = self.take(blocks.clone());
-            let result = self.acquire(&mut taken);
-            self.release(&taken);
-            result?;
-            if !others_busy {
-                return Ok(());
-            }
-            // Blocks another thread was fetching: wait until they settle, then look again (a
-            // failed one is missing again, and this call fetches it itself).
-            let mut inner = self.states.lock();
-            while blocks.clone().any(|b| inner.states[b as usize] == State::Busy) {
-                inner = self.states.settled.wait(inner).unwrap_or_else(|e| e.into_inner());
-            }
-            if blocks.clone().all(|b| inner.states[b as usize] == State::Verified) {
-                return Ok(());
-            }
+        let (mut taken, others_busy) = self.take(blocks.clone());
+        let result = self.acquire(&mut taken);
+        self.release(&taken);
+        result?;
+        if !others_busy {
+            return Ok(());
+        }
+        // Blocks another thread was fetching: wait until they settle. If that fetch failed (after its
+        // own retries) this read fails too, rather than every waiting reader trying again in turn,
+        // each for the whole timeout.
+        let mut inner = self.states.lock();
+        while blocks.clone().any(|b| inner.states[b as usize] == State::Busy) {
+            inner = self.states.settled.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+        match blocks.clone().find(|&b| inner.states[b as usize] != State::Verified) {
+            None => Ok(()),
+            Some(block) => Err(Error::Fetch {
+                url: self.url.clone(),
+                what: format!(
+                    "block {block} (bytes {}..): fetching it for another read failed just now",
+                    self.table.block_range(block).start
+                ),
+            }),
         }
     }
 
@@ -315,7 +321,6 @@ impl LazyArchive {
     /// One range request for bytes `[start, end)` (blocks `run`), within the in-flight limit.
     fn fetch_bytes(&self, run: Range<u64>, start: u64, end: u64) -> Result<Vec<u8>> {
         let _slot = self.slots.acquire();
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let blocks = format!("blocks {}..{} of {}", run.start, run.end, self.describe());
         self.fetcher.fetch_range(&self.full.path, start, end - start, self.full.size).map_err(|e| match e {
             Error::Fetch { url, what } => Error::Fetch { url, what: format!("{blocks}: {what}") },

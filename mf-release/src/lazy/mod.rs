@@ -100,7 +100,7 @@ pub struct LazyProgress {
     pub total: u64,
     /// Bytes received from the repository by this session (the manifest and block table included).
     pub fetched_bytes: u64,
-    /// Range requests made (each attempt of a retried request counts once).
+    /// Range requests made for the archive (each attempt of a retried request counts).
     pub requests: u64,
     /// The archive is complete: every block verified, the whole file's SHA-256 matched the manifest,
     /// and it was renamed to `<sha256>.mf`.
@@ -132,7 +132,6 @@ pub struct LazyArchive {
     complete: AtomicBool,
     states: BlockStates,
     slots: Slots,
-    requests: AtomicU64,
     /// `ensure` calls running now: the background fill waits while there are any.
     foreground: AtomicUsize,
     /// Bytes verified since the block record was last saved.
@@ -200,7 +199,6 @@ impl LazyArchive {
             file: opened.file,
             states,
             slots: Slots::new(options.max_in_flight.max(1)),
-            requests: AtomicU64::new(0),
             foreground: AtomicUsize::new(0),
             unsaved: AtomicU64::new(0),
             saving: Mutex::new(()),
@@ -258,7 +256,8 @@ impl LazyArchive {
     /// Blocks until bytes `[offset, offset + len)` of the archive (clamped to its length) are in the
     /// cache file and verified. Missing blocks are fetched (neighbouring missing blocks coalesced into
     /// one request of at most [`MAX_REQUEST`] bytes, up to `max_in_flight` requests in parallel); a
-    /// block another thread is already fetching is waited for, not fetched twice; a block that fails
+    /// block another thread is already fetching is waited for, not fetched twice (and if that fetch
+    /// fails, this call fails too instead of trying again after it); a block that fails
     /// its hash is fetched once more, then refused with [`Error::BlockHash`]. Errors name the URL,
     /// block and offset; a server that is gone fails after the fetch options' timeout and attempts.
     pub fn ensure(&self, offset: u64, len: u64) -> Result<()> {
@@ -287,7 +286,7 @@ impl LazyArchive {
             present: self.states.present_bytes(),
             total: self.table.archive_size,
             fetched_bytes: self.fetcher.received(),
-            requests: self.requests.load(Ordering::Relaxed),
+            requests: self.fetcher.range_requests(),
             complete: self.complete.load(Ordering::Acquire),
             fill_error: self.fill.error(),
         }
