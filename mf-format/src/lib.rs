@@ -98,7 +98,7 @@ pub use pack::{
     pack_to_writer_reusing, Collected, DirPackOptions, PackError, PackInput, PackOrder, PackSummary,
 };
 pub use path::{entry_path_from_fs, validate_path};
-pub use reader::{Archive, Entry, EntryReader, SpaceUse, StoredAs};
+pub use reader::{Archive, Entry, EntryReader, SpaceUse, StoredAs, PLAUSIBLE_RATIO};
 pub use reuse::ReuseSource;
 pub use unpack::{unpack_in, UnpackEntry, UnpackError, UnpackOptions, UnpackReport};
 pub use writer::{
