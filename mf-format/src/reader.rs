@@ -717,6 +717,32 @@ impl Archive {
         self.backing.data(record.offset, len).map_err(|e| self.unreadable(None, record.offset, len, e))
     }
 
+    /// Reads the stored bytes of frame `frame` into `out` (resized to them), unverified: no
+    /// allocation when `out` is already large enough, also for an archive opened with `pread`.
+    pub(crate) fn stored_frame_into(&self, frame: u32, out: &mut Vec<u8>) -> Result<()> {
+        let Some(record) = self.frames.get(frame as usize).copied() else {
+            return Err(Error::InvalidOption(format!("frame {frame} is past the frame table")));
+        };
+        let len = u64::from(record.stored_len);
+        out.resize(record.stored_len as usize, 0);
+        self.backing.read_into(record.offset, out).map_err(|e| self.unreadable(None, record.offset, len, e))
+    }
+
+    /// Decodes `stored`, the stored bytes of frame `frame` (from
+    /// [`stored_frame_into`](Self::stored_frame_into)), into `out`, which is the frame's length;
+    /// checked as every decode is.
+    pub(crate) fn decode_stored_frame(&self, frame: u32, stored: &[u8], out: &mut [u8]) -> Result<()> {
+        let record = self.frames.get(frame as usize).copied().filter(|r| r.len as usize == out.len());
+        let Some(record) = record else {
+            return Err(Error::InvalidOption(format!("frame {frame}: no frame of {} bytes", out.len())));
+        };
+        if stored.len() == out.len() {
+            out.copy_from_slice(stored);
+            return Ok(());
+        }
+        self.decompress_checked(frame, record, None, stored, out)
+    }
+
     /// Decodes frame `frame` of the frame table into `out` (replacing its contents), checked.
     pub fn decode_frame_at(&self, frame: u32, out: &mut Vec<u8>) -> Result<()> {
         self.decode_frame_for(frame, None, out)

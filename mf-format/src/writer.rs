@@ -337,6 +337,11 @@ impl FramePlan {
         let worth_probing =
             self.probe_first || (self.only_if_useful && policy::byte_entropy_bits(chunk) > policy::PROBE_ENTROPY_BITS);
         if worth_probing && self.level > policy::PROBE_LEVEL {
+            // OLD stored this very chunk raw at this level, and a fresh pack would too (see
+            // `Donor::raw_frame_is`): neither the probe nor the compression needs to run.
+            if donor.is_some_and(|(donor, k)| donor.raw_frame_is(k, chunk)) {
+                return Ok(StoredFrame::Raw);
+            }
             let fast = compress_frame(chunk, policy::PROBE_LEVEL)?;
             if !policy::compression_is_useful(chunk.len(), fast.len()) {
                 return Ok(StoredFrame::Raw);
