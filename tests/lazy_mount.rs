@@ -18,36 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::faults::{Fault, FaultProxy};
+use common::fuse::{daemon_pid, detach_and_kill, fuse_available, is_mounted, is_running, wait_until};
 use common::nginx::{Nginx, Request};
 use common::{mf_fails, mf_ok, noise, read_tree, write_tree};
 
 /// The publisher's block size (the unit of every range request).
 const BLOCK: u64 = 64 << 10;
-
-fn fuse_available() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    if std::env::var("MF_SKIP_FUSE").as_deref() == Ok("1") {
-        eprintln!("SKIPPED: /dev/fuse is missing and MF_SKIP_FUSE=1");
-        return false;
-    }
-    panic!("/dev/fuse is missing: FUSE tests cannot run (set MF_SKIP_FUSE=1 to skip them)");
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let path = path.to_str().unwrap();
-    text.lines().any(|line| line.split(' ').nth(4) == Some(path))
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn text(len: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len + 40);
@@ -203,34 +179,8 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if is_mounted(&self.mount_point) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mount_point).status();
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(pid) = daemon_pid(&self.mount_point) {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+        detach_and_kill(&self.mount_point, self.child.as_mut());
     }
-}
-
-fn is_running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-    !matches!(state, None | Some('Z') | Some('X'))
-}
-
-/// The pid of the `--background` daemon serving `mount_point`, found through /proc.
-fn daemon_pid(mount_point: &Path) -> Option<u32> {
-    let wanted = mount_point.to_str()?;
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|item| {
-        let pid: u32 = item.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(item.path().join("cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        (args.contains(&&b"--daemon-child"[..]) && args.contains(&wanted.as_bytes()) && is_running(pid)).then_some(pid)
-    })
 }
 
 fn read(path: &Path) -> std::io::Result<Vec<u8>> {

@@ -13,52 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::fuse::{daemon_pid, detach_and_kill, fuse_available, is_mounted, is_running, wait_until};
 use common::{mf_fails, mf_in, mf_ok, noise, write_tree};
-
-/// Whether FUSE tests can run; panics when they cannot and skipping was not asked for.
-fn fuse_available() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    if std::env::var("MF_SKIP_FUSE").as_deref() == Ok("1") {
-        eprintln!("SKIPPED: /dev/fuse is missing and MF_SKIP_FUSE=1");
-        return false;
-    }
-    panic!("/dev/fuse is missing: FUSE tests cannot run (set MF_SKIP_FUSE=1 to skip them)");
-}
-
-/// The topmost mount at `path`, from /proc/self/mountinfo: (device, fs type).
-fn mount_entry(path: &Path) -> Option<(String, String)> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let path = path.to_str().unwrap();
-    text.lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fields: Vec<&str> = before.split(' ').collect();
-            (fields.get(4) == Some(&path))
-                .then(|| (fields[2].to_string(), after.split(' ').next().unwrap_or("").to_string()))
-        })
-        .next_back()
-}
-
-fn is_mounted(path: &Path) -> bool {
-    mount_entry(path).is_some()
-}
-
-/// Whether process `pid` still runs (not exited, nor a zombie waiting to be reaped).
-fn is_running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
-    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
-    !matches!(state, None | Some('Z') | Some('X'))
-}
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < timeout, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A temporary directory with a mount point in it. Dropping it first detaches anything still
 /// mounted there and kills a foreground `mf mount` child it owns.
@@ -123,29 +79,8 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        if is_mounted(&self.mount_point) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mount_point).status();
-        }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(pid) = daemon_pid(&self.mount_point) {
-            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
-        }
+        detach_and_kill(&self.mount_point, self.child.as_mut());
     }
-}
-
-/// The pid of the `--background` daemon serving `mount_point`, found through /proc.
-fn daemon_pid(mount_point: &Path) -> Option<u32> {
-    let wanted = mount_point.to_str()?;
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|item| {
-        let pid: u32 = item.file_name().to_str()?.parse().ok()?;
-        let cmdline = std::fs::read(item.path().join("cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let daemon = args.contains(&&b"--daemon-child"[..]) && args.contains(&wanted.as_bytes());
-        daemon.then_some(pid)
-    })
 }
 
 fn pack(dir: &Path, src: &Path, out: &str, extra: &[&str]) -> PathBuf {

@@ -12,17 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use mf_format::{Archive, ArchiveWriter, Compression, EntryOptions, WriterOptions};
 use mf_mount::{MountOptions, OnDemand};
-
-fn fuse_available() -> bool {
-    if Path::new("/dev/fuse").exists() {
-        return true;
-    }
-    if std::env::var("MF_SKIP_FUSE").as_deref() == Ok("1") {
-        eprintln!("SKIPPED: /dev/fuse is missing and MF_SKIP_FUSE=1");
-        return false;
-    }
-    panic!("/dev/fuse is missing: FUSE tests cannot run (set MF_SKIP_FUSE=1 to skip them)");
-}
+use mf_test_support::fuse::fuse_available;
 
 /// Fills the sparse copy from the real archive bytes on `ensure`, except ranges marked broken.
 struct FakeSource {

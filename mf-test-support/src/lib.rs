@@ -12,13 +12,14 @@
 //! It holds the one copy of each generator ([`noise`], [`text`]), the "archive from (path, bytes)"
 //! builders ([`mf_bytes`], [`write_mf`]), the tree helpers ([`write_tree`], [`read_tree`],
 //! [`copy_tree`]), the Panda3D tool runners and in-memory multifiles ([`panda3d`]), a real nginx
-//! ([`nginx`]) and the fault proxy ([`faults`]). It knows the containers through the public APIs of
+//! ([`nginx`]), the fault proxy ([`faults`]) and FUSE test plumbing ([`fuse`]). It knows the containers through the public APIs of
 //! `mf-format` and `mf-panda3d` only, and nothing of the `mf` binary: helpers that run the binary need `CARGO_BIN_EXE_mf` and stay in `tests/common`.
 //!
 //! Every helper panics on failure: a broken fixture must fail the test, never skip it.
 #![deny(missing_docs)]
 
 pub mod faults;
+pub mod fuse;
 pub mod nginx;
 pub mod panda3d;
 

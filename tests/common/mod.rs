@@ -1,10 +1,10 @@
 //! Helpers for the end-to-end tests: run the real `mf` binary. Everything that does not need the
-//! binary (generators, trees, Panda3D tools, nginx, the fault proxy) lives in mf-test-support and is
+//! binary (generators, trees, Panda3D tools, nginx, the fault proxy, FUSE plumbing) lives in mf-test-support and is
 //! re-exported here so the test files keep one import.
 #![allow(dead_code, unused_imports)]
 
 pub use mf_test_support::panda3d::{craft_multifile, multify, multify_bin, panda3d_py, panda3d_python};
-pub use mf_test_support::{copy_tree, faults, nginx, noise, read_tree, sample_assets, write_tree};
+pub use mf_test_support::{copy_tree, faults, fuse, nginx, noise, read_tree, sample_assets, write_tree};
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
