@@ -421,3 +421,46 @@ fn a_keep_on_a_base_cut_in_other_frames_is_refused() {
     let patch = craft(dir.path(), &old, &data, PATCH_VERSION_MINOR, record, &[]);
     refused(dir.path(), &patch, &old, |e| matches!(e, Error::WrongBase { .. }) && e.to_string().contains("2^13"));
 }
+
+#[test]
+fn kept_frames_are_not_read_in_place_unless_a_check_needs_every_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1024 frames: the edited frame's base window (1 MiB each side) ends far from frame 10.
+    let big = text(1024 * FRAME, 5);
+    let files = |data: Vec<u8>| vec![("big.bin".to_string(), data, Compression::Zstd)];
+    let old = write(dir.path(), "old.mf", &files(big.clone()));
+    let mut changed = big;
+    changed[900 * FRAME + 3] ^= 0x20;
+    let new = write(dir.path(), "new.mf", &files(changed));
+    let patch = dir.path().join("p.mfp");
+    diff(&old, &new, &patch);
+
+    // Damage kept frame 10 of the old archive (its stored bytes, past the zstd frame header).
+    let damaged = dir.path().join("damaged.mf");
+    std::fs::copy(&old, &damaged).unwrap();
+    let frame = {
+        let archive = Archive::open(&old).unwrap();
+        let entry = archive.get("big.bin").unwrap();
+        archive.frames()[archive.entry_frames(&entry).nth(10).unwrap() as usize]
+    };
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[(frame.offset + u64::from(frame.stored_len) / 2) as usize] ^= 0xff;
+    std::fs::write(&damaged, &bytes).unwrap();
+
+    // With a caller's check, every byte streams: the damage is found and nothing is committed.
+    let target = dir.path().join("checked.mf");
+    std::fs::copy(&damaged, &target).unwrap();
+    let mut check = HashEverything::default();
+    let options = InPlaceOptions { check: Some(&mut check), ..InPlaceOptions::default() };
+    assert!(apply_in_place(&patch, &target, options, &|_| {}).is_err());
+    let committed = Archive::open(&target).unwrap();
+    assert_eq!(committed.index_extent(), Archive::open(&damaged).unwrap().index_extent(), "nothing committed");
+
+    // Without one, the kept frames are neither read nor decoded (spec/PATCH.md "Applying in place"):
+    // the apply succeeds, only frame 900 is written, and the damaged frame stays as it was, where a
+    // read of it (or `mf verify`) reports it.
+    let outcome = apply_in_place(&patch, &damaged, InPlaceOptions::default(), &|_| {}).unwrap();
+    assert!(outcome.bytes_written < 2 * FRAME as u64 + Archive::open(&damaged).unwrap().index_extent().1 + 200);
+    let archive = Archive::open(&damaged).unwrap();
+    assert!(archive.read(&archive.get("big.bin").unwrap()).is_err());
+}
