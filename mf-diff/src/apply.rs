@@ -815,6 +815,35 @@ impl Patch {
         })
     }
 
+    /// The checked stream of a record's content (`expected`: its size and xxh3). With `skip_kept`, a
+    /// frames record streams only its rebuilt runs, each checked against its own hash (the in-place
+    /// applier keeps the other frames where they are; spec/PATCH.md "Applying in place").
+    #[allow(clippy::too_many_arguments)]
+    fn entry_stream<'a>(
+        &'a self,
+        record: &'a EntryRecord,
+        expected: (u64, u64),
+        old_side: OldCursor<'a>,
+        old: &dyn OldEntries,
+        skip_kept: bool,
+        output: &Path,
+        path: &str,
+    ) -> Result<EntryStream<'a>> {
+        let (size, xxh3) = expected;
+        let PayloadDesc::Frames(runs) = &record.payload else {
+            let producer = self.producer(record.op, &record.payload, size, old_side, path)?;
+            return Ok(EntryStream::new(producer, size, xxh3, output, path));
+        };
+        self.check_frame_size(old, path)?;
+        let producer = Box::new(FramesProducer::new(self, runs, size, old_side, skip_kept, output, path)?);
+        Ok(if skip_kept {
+            let patched = size - kept_bytes(runs, size, 1u64 << self.preamble.frame_size_log2);
+            EntryStream::unhashed(producer, patched, output, path)
+        } else {
+            EntryStream::new(producer, size, xxh3, output, path)
+        })
+    }
+
     /// A frames record keeps the base's frames by index: an archive base must be cut in frames of
     /// the patch's frame size (content from elsewhere, such as installed files, is cut by position).
     fn check_frame_size(&self, old: &dyn OldEntries, path: &str) -> Result<()> {
@@ -930,25 +959,8 @@ impl Patch {
                 }
                 None => OldCursor::new(0, |_, _| Ok(Vec::new())),
             };
-            let mut stream = match &record.payload {
-                PayloadDesc::Frames(runs) => {
-                    self.check_frame_size(old, &path)?;
-                    let skip = skip_kept.get(position).copied().unwrap_or(false);
-                    let producer = FramesProducer::new(self, runs, size, old_side, skip, output, &path)?;
-                    if skip {
-                        // Only the rebuilt runs stream (each checked against its own hash); the kept
-                        // frames stay where they are (spec/PATCH.md "Applying in place").
-                        let patched = size - kept_bytes(runs, size, 1u64 << self.preamble.frame_size_log2);
-                        EntryStream::unhashed(Box::new(producer), patched, output, &path)
-                    } else {
-                        EntryStream::new(Box::new(producer), size, xxh3, output, &path)
-                    }
-                }
-                _ => {
-                    let producer = self.producer(record.op, &record.payload, size, old_side, &path)?;
-                    EntryStream::new(producer, size, xxh3, output, &path)
-                }
-            };
+            let skip = skip_kept.get(position).copied().unwrap_or(false);
+            let mut stream = self.entry_stream(record, (size, xxh3), old_side, old, skip, output, &path)?;
             let (mtime_secs, mtime_nanos) = mtime.map_or((0, 0), |m| (m.secs, m.nanos));
             new_id.push(IdEntry { path: &path, size, content_hash: xxh3, mode, mtime_secs, mtime_nanos });
             let meta = NewEntry { path, mode, mtime, size, xxh3, content };

@@ -163,29 +163,9 @@ pub fn apply_in_place(
             _ => Compression::Auto,
         };
         let entry_options = EntryOptions { compression, mode: meta.mode, mtime: meta.mtime };
-        let mut tee = Tee { stream: &mut *stream, check: &mut check };
-        let more = match &keep_masks[index - 1] {
-            Some(keep) => {
-                let skipped = skip_kept[index - 1];
-                let mut changed = ChangedFrames { inner: &mut tee, keep, frame_size, pos: 0, skipped };
-                let put =
-                    editor.put_keeping_frames(&meta.path, &entry_options, meta.size, meta.xxh3, keep, &mut changed);
-                put.map_err(|e| changed.inner.stream.take_failure().unwrap_or(Error::Archive(e)))?;
-                // The rest (kept frames after the last changed one) streams through the checks.
-                let mut rest = Vec::new();
-                let read = changed.read_to_end(&mut rest);
-                read.map_err(|e| stream.take_failure().unwrap_or_else(|| Error::io(archive, e)))?;
-                rest.len()
-            }
-            None => {
-                let put = editor.put(&meta.path, &entry_options, &mut tee, meta.size);
-                // The stream's own error (size, hash, a damaged payload) is the real one.
-                put.map_err(|e| stream.take_failure().unwrap_or(Error::Archive(e)))?;
-                // The editor reads exactly `size` bytes; the end of the stream is where its hash is checked.
-                let mut rest = [0u8; 1];
-                stream.read(&mut rest).map_err(|e| stream.take_failure().unwrap_or_else(|| Error::io(archive, e)))?
-            }
-        };
+        let keep = keep_masks[index - 1].as_deref().map(|mask| (mask, skip_kept[index - 1]));
+        let target = PutTarget { editor: &mut editor, archive, frame_size };
+        let more = target.put(&meta, &entry_options, keep, stream, &mut check)?;
         if more != 0 {
             return Err(Error::OutputMismatch {
                 file: archive.to_owned(),
@@ -237,6 +217,51 @@ fn new_paths(patch: &Patch, old: &mf_format::Archive) -> Vec<String> {
         .iter()
         .filter_map(|r| r.path.clone().or_else(|| r.old_index.and_then(|i| old.entry(i)).map(|e| e.path().to_owned())))
         .collect()
+}
+
+/// Where a written entry goes.
+struct PutTarget<'e> {
+    editor: &'e mut Editor,
+    archive: &'e Path,
+    frame_size: u64,
+}
+
+impl PutTarget<'_> {
+    /// Streams one written entry into the editor (through the caller's check), keeping the frames
+    /// `keep` names when it is given (`(mask, skipped)`: `skipped` when the stream already leaves
+    /// them out). Returns how many bytes the stream still held past the entry (0 unless it lies).
+    fn put(
+        self,
+        meta: &NewEntry,
+        options: &EntryOptions,
+        keep: Option<(&[bool], bool)>,
+        stream: &mut crate::apply::EntryStream<'_>,
+        check: &mut Option<&mut dyn EntryCheck>,
+    ) -> Result<usize> {
+        let archive = self.archive;
+        let mut tee = Tee { stream: &mut *stream, check };
+        match keep {
+            Some((keep, skipped)) => {
+                let frame_size = self.frame_size;
+                let mut changed = ChangedFrames { inner: &mut tee, keep, frame_size, pos: 0, skipped };
+                let put = self.editor.put_keeping_frames(&meta.path, options, meta.size, meta.xxh3, keep, &mut changed);
+                put.map_err(|e| changed.inner.stream.take_failure().unwrap_or(Error::Archive(e)))?;
+                // The rest (kept frames after the last changed one) streams through the checks.
+                let mut rest = Vec::new();
+                let read = changed.read_to_end(&mut rest);
+                read.map_err(|e| stream.take_failure().unwrap_or_else(|| Error::io(archive, e)))?;
+                Ok(rest.len())
+            }
+            None => {
+                let put = self.editor.put(&meta.path, options, &mut tee, meta.size);
+                // The stream's own error (size, hash, a damaged payload) is the real one.
+                put.map_err(|e| stream.take_failure().unwrap_or(Error::Archive(e)))?;
+                // The editor reads exactly `size` bytes; the end of the stream is where its hash is checked.
+                let mut rest = [0u8; 1];
+                stream.read(&mut rest).map_err(|e| stream.take_failure().unwrap_or_else(|| Error::io(archive, e)))
+            }
+        }
+    }
 }
 
 /// For each record, the frames the editor can keep where they are (a frames record whose base is
