@@ -464,3 +464,51 @@ fn kept_frames_are_not_read_in_place_unless_a_check_needs_every_byte() {
     let archive = Archive::open(&damaged).unwrap();
     assert!(archive.read(&archive.get("big.bin").unwrap()).is_err());
 }
+
+#[test]
+fn a_forged_frames_patch_never_panics_never_writes_and_never_commits_a_wrong_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = text(32 * FRAME, 11);
+    let mut changed = big.clone();
+    changed[9 * FRAME + 5..9 * FRAME + 15].copy_from_slice(b"0123456789");
+    let old = write(dir.path(), "old.mf", &[("big.bin".into(), big, Compression::Zstd)]);
+    let new = write(dir.path(), "new.mf", &[("big.bin".into(), changed, Compression::Zstd)]);
+    let patch = dir.path().join("p.mfp");
+    assert_eq!(method_of(&diff(&old, &new, &patch), "big.bin"), Method::Frames);
+    let good = std::fs::read(&patch).unwrap();
+    let control_len = u64::from_le_bytes(good[48..56].try_into().unwrap()) as usize;
+    let control = zstd::decode_all(&good[80..80 + control_len]).unwrap();
+    let blobs = &good[80 + control_len..];
+    let (old_contents, new_contents) = (contents(&old), contents(&new));
+    for at in 0..control.len() {
+        let mut forged = control.clone();
+        forged[at] ^= 0x55;
+        // Re-sealed with valid checksums, so the parser and the appliers see the damage.
+        let compressed = zstd::bulk::compress(&forged, 3).unwrap();
+        let mut header = good[..80].to_vec();
+        header[48..56].copy_from_slice(&(compressed.len() as u64).to_le_bytes());
+        let mut body = compressed;
+        body.extend_from_slice(blobs);
+        header[64..72].copy_from_slice(&xxh3_64(&body).to_le_bytes());
+        let hash = xxh3_64(&header[..72]);
+        header[72..80].copy_from_slice(&hash.to_le_bytes());
+        header.extend_from_slice(&body);
+        let forged_path = dir.path().join("forged.mfp");
+        std::fs::write(&forged_path, &header).unwrap();
+
+        let out = dir.path().join("out.mf");
+        match apply_patch(&forged_path, &old, &out, &|_| {}) {
+            Ok(outcome) => {
+                assert!(outcome.exact, "byte {at}");
+                std::fs::remove_file(&out).unwrap();
+            }
+            Err(_) => assert!(!out.exists(), "byte {at}"),
+        }
+        let copy = dir.path().join("copy.mf");
+        std::fs::copy(&old, &copy).unwrap();
+        match apply_in_place(&forged_path, &copy, InPlaceOptions::default(), &|_| {}) {
+            Ok(_) => assert_eq!(contents(&copy), new_contents, "byte {at}: committed something else"),
+            Err(_) => assert_eq!(contents(&copy), old_contents, "byte {at}: a failure committed"),
+        }
+    }
+}
