@@ -942,3 +942,78 @@ fn a_mount_follows_an_archive_edited_in_place() {
     check(&expected, "after an edit of the compacted file");
     handle.unmount().unwrap();
 }
+
+/// Start and end of every stored byte of an entry (its frames, or its raw extent).
+fn stored_span(archive: &mf_format::Archive, path: &str) -> (u64, u64) {
+    let entry = archive.get(path).unwrap();
+    let frames = archive.entry_frames(&entry);
+    if frames.is_empty() {
+        return (entry.offset(), entry.offset() + entry.stored_size());
+    }
+    let records = &archive.frames()[frames.start as usize..frames.end as usize];
+    let start = records.iter().map(|f| f.offset).min().unwrap();
+    (start, records.iter().map(|f| f.offset + u64::from(f.stored_len)).max().unwrap())
+}
+
+#[test]
+fn record_trace_then_pack_order_from_lays_the_traced_files_out_first() {
+    if !fuse_available() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let src = scratch.path().join("src");
+    build_source(&src);
+    write_tree(&src, &[("odd\nname \"q\".txt", b"odd\n")]);
+    let archive = pack(scratch.path(), &src, "game.mf", &[]);
+    // Relative: the background daemon runs in `/`, so the path must be made absolute for it.
+    scratch.mount_background(&[&archive], &["--record-trace", "trace.jsonl"]);
+    let mnt = scratch.mount_point.clone();
+    let opened =
+        ["data/levels/two.json", "odd\nname \"q\".txt", "data/noise.raw", "data/levels/two.json", "readme.txt"];
+    for path in opened {
+        assert_eq!(std::fs::read(mnt.join(path)).unwrap(), std::fs::read(src.join(path)).unwrap(), "{path}");
+    }
+    std::fs::metadata(mnt.join("data/big.txt")).unwrap(); // looked up, never opened
+    let trace = scratch.path().join("trace.jsonl");
+    // Each line is written as the file is first opened: complete while the mount runs.
+    let lines: Vec<String> = std::fs::read_to_string(&trace)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<String>(line).unwrap())
+        .collect();
+    assert_eq!(lines, ["data/levels/two.json", "odd\nname \"q\".txt", "data/noise.raw", "readme.txt"]);
+    mf_ok(scratch.path(), &["umount", scratch.mnt()]);
+
+    // A second mount does not overwrite the trace.
+    let refused = mf_fails(scratch.path(), &["mount", "--record-trace", "trace.jsonl", "game.mf", scratch.mnt()], 1);
+    assert!(refused.contains("trace.jsonl") && refused.contains("exists"), "{refused}");
+    assert_eq!(std::fs::read_to_string(&trace).unwrap().lines().count(), 4);
+
+    let json = mf_ok(
+        scratch.path(),
+        &["pack", src.to_str().unwrap(), "-o", "ordered.mf", "--order-from", "trace.jsonl", "--json"],
+    );
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["order_from"]["placed"], 4);
+    assert_eq!(json["order_from"]["duplicates"], 0);
+    let ordered = mf_format::Archive::open(scratch.path().join("ordered.mf")).unwrap();
+    let spans: Vec<(u64, u64)> = lines.iter().map(|path| stored_span(&ordered, path)).collect();
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "the traced files come in trace order: {spans:?}");
+    }
+    for entry in ordered.entries().filter(|e| e.size() > 0 && !lines.iter().any(|l| l == e.path())) {
+        let (start, _) = stored_span(&ordered, entry.path());
+        assert!(start >= spans.last().unwrap().1, "{} lies before the traced files", entry.path());
+    }
+    // The same content as the plain pack.
+    let extracted = scratch.path().join("out");
+    mf_ok(scratch.path(), &["extract", "ordered.mf", "-C", extracted.to_str().unwrap()]);
+    assert_eq!(common::read_tree(&extracted), common::read_tree(&src));
+
+    // A bad line is named by file and line; nothing is written.
+    std::fs::write(scratch.path().join("bad.jsonl"), "\"readme.txt\"\nreadme.txt\n").unwrap();
+    let bad =
+        mf_fails(scratch.path(), &["pack", src.to_str().unwrap(), "-o", "bad.mf", "--order-from", "bad.jsonl"], 1);
+    assert!(bad.contains("bad.jsonl:2"), "{bad}");
+    assert!(!scratch.path().join("bad.mf").exists());
+}

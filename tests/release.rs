@@ -30,6 +30,10 @@ fn publish_two_versions_from_folders_and_archives() {
     mf_ok(d, &["pack", assets.to_str().unwrap(), "-o", "by-hand.mf"]);
     let full = d.join("repo").join(added["full"]["path"].as_str().unwrap());
     assert_eq!(std::fs::read(&full).unwrap(), std::fs::read(d.join("by-hand.mf")).unwrap());
+    // Its block hash table (for mounting from the repository) is stored and listed.
+    let blocks = d.join("repo").join(added["blocks"]["path"].as_str().unwrap());
+    assert_eq!(std::fs::metadata(&blocks).unwrap().len(), added["blocks"]["size"].as_u64().unwrap());
+    assert!(std::fs::read(&blocks).unwrap().starts_with(b"MFBLOCK1"));
 
     // Version 1.1 from an archive with one changed file.
     common::copy_tree(&assets, &d.join("v2"));
@@ -37,7 +41,7 @@ fn publish_two_versions_from_folders_and_archives() {
     std::fs::write(d.join("v2").join(&first), b"replaced content\n").unwrap();
     mf_ok(d, &["pack", "v2", "-o", "v2.mf"]);
     let out = mf_ok(d, &["release", "add", "repo", "1.1", "v2.mf", "--sign", "release.key"]);
-    assert!(out.contains("patch from 1.0"), "{out}");
+    assert!(out.contains("patch from 1.0") && out.contains("block hash table"), "{out}");
 
     let listing: serde_json::Value = serde_json::from_str(&mf_ok(d, &["release", "list", "repo", "--json"])).unwrap();
     let versions = listing["manifest"]["versions"].as_array().unwrap();
@@ -62,6 +66,7 @@ fn publish_two_versions_from_folders_and_archives() {
     assert_eq!(pruned["versions_removed"][0], "1.0");
     assert_eq!(pruned["manifest_version"], 4);
     assert!(!full.exists(), "1.0's full archive is gone once no manifest names it");
+    assert!(!blocks.exists(), "and so is its block hash table");
 }
 
 /// Every file under `root` (relative paths), for checking that a refused command wrote nothing.

@@ -1,34 +1,40 @@
 //! `mf mount` and `mf umount`.
 //!
 //! `mf mount` runs the file system in the foreground until Ctrl-C, SIGTERM or an external unmount.
+//! With `--repo` it serves a release straight from its repository: [`LazyArchive`] fetches and
+//! verifies the archive's bytes as reads need them (and fills the rest in the background), and
+//! [`mf_mount::mount_on_demand`] asks it for each read's bytes first.
 //! `--background` does not fork (the process may already have threads): it starts this same binary
 //! again as a detached child in its own process group, running the foreground mount, and waits on a
 //! pipe for the child to report that the mount is live or why it failed.
 
 use std::fs::{File, OpenOptions};
+use std::io::IsTerminal;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
-use clap::Args;
-use mf_mount::{MountOptions, Stopper, Unmounted};
+use anyhow::{anyhow, bail, Context};
+use clap::{ArgGroup, Args};
+use mf_mount::{MountOptions, OnDemand, Stopper, Unmounted};
+use mf_release::fetch::FetchOptions;
+use mf_release::lazy::{LazyArchive, LazyOptions};
+use mf_release::PublicKey;
 
 use crate::Outcome;
 
 #[derive(Args)]
 pub struct MountArgs {
-    /// Archives to overlay, in order: later archives win for the same path. Each is an mf archive or
-    /// a Panda3D multifile (detected by its magic).
-    #[arg(required = true, value_name = "ARCHIVE")]
-    archives: Vec<PathBuf>,
-    /// An existing, empty directory.
-    #[arg(value_name = "MOUNTPOINT")]
-    mount_point: PathBuf,
+    /// The archives to overlay, in order (later archives win for the same path; each an mf archive
+    /// or a Panda3D multifile, detected by its magic), then the mount point: an existing, empty
+    /// directory. With --repo, the mount point alone.
+    #[arg(required = true, value_name = "ARCHIVE... MOUNTPOINT")]
+    paths: Vec<PathBuf>,
     /// Return once the mount is ready, leaving a daemon serving it (stop it with `mf umount`).
     #[arg(long)]
     background: bool,
@@ -50,9 +56,82 @@ pub struct MountArgs {
     /// With --background: append the daemon's messages (I/O errors) to FILE instead of discarding them.
     #[arg(long, value_name = "FILE")]
     log: Option<PathBuf>,
+    /// Record which files are opened, in the order first opened, in FILE (created; it must not
+    /// exist): one JSON string per line, written as it happens. `mf pack --order-from FILE` lays
+    /// them out first.
+    #[arg(long, value_name = "FILE")]
+    record_trace: Option<PathBuf>,
     /// Internal: run as the daemon of `--background`, reporting readiness on standard output.
     #[arg(long, hide = true)]
     daemon_child: bool,
+    #[command(flatten)]
+    repo: RepoArgs,
+}
+
+/// `mf mount --repo`: a release mounted straight from its repository.
+#[derive(Args)]
+#[command(group(ArgGroup::new("trust").args(["key", "allow_unsigned"]).requires("repo")))]
+pub struct RepoArgs {
+    /// Mount a version of this release repository (an http(s):// URL, a file:// URL or a
+    /// directory) instead of archive files: its manifest is verified as `mf update` verifies it, and
+    /// the archive's bytes are fetched as reads need them, each block checked against the hashes
+    /// the signed manifest binds, into a local cache that fills in the background.
+    #[arg(long, value_name = "URL|DIR", conflicts_with = "password")]
+    repo: Option<String>,
+    /// With --repo: the public key the manifest must be signed by (a .pub file or its one-line text).
+    #[arg(long, value_name = "PUBKEY")]
+    key: Option<String>,
+    /// With --repo: accept an unsigned repository (no protection against tampering).
+    #[arg(long)]
+    allow_unsigned: bool,
+    /// With --repo: mount this version instead of the newest.
+    #[arg(long, value_name = "VERSION", requires = "repo")]
+    version: Option<String>,
+    /// With --repo: the cache folder (default $XDG_CACHE_HOME/mf/mounts, or ~/.cache/mf/mounts).
+    /// Once complete, it holds `<sha256>.mf`: the same file a full download gives.
+    #[arg(long, value_name = "DIR", requires = "repo")]
+    cache: Option<PathBuf>,
+    /// With --repo: fetch only what is read (and read ahead), not the rest (metered links).
+    #[arg(long, requires = "repo")]
+    no_fill: bool,
+    /// With --repo: bytes per second the background fill may fetch at most, e.g. 2M (reads are
+    /// never capped).
+    #[arg(long, value_name = "RATE", requires = "repo", value_parser = parse_size)]
+    fill_rate: Option<u64>,
+    /// With --repo: seconds to wait for a connection or for data before a request counts as stalled.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_timeout)]
+    timeout: Duration,
+    /// With --repo: retries of a request after a transient failure (a read waits for them).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=100))]
+    retries: u32,
+}
+
+impl MountArgs {
+    /// The archives and the mount point (the last path), checked against `--repo`: one or more
+    /// archives without it, none with it.
+    fn split_paths(&self) -> anyhow::Result<(&[PathBuf], &Path)> {
+        let (mount_point, archives) = self.paths.split_last().ok_or_else(|| anyhow!("no MOUNTPOINT given"))?;
+        match (&self.repo.repo, archives.len()) {
+            (None, 0) => bail!("give the ARCHIVE(s) to mount, then the MOUNTPOINT (or --repo URL|DIR)"),
+            (Some(_), n) if n > 0 => {
+                bail!("--repo mounts a release instead of ARCHIVE files: give the MOUNTPOINT only")
+            }
+            _ => Ok((archives, mount_point)),
+        }
+    }
+}
+
+/// Serves an on-demand mount's reads from the repository.
+struct FromRepo(Arc<LazyArchive>);
+
+impl OnDemand for FromRepo {
+    fn ensure(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.ensure(offset, len).map_err(std::io::Error::other)
+    }
+
+    fn prefetch(&self, offset: u64, len: u64) {
+        self.0.prefetch(offset, len);
+    }
 }
 
 #[derive(Args)]
@@ -102,7 +181,73 @@ fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(1 << shift).ok_or_else(|| format!("size '{text}' is too large"))
 }
 
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("'{text}' is not a number of seconds between 0 and 86400")),
+    }
+}
+
+/// The default cache folder of `--repo` mounts: `$XDG_CACHE_HOME/mf/mounts`, else
+/// `~/.cache/mf/mounts` (a relative XDG_CACHE_HOME is ignored, as the XDG spec asks).
+fn default_cache_dir() -> anyhow::Result<PathBuf> {
+    let absolute = |var: &str| std::env::var_os(var).map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(xdg) = absolute("XDG_CACHE_HOME") {
+        return Ok(xdg.join("mf/mounts"));
+    }
+    let home = absolute("HOME").ok_or_else(|| anyhow!("no cache folder: HOME is not set; pass --cache DIR"))?;
+    Ok(home.join(".cache/mf/mounts"))
+}
+
+/// Verifies the repository's manifest and opens the version's archive on demand.
+fn open_repo(repo: &str, args: &RepoArgs) -> anyhow::Result<Arc<LazyArchive>> {
+    let key = match &args.key {
+        Some(text) => Some(PublicKey::from_arg(text).context("reading --key")?),
+        None if args.allow_unsigned => None,
+        None => bail!("--repo needs --key PUBKEY (or --allow-unsigned, which gives no protection against tampering)"),
+    };
+    let cache_dir = match &args.cache {
+        Some(dir) => dir.clone(),
+        None => default_cache_dir()?,
+    };
+    let options = LazyOptions {
+        version: args.version.clone(),
+        fill: !args.no_fill,
+        fill_rate: args.fill_rate,
+        fetch: FetchOptions { timeout: args.timeout, attempts: args.retries + 1, ..FetchOptions::default() },
+        allow_unsigned: args.allow_unsigned,
+        ..LazyOptions::new(cache_dir)
+    };
+    Ok(LazyArchive::open(repo, key.as_ref(), options)?)
+}
+
+/// On a terminal: a bar of the archive's bytes present until it is complete or the mount ends.
+fn show_fill(lazy: Arc<LazyArchive>, done: Arc<AtomicBool>) -> Option<std::thread::JoinHandle<()>> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = crate::progress::bytes(lazy.progress().total, "filling");
+    bar.set_message(format!("{} {}", lazy.repo(), lazy.version()));
+    let thread = std::thread::spawn(move || loop {
+        let progress = lazy.progress();
+        bar.set_position(progress.present);
+        if let Some(error) = &progress.fill_error {
+            bar.set_message(format!("retrying: {error}"));
+        }
+        if progress.complete || done.load(Ordering::Acquire) {
+            bar.finish_and_clear();
+            if progress.complete {
+                eprintln!("mf: {} is complete in {}", lazy.version(), lazy.cache_path().display());
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    Some(thread)
+}
+
 pub fn mount(args: MountArgs, threads: Option<usize>) -> Outcome {
+    let (archive_paths, mount_point) = args.split_paths()?;
     if args.background && !args.daemon_child {
         return spawn_daemon(&args, threads);
     }
@@ -111,20 +256,44 @@ pub fn mount(args: MountArgs, threads: Option<usize>) -> Outcome {
         cache_size: usize::try_from(args.cache_size).context("cache size does not fit in memory")?,
         threads: threads.unwrap_or(DEFAULT_THREADS),
         read_ahead_kb: (args.read_ahead > 0).then_some(args.read_ahead),
+        record_trace: args.record_trace.clone(),
         ..MountOptions::default()
     };
-    let mut archives = mf_mount::open_archives(&args.archives)?;
-    for archive in &mut archives {
-        archive.set_password(args.password.clone());
-    }
-    let handle = mf_mount::mount(archives, &args.mount_point, &options)?;
+    let (handle, lazy) = match &args.repo.repo {
+        Some(repo) => {
+            let lazy = open_repo(repo, &args.repo)?;
+            let archive = lazy.open_archive()?;
+            // Also without filling: the background thread serves the read-ahead hints.
+            lazy.start_fill();
+            let source = Arc::new(FromRepo(lazy.clone()));
+            (mf_mount::mount_on_demand(archive, source, mount_point, &options)?, Some(lazy))
+        }
+        None => {
+            let mut archives = mf_mount::open_archives(archive_paths)?;
+            for archive in &mut archives {
+                archive.set_password(args.password.clone());
+            }
+            (mf_mount::mount(archives, mount_point, &options)?, None)
+        }
+    };
     *RUNNING.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.stopper());
     if args.daemon_child {
         report_ready(args.log.as_deref())?;
     }
+    let done = Arc::new(AtomicBool::new(false));
+    let bar = lazy.clone().and_then(|lazy| show_fill(lazy, done.clone()));
     handle.wait();
+    done.store(true, Ordering::Release);
     RUNNING.lock().unwrap_or_else(|p| p.into_inner()).take();
-    handle.unmount()?;
+    if let Some(bar) = bar {
+        let _ = bar.join();
+    }
+    let unmounted = handle.unmount();
+    if let Some(lazy) = &lazy {
+        // Keeps what was fetched for the next mount (the record of verified blocks).
+        lazy.stop();
+    }
+    unmounted?;
     Ok(true)
 }
 
@@ -151,6 +320,39 @@ fn report_ready(log: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `--repo` flags for the daemon child, which runs in `/`: local paths made absolute.
+fn add_repo_args(command: &mut Command, args: &RepoArgs) -> anyhow::Result<()> {
+    let Some(repo) = &args.repo else { return Ok(()) };
+    let absolute = |path: &Path| std::path::absolute(path).with_context(|| format!("bad path {}", path.display()));
+    // A directory repository (not a URL) and a key file are paths; a key's own text is passed as is.
+    let local = |text: &str| -> anyhow::Result<std::ffi::OsString> {
+        let path = Path::new(text);
+        Ok(if !text.contains("://") && path.exists() { absolute(path)?.into_os_string() } else { text.into() })
+    };
+    command.arg("--repo").arg(local(repo)?);
+    if let Some(key) = &args.key {
+        command.arg("--key").arg(local(key)?);
+    }
+    if args.allow_unsigned {
+        command.arg("--allow-unsigned");
+    }
+    if let Some(version) = &args.version {
+        command.arg("--version").arg(version);
+    }
+    if let Some(cache) = &args.cache {
+        command.arg("--cache").arg(absolute(cache)?);
+    }
+    if args.no_fill {
+        command.arg("--no-fill");
+    }
+    if let Some(rate) = args.fill_rate {
+        command.arg("--fill-rate").arg(rate.to_string());
+    }
+    command.arg("--timeout").arg(args.timeout.as_secs_f64().to_string());
+    command.arg("--retries").arg(args.retries.to_string());
+    Ok(())
+}
+
 /// Starts the daemon child and waits until it reports the mount live (exit 0, silent) or fails
 /// (its error, exit 1).
 fn spawn_daemon(args: &MountArgs, threads: Option<usize>) -> Outcome {
@@ -172,12 +374,17 @@ fn spawn_daemon(args: &MountArgs, threads: Option<usize>) -> Outcome {
     if let Some(log) = &args.log {
         command.arg("--log").arg(absolute(log)?);
     }
+    if let Some(trace) = &args.record_trace {
+        command.arg("--record-trace").arg(absolute(trace)?);
+    }
+    add_repo_args(&mut command, &args.repo)?;
     command.arg("--");
-    for archive in &args.archives {
+    let (archives, mount_point) = args.split_paths()?;
+    for archive in archives {
         command.arg(absolute(archive)?);
     }
     // Canonical, so that `mf umount` can find this daemon by its mount point.
-    command.arg(args.mount_point.canonicalize().or_else(|_| absolute(&args.mount_point))?);
+    command.arg(mount_point.canonicalize().or_else(|_| absolute(mount_point))?);
 
     let (reader, writer) = std::io::pipe().context("cannot create a pipe")?;
     command

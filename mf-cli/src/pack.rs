@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use mf_format::{
     collect_inputs, pack_to_file_reusing, pack_to_writer_reusing, DirPackOptions, PackOrder, PackSummary, ReuseSource,
-    WriterOptions,
+    TraceOrder, WriterOptions,
 };
 
 use crate::{JsonFlag, Outcome};
@@ -47,6 +47,11 @@ pub struct PackArgs {
     /// together; `path` keeps path order. Lookup is by path either way.
     #[arg(long, value_name = "ORDER", default_value = "kind", value_parser = parse_order)]
     order: PackOrder,
+    /// Lay out first the files an access trace names, in its order (`mf mount --record-trace`
+    /// writes one: a JSON string per line), then the rest in --order: a mount fetching the archive
+    /// on demand then reads its start-up files as one range.
+    #[arg(long, value_name = "TRACE")]
+    order_from: Option<PathBuf>,
     /// Pack the targets of symlinks that lead outside their DIR (refused otherwise; links that stay
     /// inside are always followed).
     #[arg(long)]
@@ -91,6 +96,7 @@ pub fn run(args: PackArgs) -> Outcome {
         files_from: args.files_from,
         keep_mtime: args.keep_mtime,
         follow_symlinks: args.follow_symlinks,
+        order_from: args.order_from.clone(),
     };
     if to_stdout && args.json.json {
         anyhow::bail!("--json prints on standard output, which -o - already writes the archive to");
@@ -102,6 +108,9 @@ pub fn run(args: PackArgs) -> Outcome {
     let collected = collect_inputs(&args.dirs, (!to_stdout).then_some(args.output.as_path()), &options)?;
     for path in &collected.skipped {
         eprintln!("mf: skipping {} (not a regular file)", path.display());
+    }
+    if let (Some(trace), Some(order)) = (&args.order_from, &collected.trace) {
+        report_trace_order(trace, order);
     }
     let total: u64 = collected.inputs.iter().map(|i| i.size_hint).sum();
     let bar = crate::progress::bytes(total, "packing");
@@ -143,10 +152,33 @@ pub fn run(args: PackArgs) -> Outcome {
                 "stored_bytes": reused.stored_bytes,
                 "damaged_frames": summary.damaged_frames,
             },
+            "order_from": collected.trace.as_ref().map(trace_order_json),
         });
         println!("{}", serde_json::to_string_pretty(&json)?);
     }
     Ok(true)
+}
+
+/// Says on standard error how many files the access trace placed first, and what it ignored.
+pub fn report_trace_order(trace: &Path, order: &TraceOrder) {
+    eprintln!(
+        "mf: {} files laid out first in the order of {} ({} lines; ignored: {} repeated, {} not packed)",
+        order.placed,
+        trace.display(),
+        order.listed,
+        order.duplicates,
+        order.not_in_input
+    );
+}
+
+/// The `--json` form of what the access trace did.
+pub fn trace_order_json(order: &TraceOrder) -> serde_json::Value {
+    serde_json::json!({
+        "listed": order.listed,
+        "placed": order.placed,
+        "duplicates": order.duplicates,
+        "not_in_input": order.not_in_input,
+    })
 }
 
 /// Says on standard error what was copied from OLD, and warns about damaged frames of it.

@@ -53,6 +53,10 @@ pub struct AddArgs {
     version: String,
     /// An mf archive, or a folder (packed with `mf pack`'s defaults).
     input: PathBuf,
+    /// When INPUT is a folder: lay out first the files this access trace names, in its order, as
+    /// `mf pack --order-from` does (an archive given as INPUT keeps its own order).
+    #[arg(long, value_name = "TRACE")]
+    order_from: Option<PathBuf>,
     /// Build patches to this version from the last N versions.
     #[arg(long, value_name = "N", default_value_t = 3)]
     patch_from_last: usize,
@@ -148,6 +152,12 @@ fn add(args: AddArgs) -> Outcome {
     let metadata = std::fs::metadata(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     // A folder is packed first, into the repository's filesystem, then published like an archive.
     let _scratch;
+    if args.order_from.is_some() && !metadata.is_dir() {
+        bail!(
+            "--order-from needs a folder as INPUT: {} is an archive, whose order is fixed (repack it with mf pack --order-from)",
+            args.input.display()
+        );
+    }
     let archive = if metadata.is_dir() {
         std::fs::create_dir_all(&args.repo).with_context(|| format!("creating {}", args.repo.display()))?;
         let scratch = tempfile::Builder::new()
@@ -155,9 +165,13 @@ fn add(args: AddArgs) -> Outcome {
             .tempdir_in(&args.repo)
             .with_context(|| format!("creating a scratch directory in {}", args.repo.display()))?;
         let packed = scratch.path().join("release.mf");
-        // The library's directory packing with default options: the same bytes as `mf pack DIR`.
-        let options = mf_format::DirPackOptions::default();
+        // The library's directory packing with default options: the same bytes as `mf pack DIR`
+        // (with `--order-from TRACE` as given).
+        let options = mf_format::DirPackOptions { order_from: args.order_from.clone(), ..Default::default() };
         let collected = mf_format::collect_inputs(std::slice::from_ref(&args.input), Some(&packed), &options)?;
+        if let (Some(trace), Some(order), false) = (&args.order_from, &collected.trace, args.json.json) {
+            crate::pack::report_trace_order(trace, order);
+        }
         mf_format::pack_to_file(&collected.inputs, &packed, options.writer, |_, _| {})?;
         _scratch = scratch;
         packed
@@ -187,6 +201,9 @@ fn add(args: AddArgs) -> Outcome {
         if added.signed { ", signed" } else { ", UNSIGNED" },
         added.full.size
     )?;
+    if let Some(blocks) = &added.blocks {
+        say!("  block hash table: {} bytes", blocks.size)?;
+    }
     for patch in &added.patches {
         say!("  patch from {}: {} bytes", patch.from, patch.object.size)?;
     }

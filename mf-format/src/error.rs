@@ -126,6 +126,17 @@ pub enum Error {
         entry: String,
     },
 
+    /// A buffer given to [`Archive::read_into`](crate::Archive::read_into) is not the entry's size.
+    #[error("a buffer of {len} bytes was given for entry '{entry}', which is {size} bytes")]
+    BufferSize {
+        /// The entry read.
+        entry: String,
+        /// The buffer's length.
+        len: u64,
+        /// The entry's size in bytes.
+        size: u64,
+    },
+
     /// A read started past the end of an entry.
     #[error("offset {offset} is past the end of entry '{entry}' ({size} bytes)")]
     OutOfRange {
@@ -179,9 +190,10 @@ impl From<Error> for io::Error {
     fn from(err: Error) -> Self {
         let kind = match &err {
             Error::Io { error, .. } => error.kind(),
-            Error::OutOfRange { .. } | Error::InvalidOption(_) | Error::NoSuchEntry { .. } => {
-                io::ErrorKind::InvalidInput
-            }
+            Error::OutOfRange { .. }
+            | Error::BufferSize { .. }
+            | Error::InvalidOption(_)
+            | Error::NoSuchEntry { .. } => io::ErrorKind::InvalidInput,
             Error::Busy { .. } => io::ErrorKind::WouldBlock,
             _ => io::ErrorKind::InvalidData,
         };

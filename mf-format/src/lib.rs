@@ -8,7 +8,8 @@
 //!   the index.
 //! - [`Archive`] maps a file and reads only the header, footer and index to open. Lookups are a
 //!   binary search; raw entries are slices of the mapping; [`Archive::read_at`] decodes only the
-//!   frames a range touches.
+//!   frames a range touches; [`Archive::read_into`] decodes a whole entry straight into a buffer of
+//!   the caller's (a language binding's own object, say).
 //! - Every entry carries the xxh3-64 of its content; the index, header and footer carry their own.
 //! - [`Editor`] changes an archive in place (put, remove, commit), crash-safe through the commit
 //!   slots, writing only new content; [`compact`] rewrites it without holes ([`edit`]).
@@ -72,6 +73,7 @@
 
 #![deny(missing_docs)]
 
+pub mod access_order;
 pub mod atomic;
 pub mod edit;
 pub mod error;
@@ -89,6 +91,7 @@ pub mod unpack;
 mod validate;
 pub mod writer;
 
+pub use access_order::TraceOrder;
 pub use atomic::{remove_pending_temp_files, AtomicFile};
 pub use edit::{compact, CommitReport, CompactReport, Editor};
 pub use error::{Error, Result};
@@ -98,7 +101,7 @@ pub use pack::{
     pack_to_writer_reusing, Collected, DirPackOptions, PackError, PackInput, PackOrder, PackSummary,
 };
 pub use path::{entry_path_from_fs, validate_path};
-pub use reader::{Archive, Entry, EntryReader, SpaceUse, StoredAs};
+pub use reader::{Archive, Entry, EntryReader, SpaceUse, StoredAs, PLAUSIBLE_RATIO};
 pub use reuse::ReuseSource;
 pub use unpack::{unpack_in, UnpackEntry, UnpackError, UnpackOptions, UnpackReport};
 pub use writer::{

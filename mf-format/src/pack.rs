@@ -16,6 +16,7 @@ use std::sync::Arc;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 
+use crate::access_order::{order_by_trace, read_trace, TraceOrder};
 use crate::error::{Error, Result};
 use crate::path::entry_path_from_fs;
 use crate::reuse::ReuseSource;
@@ -173,6 +174,10 @@ pub struct DirPackOptions {
     /// Follow symlinks that lead outside their input directory (packing their targets). Without it
     /// such a link is an error; links that stay inside are followed either way.
     pub follow_symlinks: bool,
+    /// An access trace (one JSON string per line, as `mf mount --record-trace` writes): the files
+    /// it names come first, in its order, then the rest in [`order`](Self::order)
+    /// ([`crate::access_order`]). At most [`crate::access_order::MAX_TRACE_BYTES`].
+    pub order_from: Option<PathBuf>,
 }
 
 /// Largest `files_from` list accepted.
@@ -233,6 +238,14 @@ pub enum PackError {
         /// The path that is not a regular file.
         path: PathBuf,
     },
+    /// An access trace line is not a JSON string (or the trace is too large or not text).
+    #[error("{place}: {message}")]
+    BadTrace {
+        /// The trace file and line (line 0: the whole file).
+        place: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A path cannot be an entry path.
     #[error("{place}: {error}")]
     BadPath {
@@ -261,6 +274,8 @@ pub struct Collected {
     pub inputs: Vec<PackInput>,
     /// Things in the input directories that are not regular files (FIFOs, sockets, devices), left out.
     pub skipped: Vec<PathBuf>,
+    /// What the access trace did to the order, when one was given.
+    pub trace: Option<TraceOrder>,
 }
 
 /// Collects the files of `dirs` (merged; an entry path may come from one only) by the rules of
@@ -270,6 +285,8 @@ pub fn collect_inputs(
     output: Option<&Path>,
     options: &DirPackOptions,
 ) -> Result<Collected, PackError> {
+    // Read first: a bad trace fails before the directories are walked.
+    let trace = options.order_from.as_deref().map(read_trace).transpose()?;
     let mut collector = Collector {
         excludes: build_globs(&options.excludes)?,
         store: options.store_extensions.iter().map(|e| e.trim_start_matches('.').to_ascii_lowercase()).collect(),
@@ -290,7 +307,8 @@ pub fn collect_inputs(
     if options.order == PackOrder::Kind {
         order_for_compression(&mut inputs);
     }
-    Ok(Collected { inputs, skipped: collector.skipped })
+    let trace = trace.map(|trace| order_by_trace(&mut inputs, &trace));
+    Ok(Collected { inputs, skipped: collector.skipped, trace })
 }
 
 /// Packs `inputs` into `output` all or nothing ([`crate::AtomicFile`], removing stale temp files of

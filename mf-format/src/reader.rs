@@ -82,6 +82,11 @@ impl Source {
     }
 }
 
+/// How many times its stored bytes an entry's recorded size may be before
+/// [`Archive::size_is_plausible`] calls it implausible. zstd at the levels writers use rarely beats
+/// 30:1 on real content; an entry beyond this still reads, through a buffer that grows as it decodes.
+pub const PLAUSIBLE_RATIO: u64 = 32;
+
 /// How an entry's data is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredAs {
@@ -712,6 +717,32 @@ impl Archive {
         self.backing.data(record.offset, len).map_err(|e| self.unreadable(None, record.offset, len, e))
     }
 
+    /// Reads the stored bytes of frame `frame` into `out` (resized to them), unverified: no
+    /// allocation when `out` is already large enough, also for an archive opened with `pread`.
+    pub(crate) fn stored_frame_into(&self, frame: u32, out: &mut Vec<u8>) -> Result<()> {
+        let Some(record) = self.frames.get(frame as usize).copied() else {
+            return Err(Error::InvalidOption(format!("frame {frame} is past the frame table")));
+        };
+        let len = u64::from(record.stored_len);
+        out.resize(record.stored_len as usize, 0);
+        self.backing.read_into(record.offset, out).map_err(|e| self.unreadable(None, record.offset, len, e))
+    }
+
+    /// Decodes `stored`, the stored bytes of frame `frame` (from
+    /// [`stored_frame_into`](Self::stored_frame_into)), into `out`, which is the frame's length;
+    /// checked as every decode is.
+    pub(crate) fn decode_stored_frame(&self, frame: u32, stored: &[u8], out: &mut [u8]) -> Result<()> {
+        let record = self.frames.get(frame as usize).copied().filter(|r| r.len as usize == out.len());
+        let Some(record) = record else {
+            return Err(Error::InvalidOption(format!("frame {frame}: no frame of {} bytes", out.len())));
+        };
+        if stored.len() == out.len() {
+            out.copy_from_slice(stored);
+            return Ok(());
+        }
+        self.decompress_checked(frame, record, None, stored, out)
+    }
+
     /// Decodes frame `frame` of the frame table into `out` (replacing its contents), checked.
     pub fn decode_frame_at(&self, frame: u32, out: &mut Vec<u8>) -> Result<()> {
         self.decode_frame_for(frame, None, out)
@@ -722,34 +753,68 @@ impl Archive {
             let what = format!("frame {frame} is past the frame table ({} frames)", self.frames.len());
             return Err(Error::InvalidOption(what));
         };
+        let stored = self.checked_stored_frame(frame, record, entry)?;
         let len = record.len as usize;
-        let stored = self
-            .backing
-            .data(record.offset, u64::from(record.stored_len))
-            .map_err(|e| self.unreadable(entry, record.offset, u64::from(record.stored_len), e))?;
-        let fail = |what: String| Error::corrupt(&self.name, record.offset, entry, format!("frame {frame} {what}"));
+        out.clear();
+        out.try_reserve_exact(len).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
         if stored.len() == len {
-            out.clear();
             out.extend_from_slice(&stored);
             return Ok(());
         }
-        // The declared length is checked before any buffer is sized for it (writers always record
-        // it): a forged frame then costs no allocation at all.
-        match zstd::zstd_safe::get_frame_content_size(&stored) {
-            Ok(Some(declared)) if declared != len as u64 => {
-                return Err(fail(format!("does not decode to its length: it declares {declared} bytes, not {len}")))
-            }
-            Ok(_) => {}
-            Err(_) => return Err(fail("does not decode: no valid zstd frame header".to_owned())),
-        }
-        out.clear();
-        out.try_reserve_exact(len).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
         out.resize(len, 0);
-        let decoded = decompress_frame(&stored, out).map_err(|e| fail(format!("does not decode: {e}")))?;
-        if decoded != len {
-            return Err(fail(format!("decodes to {decoded} bytes instead of {len}")));
+        self.decompress_checked(frame, record, entry, &stored, out)
+    }
+
+    /// The stored bytes of frame `frame` (whose record is `record`), with a compressed frame's declared
+    /// length checked against the record before any buffer is sized for it (writers always record
+    /// it): a forged frame then costs no allocation at all.
+    fn checked_stored_frame(&self, frame: u32, record: FrameRecord, entry: Option<&str>) -> Result<Cow<'_, [u8]>> {
+        let stored_len = u64::from(record.stored_len);
+        let stored = self
+            .backing
+            .data(record.offset, stored_len)
+            .map_err(|e| self.unreadable(entry, record.offset, stored_len, e))?;
+        if stored.len() == record.len as usize {
+            return Ok(stored);
+        }
+        let fail = |what: String| Error::corrupt(&self.name, record.offset, entry, format!("frame {frame} {what}"));
+        match zstd::zstd_safe::get_frame_content_size(&stored) {
+            Ok(Some(declared)) if declared != u64::from(record.len) => {
+                Err(fail(format!("does not decode to its length: it declares {declared} bytes, not {}", record.len)))
+            }
+            Ok(_) => Ok(stored),
+            Err(_) => Err(fail("does not decode: no valid zstd frame header".to_owned())),
+        }
+    }
+
+    /// Decodes the compressed frame `stored` (from [`checked_stored_frame`](Self::checked_stored_frame))
+    /// into `out`, which is exactly the frame's length.
+    fn decompress_checked(
+        &self,
+        frame: u32,
+        record: FrameRecord,
+        entry: Option<&str>,
+        stored: &[u8],
+        out: &mut [u8],
+    ) -> Result<()> {
+        let fail = |what: String| Error::corrupt(&self.name, record.offset, entry, format!("frame {frame} {what}"));
+        let decoded = decompress_frame(stored, out).map_err(|e| fail(format!("does not decode: {e}")))?;
+        if decoded != out.len() {
+            return Err(fail(format!("decodes to {decoded} bytes instead of {}", out.len())));
         }
         Ok(())
+    }
+
+    /// Decodes frame `frame` straight into `out` (exactly its length), checked: the frame cache is
+    /// neither used nor disturbed.
+    fn decode_frame_into(&self, frame: u32, entry: &str, out: &mut [u8]) -> Result<()> {
+        let record = self.frames[frame as usize];
+        let stored = self.checked_stored_frame(frame, record, Some(entry))?;
+        if stored.len() == out.len() {
+            out.copy_from_slice(&stored);
+            return Ok(());
+        }
+        self.decompress_checked(frame, record, Some(entry), &stored, out)
     }
 
     /// Gives the bytes of a frames entry from `offset` to its end to `sink`, piece by piece (at most
@@ -783,32 +848,105 @@ impl Archive {
 
     /// Reads a whole entry and verifies its checksum. Raw entries are borrowed from the mapping.
     pub fn read(&self, entry: &Entry<'_>) -> Result<Cow<'_, [u8]>> {
-        let content: Cow<'_, [u8]> = match entry.stored_as() {
-            StoredAs::Raw => self
+        if entry.stored_as() == StoredAs::Raw {
+            let content = self
                 .backing
                 .data(entry.offset(), entry.size())
-                .map_err(|e| self.unreadable(Some(entry.path()), entry.offset(), entry.size(), e))?,
-            StoredAs::Zstd => {
-                let size = usize::try_from(entry.size()).map_err(|_| {
-                    Error::io(&self.name, io::Error::other(format!("entry '{}' does not fit in memory", entry.path())))
-                })?;
-                // The recorded size is only checked against the frame table at open, and a forged
-                // one can claim 64 MiB for every stored byte. So the buffer grows frame by frame
-                // as frames decode: a lie costs at most one frame before it is caught.
-                let first_guess = entry.stored_size().saturating_mul(32).max(self.frame_size);
-                let mut out = Vec::new();
-                out.try_reserve_exact(size.min(first_guess as usize))
-                    .map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
-                self.pieces(entry, 0, entry.size(), |piece| {
-                    out.try_reserve(piece.len()).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
-                    out.extend_from_slice(piece);
+                .map_err(|e| self.unreadable(Some(entry.path()), entry.offset(), entry.size(), e))?;
+            self.check_hash(entry, xxh3_64(&content))?;
+            return Ok(content);
+        }
+        let size = usize::try_from(entry.size()).map_err(|_| {
+            Error::io(&self.name, io::Error::other(format!("entry '{}' does not fit in memory", entry.path())))
+        })?;
+        let mut out = Vec::new();
+        if self.size_is_plausible(entry) {
+            out.try_reserve_exact(size).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
+            out.resize(size, 0);
+            self.read_into(entry, &mut out)?;
+            return Ok(Cow::Owned(out));
+        }
+        // A size far beyond what the stored bytes plausibly decode to: the buffer grows frame by
+        // frame as frames decode, so a lie costs at most one frame before it is caught.
+        self.pieces(entry, 0, entry.size(), |piece| {
+            out.try_reserve(piece.len()).map_err(|e| Error::io(&self.name, io::Error::other(e)))?;
+            out.extend_from_slice(piece);
+            Ok(())
+        })?;
+        self.check_hash(entry, xxh3_64(&out))?;
+        Ok(Cow::Owned(out))
+    }
+
+    /// Whether an entry's recorded size is one its stored bytes can plausibly decode to: at most
+    /// [`PLAUSIBLE_RATIO`] times them, or one frame (always, for raw entries). The size comes from
+    /// the index, which open checks only against the frame table's lengths, so a forged archive can
+    /// claim 64 MiB for every stored byte; sizing a buffer for an implausible claim up front would let
+    /// a small file demand gigabytes. Callers of [`read_into`](Self::read_into) allocate the size
+    /// only when this holds, and otherwise use [`read`](Self::read), which grows its buffer as
+    /// frames actually decode.
+    pub fn size_is_plausible(&self, entry: &Entry<'_>) -> bool {
+        entry.size() <= entry.stored_size().saturating_mul(PLAUSIBLE_RATIO).max(self.frame_size)
+    }
+
+    /// Reads a whole entry into `out`, which must be exactly [`Entry::size`] bytes long, and verifies
+    /// its checksum; no intermediate buffer. Frames lying wholly inside the entry decode straight into
+    /// `out`; only frames shared with other entries (a solid block's) go through the thread's frame
+    /// cache, so consecutive small entries decode their frame once. Each piece is hashed as it is
+    /// written, while still in cache. After an error `out` holds unverified bytes.
+    ///
+    /// Size `out` from the index only when [`size_is_plausible`](Self::size_is_plausible) holds.
+    pub fn read_into(&self, entry: &Entry<'_>, out: &mut [u8]) -> Result<()> {
+        if out.len() as u64 != entry.size() {
+            let (entry, len, size) = (entry.path().to_owned(), out.len() as u64, entry.size());
+            return Err(Error::BufferSize { entry, len, size });
+        }
+        let hash = match entry.stored_as() {
+            StoredAs::Raw => {
+                self.read_raw_into(entry, 0, out)?;
+                xxh3_64(out)
+            }
+            StoredAs::Zstd => self.decode_entry_into(entry, out)?,
+        };
+        self.check_hash(entry, hash)
+    }
+
+    /// Decodes a frames entry into `out` (its size, checked by the caller), frame by frame; returns
+    /// the content's xxh3.
+    fn decode_entry_into(&self, entry: &Entry<'_>, out: &mut [u8]) -> Result<u64> {
+        let run = self.entry_frames(entry);
+        let size = out.len() as u64;
+        // Where the entry's byte 0 lies in the frames' decoded coordinates.
+        let base = self.frame_starts[run.start as usize] + entry.record.offset;
+        let mut hasher = Xxh3::new();
+        let mut position = 0u64;
+        for frame in run {
+            let frame_start = self.frame_starts[frame as usize];
+            let len = u64::from(self.frames[frame as usize].len);
+            // The run is validated at open (minimal, covering the content), so this frame starts at
+            // or before `position` and ends past it.
+            let end = (frame_start + len).saturating_sub(base).min(size);
+            if end <= position {
+                continue;
+            }
+            let piece = &mut out[position as usize..end as usize];
+            if frame_start == base + position && end - position == len {
+                self.decode_frame_into(frame, entry.path(), piece)?;
+            } else {
+                let mut filled = 0;
+                self.pieces(entry, position, end, |bytes| {
+                    piece[filled..filled + bytes.len()].copy_from_slice(bytes);
+                    filled += bytes.len();
                     Ok(())
                 })?;
-                Cow::Owned(out)
             }
-        };
-        self.check_hash(entry, xxh3_64(&content))?;
-        Ok(content)
+            hasher.update(piece);
+            position = end;
+        }
+        if position != size {
+            let what = format!("its frames hold {position} of its {size} bytes");
+            return Err(Error::corrupt(&self.name, entry.offset(), Some(entry.path()), what));
+        }
+        Ok(hasher.digest())
     }
 
     /// Reads entry bytes starting at `offset` into `buf`, decoding only the frames that cover them.

@@ -14,6 +14,12 @@
 //!   writer makes them) and **decodes to exactly the chunk being packed** (compared byte for byte:
 //!   OLD is untrusted and a 64-bit hash alone is never trusted).
 //!
+//! A frame OLD stored raw is taken the same way when it is byte for byte the chunk being packed and
+//! the new entry's plan would probe the chunk at the fast level first: OLD's writer, at the same
+//! level, then already found this chunk not worth compressing, so a fresh pack stores it raw too and
+//! neither the probe nor the compression runs. (Without the probe in the plan, a raw frame of OLD
+//! says nothing: OLD's path may have been probed where the new one is compressed directly.)
+//!
 //! Frames that fail the checks are compressed afresh. One that does not decode at all is counted as
 //! damaged ([`ReuseSource::damage`]) so the caller can warn; the output is correct either way. Byte
 //! identity with a fresh pack then rests on one assumption, stated here because it cannot be checked
@@ -21,7 +27,7 @@
 //! for every writer of OLD (true for archives written by `mf pack` of this zstd version; an OLD
 //! written by another encoder still gives a correct, valid archive, possibly not byte-identical).
 
-use std::borrow::Cow;
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +52,8 @@ pub struct ReuseSource {
     sizes: HashSet<u64>,
     damaged: AtomicU64,
     first_damage: Mutex<Option<String>>,
+    /// Raw frames of OLD found equal to the chunk being packed (stored raw without the probe).
+    raw_matched: AtomicU64,
 }
 
 /// The frames of one old entry offered for one new entry: frame `k` of the new entry may be
@@ -77,6 +85,7 @@ impl ReuseSource {
             sizes: HashSet::new(),
             damaged: AtomicU64::new(0),
             first_damage: Mutex::new(None),
+            raw_matched: AtomicU64::new(0),
         };
         if same_frame_size {
             let mut by_content = HashMap::new();
@@ -100,6 +109,12 @@ impl ReuseSource {
     pub fn damage(&self) -> (u64, Option<String>) {
         let first = self.first_damage.lock().map(|g| g.clone()).unwrap_or_default();
         (self.damaged.load(Ordering::Relaxed), first)
+    }
+
+    /// Raw frames of OLD found equal to the chunk being packed, which were then stored raw without
+    /// probing or compressing them (see the module docs).
+    pub fn raw_frames_matched(&self) -> u64 {
+        self.raw_matched.load(Ordering::Relaxed)
     }
 
     /// Whether an entry of `size` bytes not found by path could be found by content (then its
@@ -152,33 +167,80 @@ impl ReuseSource {
     }
 }
 
+thread_local! {
+    // One old frame's stored bytes and its decoding, per compressing thread: reuse reads and decodes
+    // a frame for every frame it offers, and fresh buffers of a frame's size would cost an
+    // allocation and page faults each time. Each holds at most one frame (the archive's frame size).
+    static STORED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static DECODED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Donor<'_> {
-    /// OLD's stored bytes for frame `k` of the new entry when they are a zstd frame that decodes to
-    /// exactly `chunk` (see the module docs); `None` otherwise.
-    pub(crate) fn frame(&self, k: usize, chunk: &[u8]) -> Option<Vec<u8>> {
+    /// Frame `k` of OLD's entry with its record, when it exists and holds `len` bytes.
+    fn old_frame(&self, k: usize, len: usize) -> Option<(u32, FrameRecord)> {
         let k = u32::try_from(k).ok().filter(|&k| k < self.count)?;
         let frame = self.first + k;
-        let archive = &self.source.archive;
-        let record: FrameRecord = *archive.frames().get(frame as usize)?;
-        if record.len as usize != chunk.len() || record.stored_len >= record.len {
-            return None;
-        }
-        let stored: Cow<'_, [u8]> = match archive.stored_frame(frame) {
-            Ok(stored) => stored,
-            Err(e) => {
+        let record: FrameRecord = *self.source.archive.frames().get(frame as usize)?;
+        (record.len as usize == len).then_some((frame, record))
+    }
+
+    /// OLD's stored bytes of `frame` (in the thread's buffer, given to `then`), or `None` counted as
+    /// damage when they cannot be read.
+    fn with_stored<T>(&self, frame: u32, then: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+        STORED.with(|cell| {
+            let mut stored = cell.borrow_mut();
+            if let Err(e) = self.source.archive.stored_frame_into(frame, &mut stored) {
                 self.source.record_damage(frame, e.to_string());
                 return None;
             }
-        };
-        if !is_writer_frame(&stored, chunk.len()) {
+            then(&stored)
+        })
+    }
+
+    /// OLD's stored bytes for frame `k` of the new entry when they are a zstd frame that decodes to
+    /// exactly `chunk` (see the module docs); `None` otherwise. The frame is read once, decoded from
+    /// those bytes, and compared.
+    pub(crate) fn frame(&self, k: usize, chunk: &[u8]) -> Option<Vec<u8>> {
+        let (frame, record) = self.old_frame(k, chunk.len())?;
+        if record.stored_len >= record.len {
             return None;
         }
-        let mut decoded = Vec::new();
-        if let Err(e) = archive.decode_frame_at(frame, &mut decoded) {
-            self.source.record_damage(frame, e.to_string());
-            return None;
+        self.with_stored(frame, |stored| {
+            if !is_writer_frame(stored, chunk.len()) {
+                return None;
+            }
+            DECODED.with(|cell| {
+                let mut decoded = cell.borrow_mut();
+                if decoded.len() < chunk.len() {
+                    decoded.resize(chunk.len(), 0);
+                }
+                let decoded = &mut decoded[..chunk.len()];
+                if let Err(e) = self.source.archive.decode_stored_frame(frame, stored, decoded) {
+                    self.source.record_damage(frame, e.to_string());
+                    return None;
+                }
+                (*decoded == *chunk).then(|| stored.to_vec())
+            })
+        })
+    }
+
+    /// Whether frame `k` of OLD's entry is stored raw and is exactly `chunk` (compared byte for
+    /// byte). OLD's entry was written in frames of its own at this writer's level and frame size
+    /// (the donor's conditions) with compression on (an entry of raw frames only is stored as a raw
+    /// extent), so its writer found this very chunk not worth compressing at this level: either
+    /// the fast probe saved too little, or the level itself saved too little (under 1/32, or
+    /// nothing). When the new entry's plan probes the chunk too, a fresh pack therefore stores it
+    /// raw as well, and the caller may skip both the probe and the compression.
+    pub(crate) fn raw_frame_is(&self, k: usize, chunk: &[u8]) -> bool {
+        let Some((frame, record)) = self.old_frame(k, chunk.len()) else { return false };
+        if record.stored_len != record.len {
+            return false;
         }
-        (decoded == chunk).then(|| stored.into_owned())
+        let same = self.with_stored(frame, |stored| Some(stored == chunk)).unwrap_or(false);
+        if same {
+            self.source.raw_matched.fetch_add(1, Ordering::Relaxed);
+        }
+        same
     }
 }
 

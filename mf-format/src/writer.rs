@@ -341,6 +341,11 @@ impl FramePlan {
         let worth_probing =
             self.probe_first || (self.only_if_useful && policy::byte_entropy_bits(chunk) > policy::PROBE_ENTROPY_BITS);
         if worth_probing && self.level > policy::PROBE_LEVEL {
+            // OLD stored this very chunk raw at this level, and a fresh pack would too (see
+            // `Donor::raw_frame_is`): neither the probe nor the compression needs to run.
+            if donor.is_some_and(|(donor, k)| donor.raw_frame_is(k, chunk)) {
+                return Ok(StoredFrame::Raw);
+            }
             let fast = compress_frame(chunk, policy::PROBE_LEVEL)?;
             if !policy::compression_is_useful(chunk.len(), fast.len()) {
                 return Ok(StoredFrame::Raw);
@@ -364,6 +369,21 @@ impl FramePlan {
             policy::compression_is_shorter(raw_len, compressed_len)
         }
     }
+}
+
+/// Encodes `block` (whole frames but at the end) frame by frame in parallel; with a donor, frame `k`
+/// of the block is frame `first + k` of the entry.
+fn encode_block(
+    plan: &FramePlan,
+    block: &[u8],
+    frame_size: usize,
+    donor: Option<(Donor<'_>, usize)>,
+) -> io::Result<Vec<StoredFrame>> {
+    block
+        .par_chunks(frame_size)
+        .enumerate()
+        .map(|(k, chunk)| plan.encode(chunk, donor.map(|(d, first)| (d, first + k))))
+        .collect()
 }
 
 /// A solid frame: zstd at the archive's level when that is shorter, else raw (spec: "What writers
@@ -1069,15 +1089,14 @@ impl<W: Write> ArchiveWriter<W> {
         block: &[u8],
         donor: Option<Donor<'_>>,
     ) -> Result<()> {
-        let frame_size = self.options.frame_size();
         let first = self.frames.len() - entry.first_frame;
-        let frames: Vec<StoredFrame> = block
-            .par_chunks(frame_size)
-            .enumerate()
-            .map(|(k, chunk)| plan.encode(chunk, donor.map(|d| (d, first + k))))
-            .collect::<io::Result<_>>()
-            .map_err(|e| Error::io(path, e))?;
-        for (frame, chunk) in frames.iter().zip(block.chunks(frame_size)) {
+        let frames = encode_block(plan, block, self.options.frame_size(), donor.map(|d| (d, first)));
+        self.write_frames(entry, frames.map_err(|e| Error::io(path, e))?, block)
+    }
+
+    /// Writes the frames `block` was encoded to.
+    fn write_frames(&mut self, entry: &mut OpenEntry, frames: Vec<StoredFrame>, block: &[u8]) -> Result<()> {
+        for (frame, chunk) in frames.iter().zip(block.chunks(self.options.frame_size())) {
             self.write_frame(entry, frame, chunk)?;
         }
         Ok(())
@@ -1206,9 +1225,17 @@ impl<W: Write> ArchiveWriter<W> {
         let mut size = 0u64;
         loop {
             let filled = read_full(reader, &mut buffer).map_err(|e| Error::io(path, e))?;
-            hasher.update(&buffer[..filled]);
+            let block = &buffer[..filled];
             size += filled as u64;
-            self.write_block(&mut entry, &plan, path, &buffer[..filled], donor)?;
+            // The block is hashed while its frames are encoded on the other threads: with frames
+            // copied from a reuse source, hashing was the longest part of the writer thread's work.
+            let first = self.frames.len() - entry.first_frame;
+            let frame_size = self.options.frame_size();
+            let ((), frames) = rayon::join(
+                || hasher.update(block),
+                || encode_block(&plan, block, frame_size, donor.map(|d| (d, first))),
+            );
+            self.write_frames(&mut entry, frames.map_err(|e| Error::io(path, e))?, block)?;
             if filled < batch {
                 break;
             }

@@ -56,7 +56,7 @@ fn version_1() -> Vec<(&'static str, Vec<u8>)> {
     files
 }
 
-/// Version 2: some files changed (a same-size edit in the middle, growth), one removed, two
+/// Version 2: some files changed (a same-size edit in the middle, growth, a byte of a raw frame), one removed, two
 /// renamed (one of them the large streamed file), some added, small files changed, added, removed.
 fn version_2() -> Vec<(&'static str, Vec<u8>)> {
     let mut files: Vec<(&'static str, Vec<u8>)> = version_1()
@@ -69,6 +69,12 @@ fn version_2() -> Vec<(&'static str, Vec<u8>)> {
                 (p, data)
             }
             "models/grow.obj" => (p, [data, text(10_000, 33)].concat()),
+            "audio/mixed.ogg" => {
+                // One byte of one of the noise frames, which are stored raw.
+                let mut data = data;
+                data[10_000] ^= 0xFF;
+                (p, data)
+            }
             "old/streamed.bin" => ("new/streamed.bin", data),
             "old/renamed.obj" => ("new/renamed.obj", data),
             "text/small5.txt" => (p, text(2_000, 555)),
@@ -141,6 +147,16 @@ fn reusing_pack_is_byte_identical_to_a_fresh_pack_and_copies_unchanged_frames() 
     assert_eq!(reuse.frames, expected_whole + (edit - 1) + (200_000 / 4096), "{reuse:?}");
     assert!(grow > 200_000 / 4096);
     assert!(reuse.bytes >= (5 << 20) + 600_000, "{reuse:?}");
+    // The media file's noise frames, raw in OLD, are taken as they are without being probed again,
+    // but for the one whose byte changed.
+    assert!(raw_frames(&archive, "audio/mixed.ogg") >= 9);
+    assert_eq!(source.raw_frames_matched(), raw_frames(&archive, "audio/mixed.ogg") - 1);
+}
+
+/// How many of an own-frames entry's frames are stored raw.
+fn raw_frames(archive: &Archive, path: &str) -> u64 {
+    let entry = archive.get(path).unwrap();
+    (0..archive.frame_count(&entry)).filter(|&k| archive.frame_is_raw(&entry, k)).count() as u64
 }
 
 #[test]
@@ -167,7 +183,7 @@ fn reusing_the_same_tree_copies_every_compressed_frame() {
     let t = trees();
     let (old, again) = (t.root.join("old.mf"), t.root.join("again.mf"));
     pack(&t.v1, &old, OPTIONS);
-    let (summary, _) = pack_reusing(&t.v1, &again, OPTIONS, &old);
+    let (summary, source) = pack_reusing(&t.v1, &again, OPTIONS, &old);
     assert_eq!(std::fs::read(&again).unwrap(), std::fs::read(&old).unwrap());
     let archive = Archive::open(&old).unwrap();
     let own_compressed: u64 = archive
@@ -177,6 +193,7 @@ fn reusing_the_same_tree_copies_every_compressed_frame() {
         .sum();
     assert!(own_compressed > 1000);
     assert_eq!(summary.reused.frames, own_compressed);
+    assert_eq!(source.raw_frames_matched(), raw_frames(&archive, "audio/mixed.ogg"));
 }
 
 /// Offset of the first compressed frame of `path` in `archive`, and its stored length.

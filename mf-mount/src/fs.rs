@@ -18,6 +18,7 @@ use fuser::{
 use mf_panda3d::{AnyEntry, EntryLayout};
 
 use crate::cache::{FrameCache, FrameKey};
+use crate::trace::TraceRecorder;
 use crate::tree::{Node, NodeKind};
 use crate::version::{Opened, Versions, View};
 
@@ -59,6 +60,8 @@ pub struct ArchiveFs {
     /// Largest decoded subfile the frame cache keeps (a shard's share of the budget).
     shard_budget: usize,
     cache_size: usize,
+    /// Records which files are opened first (`MountOptions::record_trace`).
+    trace: Option<TraceRecorder>,
 }
 
 thread_local! {
@@ -67,8 +70,9 @@ thread_local! {
 }
 
 impl ArchiveFs {
-    pub fn new(versions: Arc<Versions>, cache_size: usize, threads: usize) -> ArchiveFs {
+    pub fn new(versions: Arc<Versions>, cache_size: usize, threads: usize, trace: Option<TraceRecorder>) -> ArchiveFs {
         ArchiveFs {
+            trace,
             versions,
             stream_ends: (0..STREAM_SLOTS).map(|_| AtomicU64::new(u64::MAX)).collect(),
             // A couple of spare buffers per worker absorb evictions without reallocating.
@@ -180,19 +184,21 @@ impl ArchiveFs {
         reply.data(bytes)
     }
 
-    /// A decoded frame, from the cache or freshly decoded into a recycled buffer. Keys with entry
-    /// [`SHARED_FRAMES`] name a frame of the archive's frame table; others frame `k` of the entry.
-    fn frame(&self, opened: &Opened, entry: &AnyEntry<'_>, key: FrameKey) -> Result<Arc<Vec<u8>>, Errno> {
+    /// Frame `frame` of the archive's frame table decoded, from the cache or freshly decoded into a
+    /// recycled buffer (after its stored bytes are ensured, on demand). Keyed by frame number, so
+    /// entries sharing a frame (a solid block, deduplicated content) share its decode.
+    fn frame(&self, opened: &Opened, entry: &AnyEntry<'_>, frame: u32) -> Result<Arc<Vec<u8>>, Errno> {
         let archive = &opened.archive;
+        let key = FrameKey { archive: opened.id, entry: SHARED_FRAMES, frame: u64::from(frame) };
         if let Some(frame) = self.cache.get(&key) {
             return Ok(frame);
         }
+        if opened.source.is_some() {
+            let (offset, len) = stored_frame(opened, frame).ok_or(Errno::EIO)?;
+            ensure(opened, entry, offset, len)?;
+        }
         let mut buffer = self.cache.take_buffer();
-        let decoded = match u32::try_from(key.frame) {
-            Ok(frame) if key.entry == SHARED_FRAMES => archive.decode_frame_at(frame, &mut buffer),
-            _ => archive.decode_frame(entry, key.frame, &mut buffer),
-        };
-        match decoded {
+        match archive.decode_frame_at(frame, &mut buffer) {
             Ok(()) => Ok(self.cache.insert(key, buffer)),
             Err(e) => {
                 self.cache.recycle(buffer);
@@ -236,6 +242,12 @@ impl ArchiveFs {
             EntryLayout::Stream => return,
         };
         Self::advise(opened, entry.offset().saturating_add(from), to.saturating_sub(from));
+        // On demand, the stored bytes of what lies ahead of this read (the read ensures its own).
+        if let (Some(source), true) = (&opened.source, sequential && want_end > end) {
+            if let Some((offset, len)) = stored_span(opened, entry, layout, end, want_end) {
+                source.prefetch(offset, len);
+            }
+        }
     }
 
     /// Asks the kernel to start reading `len` bytes of an archive file from `offset`.
@@ -251,9 +263,11 @@ impl ArchiveFs {
     /// number: entries sharing a frame (a solid block, deduplicated content) share its decode.
     fn read_frames(&self, view: &View, opened: &Opened, entry: &AnyEntry<'_>, start: u64, end: u64, reply: ReplyData) {
         let archive = &opened.archive;
-        let key = |frame: u32| FrameKey { archive: opened.id, entry: SHARED_FRAMES, frame: u64::from(frame) };
+        if let Err(errno) = self.ensure_frames(opened, entry, start, end) {
+            return reply.error(errno);
+        }
         let Some((first, within)) = archive.frame_of(entry, start) else { return reply.error(Errno::EIO) };
-        let frame = match self.frame(opened, entry, key(first)) {
+        let frame = match self.frame(opened, entry, first) {
             Ok(frame) => frame,
             Err(errno) => return reply.error(errno),
         };
@@ -271,7 +285,7 @@ impl ArchiveFs {
             let mut position = start;
             while position < end {
                 let Some((number, within)) = archive.frame_of(entry, position) else { return reply.error(Errno::EIO) };
-                let frame = match self.frame(opened, entry, key(number)) {
+                let frame = match self.frame(opened, entry, number) {
                     Ok(frame) => frame,
                     Err(errno) => return reply.error(errno),
                 };
@@ -324,6 +338,7 @@ impl ArchiveFs {
             ));
             return Err(Errno::EIO);
         }
+        ensure_whole(opened, entry)?;
         // Decoded without holding the slot's lock: other entries' reads go on meanwhile.
         match archive.read(entry).map(|content| content.into_owned()) {
             Ok(content) if content.capacity() > self.shard_budget => {
@@ -342,6 +357,131 @@ impl ArchiveFs {
             }
         }
     }
+}
+
+impl ArchiveFs {
+    /// On demand: ensures the stored bytes of the frames holding `start..end` of a frames entry
+    /// that are not decoded in the cache yet, neighbours coalesced into one call each.
+    fn ensure_frames(&self, opened: &Opened, entry: &AnyEntry<'_>, start: u64, end: u64) -> Result<(), Errno> {
+        if opened.source.is_none() {
+            return Ok(());
+        }
+        let mut missing = Coalesced::default();
+        let mut position = start;
+        while position < end {
+            let (frame, within) = opened.archive.frame_of(entry, position).ok_or(Errno::EIO)?;
+            let (offset, len) = stored_frame(opened, frame).ok_or(Errno::EIO)?;
+            let key = FrameKey { archive: opened.id, entry: SHARED_FRAMES, frame: u64::from(frame) };
+            if self.cache.get(&key).is_none() {
+                missing.add(opened, entry, offset, len)?;
+            }
+            position += frame_step(opened, frame, within)?;
+        }
+        missing.finish(opened, entry)
+    }
+}
+
+/// Byte ranges of an archive file to ensure, adjacent ones merged into one call.
+#[derive(Default)]
+struct Coalesced {
+    pending: Option<(u64, u64)>,
+}
+
+impl Coalesced {
+    /// Adds `offset..offset + len`; ensures the pending range first when this one does not continue it.
+    fn add(&mut self, opened: &Opened, entry: &AnyEntry<'_>, offset: u64, len: u64) -> Result<(), Errno> {
+        match &mut self.pending {
+            Some((_, end)) if *end == offset => *end = offset.saturating_add(len),
+            pending => {
+                if let Some((start, end)) = pending.replace((offset, offset.saturating_add(len))) {
+                    ensure(opened, entry, start, end - start)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self, opened: &Opened, entry: &AnyEntry<'_>) -> Result<(), Errno> {
+        match self.pending {
+            Some((start, end)) => ensure(opened, entry, start, end - start),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The archive bytes holding entry bytes `start..end` (`start < end`): the span itself for raw
+/// content, from the first frame's start to the last frame's end for frames (`None` when those lie
+/// out of order, as deduplicated runs may).
+fn stored_span(
+    opened: &Opened,
+    entry: &AnyEntry<'_>,
+    layout: &EntryLayout<'_>,
+    start: u64,
+    end: u64,
+) -> Option<(u64, u64)> {
+    match layout {
+        EntryLayout::Contiguous(_) | EntryLayout::Positioned => Some((entry.offset().checked_add(start)?, end - start)),
+        EntryLayout::Frames { .. } => {
+            let (first, _) = opened.archive.frame_of(entry, start)?;
+            let (last, _) = opened.archive.frame_of(entry, end - 1)?;
+            let (from, _) = stored_frame(opened, first)?;
+            let (last_offset, last_len) = stored_frame(opened, last)?;
+            let to = last_offset.checked_add(last_len)?;
+            (to > from).then(|| (from, to - from))
+        }
+        EntryLayout::Stream => None,
+    }
+}
+
+/// Offset and stored length of frame `frame` of the archive's frame table.
+fn stored_frame(opened: &Opened, frame: u32) -> Option<(u64, u64)> {
+    let record = opened.archive.as_mf()?.frames().get(frame as usize)?;
+    Some((record.offset, u64::from(record.stored_len)))
+}
+
+/// How many entry bytes frame `frame` holds from `within` on (never 0: a table that says so fails).
+fn frame_step(opened: &Opened, frame: u32, within: u64) -> Result<u64, Errno> {
+    let len = opened.archive.as_mf().and_then(|mf| mf.frames().get(frame as usize)).map_or(0, |r| u64::from(r.len));
+    Some(len.saturating_sub(within)).filter(|&step| step > 0).ok_or(Errno::EIO)
+}
+
+/// On demand: returns once bytes `offset..offset + len` of `opened`'s archive file are in place and
+/// verified. A failure is logged (entry, offset, cause) and reads as EIO. A no-op for archives
+/// whose bytes are all there.
+fn ensure(opened: &Opened, entry: &AnyEntry<'_>, offset: u64, len: u64) -> Result<(), Errno> {
+    let Some(source) = &opened.source else { return Ok(()) };
+    if len == 0 {
+        return Ok(());
+    }
+    source.ensure(offset, len).map_err(|e| {
+        log_error(format_args!(
+            "mf mount: cannot read '{}': archive bytes {offset}..{} of {} are not available: {e}",
+            entry.path(),
+            offset.saturating_add(len),
+            opened.archive.name().display()
+        ));
+        Errno::EIO
+    })
+}
+
+/// On demand: ensures every stored byte of an entry (to decode it whole): each frame of a frames
+/// entry (which may lie apart, shared with other entries), or a raw entry's extent.
+fn ensure_whole(opened: &Opened, entry: &AnyEntry<'_>) -> Result<(), Errno> {
+    if opened.source.is_none() {
+        return Ok(());
+    }
+    if opened.archive.frame_of(entry, 0).is_none() {
+        return ensure(opened, entry, entry.offset(), entry.stored_size());
+    }
+    let mut ranges = Coalesced::default();
+    let mut position = 0;
+    while position < entry.size() {
+        let (frame, within) = opened.archive.frame_of(entry, position).ok_or(Errno::EIO)?;
+        let (offset, len) = stored_frame(opened, frame).ok_or(Errno::EIO)?;
+        ranges.add(opened, entry, offset, len)?;
+        position += frame_step(opened, frame, within)?;
+    }
+    ranges.finish(opened, entry)
 }
 
 fn system_time(mtime: mf_format::Mtime) -> SystemTime {
@@ -425,8 +565,9 @@ impl fuser::Filesystem for ArchiveFs {
         // An inode of a replaced or removed file: ESTALE makes the kernel look the path up again
         // and open what it names now.
         let Some((index, node)) = view.node(ino) else { return reply.error(Errno::ESTALE) };
-        if !matches!(node.kind, NodeKind::File { .. }) {
-            return reply.error(Errno::EISDIR);
+        let NodeKind::File { archive, entry } = node.kind else { return reply.error(Errno::EISDIR) };
+        if let (Some(trace), Some((_, entry))) = (&self.trace, view.entry(archive, entry)) {
+            trace.record(entry.path());
         }
         let fh = self.open_handle(view, index);
         reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE);
@@ -491,6 +632,12 @@ impl fuser::Filesystem for ArchiveFs {
         let archive = &opened.archive;
         let layout = archive.layout(&entry);
         self.prefetch(ino, opened, &entry, &layout, start, end);
+        if matches!(layout, EntryLayout::Contiguous(_) | EntryLayout::Positioned) {
+            // Raw content: its stored bytes are the requested span itself.
+            if let Err(errno) = ensure(opened, &entry, entry.offset().saturating_add(start), end - start) {
+                return reply.error(errno);
+            }
+        }
         match layout {
             // Zero copy: the reply is written straight from the mapping.
             EntryLayout::Contiguous(raw) => match raw.get(start as usize..end as usize) {
@@ -591,7 +738,7 @@ mod tests {
         let archive = AnyArchive::from_bytes(bytes.to_vec(), "p.mf").unwrap();
         let tree = Tree::build(&[&archive]).unwrap();
         let view = View::new(0, vec![Arc::new(Opened::new(archive, 0, None, None))], tree);
-        let fs = ArchiveFs::new(Arc::new(Versions::new(view)), cache_size, 1);
+        let fs = ArchiveFs::new(Arc::new(Versions::new(view)), cache_size, 1, None);
         let view = fs.versions.current();
         (fs, view)
     }

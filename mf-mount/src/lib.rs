@@ -66,6 +66,18 @@
 //!   lock, so nothing can close it. Likewise a current version overtaken by three commits between
 //!   two checks of the mount (within one interval, with no open, listing or missed lookup between).
 //!
+//! ## Archives whose bytes arrive on demand
+//!
+//! [`mount_on_demand`] serves one mf archive whose file is still being fetched (a mount straight
+//! from a release repository, `mf mount --repo`): its header and index are present, the rest arrives
+//! through an [`OnDemand`] source, which every read asks for exactly the stored bytes it needs before
+//! it reads them. This crate knows nothing of where the bytes come from or how they are verified.
+//!
+//! ## Access traces
+//!
+//! [`MountOptions::record_trace`] records which files are opened, in the order first opened, so
+//! that a packer can lay them out first (`mf pack --order-from`).
+//!
 //! ## What this crate must not know
 //!
 //! How archives are written, patched or released, and which format an [`AnyArchive`] holds: it
@@ -75,6 +87,7 @@
 mod cache;
 mod fs;
 mod sys;
+mod trace;
 mod tree;
 mod version;
 
@@ -148,6 +161,14 @@ pub enum Error {
     /// A `-o` style mount option that mf does not accept.
     #[error("invalid mount option: {0}")]
     InvalidOption(String),
+    /// The access trace file could not be created (it must not exist yet).
+    #[error("cannot create the access trace {path}: {source}")]
+    Trace {
+        /// The trace file asked for.
+        path: PathBuf,
+        /// Why it could not be created.
+        source: io::Error,
+    },
 }
 
 impl From<mf_format::Error> for Error {
@@ -158,6 +179,21 @@ impl From<mf_format::Error> for Error {
 
 /// The result of mounting and unmounting.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Bytes of an archive file that arrive on demand (a mount straight from a release repository).
+///
+/// A mount made with [`mount_on_demand`] calls [`ensure`](OnDemand::ensure) for exactly the stored
+/// bytes every read needs (a zstd frame, shared or not; the span of a raw entry; every frame of an
+/// entry decoded whole) before it reads them from the archive, so a byte not yet fetched (a hole of
+/// a sparse file, which reads as zeros) is never served. When `ensure` fails, that read fails with
+/// EIO and one log line naming the entry, the offset and the cause; nothing is cached from it, so
+/// a later read asks again.
+pub trait OnDemand: Send + Sync {
+    /// Returns once bytes [offset, offset+len) of the archive file are in place and verified.
+    fn ensure(&self, offset: u64, len: u64) -> std::io::Result<()>;
+    /// Read-ahead hint for sequential reads; must not block.
+    fn prefetch(&self, _offset: u64, _len: u64) {}
+}
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -178,6 +214,11 @@ pub struct MountOptions {
     /// Follow mf archives edited in place (see "Archives that change while mounted"): how often a
     /// background thread checks them for a newer commit. `None` serves the archives as opened.
     pub follow: Option<Duration>,
+    /// Record an access trace in this file, which must not exist yet (it is created, never
+    /// replaced; a symlink is refused): each file's path the first time it is opened (every read
+    /// goes through an open), one JSON string a line, in order, each line written as it happens so
+    /// a crash keeps what was recorded. `mf pack --order-from` lays those files out first.
+    pub record_trace: Option<PathBuf>,
 }
 
 /// How often a mount checks its archives for a newer commit by default. Each check costs a `stat`
@@ -197,6 +238,7 @@ impl Default for MountOptions {
             read_ahead_kb: Some(1024),
             unmount_grace: Duration::from_secs(1),
             follow: Some(DEFAULT_FOLLOW_INTERVAL),
+            record_trace: None,
         }
     }
 }
@@ -228,8 +270,8 @@ fn check_mount_point(path: &Path) -> Result<PathBuf> {
 
 /// A name for the mount table: `mf:<first archive's file name>`, without characters that would
 /// break mount option parsing.
-fn fs_name(archives: &[AnyArchive]) -> String {
-    let first = archives.first().and_then(|a| a.name().file_name()).map(|n| n.to_string_lossy().into_owned());
+fn fs_name(first: Option<&AnyArchive>) -> String {
+    let first = first.and_then(|a| a.name().file_name()).map(|n| n.to_string_lossy().into_owned());
     let clean: String = first
         .unwrap_or_default()
         .chars()
@@ -253,18 +295,56 @@ pub fn mount<A: Into<AnyArchive>>(
         archive.check_paths()?;
     }
     let mount_point = check_mount_point(mount_point.as_ref())?;
+    let opened = archives
+        .into_iter()
+        .enumerate()
+        .map(|(id, archive)| {
+            let file = std::fs::File::open(archive.name()).ok();
+            let mut opened = version::Opened::new(archive, id as u32, None, file);
+            opened.followed &= options.follow.is_some();
+            opened
+        })
+        .collect();
+    serve(opened, mount_point, options)
+}
+
+/// Mounts one mf archive whose bytes past what [`mf_format::Archive::open`] read arrive on demand
+/// from `source` (a mount straight from a release repository: `archive` is opened over a sparse
+/// cache file that `source` fills). Every read asks `source` for exactly the archive bytes it needs
+/// first (see [`OnDemand`]); sequential readers also give it read-ahead hints. Such a mount does
+/// not follow commits ([`MountOptions::follow`] is ignored). Otherwise as [`mount`].
+pub fn mount_on_demand(
+    archive: mf_format::Archive,
+    source: Arc<dyn OnDemand>,
+    mount_point: impl AsRef<Path>,
+    options: &MountOptions,
+) -> Result<MountHandle> {
+    let mount_point = check_mount_point(mount_point.as_ref())?;
+    let opened = version::Opened::new(archive.into(), 0, None, None).on_demand(source);
+    serve(vec![opened], mount_point, &MountOptions { follow: None, ..options.clone() })
+}
+
+/// Mounts opened archives (overlaid in order) at a checked mount point and starts serving them.
+fn serve(opened: Vec<version::Opened>, mount_point: PathBuf, options: &MountOptions) -> Result<MountHandle> {
     if options.threads == 0 {
         return Err(Error::InvalidOption("threads must be at least 1".into()));
     }
     if !Path::new("/dev/fuse").exists() {
         return Err(Error::NoFuseDevice);
     }
-    let tree = tree::Tree::build(&archives.iter().collect::<Vec<_>>()).map_err(|_| Error::TooManyNodes)?;
+    let tree =
+        tree::Tree::build(&opened.iter().map(|o| &o.archive).collect::<Vec<_>>()).map_err(|_| Error::TooManyNodes)?;
+    let trace = match &options.record_trace {
+        Some(path) => {
+            Some(trace::TraceRecorder::create(path).map_err(|source| Error::Trace { path: path.clone(), source })?)
+        }
+        None => None,
+    };
 
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::RO,
-        MountOption::FSName(fs_name(&archives)),
+        MountOption::FSName(fs_name(opened.first().map(|o| &o.archive))),
         MountOption::Subtype("mf".into()),
         // The kernel checks permissions from the reported modes itself: no ACCESS round trips.
         MountOption::DefaultPermissions,
@@ -274,18 +354,9 @@ pub fn mount<A: Into<AnyArchive>>(
     config.n_threads = Some(options.threads);
     config.clone_fd = true;
 
-    let opened = archives
-        .into_iter()
-        .enumerate()
-        .map(|(id, archive)| {
-            let file = std::fs::File::open(archive.name()).ok();
-            let mut opened = version::Opened::new(archive, id as u32, None, file);
-            opened.followed &= options.follow.is_some();
-            Arc::new(opened)
-        })
-        .collect();
+    let opened = opened.into_iter().map(Arc::new).collect();
     let versions = Arc::new(version::Versions::new(version::View::new(0, opened, tree)));
-    let filesystem = fs::ArchiveFs::new(versions.clone(), options.cache_size, options.threads);
+    let filesystem = fs::ArchiveFs::new(versions.clone(), options.cache_size, options.threads, trace);
     let session = Session::new(filesystem, &mount_point, &config)
         .map_err(|source| Error::Mount { path: mount_point.clone(), source })?;
     let notifier = session.notifier();

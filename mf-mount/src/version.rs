@@ -27,6 +27,7 @@ use mf_panda3d::{AnyArchive, AnyEntry};
 
 use crate::fs::log_error;
 use crate::tree::{Node, NodeKind, Tree};
+use crate::OnDemand;
 
 /// A version of an archive, as the mount opened it.
 pub struct Opened {
@@ -45,6 +46,9 @@ pub struct Opened {
     identity: Option<(u64, u64)>,
     /// The commit generation this version was opened at.
     pub generation: u64,
+    /// Where the archive file's bytes come from when they arrive on demand (a mount straight from
+    /// a release repository): every read of archive bytes past what opening read asks it first.
+    pub source: Option<Arc<dyn OnDemand>>,
 }
 
 impl Opened {
@@ -60,7 +64,15 @@ impl Opened {
             (Some(mf), Some(f)) => mf_format::reader::committed_generation(f, mf.name()).is_ok_and(|g| g >= generation),
             _ => false,
         };
-        Opened { archive, id, mtime, file, followed, identity, generation }
+        Opened { archive, id, mtime, file, followed, identity, generation, source: None }
+    }
+
+    /// This version with its bytes arriving on demand from `source`: not followed (its file is
+    /// being filled, not committed to).
+    pub fn on_demand(mut self, source: Arc<dyn OnDemand>) -> Opened {
+        self.followed = false;
+        self.source = Some(source);
+        self
     }
 
     /// Whether a newer commit than this version's may have reused the space it reads: the spec

@@ -222,6 +222,22 @@ impl Archive {
         let archive = self.archive()?;
         let (entry, _) = find(&archive, entry)?;
         let large = entry.size() > DETACH_ABOVE;
+        if let (Some(mf), AnyEntry::Mf(mf_entry)) = (archive.as_mf(), &entry) {
+            // Decoded straight into the bytes object: no intermediate buffer, no second copy. Only
+            // for a size the stored bytes can plausibly hold, as the index's size is sized up front.
+            if mf.size_is_plausible(mf_entry) {
+                let size = usize::try_from(entry.size()).map_err(|_| {
+                    Failure::message(Kind::Io, format!("entry '{}' does not fit in memory", entry.path()))
+                })?;
+                return PyBytes::new_with(py, size, |out| {
+                    // `out` is a new bytes object no other code can see yet: filling it without the
+                    // GIL is safe.
+                    let filled =
+                        if large { py.detach(|| mf.read_into(mf_entry, out)) } else { mf.read_into(mf_entry, out) };
+                    Ok(filled.map_err(Failure::from)?)
+                });
+            }
+        }
         let content = if large { py.detach(|| archive.read(&entry)) } else { archive.read(&entry) };
         let content = content.map_err(Failure::from)?;
         PyBytes::new_with(py, content.len(), |out| {

@@ -209,7 +209,9 @@ impl From<&mf_format::Error> for Failure {
                 Failure::new(Kind::InvalidPath, error).entry(Some(path))
             }
             E::InvalidOption(_) => Failure::new(Kind::InvalidOption, error),
-            E::OutOfRange { entry, .. } => Failure::new(Kind::InvalidOption, error).entry(Some(entry)),
+            E::OutOfRange { entry, .. } | E::BufferSize { entry, .. } => {
+                Failure::new(Kind::InvalidOption, error).entry(Some(entry))
+            }
             E::Busy { file } => Failure::new(Kind::Locked, error).file(file),
             E::NotEditable { file, .. } => Failure::new(Kind::UnsupportedVersion, error).file(file),
             E::NoSuchEntry { file, entry } => Failure::new(Kind::NotFound, error).file(file).entry(Some(entry)),

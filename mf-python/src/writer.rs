@@ -75,6 +75,7 @@ pub fn pack(
             store_extensions: store,
             excludes: exclude,
             files_from: None,
+            order_from: None,
             keep_mtime,
             follow_symlinks,
             // The same data order as `mf pack`'s default: similar files together in solid blocks.

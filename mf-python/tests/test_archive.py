@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import mfarchive
-from conftest import TREE, noise, text
+from conftest import TREE, noise, text, write_tree
 
 
 def test_pack_then_read_every_entry_back(packed: Path) -> None:
@@ -31,6 +31,28 @@ def test_pack_then_read_every_entry_back(packed: Path) -> None:
     assert archive.closed
     with pytest.raises(ValueError, match="closed"):
         archive.read("readme.txt")
+
+
+def test_whole_reads_of_every_size_and_compression_ratio(tmp_path: Path) -> None:
+    # read() decodes into the bytes object directly unless an entry's size is implausible for its
+    # stored bytes (over 32x): zeros compress far beyond that and take the growing path. Small solid
+    # entries around them share frames; the big ones span many frames, some with the GIL released.
+    files = {
+        "zeros.bin": bytes(3_000_000),
+        "big.txt": text(2_500_000, 7),
+        "noise.bin": noise(300_000, 8),
+        **{f"small/{i:02}.txt": text(200 + 700 * i, 20 + i) for i in range(30)},
+    }
+    out = tmp_path / "sizes.mf"
+    mfarchive.pack(write_tree(tmp_path / "sizes", files), out)
+    with mfarchive.open(out) as archive:
+        zeros = archive["zeros.bin"]
+        assert zeros.is_compressed and zeros.size > 32 * zeros.stored_size
+        for _ in range(2):
+            for entry in archive:
+                assert archive.read(entry) == files[entry.path], entry.path
+        for name in reversed(sorted(files)):
+            assert archive.read(name) == files[name], name
 
 
 def test_entry_metadata_tells_how_the_entry_is_stored(packed: Path) -> None:

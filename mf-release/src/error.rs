@@ -216,6 +216,49 @@ pub enum Error {
         /// Why the switch failed.
         source: Box<Error>,
     },
+    /// The version has no block hash table (published before tables existed, or from a Panda3D
+    /// multifile), so it cannot be mounted from the repository.
+    #[error("{repo}: version {version} has no block hash table (it was published by an older mf release add, or is not an mf archive), so it cannot be mounted from the repository; download it with mf update instead")]
+    NoBlockTable {
+        /// The repository's URL or path.
+        repo: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// A block hash table breaks a rule of spec/RELEASE.md (truncated, wrong magic, wrong length, a
+    /// range outside the archive, another archive's size or hash...).
+    #[error("{origin}: bad block hash table: {what}")]
+    BadBlockTable {
+        /// The table's URL or path.
+        origin: String,
+        /// Which rule it breaks.
+        what: String,
+    },
+    /// A fetched block does not have the SHA-256 the signed block table gives, on every attempt: its
+    /// bytes were refused, never served.
+    #[error("{url}: block {block} (bytes {offset}..) does not match its SHA-256 in the signed block table, also when fetched again: refused")]
+    BlockHash {
+        /// The archive's URL or path.
+        url: String,
+        /// The block's number.
+        block: u64,
+        /// The block's first byte in the archive.
+        offset: u64,
+    },
+    /// The server sent nothing for the configured timeout on every attempt.
+    #[error("{url}: {what}")]
+    Timeout {
+        /// The URL (or repository path) being fetched.
+        url: String,
+        /// What was being fetched, and for how long the server was silent.
+        what: String,
+    },
+    /// Another process (a second mount) is using the same cached archive.
+    #[error("{}: another mount of this version is using this cache", lock.display())]
+    CacheInUse {
+        /// The lock file.
+        lock: PathBuf,
+    },
     /// A request that cannot be carried out as given (`--keep 0`, a path with no file name...).
     #[error("{0}")]
     BadArgument(String),

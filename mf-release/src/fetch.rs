@@ -51,6 +51,8 @@ pub struct Fetcher {
     options: FetchOptions,
     /// Bytes received from the repository so far (network bytes for HTTP, bytes copied for a directory).
     received: AtomicU64,
+    /// Attempts of [`Fetcher::fetch_range`] so far (each retry counts).
+    range_attempts: AtomicU64,
 }
 
 /// Why one attempt failed, and whether trying again may help.
@@ -59,19 +61,25 @@ struct Failure {
     transient: bool,
     /// HTTP 416: the server holds fewer bytes than the range asked for.
     unsatisfiable: bool,
+    /// The server sent nothing for the timeout (a stall or a connect timeout).
+    timed_out: bool,
 }
 
 impl Failure {
     fn transient(what: impl Into<String>) -> Failure {
-        Failure { what: what.into(), transient: true, unsatisfiable: false }
+        Failure { what: what.into(), transient: true, unsatisfiable: false, timed_out: false }
+    }
+
+    fn timeout(what: impl Into<String>) -> Failure {
+        Failure { timed_out: true, ..Failure::transient(what) }
     }
 
     fn fatal(what: impl Into<String>) -> Failure {
-        Failure { what: what.into(), transient: false, unsatisfiable: false }
+        Failure { what: what.into(), transient: false, unsatisfiable: false, timed_out: false }
     }
 
     fn unsatisfiable(what: impl Into<String>) -> Failure {
-        Failure { what: what.into(), transient: false, unsatisfiable: true }
+        Failure { what: what.into(), transient: false, unsatisfiable: true, timed_out: false }
     }
 }
 
@@ -110,7 +118,7 @@ impl Fetcher {
             }
             (Location::Dir(dir), None)
         };
-        Ok(Fetcher { location, agent, options, received: AtomicU64::new(0) })
+        Ok(Fetcher { location, agent, options, received: AtomicU64::new(0), range_attempts: AtomicU64::new(0) })
     }
 
     /// The URL or path of the file at repository path `path`, for messages.
@@ -124,6 +132,11 @@ impl Fetcher {
     /// Bytes received from the repository by this fetcher so far.
     pub fn received(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
+    }
+
+    /// Range requests made by [`Fetcher::fetch_range`] so far, each attempt of a retried one counted.
+    pub fn range_requests(&self) -> u64 {
+        self.range_attempts.load(Ordering::Relaxed)
     }
 
     /// The options this fetcher was made with (timeout, attempts, backoff).
@@ -353,24 +366,158 @@ impl Fetcher {
     }
 
     /// Runs `attempt` until it succeeds, fails for good, or the attempts run out.
-    fn with_retries<T>(&self, url: &str, mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T> {
+    fn with_retries<T>(&self, url: &str, attempt: impl FnMut() -> Result<T, Failure>) -> Result<T> {
+        self.retrying(attempt).map_err(|(_, what)| Error::Fetch { url: url.to_owned(), what })
+    }
+
+    /// [`Fetcher::with_retries`]'s loop: on failure, the last attempt's failure and its message with
+    /// the number of attempts made.
+    fn retrying<T>(&self, mut attempt: impl FnMut() -> Result<T, Failure>) -> Result<T, (Failure, String)> {
         let mut pause = self.options.backoff;
-        for n in 1..=self.options.attempts {
+        let mut n = 1;
+        loop {
             match attempt() {
                 Ok(value) => return Ok(value),
                 Err(failure) if failure.transient && n < self.options.attempts => {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_secs(4));
+                    n += 1;
                 }
                 Err(failure) => {
                     let tries =
                         if failure.transient { format!(" (gave up after {n} attempts)") } else { String::new() };
-                    return Err(Error::Fetch { url: url.to_owned(), what: format!("{}{tries}", failure.what) });
+                    let what = format!("{}{tries}", failure.what);
+                    return Err((failure, what));
                 }
             }
         }
-        Err(Error::Fetch { url: url.to_owned(), what: "no attempt made".into() })
     }
+
+    /// Bytes `[offset, offset + len)` of the repository file `path`, whose whole length the manifest
+    /// gives as `total`. Over HTTP one `Range: bytes=A-B` request: the answer must be a 206 whose
+    /// `Content-Range` is exactly that range of a `total`-byte file, and no more than `len` bytes are
+    /// read. A 200 (a server ignoring ranges) is accepted only for a file of at most
+    /// [`MAX_WHOLE_FOR_RANGE`] bytes, which is then read whole; a larger one is refused rather than
+    /// downloaded. From a directory: a positioned read. Transient failures are retried; when the
+    /// server stayed silent for the timeout on the last attempt the error is [`Error::Timeout`].
+    pub fn fetch_range(&self, path: &str, offset: u64, len: u64, total: u64) -> Result<Vec<u8>> {
+        let url = self.url(path);
+        let end = offset.checked_add(len).filter(|&end| end <= total && len > 0);
+        if end.is_none() || len > MAX_RANGE_REQUEST {
+            return Err(Error::BadArgument(format!(
+                "{url}: bytes {offset}+{len} are not a range of at most {MAX_RANGE_REQUEST} bytes inside the {total}-byte file"
+            )));
+        }
+        self.retrying(|| self.range_attempt(path, offset, len, total)).map_err(|(failure, what)| {
+            let what = format!("bytes {offset}..{}: {what}", offset + len);
+            if failure.timed_out {
+                Error::Timeout { url: url.clone(), what }
+            } else {
+                Error::Fetch { url: url.clone(), what }
+            }
+        })
+    }
+
+    /// One attempt of [`Fetcher::fetch_range`].
+    fn range_attempt(&self, path: &str, offset: u64, len: u64, total: u64) -> Result<Vec<u8>, Failure> {
+        self.range_attempts.fetch_add(1, Ordering::Relaxed);
+        let mut out = vec![0u8; len as usize];
+        match &self.location {
+            Location::Dir(dir) => {
+                let file = mf_format::fs::open_regular(dir.join(path)).map_err(|e| Failure::fatal(e.to_string()))?;
+                let size = file.metadata().map_err(|e| Failure::fatal(e.to_string()))?.len();
+                if size != total {
+                    return Err(Failure::fatal(format!("the file has {size} bytes, the manifest says {total}")));
+                }
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut out, offset)
+                    .map_err(|e| Failure::fatal(e.to_string()))?;
+                self.received.fetch_add(len, Ordering::Relaxed);
+                Ok(out)
+            }
+            Location::Http(base) => self.http_range(&format!("{base}{path}"), offset, total, out),
+        }
+    }
+
+    /// [`Fetcher::range_attempt`] over HTTP: fills `out` with the bytes from `offset` of `url`.
+    fn http_range(&self, url: &str, offset: u64, total: u64, mut out: Vec<u8>) -> Result<Vec<u8>, Failure> {
+        let len = out.len() as u64;
+        let agent = self.agent.as_ref().ok_or_else(|| Failure::fatal("no HTTP agent"))?;
+        let last = offset + len - 1;
+        let response = agent
+            .get(url)
+            .header("Range", format!("bytes={offset}-{last}"))
+            .call()
+            .map_err(|e| ureq_failure(e, offset))?;
+        let status = response.status().as_u16();
+        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        // Bytes to skip before `offset`: a 206 starts there; a 200 is the whole file.
+        let (skip, whole) = match status {
+            206 => {
+                let range = header("content-range").unwrap_or_default();
+                if parse_full_content_range(&range) != Some((offset, last, total)) {
+                    return Err(Failure::fatal(format!(
+                        "asked for bytes {offset}-{last} of a {total}-byte file, the server sent Content-Range {range:?}: wrong file or range, refused"
+                    )));
+                }
+                (0, false)
+            }
+            200 if total <= MAX_WHOLE_FOR_RANGE => (offset, true),
+            200 => {
+                return Err(Failure::fatal(format!(
+                    "the server ignores Range requests (200 instead of 206); the {total}-byte file is not downloaded whole for a part of it"
+                )))
+            }
+            416 => return Err(Failure::fatal(format!("HTTP 416: the server has no bytes {offset}-{last}"))),
+            404 => return Err(Failure::fatal("HTTP 404 not found")),
+            408 | 429 | 500..=599 => return Err(Failure::transient(format!("HTTP {status}"))),
+            _ => return Err(Failure::fatal(format!("HTTP {status}"))),
+        };
+        let mut reader = response.into_body().into_reader();
+        if skip > 0 {
+            let skipped = std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
+                .map_err(|e| self.io_failure(&e, 0, Some(total)))?;
+            if skipped < skip {
+                return Err(Failure::transient(format!("connection closed after {skipped} bytes")));
+            }
+        }
+        let mut got = 0usize;
+        while got < out.len() {
+            match reader.read(&mut out[got..]) {
+                Ok(0) => {
+                    return Err(Failure::transient(format!(
+                        "connection closed after {got} of the {len} bytes asked for"
+                    )))
+                }
+                Ok(n) => {
+                    got += n;
+                    self.received.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.io_failure(&e, got as u64, Some(len))),
+            }
+        }
+        // The body must end here; reading its end also hands the connection back to the
+        // agent's pool for the next request (keep-alive).
+        if !whole && matches!(reader.read(&mut [0u8; 1]), Ok(n) if n > 0) {
+            return Err(Failure::fatal(format!("the response is longer than the {len} bytes asked for: refused")));
+        }
+        Ok(out)
+    }
+}
+
+/// The longest range [`Fetcher::fetch_range`] asks for in one request.
+pub const MAX_RANGE_REQUEST: u64 = 16 << 20;
+
+/// A server that answers a range request with the whole file (200) is tolerated for files up to
+/// this size; a larger one is refused rather than downloaded for a part of it.
+pub const MAX_WHOLE_FOR_RANGE: u64 = 1 << 20;
+
+/// `bytes START-END/TOTAL` with all three numbers → (START, END, TOTAL).
+fn parse_full_content_range(value: &str) -> Option<(u64, u64, u64)> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, end.trim().parse().ok()?, total.trim().parse().ok()?))
 }
 
 /// Reads everything from `reader` into `out`, counting bytes into `counter`.
@@ -402,7 +549,7 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
 fn ureq_failure(error: ureq::Error, from: u64) -> Failure {
     let at = if from > 0 { format!(" (resuming at byte {from})") } else { String::new() };
     match error {
-        ureq::Error::Timeout(kind) => Failure::transient(format!("timed out ({kind}){at}")),
+        ureq::Error::Timeout(kind) => Failure::timeout(format!("timed out ({kind}){at}")),
         ureq::Error::Io(e) => Failure::transient(format!("{e}{at}")),
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound | ureq::Error::Protocol(_) => {
             Failure::transient(format!("{error}{at}"))
@@ -417,13 +564,13 @@ impl Fetcher {
         let of = total.map(|t| format!(" of {t}")).unwrap_or_default();
         let inner = error.get_ref().and_then(|e| e.downcast_ref::<ureq::Error>());
         let stalled = format!("no data for {} s (timeout)", self.options.timeout.as_secs_f64());
+        let timed_out = matches!(inner, Some(ureq::Error::Timeout(_))) || error.kind() == std::io::ErrorKind::TimedOut;
         let what = match inner {
-            Some(ureq::Error::Timeout(_)) => stalled,
-            _ if error.kind() == std::io::ErrorKind::TimedOut => stalled,
+            _ if timed_out => stalled,
             Some(inner) => inner.to_string(),
             None => error.to_string(),
         };
-        Failure::transient(format!("{what} after {have}{of} bytes"))
+        Failure { timed_out, ..Failure::transient(format!("{what} after {have}{of} bytes")) }
     }
 }
 
@@ -459,6 +606,25 @@ mod tests {
 
     fn object(bytes: &[u8], path: &str) -> ObjectRef {
         ObjectRef { path: path.into(), size: bytes.len() as u64, sha256: sha256_hex(bytes) }
+    }
+
+    #[test]
+    fn full_content_ranges_parse_and_directory_ranges_are_checked() {
+        assert_eq!(parse_full_content_range("bytes 100-199/200"), Some((100, 199, 200)));
+        assert_eq!(parse_full_content_range("bytes 100-199/*"), None);
+        assert_eq!(parse_full_content_range("bytes 100-/200"), None);
+        let repo = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(repo.path().join("a.mf"), &data).unwrap();
+        let fetcher = Fetcher::new(repo.path().to_str().unwrap(), FetchOptions::default()).unwrap();
+        assert_eq!(fetcher.fetch_range("a.mf", 100, 50, 10_000).unwrap(), &data[100..150]);
+        assert_eq!(fetcher.received(), 50);
+        // Outside the file, empty, too long for one request, or a file of another size: refused.
+        assert!(fetcher.fetch_range("a.mf", 9_990, 11, 10_000).is_err());
+        assert!(fetcher.fetch_range("a.mf", 0, 0, 10_000).is_err());
+        assert!(fetcher.fetch_range("a.mf", 0, MAX_RANGE_REQUEST + 1, u64::MAX).is_err());
+        let err = fetcher.fetch_range("a.mf", 0, 10, 20_000).unwrap_err().to_string();
+        assert!(err.contains("the manifest says 20000") && err.contains("a.mf"), "{err}");
     }
 
     #[test]

@@ -58,6 +58,8 @@
 //!   structure, expiry; rollback against the client's trusted version).
 //! - [`plan`](mod@plan): the cheapest route from the installed version to the target.
 //! - [`fetch`]: reading repository files over HTTP(S) or from a directory, with resume and retries.
+//! - [`lazy`]: an archive of a repository fetched on demand, block by block, each checked against the
+//!   signed block hash table, into a local sparse cache file (what `mf mount --repo` serves).
 //! - [`update`]: the client: a verified [`update::Session`] on a repository, archive mode, and
 //!   [`update::folder`] for plain install folders (journaled, crash-safe switch).
 //!
@@ -71,6 +73,7 @@ pub mod error;
 pub mod fetch;
 pub mod hash;
 pub mod keys;
+pub mod lazy;
 pub mod manifest;
 pub mod plan;
 pub mod repo;

@@ -77,6 +77,10 @@ pub struct Version {
     #[serde(default)]
     /// Patches whose result is this version, each from an earlier version.
     pub patches: Vec<PatchRef>,
+    /// The archive's block hash table (`blocks/<sha256>.bin`, spec/RELEASE.md "Block hash tables and
+    /// mounting from a repository"); absent in versions published before tables existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<ObjectRef>,
 }
 
 /// A file of the repository, by path, size and SHA-256.
@@ -216,6 +220,9 @@ impl Manifest {
             parse_time(&version.published, origin, &format!("version {name}: published"))?;
             check_object(&version.full, origin, &format!("version {name}: full"))?;
             check_object(&version.files, origin, &format!("version {name}: files"))?;
+            if let Some(blocks) = &version.blocks {
+                check_object(blocks, origin, &format!("version {name}: blocks"))?;
+            }
             for patch in &version.patches {
                 if !seen.contains(patch.from.as_str()) {
                     return Err(bad(format!(
@@ -444,6 +451,7 @@ mod tests {
             full: object(1),
             files: object(2),
             patches: vec![],
+            blocks: None,
         };
         let v2 = Version {
             version: "1.1".into(),
@@ -451,6 +459,7 @@ mod tests {
             full: object(3),
             files: object(4),
             patches: vec![PatchRef { from: "1.0".into(), object: object(5) }],
+            blocks: None,
         };
         Manifest {
             manifest_version: 2,

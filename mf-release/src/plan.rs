@@ -160,6 +160,7 @@ mod tests {
                 full: object(&format!("f{i}"), size),
                 files: object(&format!("t{i}"), 1),
                 patches: vec![],
+                blocks: None,
             })
             .collect();
         for &(from, to, size) in patches {

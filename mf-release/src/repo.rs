@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::hash::{is_sha256_hex, sha256_file, sha256_reader};
 use crate::keys::{PublicKey, SecretKey};
+use crate::lazy::table::{BlockTable, DEFAULT_BLOCK_SIZE};
 use crate::manifest::{
     format_time, is_valid_version, FileEntry, FileTable, Manifest, ObjectRef, PatchRef, Version, FILE_TABLE_TYPE,
     MANIFEST_PATH, SPEC_VERSION, STATE_DIR_NAME,
@@ -23,7 +24,7 @@ use crate::update::write_atomically;
 
 /// Default lifetime of a freshly written manifest.
 pub const DEFAULT_EXPIRY: Duration = Duration::from_secs(180 * 24 * 3600);
-const OBJECT_DIRS: [(&str, &str); 3] = [("full", "mf"), ("patches", "mfp"), ("files", "json.zst")];
+const OBJECT_DIRS: [(&str, &str); 4] = [("full", "mf"), ("patches", "mfp"), ("files", "json.zst"), ("blocks", "bin")];
 
 /// How a manifest rewrite is signed and how long it stays valid.
 pub struct Signing<'a> {
@@ -74,6 +75,8 @@ pub struct Added {
     pub full: ObjectRef,
     /// Its file table as stored.
     pub files: ObjectRef,
+    /// Its block hash table as stored (`None` for a Panda3D multifile, which cannot be mounted).
+    pub blocks: Option<ObjectRef>,
     /// Patches published to this version.
     pub patches: Vec<PatchRef>,
     /// Versions whose patch was not kept, and why.
@@ -183,6 +186,7 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
     let table_path = scratch.path().join("files.json.zst");
     write_atomically(&table_path, &table.to_object())?;
     let files = store(root, "files", "json.zst", &table_path, Transfer::Move)?;
+    let blocks = store_block_table(root, &full, scratch.path())?;
 
     let mut patches = Vec::new();
     let mut patches_skipped = Vec::new();
@@ -225,6 +229,7 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
         full: full.clone(),
         files: files.clone(),
         patches: patches.clone(),
+        blocks: blocks.clone(),
     });
     let manifest_version = repo.commit(manifest, &options.signing)?;
     Ok(Added {
@@ -232,6 +237,7 @@ pub fn add(root: &Path, version: &str, archive: &Path, options: &AddOptions, log
         manifest_version,
         full,
         files,
+        blocks,
         patches,
         patches_skipped,
         signed: options.signing.key.is_some(),
@@ -324,6 +330,27 @@ pub fn file_table(archive_path: &Path, version: &str) -> Result<FileTable> {
     })
 }
 
+/// Builds the block hash table of the stored archive `full` (spec/RELEASE.md "Block hash tables and
+/// mounting from a repository") and stores it as `blocks/<sha256>.bin`. `None` for a Panda3D
+/// multifile: only mf archives are mounted.
+fn store_block_table(root: &Path, full: &ObjectRef, scratch: &Path) -> Result<Option<ObjectRef>> {
+    let archive = root.join(&full.path);
+    if mf_diff::panda3d::detect(&archive) == Some(mf_diff::panda3d::ArchiveFormat::Panda3d) {
+        return Ok(None);
+    }
+    let table = BlockTable::build(&archive, DEFAULT_BLOCK_SIZE)?;
+    // Built from the stored copy, which must still be the object the manifest will name.
+    if hex::encode(table.archive_sha256) != full.sha256 || table.archive_size != full.size {
+        return Err(Error::Mismatch {
+            origin: archive.display().to_string(),
+            what: "the stored archive changed while its block table was built".into(),
+        });
+    }
+    let path = scratch.join("blocks.bin");
+    write_atomically(&path, &table.to_bytes())?;
+    store(root, "blocks", "bin", &path, Transfer::Move).map(Some)
+}
+
 /// The local path of an object of the repository, checked to exist with the manifest's size.
 fn object_path(root: &Path, object: &ObjectRef) -> Result<PathBuf> {
     let path = root.join(&object.path);
@@ -396,6 +423,7 @@ fn referenced_paths(manifest: &Manifest) -> HashSet<String> {
     for version in &manifest.versions {
         paths.insert(version.full.path.clone());
         paths.insert(version.files.path.clone());
+        paths.extend(version.blocks.iter().map(|b| b.path.clone()));
         paths.extend(version.patches.iter().map(|p| p.object.path.clone()));
     }
     paths

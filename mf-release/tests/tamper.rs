@@ -20,6 +20,7 @@ fn signed(key: &SecretKey) -> (Manifest, Vec<u8>) {
         full: object(tag),
         files: object(tag + 1),
         patches,
+        blocks: None,
     };
     let manifest = Manifest {
         manifest_version: 7,

@@ -66,7 +66,7 @@ pub struct UpdateOptions {
     pub rebuild: bool,
 }
 
-const TRUSTED_FILE: &str = "trusted.json";
+pub(crate) const TRUSTED_FILE: &str = "trusted.json";
 const DOWNLOADS_DIR: &str = "downloads";
 /// File tables kept between runs, named by SHA-256: content-addressed, so a cached one is never stale.
 const TABLES_DIR: &str = "tables";
@@ -408,7 +408,7 @@ fn lock_state(state: &Dir) -> Result<Flock<File>> {
     })
 }
 
-fn read_trusted(state: &Dir) -> Result<Option<Trusted>> {
+pub(crate) fn read_trusted(state: &Dir) -> Result<Option<Trusted>> {
     let Some(bytes) = state::read_file(state, TRUSTED_FILE, MAX_TRUSTED_SIZE)? else { return Ok(None) };
     serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         Error::metadata(
