@@ -186,7 +186,9 @@ fn a_small_memory_limit_falls_back_to_blocks_and_still_round_trips() {
     let d = dir.path();
     let old_big = [text(3_000_000, 1), noise(3_000_000, 2)].concat();
     let mut new_big = old_big.clone();
-    new_big[10..20].copy_from_slice(b"EDITEDEDIT");
+    // One byte more near the start shifts every frame: no frame is kept (patch format 2.3 frames
+    // records), so the whole entry goes through the block fallback this test is about.
+    new_big.splice(10..20, b"EDITEDEDIT+".iter().copied());
     new_big.splice(4_000_000..4_000_000, noise(5000, 3));
     new_big.drain(5_000_000..5_002_000);
     pack(d, &Release { files: vec![("big.dat".into(), old_big)] }, "v1.mf", &[]);
@@ -199,6 +201,48 @@ fn a_small_memory_limit_falls_back_to_blocks_and_still_round_trips() {
     assert_eq!(std::fs::read(d.join("out.mf")).unwrap(), std::fs::read(d.join("v2.mf")).unwrap());
     let err = mf_fails(d, &["diff", "--memory-limit", "lots", "v1.mf", "v2.mf", "-o", "q.mfp"], 2);
     assert!(err.contains("not a size"), "{err}");
+}
+
+/// A large entry with a one-frame edit among others: a frames record (patch format 2.3) keeps the
+/// unchanged frames, the rebuild is `mf pack`'s archive byte for byte, the patch is the same for any
+/// thread count, and `mf apply --in-place` writes about one frame.
+#[test]
+fn a_one_frame_edit_of_a_large_entry_keeps_the_other_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 24 frames of 256 KiB: text (compressed) and noise (raw) in turn, with small files around.
+    let big: Vec<u8> = (0..24u64).flat_map(|k| if k % 2 == 0 { text(1 << 18, k) } else { noise(1 << 18, k) }).collect();
+    let mut files: Vec<(String, Vec<u8>)> = (0..5).map(|i| (format!("s/{i}.txt"), text(3000, i + 50))).collect();
+    files.push(("pak/big.pak".into(), big.clone()));
+    // A shared pair beside it (its data deduplicated).
+    files.push(("dup/a.bin".into(), noise(300_000, 99)));
+    files.push(("dup/b.bin".into(), noise(300_000, 99)));
+    let v1 = Release { files: files.clone() };
+    let mut edited = big;
+    edited[(13 << 18) + 1000..(13 << 18) + 1010].copy_from_slice(b"0123456789");
+    files[5].1 = edited;
+    let v2 = Release { files };
+    let old = pack(d, &v1, "v1.mf", &[]);
+    let new = pack(d, &v2, "v2.mf", &[]);
+
+    let stat = json(&mf_ok(d, &["--threads", "1", "diff", "--json", "v1.mf", "v2.mf", "-o", "one.mfp"]));
+    mf_ok(d, &["--threads", "4", "diff", "v1.mf", "v2.mf", "-o", "p.mfp"]);
+    assert_eq!(std::fs::read(d.join("one.mfp")).unwrap(), std::fs::read(d.join("p.mfp")).unwrap());
+    let entries = stat["entries"].as_array().unwrap();
+    let pak = entries.iter().find(|e| e["path"] == "pak/big.pak").unwrap();
+    assert_eq!(pak["method"], "frames", "{stat}");
+    assert!(pak["patch_bytes"].as_u64().unwrap() < 2000, "one changed raw frame: {pak}");
+    let info = mf_ok(d, &["patch-info", "p.mfp"]);
+    assert!(info.contains("frames"), "{info}");
+
+    mf_ok(d, &["apply", "p.mfp", "v1.mf", "-o", "rebuilt.mf"]);
+    assert_eq!(std::fs::read(d.join("rebuilt.mf")).unwrap(), std::fs::read(&new).unwrap(), "byte-identical");
+
+    let out = json(&mf_ok(d, &["apply", "--in-place", "--json", "p.mfp", "v1.mf"]));
+    assert!(same_content(&old, &new));
+    mf_ok(d, &["verify", "v1.mf"]);
+    let written = out["bytes_written"].as_u64().unwrap_or_else(|| panic!("{out}"));
+    assert!(written < 400_000, "one 256 KiB frame, small files and the index: wrote {written} bytes");
 }
 
 #[test]

@@ -313,3 +313,33 @@ fn an_entry_size_its_payload_cannot_decode_to_is_refused_before_per_frame_state_
     refused_small(d, &["apply", "huge.mfp", "old.mf", "-o", "out.mf"], "payload bytes can decode to");
     assert!(!d.join("out.mf").exists());
 }
+
+/// One frames record (patch format 2.3) of `size` bytes whose single run keeps every frame of the
+/// base: no blob at all, so only the base can bound what it claims.
+fn huge_frames_entry(header: PatchHeader, size: u64) -> Vec<u8> {
+    let mut control = vec![12u8, 3]; // 4 KiB frames, level 3
+    varint(&mut control, 1); // old entries
+    varint(&mut control, 1); // new entries
+    control.extend_from_slice(&[4, 0]); // frames, no flags
+    varint(&mut control, 0); // base: old entry 0
+    varint(&mut control, size);
+    control.extend_from_slice(&[0; 16]); // content hash, base hash
+    control.push(1); // storage: all frames compressed
+    varint(&mut control, 1); // one run
+    varint(&mut control, size.div_ceil(4096)); // of every frame
+    control.push(0); // kept
+    assemble(header, &zstd::bulk::compress(&control, 3).unwrap(), &[])
+}
+
+#[test]
+fn a_frames_record_keeping_more_than_the_old_archive_can_hold_is_refused_as_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let header = PatchHeader { new_len: 1 << 40, ..real_archive_patch(d) };
+    // 2^50 bytes kept from an old archive of a few hundred bytes: 2^38 per-frame flags if believed.
+    std::fs::write(d.join("kept.mfp"), huge_frames_entry(header, 1 << 50)).unwrap();
+    refused_small(d, &["patch-info", "kept.mfp"], "kept frames exceed");
+    refused_small(d, &["apply", "kept.mfp", "old.mf", "-o", "out.mf"], "kept frames exceed");
+    refused_small(d, &["apply", "--in-place", "kept.mfp", "old.mf"], "kept frames exceed");
+    assert!(!d.join("out.mf").exists());
+}

@@ -148,7 +148,7 @@ fn apply_in_place(args: &ApplyArgs, target: &Path) -> Outcome {
     let outcome = mf_diff::apply_in_place(&args.patch, target, mf_diff::InPlaceOptions::default(), &|n| bar.inc(n))
         .with_context(|| format!("applying {}", args.patch.display()))?;
     bar.finish_and_clear();
-    let checked = "every written entry's size and xxh3, and the new entry list's content id";
+    let checked = "every written entry's size and xxh3 (an entry that keeps frames in place: each rebuilt run's), and the new entry list's content id";
     if args.json.json {
         let value = json!({
             "output": target.display().to_string(),

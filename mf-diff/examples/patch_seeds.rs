@@ -7,10 +7,14 @@
 use std::io::Read;
 use std::path::Path;
 
-use mf_diff::wire::{PatchHeader, PATCH_HEADER_LEN};
-use mf_diff::{diff_files, DiffOptions};
+use mf_diff::wire::{
+    ArchivePreamble, BlockDesc, ContentIds, EntryRecord, FrameRun, Op, PatchHeader, PayloadDesc, RunPatch, Storage,
+    FLAG_CONTENT_IDS, KIND_ARCHIVE, PATCH_HEADER_LEN, PATCH_VERSION_MAJOR, PATCH_VERSION_MINOR,
+};
+use mf_diff::{content_id, diff_files, DiffOptions};
 use mf_format::WriterOptions;
 use mf_test_support::mf_bytes_with;
+use xxhash_rust::xxh3::xxh3_64;
 
 fn archive(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     mf_bytes_with(WriterOptions { level: 3, frame_size_log2: 12 }, files)
@@ -71,4 +75,117 @@ fn main() {
     std::fs::write(d.join("new.bin"), &plain_new).expect("write");
     diff_files(&d.join("old.bin"), &d.join("new.bin"), &d.join("plain.mfp"), &options, &|_| {}).expect("diff");
     write_seeds(out, "plain", &d.join("plain.mfp"), 1 | 2);
+
+    frames_seeds(out, d, &a_txt, &old);
+}
+
+/// 2.3 seeds with a frames record (op 4), made field by field: the fixture's entries are too small
+/// for `mf diff` to choose one. a.txt (3 frames of 4 KiB) keeps frames 0 and 2 and rebuilds frame 1
+/// from a full block; the other entries are copies. Raw: a whole patch with content ids (not EXACT:
+/// the layout is not checked here). Sealed: the control stream without content ids, as the target
+/// seals it.
+fn frames_seeds(out: &Path, d: &Path, a_txt: &[u8], old: &[u8]) {
+    let mut a_new = a_txt.to_vec();
+    a_new[4096..8192].copy_from_slice(&b"changed frame\n".repeat(293)[..4096]);
+    let c_bin: Vec<u8> = (0..5000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let new = archive(&[("a.txt", a_new.clone()), ("b/c.bin", c_bin), ("empty", Vec::new())]);
+    std::fs::write(d.join("frames-old.mf"), old).expect("write");
+    std::fs::write(d.join("frames-new.mf"), &new).expect("write");
+    let old_archive = mf_format::Archive::open(d.join("frames-old.mf")).expect("old");
+    let new_archive = mf_format::Archive::open(d.join("frames-new.mf")).expect("new");
+    let blob = zstd::bulk::compress(&a_new[4096..8192], 3).expect("compress");
+    let run = RunPatch {
+        op: Op::Full,
+        hash: xxh3_64(&a_new[4096..8192]),
+        old_start: 0,
+        old_len: 0,
+        payload: PayloadDesc::Blocks(vec![BlockDesc {
+            new_len: 4096,
+            old_start: 0,
+            old_len: 0,
+            blob_len: blob.len() as u64,
+            blob_at: 0,
+        }]),
+    };
+    let copy = |index: u32, storage: Storage| EntryRecord {
+        at: 0,
+        op: Op::Copy,
+        old_index: Some(index),
+        path: None,
+        mode: None,
+        mtime: None,
+        size: 0,
+        hash: 0,
+        base_hash: None,
+        storage,
+        payload: PayloadDesc::None,
+    };
+    let records = [
+        EntryRecord {
+            at: 0,
+            op: Op::Frames,
+            old_index: Some(0),
+            path: None,
+            mode: None,
+            mtime: None,
+            size: a_new.len() as u64,
+            hash: xxh3_64(&a_new),
+            base_hash: Some(xxh3_64(a_txt)),
+            // The fixture's small entries live in the solid stream.
+            storage: Storage::Solid,
+            payload: PayloadDesc::Frames(vec![
+                FrameRun { frames: 1, patch: None },
+                FrameRun { frames: 1, patch: Some(run) },
+                FrameRun { frames: 1, patch: None },
+            ]),
+        },
+        copy(1, Storage::Solid),
+        copy(2, Storage::None),
+    ];
+    let control = |ids: Option<ContentIds>| {
+        let mut control = Vec::new();
+        let preamble =
+            ArchivePreamble { frame_size_log2: 12, level: 3, old_entry_count: 3, new_entry_count: 3, content_ids: ids };
+        preamble.write(&mut control);
+        let mut previous = -1;
+        for record in &records {
+            record.write(&mut control, &mut previous);
+        }
+        control
+    };
+    let ids = ContentIds { old: content_id(&old_archive), new: content_id(&new_archive) };
+    let compressed = zstd::bulk::compress(&control(Some(ids)), 19).expect("compress");
+    let mut body = compressed.clone();
+    body.extend_from_slice(&blob);
+    let header = PatchHeader {
+        version_major: PATCH_VERSION_MAJOR,
+        version_minor: PATCH_VERSION_MINOR,
+        kind: KIND_ARCHIVE,
+        flags: FLAG_CONTENT_IDS,
+        old_len: old.len() as u64,
+        old_id: old_archive.footer().index_hash,
+        new_len: new.len() as u64,
+        new_hash: xxh3_64(&new),
+        control_len: compressed.len() as u64,
+        blobs_len: blob.len() as u64,
+        body_hash: xxh3_64(&body),
+    };
+    let mut raw = vec![0u8];
+    raw.extend_from_slice(&header.to_bytes());
+    raw.extend_from_slice(&body);
+    // The seed must be a patch that applies: checked here rather than trusted.
+    std::fs::write(d.join("frames.mfp"), &raw[1..]).expect("write");
+    mf_diff::apply_patch(&d.join("frames.mfp"), &d.join("frames-old.mf"), &d.join("frames-out.mf"), &|_| {})
+        .expect("the frames seed applies");
+    let rebuilt = mf_format::Archive::open(d.join("frames-out.mf")).expect("rebuilt");
+    assert_eq!(content_id(&rebuilt), ids.new, "the frames seed rebuilds the new entries");
+    assert!(rebuilt.verify().is_empty());
+    std::fs::write(out.join("raw-frames.mfp"), raw).expect("write");
+
+    let sealed_control = control(None);
+    let mut sealed = vec![1u8];
+    sealed.extend_from_slice(&(sealed_control.len() as u16).to_le_bytes());
+    sealed.extend_from_slice(&sealed_control);
+    sealed.extend_from_slice(&blob);
+    std::fs::write(out.join("sealed-frames.mfp"), sealed).expect("write");
 }

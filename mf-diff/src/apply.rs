@@ -90,6 +90,7 @@ impl Patch {
         if header.kind == KIND_ARCHIVE {
             patch.preamble = ArchivePreamble::read(&mut reader, &header)?;
             let mut state = RecordState::new(&header, patch.preamble.old_entry_count);
+            state.frame_size_log2 = patch.preamble.frame_size_log2;
             for _ in 0..patch.preamble.new_entry_count {
                 let record = EntryRecord::read(&mut reader, &mut state)?;
                 patch.records.try_reserve(1).map_err(|_| reader.corrupt("too many records to hold in memory"))?;
@@ -119,6 +120,7 @@ impl Patch {
             Op::Delta => Method::Bsdiff,
             Op::ZstdRef => Method::ZstdRef,
             Op::Full => Method::Full,
+            Op::Frames => Method::Frames,
         };
         let mut entries: Vec<EntryReport> = self
             .records
@@ -339,6 +341,190 @@ impl BlocksProducer<'_> {
     }
 }
 
+/// A frames payload (op 4): kept runs copied from the base's content at the same position (or, with
+/// `skip_kept`, left out: the in-place applier keeps those frames where they are), rebuilt runs
+/// produced by their nested payload against a window of the base and checked against their own
+/// xxh3 as soon as each ends.
+struct FramesProducer<'a> {
+    patch: &'a Patch,
+    runs: &'a [FrameRun],
+    frame_size: u64,
+    size: u64,
+    skip_kept: bool,
+    old: OldCursor<'a>,
+    output: PathBuf,
+    name: String,
+    next_run: usize,
+    next_frame: u64,
+    current: RunState<'a>,
+}
+
+/// Where a [`FramesProducer`] is within its current run.
+enum RunState<'a> {
+    /// Between runs.
+    Idle,
+    /// Copying base bytes `[at, end)`.
+    Keep { at: u64, end: u64 },
+    /// Producing a rebuilt run of `len` bytes whose xxh3 must be `hash`.
+    Patch(Box<RebuiltRun<'a>>),
+}
+
+/// A rebuilt run being produced: `len` bytes whose xxh3 must be `hash`.
+struct RebuiltRun<'a> {
+    producer: Box<dyn Produce + 'a>,
+    hasher: Xxh3,
+    produced: u64,
+    len: u64,
+    hash: u64,
+    /// First and last frame of the run, for errors.
+    frames: (u64, u64),
+}
+
+impl<'a> FramesProducer<'a> {
+    /// Checks every run against the base before anything is produced: a kept run's frames must
+    /// exist in the base with the same lengths as the new ones, a rebuilt run's window must lie
+    /// inside the base.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        patch: &'a Patch,
+        runs: &'a [FrameRun],
+        size: u64,
+        old: OldCursor<'a>,
+        skip_kept: bool,
+        output: &Path,
+        name: &str,
+    ) -> Result<Self> {
+        let frame_size = 1u64 << patch.preamble.frame_size_log2;
+        let mut first = 0u64;
+        for (index, run) in runs.iter().enumerate() {
+            let last = first + run.frames - 1;
+            let bad = |what: String| Error::WrongBase {
+                file: output.to_owned(),
+                entry: Some(name.to_owned()),
+                what: format!("frame run {index} (frames {first}..={last}): {what}"),
+            };
+            match &run.patch {
+                None => {
+                    let (new_len, old_len) =
+                        (run_len(last, 1, size, frame_size), run_len(last, 1, old.size(), frame_size));
+                    if new_len != old_len {
+                        return Err(bad(format!(
+                            "keeps frame {last} of the base, which has {old_len} bytes there (the base has {} bytes), not {new_len}",
+                            old.size()
+                        )));
+                    }
+                }
+                Some(p) if p.old_start.checked_add(p.old_len).is_none_or(|end| end > old.size()) => {
+                    return Err(bad(format!("its base window ends past the base's {} bytes", old.size())));
+                }
+                Some(_) => {}
+            }
+            first += run.frames;
+        }
+        Ok(FramesProducer {
+            patch,
+            runs,
+            frame_size,
+            size,
+            skip_kept,
+            old,
+            output: output.to_owned(),
+            name: name.to_owned(),
+            next_run: 0,
+            next_frame: 0,
+            current: RunState::Idle,
+        })
+    }
+
+    /// Moves to the next run; false after the last.
+    fn start_run(&mut self) -> Result<bool> {
+        let Some(run) = self.runs.get(self.next_run) else { return Ok(false) };
+        let first = self.next_frame;
+        let start = first * self.frame_size;
+        let len = run_len(first, run.frames, self.size, self.frame_size);
+        self.next_run += 1;
+        self.next_frame += run.frames;
+        self.current = match &run.patch {
+            None if self.skip_kept => RunState::Idle,
+            None => RunState::Keep { at: start, end: start + len },
+            Some(p) => {
+                let window = self.old.window(p.old_start, p.old_len).ok_or_else(|| {
+                    corrupt(&self.patch.path, "control stream", 0, Some(&self.name), "run window outside the base")
+                })?;
+                RunState::Patch(Box::new(RebuiltRun {
+                    producer: self.patch.producer(p.op, &p.payload, len, window, &self.name)?,
+                    hasher: Xxh3::new(),
+                    produced: 0,
+                    len,
+                    hash: p.hash,
+                    frames: (first, first + run.frames - 1),
+                }))
+            }
+        };
+        Ok(true)
+    }
+}
+
+impl Produce for FramesProducer<'_> {
+    fn produce(&mut self, buf: &mut [u8]) -> Result<usize> {
+        loop {
+            match &mut self.current {
+                RunState::Idle => {
+                    if !self.start_run()? {
+                        return Ok(0);
+                    }
+                }
+                RunState::Keep { at, end } => {
+                    if at == end {
+                        self.current = RunState::Idle;
+                        continue;
+                    }
+                    let want = (*end - *at).min(buf.len() as u64) as usize;
+                    let chunk = self.old.at(*at)?;
+                    let n = chunk.len().min(want);
+                    buf[..n].copy_from_slice(&chunk[..n]);
+                    *at += n as u64;
+                    return Ok(n);
+                }
+                RunState::Patch(run) => {
+                    let RebuiltRun { producer, hasher, produced, len, hash, frames } = &mut **run;
+                    let n = producer.produce(buf)?;
+                    *produced += n as u64;
+                    hasher.update(&buf[..n]);
+                    if n > 0 && *produced <= *len {
+                        return Ok(n);
+                    }
+                    let actual = hasher.digest();
+                    if *produced != *len || actual != *hash {
+                        return Err(Error::OutputMismatch {
+                            file: self.output.clone(),
+                            entry: Some(self.name.clone()),
+                            what: format!(
+                                "frames {}..={} rebuilt {} bytes, xxh3 {actual:016x}; the patch expects {len} bytes, xxh3 {hash:016x}",
+                                frames.0, frames.1, produced
+                            ),
+                        });
+                    }
+                    self.current = RunState::Idle;
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of an entry of `size` bytes that a frames payload's kept runs cover.
+pub(crate) fn kept_bytes(runs: &[FrameRun], size: u64, frame_size: u64) -> u64 {
+    let mut first = 0;
+    let mut kept = 0;
+    for run in runs {
+        if run.patch.is_none() {
+            kept += run_len(first, run.frames, size, frame_size);
+        }
+        first += run.frames;
+    }
+    kept
+}
+
 /// An entry's content as `Read`, checked as it streams: never more than `size` bytes, and at its
 /// end exactly `size` bytes with the expected hash. The real error of a failed read is kept for
 /// [`EntryStream::take_failure`] (the archive writer only sees an I/O error).
@@ -348,6 +534,7 @@ pub(crate) struct EntryStream<'a> {
     hash: u64,
     produced: u64,
     hasher: Xxh3,
+    check_hash: bool,
     output: PathBuf,
     name: String,
     failure: Option<Error>,
@@ -361,10 +548,17 @@ impl<'a> EntryStream<'a> {
             hash,
             produced: 0,
             hasher: Xxh3::new(),
+            check_hash: true,
             output: output.to_owned(),
             name: name.to_owned(),
             failure: None,
         }
+    }
+
+    /// A stream checked for its length only (the in-place applier's kept-frames case, whose
+    /// producer checks each rebuilt run's hash itself).
+    fn unhashed(producer: Box<dyn Produce + 'a>, size: u64, output: &Path, name: &str) -> Self {
+        EntryStream { check_hash: false, ..EntryStream::new(producer, size, 0, output, name) }
     }
 
     pub(crate) fn take_failure(&mut self) -> Option<Error> {
@@ -383,7 +577,7 @@ impl<'a> EntryStream<'a> {
         }
         if n == 0 {
             let actual = self.hasher.digest();
-            if self.produced != self.size || actual != self.hash {
+            if self.produced != self.size || (self.check_hash && actual != self.hash) {
                 return Err(self.mismatch(format!(
                     "rebuilt content has {} bytes, xxh3 {actual:016x}; the patch expects {} bytes, xxh3 {:016x}",
                     self.produced, self.size, self.hash
@@ -464,6 +658,11 @@ pub trait OldEntries: Sync {
     fn count(&self) -> u64;
     /// Entry `index` (data order), or `None` past the end.
     fn entry(&self, index: u32) -> Option<OldEntry>;
+    /// log2 of the frame size the old entries are stored in, when they are stored in frames (an
+    /// archive); `None` for content from elsewhere.
+    fn frame_size_log2(&self) -> Option<u8> {
+        None
+    }
     /// Content bytes `[start, start + len)` of entry `index`, unverified.
     fn read_range(&self, index: u32, start: u64, len: usize) -> Result<Vec<u8>>;
     /// Checks entry `index`'s whole content against its `xxh3`. The default streams it in 1 MiB
@@ -555,6 +754,10 @@ impl OldEntries for ArchiveOld<'_> {
         })
     }
 
+    fn frame_size_log2(&self) -> Option<u8> {
+        Some(self.archive.header().frame_size_log2)
+    }
+
     fn read_range(&self, index: u32, start: u64, len: usize) -> Result<Vec<u8>> {
         let entry = self.archive.entry(index).ok_or_else(|| missing_old_entry(self.name(), index, self.count()))?;
         self.src.read_range(&entry, start, len)
@@ -597,7 +800,7 @@ impl Patch {
         old: &dyn OldEntries,
         mut visit: impl FnMut(NewEntry) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
-        self.walk_records(old, &self.path, Verify::EveryBase, |_, walked| {
+        self.walk_records(old, &self.path, Verify::EveryBase, &[], |_, walked| {
             let WalkedEntry { mut meta, stream } = walked;
             if !matches!(meta.content, NewContent::CopyOf(_)) {
                 let mut content = Vec::new();
@@ -610,6 +813,51 @@ impl Patch {
             }
             visit(meta)
         })
+    }
+
+    /// The checked stream of a record's content (`expected`: its size and xxh3). With `skip_kept`, a
+    /// frames record streams only its rebuilt runs, each checked against its own hash (the in-place
+    /// applier keeps the other frames where they are; spec/PATCH.md "Applying in place").
+    #[allow(clippy::too_many_arguments)]
+    fn entry_stream<'a>(
+        &'a self,
+        record: &'a EntryRecord,
+        expected: (u64, u64),
+        old_side: OldCursor<'a>,
+        old: &dyn OldEntries,
+        skip_kept: bool,
+        output: &Path,
+        path: &str,
+    ) -> Result<EntryStream<'a>> {
+        let (size, xxh3) = expected;
+        let PayloadDesc::Frames(runs) = &record.payload else {
+            let producer = self.producer(record.op, &record.payload, size, old_side, path)?;
+            return Ok(EntryStream::new(producer, size, xxh3, output, path));
+        };
+        self.check_frame_size(old, path)?;
+        let producer = Box::new(FramesProducer::new(self, runs, size, old_side, skip_kept, output, path)?);
+        Ok(if skip_kept {
+            let patched = size - kept_bytes(runs, size, 1u64 << self.preamble.frame_size_log2);
+            EntryStream::unhashed(producer, patched, output, path)
+        } else {
+            EntryStream::new(producer, size, xxh3, output, path)
+        })
+    }
+
+    /// A frames record keeps the base's frames by index: an archive base must be cut in frames of
+    /// the patch's frame size (content from elsewhere, such as installed files, is cut by position).
+    fn check_frame_size(&self, old: &dyn OldEntries, path: &str) -> Result<()> {
+        match old.frame_size_log2() {
+            Some(log2) if log2 != self.preamble.frame_size_log2 => Err(Error::WrongBase {
+                file: old.name().to_owned(),
+                entry: Some(path.to_owned()),
+                what: format!(
+                    "the patch keeps frames of 2^{} bytes but the archive's frames have 2^{log2} bytes",
+                    self.preamble.frame_size_log2
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Checks that `old` holds every base the records name, with the base hashes they name.
@@ -644,6 +892,7 @@ impl Patch {
         old: &dyn OldEntries,
         output: &Path,
         verify: Verify,
+        skip_kept: &[bool],
         mut visit: impl FnMut(&EntryRecord, WalkedEntry<'_, '_>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         if !self.is_archive() {
@@ -658,7 +907,7 @@ impl Patch {
         let mut used: Vec<u32> = self
             .records
             .iter()
-            .filter(|r| verify == Verify::EveryBase || !r.is_copy_in_place())
+            .filter(|r| verify == Verify::EveryBase || !(r.is_copy_in_place() || r.op == Op::Frames))
             .filter_map(|r| r.old_index)
             .collect();
         used.sort_unstable();
@@ -671,7 +920,7 @@ impl Patch {
         // an explicit path equal to a base's path is only known here.
         let mut paths = std::collections::HashSet::new();
         let mut new_id = ContentIdBuilder::default();
-        for record in &self.records {
+        for (position, record) in self.records.iter().enumerate() {
             let base = record.old_index.and_then(|i| old.entry(i).map(|e| (i, e)));
             let path = match (&record.path, &base) {
                 (Some(p), _) => p.clone(),
@@ -710,8 +959,8 @@ impl Patch {
                 }
                 None => OldCursor::new(0, |_, _| Ok(Vec::new())),
             };
-            let producer = self.producer(record.op, &record.payload, size, old_side, &path)?;
-            let mut stream = EntryStream::new(producer, size, xxh3, output, &path);
+            let skip = skip_kept.get(position).copied().unwrap_or(false);
+            let mut stream = self.entry_stream(record, (size, xxh3), old_side, old, skip, output, &path)?;
             let (mtime_secs, mtime_nanos) = mtime.map_or((0, 0), |m| (m.secs, m.nanos));
             new_id.push(IdEntry { path: &path, size, content_hash: xxh3, mode, mtime_secs, mtime_nanos });
             let meta = NewEntry { path, mode, mtime, size, xxh3, content };
@@ -768,6 +1017,11 @@ impl Patch {
     /// The patch file.
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// log2 of the new archive's frame size (archive patches).
+    pub(crate) fn frame_size_log2(&self) -> u8 {
+        self.preamble.frame_size_log2
     }
 
     /// The content ids of a 2.2 archive patch.
@@ -839,7 +1093,7 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
         writer.set_deduplicate(false);
         let mut added: Vec<(String, u64, u64)> = Vec::new();
         let old_entries = ArchiveOld { src: &src, archive };
-        patch.walk_records(&old_entries, target, Verify::EveryBase, |record, walked| -> Result<()> {
+        patch.walk_records(&old_entries, target, Verify::EveryBase, &[], |record, walked| -> Result<()> {
             let WalkedEntry { meta, stream } = walked;
             let bad = |what: &str| corrupt(&patch.path, "control stream", record.at, Some(&meta.path), what);
             let entry_options = EntryOptions { mode: meta.mode, mtime: meta.mtime, ..EntryOptions::default() };
@@ -878,7 +1132,11 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
                     let frames = storage
                         .frame_flags(meta.size, frame_size)
                         .ok_or_else(|| bad("storage bitmap does not fit the entry"))?;
-                    writer.add_reader_with_frames(&meta.path, &mut *stream, entry_options, &frames).map_err(Error::from)
+                    let copier = FrameCopier::new(patch, record, &src, archive);
+                    let copy = |k: usize, chunk: &[u8]| copier.as_ref().and_then(|c| c.copy(k, chunk));
+                    writer
+                        .add_reader_with_frames_copying(&meta.path, &mut *stream, entry_options, &frames, &copy)
+                        .map_err(Error::from)
                 }
             };
             result.map_err(|e| stream.take_failure().unwrap_or(e)).map_err(|e| over_limit(e, target))?;
@@ -902,6 +1160,49 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
     }
     out.commit().map_err(|e| Error::io(target, e))?;
     Ok(ApplyOutcome { exact: header.exact(), entries: patch.records.len(), len })
+}
+
+/// The kept frames of a frames record whose compressed bytes the rebuild copies from the base
+/// instead of compressing them again: frame `k` of the base when the record keeps it, the base
+/// stores it compressed at the patch's level in a run of its own, and it decodes to exactly the
+/// chunk being written (checked here, so a base changed meanwhile is never copied blindly).
+struct FrameCopier<'a> {
+    file: &'a File,
+    keep: Vec<bool>,
+    /// (offset, stored length, length) of the base's frames, in content order.
+    frames: Vec<(u64, u32, u32)>,
+}
+
+impl<'a> FrameCopier<'a> {
+    fn new(patch: &Patch, record: &EntryRecord, src: &'a Source, archive: &mf_format::Archive) -> Option<Self> {
+        let PayloadDesc::Frames(runs) = &record.payload else { return None };
+        let base = archive.entry(record.old_index?)?;
+        let own = base.stored_as() == mf_format::StoredAs::Zstd && !base.is_solid() && archive.entry_skip(&base) == 0;
+        if !own
+            || base.level() != patch.preamble.level
+            || archive.header().frame_size_log2 != patch.preamble.frame_size_log2
+        {
+            return None;
+        }
+        let frames = archive
+            .entry_frames(&base)
+            .map(|f| archive.frames()[f as usize])
+            .map(|f| (f.offset, f.stored_len, f.len))
+            .collect();
+        let keep = runs.iter().flat_map(|r| std::iter::repeat_n(r.patch.is_none(), r.frames as usize)).collect();
+        Some(FrameCopier { file: &src.file, keep, frames })
+    }
+
+    fn copy(&self, k: usize, chunk: &[u8]) -> Option<Vec<u8>> {
+        let &(offset, stored, len) = self.frames.get(k).filter(|_| self.keep.get(k) == Some(&true))?;
+        if stored == len || len as usize != chunk.len() {
+            return None;
+        }
+        let mut bytes = vec![0u8; stored as usize];
+        self.file.read_exact_at(&mut bytes, offset).ok()?;
+        let decoded = zstd::bulk::decompress(&bytes, chunk.len()).ok()?;
+        (decoded == chunk).then_some(bytes)
+    }
 }
 
 /// The stored bytes of `entry` as one stream: its raw extent, or its frames one after another

@@ -124,7 +124,7 @@ impl DeltaParts {
 /// (code, data, string tables) at every relocation; with a single cached chunk each jump decoded the
 /// chunk again, so applying a 60 MB library decoded gigabytes.
 pub(crate) struct OldCursor<'a> {
-    read: Box<dyn Fn(u64, usize) -> Result<Vec<u8>> + 'a>,
+    read: std::rc::Rc<dyn Fn(u64, usize) -> Result<Vec<u8>> + 'a>,
     size: u64,
     /// Cached chunks: (start, bytes, last use), at most [`OLD_CHUNKS`].
     chunks: Vec<(u64, Vec<u8>, u64)>,
@@ -138,7 +138,15 @@ const OLD_CHUNKS: usize = 32;
 
 impl<'a> OldCursor<'a> {
     pub fn new(size: u64, read: impl Fn(u64, usize) -> Result<Vec<u8>> + 'a) -> Self {
-        OldCursor { read: Box::new(read), size, chunks: Vec::new(), clock: 0 }
+        OldCursor { read: std::rc::Rc::new(read), size, chunks: Vec::new(), clock: 0 }
+    }
+
+    /// A cursor over `[start, start + len)` of this one's bytes (a frame run's base window), with a
+    /// cache of its own; `None` when the window does not lie inside.
+    pub fn window(&self, start: u64, len: u64) -> Option<OldCursor<'a>> {
+        start.checked_add(len).filter(|&end| end <= self.size)?;
+        let read = self.read.clone();
+        Some(OldCursor::new(len, move |at, n| read(start + at, n)))
     }
 
     pub fn size(&self) -> u64 {

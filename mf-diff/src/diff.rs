@@ -96,6 +96,17 @@ pub(crate) enum Payload {
     Delta(EncodedDelta),
     Zref(Vec<Block>),
     Full(Vec<Block>),
+    /// Runs of frames kept from the base or rebuilt (patch format 2.3, op 4).
+    Frames(Vec<RunPayload>),
+}
+
+/// One run of a frames payload.
+#[derive(Debug, Clone)]
+pub(crate) enum RunPayload {
+    /// This many frames equal the base's at the same index.
+    Keep(u64),
+    /// This many frames rebuilt by `payload` against the base's window `[old_start, old_start + old_len)`.
+    Patch { frames: u64, hash: u64, old_start: u64, old_len: u64, payload: Payload },
 }
 
 impl Payload {
@@ -104,6 +115,7 @@ impl Payload {
             Payload::Delta(_) => Method::Bsdiff,
             Payload::Zref(_) => Method::ZstdRef,
             Payload::Full(_) => Method::Full,
+            Payload::Frames(_) => Method::Frames,
         }
     }
 
@@ -112,6 +124,7 @@ impl Payload {
             Payload::Delta(_) => Op::Delta,
             Payload::Zref(_) => Op::ZstdRef,
             Payload::Full(_) => Op::Full,
+            Payload::Frames(_) => Op::Frames,
         }
     }
 }
@@ -121,6 +134,8 @@ impl Payload {
 enum Content<'a> {
     Entry(&'a Source, Entry<'a>),
     Plain(&'a Source),
+    /// `len` bytes of an entry's content from `start` (a run of frames, or a window of the base).
+    Part(&'a Source, Entry<'a>, u64, u64),
 }
 
 impl Content<'_> {
@@ -128,6 +143,7 @@ impl Content<'_> {
         match self {
             Content::Entry(_, e) => e.size(),
             Content::Plain(s) => s.len,
+            Content::Part(_, _, _, len) => *len,
         }
     }
 
@@ -135,6 +151,7 @@ impl Content<'_> {
         match self {
             Content::Entry(s, e) => s.read_verified(e),
             Content::Plain(s) => s.read_exact_at(0, usize::try_from(s.len).unwrap_or(usize::MAX)),
+            Content::Part(s, e, start, len) => s.read_range(e, *start, usize::try_from(*len).unwrap_or(usize::MAX)),
         }
     }
 
@@ -142,14 +159,27 @@ impl Content<'_> {
         match self {
             Content::Entry(s, e) => s.read_range(e, start, len as usize),
             Content::Plain(s) => s.read_exact_at(start, len as usize),
+            Content::Part(s, e, from, _) => s.read_range(e, from + start, len as usize),
         }
     }
 
     fn name(&self) -> String {
         match self {
-            Content::Entry(_, e) => e.path().to_owned(),
+            Content::Entry(_, e) | Content::Part(_, e, _, _) => e.path().to_owned(),
             Content::Plain(s) => s.path.display().to_string(),
         }
+    }
+
+    /// xxh3 of the whole content, read 4 MiB at a time.
+    fn hash(&self) -> Result<u64> {
+        let mut hasher = Xxh3::new();
+        let mut at = 0;
+        while at < self.size() {
+            let len = (self.size() - at).min(4 << 20);
+            hasher.update(&self.read_range(at, len)?);
+            at += len;
+        }
+        Ok(hasher.digest())
     }
 }
 
@@ -224,7 +254,122 @@ fn payload_score(payload: &Payload) -> u64 {
     match payload {
         Payload::Delta(encoded) => encoded.len() + 8,
         Payload::Zref(blocks) | Payload::Full(blocks) => blocks.iter().map(|b| b.frame.len() as u64 + 8).sum(),
+        Payload::Frames(runs) => runs
+            .iter()
+            .map(|run| match run {
+                RunPayload::Keep(_) => 2,
+                RunPayload::Patch { payload, .. } => payload_score(payload) + 16,
+            })
+            .sum(),
     }
+}
+
+/// Entries of fewer frames are diffed whole: a frames payload pays off on large entries.
+const MIN_RUN_FRAMES: usize = 4;
+
+/// An entry's frames as stored: (offset, stored length, length) of frame `k`, from the frame table
+/// or cut from a raw extent; `None` when the entry is solid or does not start at its first frame.
+fn stored_frames(archive: &Archive, entry: &Entry<'_>) -> Option<Vec<(u64, u32, u32)>> {
+    if entry.is_solid() {
+        return None;
+    }
+    match entry.stored_as() {
+        StoredAs::Raw => {
+            let frame_size = archive.frame_size();
+            let frames = entry.size().div_ceil(frame_size);
+            Some(
+                (0..frames)
+                    .map(|k| {
+                        let len = (entry.size() - k * frame_size).min(frame_size) as u32;
+                        (entry.offset() + k * frame_size, len, len)
+                    })
+                    .collect(),
+            )
+        }
+        StoredAs::Zstd if archive.entry_skip(entry) == 0 => Some(
+            archive
+                .entry_frames(entry)
+                .map(|f| archive.frames()[f as usize])
+                .map(|f| (f.offset, f.stored_len, f.len))
+                .collect(),
+        ),
+        StoredAs::Zstd => None,
+    }
+}
+
+/// Which frames of `new_entry` are stored exactly as the frames of `old_entry` at the same index
+/// (same stored bytes, so the same content): compares stored bytes, decodes nothing. `None` when
+/// the archives' frame sizes differ or either entry has no frames of its own.
+fn unchanged_frames(
+    old: &Source,
+    old_entry: &Entry<'_>,
+    new: &Source,
+    new_entry: &Entry<'_>,
+) -> Result<Option<Vec<bool>>> {
+    let (Some(oa), Some(na)) = (old.archive.as_ref(), new.archive.as_ref()) else { return Ok(None) };
+    if oa.frame_size() != na.frame_size() {
+        return Ok(None);
+    }
+    let (Some(old_frames), Some(new_frames)) = (stored_frames(oa, old_entry), stored_frames(na, new_entry)) else {
+        return Ok(None);
+    };
+    if new_frames.len() < MIN_RUN_FRAMES {
+        return Ok(None);
+    }
+    let same = new_frames
+        .par_iter()
+        .enumerate()
+        .map(|(k, &(at, stored, len))| match old_frames.get(k) {
+            Some(&(old_at, old_stored, old_len)) if (old_stored, old_len) == (stored, len) => {
+                Ok(old.read_exact_at(old_at, stored as usize)? == new.read_exact_at(at, stored as usize)?)
+            }
+            _ => Ok(false),
+        })
+        .collect::<Result<Vec<bool>>>()?;
+    Ok(Some(same))
+}
+
+/// A frames payload for a changed entry when most of its frames are stored unchanged: the kept
+/// runs cost a few bytes, and each changed run is encoded alone against the base's content around
+/// it (the run's own length, at least 1 MiB, on each side). `None` when it does not pay.
+fn encode_frames(
+    old: &Source,
+    old_entry: &Entry<'_>,
+    new: &Source,
+    new_entry: &Entry<'_>,
+    budget: &Budget,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<Option<Payload>> {
+    let Some(same) = unchanged_frames(old, old_entry, new, new_entry)? else { return Ok(None) };
+    let kept = same.iter().filter(|&&s| s).count();
+    if kept == 0 || kept * 2 < same.len() {
+        return Ok(None);
+    }
+    let frame_size = new.archive.as_ref().map_or(1, |a| a.frame_size());
+    let (n, m) = (old_entry.size(), new_entry.size());
+    let mut runs = Vec::new();
+    let mut k = 0;
+    while k < same.len() {
+        let end = (k..same.len()).find(|&j| same[j] != same[k]).unwrap_or(same.len());
+        let count = (end - k) as u64;
+        let start = k as u64 * frame_size;
+        let len = run_len(k as u64, count, m, frame_size);
+        if same[k] {
+            runs.push(RunPayload::Keep(count));
+            progress(len);
+        } else {
+            let margin = len.max(1 << 20);
+            let from = start.saturating_sub(margin).min(n);
+            let to = start.saturating_add(len).saturating_add(margin).min(n).max(from);
+            let window = (to > from).then_some(Content::Part(old, *old_entry, from, to - from));
+            let part = Content::Part(new, *new_entry, start, len);
+            let payload = encode(window, part, budget, progress)?;
+            let (old_start, old_len) = if matches!(payload, Payload::Full(_)) { (0, 0) } else { (from, to - from) };
+            runs.push(RunPayload::Patch { frames: count, hash: part.hash()?, old_start, old_len, payload });
+        }
+        k = end;
+    }
+    Ok(Some(Payload::Frames(runs)))
 }
 
 /// An entry too large for whole-entry methods under the budget: the windowed matcher when a
@@ -450,7 +595,7 @@ fn build_archive_patch(
                 .then_some((record.mtime_secs, record.mtime_nanos)),
             size: if op == Op::Copy { 0 } else { entry.size() },
             hash: if op == Op::Copy { 0 } else { entry.content_hash() },
-            base_hash: base.as_ref().filter(|_| matches!(op, Op::Delta | Op::ZstdRef)).map(|b| b.content_hash()),
+            base_hash: base.as_ref().filter(|_| op.has_base_hash()).map(|b| b.content_hash()),
             storage: match shared[entry.index() as usize] {
                 None if op == Op::Copy && plan.verbatim => Storage::Verbatim,
                 owner => storage_of(new, entry, owner),
@@ -533,7 +678,13 @@ fn encode_entries(
             if plan.copy {
                 return Ok(None);
             }
-            let base = plan.base.and_then(|i| old.entry(i)).map(|b| Content::Entry(old_src, b));
+            let base_entry = plan.base.and_then(|i| old.entry(i));
+            if let Some(base_entry) = &base_entry {
+                if let Some(payload) = encode_frames(old_src, base_entry, new_src, entry, &budget, progress)? {
+                    return Ok(Some(payload));
+                }
+            }
+            let base = base_entry.map(|b| Content::Entry(old_src, b));
             encode(base, Content::Entry(new_src, *entry), &budget, progress).map(Some)
         })
         .collect()
@@ -546,6 +697,7 @@ fn method_of(op: Op) -> Method {
         Op::Delta => Method::Bsdiff,
         Op::ZstdRef => Method::ZstdRef,
         Op::Full => Method::Full,
+        Op::Frames => Method::Frames,
     }
 }
 
@@ -594,6 +746,22 @@ fn write_payload(payload: Payload, blobs: &mut Vec<Vec<u8>>) -> (PayloadDesc, u6
                 })
                 .collect();
             (PayloadDesc::Blocks(descs), total)
+        }
+        Payload::Frames(runs) => {
+            let mut total = 0;
+            let runs = runs
+                .into_iter()
+                .map(|run| match run {
+                    RunPayload::Keep(frames) => FrameRun { frames, patch: None },
+                    RunPayload::Patch { frames, hash, old_start, old_len, payload } => {
+                        let op = payload.op();
+                        let (payload, len) = write_payload(payload, blobs);
+                        total += len;
+                        FrameRun { frames, patch: Some(RunPatch { op, hash, old_start, old_len, payload }) }
+                    }
+                })
+                .collect();
+            (PayloadDesc::Frames(runs), total)
         }
     }
 }

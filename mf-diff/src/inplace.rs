@@ -15,7 +15,7 @@ use crate::apply::{ArchiveOld, BaseMatch, NewContent, NewEntry, Patch, Verify, W
 use crate::content_id::{content_id, ContentIdBuilder, IdEntry};
 use crate::error::{Error, Result};
 use crate::source::Source;
-use crate::wire::Storage;
+use crate::wire::{FrameRun, PayloadDesc, Storage};
 
 /// A caller's check of each entry of the new version, before the commit (mf-release checks them
 /// against the signed file table). Its errors abort the apply: nothing is committed.
@@ -121,11 +121,19 @@ pub fn apply_in_place(
     }
 
     let mut check = options.check;
+    let keep_masks = keep_masks(&patch, old, &new_paths, &mut editor);
+    // Without a caller's check, kept frames are neither read nor decoded: only the rebuilt runs
+    // stream. With one, every byte streams (the kept ones decoded) so the check and the entry's
+    // hash see the whole content; the kept frames are still not written.
+    let bound_by_content_id = patch.content_ids().is_some();
+    let skip_kept: Vec<bool> =
+        keep_masks.iter().map(|m| m.is_some() && check.is_none() && bound_by_content_id).collect();
+    let frame_size = editor.options().frame_size() as u64;
     let mut id = ContentIdBuilder::default();
     let mut index = 0usize;
     let mut written = 0usize;
     let old_entries = ArchiveOld { src: &src, archive: old };
-    patch.walk_records(&old_entries, archive, Verify::ReadBases, |record, walked| -> Result<()> {
+    patch.walk_records(&old_entries, archive, Verify::ReadBases, &skip_kept, |record, walked| -> Result<()> {
         let WalkedEntry { meta, stream } = walked;
         let (mtime_secs, mtime_nanos) = meta.mtime.map_or((0, 0), |m| (m.secs, m.nanos));
         id.push(IdEntry {
@@ -155,14 +163,9 @@ pub fn apply_in_place(
             _ => Compression::Auto,
         };
         let entry_options = EntryOptions { compression, mode: meta.mode, mtime: meta.mtime };
-        let mut tee = Tee { stream: &mut *stream, check: &mut check };
-        let put = editor.put(&meta.path, &entry_options, &mut tee, meta.size);
-        // The stream's own error (size, hash, a damaged payload) is the real one.
-        put.map_err(|e| stream.take_failure().unwrap_or(Error::Archive(e)))?;
-        // The editor reads exactly `size` bytes; the end of the stream is where its hash is checked.
-        let mut rest = [0u8; 1];
-        let more =
-            stream.read(&mut rest).map_err(|e| stream.take_failure().unwrap_or_else(|| Error::io(archive, e)))?;
+        let keep = keep_masks[index - 1].as_deref().map(|mask| (mask, skip_kept[index - 1]));
+        let target = PutTarget { editor: &mut editor, archive, frame_size };
+        let more = target.put(&meta, &entry_options, keep, stream, &mut check)?;
         if more != 0 {
             return Err(Error::OutputMismatch {
                 file: archive.to_owned(),
@@ -214,6 +217,116 @@ fn new_paths(patch: &Patch, old: &mf_format::Archive) -> Vec<String> {
         .iter()
         .filter_map(|r| r.path.clone().or_else(|| r.old_index.and_then(|i| old.entry(i)).map(|e| e.path().to_owned())))
         .collect()
+}
+
+/// Where a written entry goes.
+struct PutTarget<'e> {
+    editor: &'e mut Editor,
+    archive: &'e Path,
+    frame_size: u64,
+}
+
+impl PutTarget<'_> {
+    /// Streams one written entry into the editor (through the caller's check), keeping the frames
+    /// `keep` names when it is given (`(mask, skipped)`: `skipped` when the stream already leaves
+    /// them out). Returns how many bytes the stream still held past the entry (0 unless it lies).
+    fn put(
+        self,
+        meta: &NewEntry,
+        options: &EntryOptions,
+        keep: Option<(&[bool], bool)>,
+        stream: &mut crate::apply::EntryStream<'_>,
+        check: &mut Option<&mut dyn EntryCheck>,
+    ) -> Result<usize> {
+        let archive = self.archive;
+        let mut tee = Tee { stream: &mut *stream, check };
+        match keep {
+            Some((keep, skipped)) => {
+                let frame_size = self.frame_size;
+                let mut changed = ChangedFrames { inner: &mut tee, keep, frame_size, pos: 0, skipped };
+                let put = self.editor.put_keeping_frames(&meta.path, options, meta.size, meta.xxh3, keep, &mut changed);
+                put.map_err(|e| changed.inner.stream.take_failure().unwrap_or(Error::Archive(e)))?;
+                // The rest (kept frames after the last changed one) streams through the checks.
+                let mut rest = Vec::new();
+                let read = changed.read_to_end(&mut rest);
+                read.map_err(|e| stream.take_failure().unwrap_or_else(|| Error::io(archive, e)))?;
+                Ok(rest.len())
+            }
+            None => {
+                let put = self.editor.put(&meta.path, options, &mut tee, meta.size);
+                // The stream's own error (size, hash, a damaged payload) is the real one.
+                put.map_err(|e| stream.take_failure().unwrap_or(Error::Archive(e)))?;
+                // The editor reads exactly `size` bytes; the end of the stream is where its hash is checked.
+                let mut rest = [0u8; 1];
+                stream.read(&mut rest).map_err(|e| stream.take_failure().unwrap_or_else(|| Error::io(archive, e)))
+            }
+        }
+    }
+}
+
+/// For each record, the frames the editor can keep where they are (a frames record whose base is
+/// the entry at its own path, stored in frames of its own of the patch's frame size), else `None`.
+fn keep_masks(
+    patch: &Patch,
+    old: &mf_format::Archive,
+    new_paths: &[String],
+    editor: &mut Editor,
+) -> Vec<Option<Vec<bool>>> {
+    let frame_size = editor.options().frame_size() as u64;
+    let same_frames = editor.options().frame_size_log2 == patch.frame_size_log2();
+    patch
+        .records()
+        .iter()
+        .zip(new_paths)
+        .map(|(record, path)| {
+            let PayloadDesc::Frames(runs) = &record.payload else { return None };
+            let base_here = record.old_index.and_then(|i| old.entry(i)).is_some_and(|b| b.path() == path);
+            let keep = keep_mask(runs, record.size, frame_size);
+            let solid = matches!(record.storage, Storage::Solid);
+            (same_frames && base_here && !solid && editor.can_keep_frames(path, record.size, &keep)).then_some(keep)
+        })
+        .collect()
+}
+
+/// Per new frame: whether a kept run covers it.
+fn keep_mask(runs: &[FrameRun], size: u64, frame_size: u64) -> Vec<bool> {
+    let mut mask = Vec::with_capacity(size.div_ceil(frame_size) as usize);
+    for run in runs {
+        mask.extend(std::iter::repeat_n(run.patch.is_none(), run.frames as usize));
+    }
+    mask
+}
+
+/// The bytes of an entry's changed frames: everything its stream yields (when `skipped`, the stream
+/// already leaves the kept frames out) minus, otherwise, the kept frames' bytes, which are read
+/// (and so checked) but not handed on.
+struct ChangedFrames<'t, 's, 'a, 'c, 'd> {
+    inner: &'t mut Tee<'s, 'a, 'c, 'd>,
+    keep: &'t [bool],
+    frame_size: u64,
+    pos: u64,
+    skipped: bool,
+}
+
+impl Read for ChangedFrames<'_, '_, '_, '_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.skipped {
+            return self.inner.read(buf);
+        }
+        let mut scratch = [0u8; 64 << 10];
+        loop {
+            let frame = self.pos / self.frame_size;
+            let frame_left = (frame + 1) * self.frame_size - self.pos;
+            let kept = self.keep.get(frame as usize).copied().unwrap_or(false);
+            let target: &mut [u8] = if kept { &mut scratch } else { &mut *buf };
+            let want = (frame_left as usize).min(target.len());
+            let n = self.inner.read(&mut target[..want])?;
+            self.pos += n as u64;
+            if !kept || n == 0 {
+                return Ok(n);
+            }
+        }
+    }
 }
 
 /// An entry's checked stream, handing what it reads to the caller's check too.

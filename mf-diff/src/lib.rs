@@ -42,7 +42,10 @@
 //!   Work runs in parallel under a memory budget ([`DiffOptions::memory_limit`]); entries too
 //!   large for the whole-entry matcher within it are matched block by block against windows of the
 //!   old content that a sparse anchor index picks, or, when not even a window fits, encoded as zstd
-//!   blocks. The output does not depend on the thread count. Two
+//!   blocks. A large entry most of whose frames are stored unchanged gets a frames record (patch
+//!   format 2.3, [`wire::Op::Frames`]): its unchanged frames are kept by number (found by comparing
+//!   stored bytes, nothing decoded) and only the changed runs are encoded, each against a window of
+//!   the old entry around it. The output does not depend on the thread count. Two
 //!   files that are not archives are diffed whole. Panda3D multifiles are diffed as their canonical
 //!   mf conversions ([`panda3d::diff_any`] and [`panda3d::apply_any`] convert, and work on either
 //!   format), which [`DiffOptions::old_is_panda3d`] and [`DiffOptions::new_is_panda3d`] record in the
@@ -55,7 +58,9 @@
 //!   memory does not grow with entry size.
 //! - **In-place apply** ([`apply_in_place`]) edits an mf archive through [`mf_format::Editor`]:
 //!   unchanged entries stay where they are, changed and new ones stream through the same checks
-//!   into the editor, and one crash-safe commit makes the new version. 2.2 patches carry the old and
+//!   into the editor, and one crash-safe commit makes the new version. A frames record's kept frames
+//!   stay where they are without being read ([`mf_format::Editor::put_keeping_frames`]; spec/PATCH.md
+//!   "Applying in place" says what is then checked). 2.2 patches carry the old and
 //!   new [`content_id()`]s, so a base laid out differently (an archive edited in place) is still
 //!   recognised by its entries.
 //! - **Entry-level apply** ([`Patch::apply_entries`]) walks an archive patch's records against any

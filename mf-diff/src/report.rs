@@ -39,6 +39,8 @@ pub enum Method {
     ZstdRef,
     /// The whole content, zstd-compressed.
     Full,
+    /// Runs of the old entry's frames kept, the others rebuilt (patch format 2.3).
+    Frames,
     /// Nothing (removed entries).
     None,
 }
@@ -51,6 +53,7 @@ impl Method {
             Method::Bsdiff => "bsdiff",
             Method::ZstdRef => "zstd-ref",
             Method::Full => "full",
+            Method::Frames => "frames",
             Method::None => "none",
         }
     }

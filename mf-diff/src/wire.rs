@@ -20,8 +20,11 @@ pub const PATCH_MAGIC: [u8; 8] = *b"\x89MFP\r\n\x1a\n";
 pub const PATCH_VERSION_MAJOR: u16 = 2;
 /// Header `version_minor` this code writes (2.1: storage kinds solid and same-as, which a 2.0 reader
 /// refuses as unknown; 2.2: the archive preamble carries the old and new content ids, so a patch
-/// applies to any layout of its base, an archive edited in place included).
-pub const PATCH_VERSION_MINOR: u16 = 2;
+/// applies to any layout of its base, an archive edited in place included; 2.3: operation 4,
+/// frames, which a 2.2 reader refuses as an unknown operation).
+pub const PATCH_VERSION_MINOR: u16 = 3;
+/// The first minor version that knows operation 4 ([`Op::Frames`]); an older patch using it is corrupt.
+pub const FRAMES_MINOR: u16 = 3;
 /// Bytes of the fixed header; the control stream starts right after it.
 pub const PATCH_HEADER_LEN: u64 = 80;
 
@@ -85,12 +88,20 @@ pub enum Op {
     ZstdRef = 2,
     /// zstd blocks without a reference.
     Full = 3,
+    /// (2.3) Runs of the base's frames kept as they are and runs rebuilt by a nested delta, zstd-ref
+    /// or full payload (see [`FrameRun`]).
+    Frames = 4,
 }
 
 impl Op {
     /// The op of an entry record's `op` byte; `None` for an unknown code.
     pub fn from_byte(byte: u8) -> Option<Op> {
-        [Op::Copy, Op::Delta, Op::ZstdRef, Op::Full].into_iter().find(|op| *op as u8 == byte)
+        [Op::Copy, Op::Delta, Op::ZstdRef, Op::Full, Op::Frames].into_iter().find(|op| *op as u8 == byte)
+    }
+
+    /// Whether the record carries the base's content hash (`base_hash`): every op that reads the base.
+    pub fn has_base_hash(self) -> bool {
+        matches!(self, Op::Delta | Op::ZstdRef | Op::Frames)
     }
 
     /// Whether the op reads a base (old entry) and so has an `old_delta`.
@@ -198,6 +209,43 @@ pub enum PayloadDesc {
     Delta(DeltaDesc),
     /// zstd-ref or full: one or more blocks, in output order.
     Blocks(Vec<BlockDesc>),
+    /// (2.3) Frames: runs of new frames, in order, kept from the base or rebuilt.
+    Frames(Vec<FrameRun>),
+}
+
+/// One run of a frames payload: the next `frames` frames of the new entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameRun {
+    /// Frames the run covers (at least 1).
+    pub frames: u64,
+    /// `None`: keep, the frames equal the base's frames at the same index. Otherwise how they are rebuilt.
+    pub patch: Option<RunPatch>,
+}
+
+/// How a run of a frames payload is rebuilt: a nested delta, zstd-ref or full payload whose base is
+/// the window `[old_start, old_start + old_len)` of the base's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPatch {
+    /// [`Op::Delta`], [`Op::ZstdRef`] or [`Op::Full`].
+    pub op: Op,
+    /// xxh3-64 of the run's output, checked as soon as the run is produced.
+    pub hash: u64,
+    /// Start of the window of the base the nested payload reads (0 for full).
+    pub old_start: u64,
+    /// Length of that window (0 for full).
+    pub old_len: u64,
+    /// The nested payload, producing the run's bytes.
+    pub payload: PayloadDesc,
+}
+
+/// Wire code of a kept run (a nested op's code otherwise).
+const RUN_KEEP: u8 = 0;
+
+/// Bytes of frames `[first, first + count)` of an entry of `size` bytes cut in frames of `frame_size`.
+pub fn run_len(first: u64, count: u64, size: u64, frame_size: u64) -> u64 {
+    let start = first.saturating_mul(frame_size).min(size);
+    let end = first.saturating_add(count).saturating_mul(frame_size).min(size);
+    end - start
 }
 
 impl PayloadDesc {
@@ -207,6 +255,9 @@ impl PayloadDesc {
             PayloadDesc::None => 0,
             PayloadDesc::Delta(d) => d.controls_blob + d.delta_blob + d.extra_blob,
             PayloadDesc::Blocks(blocks) => blocks.iter().map(|b| b.blob_len).sum(),
+            PayloadDesc::Frames(runs) => {
+                runs.iter().filter_map(|r| r.patch.as_ref()).map(|p| p.payload.patch_bytes()).sum()
+            }
         }
     }
 
@@ -229,13 +280,97 @@ impl PayloadDesc {
                     put_varint(out, block.blob_len);
                 }
             }
+            PayloadDesc::Frames(runs) => {
+                put_varint(out, runs.len() as u64);
+                for run in runs {
+                    put_varint(out, run.frames);
+                    match &run.patch {
+                        None => out.push(RUN_KEEP),
+                        Some(patch) => {
+                            out.push(patch.op as u8);
+                            out.extend_from_slice(&patch.hash.to_le_bytes());
+                            if patch.op != Op::Full {
+                                put_varint(out, patch.old_start);
+                                put_varint(out, patch.old_len);
+                            }
+                            patch.payload.write(out, patch.op);
+                        }
+                    }
+                }
+            }
         }
+    }
+
+    /// Reads a frames payload (op 4) for an entry of `size` bytes in frames of `frame_size`: its runs
+    /// cover the entry's frames exactly, each rebuilt run's size is held to what its own blob bytes
+    /// can decode to, and kept bytes to `kept_max` (what the old archive can hold).
+    fn read_frames<R: Read>(
+        reader: &mut ControlReader<R>,
+        size: u64,
+        frame_size: u64,
+        kept_max: u64,
+        blobs: &mut BlobCursor,
+    ) -> Result<PayloadDesc> {
+        let total = size.div_ceil(frame_size);
+        let count = reader.bounded(total, "frame run count")?;
+        if count == 0 && total != 0 {
+            return Err(reader.corrupt("a frames payload needs at least one run"));
+        }
+        let (mut runs, mut next, mut kept) = (Vec::new(), 0u64, 0u64);
+        for _ in 0..count {
+            let frames_at = reader.offset;
+            let frames = reader.bounded(total - next, "frames in the run")?;
+            if frames == 0 {
+                return Err(reader.corrupt_at(frames_at, "a frame run of no frames"));
+            }
+            let len = run_len(next, frames, size, frame_size);
+            let kind_at = reader.offset;
+            let patch = match reader.u8()? {
+                RUN_KEEP => {
+                    kept = kept.saturating_add(len);
+                    if kept > kept_max {
+                        return Err(reader.corrupt_at(
+                            frames_at,
+                            format!("kept frames exceed what the old archive can hold ({kept_max} bytes)"),
+                        ));
+                    }
+                    None
+                }
+                code => {
+                    let op = Op::from_byte(code)
+                        .filter(|op| matches!(op, Op::Delta | Op::ZstdRef | Op::Full))
+                        .ok_or_else(|| reader.corrupt_at(kind_at, format!("unknown frame run operation {code}")))?;
+                    let hash = reader.u64le()?;
+                    let (old_start, old_len) =
+                        if op == Op::Full { (0, 0) } else { (reader.varint()?, reader.varint()?) };
+                    if old_start.checked_add(old_len).is_none() {
+                        return Err(reader.corrupt("the run's base window overflows"));
+                    }
+                    let payload = PayloadDesc::read(reader, op, len, blobs)?;
+                    if len > payload.patch_bytes().saturating_mul(MAX_PAYLOAD_EXPANSION) {
+                        return Err(
+                            reader.corrupt_at(frames_at, "the run is larger than its payload bytes can decode to")
+                        );
+                    }
+                    Some(RunPatch { op, hash, old_start, old_len, payload })
+                }
+            };
+            next += frames;
+            runs.try_reserve(1).map_err(|_| reader.corrupt("too many frame runs to hold in memory"))?;
+            runs.push(FrameRun { frames, patch });
+        }
+        if next != total {
+            return Err(reader.corrupt(format!("the frame runs cover {next} of the entry's {total} frames")));
+        }
+        Ok(PayloadDesc::Frames(runs))
     }
 
     /// Reads the payload of an `op` record producing `size` bytes, assigning its blobs.
     fn read<R: Read>(reader: &mut ControlReader<R>, op: Op, size: u64, blobs: &mut BlobCursor) -> Result<PayloadDesc> {
         match op {
             Op::Copy => Ok(PayloadDesc::None),
+            // Frames payloads need the frame size: read by `read_frames`, never nested.
+            Op::Frames => Err(reader.corrupt("a frames payload where it cannot be")),
             Op::Delta => {
                 // A control produces at least one byte, except a final seek-only one.
                 let control_count = reader.bounded(size.saturating_add(1), "control count")?;
@@ -410,7 +545,9 @@ impl EntryRecord {
         reader.entry = None;
         let at = reader.offset;
         let byte = reader.u8()?;
-        let op = Op::from_byte(byte).ok_or_else(|| reader.corrupt_at(at, format!("unknown operation {byte}")))?;
+        let op = Op::from_byte(byte)
+            .filter(|&op| op != Op::Frames || state.minor >= FRAMES_MINOR)
+            .ok_or_else(|| reader.corrupt_at(at, format!("unknown operation {byte}")))?;
         let flags = reader.u8()?;
         if flags & !EF_KNOWN != 0 || (flags & EF_VERBATIM != 0 && op != Op::Copy) {
             return Err(reader.corrupt_at(at + 1, format!("invalid record flags {flags:#x}")));
@@ -462,7 +599,7 @@ impl EntryRecord {
             (0, 0)
         };
         state.content_used += size;
-        let base_hash = if matches!(op, Op::Delta | Op::ZstdRef) { Some(reader.u64le()?) } else { None };
+        let base_hash = if op.has_base_hash() { Some(reader.u64le()?) } else { None };
         let storage = if flags & EF_VERBATIM != 0 {
             Storage::Verbatim
         } else {
@@ -498,10 +635,23 @@ impl EntryRecord {
                 state.output_used, state.new_len
             )));
         }
-        let payload = PayloadDesc::read(reader, op, size, &mut state.blobs)?;
+        let (payload, kept) = if op == Op::Frames {
+            if state.frame_size_log2 == 0 {
+                return Err(reader.corrupt("a frames record without a frame size"));
+            }
+            let kept_max = state.old_len.saturating_mul(1 << 16);
+            let payload =
+                PayloadDesc::read_frames(reader, size, 1u64 << state.frame_size_log2, kept_max, &mut state.blobs)?;
+            let kept = size - runs_patched(&payload, size, 1u64 << state.frame_size_log2);
+            (payload, kept)
+        } else {
+            (PayloadDesc::read(reader, op, size, &mut state.blobs)?, 0)
+        };
         // The applier sizes per-frame state from `size` before decoding anything, so `size` is held
-        // to what this record's own blob bytes can decode to, not just to the declared output.
-        let most = payload.patch_bytes().saturating_mul(MAX_PAYLOAD_EXPANSION);
+        // to what this record's own blob bytes can decode to, not just to the declared output. Kept
+        // frames come from the base: the applier checks them against the base's real size before
+        // anything is sized from them.
+        let most = payload.patch_bytes().saturating_mul(MAX_PAYLOAD_EXPANSION).saturating_add(kept);
         if size > most {
             return Err(reader.corrupt_at(
                 size_at,
@@ -514,6 +664,20 @@ impl EntryRecord {
         state.records_read += 1;
         Ok(EntryRecord { at, op, old_index, path, mode, mtime, size, hash, base_hash, storage, payload })
     }
+}
+
+/// Bytes of an entry of `size` bytes that a frames payload's rebuilt runs produce (0 for other payloads).
+fn runs_patched(payload: &PayloadDesc, size: u64, frame_size: u64) -> u64 {
+    let PayloadDesc::Frames(runs) = payload else { return 0 };
+    let mut first = 0;
+    let mut patched = 0;
+    for run in runs {
+        if run.patch.is_some() {
+            patched += run_len(first, run.frames, size, frame_size);
+        }
+        first += run.frames;
+    }
+    patched
 }
 
 /// What the records read so far have used up, for checking the next one.
@@ -532,6 +696,12 @@ pub(crate) struct RecordState {
     pub(crate) blobs: BlobCursor,
     /// Records read before the current one (bounds a same-as distance).
     pub(crate) records_read: u64,
+    /// The header's minor version: operations it does not know are errors.
+    pub(crate) minor: u16,
+    /// The old archive's declared length: bounds the bytes frame runs keep.
+    pub(crate) old_len: u64,
+    /// log2 of the new archive's frame size (from the preamble; 0 before it is known).
+    pub(crate) frame_size_log2: u8,
     paths: HashSet<String>,
     /// Bases used under their own path (records without PATH).
     implicit: HashSet<u32>,
@@ -549,6 +719,9 @@ impl RecordState {
             content_used: 0,
             blobs: BlobCursor { cursor: blobs_start, end: blobs_start + header.blobs_len },
             records_read: 0,
+            minor: header.version_minor,
+            old_len: header.old_len,
+            frame_size_log2: 0,
             paths: HashSet::new(),
             implicit: HashSet::new(),
         }
@@ -803,7 +976,7 @@ impl PlainRecord {
         let at = reader.offset;
         let byte = reader.u8()?;
         let op = Op::from_byte(byte)
-            .filter(|&op| op != Op::Copy)
+            .filter(|&op| op != Op::Copy && op != Op::Frames)
             .ok_or_else(|| reader.corrupt_at(at, format!("unknown operation {byte}")))?;
         let mut state = RecordState::new(header, 0);
         let payload = PayloadDesc::read(reader, op, header.new_len, &mut state.blobs)?;
@@ -1050,7 +1223,7 @@ mod tests {
             mtime: Some((-5, 7)),
             size: if op == Op::Copy { 0 } else { 100 },
             hash: if op == Op::Copy { 0 } else { 42 },
-            base_hash: matches!(op, Op::Delta | Op::ZstdRef).then_some(43),
+            base_hash: op.has_base_hash().then_some(43),
             storage: if op == Op::Copy { Storage::Verbatim } else { Storage::Bitmap(vec![1]) },
             payload,
         }
@@ -1072,14 +1245,38 @@ mod tests {
             record(Op::Delta, Some(0), Some("a/b.txt"), PayloadDesc::Delta(delta)),
             record(Op::ZstdRef, Some(1), None, PayloadDesc::Blocks(vec![block(50)])),
             record(Op::Full, None, Some("new.bin"), PayloadDesc::Blocks(vec![BlockDesc { old_start: 0, ..block(0) }])),
+            // 2.3: 10000 bytes in frames of 4096: frame 0 kept, frame 1 rebuilt, frame 2 (1808 bytes) kept.
+            EntryRecord {
+                size: 10_000,
+                ..record(
+                    Op::Frames,
+                    Some(2),
+                    Some("frames.bin"),
+                    PayloadDesc::Frames(vec![
+                        FrameRun { frames: 1, patch: None },
+                        FrameRun {
+                            frames: 1,
+                            patch: Some(RunPatch {
+                                op: Op::ZstdRef,
+                                hash: 7,
+                                old_start: 4000,
+                                old_len: 300,
+                                payload: PayloadDesc::Blocks(vec![BlockDesc { new_len: 4096, ..block(300) }]),
+                            }),
+                        },
+                        FrameRun { frames: 1, patch: None },
+                    ]),
+                )
+            },
         ];
         let mut control = Vec::new();
         let mut previous = -1;
         for r in &records {
             r.write(&mut control, &mut previous);
         }
-        let header = archive_header(1 << 20, 0, 60 + 12 + 12);
+        let header = archive_header(1 << 20, 0, 60 + 12 + 12 + 12);
         let mut state = RecordState::new(&header, 3);
+        state.frame_size_log2 = 12;
         let mut reader = ControlReader::new(&control[..], Path::new("p"));
         let mut blob_at = PATCH_HEADER_LEN;
         for expected in &records {
@@ -1089,6 +1286,10 @@ mod tests {
             match &mut expected.payload {
                 PayloadDesc::Delta(d) => d.blob_at = blob_at,
                 PayloadDesc::Blocks(blocks) => blocks[0].blob_at = blob_at,
+                PayloadDesc::Frames(runs) => match &mut runs[1].patch.as_mut().unwrap().payload {
+                    PayloadDesc::Blocks(blocks) => blocks[0].blob_at = blob_at,
+                    _ => unreachable!(),
+                },
                 PayloadDesc::None => {}
             }
             blob_at += expected.payload.patch_bytes();

@@ -293,11 +293,91 @@ impl Editor {
         self.check_conflicts(path)?;
         self.start_writes()?;
         let mut content = content.take(size);
-        let (mut record, run) = if size <= SOLID_LIMIT || options.compression == writer::Compression::Solid {
+        let (record, run) = if size <= SOLID_LIMIT || options.compression == writer::Compression::Solid {
             self.put_small_or_solid(path, options, &mut content, size)?
         } else {
             self.put_frames(path, options, &mut content, size)?
         };
+        self.plan_new(path, options, record, run);
+        Ok(())
+    }
+
+    /// Whether [`put_keeping_frames`](Self::put_keeping_frames) can keep, for new content of `size`
+    /// bytes, the committed entry at `path`'s frame `k` for every `k` with `keep[k]`: the entry's
+    /// frames are its own (or it is raw) and frame `k` has the new frame's length.
+    pub fn can_keep_frames(&mut self, path: &str, size: u64, keep: &[bool]) -> bool {
+        let frame_size = self.options.frame_size() as u64;
+        let reusable = self.reusable_frames(path);
+        keep.len() as u64 == size.div_ceil(frame_size)
+            && keep.iter().enumerate().filter(|(_, &kept)| kept).all(|(k, _)| {
+                let len = (size - k as u64 * frame_size).min(frame_size);
+                reusable.get(k).is_some_and(|(frame, _)| u64::from(frame.len) == len)
+            })
+    }
+
+    /// Adds or replaces `path` with `size` bytes whose frame `k` is, for every `k` with `keep[k]`,
+    /// the committed entry's frame `k`, left where it is without being read or decoded; `changed`
+    /// yields the content of the other frames, in order, which are compressed as
+    /// [`put`](Self::put) would. The editor never sees the kept bytes, so `content_hash` (the xxh3
+    /// of the whole new content, recorded in the index) is the caller's to vouch for. Fails with
+    /// [`Error::InvalidOption`] when [`can_keep_frames`](Self::can_keep_frames) is false.
+    pub fn put_keeping_frames(
+        &mut self,
+        path: &str,
+        options: &EntryOptions,
+        size: u64,
+        content_hash: u64,
+        keep: &[bool],
+        changed: &mut dyn Read,
+    ) -> Result<()> {
+        validate_path(path)?;
+        check_entry_options(options)?;
+        self.check_conflicts(path)?;
+        if options.compression == writer::Compression::Solid || !self.can_keep_frames(path, size, keep) {
+            return Err(Error::InvalidOption(format!("'{path}': the frames asked for cannot be kept")));
+        }
+        self.start_writes()?;
+        let plan = FramePlan::new(path, options, &self.options);
+        let reusable = self.reusable_frames(path);
+        let frame_size = self.options.frame_size();
+        let batch = batch_frames(frame_size);
+        let mut frames: Vec<FrameRecord> = Vec::with_capacity(keep.len());
+        let mut k = 0usize;
+        while k < keep.len() {
+            if keep[k] {
+                self.report.frames_reused += 1;
+                frames.push(reusable[k].0);
+                k += 1;
+                continue;
+            }
+            // The next changed frames (up to a batch), compressed on every core.
+            let mut chunks = Vec::new();
+            while k < keep.len() && !keep[k] && chunks.len() < batch {
+                let len = (size - k as u64 * frame_size as u64).min(frame_size as u64) as usize;
+                let mut chunk = vec![0u8; len];
+                let filled = read_full(changed, &mut chunk).map_err(|e| Error::io(path, e))?;
+                check_length(path, filled as u64, len as u64)?;
+                chunks.push(chunk);
+                k += 1;
+            }
+            let encoded: Vec<StoredFrame> = chunks
+                .par_iter()
+                .map(|chunk| plan.encode(chunk, None))
+                .collect::<io::Result<_>>()
+                .map_err(|e| Error::io(path, e))?;
+            for (frame, chunk) in encoded.iter().zip(&chunks) {
+                let bytes = frame.bytes(chunk);
+                let offset = self.place(bytes, frames.is_empty())?;
+                frames.push(FrameRecord { offset, stored_len: bytes.len() as u32, len: chunk.len() as u32 });
+            }
+        }
+        let (record, run) = self.frames_record(frames, size, content_hash);
+        self.plan_new(path, options, record, run);
+        Ok(())
+    }
+
+    /// Records a new entry's metadata and plans it (replacing the entry at `path`, keeping its rank).
+    fn plan_new(&mut self, path: &str, options: &EntryOptions, mut record: EntryRecord, run: Run) {
         let mtime = options.mtime.unwrap_or_default();
         record.mode = options.mode;
         record.mtime_secs = mtime.secs;
@@ -312,7 +392,6 @@ impl Editor {
         };
         self.entries.insert(path.to_owned(), Planned { rank, data: Data::New(record, run) });
         self.changed = true;
-        Ok(())
     }
 
     /// Rewrites the committed version with [`compact`] over the archive's own path while this editor
@@ -591,7 +670,11 @@ impl Editor {
             }
         }
         check_length(path, read, size)?;
-        let content_hash = hasher.digest();
+        Ok(self.frames_record(frames, size, hasher.digest()))
+    }
+
+    /// The record of an entry stored in `frames` (raw extent when they are all raw and back to back).
+    fn frames_record(&self, frames: Vec<FrameRecord>, size: u64, content_hash: u64) -> (EntryRecord, Run) {
         let all_raw = frames.iter().all(|f| f.stored_len == f.len);
         let contiguous = frames.windows(2).all(|w| w[0].offset + u64::from(w[0].stored_len) == w[1].offset);
         if frames.is_empty() || (all_raw && contiguous) {
@@ -599,7 +682,7 @@ impl Editor {
             let offset = frames.first().map_or(0, |f| f.offset);
             let record =
                 EntryRecord { compression: COMPRESSION_NONE, offset, size, content_hash, ..Default::default() };
-            return Ok((record, Run::None));
+            return (record, Run::None);
         }
         let record = EntryRecord {
             compression: COMPRESSION_ZSTD,
@@ -609,7 +692,7 @@ impl Editor {
             content_hash,
             ..EntryRecord::default()
         };
-        Ok((record, Run::Own(frames)))
+        (record, Run::Own(frames))
     }
 
     /// The committed entry at `path`'s frames by position (a raw extent seen as raw frames), with

@@ -170,6 +170,10 @@ pub struct StoredLayout<'a> {
     pub frame_ends: &'a [u64],
 }
 
+/// For [`ArchiveWriter::add_reader_with_frames_copying`]: the stored bytes to write for frame `k`
+/// (whose content is the chunk given), or `None` to compress it.
+pub type FrameCopy<'a> = dyn Fn(usize, &[u8]) -> Option<Vec<u8>> + Sync + 'a;
+
 /// One frame as it will be written.
 pub(crate) enum StoredFrame {
     /// The chunk itself.
@@ -839,9 +843,23 @@ impl<W: Write> ArchiveWriter<W> {
     pub fn add_reader_with_frames(
         &mut self,
         path: &str,
+        reader: impl Read,
+        options: EntryOptions,
+        compressed: &[bool],
+    ) -> Result<()> {
+        self.add_reader_with_frames_copying(path, reader, options, compressed, &|_, _| None)
+    }
+
+    /// As [`add_reader_with_frames`](Self::add_reader_with_frames), storing for a compressed frame
+    /// `k` the bytes `copy(k, chunk)` returns instead of compressing `chunk` (a patch applier copies
+    /// an old archive's frame that it checked decodes to `chunk`).
+    pub fn add_reader_with_frames_copying(
+        &mut self,
+        path: &str,
         mut reader: impl Read,
         options: EntryOptions,
         compressed: &[bool],
+        copy: &FrameCopy<'_>,
     ) -> Result<()> {
         self.claim_entry(path, &options)?;
         if compressed.is_empty() {
@@ -874,9 +892,13 @@ impl<W: Write> ArchiveWriter<W> {
             let frames: Vec<StoredFrame> = block
                 .par_chunks(frame_size)
                 .zip(flags.par_iter())
-                .map(|(chunk, &compress)| {
+                .enumerate()
+                .map(|(i, (chunk, &compress))| {
                     if !compress {
                         return Ok(StoredFrame::Raw);
+                    }
+                    if let Some(bytes) = copy(frame_index + i, chunk) {
+                        return Ok(StoredFrame::Reused(bytes));
                     }
                     let bytes = compress_frame(chunk, level)?;
                     Ok(if policy::compression_is_shorter(chunk.len(), bytes.len()) {

@@ -552,3 +552,49 @@ fn random_edit_sequences_keep_the_content_and_every_reader_of_the_last_two_versi
     assert!(holes_reused > 0, "the sequence exercised hole reuse");
     assert_eq!(archive.space().dead + archive.space().stored, archive.space().data_area);
 }
+
+#[test]
+fn kept_frames_are_recorded_without_being_read_and_only_when_they_fit() {
+    for (name, data) in [("big/model.bin", text(3, 20_000)), ("big/noise.dat", noise(100_000, 4))] {
+        let (_dir, path, mut files) = setup(SMALL_FRAMES);
+        let frames = data.len().div_ceil(4096);
+        let mut edited = data.clone();
+        edited[4096 * 5 + 7] ^= 1;
+        let mut keep = vec![true; frames];
+        keep[5] = false;
+        let mut editor = Editor::open(&path).unwrap();
+        // Only frame 5's bytes are handed over; the caller vouches for the whole content's hash.
+        let mut changed = &edited[4096 * 5..4096 * 6];
+        let hash = xxhash_rust::xxh3::xxh3_64(&edited);
+        let size = edited.len() as u64;
+        editor.put_keeping_frames(name, &EntryOptions::default(), size, hash, &keep, &mut changed).unwrap();
+        let report = editor.commit().unwrap();
+        assert_eq!(report.frames_reused, frames as u64 - 1, "{name}");
+        files.insert(name.into(), edited);
+        assert_eq!(content(&path), files, "{name}");
+    }
+
+    let (_dir, path, _) = setup(SMALL_FRAMES);
+    let mut editor = Editor::open(&path).unwrap();
+    let frames = 600_000usize.div_ceil(4096);
+    let size = Archive::open(&path).unwrap().get("big/model.bin").unwrap().size();
+    let model_frames = size.div_ceil(4096) as usize;
+    // Wrong frame count, a kept frame the old entry lacks, an entry with no frames of its own.
+    assert!(!editor.can_keep_frames("big/model.bin", size, &vec![true; model_frames + 1]));
+    assert!(!editor.can_keep_frames("big/model.bin", size + 4096, &vec![true; model_frames + 1]));
+    let readme = Archive::open(&path).unwrap().get("docs/readme.txt").unwrap().size();
+    let readme_keep = vec![true; readme.div_ceil(4096) as usize];
+    assert!(!editor.can_keep_frames("docs/readme.txt", readme, &readme_keep), "in the solid stream");
+    assert!(!editor.can_keep_frames("no/such", 4096 * frames as u64, &vec![true; frames]));
+    let err = editor
+        .put_keeping_frames("docs/readme.txt", &EntryOptions::default(), readme, 0, &readme_keep, &mut &[][..])
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidOption(_)), "{err}");
+    // The changed frames' bytes ending early is an error, as for put.
+    let mut keep = vec![true; model_frames];
+    keep[0] = false;
+    let err = editor
+        .put_keeping_frames("big/model.bin", &EntryOptions::default(), size, 0, &keep, &mut &b"short"[..])
+        .unwrap_err();
+    assert!(err.to_string().contains("ends after 5"), "{err}");
+}
