@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use mf_release::hash::{sha256_file, sha256_hex};
 use mf_release::lazy::{BlockTable, LazyArchive, LazyOptions};
 use mf_release::repo::{self, AddOptions, Signing, DEFAULT_EXPIRY};
-use mf_release::{Error, Manifest, SecretKey};
+use mf_release::{Error, Manifest, ObjectRef, SecretKey};
 use mf_test_support::faults::{Fault, FaultProxy};
 use mf_test_support::nginx::{Nginx, Request};
 use mf_test_support::{noise, write_mf};
@@ -63,6 +63,36 @@ fn publish_with(count: u64, size: usize) -> Published {
     repo::add(&repo, "1", &path, &add_options(&key), &|_| {}).unwrap();
     let archive = std::fs::read(&path).unwrap();
     Published { dir, key, repo, archive }
+}
+
+/// Version 1's block table as published.
+fn published_table(published: &Published) -> BlockTable {
+    let (manifest, _) = repo::load(&published.repo).unwrap();
+    let object = manifest.versions[0].blocks.clone().unwrap();
+    BlockTable::parse(&std::fs::read(published.repo.join(&object.path)).unwrap(), "t").unwrap()
+}
+
+/// Replaces version 1's block table with `bytes` and signs the manifest again, as a publisher who
+/// built that table would: the client gets it bound to a signed manifest, so only its own checks
+/// of the table's content stand between it and the bytes.
+fn republish_table(published: &Published, bytes: &[u8]) {
+    let manifest_path = published.repo.join("manifest.json");
+    let (mut manifest, _) =
+        Manifest::load_for_publish(&std::fs::read(&manifest_path).unwrap(), None, "manifest").unwrap();
+    let sha256 = sha256_hex(bytes);
+    let path = format!("blocks/{sha256}.bin");
+    std::fs::write(published.repo.join(&path), bytes).unwrap();
+    manifest.versions[0].blocks = Some(ObjectRef { path, size: bytes.len() as u64, sha256 });
+    manifest.manifest_version += 1;
+    std::fs::write(&manifest_path, manifest.to_signed_json(Some(&published.key))).unwrap();
+}
+
+/// Every request nginx logged once it holds at least `count` (at most 10 s later), and after a
+/// further 200 ms for any that should not be there.
+fn all_logged(server: &Nginx, count: usize) -> Vec<Request> {
+    wait_until("nginx's log", Duration::from_secs(10), || server.requests().len() >= count);
+    std::thread::sleep(Duration::from_millis(200));
+    server.requests()
 }
 
 fn add_options(key: &SecretKey) -> AddOptions<'_> {
@@ -132,20 +162,22 @@ fn open_fetches_only_the_open_ranges_and_ensure_only_the_blocks_asked_for() {
     let table = lazy.table().clone();
     assert_eq!(table.block_size as u64, BLOCK);
 
-    // Opening read the manifest, the block table, and exactly the blocks of the open ranges.
-    let ranges = logged(&server, 2);
-    let requests = server.requests();
-    assert_eq!(requests[0].uri, "/manifest.json");
-    assert!(requests.iter().any(|r| r.uri.starts_with("/blocks/") && r.status == 200));
+    // Opening read the manifest and the block table, nothing else: the table embeds the blocks of
+    // the open ranges, which are in the cache, verified, and list the archive.
+    let requests = all_logged(&server, 2);
+    let uris: Vec<&str> = requests.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(uris.len(), 2, "{uris:?}");
+    assert_eq!(uris[0], "/manifest.json");
+    assert!(uris[1].starts_with("/blocks/") && requests[1].status == 200, "{uris:?}");
+    assert_eq!(lazy.progress().requests, 0);
+    assert_eq!(lazy.open_archive().unwrap().len(), 96);
     let size = published.archive.len() as u64;
-    let head = (0, BLOCK - 1);
     let (index_offset, _) = lazy.open_archive().unwrap().index_extent();
-    let tail = (index_offset / BLOCK * BLOCK, size - 1);
-    let mut sorted = ranges.clone();
-    sorted.sort();
-    assert_eq!(sorted, vec![head, tail], "one request per open range, whole blocks");
+    let tail = index_offset / BLOCK * BLOCK;
     let fetched_at_open = lazy.progress().present;
-    assert_eq!(fetched_at_open, BLOCK + (size - tail.0));
+    assert_eq!(fetched_at_open, BLOCK + (size - tail));
+    assert!(lazy.is_present(0, BLOCK) && lazy.is_present(tail, size - tail));
+    assert!(table.embedded.is_empty(), "the mount keeps no copy of the embedded blocks");
 
     // One entry in the middle: one coalesced request for exactly its blocks.
     let name = "data/20.bin";
@@ -154,16 +186,16 @@ fn open_fetches_only_the_open_ranges_and_ensure_only_the_blocks_asked_for() {
     let entry = archive.get(name).unwrap();
     let blocks = table.blocks_of(entry.offset(), entry.stored_size());
     assert!(blocks.end - blocks.start >= 2, "the entry spans several blocks");
-    let ranges = logged_since(&server, &lazy, 2);
+    let ranges = logged_since(&server, &lazy, 0);
     assert_eq!(ranges, vec![(blocks.start * BLOCK, blocks.end * BLOCK - 1)], "neighbours coalesced into one request");
     assert_eq!(lazy.progress().present, fetched_at_open + (blocks.end - blocks.start) * BLOCK);
     assert!(lazy.is_present(entry.offset(), entry.stored_size()));
 
     // Present blocks are not fetched again; a large range is split into requests of at most 4 MiB.
     lazy.ensure(entry.offset(), entry.stored_size()).unwrap();
-    assert_eq!(lazy.progress().requests, 3);
+    assert_eq!(lazy.progress().requests, 1);
     lazy.ensure(0, size).unwrap();
-    let ranges = logged_since(&server, &lazy, 3);
+    let ranges = logged_since(&server, &lazy, 1);
     assert!(ranges.len() >= 3, "{ranges:?}");
     assert_eq!(ranges.iter().map(|(a, b)| b - a + 1).max(), Some(4 << 20), "{ranges:?}");
     for &(a, b) in &ranges {
@@ -381,9 +413,8 @@ fn a_tampered_cache_is_hashed_again_and_refetched() {
     wait_until("completion", Duration::from_secs(60), || lazy.progress().complete);
     let ranges = logged(&server, base as u64 + lazy.progress().requests)[base..].to_vec();
     let fetched: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
-    let tail_block = (size - 1) / BLOCK;
-    let tail_len = size - tail_block * BLOCK;
-    assert_eq!(fetched, 2 * BLOCK + tail_len, "the two zeroed blocks and the damaged last block: {ranges:?}");
+    // The damaged last block is one the table embeds: rewritten from it, not fetched.
+    assert_eq!(fetched, 2 * BLOCK, "the two zeroed blocks: {ranges:?}");
     assert_eq!(std::fs::read(lazy.cache_path()).unwrap(), published.archive);
     let base = base + ranges.len();
     drop(lazy);
@@ -408,7 +439,8 @@ fn a_tampered_cache_is_hashed_again_and_refetched() {
     assert_eq!(std::fs::read(lazy.cache_path()).unwrap(), published.archive);
     let ranges = logged(&server, base as u64 + lazy.progress().requests)[base..].to_vec();
     let fetched: u64 = ranges.iter().map(|(a, b)| b - a + 1).sum();
-    assert_eq!(fetched, size, "every claimed block was refetched once");
+    let embedded = published_table(&published).embedded.len() as u64;
+    assert_eq!(fetched, size - embedded, "every claimed block but the embedded ones was refetched once");
 }
 
 #[test]
@@ -588,18 +620,22 @@ fn requests_reuse_connections() {
     for i in 0..10 {
         assert_eq!(read_entry(&lazy, &format!("data/{:02}.bin", i * 4)).unwrap(), noise(128 << 10, i * 4));
     }
-    assert_eq!(lazy.progress().requests, 12);
+    assert_eq!(lazy.progress().requests, 10);
     drop(lazy);
     // nginx logs (at level info) each connection's close, with its number: `*N client ... closed`.
     wait_until("the connections to close", Duration::from_secs(10), || server.error_log().contains("closed"));
     std::thread::sleep(Duration::from_millis(200));
     let log = server.error_log();
-    let mut connections: Vec<&str> =
-        log.lines().filter_map(|line| line.split_whitespace().find(|word| word.starts_with('*'))).collect();
+    // A connection closed "while waiting for request" never sent one (the harness's readiness probe).
+    let mut connections: Vec<&str> = log
+        .lines()
+        .filter(|line| !line.contains("while waiting for request"))
+        .filter_map(|line| line.split_whitespace().find(|word| word.starts_with('*')))
+        .collect();
     connections.sort();
     connections.dedup();
-    // 14 requests (manifest, table, 12 ranges): the two open ranges in parallel, the rest kept alive.
-    assert!(!connections.is_empty() && connections.len() <= 2, "{log}");
+    // 12 requests (manifest, table, 10 ranges), one after the other: one kept-alive connection.
+    assert_eq!(connections.len(), 1, "{log}");
 }
 
 #[test]
@@ -623,4 +659,79 @@ fn readers_waiting_for_a_failed_fetch_fail_with_it_instead_of_each_retrying() {
     // One fetch's attempts (2 of 1 s), not six of them one after the other.
     assert!(start.elapsed() < Duration::from_secs(7), "{:?}", start.elapsed());
     assert!(lazy.progress().requests <= 2 + 2 * 2, "{:?}", lazy.progress());
+}
+
+#[test]
+fn a_table_without_embedded_blocks_opens_with_range_requests_for_the_open_ranges() {
+    // As a publisher leaves a table whose open ranges' blocks exceed 16 MiB (a big index).
+    let published = publish_with(96, 128 << 10);
+    let mut table = published_table(&published);
+    table.embedded.clear();
+    republish_table(&published, &table.to_bytes());
+    let server = Nginx::serve(&published.repo);
+    let lazy = published.open(&server.url(), published.options()).unwrap();
+    let size = published.archive.len() as u64;
+    let (index_offset, _) = lazy.open_archive().unwrap().index_extent();
+    let mut ranges = logged(&server, 2);
+    ranges.sort();
+    assert_eq!(ranges, vec![(0, BLOCK - 1), (index_offset / BLOCK * BLOCK, size - 1)], "one request per open range");
+    assert_eq!(lazy.progress().requests, 2);
+    for i in [0, 50, 95] {
+        assert_eq!(read_entry(&lazy, &format!("data/{i:02}.bin")).unwrap(), noise(128 << 10, i));
+    }
+}
+
+#[test]
+fn a_tampered_embedded_block_is_never_served_but_fetched_from_the_archive() {
+    let published = publish();
+    let table = published_table(&published);
+    let size = published.archive.len() as u64;
+    let last = table.block_count() - 1;
+    let last_start = last * BLOCK;
+    // The last block (footer) changed inside the table: the table still matches the signed manifest.
+    let mut bad = table.clone();
+    let at = bad.embedded.len() - 1;
+    bad.embedded[at] ^= 1;
+    republish_table(&published, &bad.to_bytes());
+    let server = Nginx::serve(&published.repo);
+    let lazy = published.open(&server.url(), published.options()).unwrap();
+    assert_eq!(logged(&server, 1), vec![(last_start, size - 1)], "only the bad block is fetched");
+    let cached = std::fs::read(lazy.cache_path()).unwrap();
+    assert_eq!(cached[last_start as usize..], published.archive[last_start as usize..]);
+    assert_eq!(cached[..BLOCK as usize], published.archive[..BLOCK as usize], "the good embedded block is used");
+    assert_eq!(read_entry(&lazy, "data/05.bin").unwrap(), noise(128 << 10, 5));
+    drop(lazy);
+
+    // Bad in the table and bad from the server: the open fails, naming the block; nothing is served.
+    std::fs::remove_dir_all(published.cache()).unwrap();
+    let (proxy, armed) = faulty(&server, |_| Fault::Corrupt { at: 3 });
+    armed.store(true, Ordering::SeqCst);
+    match published.open(&proxy.url(), published.options()) {
+        Err(Error::BlockHash { block, offset, .. }) => assert_eq!((block, offset), (last, last_start)),
+        other => panic!("expected a BlockHash error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn a_table_whose_embedded_length_is_wrong_is_refused_before_any_range_request() {
+    let published = publish();
+    let table = published_table(&published);
+    let good = table.to_bytes();
+    let embedded_at = good.len() - table.embedded.len();
+    // One block too few (the field and the bytes agree with each other, not with the open ranges).
+    let short = (table.embedded.len() as u64) - BLOCK;
+    let mut bytes = good[..embedded_at + short as usize].to_vec();
+    bytes[56..64].copy_from_slice(&short.to_le_bytes());
+    republish_table(&published, &bytes);
+    let server = Nginx::serve(&published.repo);
+    match published.open(&server.url(), published.options()) {
+        Err(e @ Error::BadBlockTable { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("/blocks/") && message.contains(&format!("{short} embedded bytes")), "{message}")
+        }
+        other => panic!("expected a BadBlockTable error, got {:?}", other.map(|_| ())),
+    }
+    let requests = all_logged(&server, 2);
+    assert_eq!(requests.len(), 2, "the manifest and the table only: {requests:?}");
+    assert!(archive_ranges(&requests).is_empty());
 }

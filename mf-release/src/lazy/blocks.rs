@@ -170,6 +170,26 @@ impl LazyArchive {
         }
     }
 
+    /// Writes the block table's embedded blocks (`embedded`, taken out of the table) into the cache
+    /// file, each only after it matched its digest, exactly as if fetched. One that does not match is
+    /// not written and stays missing, so the open ranges' fetch gets it from the archive (checked
+    /// there like any fetched block): embedded bytes never reach a reader unchecked, and a bad one
+    /// costs a request, not the mount.
+    pub(super) fn write_embedded(&self, embedded: &[u8]) -> Result<()> {
+        for (block, bytes) in self.table.split_embedded(embedded) {
+            let (taken, _) = self.take(block..block + 1);
+            let taken_any = !taken.claimed.is_empty() || !taken.missing.is_empty();
+            let written = if taken_any && self.table.block_matches(block, bytes) {
+                self.write_block(block, bytes)
+            } else {
+                Ok(())
+            };
+            self.release(&taken);
+            written?;
+        }
+        Ok(())
+    }
+
     /// Marks the claimed and missing blocks of `blocks` busy for this call; also says whether some
     /// were busy with another thread.
     fn take(&self, blocks: Range<u64>) -> (Taken, bool) {

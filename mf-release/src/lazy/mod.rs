@@ -147,8 +147,9 @@ pub struct LazyArchive {
 impl LazyArchive {
     /// Verifies the manifest of `repo` (an `http(s)://` URL, `file://` URL or directory) signed by
     /// `key` (as `mf update` does: signature, expiry, no rollback against the cache's record), takes
-    /// the cache's lock for the version, fetches the version's block hash table, then the table's
-    /// open ranges in parallel into the sparse cache file (created at full size), and returns once
+    /// the cache's lock for the version, fetches the version's block hash table, writes the blocks it
+    /// embeds into the sparse cache file (created at full size), fetches in parallel whatever of the
+    /// table's open ranges is still missing (all of them when the table embeds none), and returns once
     /// [`LazyArchive::open_archive`] succeeds. A cache left by an earlier run is resumed: the blocks
     /// it records are hashed again before use, the others fetched.
     pub fn open(repo: &str, key: Option<&PublicKey>, options: LazyOptions) -> Result<Arc<LazyArchive>> {
@@ -176,7 +177,9 @@ impl LazyArchive {
             .blocks
             .as_ref()
             .ok_or_else(|| Error::NoBlockTable { repo: repo.to_owned(), version: version.version.clone() })?;
-        let table = fetch_table(&fetcher, blocks_ref, &version.full)?;
+        let mut table = fetch_table(&fetcher, blocks_ref, &version.full)?;
+        // Written into the cache below, then dropped: the table the mount keeps holds digests only.
+        let embedded = std::mem::take(&mut table.embedded);
         let full = version.full.clone();
         let lock = cache::lock(&cache, &full.sha256)?;
         // Left by a killed run: temp files of record writes nobody holds any more (a running mount's
@@ -206,6 +209,10 @@ impl LazyArchive {
             options,
             _lock: lock,
         });
+        if !opened.is_complete_name {
+            lazy.write_embedded(&embedded)?;
+        }
+        drop(embedded);
         lazy.fetch_open_ranges()?;
         lazy.open_archive()?;
         Ok(lazy)

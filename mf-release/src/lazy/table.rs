@@ -28,8 +28,11 @@ pub const MAX_OPEN_RANGES: usize = 4;
 /// Clients refuse a table larger than this before fetching it (2 Mi blocks: 128 GiB of archive at
 /// 64 KiB blocks).
 pub const MAX_BLOCK_TABLE_SIZE: u64 = 64 << 20;
-/// Bytes before the open ranges: magic, block size, archive size, archive SHA-256, range count.
-const FIXED_LEN: u64 = 8 + 4 + 8 + 32 + 4;
+/// Publishers embed the open ranges' blocks only when they total at most this many bytes.
+pub const MAX_EMBEDDED: u64 = 16 << 20;
+/// Bytes before the open ranges: magic, block size, archive size, archive SHA-256, range count,
+/// embedded length.
+const FIXED_LEN: u64 = 8 + 4 + 8 + 32 + 4 + 8;
 /// Bytes of one open range.
 const RANGE_LEN: u64 = 16;
 /// Bytes of one block digest.
@@ -75,16 +78,26 @@ pub struct BlockTable {
     #[br(temp, assert(range_count as usize <= MAX_OPEN_RANGES, "{} open ranges, at most 4 are allowed", range_count))]
     #[bw(calc = open_ranges.len() as u32)]
     range_count: u32,
+    /// Bytes of [`BlockTable::embedded`]: 0, or exactly [`embedded_len_of`] the open ranges.
+    #[br(temp)]
+    #[bw(calc = embedded.len() as u64)]
+    embedded_len: u64,
     /// The ranges of the archive a reader opening it reads (header and commit slots; index and
     /// footer), each non-empty and inside the file; fetched first by a mount.
     #[br(count = range_count)]
     #[br(assert(open_ranges.iter().all(|r| r.len > 0 && r.end().is_some_and(|end| end <= archive_size)), "an open range lies outside the {}-byte archive", archive_size))]
-    #[br(assert(table_len_of(archive_size, block_size, open_ranges.len()) == Some(table_len), "{}", length_mismatch(table_len, archive_size, block_size, open_ranges.len())))]
+    #[br(assert(embedded_len == 0 || embedded_len == embedded_len_of(&open_ranges, block_size, archive_size), "{}", embedded_mismatch(embedded_len, &open_ranges, block_size, archive_size)))]
+    #[br(assert(table_len_of(archive_size, block_size, open_ranges.len(), embedded_len) == Some(table_len), "{}", length_mismatch(table_len, archive_size, block_size, open_ranges.len(), embedded_len)))]
     pub open_ranges: Vec<ByteRange>,
     /// SHA-256 of each block of the archive file in order, `ceil(archive_size / block_size)` of them;
     /// the last block is short when the size is not a multiple of the block size.
     #[br(count = archive_size.div_ceil(u64::from(block_size)))]
     pub digests: Vec<[u8; 32]>,
+    /// Either nothing, or the bytes of every block that covers an open range ([`BlockTable::embedded_blocks`]):
+    /// block-aligned, overlapping and adjacent runs merged, in file order. A mount writes them into its
+    /// cache (each checked against its digest) and opens the archive without a range request.
+    #[br(count = embedded_len)]
+    pub embedded: Vec<u8>,
 }
 
 fn valid_block_size(size: u32) -> bool {
@@ -92,19 +105,61 @@ fn valid_block_size(size: u32) -> bool {
 }
 
 /// The exact length of a table for these parameters (`None` when it cannot be represented).
-fn table_len_of(archive_size: u64, block_size: u32, ranges: usize) -> Option<u64> {
+fn table_len_of(archive_size: u64, block_size: u32, ranges: usize, embedded_len: u64) -> Option<u64> {
     let blocks = archive_size.div_ceil(u64::from(block_size.max(1)));
-    FIXED_LEN.checked_add(RANGE_LEN * ranges as u64)?.checked_add(blocks.checked_mul(DIGEST_LEN)?)
+    FIXED_LEN
+        .checked_add(RANGE_LEN * ranges as u64)?
+        .checked_add(blocks.checked_mul(DIGEST_LEN)?)?
+        .checked_add(embedded_len)
 }
 
 /// Why a table of `table_len` bytes cannot hold what its header declares.
-fn length_mismatch(table_len: u64, archive_size: u64, block_size: u32, ranges: usize) -> String {
-    let needs = match table_len_of(archive_size, block_size, ranges) {
+fn length_mismatch(table_len: u64, archive_size: u64, block_size: u32, ranges: usize, embedded_len: u64) -> String {
+    let needs = match table_len_of(archive_size, block_size, ranges, embedded_len) {
         Some(len) => format!("{len} bytes"),
         None => "more than 2^64 bytes".into(),
     };
     format!(
-        "the table is {table_len} bytes, but a {archive_size}-byte archive in {block_size}-byte blocks with {ranges} open ranges needs {needs}"
+        "the table is {table_len} bytes, but a {archive_size}-byte archive in {block_size}-byte blocks with {ranges} open ranges and {embedded_len} embedded bytes needs {needs}"
+    )
+}
+
+/// The runs of blocks `[first, end)` covering `ranges` (clamped to the archive): sorted, with
+/// overlapping and adjacent runs merged.
+fn cover_of(ranges: &[ByteRange], block_size: u32, archive_size: u64) -> Vec<std::ops::Range<u64>> {
+    let size = u64::from(block_size.max(1));
+    let mut runs: Vec<std::ops::Range<u64>> = ranges
+        .iter()
+        .filter_map(|r| {
+            let end = r.offset.saturating_add(r.len).min(archive_size);
+            (r.offset < end).then(|| (r.offset / size)..end.div_ceil(size))
+        })
+        .collect();
+    runs.sort_by_key(|run| run.start);
+    let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(runs.len());
+    for run in runs {
+        match merged.last_mut() {
+            Some(last) if run.start <= last.end => last.end = last.end.max(run.end),
+            _ => merged.push(run),
+        }
+    }
+    merged
+}
+
+/// Bytes of the blocks covering `ranges`: what an embedding of them holds.
+pub fn embedded_len_of(ranges: &[ByteRange], block_size: u32, archive_size: u64) -> u64 {
+    let size = u64::from(block_size.max(1));
+    cover_of(ranges, block_size, archive_size)
+        .iter()
+        .map(|run| run.end.saturating_mul(size).min(archive_size) - run.start.saturating_mul(size).min(archive_size))
+        .fold(0u64, u64::saturating_add)
+}
+
+/// Why `embedded_len` embedded bytes do not fit these open ranges.
+fn embedded_mismatch(embedded_len: u64, ranges: &[ByteRange], block_size: u32, archive_size: u64) -> String {
+    format!(
+        "{embedded_len} embedded bytes, but the blocks covering the open ranges are {} bytes (and none is allowed)",
+        embedded_len_of(ranges, block_size, archive_size)
     )
 }
 
@@ -165,6 +220,32 @@ impl BlockTable {
         (offset / size)..end.div_ceil(size)
     }
 
+    /// The embedded blocks as (block number, bytes), in file order; none when nothing is embedded.
+    /// Not yet checked against their digests: [`BlockTable::block_matches`] does that.
+    pub fn embedded_blocks(&self) -> Vec<(u64, &[u8])> {
+        self.split_embedded(&self.embedded)
+    }
+
+    /// [`BlockTable::embedded_blocks`] of `embedded`, bytes taken out of this table's `embedded`
+    /// (so a mount need not keep them once written).
+    pub fn split_embedded<'a>(&self, embedded: &'a [u8]) -> Vec<(u64, &'a [u8])> {
+        if embedded.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        let mut at = 0usize;
+        for block in cover_of(&self.open_ranges, self.block_size, self.archive_size).into_iter().flatten() {
+            let range = self.block_range(block);
+            let len = (range.end - range.start) as usize;
+            // The parser checked the embedded length against the cover; `get` keeps a hand-built
+            // table from panicking.
+            let Some(bytes) = embedded.get(at..at + len) else { break };
+            out.push((block, bytes));
+            at += len;
+        }
+        out
+    }
+
     /// True when `bytes` are block `block`'s exact content.
     pub fn block_matches(&self, block: u64, bytes: &[u8]) -> bool {
         let range = self.block_range(block);
@@ -174,8 +255,9 @@ impl BlockTable {
     }
 
     /// Builds the table of the mf archive at `path` with `block_size`-byte blocks, reading the file
-    /// once, a block at a time (nothing else of it is held in memory). The open ranges come from the
-    /// archive's header and footer.
+    /// once, a block at a time (nothing else of it is held in memory but the embedded blocks). The
+    /// open ranges come from the archive's header and footer; their blocks are embedded when they
+    /// total at most [`MAX_EMBEDDED`] bytes (and the table stays within [`MAX_BLOCK_TABLE_SIZE`]).
     pub fn build(path: &Path, block_size: u32) -> Result<BlockTable> {
         if !valid_block_size(block_size) {
             return Err(Error::BadArgument(format!(
@@ -191,7 +273,19 @@ impl BlockTable {
         let head = ByteRange { offset: 0, len: mf_format::format::DATA_START.min(archive_size) };
         let tail = ByteRange { offset: index_offset, len: index_len + mf_format::format::FOOTER_LEN };
         drop(archive);
-        let mut digests = Vec::with_capacity(archive_size.div_ceil(u64::from(block_size)) as usize);
+        let open_ranges = if tail.end().is_some_and(|end| end <= archive_size) && tail.offset > 0 {
+            vec![head, tail]
+        } else {
+            vec![head]
+        };
+        let block_count = archive_size.div_ceil(u64::from(block_size));
+        let embed_len = embedded_len_of(&open_ranges, block_size, archive_size);
+        let embed = embed_len <= MAX_EMBEDDED
+            && table_len_of(archive_size, block_size, open_ranges.len(), embed_len)
+                .is_some_and(|len| len <= MAX_BLOCK_TABLE_SIZE);
+        let cover = if embed { cover_of(&open_ranges, block_size, archive_size) } else { Vec::new() };
+        let mut embedded = Vec::with_capacity(if embed { embed_len as usize } else { 0 });
+        let mut digests = Vec::with_capacity(block_count as usize);
         let mut whole = Sha256::new();
         let mut buf = vec![0u8; block_size as usize];
         let mut offset = 0u64;
@@ -201,6 +295,10 @@ impl BlockTable {
             reader.read_exact(&mut buf[..n]).map_err(|e| Error::io(path, e))?;
             whole.update(&buf[..n]);
             digests.push(Sha256::digest(&buf[..n]).into());
+            let block = offset / u64::from(block_size);
+            if cover.iter().any(|run| run.contains(&block)) {
+                embedded.extend_from_slice(&buf[..n]);
+            }
             offset += n as u64;
         }
         // The archive must not have grown while it was read: the size came from the open.
@@ -210,12 +308,14 @@ impl BlockTable {
                 what: "the file grew while it was read".into(),
             });
         }
-        let open_ranges = if tail.end().is_some_and(|end| end <= archive_size) && tail.offset > 0 {
-            vec![head, tail]
-        } else {
-            vec![head]
-        };
-        Ok(BlockTable { block_size, archive_size, archive_sha256: whole.finalize().into(), open_ranges, digests })
+        Ok(BlockTable {
+            block_size,
+            archive_size,
+            archive_sha256: whole.finalize().into(),
+            open_ranges,
+            digests,
+            embedded,
+        })
     }
 }
 
@@ -276,16 +376,35 @@ mod tests {
             vec![ByteRange { offset: 0, len: 96 }, ByteRange { offset: index_offset, len: index_len + 40 }]
         );
         assert_eq!(index_offset + index_len + 40, archive.len() as u64);
+        // The embedded blocks: block 0 (covering [0, 96)), then every block from the index's to the last.
+        let last = table.block_count() - 1;
+        let cover: Vec<u64> = std::iter::once(0).chain(index_offset / 4096..=last).collect();
+        let embedded = table.embedded_blocks();
+        assert_eq!(embedded.iter().map(|(b, _)| *b).collect::<Vec<_>>(), cover);
+        for (block, bytes) in &embedded {
+            let range = table.block_range(*block);
+            assert_eq!(*bytes, &archive[range.start as usize..range.end as usize], "block {block}");
+        }
+        let tail_len = archive.len() as u64 - (index_offset / 4096) * 4096;
+        assert_eq!(table.embedded.len() as u64, 4096 + tail_len);
         let bytes = table.to_bytes();
         assert_eq!(&bytes[..8], b"MFBLOCK1");
-        assert_eq!(bytes.len() as u64, 56 + 2 * 16 + 32 * table.block_count());
+        assert_eq!(&bytes[56..64], &(4096 + tail_len).to_le_bytes());
+        assert_eq!(bytes.len() as u64, 64 + 2 * 16 + 32 * table.block_count() + 4096 + tail_len);
+        assert_eq!(&bytes[bytes.len() - tail_len as usize..], &archive[archive.len() - tail_len as usize..]);
         assert_eq!(BlockTable::parse(&bytes, "t").unwrap(), table);
         assert_eq!(BlockTable::parse_for(&bytes, &full_of(&archive), "t").unwrap(), table);
-        // Only the open ranges, with the rest zero, already opens as the archive.
+        // Without embedded blocks: a zero length, and a table that much shorter.
+        let plain = BlockTable { embedded: Vec::new(), ..table.clone() };
+        let plain_bytes = plain.to_bytes();
+        assert_eq!(&plain_bytes[56..64], &[0; 8]);
+        assert_eq!(plain_bytes.len() as u64, 64 + 2 * 16 + 32 * table.block_count());
+        assert_eq!(BlockTable::parse(&plain_bytes, "t").unwrap(), plain);
+        assert!(plain.embedded_blocks().is_empty());
+        // The embedded blocks alone, with the rest zero, already open as the archive.
         let mut sparse = vec![0u8; archive.len()];
-        for r in &table.open_ranges {
-            let range = r.offset as usize..r.end().unwrap() as usize;
-            sparse[range.clone()].copy_from_slice(&archive[range]);
+        for (block, bytes) in &embedded {
+            sparse[table.block_range(*block).start as usize..][..bytes.len()].copy_from_slice(bytes);
         }
         assert_eq!(mf_format::Archive::from_bytes(sparse, "s.mf").unwrap().len(), 6);
         assert_eq!(table.blocks_of(4095, 2), 0..2);
@@ -296,7 +415,8 @@ mod tests {
     #[test]
     fn bad_tables_are_refused_with_the_rule_they_break() {
         let (_dir, archive, table) = sample();
-        let good = table.to_bytes();
+        // The rules of the embedded blocks have a test of their own.
+        let good = BlockTable { embedded: Vec::new(), ..table }.to_bytes();
         // Truncated anywhere: in the header, in the ranges, in the digests.
         for cut in [0, 5, 30, 60, good.len() - 1] {
             let err = error_of(&good[..cut]);
@@ -320,21 +440,21 @@ mod tests {
         count[52..56].copy_from_slice(&1u32.to_le_bytes());
         assert!(error_of(&count).contains("needs"), "one range fewer: the length no longer adds up");
         let mut outside = good.clone();
-        outside[56 + 16..56 + 24].copy_from_slice(&(archive.len() as u64 - 10).to_le_bytes());
+        outside[64 + 16..64 + 24].copy_from_slice(&(archive.len() as u64 - 10).to_le_bytes());
         assert!(error_of(&outside).contains("outside"));
         let mut empty = good.clone();
-        empty[56 + 8..56 + 16].copy_from_slice(&0u64.to_le_bytes());
+        empty[64 + 8..64 + 16].copy_from_slice(&0u64.to_le_bytes());
         assert!(error_of(&empty).contains("outside"));
         let mut overflow = good.clone();
-        overflow[56 + 16..56 + 24].copy_from_slice(&u64::MAX.to_le_bytes());
+        overflow[64 + 16..64 + 24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(error_of(&overflow).contains("outside"));
         // A huge block count in a small table: refused by the length rule before anything is allocated.
         let mut huge = good.clone();
         huge[12..20].copy_from_slice(&(u64::MAX - 1).to_le_bytes());
         let err = error_of(&huge);
-        assert!(err.contains(&format!("needs {} bytes", 56 + 32 + 32 * (u64::MAX - 1).div_ceil(4096))), "{err}");
+        assert!(err.contains(&format!("needs {} bytes", 64 + 32 + 32 * (u64::MAX - 1).div_ceil(4096))), "{err}");
         huge[12..20].copy_from_slice(&(1u64 << 50).to_le_bytes());
-        assert!(error_of(&huge).contains(&format!("needs {} bytes", 56 + 32 + 32 * (1u64 << 38))));
+        assert!(error_of(&huge).contains(&format!("needs {} bytes", 64 + 32 + 32 * (1u64 << 38))));
         assert!(error_of(&vec![0u8; (MAX_BLOCK_TABLE_SIZE + 1) as usize]).contains("limit"));
 
         // Another archive's table: size or hash differ from the manifest's `full`.
@@ -345,6 +465,71 @@ mod tests {
         let mut other = full_of(&archive);
         other.sha256 = sha256_hex(b"other");
         assert!(matches!(BlockTable::parse_for(&good, &other, "t"), Err(Error::BadBlockTable { .. })));
+    }
+
+    /// `table`'s bytes with the embedded-length field set to `len` and the embedded bytes made `len`
+    /// long (cut, or padded with zeros), so only the embedding rule can fail.
+    fn with_embedded_len(table: &BlockTable, len: u64) -> Vec<u8> {
+        let mut bytes = table.to_bytes();
+        let start = bytes.len() - table.embedded.len();
+        bytes.resize(start + len as usize, 0);
+        bytes[56..64].copy_from_slice(&len.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn the_embedded_length_must_be_exactly_the_open_ranges_blocks_or_zero() {
+        let (_dir, _archive, table) = sample();
+        let exact = table.embedded.len() as u64;
+        assert_eq!(exact, embedded_len_of(&table.open_ranges, table.block_size, table.archive_size));
+        assert!(BlockTable::parse(&with_embedded_len(&table, exact), "t").is_ok());
+        assert!(BlockTable::parse(&with_embedded_len(&table, 0), "t").is_ok());
+        for wrong in [1, 96, 4096, exact - 1, exact + 1, exact + 4096] {
+            let err = error_of(&with_embedded_len(&table, wrong));
+            assert!(
+                err.contains(&format!(
+                    "{wrong} embedded bytes, but the blocks covering the open ranges are {exact} bytes"
+                )),
+                "{wrong}: {err}"
+            );
+        }
+        // A length field that disagrees with the bytes present: the length rule names both.
+        let mut short = table.to_bytes();
+        short.pop();
+        assert!(error_of(&short).contains(&format!("{exact} embedded bytes needs")));
+        // A huge length in a small table is refused before anything is allocated for it.
+        let mut huge = table.to_bytes();
+        huge[56..64].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(error_of(&huge).contains("embedded bytes"));
+    }
+
+    #[test]
+    fn the_cover_is_block_aligned_merged_and_in_file_order() {
+        let r = |offset, len| ByteRange { offset, len };
+        // Out of order, overlapping, adjacent, and a short last block (archive of 20000 bytes).
+        let ranges = [r(16000, 4000), r(100, 5000), r(0, 96), r(8192, 1)];
+        assert_eq!(cover_of(&ranges, 4096, 20000), vec![0..5]);
+        assert_eq!(embedded_len_of(&ranges, 4096, 20000), 20000);
+        assert_eq!(cover_of(&[r(0, 96), r(12288, 10)], 4096, 20000), vec![0..1, 3..4]);
+        assert_eq!(embedded_len_of(&[r(0, 96), r(12288, 10)], 4096, 20000), 8192);
+        assert_eq!(embedded_len_of(&[r(16384, 3616)], 4096, 20000), 3616);
+    }
+
+    #[test]
+    fn publishers_embed_nothing_when_the_open_ranges_blocks_exceed_16_mib() {
+        // 16 MiB blocks over a 17 MiB archive: the cover is both blocks, 17 MiB.
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![("big.bin".to_string(), mf_test_support::noise(17 << 20, 7))];
+        let path = mf_test_support::write_mf(dir.path().join("big.mf"), &files);
+        let table = BlockTable::build(&path, MAX_BLOCK_SIZE).unwrap();
+        assert_eq!(table.block_count(), 2);
+        assert!(table.embedded.is_empty());
+        let bytes = table.to_bytes();
+        assert_eq!(&bytes[56..64], &[0; 8]);
+        assert_eq!(BlockTable::parse(&bytes, "t").unwrap(), table);
+        // With 4 MiB blocks the cover is block 0 and the last: embedded.
+        let table = BlockTable::build(&path, 4 << 20).unwrap();
+        assert_eq!(table.embedded_blocks().iter().map(|(b, _)| *b).collect::<Vec<_>>(), vec![0, 4]);
     }
 
     #[test]
