@@ -243,9 +243,17 @@ impl ArchiveFs {
         };
         Self::advise(opened, entry.offset().saturating_add(from), to.saturating_sub(from));
         // On demand, the stored bytes of what lies ahead of this read (the read ensures its own).
-        if let (Some(source), true) = (&opened.source, sequential && want_end > end) {
-            if let Some((offset, len)) = stored_span(opened, entry, layout, end, want_end) {
-                source.prefetch(offset, len);
+        // The link is what is slow there, so the window is PREFETCH_AHEAD of *stored* bytes: for a
+        // compressed entry that is more content than the local window, and enough requests stay in
+        // flight to cover the link's bandwidth-delay product (bench/notes/lazy.md).
+        if let (Some(source), true) = (&opened.source, sequential) {
+            let ahead = (u128::from(PREFETCH_AHEAD) * u128::from(size) / u128::from(entry.stored_size().max(1)))
+                .clamp(u128::from(PREFETCH_AHEAD), u128::from(PREFETCH_AHEAD) * 32) as u64;
+            let want_end = end.saturating_add(ahead).min(entry.size());
+            if want_end > end {
+                if let Some((offset, len)) = stored_span(opened, entry, layout, end, want_end) {
+                    source.prefetch(offset, len);
+                }
             }
         }
     }

@@ -149,7 +149,10 @@ fn run(weak: &Weak<LazyArchive>, control: &FillControl) {
                 None => return,
             },
             Job::Range { offset, len, fill } => {
-                if !yield_to_foreground(weak, control) || (fill && !rate_wait(weak, control, &pace)) {
+                // Read-ahead serves a reader that will want these bytes next: it runs beside that
+                // reader's own fetches (so requests overlap and the link stays busy); only the fill
+                // yields to reads and keeps to the rate cap.
+                if fill && (!yield_to_foreground(weak, control) || !rate_wait(weak, control, &pace)) {
                     return;
                 }
                 let Some(lazy) = weak.upgrade() else { return };
@@ -182,7 +185,10 @@ fn next_job(lazy: &LazyArchive, control: &FillControl, pace: &mut Pace) -> Job {
         let queued = control.lock().queue.pop_front();
         match queued {
             Some((offset, len)) if lazy.is_present(offset, len) => continue,
-            Some((offset, len)) => return Job::Range { offset, len, fill: false },
+            Some((offset, len)) => {
+                let (offset, len) = coalesce_queued(control, offset, len);
+                return Job::Range { offset, len, fill: false };
+            }
             None => break,
         }
     }
@@ -206,6 +212,28 @@ fn next_job(lazy: &LazyArchive, control: &FillControl, pace: &mut Pace) -> Job {
             Job::Idle
         }
     }
+}
+
+/// Most bytes one read-ahead job covers after merging queued hints: a sequential reader's hints
+/// overlap, each adding a little at the end; merged, they become a few requests fetched in parallel
+/// instead of one small request (and one round trip) per hint.
+const MAX_READ_AHEAD_JOB: u64 = 4 * MAX_REQUEST;
+
+/// Extends `[offset, offset + len)` with the queued hints that overlap or touch it, up to
+/// [`MAX_READ_AHEAD_JOB`] bytes, removing them from the queue.
+fn coalesce_queued(control: &FillControl, offset: u64, len: u64) -> (u64, u64) {
+    let mut end = offset.saturating_add(len);
+    let mut shared = control.lock();
+    while let Some(&(next, next_len)) = shared.queue.front() {
+        let next_end = next.saturating_add(next_len);
+        let joined_end = end.max(next_end);
+        if next < offset || next > end || joined_end - offset > MAX_READ_AHEAD_JOB {
+            break;
+        }
+        end = joined_end;
+        shared.queue.pop_front();
+    }
+    (offset, end - offset)
 }
 
 /// Waits while foreground `ensure` calls run; false when stopping or the archive is gone.
