@@ -37,6 +37,11 @@ const MAX_BACKGROUND: u16 = 64;
 /// How far ahead of a sequential reader the archive file is read ahead (see [`ArchiveFs::prefetch`]).
 const PREFETCH_AHEAD: u64 = 4 << 20;
 
+/// How many stored bytes an on-demand mount keeps requested ahead of a sequential reader: several
+/// bandwidth-delay products of a WAN link (100 Mbit/s at 50 ms is 625 KB), so that the gaps between
+/// read-ahead requests stay a small share of the link's time.
+const ON_DEMAND_AHEAD: u64 = 8 << 20;
+
 /// Slots remembering where the last read of an inode ended (indexed by inode modulo the count).
 const STREAM_SLOTS: usize = 256;
 /// [`FrameKey::entry`] of frames keyed by their number in the archive's frame table (shared by every
@@ -243,12 +248,15 @@ impl ArchiveFs {
         };
         Self::advise(opened, entry.offset().saturating_add(from), to.saturating_sub(from));
         // On demand, the stored bytes of what lies ahead of this read (the read ensures its own).
-        // The link is what is slow there, so the window is PREFETCH_AHEAD of *stored* bytes: for a
+        // The link is what is slow there, so the window is ON_DEMAND_AHEAD of *stored* bytes: for a
         // compressed entry that is more content than the local window, and enough requests stay in
         // flight to cover the link's bandwidth-delay product (bench/notes/lazy.md).
-        if let (Some(source), true) = (&opened.source, sequential) {
-            let ahead = (u128::from(PREFETCH_AHEAD) * u128::from(size) / u128::from(entry.stored_size().max(1)))
-                .clamp(u128::from(PREFETCH_AHEAD), u128::from(PREFETCH_AHEAD) * 32) as u64;
+        // A read from the start of an entry counts as sequential there: whole-file readers start
+        // at 0, and waiting for their second read to show it costs a round trip.
+        if let (Some(source), true) = (&opened.source, sequential || start == 0) {
+            let window = ON_DEMAND_AHEAD;
+            let ahead = (u128::from(window) * u128::from(size) / u128::from(entry.stored_size().max(1)))
+                .clamp(u128::from(window), u128::from(window) * 32) as u64;
             let want_end = end.saturating_add(ahead).min(entry.size());
             if want_end > end {
                 if let Some((offset, len)) = stored_span(opened, entry, layout, end, want_end) {
