@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use mf_format::{Archive, ArchiveWriter, Compression, EntryOptions, WriterOptions};
 use mf_mount::{MountOptions, OnDemand};
 use mf_test_support::fuse::fuse_available;
+use mf_test_support::noise;
 
 /// Fills the sparse copy from the real archive bytes on `ensure`, except ranges marked broken.
 struct FakeSource {
@@ -40,19 +41,6 @@ impl OnDemand for FakeSource {
     fn prefetch(&self, offset: u64, len: u64) {
         self.prefetches.lock().unwrap().push((offset, len));
     }
-}
-
-/// Random bytes (incompressible, never all zeros).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn text(len: usize, seed: u64) -> Vec<u8> {
