@@ -512,19 +512,6 @@ impl Produce for FramesProducer<'_> {
     }
 }
 
-/// Bytes of an entry of `size` bytes that a frames payload's kept runs cover.
-pub(crate) fn kept_bytes(runs: &[FrameRun], size: u64, frame_size: u64) -> u64 {
-    let mut first = 0;
-    let mut kept = 0;
-    for run in runs {
-        if run.patch.is_none() {
-            kept += run_len(first, run.frames, size, frame_size);
-        }
-        first += run.frames;
-    }
-    kept
-}
-
 /// An entry's content as `Read`, checked as it streams: never more than `size` bytes, and at its
 /// end exactly `size` bytes with the expected hash. The real error of a failed read is kept for
 /// [`EntryStream::take_failure`] (the archive writer only sees an I/O error).
@@ -837,7 +824,7 @@ impl Patch {
         self.check_frame_size(old, path)?;
         let producer = Box::new(FramesProducer::new(self, runs, size, old_side, skip_kept, output, path)?);
         Ok(if skip_kept {
-            let patched = size - kept_bytes(runs, size, 1u64 << self.preamble.frame_size_log2);
+            let patched = patched_bytes(runs, size, 1u64 << self.preamble.frame_size_log2);
             EntryStream::unhashed(producer, patched, output, path)
         } else {
             EntryStream::new(producer, size, xxh3, output, path)

@@ -248,6 +248,20 @@ pub fn run_len(first: u64, count: u64, size: u64, frame_size: u64) -> u64 {
     end - start
 }
 
+/// Bytes of an entry of `size` bytes that a frames payload's rebuilt (`patch`) runs produce; the
+/// kept runs hold the rest.
+pub(crate) fn patched_bytes(runs: &[FrameRun], size: u64, frame_size: u64) -> u64 {
+    let mut first = 0;
+    let mut patched = 0;
+    for run in runs {
+        if run.patch.is_some() {
+            patched += run_len(first, run.frames, size, frame_size);
+        }
+        first += run.frames;
+    }
+    patched
+}
+
 impl PayloadDesc {
     /// Blob bytes the payload takes in the patch.
     pub fn patch_bytes(&self) -> u64 {
@@ -642,7 +656,11 @@ impl EntryRecord {
             let kept_max = state.old_len.saturating_mul(1 << 16);
             let payload =
                 PayloadDesc::read_frames(reader, size, 1u64 << state.frame_size_log2, kept_max, &mut state.blobs)?;
-            let kept = size - runs_patched(&payload, size, 1u64 << state.frame_size_log2);
+            let patched = match &payload {
+                PayloadDesc::Frames(runs) => patched_bytes(runs, size, 1u64 << state.frame_size_log2),
+                _ => 0,
+            };
+            let kept = size - patched;
             (payload, kept)
         } else {
             (PayloadDesc::read(reader, op, size, &mut state.blobs)?, 0)
@@ -664,20 +682,6 @@ impl EntryRecord {
         state.records_read += 1;
         Ok(EntryRecord { at, op, old_index, path, mode, mtime, size, hash, base_hash, storage, payload })
     }
-}
-
-/// Bytes of an entry of `size` bytes that a frames payload's rebuilt runs produce (0 for other payloads).
-fn runs_patched(payload: &PayloadDesc, size: u64, frame_size: u64) -> u64 {
-    let PayloadDesc::Frames(runs) = payload else { return 0 };
-    let mut first = 0;
-    let mut patched = 0;
-    for run in runs {
-        if run.patch.is_some() {
-            patched += run_len(first, run.frames, size, frame_size);
-        }
-        first += run.frames;
-    }
-    patched
 }
 
 /// What the records read so far have used up, for checking the next one.
