@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use common::faults::{Fault, FaultProxy};
 use common::fuse::{daemon_pid, detach_and_kill, fuse_available, is_mounted, is_running, wait_until};
 use common::nginx::{Nginx, Request};
-use common::{mf_fails, mf_ok, noise, read_tree, write_tree};
+use common::{mf_fails, mf_ok, noise, read_tree, stored_extents, write_tree};
 
 /// The publisher's block size (the unit of every range request).
 const BLOCK: u64 = 64 << 10;
@@ -224,17 +224,7 @@ fn archive_ranges(requests: &[Request]) -> Vec<(u64, u64)> {
 fn blocks_of_entries(archive: &mf_format::Archive, paths: &[&str]) -> BTreeSet<u64> {
     let mut blocks = BTreeSet::new();
     for path in paths {
-        let entry = archive.get(path).unwrap_or_else(|| panic!("{path} is in the archive"));
-        let frames = archive.entry_frames(&entry);
-        let extents: Vec<(u64, u64)> = if frames.is_empty() {
-            vec![(entry.offset(), entry.stored_size())]
-        } else {
-            archive.frames()[frames.start as usize..frames.end as usize]
-                .iter()
-                .map(|f| (f.offset, u64::from(f.stored_len)))
-                .collect()
-        };
-        for (offset, len) in extents.into_iter().filter(|e| e.1 > 0) {
+        for (offset, len) in stored_extents(archive, path).into_iter().filter(|e| e.1 > 0) {
             blocks.extend(offset / BLOCK..=(offset + len - 1) / BLOCK);
         }
     }

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fuse::{daemon_pid, detach_and_kill, fuse_available, is_mounted, is_running, wait_until};
-use common::{mf_fails, mf_in, mf_ok, noise, write_tree};
+use common::{mf_fails, mf_in, mf_ok, noise, stored_span, write_tree};
 
 /// A temporary directory with a mount point in it. Dropping it first detaches anything still
 /// mounted there and kills a foreground `mf mount` child it owns.
@@ -876,18 +876,6 @@ fn a_mount_follows_an_archive_edited_in_place() {
     expected.remove("added.txt");
     check(&expected, "after an edit of the compacted file");
     handle.unmount().unwrap();
-}
-
-/// Start and end of every stored byte of an entry (its frames, or its raw extent).
-fn stored_span(archive: &mf_format::Archive, path: &str) -> (u64, u64) {
-    let entry = archive.get(path).unwrap();
-    let frames = archive.entry_frames(&entry);
-    if frames.is_empty() {
-        return (entry.offset(), entry.offset() + entry.stored_size());
-    }
-    let records = &archive.frames()[frames.start as usize..frames.end as usize];
-    let start = records.iter().map(|f| f.offset).min().unwrap();
-    (start, records.iter().map(|f| f.offset + u64::from(f.stored_len)).max().unwrap())
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use mf_format::{collect_inputs, pack_to_file, Archive, DirPackOptions, PackError, TraceOrder};
-use mf_test_support::{noise, write_tree};
+use mf_test_support::{noise, stored_span, write_tree};
 
 fn text(len: usize, seed: u64) -> Vec<u8> {
     let words = ["sword ", "shield ", "potion ", "dragon ", "castle\n"];
@@ -30,19 +30,6 @@ fn pack(dir: &Path, out: &Path, order_from: Option<&Path>) -> Result<Option<Trac
     let collected = collect_inputs(&[dir.to_owned()], Some(out), &options)?;
     pack_to_file(&collected.inputs, out, options.writer, |_, _| {})?;
     Ok(collected.trace)
-}
-
-/// Start and end of every stored byte of an entry (its frames, or its raw extent).
-fn stored_span(archive: &Archive, path: &str) -> (u64, u64) {
-    let entry = archive.get(path).unwrap();
-    let frames = archive.entry_frames(&entry);
-    if frames.is_empty() {
-        return (entry.offset(), entry.offset() + entry.stored_size());
-    }
-    let records = &archive.frames()[frames.start as usize..frames.end as usize];
-    let start = records.iter().map(|f| f.offset).min().unwrap();
-    let end = records.iter().map(|f| f.offset + u64::from(f.stored_len)).max().unwrap();
-    (start, end)
 }
 
 #[test]

@@ -182,6 +182,28 @@ pub fn write_mf<I: ArchiveInput>(path: impl AsRef<Path>, files: impl IntoIterato
     path.to_owned()
 }
 
+/// Where an entry's stored bytes lie in the archive file, as `(offset, len)` pieces: each of its
+/// frames, or its raw extent. Panics when the archive has no entry `path`.
+pub fn stored_extents(archive: &mf_format::Archive, path: &str) -> Vec<(u64, u64)> {
+    let entry = archive.get(path).unwrap_or_else(|| panic!("{path} is in the archive"));
+    let frames = archive.entry_frames(&entry);
+    if frames.is_empty() {
+        return vec![(entry.offset(), entry.stored_size())];
+    }
+    archive.frames()[frames.start as usize..frames.end as usize]
+        .iter()
+        .map(|f| (f.offset, u64::from(f.stored_len)))
+        .collect()
+}
+
+/// Start and end of every stored byte of an entry (its frames, or its raw extent).
+pub fn stored_span(archive: &mf_format::Archive, path: &str) -> (u64, u64) {
+    let extents = stored_extents(archive, path);
+    let start = extents.iter().map(|e| e.0).min().expect("at least one extent");
+    let end = extents.iter().map(|e| e.0 + e.1).max().expect("at least one extent");
+    (start, end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
