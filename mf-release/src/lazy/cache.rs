@@ -126,23 +126,26 @@ fn read_record(cache: &Dir, name: &str, table: &BlockTable) -> Result<Vec<bool>>
         Err(Error::UnsafeState { .. }) => return Ok(none),
         Err(e) => return Err(e),
     };
-    let mut head = Vec::with_capacity(RECORD_HEAD);
-    head.extend_from_slice(&RECORD_MAGIC);
-    head.extend_from_slice(&table.archive_size.to_le_bytes());
-    head.extend_from_slice(&table.block_size.to_le_bytes());
-    if bytes.len() != len || bytes[..RECORD_HEAD] != head[..] {
+    if bytes.len() != len || bytes[..RECORD_HEAD] != record_head(table)[..] {
         return Ok(none);
     }
     let bits = &bytes[RECORD_HEAD..];
     Ok((0..blocks).map(|i| bits[i / 8] & (1 << (i % 8)) != 0).collect())
 }
 
+/// The record's head for `table`: magic, archive size, block size (a record of another table is
+/// ignored).
+fn record_head(table: &BlockTable) -> Vec<u8> {
+    let mut head = Vec::with_capacity(RECORD_HEAD);
+    head.extend_from_slice(&RECORD_MAGIC);
+    head.extend_from_slice(&table.archive_size.to_le_bytes());
+    head.extend_from_slice(&table.block_size.to_le_bytes());
+    head
+}
+
 /// Replaces `<sha256>.blocks` with a record of `present` (temp file, fsync, rename).
 pub(super) fn write_record(cache: &Dir, name: &str, table: &BlockTable, present: &[bool]) -> Result<()> {
-    let mut bytes = Vec::with_capacity(RECORD_HEAD + present.len().div_ceil(8));
-    bytes.extend_from_slice(&RECORD_MAGIC);
-    bytes.extend_from_slice(&table.archive_size.to_le_bytes());
-    bytes.extend_from_slice(&table.block_size.to_le_bytes());
+    let mut bytes = record_head(table);
     bytes.resize(RECORD_HEAD + present.len().div_ceil(8), 0);
     for (i, _) in present.iter().enumerate().filter(|(_, &p)| p) {
         bytes[RECORD_HEAD + i / 8] |= 1 << (i % 8);
