@@ -357,9 +357,7 @@ impl Fetcher {
                     416 => Err(Failure::unsatisfiable(format!(
                         "HTTP 416 range not satisfiable (asked for bytes from {from})"
                     ))),
-                    404 => Err(Failure::fatal("HTTP 404 not found")),
-                    408 | 429 | 500..=599 => Err(Failure::transient(format!("HTTP {status}"))),
-                    _ => Err(Failure::fatal(format!("HTTP {status}"))),
+                    _ => Err(status_failure(status)),
                 }
             }
         }
@@ -468,9 +466,7 @@ impl Fetcher {
                 )))
             }
             416 => return Err(Failure::fatal(format!("HTTP 416: the server has no bytes {offset}-{last}"))),
-            404 => return Err(Failure::fatal("HTTP 404 not found")),
-            408 | 429 | 500..=599 => return Err(Failure::transient(format!("HTTP {status}"))),
-            _ => return Err(Failure::fatal(format!("HTTP {status}"))),
+            _ => return Err(status_failure(status)),
         };
         let mut reader = response.into_body().into_reader();
         if skip > 0 {
@@ -502,6 +498,16 @@ impl Fetcher {
             return Err(Failure::fatal(format!("the response is longer than the {len} bytes asked for: refused")));
         }
         Ok(out)
+    }
+}
+
+/// The failure of a response whose status carries no content: transient when trying again may
+/// help (timeouts, rate limits, server errors), fatal otherwise (404 and the rest).
+fn status_failure(status: u16) -> Failure {
+    match status {
+        404 => Failure::fatal("HTTP 404 not found"),
+        408 | 429 | 500..=599 => Failure::transient(format!("HTTP {status}")),
+        _ => Failure::fatal(format!("HTTP {status}")),
     }
 }
 
