@@ -912,6 +912,15 @@ fn record_trace_then_pack_order_from_lays_the_traced_files_out_first() {
     assert!(refused.contains("trace.jsonl") && refused.contains("exists"), "{refused}");
     assert_eq!(std::fs::read_to_string(&trace).unwrap().lines().count(), 4);
 
+    // A symbolic link planted at the trace path is not followed, not even a dangling one: nothing
+    // is created where it points and the mount is refused.
+    let victim = scratch.path().join("victim.txt");
+    std::os::unix::fs::symlink(&victim, scratch.path().join("planted.jsonl")).unwrap();
+    let refused = mf_fails(scratch.path(), &["mount", "--record-trace", "planted.jsonl", "game.mf", scratch.mnt()], 1);
+    assert!(refused.contains("planted.jsonl"), "{refused}");
+    assert!(!victim.exists(), "the link's target was created");
+    assert!(!is_mounted(&scratch.mount_point), "a refused mount is not mounted");
+
     let json = mf_ok(
         scratch.path(),
         &["pack", src.to_str().unwrap(), "-o", "ordered.mf", "--order-from", "trace.jsonl", "--json"],
