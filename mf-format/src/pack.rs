@@ -8,10 +8,11 @@
 //! excludes, store-extensions, modes normalised, mtimes only when asked, symlinks leaving the input
 //! refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
@@ -21,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::path::entry_path_from_fs;
 use crate::reuse::ReuseSource;
 use crate::writer::{
-    prepare_entry_reusing, ArchiveWriter, Compression, EntryOptions, PreparedEntry, ReuseReport, WriterOptions,
+    prepare_entry_keyed, ArchiveWriter, Compression, EntryOptions, PreparedEntry, ReuseReport, WriterOptions,
 };
 
 /// One file to pack.
@@ -58,12 +59,16 @@ pub fn pack_inputs<W: Write>(
 ) -> Result<()> {
     let options = *writer.options();
     let reuse = writer.reuse().cloned();
+    let shared = shared_sizes(inputs);
+    let pool = BufferPool::default();
+    let context = PrepareContext { options: &options, reuse: reuse.as_deref(), shared: &shared, pool: &pool };
     let mut rest = inputs;
     let mut ready: Option<ReadyBatch<'_>> = None;
     while let Some(first) = rest.first() {
         if first.size_hint > SMALL_FILE_LIMIT {
-            write_batch(writer, ready.take(), &mut progress)?;
-            writer.add_file(&first.entry_path, &first.fs_path, first.options)?;
+            write_batch(writer, ready.take(), &pool, &mut progress)?;
+            let keyed = shared.contains(&first.size_hint);
+            writer.add_file_keyed(&first.entry_path, &first.fs_path, first.options, keyed)?;
             progress(first, first.size_hint);
             rest = &rest[1..];
             continue;
@@ -74,13 +79,72 @@ pub fn pack_inputs<W: Write>(
         let previous = ready.take();
         let mut prepared = Vec::new();
         rayon::in_place_scope(|scope| {
-            scope.spawn(|_| prepared = prepare_batch(batch, &options, reuse.as_deref()));
-            write_batch(writer, previous, &mut progress)
+            scope.spawn(|_| prepared = prepare_batch(batch, &context));
+            write_batch(writer, previous, &pool, &mut progress)
         })?;
         ready = Some(ReadyBatch { inputs: batch, prepared });
         rest = remaining;
     }
-    write_batch(writer, ready, &mut progress)
+    write_batch(writer, ready, &pool, &mut progress)
+}
+
+/// Sizes that more than one input has (when listed). Content of any other size can equal no other
+/// entry's, so it needs no deduplication key: SHA-256 of every input was the largest single cost
+/// of an incremental pack. (A file whose size changed after listing is keyed whatever its size.)
+fn shared_sizes(inputs: &[PackInput]) -> HashSet<u64> {
+    let mut seen = HashSet::with_capacity(inputs.len());
+    inputs.iter().map(|input| input.size_hint).filter(|&size| !seen.insert(size)).collect()
+}
+
+/// What preparing a small file needs besides the file.
+struct PrepareContext<'a> {
+    options: &'a WriterOptions,
+    reuse: Option<&'a ReuseSource>,
+    shared: &'a HashSet<u64>,
+    pool: &'a BufferPool,
+}
+
+/// Files from this size on are read into pooled buffers (smaller ones come from the allocator's
+/// heap, which reuses its memory anyway).
+const POOLED_MIN: u64 = 128 << 10;
+/// Capacity the pool keeps at most: about what two batches in flight need.
+const POOL_BYTES: usize = 2 * BATCH_BYTES as usize;
+
+/// Read buffers of small files, handed back once their entry is written. Reading every file into a
+/// fresh allocation made the kernel map and zero new pages for each (a tenth of an incremental
+/// pack's time). Capacities are powers of two, so a buffer is at most twice its file and memory
+/// stays bounded by the batch sizes.
+#[derive(Default)]
+struct BufferPool {
+    free: Mutex<Vec<Vec<u8>>>,
+}
+
+impl BufferPool {
+    /// An empty buffer for a file of `size` bytes: a pooled one of its capacity class, or a new one.
+    fn take(&self, size: u64) -> Vec<u8> {
+        if size < POOLED_MIN {
+            return Vec::new();
+        }
+        let class = size.next_power_of_two() as usize;
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        match free.iter().position(|buffer| buffer.capacity() == class) {
+            Some(at) => free.swap_remove(at),
+            None => Vec::with_capacity(class),
+        }
+    }
+
+    /// Keeps `buffer` for a later file, unless the pool is full or it is not of a pooled class.
+    fn put(&self, mut buffer: Vec<u8>) {
+        let capacity = buffer.capacity();
+        if (capacity as u64) < POOLED_MIN || !capacity.is_power_of_two() {
+            return;
+        }
+        buffer.clear();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.iter().map(Vec::capacity).sum::<usize>() + capacity <= POOL_BYTES {
+            free.push(buffer);
+        }
+    }
 }
 
 /// How many of the leading small files of `rest` form the next batch (at least one).
@@ -96,16 +160,17 @@ fn small_batch_len(rest: &[PackInput]) -> usize {
         .count()
 }
 
-fn prepare_batch(
-    batch: &[PackInput],
-    options: &WriterOptions,
-    reuse: Option<&ReuseSource>,
-) -> Vec<Result<PreparedEntry>> {
+fn prepare_batch(batch: &[PackInput], context: &PrepareContext<'_>) -> Vec<Result<PreparedEntry>> {
     batch
         .par_iter()
         .map(|input| {
-            let data = std::fs::read(&input.fs_path).map_err(|e| Error::io(&input.fs_path, e))?;
-            prepare_entry_reusing(input.entry_path.clone(), data, input.options, options, reuse)
+            let mut data = context.pool.take(input.size_hint);
+            let read = File::open(&input.fs_path).and_then(|mut file| file.read_to_end(&mut data));
+            read.map_err(|e| Error::io(&input.fs_path, e))?;
+            let size = data.len() as u64;
+            let keyed = size != input.size_hint || context.shared.contains(&size);
+            let PrepareContext { options, reuse, .. } = *context;
+            prepare_entry_keyed(input.entry_path.clone(), data, input.options, options, reuse, keyed)
         })
         .collect()
 }
@@ -113,13 +178,14 @@ fn prepare_batch(
 fn write_batch<W: Write>(
     writer: &mut ArchiveWriter<W>,
     batch: Option<ReadyBatch<'_>>,
+    pool: &BufferPool,
     progress: &mut impl FnMut(&PackInput, u64),
 ) -> Result<()> {
     let Some(batch) = batch else { return Ok(()) };
     for (input, entry) in batch.inputs.iter().zip(batch.prepared) {
         let entry = entry?;
         let size = entry.size();
-        writer.add_prepared(entry)?;
+        pool.put(writer.add_prepared(entry)?);
         progress(input, size);
     }
     Ok(())
@@ -357,11 +423,51 @@ pub fn pack_to_file_reusing(
 ) -> Result<PackSummary, PackError> {
     let io = |error| PackError::Io { path: output.to_owned(), error };
     let mut out = crate::AtomicFile::create_removing_stale(output).map_err(io)?;
-    let sink = std::io::BufWriter::with_capacity(1 << 20, out.file());
+    // A small buffer: frames (usually larger) then go to the file directly instead of being copied
+    // into it first.
+    let sink = std::io::BufWriter::with_capacity(64 << 10, WritebackFile::new(out.file()));
     let (sink, summary) = pack_to_writer_reusing(inputs, sink, output, options, reuse, progress)?;
     sink.into_inner().map_err(|e| io(e.into_error()))?;
     out.commit().map_err(io)?;
     Ok(summary)
+}
+
+/// Bytes written between two requests to start writing the output to disk.
+const WRITEBACK_STEP: u64 = 32 << 20;
+
+/// The output file, asking the kernel to start writing each [`WRITEBACK_STEP`] to disk as soon as
+/// it is complete. Otherwise the kernel starts only once a tenth or so of memory is dirty, and the
+/// final fsync waits for nearly the whole archive to reach the disk after everything else is done;
+/// this way the disk works while the rest is read and compressed.
+struct WritebackFile<'a> {
+    file: &'a File,
+    written: u64,
+    started: u64,
+}
+
+impl<'a> WritebackFile<'a> {
+    fn new(file: &'a File) -> Self {
+        WritebackFile { file, written: 0, started: 0 }
+    }
+}
+
+impl Write for WritebackFile<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(bytes)?;
+        self.written += n as u64;
+        if self.written - self.started >= WRITEBACK_STEP {
+            // POSIX_FADV_DONTNEED starts the writeback of the range's dirty pages without waiting
+            // for it (and drops nothing that is still dirty). Only a hint: a failure changes nothing.
+            let len = std::num::NonZeroU64::new(self.written - self.started);
+            let _ = rustix::fs::fadvise(self.file, self.started, len, rustix::fs::Advice::DontNeed);
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// [`pack_to_writer`] with an earlier archive to reuse frames of, as [`pack_to_file_reusing`].

@@ -227,7 +227,9 @@ pub struct PreparedEntry {
     data: Vec<u8>,
     placing: Placing,
     content_hash: u64,
-    digest: [u8; 32],
+    /// SHA-256 of the content; `None` when the preparer knew no other entry has its size, so it
+    /// can share data with none (see [`prepare_entry_keyed`]).
+    digest: Option<[u8; 32]>,
 }
 
 impl PreparedEntry {
@@ -277,6 +279,20 @@ pub fn prepare_entry_reusing(
     writer_options: &WriterOptions,
     reuse: Option<&ReuseSource>,
 ) -> Result<PreparedEntry> {
+    prepare_entry_keyed(path, data, options, writer_options, reuse, true)
+}
+
+/// As [`prepare_entry_reusing`]; without `keyed` the deduplication key (SHA-256 of the content, the
+/// costliest hash) is not taken and the entry shares no data with another: for a caller that knows
+/// no other entry has this content's size (`pack_inputs` knows every input's size).
+pub(crate) fn prepare_entry_keyed(
+    path: String,
+    data: Vec<u8>,
+    options: EntryOptions,
+    writer_options: &WriterOptions,
+    reuse: Option<&ReuseSource>,
+    keyed: bool,
+) -> Result<PreparedEntry> {
     validate_path(&path)?;
     check_entry_options(&options)?;
     let content_hash = xxhash_rust::xxh3::xxh3_64(&data);
@@ -295,7 +311,7 @@ pub fn prepare_entry_reusing(
             .map_err(|e| Error::io(&path, e))?;
         Placing::Frames(frames)
     };
-    let digest = Sha256::digest(&data).into();
+    let digest = keyed.then(|| Sha256::digest(&data).into());
     Ok(PreparedEntry { path, options, data, placing, content_hash, digest })
 }
 
@@ -651,17 +667,19 @@ impl<W: Write> ArchiveWriter<W> {
     /// not deduplicated against earlier entries (its bytes are written before its hash is known).
     /// With [`Compression::Solid`] the content is appended to the solid stream whatever its size.
     pub fn add_reader(&mut self, path: &str, reader: impl Read, options: EntryOptions) -> Result<()> {
-        self.add_reader_known(path, reader, options, None)
+        self.add_reader_known(path, reader, options, None, true)
     }
 
     /// [`add_reader`](Self::add_reader) of content whose size and xxh3 may be known already
-    /// (`content`), so that an earlier archive's frames can be found by content.
+    /// (`content`), so that an earlier archive's frames can be found by content. Without `keyed`,
+    /// streamed content gets no deduplication key (see [`prepare_entry_keyed`]).
     fn add_reader_known(
         &mut self,
         path: &str,
         mut reader: impl Read,
         options: EntryOptions,
         content: Option<(u64, u64)>,
+        keyed: bool,
     ) -> Result<()> {
         let mut head = Vec::new();
         (&mut reader).take(SOLID_LIMIT + 1).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
@@ -669,15 +687,15 @@ impl<W: Write> ArchiveWriter<W> {
             return self.add_bytes(path, &head, options);
         }
         self.claim_entry(path, &options)?;
-        let mut hasher = ContentHasher::default();
+        let mut hasher = if keyed { ContentHasher::default() } else { ContentHasher::unkeyed() };
         let mut rest = io::Cursor::new(head).chain(reader);
         let record = if options.compression == Compression::Solid {
             self.stream_solid(path, &mut rest, &mut hasher)?
         } else {
             self.stream_frames(path, &mut rest, options, &mut hasher, content)?
         };
-        let (key, content_hash) = hasher.finish();
-        self.push_stored(path, options, EntryRecord { content_hash, ..record }, key);
+        let (key, content_hash) = hasher.finish_keyed();
+        self.push_keyed(path, options, EntryRecord { content_hash, ..record }, key);
         Ok(())
     }
 
@@ -685,6 +703,18 @@ impl<W: Write> ArchiveWriter<W> {
     /// entry's is hashed first, so identical large files are stored once; the hash is taken again
     /// while the file is written, and a file that changed in between is an error.
     pub fn add_file(&mut self, path: &str, fs_path: &Path, options: EntryOptions) -> Result<()> {
+        self.add_file_keyed(path, fs_path, options, true)
+    }
+
+    /// [`add_file`](Self::add_file); without `keyed`, content not hashed first gets no
+    /// deduplication key (for a caller that knows no other entry has its size).
+    pub(crate) fn add_file_keyed(
+        &mut self,
+        path: &str,
+        fs_path: &Path,
+        options: EntryOptions,
+        keyed: bool,
+    ) -> Result<()> {
         let file = crate::fs::open_regular(fs_path).map_err(|e| Error::io(fs_path, e))?;
         let size = file.metadata().map_err(|e| Error::io(fs_path, e))?.len();
         let reopen = || -> io::Result<std::fs::File> {
@@ -692,7 +722,7 @@ impl<W: Write> ArchiveWriter<W> {
             again.rewind()?;
             Ok(again)
         };
-        self.add_rereadable(path, fs_path, size, reopen, options)
+        self.add_rereadable_keyed(path, fs_path, size, reopen, options, keyed)
     }
 
     /// Adds `size` bytes of content that `open` can read from the start more than once (a file, an
@@ -704,12 +734,25 @@ impl<W: Write> ArchiveWriter<W> {
         path: &str,
         name: &Path,
         size: u64,
+        open: impl FnMut() -> io::Result<R>,
+        options: EntryOptions,
+    ) -> Result<()> {
+        self.add_rereadable_keyed(path, name, size, open, options, true)
+    }
+
+    /// [`add_rereadable`](Self::add_rereadable), as [`add_file_keyed`](Self::add_file_keyed).
+    fn add_rereadable_keyed<R: Read>(
+        &mut self,
+        path: &str,
+        name: &Path,
+        size: u64,
         mut open: impl FnMut() -> io::Result<R>,
         options: EntryOptions,
+        keyed: bool,
     ) -> Result<()> {
         if size <= SOLID_LIMIT || !self.hash_first(path, size) {
             let reader = open().map_err(|e| Error::io(name, e))?;
-            return self.add_reader_checked(path, name, reader, options, None);
+            return self.add_reader_known(path, reader, options, None, keyed);
         }
         let mut hasher = ContentHasher::default();
         let reader = open().map_err(|e| Error::io(name, e))?;
@@ -744,7 +787,7 @@ impl<W: Write> ArchiveWriter<W> {
     ) -> Result<()> {
         let content = expected.map(|((size, _), xxh3)| (size, xxh3));
         let expected = expected.map(|(key, _)| key);
-        self.add_reader_known(path, reader, options, content)?;
+        self.add_reader_known(path, reader, options, content, true)?;
         let written = self.records.last().map(|r| r.content_hash);
         if let (Some(expected), Some(_)) = (expected, written) {
             let matches = self.stored.get(&expected).is_some_and(|r| r.size == expected.0);
@@ -768,17 +811,20 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    /// Writes an entry compressed by [`prepare_entry`].
-    pub fn add_prepared(&mut self, prepared: PreparedEntry) -> Result<()> {
+    /// Writes an entry compressed by [`prepare_entry`]; returns its content buffer, which the caller
+    /// may reuse for the next entry it reads.
+    pub fn add_prepared(&mut self, prepared: PreparedEntry) -> Result<Vec<u8>> {
         let PreparedEntry { path, options, data, placing, content_hash, digest } = prepared;
         if let Placing::Frames(frames) = &placing {
             if frames.len() != data.chunks(self.options.frame_size()).len() {
                 return Err(Error::InvalidOption(format!("entry '{path}' was prepared with another frame size")));
             }
         }
-        let key = (data.len() as u64, digest);
-        if self.add_if_stored(&path, options, &key, content_hash)? {
-            return Ok(());
+        let key = digest.map(|digest| (data.len() as u64, digest));
+        if let Some(key) = &key {
+            if self.add_if_stored(&path, options, key, content_hash)? {
+                return Ok(data);
+            }
         }
         self.claim_entry(&path, &options)?;
         let record = match placing {
@@ -792,8 +838,8 @@ impl<W: Write> ArchiveWriter<W> {
                 self.end_frames(entry, data.len() as u64, content_hash)
             }
         };
-        self.push_stored(&path, options, record, key);
-        Ok(())
+        self.push_keyed(&path, options, record, key);
+        Ok(data)
     }
 
     /// If deduplication is on and content with `key` is stored, adds the entry sharing it.
@@ -1260,7 +1306,13 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// Records an entry whose data was just stored, remembering where content `key` lies.
     fn push_stored(&mut self, path: &str, options: EntryOptions, record: EntryRecord, key: ContentKey) {
-        if key.0 > 0 {
+        self.push_keyed(path, options, record, Some(key));
+    }
+
+    /// [`push_stored`](Self::push_stored) of an entry whose key may not have been taken (then no
+    /// later entry can share its data).
+    fn push_keyed(&mut self, path: &str, options: EntryOptions, record: EntryRecord, key: Option<ContentKey>) {
+        if let Some(key) = key.filter(|key| key.0 > 0) {
             self.sizes.insert(key.0);
             self.stored.entry(key).or_insert(record);
         }
@@ -1331,24 +1383,44 @@ fn empty_record(content_hash: u64) -> EntryRecord {
     EntryRecord { compression: COMPRESSION_NONE, content_hash, ..EntryRecord::default() }
 }
 
-/// Takes the xxh3 and the deduplication key of content as it streams past.
-#[derive(Default)]
+/// Takes the xxh3 and (unless [`unkeyed`](Self::unkeyed)) the deduplication key of content as it
+/// streams past.
 struct ContentHasher {
     xxh3: Xxh3,
-    sha: Sha256,
+    sha: Option<Sha256>,
     len: u64,
 }
 
+impl Default for ContentHasher {
+    fn default() -> Self {
+        ContentHasher { xxh3: Xxh3::new(), sha: Some(Sha256::new()), len: 0 }
+    }
+}
+
 impl ContentHasher {
+    /// A hasher that takes the xxh3 only.
+    fn unkeyed() -> Self {
+        ContentHasher { sha: None, ..ContentHasher::default() }
+    }
+
     fn update(&mut self, bytes: &[u8]) {
         self.xxh3.update(bytes);
-        self.sha.update(bytes);
+        if let Some(sha) = &mut self.sha {
+            sha.update(bytes);
+        }
         self.len += bytes.len() as u64;
     }
 
-    /// The deduplication key and the xxh3.
+    /// The deduplication key and the xxh3, of a hasher made keyed.
     fn finish(self) -> (ContentKey, u64) {
-        ((self.len, self.sha.finalize().into()), self.xxh3.digest())
+        let (key, xxh3) = self.finish_keyed();
+        (key.unwrap_or((0, [0; 32])), xxh3)
+    }
+
+    /// The deduplication key (when taken) and the xxh3.
+    fn finish_keyed(self) -> (Option<ContentKey>, u64) {
+        let len = self.len;
+        (self.sha.map(|sha| (len, sha.finalize().into())), self.xxh3.digest())
     }
 }
 
