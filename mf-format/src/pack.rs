@@ -64,28 +64,33 @@ pub fn pack_inputs<W: Write>(
     let context = PrepareContext { options: &options, reuse: reuse.as_deref(), shared: &shared, pool: &pool };
     let mut rest = inputs;
     let mut ready: Option<ReadyBatch<'_>> = None;
-    while let Some(first) = rest.first() {
-        if first.size_hint > SMALL_FILE_LIMIT {
-            write_batch(writer, ready.take(), &pool, &mut progress)?;
-            let keyed = shared.contains(&first.size_hint);
-            writer.add_file_keyed(&first.entry_path, &first.fs_path, first.options, keyed)?;
-            progress(first, first.size_hint);
-            rest = &rest[1..];
-            continue;
+    // Each step writes the batch prepared in the step before, then streams the large files that
+    // follow it, while the rayon pool reads and compresses the next batch of small files. (A scope
+    // of the current pool, so `--threads` and custom pools are honoured.)
+    loop {
+        let large = rest.iter().take_while(|input| input.size_hint > SMALL_FILE_LIMIT).count();
+        let (large_files, after) = rest.split_at(large);
+        let (batch, remaining) = after.split_at(small_batch_len(after));
+        if ready.is_none() && large_files.is_empty() && batch.is_empty() {
+            return Ok(());
         }
-        let (batch, remaining) = rest.split_at(small_batch_len(rest));
-        // Compress this batch on the rayon pool while this thread writes the previous one.
-        // (A scope of the current pool, so `--threads` and custom pools are honoured.)
         let previous = ready.take();
         let mut prepared = Vec::new();
         rayon::in_place_scope(|scope| {
-            scope.spawn(|_| prepared = prepare_batch(batch, &context));
-            write_batch(writer, previous, &pool, &mut progress)
+            if !batch.is_empty() {
+                scope.spawn(|_| prepared = prepare_batch(batch, &context));
+            }
+            write_batch(writer, previous, &pool, &mut progress)?;
+            for input in large_files {
+                let keyed = shared.contains(&input.size_hint);
+                writer.add_file_keyed(&input.entry_path, &input.fs_path, input.options, keyed)?;
+                progress(input, input.size_hint);
+            }
+            Ok::<_, Error>(())
         })?;
-        ready = Some(ReadyBatch { inputs: batch, prepared });
+        ready = (!batch.is_empty()).then_some(ReadyBatch { inputs: batch, prepared });
         rest = remaining;
     }
-    write_batch(writer, ready, &pool, &mut progress)
 }
 
 /// Sizes that more than one input has (when listed). Content of any other size can equal no other
@@ -113,10 +118,12 @@ const POOL_BYTES: usize = 2 * BATCH_BYTES as usize;
 /// Read buffers of small files, handed back once their entry is written. Reading every file into a
 /// fresh allocation made the kernel map and zero new pages for each (a tenth of an incremental
 /// pack's time). Capacities are powers of two, so a buffer is at most twice its file and memory
-/// stays bounded by the batch sizes.
+/// stays bounded by the batch sizes; when the pool is full the oldest buffers go first, so a run of
+/// files of another size (inputs are ordered by kind) does not find it full of useless ones.
 #[derive(Default)]
 struct BufferPool {
-    free: Mutex<Vec<Vec<u8>>>,
+    /// Free buffers, oldest first, and the sum of their capacities.
+    free: Mutex<(Vec<Vec<u8>>, usize)>,
 }
 
 impl BufferPool {
@@ -126,28 +133,43 @@ impl BufferPool {
             return Vec::new();
         }
         let class = size.next_power_of_two() as usize;
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        match free.iter().position(|buffer| buffer.capacity() == class) {
-            Some(at) => free.swap_remove(at),
+        let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let (free, total) = &mut *guard;
+        match free.iter().rposition(|buffer| buffer.capacity() == class) {
+            Some(at) => {
+                *total -= class;
+                free.remove(at)
+            }
             None => Vec::with_capacity(class),
         }
     }
 
-    /// Keeps `buffer` for a later file, unless the pool is full or it is not of a pooled class.
+    /// Keeps `buffer` for a later file (unless it is not of a pooled class), dropping the oldest
+    /// buffers beyond [`POOL_BYTES`].
     fn put(&self, mut buffer: Vec<u8>) {
         let capacity = buffer.capacity();
-        if (capacity as u64) < POOLED_MIN || !capacity.is_power_of_two() {
+        if (capacity as u64) < POOLED_MIN || !capacity.is_power_of_two() || capacity > POOL_BYTES {
             return;
         }
         buffer.clear();
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        if free.iter().map(Vec::capacity).sum::<usize>() + capacity <= POOL_BYTES {
-            free.push(buffer);
-        }
+        let mut guard = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let (free, total) = &mut *guard;
+        let excess = (*total + capacity).saturating_sub(POOL_BYTES);
+        let mut dropped = 0;
+        let oldest = free.iter().take_while(|old| {
+            let drop_it = dropped < excess;
+            dropped += old.capacity();
+            drop_it
+        });
+        let oldest = oldest.count();
+        *total -= free.drain(..oldest).map(|old| old.capacity()).sum::<usize>();
+        *total += capacity;
+        free.push(buffer);
     }
 }
 
-/// How many of the leading small files of `rest` form the next batch (at least one).
+/// How many of the leading small files of `rest` form the next batch (at least one when `rest`
+/// starts with a small file).
 fn small_batch_len(rest: &[PackInput]) -> usize {
     let mut bytes = 0;
     rest.iter()

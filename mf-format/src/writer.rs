@@ -402,6 +402,17 @@ fn encode_block(
         .collect()
 }
 
+/// Hashes `block` and encodes its frames (as [`encode_block`]), both on the rayon pool.
+fn hash_and_encode(
+    plan: &FramePlan,
+    block: &[u8],
+    hasher: &mut ContentHasher,
+    donor: Option<(Donor<'_>, usize)>,
+    frame_size: usize,
+) -> io::Result<Vec<StoredFrame>> {
+    rayon::join(|| hasher.update(block), || encode_block(plan, block, frame_size, donor)).1
+}
+
 /// A solid frame: zstd at the archive's level when that is shorter, else raw (spec: "What writers
 /// do"; `mf apply` relies on this rule to rebuild solid frames).
 pub(crate) fn encode_solid(chunk: &[u8], level: i32) -> io::Result<StoredFrame> {
@@ -549,8 +560,9 @@ pub struct ArchiveWriter<W: Write> {
     /// Record index of each path.
     files: HashMap<String, u32>,
     dirs: HashSet<String>,
-    /// Reused read buffer for streamed entries.
+    /// Reused read buffers for streamed entries.
     buffer: Vec<u8>,
+    next_buffer: Vec<u8>,
     /// An earlier archive whose frames may be copied instead of compressed (incremental pack).
     reuse: Option<Arc<ReuseSource>>,
     reused: ReuseReport,
@@ -584,6 +596,7 @@ impl<W: Write> ArchiveWriter<W> {
             files: HashMap::new(),
             dirs: HashSet::new(),
             buffer: Vec::new(),
+            next_buffer: Vec::new(),
             reuse: None,
             reused: ReuseReport::default(),
         })
@@ -1252,7 +1265,10 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    /// Streams `reader` into frames of the entry's own, by the compression policy.
+    /// Streams `reader` into frames of the entry's own, by the compression policy. While one block's
+    /// frames are written on this thread, the next block (already read) is hashed and encoded on
+    /// the rayon pool: with frames copied from a reuse source, reading and writing were half of
+    /// the work and left the pool idle. Memory: two blocks.
     fn stream_frames(
         &mut self,
         path: &str,
@@ -1266,27 +1282,33 @@ impl<W: Write> ArchiveWriter<W> {
         let donor = reuse.as_deref().and_then(|r| r.donor(path, content));
         let mut entry = self.begin_entry()?;
         let batch = self.batch_bytes();
-        let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.resize(batch, 0);
-        let mut size = 0u64;
-        loop {
-            let filled = read_full(reader, &mut buffer).map_err(|e| Error::io(path, e))?;
-            let block = &buffer[..filled];
+        let frame_size = self.options.frame_size();
+        let mut current = std::mem::take(&mut self.buffer);
+        let mut next = std::mem::take(&mut self.next_buffer);
+        current.resize(batch, 0);
+        next.resize(batch, 0);
+        let read = |reader: &mut _, buffer: &mut Vec<u8>| read_full(reader, buffer).map_err(|e| Error::io(path, e));
+        let mut filled = read(reader, &mut current)?;
+        let mut frames = hash_and_encode(&plan, &current[..filled], hasher, donor.map(|d| (d, 0)), frame_size);
+        let mut size = filled as u64;
+        let mut next_first = filled.div_ceil(frame_size);
+        while filled == batch {
+            let next_filled = read(reader, &mut next)?;
+            let block = &next[..next_filled];
+            let mut next_frames = Ok(Vec::new());
+            let next_donor = donor.map(|d| (d, next_first));
+            rayon::in_place_scope(|scope| {
+                scope.spawn(|_| next_frames = hash_and_encode(&plan, block, hasher, next_donor, frame_size));
+                self.write_frames(&mut entry, frames.map_err(|e| Error::io(path, e))?, &current[..filled])
+            })?;
+            std::mem::swap(&mut current, &mut next);
+            (frames, filled) = (next_frames, next_filled);
             size += filled as u64;
-            // The block is hashed while its frames are encoded on the other threads: with frames
-            // copied from a reuse source, hashing was the longest part of the writer thread's work.
-            let first = self.frames.len() - entry.first_frame;
-            let frame_size = self.options.frame_size();
-            let ((), frames) = rayon::join(
-                || hasher.update(block),
-                || encode_block(&plan, block, frame_size, donor.map(|d| (d, first))),
-            );
-            self.write_frames(&mut entry, frames.map_err(|e| Error::io(path, e))?, block)?;
-            if filled < batch {
-                break;
-            }
+            next_first += filled.div_ceil(frame_size);
         }
-        self.buffer = buffer;
+        self.write_frames(&mut entry, frames.map_err(|e| Error::io(path, e))?, &current[..filled])?;
+        self.buffer = current;
+        self.next_buffer = next;
         Ok(self.end_frames(entry, size, 0))
     }
 
