@@ -143,3 +143,56 @@ fn a_damaged_old_archive_is_refused_or_warned_about_never_copied_wrongly() {
     assert!(stderr.contains("missing.mf"), "{stderr}");
     assert!(!d.join("new.mf").exists());
 }
+
+/// Large files (streamed a block at a time, the next block encoded while one is written), small
+/// files of a size no other file has (no deduplication key is taken for them) and small files
+/// sharing a size, equal or not: `--reuse` on 1 and on 3 threads writes the bytes of a fresh pack,
+/// and equal files are still stored once.
+#[test]
+fn pack_reuse_is_the_same_on_any_thread_count_and_still_shares_equal_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let large = text(9 << 20, 21);
+    let mut edited = large.clone();
+    edited[4 << 20..(4 << 20) + 8].copy_from_slice(b"CHANGED!");
+    let mixed = [noise(3 << 20, 22), text(3 << 20, 23)].concat();
+    let twin = noise(200_000, 24);
+    let v1: Vec<(&str, &[u8])> = vec![
+        ("data/large.obj", &large),
+        ("data/mixed.pak", &mixed),
+        ("twins/a.bin", &twin),
+        ("twins/b.bin", &twin),
+        ("same_size/noise.bin", &twin[..150_000]),
+        ("same_size/text.obj", &large[..150_000]),
+        ("unique/a.obj", &large[..170_001]),
+    ];
+    let mut v2 = v1.clone();
+    v2[0].1 = &edited;
+    write_tree(&d.join("v1"), &v1);
+    write_tree(&d.join("v2"), &v2);
+    let pack = |threads: &str, out: &str, reuse: bool| {
+        let mut args = vec!["--threads", threads, "pack", "v2", "-o", out, "--frame-size", "16K"];
+        if reuse {
+            args.extend(["--reuse", "old.mf"]);
+        }
+        mf_ok(d, &args);
+        std::fs::read(d.join(out)).unwrap()
+    };
+    mf_ok(d, &["pack", "v1", "-o", "old.mf", "--frame-size", "16K"]);
+    let fresh = pack("1", "fresh.mf", false);
+    assert_eq!(pack("3", "fresh3.mf", false), fresh, "fresh, 3 threads");
+    assert_eq!(pack("1", "reused1.mf", true), fresh, "--reuse, 1 thread");
+    assert_eq!(pack("3", "reused3.mf", true), fresh, "--reuse, 3 threads");
+    // The twins' 200 000 incompressible bytes are stored once: without one twin the archive is
+    // smaller by its index record only.
+    let without_twin: Vec<(&str, &[u8])> = v2.iter().copied().filter(|(p, _)| *p != "twins/b.bin").collect();
+    write_tree(&d.join("v3"), &without_twin);
+    mf_ok(d, &["pack", "v3", "-o", "v3.mf", "--frame-size", "16K"]);
+    let one_twin = std::fs::metadata(d.join("v3.mf")).unwrap().len() as usize;
+    assert!(fresh.len() < one_twin + 1000, "{} bytes against {one_twin}: the twins were not shared", fresh.len());
+    mf_ok(d, &["verify", "reused3.mf"]);
+    std::fs::create_dir(d.join("out")).unwrap();
+    mf_ok(d, &["extract", "reused3.mf", "-C", "out"]);
+    assert_eq!(std::fs::read(d.join("out/twins/b.bin")).unwrap(), twin);
+    assert_eq!(std::fs::read(d.join("out/data/large.obj")).unwrap(), edited);
+}

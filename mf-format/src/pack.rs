@@ -207,7 +207,7 @@ fn write_batch<W: Write>(
     for (input, entry) in batch.inputs.iter().zip(batch.prepared) {
         let entry = entry?;
         let size = entry.size();
-        pool.put(writer.add_prepared(entry)?);
+        pool.put(writer.add_prepared_returning(entry)?);
         progress(input, size);
     }
     Ok(())
@@ -653,4 +653,44 @@ pub(crate) fn has_extension(path: &str, extensions: &[String]) -> bool {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_buffer_pool_reuses_a_class_and_drops_its_oldest_beyond_its_bound() {
+        let pool = BufferPool::default();
+        assert_eq!(pool.take(POOLED_MIN - 1).capacity(), 0, "small files are not pooled");
+        let mut first = pool.take(200 << 10);
+        assert_eq!(first.capacity(), 256 << 10);
+        first.extend_from_slice(b"content");
+        let at = first.as_ptr();
+        pool.put(first);
+        let again = pool.take(130 << 10);
+        assert_eq!((again.as_ptr(), again.len()), (at, 0), "the pooled buffer of its class, emptied");
+        assert_eq!(pool.take(200 << 10).capacity(), 256 << 10, "a new one while that one is taken");
+        pool.put(again);
+        pool.put(Vec::with_capacity(300 << 10)); // not a pooled class
+        for _ in 0..POOL_BYTES / (4 << 20) {
+            pool.put(Vec::with_capacity(4 << 20));
+        }
+        let (free, total) = &*pool.free.lock().unwrap();
+        assert_eq!(*total, free.iter().map(Vec::capacity).sum::<usize>());
+        assert_eq!(*total, POOL_BYTES);
+        assert!(free.iter().all(|b| b.capacity() == 4 << 20), "the oldest buffer made room");
+    }
+
+    #[test]
+    fn only_sizes_two_inputs_have_are_shared() {
+        let input = |size_hint| PackInput {
+            entry_path: String::new(),
+            fs_path: PathBuf::new(),
+            size_hint,
+            options: EntryOptions::default(),
+        };
+        let inputs: Vec<PackInput> = [5, 7, 5, 9, 7, 5].into_iter().map(input).collect();
+        assert_eq!(shared_sizes(&inputs), HashSet::from([5, 7]));
+    }
 }

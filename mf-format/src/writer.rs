@@ -824,9 +824,14 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(())
     }
 
-    /// Writes an entry compressed by [`prepare_entry`]; returns its content buffer, which the caller
-    /// may reuse for the next entry it reads.
-    pub fn add_prepared(&mut self, prepared: PreparedEntry) -> Result<Vec<u8>> {
+    /// Writes an entry compressed by [`prepare_entry`].
+    pub fn add_prepared(&mut self, prepared: PreparedEntry) -> Result<()> {
+        self.add_prepared_returning(prepared).map(drop)
+    }
+
+    /// [`add_prepared`](Self::add_prepared), returning the entry's content buffer for the caller
+    /// to read the next entry into.
+    pub(crate) fn add_prepared_returning(&mut self, prepared: PreparedEntry) -> Result<Vec<u8>> {
         let PreparedEntry { path, options, data, placing, content_hash, digest } = prepared;
         if let Placing::Frames(frames) = &placing {
             if frames.len() != data.chunks(self.options.frame_size()).len() {
