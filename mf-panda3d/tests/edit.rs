@@ -401,3 +401,55 @@ fn signed_and_version_1_0_archives_are_refused_and_encrypted_subfiles_are_never_
     assert_eq!(Multifile::open(&path).unwrap().version(), (1, 1));
     assert_eq!(view(&path)["a.dat"], b"a");
 }
+
+/// Runs Panda3D's own in-place edit (`openReadWrite`, then `ops`, then `flush()`, no repack) on `path`.
+fn panda_edit(path: &Path, ops: &str) {
+    let script = format!(
+        "from panda3d.core import Multifile, Filename\nm = Multifile()\n\
+         assert m.openReadWrite(Filename.fromOsSpecific({:?}))\n{ops}\nassert m.flush()\n",
+        path.to_str().unwrap()
+    );
+    panda3d_py(path.parent().unwrap(), &script);
+}
+
+#[test]
+fn edits_by_panda3d_and_by_mf_interleave() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let path = multify_archive(d, "mixed.mf", &base_files(), &["-z"]);
+    std::fs::write(d.join("p1.dat"), b"from panda 1\n").unwrap();
+    std::fs::write(d.join("p2.dat"), b"from panda 2\n").unwrap();
+    let mut expected = view(&path);
+    // Panda3D appends an entry and flags one deleted, in place.
+    panda_edit(
+        &path,
+        "m.addSubfile('p/one.dat', Filename.binaryFilename('p1.dat'), 6)\nassert m.removeSubfile('f.dat')",
+    );
+    assert!(Multifile::open(&path).unwrap().deleted_count() == 1);
+    expected.insert("p/one.dat".into(), b"from panda 1\n".to_vec());
+    expected.remove("f.dat");
+    assert_eq!(view(&path), expected);
+    // mf edits that chain: a replacement (relinked), an addition, a removal.
+    let mut editor = MultifileEditor::open(&path).unwrap();
+    put(&mut editor, "b/c.dat", b"replaced by mf\n").unwrap();
+    put(&mut editor, "m/new.dat", b"added by mf\n").unwrap();
+    editor.remove_tree("a.dat").unwrap();
+    editor.commit().unwrap();
+    expected.insert("b/c.dat".into(), b"replaced by mf\n".to_vec());
+    expected.insert("m/new.dat".into(), b"added by mf\n".to_vec());
+    expected.remove("a.dat");
+    assert_eq!(view(&path), expected);
+    // And Panda3D edits what mf left, then mf compacts it all into multify's packed layout.
+    panda_edit(
+        &path,
+        "m.addSubfile('p/two.dat', Filename.binaryFilename('p2.dat'), 0)\nassert m.removeSubfile('m/new.dat')",
+    );
+    expected.insert("p/two.dat".into(), b"from panda 2\n".to_vec());
+    expected.remove("m/new.dat");
+    assert_eq!(view(&path), expected);
+    let report = compact_file(&path, &path).unwrap();
+    assert!(report.new_len < report.old_len);
+    let compacted = Multifile::open(&path).unwrap();
+    assert!(!compacted.needs_repack() && compacted.dead_bytes() == 0 && compacted.deleted_count() == 0);
+    assert_eq!(view(&path), expected);
+}
