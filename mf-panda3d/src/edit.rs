@@ -594,7 +594,7 @@ fn write_packed(source: &File, multifile: &Multifile, mut items: Vec<PackedItem>
     }
     let mut head = head.into_inner();
     head.resize(pad_to_scale(terminator + 4, scale) as usize, 0);
-    let mut out = AtomicFile::create(output).map_err(|e| Error::io(output, e))?;
+    let mut out = AtomicFile::create_removing_stale(output).map_err(|e| Error::io(output, e))?;
     let io_err = |e| Error::io(output, e);
     let mut sink = BufWriter::with_capacity(1 << 20, out.file());
     sink.write_all(&head).map_err(io_err)?;
@@ -735,4 +735,17 @@ fn read_full(reader: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_write_fits_a_sector_or_is_not_made() {
+        assert!(in_one_sector(508, 4) && in_one_sector(0, HEAD_COMMIT_LEN) && in_one_sector(512, 4));
+        assert!(!in_one_sector(509, 4) && !in_one_sector(511, 2) && !in_one_sector(500, HEAD_COMMIT_LEN));
+        assert!(in_one_sector(511, 1), "the flag byte fits anywhere");
+        assert!(!in_one_sector(0, 0));
+    }
 }
