@@ -277,7 +277,11 @@ fn mf_compact_of_an_edited_multifile_is_byte_identical_to_multify() {
         }
         mf_ok(d, &["rm", "edited.mf", "m/model.egg", "--no-compact"]);
         assert!(json(d, &["info", "edited.mf", "--json"])["panda3d"]["dead_bytes"].as_u64().unwrap() > 0);
+        let edited = std::fs::read(d.join("edited.mf")).unwrap();
+        mf_ok(d, &["compact", "edited.mf", "-o", "copy.mf"]);
+        assert_eq!(std::fs::read(d.join("edited.mf")).unwrap(), edited, "-o leaves the archive as it was");
         mf_ok(d, &["compact", "edited.mf"]);
+        assert_eq!(std::fs::read(d.join("edited.mf")).unwrap(), std::fs::read(d.join("copy.mf")).unwrap());
         let reference = if flags != ["-z"] {
             write_tree(&d.join("final"), &[("a.bin", b"second\n"), ("m/tex.png", &files[2].1), ("z.dat", &files[3].1)]);
             multify_create(d, "final", "reference.mf", flags, &["a.bin", "m", "z.dat"])
