@@ -7,7 +7,9 @@
 //! (data, index entries, terminator) is appended after the archive's logical end and synced first,
 //! unlinked and so invisible to every reader; then one write of at most 14 bytes inside one 512-byte
 //! sector links it in (or, for a single removal, sets one flag byte), and is synced. A crash leaves
-//! the old archive (plus an unlinked tail the next edit cuts off) or the new one.
+//! the old archive (plus an unlinked tail the next edit cuts off) or the new one. Where no such write
+//! exists (the bytes to change cross a sector boundary, or the archive is empty), the archive is
+//! rewritten whole in the packed layout (temp file, fsync, rename), as `multify -r` always does.
 //!
 //! Never are two live entries of one name in the chain: Panda3D lists both and extracts both (the
 //! later overwrites the earlier), which is neither version. So a replacement or removal relinks the
