@@ -453,3 +453,26 @@ fn edits_by_panda3d_and_by_mf_interleave() {
     assert!(!compacted.needs_repack() && compacted.dead_bytes() == 0 && compacted.deleted_count() == 0);
     assert_eq!(view(&path), expected);
 }
+
+#[test]
+fn one_editor_at_a_time_and_a_symlink_is_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = multify_archive(dir.path(), "busy.mf", &base_files(), &["-z"]);
+    let before = std::fs::read(&path).unwrap();
+    let mut first = MultifileEditor::open(&path).unwrap();
+    let err = MultifileEditor::open(&path).unwrap_err().to_string();
+    assert!(err.contains("busy.mf") && err.contains("busy"), "{err}");
+    let err = compact_file(&path, &path).unwrap_err().to_string();
+    assert!(err.contains("busy"), "{err}");
+    put(&mut first, "x.dat", b"x").unwrap();
+    first.commit().unwrap();
+    assert_eq!(view(&path)["x.dat"], b"x");
+    // A symlink as the archive's last component is refused, its target untouched.
+    let link = dir.path().join("link.mf");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let now = std::fs::read(&path).unwrap();
+    assert_ne!(now, before);
+    assert!(MultifileEditor::open(&link).is_err());
+    assert!(mf_panda3d::edit::remove_paths(&link, &["x.dat".into()], false).is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), now);
+}
