@@ -90,6 +90,7 @@ pub mod reuse;
 pub mod unpack;
 mod validate;
 pub mod writer;
+pub mod x86;
 
 pub use access_order::TraceOrder;
 pub use atomic::{remove_pending_temp_files, AtomicFile};
