@@ -36,13 +36,14 @@ fuzz_target!(|data: &[u8]| {
 /// The archive with the X86 flag of entry record `which` (modulo the entry count) flipped.
 fn flip_x86_flag(data: &[u8], which: u8) -> Option<Vec<u8>> {
     let footer_at = data.len().checked_sub(40)?;
-    let word = |at: usize| data.get(at..at + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    let word = |at: usize| data.get(at..at.checked_add(8)?).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
     let index_at = usize::try_from(word(footer_at)?).ok()?;
     let entries = word(index_at)?;
     if entries == 0 {
         return None;
     }
-    let flags_at = index_at + 32 + 64 * (u64::from(which) % entries) as usize + 10;
+    let record = usize::try_from(u64::from(which) % entries).ok()?;
+    let flags_at = index_at.checked_add(32 + 10)?.checked_add(record.checked_mul(64)?)?;
     let mut bytes = data.to_vec();
     *bytes.get_mut(flags_at)? ^= mf_format::format::ENTRY_FLAG_X86 as u8;
     Some(bytes)
