@@ -107,5 +107,5 @@ pub use reuse::ReuseSource;
 pub use unpack::{unpack_in, UnpackEntry, UnpackError, UnpackOptions, UnpackReport};
 pub use writer::{
     prepare_entry, prepare_entry_reusing, ArchiveWriter, Compression, EntryOptions, Mtime, PreparedEntry, ReuseReport,
-    StoredLayout, WriterOptions, DEFAULT_LEVEL,
+    StoredLayout, WriterOptions, BEST_FRAME_SIZE_LOG2, BEST_LEVEL, DEFAULT_LEVEL,
 };

@@ -54,7 +54,20 @@ impl Default for WriterOptions {
     }
 }
 
+/// zstd level of the release-build preset ([`WriterOptions::best`]).
+pub const BEST_LEVEL: i32 = 12;
+/// log2 of the release-build preset's frame size: 4 MiB.
+pub const BEST_FRAME_SIZE_LOG2: u8 = 22;
+
 impl WriterOptions {
+    /// The release-build preset (`mf pack --best`): a higher level and 4 MiB frames, chosen from
+    /// bench/ measurements (bench/notes/pack.md) to come within 10% of `tar | zstd -19 --long` on
+    /// asset and native-library trees while packing at most twice as long as `mksquashfs`. Larger
+    /// frames cost random reads: a read decodes up to a whole frame.
+    pub fn best() -> Self {
+        WriterOptions { level: BEST_LEVEL, frame_size_log2: BEST_FRAME_SIZE_LOG2 }
+    }
+
     fn check(&self) -> Result<()> {
         if !(MIN_FRAME_SIZE_LOG2..=MAX_FRAME_SIZE_LOG2).contains(&self.frame_size_log2) {
             return Err(Error::InvalidOption(format!(
