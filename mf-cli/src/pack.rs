@@ -28,8 +28,8 @@ pub struct PackArgs {
           value_parser = clap::value_parser!(i32).range(1..=22))]
     level: i32,
     /// Release-build preset: zstd level 12 and 4M frames (instead of --level and --frame-size).
-    /// Archives about 5% smaller than the defaults (within 10% of `tar | zstd -19 --long`) for
-    /// about twice the pack time; random reads decode up to 4 MiB each (bench/notes/pack.md).
+    /// Archives 3-7% smaller than the defaults (about 1.1x `tar | zstd -19 --long`, the solid bound)
+    /// for 2-3x the pack time, still under mksquashfs's; random reads decode up to 4 MiB each.
     #[arg(long, conflicts_with_all = ["level", "frame_size"])]
     best: bool,
     /// Also store these extensions uncompressed (comma-separated, e.g. `dds,bin`).

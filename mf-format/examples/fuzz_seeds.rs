@@ -26,7 +26,7 @@ fn x86_code(len: usize) -> Vec<u8> {
     while out.len() < len {
         let target = 4096 * (i % 3) + 17;
         let next = out.len() as u32 + 5;
-        out.push(if i % 4 == 0 { 0xE9 } else { 0xE8 });
+        out.push(if i.is_multiple_of(4) { 0xE9 } else { 0xE8 });
         out.extend_from_slice(&target.wrapping_sub(next).to_le_bytes());
         out.extend_from_slice(&[0x48, 0x89, 0xC7]);
         i += 1;

@@ -61,9 +61,10 @@ pub const BEST_FRAME_SIZE_LOG2: u8 = 22;
 
 impl WriterOptions {
     /// The release-build preset (`mf pack --best`): a higher level and 4 MiB frames, chosen from
-    /// bench/ measurements (bench/notes/pack.md) to come within 10% of `tar | zstd -19 --long` on
-    /// asset and native-library trees while packing at most twice as long as `mksquashfs`. Larger
-    /// frames cost random reads: a read decodes up to a whole frame.
+    /// bench/ measurements (bench/notes/pack.md): 1.08× `tar | zstd -19 --long` on a native-library
+    /// tree and 1.11× on a media-heavy one, packing in under half of `mksquashfs`'s time (higher
+    /// levels that reach 1.10× on both take over twice its time). Larger frames cost random reads:
+    /// a read decodes up to a whole frame.
     pub fn best() -> Self {
         WriterOptions { level: BEST_LEVEL, frame_size_log2: BEST_FRAME_SIZE_LOG2 }
     }
