@@ -1,5 +1,6 @@
 //! End-to-end tests of `mf add`, `mf rm` and `mf compact`: archives changed in place, what they
-//! report, `mf info` after edits, compaction byte-identical to `mf pack`, and refusals.
+//! report, `mf info` after edits, compaction byte-identical to `mf pack` (and, for Panda3D
+//! multifiles, to `multify -c`), crashes, and refusals.
 
 mod common;
 
@@ -191,18 +192,194 @@ fn add_refuses_links_leaving_a_directory_and_paths_outside_the_base() {
     assert_eq!(std::fs::read(d.join("a.mf")).unwrap(), before, "a refused add leaves the archive as it was");
 }
 
+/// `multify -c -T 0 FLAGS FILES...` run in `src`, writing `dir/name`.
+fn multify_create(dir: &Path, src: &str, name: &str, flags: &[&str], files: &[&str]) -> std::path::PathBuf {
+    let target = dir.join(name);
+    let mut args = vec!["-c", "-T", "0", "-f", target.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    args.extend_from_slice(files);
+    multify(&dir.join(src), &args);
+    target
+}
+
+/// What the real `multify -x` extracts from `dir/archive`, and the names `multify -t` lists.
+fn multify_content(dir: &Path, archive: &str) -> Vec<(String, Vec<u8>)> {
+    let out = dir.join(format!("multify-x-{}", fastrand_name(archive)));
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let path = dir.join(archive);
+    multify(&out, &["-x", "-f", path.to_str().unwrap()]);
+    let tree = read_tree(&out);
+    let listed: Vec<String> = multify(dir, &["-t", "-f", archive]).lines().map(str::to_owned).collect();
+    let names: Vec<String> = tree.iter().map(|(name, _)| name.clone()).collect();
+    assert_eq!(listed, names, "multify -t lists each subfile once");
+    tree
+}
+
 #[test]
-fn panda3d_multifiles_are_refused_untouched() {
+fn panda3d_multifiles_change_in_place_as_multify_and_panda3d_read_them() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let bytes = mf_test_support::panda3d::multifile_bytes(&[("a.txt", b"a", None, 0)]);
-    std::fs::write(d.join("p.mf"), &bytes).unwrap();
+    let big: Vec<u8> = (0..20_000u32).flat_map(|i| format!("row {i}\n").into_bytes()).collect();
+    write_tree(&d.join("src"), &[("a.dat", b"alpha\n"), ("b/big.dat", &big), ("b/pic.png", &noise(5000, 1))]);
+    multify_create(d, "src", "p.mf", &["-z"], &["a.dat", "b"]);
+    write_tree(&d.join("more"), &[("a.dat", b"alpha\n"), ("c/new.dat", b"new\n"), ("b/pic.png", &noise(6000, 2))]);
+
+    let report = json(d, &["add", "p.mf", "-C", "more", "c", "--json"]);
+    assert_eq!(strings(&report["added"]), ["c/new.dat"]);
+    let written = report["bytes_written"].as_u64().unwrap();
+    assert!(written > 0 && written < 200, "one small subfile and its entry: {report}");
+    assert_eq!(report["compacted"], false);
+    let before = std::fs::read(d.join("p.mf")).unwrap();
+    let report = json(d, &["add", "p.mf", "-C", "more", "a.dat", "--update", "--json"]);
+    assert_eq!(strings(&report["unchanged"]), ["a.dat"]);
+    assert_eq!(report["bytes_written"], 0);
+    assert_eq!(std::fs::read(d.join("p.mf")).unwrap(), before, "--update with nothing changed writes nothing");
+    let report = json(d, &["add", "p.mf", "-C", "more", "a.dat", "b/pic.png", "--update", "--json"]);
+    assert_eq!(strings(&report["unchanged"]), ["a.dat"]);
+    assert_eq!(strings(&report["replaced"]), ["b/pic.png"]);
+    let mut expected = vec![
+        ("a.dat".to_owned(), b"alpha\n".to_vec()),
+        ("b/big.dat".to_owned(), big.clone()),
+        ("b/pic.png".to_owned(), noise(6000, 2)),
+        ("c/new.dat".to_owned(), b"new\n".to_vec()),
+    ];
+    assert_eq!(multify_content(d, "p.mf"), expected);
+    assert_eq!(extracted(d, "p.mf"), expected);
+    let list = json(d, &["list", "p.mf", "--json"]);
+    let compression = |path: &str| {
+        list.as_array().unwrap().iter().find(|e| e["path"] == path).unwrap()["compression"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(compression("c/new.dat"), "zlib", "a -z archive gets compressed subfiles");
+    assert_eq!(compression("b/pic.png"), "none", "except multify's -Z extensions");
+
+    let report = json(d, &["rm", "p.mf", "b", "--json", "--no-compact"]);
+    assert_eq!(strings(&report["removed"]), ["b/big.dat", "b/pic.png"]);
+    expected.retain(|(name, _)| !name.starts_with("b/"));
+    assert_eq!(multify_content(d, "p.mf"), expected);
+    let script = "from panda3d.core import Multifile, Filename\nm = Multifile()\nassert m.openRead(Filename('p.mf'))\n\
+                  print(sorted((m.getSubfileName(i), bytes(m.readSubfile(i))) for i in range(m.getNumSubfiles())))";
+    assert_eq!(panda3d_py(d, script).trim(), "[('a.dat', b'alpha\\n'), ('c/new.dat', b'new\\n')]");
+    let info = json(d, &["info", "p.mf", "--json"]);
+    let dead = info["panda3d"]["dead_bytes"].as_u64().unwrap();
+    assert!(dead > 10_000, "the removed data is dead: {info}");
+    assert_eq!(info["panda3d"]["needs_repack"], true);
+
+    let report = json(d, &["compact", "p.mf", "--json"]);
+    assert_eq!(report["entries"], 2);
+    assert_eq!(report["new_size"].as_u64().unwrap(), report["old_size"].as_u64().unwrap() - dead);
+    let info = json(d, &["info", "p.mf", "--json"]);
+    assert_eq!((info["panda3d"]["dead_bytes"].as_u64(), &info["panda3d"]["needs_repack"]), (Some(0), &false.into()));
+    assert_eq!(multify_content(d, "p.mf"), expected);
+}
+
+#[test]
+fn mf_compact_of_an_edited_multifile_is_byte_identical_to_multify() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let files: [(&str, Vec<u8>); 4] = [
+        ("a.bin", b"first\n".to_vec()),
+        ("m/model.egg", (0..3000u32).flat_map(|i| format!("<V> {i}\n").into_bytes()).collect()),
+        ("m/tex.png", noise(4000, 7)),
+        ("z.dat", noise(100, 8)),
+    ];
+    let tree: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, &c[..])).collect();
+    write_tree(&d.join("all"), &tree);
+    for flags in [&[][..], &["-z"], &["-F", "16"]] {
+        // Every file but z.dat, then z.dat added by mf, m/model.egg removed and a.bin replaced.
+        multify_create(d, "all", "edited.mf", flags, &["a.bin", "m"]);
+        write_tree(&d.join("new"), &[("a.bin", b"second\n")]);
+        if flags != ["-z"] {
+            // Stored archives get stored subfiles, so mf's bytes are multify's.
+            mf_ok(d, &["add", "edited.mf", "-C", "all", "z.dat", "--no-compact"]);
+            mf_ok(d, &["add", "edited.mf", "-C", "new", "a.bin", "--no-compact"]);
+        }
+        mf_ok(d, &["rm", "edited.mf", "m/model.egg", "--no-compact"]);
+        assert!(json(d, &["info", "edited.mf", "--json"])["panda3d"]["dead_bytes"].as_u64().unwrap() > 0);
+        let edited = std::fs::read(d.join("edited.mf")).unwrap();
+        mf_ok(d, &["compact", "edited.mf", "-o", "copy.mf"]);
+        assert_eq!(std::fs::read(d.join("edited.mf")).unwrap(), edited, "-o leaves the archive as it was");
+        mf_ok(d, &["compact", "edited.mf"]);
+        assert_eq!(std::fs::read(d.join("edited.mf")).unwrap(), std::fs::read(d.join("copy.mf")).unwrap());
+        let reference = if flags != ["-z"] {
+            write_tree(&d.join("final"), &[("a.bin", b"second\n"), ("m/tex.png", &files[2].1), ("z.dat", &files[3].1)]);
+            multify_create(d, "final", "reference.mf", flags, &["a.bin", "m", "z.dat"])
+        } else {
+            multify_create(d, "all", "reference.mf", flags, &["a.bin", "m/tex.png"])
+        };
+        assert_eq!(
+            std::fs::read(d.join("edited.mf")).unwrap(),
+            std::fs::read(reference).unwrap(),
+            "{flags:?}: mf compact and multify -c differ"
+        );
+        let _ = std::fs::remove_dir_all(d.join("final"));
+    }
+}
+
+#[test]
+fn panda3d_multifiles_that_cannot_change_in_place_are_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Signed: a signature record (flags 0x20, empty name) after the subfile.
+    craft_multifile(
+        d,
+        "p.mf",
+        "[('a.txt', b'a', 0, 1), ('', b'\\x04\\x00\\x00\\x00sig!\\x00\\x00\\x00\\x00', 0x20, 0)]",
+    );
+    let bytes = std::fs::read(d.join("p.mf")).unwrap();
     std::fs::write(d.join("b.txt"), b"b").unwrap();
     for args in [&["add", "p.mf", "b.txt"][..], &["rm", "p.mf", "a.txt"], &["compact", "p.mf"]] {
         let err = mf_fails(d, args, 1);
-        assert!(err.contains("p.mf") && err.contains("not supported yet"), "{err}");
+        assert!(err.contains("p.mf") && err.contains("signed"), "{err}");
     }
     assert_eq!(std::fs::read(d.join("p.mf")).unwrap(), bytes);
+    // A `next` word beyond the end of the file: the error names file and offset.
+    let mut broken = mf_test_support::panda3d::multifile_bytes(&[("a.txt", b"a", None, 0), ("b.txt", b"b", None, 0)]);
+    broken[18..22].copy_from_slice(&9999u32.to_le_bytes());
+    std::fs::write(d.join("q.mf"), &broken).unwrap();
+    for args in [&["add", "q.mf", "b.txt"][..], &["rm", "q.mf", "a.txt"], &["compact", "q.mf"]] {
+        let err = mf_fails(d, args, 1);
+        assert!(err.contains("q.mf") && err.contains("offset 18"), "{err}");
+    }
+    assert_eq!(std::fs::read(d.join("q.mf")).unwrap(), broken);
+}
+
+#[test]
+fn mf_add_to_a_multifile_killed_at_any_moment_leaves_the_old_or_the_new_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_tree(&d.join("src"), &[("a.dat", b"a\n"), ("b.dat", b"b\n")]);
+    multify_create(d, "src", "p.mf", &["-z"], &["a.dat", "b.dat"]);
+    let old = multify_content(d, "p.mf");
+    let log: Vec<u8> = (0..400_000u32).flat_map(|i| format!("line {i} of the added log\n").into_bytes()).collect();
+    write_tree(&d.join("more"), &[("a.dat", b"A\n"), ("added.log", &log), ("added.bin", &noise(6 << 20, 9))]);
+    let mut new = old.clone();
+    new[0].1 = b"A\n".to_vec();
+    new.push(("added.bin".into(), noise(6 << 20, 9)));
+    new.push(("added.log".into(), log));
+    new.sort();
+    let mut saw_old = false;
+    for delay_ms in [0u64, 5, 10, 20, 40, 80, 160, 320] {
+        let mut child =
+            spawn_quiet(d, &["add", "p.mf", "-C", "more", "added.log", "added.bin", "a.dat", "--no-compact"]);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+        let now = multify_content(d, "p.mf");
+        assert!(now == old || now == new, "killed after {delay_ms} ms: neither version for multify");
+        assert_eq!(extracted(d, "p.mf"), now, "killed after {delay_ms} ms: mf and multify differ");
+        if now == new {
+            mf_ok(d, &["rm", "p.mf", "added.log", "added.bin", "--no-compact"]);
+            mf_ok(d, &["add", "p.mf", "-C", "src", "a.dat", "--no-compact"]);
+            assert_eq!(multify_content(d, "p.mf"), old);
+        } else {
+            saw_old = true;
+        }
+    }
+    assert!(saw_old, "at least one kill landed before the commit");
+    mf_ok(d, &["add", "p.mf", "-C", "more", "added.log", "added.bin", "a.dat"]);
+    assert_eq!(multify_content(d, "p.mf"), new);
+    assert_eq!(extracted(d, "p.mf"), new);
 }
 
 #[test]

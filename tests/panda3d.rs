@@ -92,6 +92,7 @@ fn reads_every_multify_layout_exactly_as_multify_extracts_it() {
         let info = json(dir.path(), &["info", "--json", name]);
         assert_eq!(info["format"], "panda3d");
         assert_eq!(info["version"], "1.1");
+        assert_eq!(info["panda3d"]["dead_bytes"], 0, "{name}: multify's packed layout has no dead bytes");
     }
 
     let list = json(dir.path(), &["list", "--json", "zlib.mf"]);

@@ -287,6 +287,8 @@ struct Panda3dInfoJson {
     encrypted_entries: usize,
     text_entries: usize,
     deleted_entries: usize,
+    /// Bytes no reader uses (deleted entries, data and index entries left behind by in-place edits).
+    dead_bytes: u64,
     /// Panda3D would repack it: entries unsorted, with gaps, or deleted.
     needs_repack: bool,
     signatures: Vec<SignatureJson>,
@@ -313,6 +315,7 @@ pub fn info(args: InfoArgs) -> Outcome {
         encrypted_entries: count(|e| e.is_encrypted()),
         text_entries: count(|e| e.is_text()),
         deleted_entries: multifile.deleted_count(),
+        dead_bytes: multifile.dead_bytes(),
         needs_repack: multifile.needs_repack(),
         signatures: multifile
             .signatures()
@@ -382,6 +385,7 @@ pub fn info(args: InfoArgs) -> Outcome {
             say!("encrypted:    {} entries", p.encrypted_entries)?;
             say!("text:         {} entries", p.text_entries)?;
             say!("deleted:      {} entries (still in the index chain)", p.deleted_entries)?;
+            say!("dead space:   {} bytes", p.dead_bytes)?;
             say!("needs repack: {}", if p.needs_repack { "yes" } else { "no" })?;
             for signature in &p.signatures {
                 match (&signature.subject, &signature.error) {

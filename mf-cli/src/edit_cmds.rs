@@ -1,9 +1,9 @@
 //! `mf add`, `mf rm`, `mf compact`: archives changed in place. The library does the work
-//! (`mf_format::inplace`, `mf_format::edit`); this parses, calls it once and prints.
+//! (`mf_format::inplace`, `mf_format::edit`, or `mf_panda3d::edit` for Panda3D multifiles); this
+//! parses, calls it once and prints.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
 use clap::Args;
 use mf_format::inplace::{AddOptions, EditReport};
 use mf_format::DirPackOptions;
@@ -70,19 +70,11 @@ pub struct CompactArgs {
     json: JsonFlag,
 }
 
-/// Panda3D multifiles are not edited in place yet: refuse them before anything is opened for writing.
-fn refuse_panda3d(archive: &Path) -> anyhow::Result<()> {
-    if ArchiveFormat::detect(archive).ok().flatten() == Some(ArchiveFormat::Panda3d) {
-        bail!(
-            "{}: changing Panda3D multifiles in place is not supported yet (convert it with `mf convert`, or use multify)",
-            archive.display()
-        );
-    }
-    Ok(())
+fn is_panda3d(archive: &Path) -> bool {
+    ArchiveFormat::detect(archive).ok().flatten() == Some(ArchiveFormat::Panda3d)
 }
 
 pub fn add(args: AddArgs) -> Outcome {
-    refuse_panda3d(&args.archive)?;
     let options = AddOptions {
         base: args.directory.unwrap_or_default(),
         update: args.update,
@@ -95,7 +87,11 @@ pub fn add(args: AddArgs) -> Outcome {
         },
         no_compact: args.no_compact,
     };
-    let report = mf_format::inplace::add_paths(&args.archive, &args.paths, &options)?;
+    let report = if is_panda3d(&args.archive) {
+        mf_panda3d::edit::add_paths(&args.archive, &args.paths, &options)?
+    } else {
+        mf_format::inplace::add_paths(&args.archive, &args.paths, &options)?
+    };
     for path in &report.skipped {
         eprintln!("mf: skipping {} (not a regular file)", path.display());
     }
@@ -103,8 +99,11 @@ pub fn add(args: AddArgs) -> Outcome {
 }
 
 pub fn rm(args: RmArgs) -> Outcome {
-    refuse_panda3d(&args.archive)?;
-    let report = mf_format::inplace::remove_paths(&args.archive, &args.paths, args.no_compact)?;
+    let report = if is_panda3d(&args.archive) {
+        mf_panda3d::edit::remove_paths(&args.archive, &args.paths, args.no_compact)?
+    } else {
+        mf_format::inplace::remove_paths(&args.archive, &args.paths, args.no_compact)?
+    };
     print_report(&args.archive, &report, args.json.json)
 }
 
@@ -118,12 +117,12 @@ struct CompactJson {
 }
 
 pub fn compact(args: CompactArgs) -> Outcome {
-    refuse_panda3d(&args.archive)?;
+    let output = args.output.as_ref().unwrap_or(&args.archive);
     let report = match &args.output {
+        _ if is_panda3d(&args.archive) => mf_panda3d::edit::compact_file(&args.archive, output)?,
         Some(output) => mf_format::compact(&mf_format::Archive::open(&args.archive)?, output)?,
         None => mf_format::edit::compact_file(&args.archive)?,
     };
-    let output = args.output.as_ref().unwrap_or(&args.archive);
     let json = CompactJson {
         archive: args.archive.display().to_string(),
         output: output.display().to_string(),

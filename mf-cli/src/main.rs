@@ -56,11 +56,11 @@ enum Command {
     Verify(archive_cmds::VerifyArgs),
     /// Show an archive's version, counts and sizes.
     Info(archive_cmds::InfoArgs),
-    /// Add or replace files in an archive, in place (crash-safe; directories recursively).
+    /// Add or replace files in an archive or Panda3D multifile, in place (crash-safe; directories recursively).
     Add(edit_cmds::AddArgs),
-    /// Remove entries (or directories of entries) from an archive, in place (crash-safe).
+    /// Remove entries (or directories of entries) from an archive or Panda3D multifile, in place (crash-safe).
     Rm(edit_cmds::RmArgs),
-    /// Rewrite an archive without dead space, exactly as a fresh `mf pack` of its content.
+    /// Rewrite an archive without dead space, exactly as a fresh `mf pack` (or `multify -c`) of its content.
     Compact(edit_cmds::CompactArgs),
     /// Convert between mf archives and Panda3D multifiles.
     Convert(convert::ConvertArgs),

@@ -50,10 +50,7 @@ pub struct EditReport {
 pub fn add_paths(archive: &Path, paths: &[PathBuf], options: &AddOptions) -> Result<EditReport, PackError> {
     let mut editor = Editor::open(archive)?;
     let mut report = EditReport::default();
-    let mut inputs = Vec::new();
-    for path in paths {
-        collect(path, archive, options, &mut inputs, &mut report.skipped)?;
-    }
+    let inputs = collect_paths(archive, paths, options, &mut report.skipped)?;
     for input in &inputs {
         let mut file = crate::fs::open_regular(&input.fs_path).map_err(|error| io(&input.fs_path, error))?;
         let size = file.metadata().map_err(|error| io(&input.fs_path, error))?.len();
@@ -74,6 +71,23 @@ pub fn add_paths(archive: &Path, paths: &[PathBuf], options: &AddOptions) -> Res
         list.push(input.entry_path.clone());
     }
     finish(editor, options.no_compact, report)
+}
+
+/// The files `paths` name (each a file, or a directory walked by the pack rules), as entries whose
+/// paths are relative to `options.base`; what walked directories hold that is not a regular file goes
+/// to `skipped`. Shared with the Panda3D editor (`mf_panda3d::edit`), so both formats take the same
+/// paths by the same rules.
+pub fn collect_paths(
+    archive: &Path,
+    paths: &[PathBuf],
+    options: &AddOptions,
+    skipped: &mut Vec<PathBuf>,
+) -> Result<Vec<PackInput>, PackError> {
+    let mut inputs = Vec::new();
+    for path in paths {
+        collect(path, archive, options, &mut inputs, skipped)?;
+    }
+    Ok(inputs)
 }
 
 /// Removes the entries `paths` (a directory path removes everything under it) in place.

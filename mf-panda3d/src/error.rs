@@ -53,6 +53,11 @@ pub enum Error {
         path: String,
     },
 
+    /// A file given to add could not be taken (unreadable, not a regular file, a path outside the
+    /// base directory, a symlink leaving an added directory).
+    #[error(transparent)]
+    Input(mf_format::pack::PackError),
+
     /// An encrypted subfile could not be decrypted (wrong password, damaged record, unknown cipher,
     /// or a build without the `crypto` feature).
     #[error("{}: entry '{entry}' cannot be decrypted: {what}", file.display())]
@@ -83,7 +88,16 @@ impl Error {
         match self {
             Error::Format(inner) => inner.is_corruption(),
             Error::NotAMultifile { .. } | Error::UnsupportedVersion { .. } => true,
-            Error::PasswordRequired { .. } | Error::Decrypt { .. } | Error::NotFound { .. } => false,
+            Error::PasswordRequired { .. } | Error::Decrypt { .. } | Error::NotFound { .. } | Error::Input(_) => false,
+        }
+    }
+}
+
+impl From<mf_format::pack::PackError> for Error {
+    fn from(err: mf_format::pack::PackError) -> Self {
+        match err {
+            mf_format::pack::PackError::Format(inner) => Error::Format(inner),
+            other => Error::Input(other),
         }
     }
 }

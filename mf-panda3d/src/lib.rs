@@ -33,6 +33,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! [`edit`] changes multifiles in place (`mf add`, `mf rm`, `mf compact`), crash-safe, in shapes
+//! Panda3D itself reads (`spec/PANDA3D.md`, "Editing in place").
+//!
 //! ## What this crate must not know
 //!
 //! Command-line flags, file-system policy beyond atomic output, and patches: `mf-diff` decides how
@@ -49,6 +52,7 @@ pub mod any;
 pub mod convert;
 #[cfg(feature = "crypto")]
 pub mod crypto;
+pub mod edit;
 pub mod error;
 pub mod extract;
 #[allow(missing_docs)] // On-disk fields, documented table by table in spec/PANDA3D.md.
@@ -58,6 +62,7 @@ pub mod writer;
 
 pub use any::{AnyArchive, AnyEntry, ArchiveFormat, EntryLayout};
 pub use convert::{convert_to_file, ConvertOptions, Target, MULTIFY_DEFAULT_LEVEL};
+pub use edit::MultifileEditor;
 pub use error::{Error, Result};
 pub use extract::{extract, select, ExtractError};
 pub use reader::{looks_like_multifile, Multifile, Signature, Subfile, SubfileReader};

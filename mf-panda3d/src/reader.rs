@@ -136,6 +136,8 @@ pub struct Subfile {
     flags: u16,
     original_length: u64,
     timestamp: u32,
+    /// Bytes of its index entry, padded to the scale factor (for the dead-space count).
+    entry_len: u64,
 }
 
 impl Subfile {
@@ -206,6 +208,8 @@ pub struct Multifile {
     signatures: Vec<Signature>,
     deleted: usize,
     shadowed: usize,
+    /// Bytes of signature records (entries and data, padded), which are live but not subfiles.
+    signature_bytes: u64,
     needs_repack: bool,
     index_start: u64,
     index_end: u64,
@@ -239,6 +243,22 @@ impl Multifile {
         let file = mf_format::fs::open_regular(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         Self::parse(path.to_owned(), Source::Pread { file, len, prefix: Vec::new() })
+    }
+
+    /// Maps and opens the already open `file` (named `name` in errors): an editor reads the very
+    /// file it locked, never the path again.
+    pub fn from_file(file: &File, name: impl Into<PathBuf>) -> Result<Multifile> {
+        let name = name.into();
+        let backing = Backing::from_file(file, &name)?;
+        Self::from_backing(name, backing)
+    }
+
+    /// The whole file's bytes, when it is mapped or in memory (not for [`open_pread`](Self::open_pread)).
+    pub(crate) fn file_bytes(&self) -> Option<&[u8]> {
+        match &self.source {
+            Source::Whole(backing) => Some(backing.bytes()),
+            Source::Pread { .. } => None,
+        }
     }
 
     fn from_backing(name: PathBuf, backing: Backing) -> Result<Multifile> {
@@ -282,6 +302,7 @@ impl Multifile {
         let mut subfiles = Vec::new();
         let mut signatures = Vec::new();
         let mut deleted = 0;
+        let mut signature_bytes = 0u64;
         let mut needs_repack = false;
         let mut visited = HashSet::new();
         let mut position = index_start;
@@ -338,6 +359,7 @@ impl Multifile {
                 deleted += 1;
                 needs_repack = true;
             } else if entry.flags & FLAG_SIGNATURE != 0 {
+                signature_bytes += pad_to_scale(entry.encoded_len(), scale) + pad_to_scale(data_length, scale);
                 let data = window.get(data_offset, (data_length as usize).min(MAX_SIGNATURE_LEN)).map_err(io_error)?;
                 signatures.push(read_signature(data, position, data_offset, data_length));
             } else {
@@ -364,6 +386,7 @@ impl Multifile {
                     flags: entry.flags,
                     original_length,
                     timestamp: entry.timestamp.unwrap_or(0),
+                    entry_len: pad_to_scale(entry.encoded_len(), scale),
                 });
             }
             position = next;
@@ -386,6 +409,7 @@ impl Multifile {
             signatures,
             deleted,
             shadowed,
+            signature_bytes,
             needs_repack: needs_repack || shadowed > 0,
             index_start,
             index_end,
@@ -468,6 +492,19 @@ impl Multifile {
     /// One past the terminator of the index chain.
     pub fn index_end(&self) -> u64 {
         self.index_end
+    }
+    /// Bytes of the file no reader uses: deleted entries and their data, index entries and
+    /// terminators left behind by in-place edits, a tail never linked into the chain. What is live:
+    /// the prefix and header, each live subfile's index entry and data, signature records, and the
+    /// terminator, each padded to the scale factor (`spec/PANDA3D.md`, "Editing in place").
+    pub fn dead_bytes(&self) -> u64 {
+        let scale = u64::from(self.header.scale_factor);
+        let live = self
+            .subfiles
+            .iter()
+            .map(|s| s.entry_len + pad_to_scale(s.data_length, scale))
+            .fold(self.index_start + pad_to_scale(4, scale) + self.signature_bytes, u64::saturating_add);
+        self.file_len().saturating_sub(live)
     }
     /// Signature records, in chain order.
     pub fn signatures(&self) -> &[Signature] {

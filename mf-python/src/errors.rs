@@ -236,6 +236,7 @@ impl From<&mf_panda3d::Error> for Failure {
                 Failure::new(Kind::Password, error).file(file).entry(Some(entry))
             }
             E::NotFound { file, path } => Failure::new(Kind::NotFound, error).file(file).entry(Some(path)),
+            E::Input(inner) => Failure::from(inner),
         }
     }
 }
@@ -275,19 +276,25 @@ impl From<mf_panda3d::ExtractError> for Failure {
 
 impl From<mf_format::PackError> for Failure {
     fn from(error: mf_format::PackError) -> Failure {
+        Failure::from(&error)
+    }
+}
+
+impl From<&mf_format::PackError> for Failure {
+    fn from(error: &mf_format::PackError) -> Failure {
         use mf_format::PackError as E;
-        match &error {
+        match error {
             E::Format(inner) | E::BadPath { error: inner, .. }
                 if !matches!(inner, mf_format::Error::InvalidPath { .. }) =>
             {
                 Failure::from(inner)
             }
-            E::Io { path, error: io } => Failure::io(io, &error, Some(path)),
+            E::Io { path, error: io } => Failure::io(io, error, Some(path)),
             E::BadPattern { .. } | E::ListNeedsOneDir | E::ListTooLarge { .. } => {
-                Failure::new(Kind::InvalidOption, &error)
+                Failure::new(Kind::InvalidOption, error)
             }
-            E::NotADirectory { path } => Failure::new(Kind::InvalidOption, &error).file(path),
-            _ => Failure::new(Kind::InvalidPath, &error),
+            E::NotADirectory { path } => Failure::new(Kind::InvalidOption, error).file(path),
+            _ => Failure::new(Kind::InvalidPath, error),
         }
     }
 }
