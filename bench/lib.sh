@@ -77,6 +77,31 @@ bench_corpus_arcade() {
   echo "$dir"
 }
 
+# bench_corpus_duckdb [VERSION]: the duckdb wheel of VERSION (default 1.1.3; CPython 3.11, manylinux
+# x86-64: one 62 MB native library) from PyPI, unzipped and cached in bench/work/corpus/duckdb-VERSION;
+# prints its directory. The native-library tree of issue 13.
+bench_corpus_duckdb() {
+  local version="${1:-1.1.3}"
+  local dir="$BENCH_WORK/corpus/duckdb-$version"
+  local marker="$BENCH_WORK/corpus/.duckdb-$version.complete"
+  if [ ! -f "$marker" ]; then
+    bench_need_pip pip
+    local dl="$BENCH_WORK/download"
+    mkdir -p "$dl"
+    bench_log "downloading duckdb==$version"
+    "$BENCH_VENV/bin/pip" download -q --no-deps --only-binary :all: --platform manylinux2014_x86_64 \
+      --python-version 3.11 "duckdb==$version" -d "$dl" >&2
+    local wheel
+    wheel="$(ls "$dl"/duckdb-"$version"-cp311-*.whl 2>/dev/null | head -1)"
+    [ -n "$wheel" ] || bench_die "pip downloaded no cp311 wheel for duckdb==$version"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    "$BENCH_VENV/bin/python" -m zipfile -e "$wheel" "$dir"
+    touch "$marker"
+  fi
+  echo "$dir"
+}
+
 # bench_build_mf: builds the mf binary in release mode ($MF).
 bench_build_mf() {
   [ "${BENCH_MF_BUILT:-0}" = 1 ] && [ -x "$MF" ] && return 0
@@ -141,3 +166,4 @@ bench_fmt_secs() { awk -v v="$1" 'BEGIN { printf (v < 10 ? "%.2f s" : "%.1f s"),
 bench_fmt_mib() { awk -v v="$1" 'BEGIN { printf "%.2f MiB", v / 1048576 }'; }
 bench_fmt_kib_as_mib() { awk -v v="$1" 'BEGIN { printf "%.0f MiB", v / 1024 }'; }
 bench_ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2f", a / b }'; }
+bench_ratio3() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.3f", a / b }'; }

@@ -322,7 +322,7 @@ fn info_and_verify_json_report_the_right_numbers() {
     let info = json(dir.path(), &["info", "--json", "x.mf"]);
     let file_size = std::fs::metadata(dir.path().join("x.mf")).unwrap().len();
     assert_eq!(info["format"], "mf");
-    assert_eq!(info["version"], "2.0");
+    assert_eq!(info["version"], "2.1");
     assert_eq!(info["entries"], 3);
     assert_eq!(info["compressed_entries"], 1);
     assert_eq!(info["total_size"], (text.len() + random.len()) as u64);

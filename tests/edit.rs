@@ -139,6 +139,25 @@ fn compact_is_byte_identical_to_a_fresh_pack_of_the_content() {
 }
 
 #[test]
+fn x86_executables_edited_in_place_compact_to_a_fresh_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let exe = x86_executable(2 << 20);
+    write_tree(&d.join("src"), &[("bin/tool", &exe), ("readme.txt", b"hello\n")]);
+    mf_ok(d, &["pack", "src", "-o", "a.mf", "--level", "5", "--frame-size", "64K"]);
+    let mut edited = exe.clone();
+    edited[700_000..700_100].fill(0xE8);
+    std::fs::write(d.join("src/bin/tool"), &edited).unwrap();
+    let report = json(d, &["add", "a.mf", "-C", "src", ".", "--update", "--json"]);
+    assert_eq!(strings(&report["replaced"]), ["bin/tool"], "{report}");
+    assert!(report["frames_reused"].as_u64().unwrap() >= 20, "{report}");
+    assert_eq!(extracted(d, "a.mf"), read_tree(&d.join("src")));
+    mf_ok(d, &["pack", "src", "-o", "fresh.mf", "--level", "5", "--frame-size", "64K"]);
+    mf_ok(d, &["compact", "a.mf"]);
+    assert_eq!(std::fs::read(d.join("a.mf")).unwrap(), std::fs::read(d.join("fresh.mf")).unwrap());
+}
+
+#[test]
 fn removing_most_of_an_archive_compacts_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

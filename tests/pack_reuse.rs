@@ -95,6 +95,31 @@ fn pack_reuse_is_byte_identical_to_a_fresh_pack_and_reports_what_it_reused() {
 }
 
 #[test]
+fn pack_reuse_of_x86_executables_is_byte_identical_to_a_fresh_pack() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A real x86-64 binary (this test's own), filtered by the writer, with an edit in v2.
+    let exe = x86_executable(3 << 20);
+    let mut edited = exe.clone();
+    edited[1 << 20..(1 << 20) + 40].fill(0x90);
+    write_tree(&d.join("v1"), &[("bin/tool", &exe), ("lib/libtool.so", &exe[..1 << 20]), ("notes.txt", b"v1\n")]);
+    write_tree(&d.join("v2"), &[("bin/tool", &edited), ("lib/libtool.so", &exe[..1 << 20]), ("notes.txt", b"v2\n")]);
+    mf_ok(d, &["pack", "v1", "-o", "old.mf", "--level", "5"]);
+    mf_ok(d, &["pack", "v2", "-o", "fresh.mf", "--level", "5"]);
+    let report = json(&mf_ok(d, &["pack", "v2", "-o", "reused.mf", "--level", "5", "--reuse", "old.mf", "--json"]));
+    assert_eq!(std::fs::read(d.join("reused.mf")).unwrap(), std::fs::read(d.join("fresh.mf")).unwrap());
+    // libtool.so whole, tool all but the frame with the edit.
+    assert_eq!(report["reused"]["whole_entries"], 1, "{report}");
+    assert_eq!(report["reused"]["entries"], 2, "{report}");
+    let info = json(&mf_ok(d, &["info", "reused.mf", "--json"]));
+    assert_eq!(info["version"], "2.1", "{info}");
+    mf_ok(d, &["verify", "reused.mf"]);
+    let tree = d.join("out");
+    mf_ok(d, &["extract", "reused.mf", "-C", tree.to_str().unwrap()]);
+    assert_eq!(std::fs::read(tree.join("bin/tool")).unwrap(), edited);
+}
+
+#[test]
 fn pack_reuse_of_another_level_reuses_nothing_and_still_matches() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -4,7 +4,9 @@
 //!
 //! Almost every mutation of a valid archive breaks a checksum, which would keep the fuzzer at the
 //! door; so each input is also tried with its header, index and footer checksums recomputed, which
-//! sends mutated indexes through the reader's semantic checks.
+//! sends mutated indexes through the reader's semantic checks, and once more with one entry's X86
+//! filter flag flipped, so the filter's rules (never on raw or solid entries, agreed by every entry
+//! sharing a frame) and its decoding are exercised from every seed.
 #![no_main]
 
 use std::io::Read;
@@ -20,10 +22,32 @@ fuzz_target!(|data: &[u8]| {
     exercise(data.to_vec());
     if let Some(resealed) = reseal(data) {
         if resealed != data {
-            exercise(resealed);
+            exercise(resealed.clone());
+        }
+        // The same archive with one entry's X86 filter flag (2.1) flipped, resealed: the reader
+        // must refuse it (raw, solid, or sharing frames with an entry that disagrees) or read it
+        // consistently every way.
+        if let Some(flipped) = flip_x86_flag(&resealed, data.first().copied().unwrap_or(0)).and_then(|b| reseal(&b)) {
+            exercise(flipped);
         }
     }
 });
+
+/// The archive with the X86 flag of entry record `which` (modulo the entry count) flipped.
+fn flip_x86_flag(data: &[u8], which: u8) -> Option<Vec<u8>> {
+    let footer_at = data.len().checked_sub(40)?;
+    let word = |at: usize| data.get(at..at.checked_add(8)?).map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+    let index_at = usize::try_from(word(footer_at)?).ok()?;
+    let entries = word(index_at)?;
+    if entries == 0 {
+        return None;
+    }
+    let record = usize::try_from(u64::from(which) % entries).ok()?;
+    let flags_at = index_at.checked_add(32 + 10)?.checked_add(record.checked_mul(64)?)?;
+    let mut bytes = data.to_vec();
+    *bytes.get_mut(flags_at)? ^= mf_format::format::ENTRY_FLAG_X86 as u8;
+    Some(bytes)
+}
 
 /// The input with every checksum made to match, where the footer locates an index at all.
 fn reseal(data: &[u8]) -> Option<Vec<u8>> {

@@ -27,6 +27,11 @@ pub struct PackArgs {
     #[arg(long, value_name = "N", default_value_t = mf_format::DEFAULT_LEVEL,
           value_parser = clap::value_parser!(i32).range(1..=22))]
     level: i32,
+    /// Release-build preset: zstd level 12 and 4M frames (instead of --level and --frame-size).
+    /// Archives 3-7% smaller than the defaults (about 1.1x `tar | zstd -19 --long`, the solid bound)
+    /// for 2-3x the pack time, still under mksquashfs's; random reads decode up to 4 MiB each.
+    #[arg(long, conflicts_with_all = ["level", "frame_size"])]
+    best: bool,
     /// Also store these extensions uncompressed (comma-separated, e.g. `dds,bin`).
     #[arg(long, value_name = "EXT,...", value_delimiter = ',')]
     store: Vec<String>,
@@ -90,7 +95,11 @@ pub fn run(args: PackArgs) -> Outcome {
     let to_stdout = args.output == Path::new("-");
     let options = DirPackOptions {
         order: args.order,
-        writer: WriterOptions { level: args.level, frame_size_log2: args.frame_size },
+        writer: if args.best {
+            WriterOptions::best()
+        } else {
+            WriterOptions { level: args.level, frame_size_log2: args.frame_size }
+        },
         store_extensions: args.store,
         excludes: args.exclude,
         files_from: args.files_from,

@@ -1094,6 +1094,7 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
                         content_hash: base.content_hash(),
                         stored_len: base.stored_size(),
                         frame_ends: &ends,
+                        x86_filter: base.has_x86_filter(),
                     };
                     writer.add_stored(&meta.path, entry_options, layout, reader).map_err(|e| match e {
                         mf_format::Error::InvalidOption(what) => bad(&what),
@@ -1151,8 +1152,10 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
 
 /// The kept frames of a frames record whose compressed bytes the rebuild copies from the base
 /// instead of compressing them again: frame `k` of the base when the record keeps it, the base
-/// stores it compressed at the patch's level in a run of its own, and it decodes to exactly the
-/// chunk being written (checked here, so a base changed meanwhile is never copied blindly).
+/// stores it compressed at the patch's level in a run of its own, and its zstd frame decodes to
+/// exactly the bytes the writer would compress (checked here, so a base changed meanwhile is never
+/// copied blindly; the writer gives the x86-filtered chunk for a filtered entry, so a frame of a
+/// base entry under the other filter decision does not match).
 struct FrameCopier<'a> {
     file: &'a File,
     keep: Vec<bool>,
@@ -1180,6 +1183,7 @@ impl<'a> FrameCopier<'a> {
         Some(FrameCopier { file: &src.file, keep, frames })
     }
 
+    /// `chunk`: what the writer would compress for frame `k` (see [`mf_format::writer::FrameCopy`]).
     fn copy(&self, k: usize, chunk: &[u8]) -> Option<Vec<u8>> {
         let &(offset, stored, len) = self.frames.get(k).filter(|_| self.keep.get(k) == Some(&true))?;
         if stored == len || len as usize != chunk.len() {

@@ -313,6 +313,10 @@ fn unchanged_frames(
     let (Some(old_frames), Some(new_frames)) = (stored_frames(oa, old_entry), stored_frames(na, new_entry)) else {
         return Ok(None);
     };
+    // The same stored bytes under another x86 filter decision are other content.
+    if old_entry.has_x86_filter() != new_entry.has_x86_filter() {
+        return Ok(None);
+    }
     if new_frames.len() < MIN_RUN_FRAMES {
         return Ok(None);
     }
@@ -452,6 +456,7 @@ fn stored_identical(old: &Source, old_entry: &Entry<'_>, new: &Source, new_entry
         || old_entry.stored_as() != new_entry.stored_as()
         || old_entry.stored_size() != new_entry.stored_size()
         || oa.frame_ends(old_entry) != na.frame_ends(new_entry)
+        || old_entry.has_x86_filter() != new_entry.has_x86_filter()
     {
         return Ok(false);
     }

@@ -14,6 +14,27 @@ fn text(len: usize) -> Vec<u8> {
     b"the quick brown fox jumps over the lazy dog\n".iter().copied().cycle().take(len).collect()
 }
 
+/// An ELF header for x86-64 followed by call and jump instructions to a few targets: what the x86
+/// filter is for, compressible once filtered.
+fn x86_code(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; 64];
+    out[..4].copy_from_slice(b"\x7fELF");
+    out[4] = 2;
+    out[5] = 1;
+    out[18] = 62;
+    let mut i = 0u32;
+    while out.len() < len {
+        let target = 4096 * (i % 3) + 17;
+        let next = out.len() as u32 + 5;
+        out.push(if i.is_multiple_of(4) { 0xE9 } else { 0xE8 });
+        out.extend_from_slice(&target.wrapping_sub(next).to_le_bytes());
+        out.extend_from_slice(&[0x48, 0x89, 0xC7]);
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
 fn archive(options: WriterOptions, entries: &[(&str, Vec<u8>, EntryOptions)]) -> Vec<u8> {
     mf_bytes_with(options, entries)
 }
@@ -91,6 +112,17 @@ fn main() {
     let solid = archive(SMALL_FRAMES, &borrowed);
     seeds.push(("dedup-solid.mf", solid.clone()));
     seeds.push(("slots-two-versions.mf", two_versions(&solid)));
+
+    // 2.1: an x86 executable's frames through the branch filter (flag X86), shared by a duplicate,
+    // next to an unfiltered copy of the same bytes (in frames of their own: small files go solid).
+    let code = x86_code(3 * 4096 + 500);
+    let mut not_code = code.clone();
+    not_code[0] = b'#';
+    let filtered = archive(
+        SMALL_FRAMES,
+        &[("bin/tool", code.clone(), zstd), ("bin/tool2", code, zstd), ("bin/tool.dat", not_code, zstd)],
+    );
+    seeds.push(("x86-filtered.mf", filtered));
 
     // Damaged variants: the fuzzer starts from both sides of each check.
     let base = seeds[6].1.clone();

@@ -23,8 +23,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    self, CommitSlot, EntryRecord, Footer, FrameRecord, COMPRESSION_NONE, COMPRESSION_ZSTD, DATA_START, FOOTER_LEN,
-    HEADER_LEN, SLOT_LEN, VERSION_MAJOR,
+    self, CommitSlot, EntryRecord, Footer, FrameRecord, COMPRESSION_NONE, COMPRESSION_ZSTD, DATA_START, ENTRY_FLAG_X86,
+    FOOTER_LEN, HEADER_LEN, SLOT_LEN, VERSION_MAJOR,
 };
 use crate::path::validate_path;
 use crate::reader::{Archive, StoredAs};
@@ -337,7 +337,10 @@ impl Editor {
             return Err(Error::InvalidOption(format!("'{path}': the frames asked for cannot be kept")));
         }
         self.start_writes()?;
-        let plan = FramePlan::new(path, options, &self.options);
+        // The kept frames are stored under the replaced entry's filter decision, so the new
+        // frames are too (its first bytes may not even be seen here).
+        let mut plan = FramePlan::new(path, options, &self.options);
+        plan.x86 = self.replaced_x86(path);
         let reusable = self.reusable_frames(path);
         let frame_size = self.options.frame_size();
         let batch = batch_frames(frame_size);
@@ -371,7 +374,7 @@ impl Editor {
                 frames.push(FrameRecord { offset, stored_len: bytes.len() as u32, len: chunk.len() as u32 });
             }
         }
-        let (record, run) = self.frames_record(frames, size, content_hash);
+        let (record, run) = self.frames_record(frames, size, content_hash, plan.x86);
         self.plan_new(path, options, record, run);
         Ok(())
     }
@@ -628,7 +631,8 @@ impl Editor {
         content: &mut dyn Read,
         size: u64,
     ) -> Result<(EntryRecord, Run)> {
-        let plan = FramePlan::new(path, options, &self.options);
+        let mut plan = FramePlan::new(path, options, &self.options);
+        let replaced_x86 = self.replaced_x86(path);
         let reusable = self.reusable_frames(path);
         let frame_size = self.options.frame_size();
         let batch = batch_frames(frame_size) * frame_size;
@@ -639,14 +643,20 @@ impl Editor {
         loop {
             let filled = read_full(content, &mut buffer).map_err(|e| Error::io(path, e))?;
             let block = &buffer[..filled];
+            if read == 0 {
+                plan = plan.with_head(block);
+            }
             hasher.update(block);
             let first = frames.len();
             let (archive, file, name) = (&self.archive, &self.file, &self.name);
+            // A compressed frame is kept only under the same filter decision (a raw one holds the
+            // content itself either way).
+            let keepable = |old: &(FrameRecord, Option<u32>)| old.0.stored_len == old.0.len || replaced_x86 == plan.x86;
             let encoded: Vec<Option<StoredFrame>> = block
                 .par_chunks(frame_size)
                 .enumerate()
                 .map(|(i, chunk)| match reusable.get(first + i) {
-                    Some(old) if old_frame_equals(archive, file, name, old, chunk)? => Ok(None),
+                    Some(old) if keepable(old) && old_frame_equals(archive, file, name, old, chunk)? => Ok(None),
                     _ => plan.encode(chunk, None).map(Some).map_err(|e| Error::io(path, e)),
                 })
                 .collect::<Result<_>>()?;
@@ -670,11 +680,11 @@ impl Editor {
             }
         }
         check_length(path, read, size)?;
-        Ok(self.frames_record(frames, size, hasher.digest()))
+        Ok(self.frames_record(frames, size, hasher.digest(), plan.x86))
     }
 
     /// The record of an entry stored in `frames` (raw extent when they are all raw and back to back).
-    fn frames_record(&self, frames: Vec<FrameRecord>, size: u64, content_hash: u64) -> (EntryRecord, Run) {
+    fn frames_record(&self, frames: Vec<FrameRecord>, size: u64, content_hash: u64, x86: bool) -> (EntryRecord, Run) {
         let all_raw = frames.iter().all(|f| f.stored_len == f.len);
         let contiguous = frames.windows(2).all(|w| w[0].offset + u64::from(w[0].stored_len) == w[1].offset);
         if frames.is_empty() || (all_raw && contiguous) {
@@ -687,6 +697,7 @@ impl Editor {
         let record = EntryRecord {
             compression: COMPRESSION_ZSTD,
             level: level_byte(self.options.level),
+            flags: if x86 { ENTRY_FLAG_X86 } else { 0 },
             frame_count: frames.len() as u64,
             size,
             content_hash,
@@ -698,6 +709,11 @@ impl Editor {
     /// The committed entry at `path`'s frames by position (a raw extent seen as raw frames), with
     /// their frame-table index, when the new content may keep them: the entry's data is its own
     /// (no other entry shares a frame or the extent) and starts at its first frame's first byte.
+    /// Whether the committed entry at `path` has the X86 filter flag.
+    fn replaced_x86(&self, path: &str) -> bool {
+        self.archive.get(path).is_some_and(|e| e.has_x86_filter())
+    }
+
     fn reusable_frames(&mut self, path: &str) -> Vec<(FrameRecord, Option<u32>)> {
         let Some(entry) = self.archive.get(path).filter(|e| e.size() > 0) else { return Vec::new() };
         let (frame_users, raw_users) = self.users.get_or_insert_with(|| count_users(&self.archive));

@@ -1,4 +1,4 @@
-//! On-disk structures, one struct per table of `spec/FORMAT.md` (version 2.0; 1.0's differences are
+//! On-disk structures, one struct per table of `spec/FORMAT.md` (version 2.1; 1.0's differences are
 //! noted where a struct also serves 1.0).
 //!
 //! These are plain data: parsing checks only what binrw can (magic values); every semantic rule of the
@@ -12,10 +12,10 @@ pub const MAGIC: [u8; 8] = *b"\x89MFA\r\n\x1a\n";
 /// Last 8 bytes of every archive; their absence means truncation.
 pub const END_MAGIC: [u8; 8] = *b"\x89MFI\r\n\x1a\n";
 
-/// The major version writers write (2.0); readers also read [`VERSION_MAJOR_1`].
+/// The major version writers write (2.1); readers also read [`VERSION_MAJOR_1`].
 pub const VERSION_MAJOR: u16 = 2;
-/// The minor version writers write.
-pub const VERSION_MINOR: u16 = 0;
+/// The minor version writers write: 1 gave meaning to the entry flag [`ENTRY_FLAG_X86`].
+pub const VERSION_MINOR: u16 = 1;
 /// The older major version readers still read (spec Appendix A).
 pub const VERSION_MAJOR_1: u16 = 1;
 
@@ -55,6 +55,11 @@ pub const COMPRESSION_NONE: u8 = 0;
 pub const COMPRESSION_ZSTD: u8 = 1;
 /// [`EntryRecord::flags`] bit: the writer put the entry in its solid stream (informational).
 pub const ENTRY_FLAG_SOLID: u16 = 1;
+/// [`EntryRecord::flags`] bit (2.1): the entry's compressed frames hold its content transformed by
+/// the x86 branch filter ([`crate::x86`]); only on entries with frames that are not `SOLID`.
+pub const ENTRY_FLAG_X86: u16 = 2;
+/// Every entry flag this version knows; a record with another bit set is refused.
+pub const ENTRY_FLAGS_KNOWN: u16 = ENTRY_FLAG_SOLID | ENTRY_FLAG_X86;
 
 /// The header (spec "Header").
 #[binrw]
@@ -65,7 +70,7 @@ pub struct Header {
     pub magic: [u8; 8],
     /// 2 (or 1 for an old archive).
     pub version_major: u16,
-    /// 0.
+    /// 1 (readers read any).
     pub version_minor: u16,
     /// log2 of the largest uncompressed frame length, 12 to 26.
     pub frame_size_log2: u8,
@@ -155,7 +160,7 @@ pub struct EntryRecord {
     pub compression: u8,
     /// zstd level the writer used; 0 for raw entries. Informational.
     pub level: i8,
-    /// [`ENTRY_FLAG_SOLID`] or 0 (1.0: reserved, zero).
+    /// [`ENTRY_FLAG_SOLID`], [`ENTRY_FLAG_X86`] or 0 (1.0: reserved, zero).
     pub flags: u16,
     /// Unix permission bits, at most `0o7777`.
     pub mode: u32,
@@ -178,7 +183,7 @@ pub struct EntryRecord {
 }
 
 impl Header {
-    /// A 2.0 header with the given frame size and its hash.
+    /// A 2.1 header with the given frame size and its hash.
     pub fn new(frame_size_log2: u8) -> Self {
         let mut header = Header {
             magic: MAGIC,
@@ -274,7 +279,7 @@ mod tests {
         let bytes = to_bytes(&Header::new(18));
         assert_eq!(&bytes[0..8], b"\x89MFA\r\n\x1a\n");
         assert_eq!(&bytes[8..10], &[2, 0]);
-        assert_eq!(&bytes[10..12], &[0, 0]);
+        assert_eq!(&bytes[10..12], &[1, 0]);
         assert_eq!(bytes[12], 18);
         assert_eq!(&bytes[13..24], &[0; 11]);
         let hash = xxhash_rust::xxh3::xxh3_64(&bytes[..24]);

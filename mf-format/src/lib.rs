@@ -90,6 +90,7 @@ pub mod reuse;
 pub mod unpack;
 mod validate;
 pub mod writer;
+pub mod x86;
 
 pub use access_order::TraceOrder;
 pub use atomic::{remove_pending_temp_files, AtomicFile};
@@ -106,5 +107,5 @@ pub use reuse::ReuseSource;
 pub use unpack::{unpack_in, UnpackEntry, UnpackError, UnpackOptions, UnpackReport};
 pub use writer::{
     prepare_entry, prepare_entry_reusing, ArchiveWriter, Compression, EntryOptions, Mtime, PreparedEntry, ReuseReport,
-    StoredLayout, WriterOptions, DEFAULT_LEVEL,
+    StoredLayout, WriterOptions, BEST_FRAME_SIZE_LOG2, BEST_LEVEL, DEFAULT_LEVEL,
 };

@@ -145,7 +145,14 @@ impl<'a> Entry<'a> {
             StoredAs::Raw
         }
     }
-    /// Whether the entry's frames belong to a solid block (the writer's informational flag).
+
+    /// Whether the entry's compressed frames hold its content through the x86 branch filter (flag
+    /// `X86`, 2.1); reads undo it.
+    pub fn has_x86_filter(&self) -> bool {
+        self.record.flags & format::ENTRY_FLAG_X86 != 0
+    }
+
+    /// Whether the writer put the entry in its solid stream (flag `SOLID`).
     pub fn is_solid(&self) -> bool {
         self.record.flags & format::ENTRY_FLAG_SOLID != 0
     }
@@ -193,6 +200,9 @@ pub struct Archive {
     frames: Vec<FrameRecord>,
     /// Decoded coordinate of each frame's first byte (prefix sums of `len` in table order).
     frame_starts: Vec<u64>,
+    /// Per frame, whether its entries carry the X86 filter flag (then a compressed frame decodes
+    /// through [`crate::x86::decode`]).
+    x86_frames: Vec<bool>,
     /// The string table, validated as UTF-8 once at open.
     strings: Box<str>,
     lookup_table: Range<usize>,
@@ -387,7 +397,7 @@ impl Archive {
         };
         let frame_starts = validate::check_frames(&table, &frames)?;
         validate::check_entries(&table, &records, &frames, &frame_starts, !v1)?;
-        validate::check_sharing(&table, &records, &frames, &frame_starts)?;
+        let x86_frames = validate::check_sharing(&table, &records, &frames, &frame_starts)?;
         // Prefix sums keep this O(1) an entry: many entries may share one long run.
         let mut stored_prefix = Vec::with_capacity(frames.len() + 1);
         stored_prefix.push(0u64);
@@ -415,6 +425,7 @@ impl Archive {
             placements,
             frames,
             frame_starts,
+            x86_frames,
             strings,
             lookup_table: (base as usize + layout.lookup.start)..(base as usize + layout.lookup.end),
             frame_size,
@@ -801,6 +812,11 @@ impl Archive {
         let decoded = decompress_frame(stored, out).map_err(|e| fail(format!("does not decode: {e}")))?;
         if decoded != out.len() {
             return Err(fail(format!("decodes to {decoded} bytes instead of {}", out.len())));
+        }
+        // Every decode of a compressed frame comes through here, so this is the one place the
+        // filter is undone (raw frames hold the content itself).
+        if self.x86_frames.get(frame as usize).copied().unwrap_or(false) {
+            crate::x86::decode(out);
         }
         Ok(())
     }

@@ -9,7 +9,8 @@
 //! level, is replaced by copying a frame of OLD, and only when
 //!
 //! - OLD has the writer's frame size, and the old entry was written at the writer's level in frames
-//!   of its own (not solid) cut at the same boundaries, and
+//!   of its own (not solid) cut at the same boundaries, with the new entry's x86 filter decision
+//!   (the `X86` flag: the same zstd frame means other content under the other decision), and
 //! - that frame of OLD is one complete zstd frame declaring its content size and a checksum (as this
 //!   writer makes them) and **decodes to exactly the chunk being packed** (compared byte for byte:
 //!   OLD is untrusted and a 64-bit hash alone is never trusted).
@@ -63,6 +64,9 @@ pub(crate) struct Donor<'a> {
     source: &'a ReuseSource,
     first: u32,
     count: u32,
+    /// OLD's entry has the X86 filter flag: its compressed frames are copied only into an entry
+    /// that is filtered too.
+    x86: bool,
 }
 
 impl ReuseSource {
@@ -139,7 +143,7 @@ impl ReuseSource {
             _ => content.and_then(|key| self.by_content.get(&key)).and_then(|&i| self.archive.entry(i)).or(by_path),
         }?;
         let run = self.archive.entry_frames(&entry);
-        Some(Donor { source: self, first: run.start, count: run.end - run.start })
+        Some(Donor { source: self, first: run.start, count: run.end - run.start, x86: entry.has_x86_filter() })
     }
 
     /// An entry written by this writer's rules in frames of its own at the writer's level and
@@ -198,11 +202,12 @@ impl Donor<'_> {
     }
 
     /// OLD's stored bytes for frame `k` of the new entry when they are a zstd frame that decodes to
-    /// exactly `chunk` (see the module docs); `None` otherwise. The frame is read once, decoded from
-    /// those bytes, and compared.
-    pub(crate) fn frame(&self, k: usize, chunk: &[u8]) -> Option<Vec<u8>> {
+    /// exactly `chunk` (see the module docs) and OLD's entry agrees with the new one (`x86`) on the
+    /// x86 filter; `None` otherwise. The frame is read once, decoded from those bytes (the filter
+    /// undone), and compared.
+    pub(crate) fn frame(&self, k: usize, chunk: &[u8], x86: bool) -> Option<Vec<u8>> {
         let (frame, record) = self.old_frame(k, chunk.len())?;
-        if record.stored_len >= record.len {
+        if record.stored_len >= record.len || self.x86 != x86 {
             return None;
         }
         self.with_stored(frame, |stored| {

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::format::{
-    EntryRecord, FrameRecord, COMPRESSION_NONE, COMPRESSION_ZSTD, ENTRY_FLAG_SOLID, ENTRY_RECORD_LEN, FRAME_RECORD_LEN,
-    MAX_MODE,
+    EntryRecord, FrameRecord, COMPRESSION_NONE, COMPRESSION_ZSTD, ENTRY_FLAGS_KNOWN, ENTRY_FLAG_SOLID, ENTRY_FLAG_X86,
+    ENTRY_RECORD_LEN, FRAME_RECORD_LEN, MAX_MODE,
 };
 use crate::path::validate_path;
 
@@ -172,13 +172,16 @@ pub(crate) fn check_entries(
         if record.mtime_nanos >= 1_000_000_000 {
             return Err(fail("mtime nanoseconds out of range"));
         }
-        if check_flags && (record.flags & !ENTRY_FLAG_SOLID != 0) {
+        if check_flags && (record.flags & !ENTRY_FLAGS_KNOWN != 0) {
             return Err(fail("unknown entry flags"));
+        }
+        if record.flags & ENTRY_FLAG_X86 != 0 && record.flags & ENTRY_FLAG_SOLID != 0 {
+            return Err(fail("solid entry with the X86 filter flag (solid frames are never filtered)"));
         }
         match record.compression {
             COMPRESSION_NONE => {
                 if record.frame_count != 0 || record.first_frame != 0 || record.flags != 0 {
-                    return Err(fail("raw entry with a frame run or the solid flag"));
+                    return Err(fail("raw entry with a frame run, the solid flag or the X86 filter flag"));
                 }
                 if record.size == 0 {
                     if record.offset != 0 {
@@ -235,13 +238,15 @@ fn check_run(record: &EntryRecord, frames: &[FrameRecord], starts: &[u64]) -> st
 }
 
 /// The sharing rules: frames entries' decoded ranges and raw extents identical (with equal content
-/// hashes) or disjoint, no two frames overlapping, no raw extent overlapping a frame, no unused frame.
+/// hashes and flags) or disjoint, no two frames overlapping, no raw extent overlapping a frame, no
+/// unused frame, and every entry using a frame agreeing on the X86 filter. Returns, per frame,
+/// whether it is filtered.
 pub(crate) fn check_sharing(
     tables: &Tables<'_>,
     records: &[EntryRecord],
     frames: &[FrameRecord],
     starts: &[u64],
-) -> Result<()> {
+) -> Result<Vec<bool>> {
     let path = |i: u32| tables.path_of(&records[i as usize]).unwrap_or("");
     // Frames entries, in decoded coordinates.
     let mut ranges: Vec<(u64, u64, u32)> = records
@@ -254,15 +259,8 @@ pub(crate) fn check_sharing(
         })
         .collect();
     ranges.sort_unstable();
-    let mut used = vec![false; frames.len()];
     let distinct = identical_or_disjoint(tables, records, &ranges, "content range (in decoded frame coordinates)")?;
-    for &i in &distinct {
-        let r = &records[i as usize];
-        used[r.first_frame as usize..(u64::from(r.first_frame) + r.frame_count) as usize].fill(true);
-    }
-    if let Some(f) = used.iter().position(|&u| !u) {
-        return Err(tables.frame_error(f, "no entry uses it"));
-    }
+    let filtered = frame_filters(tables, records, frames.len(), &distinct)?;
     // Raw extents.
     let mut extents: Vec<(u64, u64, u32)> = records
         .iter()
@@ -306,7 +304,38 @@ pub(crate) fn check_sharing(
             });
         }
     }
-    Ok(())
+    Ok(filtered)
+}
+
+/// Per frame, whether the entries using it (one of each distinct range, so the work is bounded by
+/// the frame count plus the entry count) carry the X86 filter flag; they must all agree, and every
+/// frame must be used.
+fn frame_filters(
+    tables: &Tables<'_>,
+    records: &[EntryRecord],
+    frame_count: usize,
+    distinct: &[u32],
+) -> Result<Vec<bool>> {
+    let mut filter: Vec<Option<(bool, u32)>> = vec![None; frame_count];
+    for &i in distinct {
+        let r = &records[i as usize];
+        let x86 = r.flags & ENTRY_FLAG_X86 != 0;
+        for slot in &mut filter[r.first_frame as usize..(u64::from(r.first_frame) + r.frame_count) as usize] {
+            match *slot {
+                Some((other, j)) if other != x86 => {
+                    let other = tables.path_of(&records[j as usize]).unwrap_or("");
+                    let what = format!("shares a frame with entry '{other}' but not its X86 filter flag");
+                    return Err(tables.entry_error(i as usize, r, what));
+                }
+                Some(_) => {}
+                None => *slot = Some((x86, i)),
+            }
+        }
+    }
+    if let Some(f) = filter.iter().position(Option::is_none) {
+        return Err(tables.frame_error(f, "no entry uses it"));
+    }
+    Ok(filter.into_iter().map(|slot| slot.is_some_and(|(x86, _)| x86)).collect())
 }
 
 /// Walks ranges sorted by (start, end): each must equal the previous distinct one (then with the same
@@ -323,9 +352,14 @@ fn identical_or_disjoint(
         let record = &records[i as usize];
         match current {
             Some((s, e, j)) if (s, e) == (start, end) => {
-                if records[j as usize].content_hash != record.content_hash {
-                    let other = tables.path_of(&records[j as usize]).unwrap_or("");
+                let owner = &records[j as usize];
+                let other = tables.path_of(owner).unwrap_or("");
+                if owner.content_hash != record.content_hash {
                     let message = format!("shares its {what} with entry '{other}' but their content hashes differ");
+                    return Err(tables.entry_error(i as usize, record, message));
+                }
+                if (owner.flags ^ record.flags) & ENTRY_FLAG_X86 != 0 {
+                    let message = format!("shares its {what} with entry '{other}' but not its X86 filter flag");
                     return Err(tables.entry_error(i as usize, record, message));
                 }
             }

@@ -20,7 +20,7 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::error::{Error, Result};
 use crate::format::{
     self, EntryRecord, Footer, FrameRecord, Header, IndexHeader, COMPRESSION_NONE, COMPRESSION_ZSTD, DATA_START,
-    ENTRY_FLAG_SOLID, MAX_FRAME_SIZE_LOG2, MIN_FRAME_SIZE_LOG2,
+    ENTRY_FLAG_SOLID, ENTRY_FLAG_X86, MAX_FRAME_SIZE_LOG2, MIN_FRAME_SIZE_LOG2,
 };
 use crate::path::validate_path;
 use crate::policy;
@@ -54,7 +54,21 @@ impl Default for WriterOptions {
     }
 }
 
+/// zstd level of the release-build preset ([`WriterOptions::best`]).
+pub const BEST_LEVEL: i32 = 12;
+/// log2 of the release-build preset's frame size: 4 MiB.
+pub const BEST_FRAME_SIZE_LOG2: u8 = 22;
+
 impl WriterOptions {
+    /// The release-build preset (`mf pack --best`): a higher level and 4 MiB frames, chosen from
+    /// bench/ measurements (bench/notes/pack.md): 1.08× `tar | zstd -19 --long` on a native-library
+    /// tree and 1.11× on a media-heavy one, packing in under half of `mksquashfs`'s time (higher
+    /// levels that reach 1.10× on both take over twice its time). Larger frames cost random reads:
+    /// a read decodes up to a whole frame.
+    pub fn best() -> Self {
+        WriterOptions { level: BEST_LEVEL, frame_size_log2: BEST_FRAME_SIZE_LOG2 }
+    }
+
     fn check(&self) -> Result<()> {
         if !(MIN_FRAME_SIZE_LOG2..=MAX_FRAME_SIZE_LOG2).contains(&self.frame_size_log2) {
             return Err(Error::InvalidOption(format!(
@@ -168,10 +182,14 @@ pub struct StoredLayout<'a> {
     /// Frame ends relative to the entry's start; empty for an uncompressed entry. Frame `k` holds
     /// uncompressed bytes `k·frame_size ..` (the writer's frame size).
     pub frame_ends: &'a [u64],
+    /// The compressed frames hold the content through the x86 filter (the source entry's flag,
+    /// [`Entry::has_x86_filter`](crate::Entry::has_x86_filter)); ignored for an uncompressed entry.
+    pub x86_filter: bool,
 }
 
-/// For [`ArchiveWriter::add_reader_with_frames_copying`]: the stored bytes to write for frame `k`
-/// (whose content is the chunk given), or `None` to compress it.
+/// For [`ArchiveWriter::add_reader_with_frames_copying`]: the stored bytes to write for frame `k`,
+/// given the bytes zstd would compress for it (the chunk, x86-filtered when the entry is), or `None`
+/// to compress them.
 pub type FrameCopy<'a> = dyn Fn(usize, &[u8]) -> Option<Vec<u8>> + Sync + 'a;
 
 /// One frame as it will be written.
@@ -215,8 +233,9 @@ enum Placing {
     Empty,
     /// Appended to the solid stream.
     Solid,
-    /// Frames of its own, compressed already (by [`prepare_entry`]).
-    Frames(Vec<StoredFrame>),
+    /// Frames of its own, compressed already (by [`prepare_entry`]), and whether through the x86
+    /// filter.
+    Frames(Vec<StoredFrame>, bool),
 }
 
 /// An entry compressed in memory, ready to be written. Made by [`prepare_entry`] on any thread, so
@@ -301,7 +320,7 @@ pub(crate) fn prepare_entry_keyed(
     } else if goes_solid(&path, &data, options.compression) {
         Placing::Solid
     } else {
-        let plan = FramePlan::new(&path, &options, writer_options);
+        let plan = FramePlan::new(&path, &options, writer_options).with_head(&data);
         let donor = reuse.and_then(|r| r.donor(&path, Some((data.len() as u64, content_hash))));
         let frames = data
             .chunks(writer_options.frame_size())
@@ -309,7 +328,7 @@ pub(crate) fn prepare_entry_keyed(
             .map(|(k, chunk)| plan.encode(chunk, donor.map(|d| (d, k))))
             .collect::<io::Result<Vec<_>>>()
             .map_err(|e| Error::io(&path, e))?;
-        Placing::Frames(frames)
+        Placing::Frames(frames, plan.x86)
     };
     let digest = keyed.then(|| Sha256::digest(&data).into());
     Ok(PreparedEntry { path, options, data, placing, content_hash, digest })
@@ -335,6 +354,8 @@ pub(crate) struct FramePlan {
     /// for any frame of high byte entropy when `only_if_useful`).
     probe_first: bool,
     level: i32,
+    /// Compress each frame through the x86 branch filter (raw frames stay the content itself).
+    pub(crate) x86: bool,
 }
 
 impl FramePlan {
@@ -344,7 +365,14 @@ impl FramePlan {
             Compression::Auto | Compression::Solid => (true, true, policy::is_precompressed(path)),
             Compression::Zstd => (true, false, false),
         };
-        FramePlan { compress, only_if_useful, probe_first, level: writer_options.level }
+        FramePlan { compress, only_if_useful, probe_first, level: writer_options.level, x86: false }
+    }
+
+    /// The plan for content that starts with `head` (its first frame or more): compressed frames go
+    /// through the x86 filter when the content is an x86 executable (spec: "What writers do").
+    pub(crate) fn with_head(mut self, head: &[u8]) -> Self {
+        self.x86 = self.compress && crate::x86::is_x86_executable(head);
+        self
     }
 
     /// The frame a fresh pack stores for `chunk`. With a donor (frame `k` of an earlier archive's
@@ -367,12 +395,12 @@ impl FramePlan {
                 return Ok(StoredFrame::Raw);
             }
         }
-        if let Some(reused) = donor.and_then(|(donor, k)| donor.frame(k, chunk)) {
+        if let Some(reused) = donor.and_then(|(donor, k)| donor.frame(k, chunk, self.x86)) {
             if self.keeps(chunk.len(), reused.len()) {
                 return Ok(StoredFrame::Reused(reused));
             }
         }
-        let compressed = compress_frame(chunk, self.level)?;
+        let compressed = compress_frame(&zstd_input(chunk, self.x86), self.level)?;
         let keep = self.keeps(chunk.len(), compressed.len());
         Ok(if keep { StoredFrame::Zstd(compressed) } else { StoredFrame::Raw })
     }
@@ -385,6 +413,16 @@ impl FramePlan {
             policy::compression_is_shorter(raw_len, compressed_len)
         }
     }
+}
+
+/// What zstd compresses for a frame holding `chunk`: the chunk, or its x86-filtered copy.
+pub(crate) fn zstd_input(chunk: &[u8], x86: bool) -> std::borrow::Cow<'_, [u8]> {
+    if !x86 {
+        return std::borrow::Cow::Borrowed(chunk);
+    }
+    let mut filtered = chunk.to_vec();
+    crate::x86::encode(&mut filtered);
+    std::borrow::Cow::Owned(filtered)
 }
 
 /// Encodes `block` (whole frames but at the end) frame by frame in parallel; with a donor, frame `k`
@@ -661,10 +699,11 @@ impl<W: Write> ArchiveWriter<W> {
             let record = self.append_solid(data, content_hash)?;
             self.push_stored(path, options, record, key);
         } else {
-            let plan = FramePlan::new(path, &options, &self.options);
+            let plan = FramePlan::new(path, &options, &self.options).with_head(data);
             let reuse = self.reuse.clone();
             let donor = reuse.as_deref().and_then(|r| r.donor(path, Some((data.len() as u64, content_hash))));
             let mut entry = self.begin_entry()?;
+            entry.x86 = plan.x86;
             for block in data.chunks(self.batch_bytes()) {
                 self.write_block(&mut entry, &plan, path, block, donor)?;
             }
@@ -833,7 +872,7 @@ impl<W: Write> ArchiveWriter<W> {
     /// to read the next entry into.
     pub(crate) fn add_prepared_returning(&mut self, prepared: PreparedEntry) -> Result<Vec<u8>> {
         let PreparedEntry { path, options, data, placing, content_hash, digest } = prepared;
-        if let Placing::Frames(frames) = &placing {
+        if let Placing::Frames(frames, _) = &placing {
             if frames.len() != data.chunks(self.options.frame_size()).len() {
                 return Err(Error::InvalidOption(format!("entry '{path}' was prepared with another frame size")));
             }
@@ -848,8 +887,9 @@ impl<W: Write> ArchiveWriter<W> {
         let record = match placing {
             Placing::Empty => empty_record(content_hash),
             Placing::Solid => self.append_solid(&data, content_hash)?,
-            Placing::Frames(frames) => {
+            Placing::Frames(frames, x86) => {
                 let mut entry = self.begin_entry()?;
+                entry.x86 = x86;
                 for (frame, chunk) in frames.iter().zip(data.chunks(self.options.frame_size())) {
                     self.write_frame(&mut entry, frame, chunk)?;
                 }
@@ -952,6 +992,11 @@ impl<W: Write> ArchiveWriter<W> {
             let block = &buffer[..filled];
             let frames_in = filled.div_ceil(frame_size);
             let flags = compressed.get(frame_index..frame_index + frames_in).ok_or_else(wrong_count)?;
+            if frame_index == 0 {
+                // The writer's rule (spec: "What writers do"), so a rebuild filters as a fresh pack.
+                entry.x86 = crate::x86::is_x86_executable(block);
+            }
+            let x86 = entry.x86;
             hasher.update(block);
             let frames: Vec<StoredFrame> = block
                 .par_chunks(frame_size)
@@ -961,10 +1006,11 @@ impl<W: Write> ArchiveWriter<W> {
                     if !compress {
                         return Ok(StoredFrame::Raw);
                     }
-                    if let Some(bytes) = copy(frame_index + i, chunk) {
+                    let input = zstd_input(chunk, x86);
+                    if let Some(bytes) = copy(frame_index + i, &input) {
                         return Ok(StoredFrame::Reused(bytes));
                     }
-                    let bytes = compress_frame(chunk, level)?;
+                    let bytes = compress_frame(&input, level)?;
                     Ok(if policy::compression_is_shorter(chunk.len(), bytes.len()) {
                         StoredFrame::Zstd(bytes)
                     } else {
@@ -1004,7 +1050,7 @@ impl<W: Write> ArchiveWriter<W> {
         layout: StoredLayout<'_>,
         mut stored: impl Read,
     ) -> Result<()> {
-        let StoredLayout { size, content_hash, stored_len, frame_ends } = layout;
+        let StoredLayout { size, content_hash, stored_len, frame_ends, x86_filter } = layout;
         let frame_size = self.options.frame_size() as u64;
         let bad = |what: &str| Error::InvalidOption(format!("stored entry '{path}': {what}"));
         if frame_ends.is_empty() {
@@ -1033,6 +1079,7 @@ impl<W: Write> ArchiveWriter<W> {
             return Ok(());
         }
         let mut entry = self.begin_entry()?;
+        entry.x86 = x86_filter;
         let mut buffer = std::mem::take(&mut self.buffer);
         buffer.resize(1 << 20, 0);
         let mut copied = 0u64;
@@ -1134,6 +1181,7 @@ impl<W: Write> ArchiveWriter<W> {
             offset: self.pos,
             first_frame: self.frames.len(),
             all_raw: true,
+            x86: false,
             compressed_here: 0,
             reused: ReuseReport::default(),
         })
@@ -1211,6 +1259,7 @@ impl<W: Write> ArchiveWriter<W> {
         EntryRecord {
             compression: COMPRESSION_ZSTD,
             level: self.level_byte(),
+            flags: if entry.x86 { ENTRY_FLAG_X86 } else { 0 },
             first_frame: entry.first_frame as u32,
             frame_count: (self.frames.len() - entry.first_frame) as u64,
             size,
@@ -1282,7 +1331,7 @@ impl<W: Write> ArchiveWriter<W> {
         hasher: &mut ContentHasher,
         content: Option<(u64, u64)>,
     ) -> Result<EntryRecord> {
-        let plan = FramePlan::new(path, &options, &self.options);
+        let mut plan = FramePlan::new(path, &options, &self.options);
         let reuse = self.reuse.clone();
         let donor = reuse.as_deref().and_then(|r| r.donor(path, content));
         let mut entry = self.begin_entry()?;
@@ -1294,6 +1343,8 @@ impl<W: Write> ArchiveWriter<W> {
         next.resize(batch, 0);
         let read = |reader: &mut _, buffer: &mut Vec<u8>| read_full(reader, buffer).map_err(|e| Error::io(path, e));
         let mut filled = read(reader, &mut current)?;
+        plan = plan.with_head(&current[..filled]);
+        entry.x86 = plan.x86;
         let mut frames = hash_and_encode(&plan, &current[..filled], hasher, donor.map(|d| (d, 0)), frame_size);
         let mut size = filled as u64;
         let mut next_first = filled.div_ceil(frame_size);
@@ -1399,6 +1450,8 @@ struct OpenEntry {
     offset: u64,
     first_frame: usize,
     all_raw: bool,
+    /// Its compressed frames go through the x86 filter.
+    x86: bool,
     /// Frames compressed by this writer (not copied).
     compressed_here: u64,
     /// Frames copied from the reuse source (`entries` unused here).

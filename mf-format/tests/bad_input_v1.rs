@@ -770,8 +770,13 @@ fn the_writer_refuses_what_the_reader_would() {
     assert!(matches!(writer.add_bytes("m", b"y", bad_mode), Err(Error::InvalidOption(_))));
     assert!(matches!(writer.add_reader("m", &b"y"[..], bad_mode), Err(Error::InvalidOption(_))));
     assert!(matches!(writer.add_bytes_with_frames("m", b"y", bad_mode, &[false]), Err(Error::InvalidOption(_))));
-    let layout =
-        StoredLayout { size: 1, content_hash: xxhash_rust::xxh3::xxh3_64(b"y"), stored_len: 1, frame_ends: &[] };
+    let layout = StoredLayout {
+        size: 1,
+        content_hash: xxhash_rust::xxh3::xxh3_64(b"y"),
+        stored_len: 1,
+        frame_ends: &[],
+        x86_filter: false,
+    };
     assert!(matches!(writer.add_stored("m", bad_mode, layout, &b"y"[..]), Err(Error::InvalidOption(_))));
     // A refused entry does not keep its path: it can be added once the options are right.
     writer.add_bytes("m", b"y", EntryOptions::default()).unwrap();

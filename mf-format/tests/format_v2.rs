@@ -67,6 +67,17 @@ impl Forger {
         self.bytes[at..at + 64].copy_from_slice(&format::to_bytes(&record));
         self
     }
+    /// Edits several records at once (found before any is changed).
+    fn edit_all(&mut self, changes: &[(&str, u16)]) -> &mut Self {
+        let found: Vec<usize> = changes.iter().map(|(path, _)| self.find(path)).collect();
+        for (i, (_, flags)) in found.into_iter().zip(changes) {
+            let mut record = self.record(i);
+            record.flags = *flags;
+            let at = self.record_at(i);
+            self.bytes[at..at + 64].copy_from_slice(&format::to_bytes(&record));
+        }
+        self
+    }
     fn frame(&self, f: usize) -> FrameRecord {
         format::from_bytes(&self.bytes[self.frame_at(f)..]).unwrap()
     }
@@ -105,7 +116,7 @@ fn refused(result: mf_format::Result<Archive>, entry: Option<&str>, offset: usiz
 fn the_specimen_has_every_kind_of_storage_and_reads_back() {
     let bytes = specimen();
     let archive = Archive::from_bytes(bytes, NAME).unwrap();
-    assert_eq!(archive.version(), (2, 0));
+    assert_eq!(archive.version(), (2, 1));
     assert!(archive.verify().is_empty());
     let s1 = archive.get("s1.txt").unwrap();
     let dup = archive.get("dup.txt").unwrap();
@@ -366,8 +377,32 @@ fn unused_frames_and_runs_that_are_not_minimal_are_refused() {
 fn unknown_fields_of_2_0_are_refused() {
     let mut forger = Forger::new(specimen());
     let at = forger.record_at(forger.find("own.txt"));
-    forger.edit("own.txt", |r| r.flags = 2);
+    forger.edit("own.txt", |r| r.flags = 4);
     refused(forger.open(), Some("own.txt"), at, "unknown entry flags");
+    // The X86 filter flag (2.1) on a raw entry and on a solid one.
+    let mut forger = Forger::new(specimen());
+    let at = forger.record_at(forger.find("raw.bin"));
+    forger.edit("raw.bin", |r| r.flags = format::ENTRY_FLAG_X86);
+    refused(forger.open(), Some("raw.bin"), at, "X86 filter flag");
+    let mut forger = Forger::new(specimen());
+    let at = forger.record_at(forger.find("s1.txt"));
+    forger.edit("s1.txt", |r| r.flags |= format::ENTRY_FLAG_X86);
+    refused(forger.open(), Some("s1.txt"), at, "solid entry with the X86 filter flag");
+    // Entries sharing data must agree on the filter: the same range (a duplicate), or one frame
+    // holding two entries' disjoint ranges (the SOLID flag cleared, so only sharing is left to refuse).
+    let mut forger = Forger::new(specimen());
+    let at = forger.record_at(forger.find("dup.txt"));
+    forger.edit_all(&[("s1.txt", 0), ("dup.txt", format::ENTRY_FLAG_X86)]);
+    refused(
+        forger.open(),
+        Some("dup.txt"),
+        at,
+        "shares its content range (in decoded frame coordinates) with entry 's1.txt' but not its X86 filter flag",
+    );
+    let mut forger = Forger::new(specimen());
+    let at = forger.record_at(forger.find("s2.txt"));
+    forger.edit_all(&[("s1.txt", 0), ("dup.txt", 0), ("s2.txt", format::ENTRY_FLAG_X86)]);
+    refused(forger.open(), Some("s2.txt"), at, "but not its X86 filter flag");
     let mut forger = Forger::new(specimen());
     let at = forger.record_at(forger.find("raw.bin"));
     forger.edit("raw.bin", |r| r.flags = 1);

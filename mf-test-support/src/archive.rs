@@ -109,6 +109,7 @@ pub fn mf_v1_bytes_with<I: ArchiveInput>(options: WriterOptions, files: impl Int
     let modern = mf_format::Archive::from_bytes(writer.finish().expect("finishes"), "v1").expect("opens");
     let mut header = Header::new(options.frame_size_log2);
     header.version_major = 1;
+    header.version_minor = 0;
     header.header_hash = header.compute_hash();
     let mut out = format::to_bytes(&header);
     let (mut records, mut ends, mut paths) = (Vec::new(), Vec::<u64>::new(), Vec::new());

@@ -21,6 +21,17 @@ pub fn text(seed: u64, lines: usize) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Up to `max_len` leading bytes of a real x86-64 executable (the running test binary), for tests
+/// of the x86 branch filter: machine code, headers and data as a linker lays them out. Panics on
+/// another architecture, where these tests would not test the filter at all.
+pub fn x86_executable(max_len: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(std::env::current_exe().expect("the test binary's path")).expect("reading it");
+    let x86_64_elf = bytes.starts_with(b"\x7fELF") && bytes.get(18..20) == Some(&62u16.to_le_bytes()[..]);
+    assert!(x86_64_elf, "the x86 filter tests need an x86-64 ELF test binary to run on");
+    bytes.truncate(max_len);
+    bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

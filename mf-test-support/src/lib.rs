@@ -28,5 +28,5 @@ mod generate;
 mod tree;
 
 pub use archive::{mf_bytes, mf_bytes_with, mf_v1_bytes_with, stored_extents, stored_span, write_mf, ArchiveInput};
-pub use generate::{noise, text};
+pub use generate::{noise, text, x86_executable};
 pub use tree::{copy_tree, read_tree, sample_assets, write_tree};

@@ -6,6 +6,7 @@
 pub use mf_test_support::panda3d::{craft_multifile, multify, multify_bin, panda3d_py, panda3d_python};
 pub use mf_test_support::{
     copy_tree, faults, fuse, nginx, noise, read_tree, sample_assets, stored_extents, stored_span, write_tree,
+    x86_executable,
 };
 
 use std::path::{Path, PathBuf};
