@@ -324,6 +324,13 @@ impl Dir {
         }
     }
 
+    /// `syncfs` of the file system the directory is on: every file written there so far is durable
+    /// once this returns. One call replaces an fsync per file when many small files are written
+    /// together (extraction), where each fsync is a journal commit of its own.
+    pub fn sync_filesystem(&self) -> io::Result<()> {
+        rustix::fs::syncfs(&self.fd).map_err(errno)
+    }
+
     /// Names in the directory (without `.` and `..`), with their type when the file system reports
     /// it cheaply (`None`: ask [`Dir::metadata`]).
     pub fn entries(&self) -> io::Result<Vec<(std::ffi::OsString, Option<Kind>)>> {
@@ -488,6 +495,18 @@ impl TempFile {
     pub fn persist(mut self, target: impl AsRef<OsStr>) -> io::Result<()> {
         let file = self.file.take().expect("present until persisted");
         let result = file.sync_all().and_then(|()| self.dir.rename(&self.name, &self.dir, target.as_ref()));
+        if result.is_err() {
+            let _ = self.dir.remove_file(&self.name);
+        }
+        result
+    }
+
+    /// Renames the file to `target` like [`persist`](Self::persist) but without an fsync of its
+    /// own: the caller has made its content durable already, with a
+    /// [`Dir::sync_filesystem`] after it was completely written.
+    pub fn persist_synced(mut self, target: impl AsRef<OsStr>) -> io::Result<()> {
+        self.file.take().expect("present until persisted");
+        let result = self.dir.rename(&self.name, &self.dir, target.as_ref());
         if result.is_err() {
             let _ = self.dir.remove_file(&self.name);
         }

@@ -10,7 +10,11 @@
 //! 2. creates the directories entries need, component by component through directory handles,
 //!    never following a symlink ([`crate::fs::Dir`]);
 //! 3. writes each file under a temp name (`.mf-extract.<pid>.<random>`) in its directory's handle
-//!    and renames it into place only once the content (and so its checksum) was read to the end.
+//!    and renames it into place only once the content (and so its checksum) was read to the end and
+//!    made durable: files are written in batches (up to 256 files or 256 MiB), each batch made
+//!    durable by one `syncfs` of the target's file system before its renames, then its directories
+//!    fsynced. A crash leaves each file complete or absent, as an fsync per file would, at a
+//!    fraction of the cost.
 //!
 //! No path component is resolved by name after it was checked: each directory is opened from the
 //! root with `O_NOFOLLOW` one component at a time, and files are created and renamed relative to
@@ -23,11 +27,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use rayon::prelude::*;
 
-use crate::fs::{parents, Dir, Kind};
+use crate::fs::{parents, Dir, Kind, TempFile};
 use crate::writer::Mtime;
 
 /// Name prefix of extraction temp files.
@@ -151,35 +153,97 @@ where
         root.create_dir_path(dir).map_err(io_at(root.display_path(dir)))?;
     }
 
-    let written = AtomicUsize::new(entries.len());
-    let failures: Vec<UnpackError> = groups
-        .par_iter()
-        .flat_map_iter(|(dir, files)| match root.open_path(dir) {
-            Ok(handle) => {
-                let _ = handle.remove_stale_temps(TEMP_PREFIX, "");
-                let failures: Vec<UnpackError> = files
-                    .par_iter()
-                    .filter_map(|entry| {
-                        let result = write_file(&handle, entry, &open);
-                        progress(entry.size);
-                        if result.is_err() {
-                            written.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        result.err()
-                    })
-                    .collect();
-                if let Err(e) = handle.sync() {
-                    return vec![UnpackError::Io { path: handle.path().to_owned(), error: e }];
+    // Files go out in batches, in directory order: a batch's files are written to temp files in
+    // parallel, made durable by one `syncfs` of the target's file system, then renamed into place and
+    // their directories fsynced. An fsync per file made extraction 4× slower than `tar x` (each is a
+    // journal commit); a batch keeps "complete or absent" while paying one sync for many files.
+    let ordered: Vec<(&str, &UnpackEntry)> =
+        groups.iter().flat_map(|(dir, files)| files.iter().map(move |entry| (*dir, *entry))).collect();
+    let mut written = entries.len();
+    let mut failures = Vec::new();
+    let mut cleaned: HashSet<&str> = HashSet::new();
+    let mut failed_dirs: HashSet<&str> = HashSet::new();
+    for batch in sync_batches(&ordered) {
+        let mut handles: BTreeMap<&str, Dir> = BTreeMap::new();
+        for &(dir, _) in batch {
+            if handles.contains_key(dir) || failed_dirs.contains(dir) {
+                continue;
+            }
+            match root.open_path(dir) {
+                Ok(handle) => {
+                    if cleaned.insert(dir) {
+                        let _ = handle.remove_stale_temps(TEMP_PREFIX, "");
+                    }
+                    handles.insert(dir, handle);
                 }
-                failures
+                Err(error) => {
+                    // Once for all its entries, whichever batches they are in.
+                    failed_dirs.insert(dir);
+                    written -= groups[dir].len();
+                    failures.push(UnpackError::Io { path: root.display_path(dir), error });
+                }
             }
-            Err(error) => {
-                written.fetch_sub(files.len(), Ordering::Relaxed);
-                vec![UnpackError::Io { path: root.display_path(dir), error }]
+        }
+        let temps: Vec<(&UnpackEntry, &Dir, Result<TempFile, UnpackError>)> = batch
+            .par_iter()
+            .filter_map(|&(dir, entry)| {
+                let handle = handles.get(dir)?;
+                let result = write_temp(handle, entry, &open);
+                progress(entry.size);
+                Some((entry, handle, result))
+            })
+            .collect();
+        let synced = root.sync_filesystem();
+        let mut renamed_in: BTreeMap<&Path, &Dir> = BTreeMap::new();
+        for (entry, handle, result) in temps {
+            let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+            let result = result.and_then(|temp| match &synced {
+                Ok(()) => temp.persist_synced(name).map_err(io_at(handle.display_path(name))),
+                Err(e) => Err(UnpackError::Io {
+                    path: handle.display_path(name),
+                    error: io::Error::new(e.kind(), e.to_string()),
+                }),
+            });
+            match result {
+                Ok(()) => {
+                    renamed_in.insert(handle.path(), handle);
+                }
+                Err(error) => {
+                    written -= 1;
+                    failures.push(error);
+                }
             }
-        })
-        .collect();
-    Ok(UnpackReport { written: written.into_inner(), failures })
+        }
+        for handle in renamed_in.into_values() {
+            if let Err(error) = handle.sync() {
+                failures.push(UnpackError::Io { path: handle.path().to_owned(), error });
+            }
+        }
+    }
+    Ok(UnpackReport { written, failures })
+}
+
+/// Files written between two syncs of the file system: bounds the temp files (and their open
+/// descriptors) alive at once and the dirty data one sync flushes.
+const SYNC_BATCH_FILES: usize = 256;
+/// Bytes written between two syncs of the file system.
+const SYNC_BATCH_BYTES: u64 = 256 << 20;
+
+/// Cuts `ordered` into runs of at most [`SYNC_BATCH_FILES`] files and about [`SYNC_BATCH_BYTES`].
+fn sync_batches<'a>(ordered: &'a [(&'a str, &'a UnpackEntry)]) -> Vec<&'a [(&'a str, &'a UnpackEntry)]> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, (_, entry)) in ordered.iter().enumerate() {
+        if i > start && (i - start == SYNC_BATCH_FILES || bytes >= SYNC_BATCH_BYTES) {
+            batches.push(&ordered[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes = bytes.saturating_add(entry.size);
+    }
+    if start < ordered.len() {
+        batches.push(&ordered[start..]);
+    }
+    batches
 }
 
 /// Path rules, duplicates, and a path that is both a file and another entry's directory.
@@ -245,12 +309,13 @@ fn precheck(root: &Dir, entries: &[UnpackEntry], options: UnpackOptions) -> Resu
     Ok(())
 }
 
-/// Streams one entry into a temp file in `dir`, sets its mode and mtime, and renames it into place.
-fn write_file<R: Read>(
+/// Streams one entry into a temp file in `dir` and sets its mode and mtime; the caller syncs and
+/// renames it into place.
+fn write_temp<R: Read>(
     dir: &Dir,
     entry: &UnpackEntry,
     open: &(impl Fn(&UnpackEntry) -> io::Result<R> + Sync),
-) -> Result<(), UnpackError> {
+) -> Result<TempFile, UnpackError> {
     let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
     let target = dir.display_path(name);
     let mut temp = dir.create_temp(TEMP_PREFIX, "").map_err(io_at(target.clone()))?;
@@ -270,7 +335,7 @@ fn write_file<R: Read>(
     if let Some(mtime) = entry.mtime.and_then(Mtime::to_system_time) {
         file.set_modified(mtime).map_err(io_at(target.clone()))?;
     }
-    temp.persist(name).map_err(io_at(target))
+    Ok(temp)
 }
 
 enum CopyError {
@@ -339,6 +404,53 @@ mod tests {
         let report = unpack_in(scratch.path(), &[entry("f")], UnpackOptions::default(), open, &|_| {}).unwrap();
         assert_eq!(report.failures.len(), 1);
         assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0, "no file, no temp file");
+    }
+
+    #[test]
+    fn batches_cover_every_file_once_within_their_bounds() {
+        let entries: Vec<UnpackEntry> = (0..700)
+            .map(|i| UnpackEntry { size: if i == 300 { 300 << 20 } else { 1 << 20 }, ..entry(&format!("d{}/f{i}", i % 3)) })
+            .collect();
+        let ordered: Vec<(&str, &UnpackEntry)> = entries.iter().map(|e| ("", e)).collect();
+        let batches = sync_batches(&ordered);
+        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), ordered.len());
+        assert!(batches.iter().all(|b| !b.is_empty() && b.len() <= SYNC_BATCH_FILES));
+        for batch in &batches {
+            // Only the file that crosses the byte bound may take a batch past it.
+            let before_last: u64 = batch[..batch.len() - 1].iter().map(|(_, e)| e.size).sum();
+            assert!(before_last < SYNC_BATCH_BYTES, "{before_last}");
+        }
+        assert!(batches.len() >= 700 / SYNC_BATCH_FILES + 1, "the 300 MiB file ends a batch early too");
+    }
+
+    #[test]
+    fn a_failure_in_one_batch_loses_only_its_file() {
+        let scratch = tempfile::tempdir().unwrap();
+        // 600 files in three directories span three batches; one in the middle fails to read.
+        let entries: Vec<UnpackEntry> = (0..600).map(|i| entry(&format!("d{}/f{i}", i % 3))).collect();
+        let open = |e: &UnpackEntry| -> io::Result<Box<dyn Read + Send>> {
+            let bytes = io::Cursor::new(e.path.clone().into_bytes());
+            Ok(if e.path == "d1/f301" { Box::new(bytes.chain(FailingReader)) } else { Box::new(bytes) })
+        };
+        let report = unpack_in(scratch.path(), &entries, UnpackOptions::default(), open, &|_| {}).unwrap();
+        assert_eq!(report.written, 599);
+        assert_eq!(report.failures.len(), 1);
+        assert!(matches!(&report.failures[0], UnpackError::Read { entry, .. } if entry == "d1/f301"));
+        for e in &entries {
+            let file = scratch.path().join(&e.path);
+            if e.path == "d1/f301" {
+                assert!(!file.exists());
+            } else {
+                assert_eq!(std::fs::read(&file).unwrap(), e.path.as_bytes());
+            }
+        }
+        for dir in ["d0", "d1", "d2"] {
+            let temps = std::fs::read_dir(scratch.path().join(dir))
+                .unwrap()
+                .filter(|f| f.as_ref().unwrap().file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+                .count();
+            assert_eq!(temps, 0, "no temp file left in {dir}");
+        }
     }
 
     struct FailingReader;
