@@ -54,21 +54,24 @@ bench_need_pip() {
   done
 }
 
-# bench_corpus_arcade [VERSION]: the arcade wheel of VERSION (default 3.3.3) from PyPI, unzipped and
-# cached in bench/work/corpus/arcade-VERSION; prints its directory.
-bench_corpus_arcade() {
-  local version="${1:-3.3.3}"
-  local dir="$BENCH_WORK/corpus/arcade-$version"
-  local marker="$BENCH_WORK/corpus/.arcade-$version.complete"
+# bench_corpus_wheel NAME VERSION GLOB [PIP-ARGS...]: the wheel NAME==VERSION from PyPI (the file
+# matching "NAME-VERSION-GLOB.whl"; PIP-ARGS pick a platform), unzipped and cached in
+# bench/work/corpus/NAME-VERSION; prints its directory.
+bench_corpus_wheel() {
+  local name="$1" version="$2" glob="$3"
+  shift 3
+  local dir="$BENCH_WORK/corpus/$name-$version"
+  local marker="$BENCH_WORK/corpus/.$name-$version.complete"
   if [ ! -f "$marker" ]; then
     bench_need_pip pip
     local dl="$BENCH_WORK/download"
     mkdir -p "$dl"
-    bench_log "downloading arcade==$version"
-    "$BENCH_VENV/bin/pip" download -q --no-deps --only-binary :all: "arcade==$version" -d "$dl" >&2
+    bench_log "downloading $name==$version"
+    "$BENCH_VENV/bin/pip" download -q --no-deps --only-binary :all: "$@" "$name==$version" -d "$dl" >&2
     local wheel
-    wheel="$(ls "$dl"/arcade-"$version"-*.whl 2>/dev/null | head -1)"
-    [ -n "$wheel" ] || bench_die "pip downloaded no wheel for arcade==$version"
+    # shellcheck disable=SC2086 # GLOB is a pattern
+    wheel="$(ls "$dl"/$name-$version-$glob.whl 2>/dev/null | head -1)"
+    [ -n "$wheel" ] || bench_die "pip downloaded no $glob wheel for $name==$version"
     rm -rf "$dir"
     mkdir -p "$dir"
     "$BENCH_VENV/bin/python" -m zipfile -e "$wheel" "$dir"
@@ -77,29 +80,15 @@ bench_corpus_arcade() {
   echo "$dir"
 }
 
+# bench_corpus_arcade [VERSION]: the arcade wheel of VERSION (default 3.3.3), unzipped (media-heavy).
+bench_corpus_arcade() {
+  bench_corpus_wheel arcade "${1:-3.3.3}" '*'
+}
+
 # bench_corpus_duckdb [VERSION]: the duckdb wheel of VERSION (default 1.1.3; CPython 3.11, manylinux
-# x86-64: one 62 MB native library) from PyPI, unzipped and cached in bench/work/corpus/duckdb-VERSION;
-# prints its directory. The native-library tree of issue 13.
+# x86-64: one 62 MB native library), unzipped. The native-library tree of issue 13.
 bench_corpus_duckdb() {
-  local version="${1:-1.1.3}"
-  local dir="$BENCH_WORK/corpus/duckdb-$version"
-  local marker="$BENCH_WORK/corpus/.duckdb-$version.complete"
-  if [ ! -f "$marker" ]; then
-    bench_need_pip pip
-    local dl="$BENCH_WORK/download"
-    mkdir -p "$dl"
-    bench_log "downloading duckdb==$version"
-    "$BENCH_VENV/bin/pip" download -q --no-deps --only-binary :all: --platform manylinux2014_x86_64 \
-      --python-version 3.11 "duckdb==$version" -d "$dl" >&2
-    local wheel
-    wheel="$(ls "$dl"/duckdb-"$version"-cp311-*.whl 2>/dev/null | head -1)"
-    [ -n "$wheel" ] || bench_die "pip downloaded no cp311 wheel for duckdb==$version"
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    "$BENCH_VENV/bin/python" -m zipfile -e "$wheel" "$dir"
-    touch "$marker"
-  fi
-  echo "$dir"
+  bench_corpus_wheel duckdb "${1:-1.1.3}" 'cp311-*' --platform manylinux2014_x86_64 --python-version 3.11
 }
 
 # bench_build_mf: builds the mf binary in release mode ($MF).
