@@ -409,7 +409,10 @@ mod tests {
     #[test]
     fn batches_cover_every_file_once_within_their_bounds() {
         let entries: Vec<UnpackEntry> = (0..700)
-            .map(|i| UnpackEntry { size: if i == 300 { 300 << 20 } else { 1 << 20 }, ..entry(&format!("d{}/f{i}", i % 3)) })
+            .map(|i| UnpackEntry {
+                size: if i == 300 { 300 << 20 } else { 1 << 20 },
+                ..entry(&format!("d{}/f{i}", i % 3))
+            })
             .collect();
         let ordered: Vec<(&str, &UnpackEntry)> = entries.iter().map(|e| ("", e)).collect();
         let batches = sync_batches(&ordered);
