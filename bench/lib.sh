@@ -91,6 +91,69 @@ bench_corpus_duckdb() {
   bench_corpus_wheel duckdb "${1:-1.1.3}" 'cp311-*' --platform manylinux2014_x86_64 --python-version 3.11
 }
 
+# bench_archive_content ARCHIVE: path, size, mode and xxh3 of every entry, a line each: what an update
+# must reproduce (an archive updated in place holds the release's content, not its bytes).
+bench_archive_content() {
+  "$MF" list --json "$1" | python3 -c 'import json, sys
+for e in json.load(sys.stdin): print(e["path"], e["size"], e["mode"], e["xxh3"])'
+}
+
+# bench_free_port: a TCP port free on loopback now.
+bench_free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+# bench_start_nginx DIR ROOT LOG_FORMAT RATE RTT_MS [HTTP_LINE...]: nginx serving ROOT as static files
+# on loopback (config, pid, error log, temp files and access.log, in LOG_FORMAT, under DIR), and
+# bench/throttle.py in front of it emulating a link of RATE bytes/s and RTT_MS of round trip (0: none).
+# Each HTTP_LINE is added to nginx's http block. Sets BENCH_NGINX_PORT (direct), BENCH_WAN_PORT
+# (through the throttle), BENCH_THROTTLE_PID and NGINX_VERSION; bench_stop_nginx DIR stops both.
+bench_start_nginx() {
+  local dir="$1" root="$2" log_format="$3" rate="$4" rtt_ms="$5"
+  shift 5
+  mkdir -p "$dir/tmp"
+  BENCH_NGINX_PORT="$(bench_free_port)"
+  BENCH_WAN_PORT="$(bench_free_port)"
+  [ "$BENCH_NGINX_PORT" != "$BENCH_WAN_PORT" ] || BENCH_WAN_PORT=$((BENCH_NGINX_PORT + 1))
+  {
+    echo "worker_processes 1;"
+    echo "pid $dir/nginx.pid;"
+    echo "error_log $dir/error.log warn;"
+    # Workers would run as nobody and might not read the work tree.
+    [ "$(id -u)" -eq 0 ] && echo "user root;"
+    echo "events { worker_connections 256; }"
+    echo "http {"
+    echo "  default_type application/octet-stream;"
+    local line d
+    for line in "$@"; do echo "  $line"; done
+    echo "  sendfile on;"
+    echo "  log_format bench '$log_format';"
+    for d in client_body proxy fastcgi uwsgi scgi; do echo "  ${d}_temp_path $dir/tmp/$d;"; done
+    echo "  access_log $dir/access.log bench;"
+    echo "  server { listen 127.0.0.1:$BENCH_NGINX_PORT; root $root; }"
+    echo "}"
+  } >"$dir/nginx.conf"
+  nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" || bench_die "nginx did not start (see $dir/error.log)"
+  python3 "$BENCH_DIR/throttle.py" "$BENCH_WAN_PORT" "$BENCH_NGINX_PORT" "$rate" "$rtt_ms" >"$dir/throttle.log" 2>&1 &
+  BENCH_THROTTLE_PID=$!
+  for _ in $(seq 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$BENCH_NGINX_PORT/" && curl -s -o /dev/null "http://127.0.0.1:$BENCH_WAN_PORT/" && break
+    sleep 0.1
+  done
+  NGINX_VERSION="$(nginx -v 2>&1 | sed 's|.*/||')"
+}
+
+# bench_stop_nginx DIR: stops what bench_start_nginx DIR started (safe to call twice, or before it).
+bench_stop_nginx() {
+  if [ -n "${BENCH_THROTTLE_PID:-}" ]; then
+    kill "$BENCH_THROTTLE_PID" 2>/dev/null || true
+    wait "$BENCH_THROTTLE_PID" 2>/dev/null || true
+    BENCH_THROTTLE_PID=""
+  fi
+  if [ -f "$1/nginx.pid" ]; then
+    kill -QUIT "$(cat "$1/nginx.pid")" 2>/dev/null || true
+    rm -f "$1/nginx.pid"
+  fi
+}
+
 # bench_build_mf: builds the mf binary in release mode ($MF).
 bench_build_mf() {
   [ "${BENCH_MF_BUILT:-0}" = 1 ] && [ -x "$MF" ] && return 0

@@ -101,11 +101,6 @@ bench_log "publishing v1 and v2 into a local release repository"
 "$MF" release add "$W/repo" v1 "$W/old.mf" --sign "$W/publisher.key" >/dev/null
 "$MF" release add "$W/repo" v2 "$W/fresh.mf" --sign "$W/publisher.key" >/dev/null
 UPDATE_SAME=yes
-# content_of ARCHIVE: path, size, mode and xxh3 of every entry (what an update must reproduce).
-content_of() {
-  "$MF" list --json "$1" | python3 -c 'import json, sys
-for e in json.load(sys.stdin): print(e["path"], e["size"], e["mode"], e["xxh3"])'
-}
 for round in $(seq "$BENCH_RUNS"); do
   for mode in rebuild inplace; do
     bench_log "update ($mode) round $round"
@@ -115,7 +110,7 @@ for round in $(seq "$BENCH_RUNS"); do
     flags=()
     [ "$mode" = rebuild ] && flags=(--rebuild)
     run "update_$mode" "$MF" update --repo "$W/repo" --key "$W/publisher.pub" "${flags[@]}" "$W/update.mf"
-    cmp -s <(content_of "$W/update.mf") <(content_of "$W/fresh.mf") || UPDATE_SAME=NO
+    cmp -s <(bench_archive_content "$W/update.mf") <(bench_archive_content "$W/fresh.mf") || UPDATE_SAME=NO
   done
 done
 rm -rf "$W/update.mf" "$W/update.mf.mf-update" "$W/repo"

@@ -43,46 +43,19 @@ declare -A SOURCE=([arcade]="$ARCADE" [game]="$GAME_DIR/v1")
 # ---- nginx behind the WAN proxy -------------------------------------------------------------------
 SERVE="$W/serve"
 NG="$W/nginx"
-mkdir -p "$SERVE" "$NG/tmp"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORT_NGINX="$(free_port)"
-PORT_WAN="$(free_port)"
-[ "$PORT_NGINX" != "$PORT_WAN" ] || PORT_WAN=$((PORT_NGINX + 1))
-{
-  echo "worker_processes 1;"
-  echo "pid $NG/nginx.pid;"
-  echo "error_log $NG/error.log warn;"
-  [ "$(id -u)" -eq 0 ] && echo "user root;"
-  echo "events { worker_connections 256; }"
-  echo "http {"
-  echo "  default_type application/octet-stream;"
-  echo "  sendfile on;"
-  echo "  keepalive_timeout 60s;"
-  echo "  keepalive_requests 100000;"
-  echo "  log_format bench '\$request_uri \$status \$body_bytes_sent \"\$http_range\"';"
-  for d in client_body proxy fastcgi uwsgi scgi; do echo "  ${d}_temp_path $NG/tmp/$d;"; done
-  echo "  access_log $NG/access.log bench;"
-  echo "  server { listen 127.0.0.1:$PORT_NGINX; root $SERVE; }"
-  echo "}"
-} >"$NG/nginx.conf"
-THROTTLE_PID=""
+mkdir -p "$SERVE"
 MOUNTS=()
 cleanup() {
   local m
   for m in "${MOUNTS[@]}"; do mountpoint -q "$m" && { "$MF" umount "$m" || fusermount3 -u -z "$m"; } 2>/dev/null; done
-  if [ -n "$THROTTLE_PID" ]; then kill "$THROTTLE_PID" 2>/dev/null || true; fi
-  if [ -f "$NG/nginx.pid" ]; then kill -QUIT "$(cat "$NG/nginx.pid")" 2>/dev/null || true; fi
+  bench_stop_nginx "$NG"
   return 0
 }
 trap cleanup EXIT
-nginx -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" || bench_die "nginx did not start (see $NG/error.log)"
-python3 "$BENCH_DIR/throttle.py" "$PORT_WAN" "$PORT_NGINX" "$RATE" "$RTT_MS" >"$NG/throttle.log" 2>&1 &
-THROTTLE_PID=$!
-for _ in $(seq 50); do
-  curl -s -o /dev/null "http://127.0.0.1:$PORT_NGINX/" && curl -s -o /dev/null "http://127.0.0.1:$PORT_WAN/" && break
-  sleep 0.1
-done
-NGINX_VERSION="$(nginx -v 2>&1 | sed 's|.*/||')"
+bench_start_nginx "$NG" "$SERVE" '$request_uri $status $body_bytes_sent "$http_range"' "$RATE" "$RTT_MS" \
+  "keepalive_timeout 60s;" "keepalive_requests 100000;"
+PORT_NGINX="$BENCH_NGINX_PORT"
+PORT_WAN="$BENCH_WAN_PORT"
 wan_url() { echo "http://127.0.0.1:$PORT_WAN/$1"; }
 log_mark() { wc -l <"$NG/access.log"; }
 # log_since MARK: "BYTES REQUESTS" of the access log lines after MARK.

@@ -43,55 +43,17 @@ T="$W/times"
 SERVE="$W/serve"   # nginx's root: one directory per repository
 NG="$W/nginx"
 rm -rf "$W"
-mkdir -p "$T" "$SERVE" "$NG/tmp" "$W/install" "$W/pristine"
+mkdir -p "$T" "$SERVE" "$W/install" "$W/pristine"
 LOAD_START="$(bench_load)"
 REPOS=(direct default)
 declare -A PATCH_ARGS=([direct]="--patch-from-last $((${#VERSIONS[@]} - 1))" [default]="")
 
 # ---- nginx on loopback ----------------------------------------------------------------------------
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-PORT_FAST="$(free_port)"
-PORT_SLOW="$(free_port)"
-[ "$PORT_FAST" != "$PORT_SLOW" ] || PORT_SLOW=$((PORT_FAST + 1))
-{
-  echo "worker_processes 1;"
-  echo "pid $NG/nginx.pid;"
-  echo "error_log $NG/error.log warn;"
-  # Workers would run as nobody and might not read the work tree.
-  [ "$(id -u)" -eq 0 ] && echo "user root;"
-  echo "events { worker_connections 256; }"
-  echo "http {"
-  echo "  default_type application/octet-stream;"
-  echo "  types { application/json json; }"
-  echo "  sendfile on;"
-  echo "  keepalive_timeout 30s;"
-  echo "  log_format bench '\$server_port \$request_uri \$status \$body_bytes_sent \$bytes_sent \"\$http_range\"';"
-  for d in client_body proxy fastcgi uwsgi scgi; do echo "  ${d}_temp_path $NG/tmp/$d;"; done
-  echo "  access_log $NG/access.log bench;"
-  echo "  server { listen 127.0.0.1:$PORT_FAST; root $SERVE; }"
-  echo "}"
-} >"$NG/nginx.conf"
-THROTTLE_PID=""
-stop_nginx() {
-  if [ -n "$THROTTLE_PID" ]; then
-    kill "$THROTTLE_PID" 2>/dev/null || true
-    wait "$THROTTLE_PID" 2>/dev/null || true
-    THROTTLE_PID=""
-  fi
-  if [ -f "$NG/nginx.pid" ]; then
-    kill -QUIT "$(cat "$NG/nginx.pid")" 2>/dev/null || true
-    rm -f "$NG/nginx.pid"
-  fi
-}
-trap stop_nginx EXIT
-nginx -p "$NG" -c "$NG/nginx.conf" -e "$NG/error.log" || bench_die "nginx did not start (see $NG/error.log)"
-python3 "$BENCH_DIR/throttle.py" "$PORT_SLOW" "$PORT_FAST" "$RATE" >"$NG/throttle.log" 2>&1 &
-THROTTLE_PID=$!
-for _ in $(seq 50); do
-  curl -s -o /dev/null "http://127.0.0.1:$PORT_FAST/" && curl -s -o /dev/null "http://127.0.0.1:$PORT_SLOW/" && break
-  sleep 0.1
-done
-NGINX_VERSION="$(nginx -v 2>&1 | sed 's|.*/||')"
+trap 'bench_stop_nginx "$NG"' EXIT
+bench_start_nginx "$NG" "$SERVE" '$server_port $request_uri $status $body_bytes_sent $bytes_sent "$http_range"' "$RATE" 0 \
+  "types { application/json json; }" "keepalive_timeout 30s;"
+PORT_FAST="$BENCH_NGINX_PORT"
+PORT_SLOW="$BENCH_WAN_PORT"
 url_of() { # SPEED REPO
   if [ "$1" = fast ]; then echo "http://127.0.0.1:$PORT_FAST/$2"; else echo "http://127.0.0.1:$PORT_SLOW/$2"; fi
 }
@@ -193,6 +155,7 @@ NEWEST_SHA="$(full_sha direct "$NEWEST")"
 NEWEST_SIZE="$(full_size direct "$NEWEST")"
 [ "$NEWEST_SHA" = "$(full_sha default "$NEWEST")" ] || bench_die "the two repositories hold different archives of $NEWEST"
 NEWEST_PATH="$(full_path direct "$NEWEST")"
+bench_archive_content "$SERVE/direct/$NEWEST_PATH" >"$W/newest.content"
 
 # Folder mode is measured when this mf can do it (a --check into an empty folder succeeds); otherwise
 # the report says why not.
@@ -214,7 +177,7 @@ INSTALL="$W/install"
 install_archive() { rm -rf "$INSTALL/a"; mkdir -p "$INSTALL/a"; [ "$1" = none ] || cp "$W/pristine/$1.mf" "$INSTALL/a/app.mf"; }
 install_folder() { rm -rf "$INSTALL/d"; if [ "$1" = none ]; then mkdir -p "$INSTALL/d"; else cp -a "$W/pristine/$1" "$INSTALL/d"; fi; }
 check_archive() {
-  [ "$(sha256sum "$INSTALL/a/app.mf" | cut -c1-64)" = "$NEWEST_SHA" ] || bench_die "updated archive is not $NEWEST ($1)"
+  cmp -s <(bench_archive_content "$INSTALL/a/app.mf") "$W/newest.content" || bench_die "updated archive does not hold $NEWEST ($1)"
 }
 check_folder() {
   diff -r -q --exclude=.mf-update "$INSTALL/d" "$W/pristine/$NEWEST" >/dev/null || bench_die "updated folder differs from $NEWEST ($1)"
@@ -292,7 +255,7 @@ for round in $(seq "$RUNS"); do
   done
 done
 LOAD_END="$(bench_load)"
-stop_nginx
+bench_stop_nginx "$NG"
 trap - EXIT
 
 # ---- report ---------------------------------------------------------------------------------------
