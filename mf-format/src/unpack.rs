@@ -23,7 +23,7 @@
 //! Stale temp files of a killed earlier run are removed from each directory written into (see
 //! [`crate::fs`] for when a temp file counts as stale).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -184,43 +184,65 @@ where
                 }
             }
         }
-        let temps: Vec<(&UnpackEntry, &Dir, Result<TempFile, UnpackError>)> = batch
-            .par_iter()
-            .filter_map(|&(dir, entry)| {
-                let handle = handles.get(dir)?;
-                let result = write_temp(handle, entry, &open);
-                progress(entry.size);
-                Some((entry, handle, result))
-            })
-            .collect();
-        let synced = root.sync_filesystem();
-        let mut renamed_in: BTreeMap<&Path, &Dir> = BTreeMap::new();
-        for (entry, handle, result) in temps {
-            let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
-            let result = result.and_then(|temp| match &synced {
-                Ok(()) => temp.persist_synced(name).map_err(io_at(handle.display_path(name))),
-                Err(e) => Err(UnpackError::Io {
-                    path: handle.display_path(name),
-                    error: io::Error::new(e.kind(), e.to_string()),
-                }),
-            });
-            match result {
-                Ok(()) => {
-                    renamed_in.insert(handle.path(), handle);
-                }
-                Err(error) => {
-                    written -= 1;
-                    failures.push(error);
-                }
+        let (lost, batch_failures) = write_batch(&root, batch, &handles, &open, progress);
+        written -= lost;
+        failures.extend(batch_failures);
+    }
+    Ok(UnpackReport { written, failures })
+}
+
+/// Writes one batch's files to temp files in parallel (in the directories `handles` holds; entries
+/// of other directories are skipped, their failure already counted), syncs the file system once,
+/// renames them into place and fsyncs their directories. Returns how many files were not written
+/// and every failure.
+fn write_batch<R, F>(
+    root: &Dir,
+    batch: &[(&str, &UnpackEntry)],
+    handles: &BTreeMap<&str, Dir>,
+    open: &F,
+    progress: &(dyn Fn(u64) + Sync),
+) -> (usize, Vec<UnpackError>)
+where
+    R: Read,
+    F: Fn(&UnpackEntry) -> io::Result<R> + Sync,
+{
+    let temps: Vec<(&str, &UnpackEntry, Result<TempFile, UnpackError>)> = batch
+        .par_iter()
+        .filter_map(|&(dir, entry)| {
+            let result = write_temp(handles.get(dir)?, entry, open);
+            progress(entry.size);
+            Some((dir, entry, result))
+        })
+        .collect();
+    let synced = root.sync_filesystem();
+    let (mut lost, mut failures) = (0, Vec::new());
+    let mut renamed_in: BTreeSet<&str> = BTreeSet::new();
+    for (dir, entry, result) in temps {
+        let handle = &handles[dir];
+        let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+        let result = result.and_then(|temp| match &synced {
+            Ok(()) => temp.persist_synced(name).map_err(io_at(handle.display_path(name))),
+            Err(e) => {
+                Err(UnpackError::Io { path: handle.display_path(name), error: io::Error::new(e.kind(), e.to_string()) })
             }
-        }
-        for handle in renamed_in.into_values() {
-            if let Err(error) = handle.sync() {
-                failures.push(UnpackError::Io { path: handle.path().to_owned(), error });
+        });
+        match result {
+            Ok(()) => {
+                renamed_in.insert(dir);
+            }
+            Err(error) => {
+                lost += 1;
+                failures.push(error);
             }
         }
     }
-    Ok(UnpackReport { written, failures })
+    for dir in renamed_in {
+        let handle = &handles[dir];
+        if let Err(error) = handle.sync() {
+            failures.push(UnpackError::Io { path: handle.path().to_owned(), error });
+        }
+    }
+    (lost, failures)
 }
 
 /// Files written between two syncs of the file system: bounds the temp files (and their open
