@@ -151,7 +151,8 @@ fn a_delta_producing_more_than_the_declared_output_is_refused_as_it_is_read() {
     }
     let extra_blob = extra.finish().unwrap();
     let mut control = vec![1u8]; // op delta
-    for value in [1, 0, controls_blob.len() as u64, 0, extra_blob.len() as u64] {
+                                 // control count 1, delta_len 0, coding 0 (raw), then the blob lengths.
+    for value in [1, 0, 0, controls_blob.len() as u64, 0, extra_blob.len() as u64] {
         varint(&mut control, value);
     }
     let frame = zstd::bulk::compress(&control, 3).unwrap();
@@ -239,7 +240,7 @@ fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
 
     let archive = mf_format::Archive::open(d.join("old.mf")).unwrap();
     let mut control = Vec::new();
-    // A 2.1 patch (no content ids): readers keep reading them.
+    // A patch without content ids (as 2.1 wrote them): readers keep reading them.
     let preamble =
         ArchivePreamble { frame_size_log2: 18, level: 3, old_entry_count: 1, new_entry_count: 1, content_ids: None };
     preamble.write(&mut control);
@@ -259,7 +260,7 @@ fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
     record.write(&mut control, &mut -1);
     let header = PatchHeader {
         version_major: PATCH_VERSION_MAJOR,
-        version_minor: 1,
+        version_minor: PATCH_VERSION_MINOR,
         kind: KIND_ARCHIVE,
         flags: 0,
         old_len: archive.file_len(),
@@ -271,7 +272,8 @@ fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
         body_hash: 0,
     };
     let frame = zstd::bulk::compress(&control, 3).unwrap();
-    let blobs = [encoded.controls.clone(), encoded.delta.clone(), encoded.extra.clone()];
+    let runs = encoded.runs.clone().map(|(_, runs)| runs).unwrap_or_default();
+    let blobs = [encoded.controls.clone(), runs, encoded.delta.clone(), encoded.extra.clone()];
     std::fs::write(d.join("big.mfp"), assemble(header, &frame, &blobs)).unwrap();
 
     let (out, rss) = mf_measured(d, &["apply", "big.mfp", "old.mf", "-o", "new.mf"]);
@@ -295,8 +297,10 @@ fn huge_delta_entry(header: PatchHeader, size: u64) -> Vec<u8> {
     varint(&mut control, size);
     control.extend_from_slice(&[0; 16]); // content hash, base hash
     control.push(1); // storage: all frames compressed
-    for value in [1, size, 9, 9, 0] {
-        varint(&mut control, value); // control count, delta length, the three blob lengths
+                     // Control count, delta length, coding 1 (runs: a few bytes of them could claim all `size`
+                     // zeros), literal length 0, then the blob lengths: controls, runs, literals, extra.
+    for value in [1, size, 1, 0, 9, 9, 0, 0] {
+        varint(&mut control, value);
     }
     let frame = zstd::bulk::compress(&control, 3).unwrap();
     assemble(header, &frame, &[vec![0x28; 9], vec![0x28; 9]])

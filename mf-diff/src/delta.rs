@@ -1,15 +1,19 @@
-//! Delta payloads: the bsdiff model (controls, delta bytes, extra bytes) kept as three separately
+//! Delta payloads: the bsdiff model (controls, delta bytes, extra bytes) kept as separately
 //! compressed streams, so an applier decodes them side by side, a buffer at a time, reading the old
 //! content by random access (spec/PATCH.md, "delta"). HDiffPatch keeps its streams apart for the
-//! same reason: nothing of the entry has to be in memory at once.
+//! same reason: nothing of the entry has to be in memory at once. The delta bytes, mostly zeros,
+//! are coded as runs of zeros and literals (patch format 2.4), as HDiffPatch RLE-codes its diff
+//! bytes: zstd then reads a twentieth of them and a strong level is cheap.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::source::BlobStream;
-use crate::wire::{put_varint, unzigzag, zigzag, ControlReader, DeltaDesc, STREAM_WINDOW_LOG_MAX};
+use crate::wire::{
+    put_varint, unzigzag, zigzag, ControlReader, DeltaCoding, DeltaDesc, MAX_PAYLOAD_EXPANSION, STREAM_WINDOW_LOG_MAX,
+};
 use crate::zref;
 
 /// One control: emit `add` bytes `old[p+i] + delta[i]` (mod 256), then `copy` bytes of extra, then `p += seek`.
@@ -34,16 +38,20 @@ pub struct DeltaParts {
     pub extra: Vec<u8>,
 }
 
-/// A delta as it goes into a patch: three zstd frames (empty when their stream is).
+/// A delta as it goes into a patch: four zstd frames (empty when their stream is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncodedDelta {
     /// Number of controls encoded in `controls`.
     pub control_count: u64,
-    /// Σ add: decoded length of `delta`.
+    /// Σ add: the number of delta bytes.
     pub delta_len: u64,
     /// The zstd frame of the controls (varint add, varint copy, zigzag seek each); empty when there are none.
     pub controls: Vec<u8>,
-    /// The zstd frame of the delta bytes; empty when there are none.
+    /// Runs coding: Σ literal run lengths (the decoded length of `delta`) and the zstd frame of the
+    /// runs (varint zero bytes, varint literal bytes each; empty when there are no delta bytes).
+    /// `None`: raw coding, `delta` holds the delta bytes as they are.
+    pub runs: Option<(u64, Vec<u8>)>,
+    /// The zstd frame of the delta bytes' literals (raw coding: of the delta bytes); empty when there are none.
     pub delta: Vec<u8>,
     /// The zstd frame of the extra bytes; empty when there are none.
     pub extra: Vec<u8>,
@@ -55,6 +63,12 @@ impl EncodedDelta {
         DeltaDesc {
             control_count: self.control_count,
             delta_len: self.delta_len,
+            coding: match &self.runs {
+                Some((literal_len, runs)) => {
+                    DeltaCoding::Runs { literal_len: *literal_len, runs_blob: runs.len() as u64 }
+                }
+                None => DeltaCoding::Raw,
+            },
             controls_blob: self.controls.len() as u64,
             delta_blob: self.delta.len() as u64,
             extra_blob: self.extra.len() as u64,
@@ -62,12 +76,13 @@ impl EncodedDelta {
         }
     }
 
-    /// Bytes the three blobs take.
+    /// Bytes the blobs take.
     pub fn len(&self) -> u64 {
-        (self.controls.len() + self.delta.len() + self.extra.len()) as u64
+        let runs = self.runs.as_ref().map_or(0, |(_, runs)| runs.len());
+        (self.controls.len() + runs + self.delta.len() + self.extra.len()) as u64
     }
 
-    /// Whether all three blobs are empty (a delta of empty content).
+    /// Whether all blobs are empty (a delta of empty content).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -79,7 +94,7 @@ impl DeltaParts {
         self.controls.iter().map(|c| c.add + c.copy).sum()
     }
 
-    /// Compresses the three streams at `level`. Controls that produce nothing are folded into the
+    /// Compresses the streams at `level`. Controls that produce nothing are folded into the
     /// previous control's seek, so every control but a leading one produces a byte (the reader holds
     /// the control count to the entry's size).
     pub fn encode(&self, level: i32) -> io::Result<EncodedDelta> {
@@ -108,13 +123,119 @@ impl DeltaParts {
                 zref::compress_plain(bytes, level)
             }
         };
-        Ok(EncodedDelta {
+        let (runs, literals) = delta_runs(&self.delta);
+        let mut encoded = EncodedDelta {
             control_count: folded.len() as u64,
             delta_len: add,
             controls: frame(&raw)?,
-            delta: frame(&self.delta)?,
+            runs: Some((literals.len() as u64, frame(&runs)?)),
+            delta: frame(&literals)?,
             extra: frame(&self.extra)?,
-        })
+        };
+        // A reader holds a record's size to 2^20 times its payload bytes (spec/PATCH.md); long zero
+        // runs can beat that (a huge entry with a few changed bytes), the raw coding cannot.
+        if add + copy > encoded.len().saturating_mul(MAX_PAYLOAD_EXPANSION) {
+            encoded.runs = None;
+            encoded.delta = frame(&self.delta)?;
+        }
+        Ok(encoded)
+    }
+}
+
+/// Codes delta bytes as runs: (zero bytes, literal bytes) varint pairs covering them, never (0, 0),
+/// and the literal bytes apart. A literal run ends at the next zero byte.
+pub fn delta_runs(delta: &[u8]) -> (Vec<u8>, Vec<u8>) {
+    let (mut runs, mut literals) = (Vec::new(), Vec::new());
+    let mut at = 0;
+    while at < delta.len() {
+        let zeros = delta[at..].iter().position(|&b| b != 0).unwrap_or(delta.len() - at);
+        at += zeros;
+        let literal = delta[at..].iter().position(|&b| b == 0).unwrap_or(delta.len() - at);
+        put_varint(&mut runs, zeros as u64);
+        put_varint(&mut runs, literal as u64);
+        literals.extend_from_slice(&delta[at..at + literal]);
+        at += literal;
+    }
+    (runs, literals)
+}
+
+/// The delta bytes of a delta payload as a stream, from either coding. One per delta being applied,
+/// so the variants' size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum DeltaBytes<'a> {
+    /// Before 2.4: the bytes as they are.
+    Raw(BlobStream<'a>),
+    /// 2.4: runs of zeros and literals.
+    Runs {
+        runs: ControlReader<BufReader<BlobStream<'a>>>,
+        literals: BlobStream<'a>,
+        /// Zero bytes left in the current run.
+        zeros: u64,
+        /// Literal bytes left in the current run.
+        literal: u64,
+        /// Delta bytes no run has covered yet: every run length is held to it.
+        uncovered: u64,
+    },
+}
+
+impl DeltaBytes<'_> {
+    /// Fills `out` with the next delta bytes.
+    fn read_exact(&mut self, out: &mut [u8]) -> Result<()> {
+        match self {
+            DeltaBytes::Raw(stream) => {
+                stream.read_exact(out).map_err(|e| stream.error(e, "the delta stream ends early"))
+            }
+            DeltaBytes::Runs { runs, literals, zeros, literal, uncovered } => {
+                let mut filled = 0;
+                while filled < out.len() {
+                    let want = (out.len() - filled) as u64;
+                    if *zeros > 0 {
+                        let n = want.min(*zeros) as usize;
+                        out[filled..filled + n].fill(0);
+                        *zeros -= n as u64;
+                        filled += n;
+                    } else if *literal > 0 {
+                        let n = want.min(*literal) as usize;
+                        literals
+                            .read_exact(&mut out[filled..filled + n])
+                            .map_err(|e| literals.error(e, "the delta literal stream ends early"))?;
+                        *literal -= n as u64;
+                        filled += n;
+                    } else {
+                        let at = runs.offset;
+                        *zeros = runs.bounded(*uncovered, "zero run")?;
+                        *uncovered -= *zeros;
+                        *literal = runs.bounded(*uncovered, "literal run")?;
+                        *uncovered -= *literal;
+                        if *zeros == 0 && *literal == 0 {
+                            return Err(runs.corrupt_at(at, "an empty delta run"));
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks that every delta byte was used and the streams end exactly there.
+    fn finish(&mut self) -> Result<()> {
+        match self {
+            DeltaBytes::Raw(stream) => stream.finish("the delta stream"),
+            DeltaBytes::Runs { runs, literals, zeros, literal, uncovered } => {
+                if *zeros + *literal + *uncovered != 0 {
+                    return Err(runs.corrupt("the delta runs hold more bytes than the controls add"));
+                }
+                let mut byte = [0u8; 1];
+                let more = runs.get_mut().read(&mut byte);
+                match more {
+                    Ok(0) => {}
+                    Ok(_) => return Err(runs.corrupt("the delta run stream holds more bytes than its runs use")),
+                    Err(e) => return Err(runs.corrupt(format!("the delta run stream does not decode: {e}"))),
+                }
+                runs.get_mut().get_mut().finish("the delta run stream")?;
+                literals.finish("the delta literal stream")
+            }
+        }
     }
 }
 
@@ -186,7 +307,7 @@ impl<'a> OldCursor<'a> {
 /// Applies a delta payload as a stream: each call produces the next bytes of the new content.
 pub(crate) struct DeltaReader<'a> {
     controls: ControlReader<BlobStream<'a>>,
-    delta: BlobStream<'a>,
+    delta: DeltaBytes<'a>,
     extra: BlobStream<'a>,
     old: OldCursor<'a>,
     patch: &'a Path,
@@ -212,7 +333,8 @@ impl<'a> DeltaReader<'a> {
         let open = |at: u64, len: u64, section: &'static str| {
             BlobStream::open(file, patch, at, len, STREAM_WINDOW_LOG_MAX, section, entry)
         };
-        let delta_at = desc.blob_at + desc.controls_blob;
+        let runs_at = desc.blob_at + desc.controls_blob;
+        let delta_at = runs_at + desc.runs_blob();
         let extra_at = delta_at + desc.delta_blob;
         let mut controls = ControlReader::for_section(
             open(desc.blob_at, desc.controls_blob, "delta controls")?,
@@ -220,9 +342,27 @@ impl<'a> DeltaReader<'a> {
             "delta controls",
         );
         controls.entry = Some(entry.to_owned());
+        let delta = match desc.coding {
+            DeltaCoding::Raw => DeltaBytes::Raw(open(delta_at, desc.delta_blob, "delta bytes")?),
+            DeltaCoding::Runs { runs_blob, .. } => {
+                let mut runs = ControlReader::for_section(
+                    BufReader::with_capacity(64 << 10, open(runs_at, runs_blob, "delta runs")?),
+                    patch,
+                    "delta runs",
+                );
+                runs.entry = Some(entry.to_owned());
+                DeltaBytes::Runs {
+                    runs,
+                    literals: open(delta_at, desc.delta_blob, "delta literals")?,
+                    zeros: 0,
+                    literal: 0,
+                    uncovered: desc.delta_len,
+                }
+            }
+        };
         Ok(DeltaReader {
             controls,
-            delta: open(delta_at, desc.delta_blob, "delta bytes")?,
+            delta,
             extra: open(extra_at, desc.extra_blob, "extra bytes")?,
             old,
             patch,
@@ -276,7 +416,7 @@ impl<'a> DeltaReader<'a> {
                 let old = self.old.at(pos)?;
                 let n = want.min(old.len());
                 let out = &mut buf[..n];
-                self.delta.read_exact(out).map_err(|e| self.delta.error(e, "the delta stream ends early"))?;
+                self.delta.read_exact(out)?;
                 for (byte, o) in out.iter_mut().zip(&old[..n]) {
                     *byte = byte.wrapping_add(*o);
                 }
@@ -303,7 +443,7 @@ impl<'a> DeltaReader<'a> {
             return Err(self.corrupt(format!("controls produce {} bytes, the entry has {}", self.produced, self.size)));
         }
         self.controls.expect_end()?;
-        self.delta.finish("the delta stream")?;
+        self.delta.finish()?;
         self.extra.finish("the extra stream")?;
         Ok(0)
     }
@@ -330,7 +470,128 @@ pub fn apply_in_memory(old: &[u8], parts: &DeltaParts) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use std::cell::RefCell;
+    use std::io::Write;
+
+    /// Applies `encoded` through the streaming reader, its blobs in a file as a patch holds them.
+    fn apply_encoded(old: &[u8], encoded: &EncodedDelta, size: u64) -> Result<Vec<u8>> {
+        let mut file = tempfile::tempfile().unwrap();
+        let runs = encoded.runs.as_ref().map(|(_, runs)| runs.clone()).unwrap_or_default();
+        for blob in [&encoded.controls, &runs, &encoded.delta, &encoded.extra] {
+            file.write_all(blob).unwrap();
+        }
+        let desc = DeltaDesc { blob_at: 0, ..encoded.desc() };
+        let cursor =
+            OldCursor::new(old.len() as u64, |start, len| Ok(old[start as usize..start as usize + len].to_vec()));
+        let mut reader = DeltaReader::new(&file, Path::new("p.mfp"), &desc, size, cursor, "e")?;
+        let (mut out, mut buf) = (Vec::new(), [0u8; 1000]);
+        loop {
+            let n = reader.produce(&mut buf)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn frame(bytes: &[u8]) -> Vec<u8> {
+        if bytes.is_empty() {
+            Vec::new()
+        } else {
+            zref::compress_plain(bytes, 1).unwrap()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn run_coded_deltas_apply_to_the_new_content(
+            old in proptest::collection::vec(0u8..8, 1..3000),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0usize..40), 0..12),
+        ) {
+            let mut new = old.clone();
+            for (at, byte, len) in edits {
+                let at = at.index(new.len());
+                let end = (at + len).min(new.len());
+                new[at..end].iter_mut().for_each(|b| *b = b.wrapping_add(byte));
+                new.insert(at, byte);
+            }
+            let parts = crate::matcher::diff(&old, &new).unwrap();
+            let encoded = parts.encode(1).unwrap();
+            prop_assert!(encoded.runs.is_some());
+            prop_assert_eq!(apply_encoded(&old, &encoded, new.len() as u64).unwrap(), new);
+        }
+    }
+
+    #[test]
+    fn delta_runs_cover_zeros_and_literals() {
+        let (runs, literals) = delta_runs(&[0, 0, 5, 6, 0, 7]);
+        assert_eq!(runs, [2, 2, 1, 1]);
+        assert_eq!(literals, [5, 6, 7]);
+        let (runs, literals) = delta_runs(&[9, 0, 0]);
+        assert_eq!(runs, [0, 1, 2, 0]);
+        assert_eq!(literals, [9]);
+        assert_eq!(delta_runs(&[]), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_huge_delta_with_few_changes_keeps_the_raw_coding() {
+        // 48 MiB of old content with one changed byte: its runs would fit in a few dozen bytes,
+        // more than 2^20-fold, which readers refuse; the raw delta stream compresses less.
+        let size = 48u64 << 20;
+        let old = vec![3u8; size as usize];
+        let mut delta = vec![0u8; size as usize];
+        delta[1234] = 1;
+        let parts = DeltaParts { controls: vec![Control { add: size, copy: 0, seek: 0 }], delta, extra: vec![] };
+        let encoded = parts.encode(1).unwrap();
+        assert!(encoded.runs.is_none());
+        assert!(size <= encoded.len() * MAX_PAYLOAD_EXPANSION);
+        let out = apply_encoded(&old, &encoded, size).unwrap();
+        assert_eq!(out[1234], 4);
+        assert_eq!(out.iter().filter(|&&b| b != 3).count(), 1);
+
+        // A small one gets runs.
+        let parts =
+            DeltaParts { controls: vec![Control { add: 4000, copy: 0, seek: 0 }], delta: vec![0; 4000], extra: vec![] };
+        assert!(parts.encode(1).unwrap().runs.is_some());
+    }
+
+    #[test]
+    fn bad_runs_are_refused_naming_the_stream() {
+        let old = vec![1u8; 100];
+        let controls = {
+            let mut raw = Vec::new();
+            for v in [100, 0, 0] {
+                put_varint(&mut raw, v);
+            }
+            frame(&raw)
+        };
+        let with_runs = |runs: &[u8], literals: &[u8]| EncodedDelta {
+            control_count: 1,
+            delta_len: 100,
+            controls: controls.clone(),
+            runs: Some((literals.len() as u64, frame(runs))),
+            delta: frame(literals),
+            extra: Vec::new(),
+        };
+        let good = with_runs(&[98, 2], &[5, 6]);
+        let out = apply_encoded(&old, &good, 100).unwrap();
+        assert_eq!(&out[97..], &[1, 6, 7]);
+
+        for (runs, literals, expected) in [
+            (&[0u8, 0, 100, 0][..], &[][..], "an empty delta run"),
+            (&[98, 3][..], &[5, 6, 7][..], "literal run 3 exceeds the limit 2"),
+            (&[101, 0][..], &[][..], "zero run 101 exceeds the limit 100"),
+            (&[50, 0][..], &[][..], "ends early"),
+            (&[100, 0, 0, 0][..], &[][..], "holds more bytes"),
+            (&[98, 2][..], &[5, 6, 7][..], "holds more bytes"),
+        ] {
+            let err = apply_encoded(&old, &with_runs(runs, literals), 100).unwrap_err().to_string();
+            assert!(err.contains(expected), "{runs:?}: {err}");
+            assert!(err.contains("p.mfp"), "{err}");
+        }
+    }
 
     #[test]
     fn old_cursor_keeps_the_regions_a_delta_alternates_between() {

@@ -12,7 +12,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::budget::Budget;
 use crate::content_id::content_id;
-use crate::delta::EncodedDelta;
+use crate::delta::{DeltaParts, EncodedDelta};
 use crate::error::{Error, Result};
 use crate::matcher::{self, WindowPlan};
 use crate::report::{Change, EntryReport, Method, PatchReport};
@@ -67,6 +67,19 @@ fn payload_level(size: u64) -> i32 {
     match size {
         0..=0x40_0000 => 19,
         0x40_0001..=0x400_0000 => 15,
+        _ => 9,
+    }
+}
+
+/// zstd level of a delta payload, by the bytes zstd reads (its runs, literals and extra bytes: about
+/// twice the nonzero delta bytes plus the extra bytes), not by the entry's size: a native binary's
+/// 60 MB delta is 95% zeros, so level 19 reads only a few MB and costs about a second. The matcher's
+/// suffix array is freed by then, so level 19's tables fit in the memory it held.
+fn delta_level(parts: &DeltaParts) -> i32 {
+    let nonzero = parts.delta.iter().filter(|&&b| b != 0).count() as u64;
+    match 2 * nonzero + parts.extra.len() as u64 {
+        0..=0x100_0000 => 19,
+        0x100_0001..=0x400_0000 => 15,
         _ => 9,
     }
 }
@@ -240,7 +253,7 @@ fn encode(
     // Small entries were tried at the final level: their trial encoding is the payload.
     let payload = match (best, parts, old_data) {
         (best, _, _) if trial_level == level => best,
-        (Payload::Delta(_), Some(parts), _) => Payload::Delta(parts.encode(level).map_err(io_err)?),
+        (Payload::Delta(_), Some(parts), _) => Payload::Delta(parts.encode(delta_level(&parts)).map_err(io_err)?),
         (Payload::Zref(_), _, Some(old_data)) => {
             Payload::Zref(whole(n, zref::compress(&old_data, &new_data, level).map_err(io_err)?))
         }
@@ -395,6 +408,7 @@ fn encode_large(old: Option<Content<'_>>, new: Content<'_>, budget: &Budget, lev
         };
         Error::Io { file: new.name().into(), source }
     })?;
+    let level = delta_level(&parts);
     Ok(Payload::Delta(parts.encode(level).map_err(|e| Error::Io { file: new.name().into(), source: e })?))
 }
 
@@ -730,7 +744,8 @@ fn write_payload(payload: Payload, blobs: &mut Vec<Vec<u8>>) -> (PayloadDesc, u6
         Payload::Delta(encoded) => {
             let desc = PayloadDesc::Delta(encoded.desc());
             let len = encoded.len();
-            blobs.extend([encoded.controls, encoded.delta, encoded.extra].into_iter().filter(|b| !b.is_empty()));
+            let runs = encoded.runs.map(|(_, runs)| runs).unwrap_or_default();
+            blobs.extend([encoded.controls, runs, encoded.delta, encoded.extra].into_iter().filter(|b| !b.is_empty()));
             (desc, len)
         }
         Payload::Zref(blocks) | Payload::Full(blocks) => {

@@ -21,10 +21,13 @@ pub const PATCH_VERSION_MAJOR: u16 = 2;
 /// Header `version_minor` this code writes (2.1: storage kinds solid and same-as, which a 2.0 reader
 /// refuses as unknown; 2.2: the archive preamble carries the old and new content ids, so a patch
 /// applies to any layout of its base, an archive edited in place included; 2.3: operation 4,
-/// frames, which a 2.2 reader refuses as an unknown operation).
-pub const PATCH_VERSION_MINOR: u16 = 3;
+/// frames, which a 2.2 reader refuses as an unknown operation; 2.4: a delta payload's delta bytes are
+/// coded as runs of zeros and literals, see [`DeltaCoding`]).
+pub const PATCH_VERSION_MINOR: u16 = 4;
 /// The first minor version that knows operation 4 ([`Op::Frames`]); an older patch using it is corrupt.
 pub const FRAMES_MINOR: u16 = 3;
+/// The first minor version whose delta payloads code their delta bytes as runs ([`DeltaCoding::Runs`]).
+pub const RUNS_MINOR: u16 = 4;
 /// Bytes of the fixed header; the control stream starts right after it.
 pub const PATCH_HEADER_LEN: u64 = 80;
 
@@ -183,16 +186,36 @@ pub struct BlockDesc {
     pub blob_at: u64,
 }
 
-/// A delta payload: three blobs (controls, delta bytes, extra bytes), each one zstd frame or empty.
+/// How a delta payload stores its delta bytes (wire code 0 or 1 from 2.4; raw before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaCoding {
+    /// Code 0, and every delta payload before 2.4: the delta blob holds the `delta_len` delta bytes
+    /// as they are. Writers use it where runs would break the reader's 2^20 expansion rule.
+    Raw,
+    /// Code 1 (2.4): a runs blob of varint pairs (zero bytes, then literal bytes) covering the `delta_len`
+    /// delta bytes, and the delta blob holding the literal bytes only. A native binary's delta is
+    /// 95% zeros: zstd then reads a twentieth of the bytes, so a strong level costs little.
+    Runs {
+        /// Σ literal bytes: the length of the delta blob's stream.
+        literal_len: u64,
+        /// Bytes of the runs blob (0 when `delta_len` is 0).
+        runs_blob: u64,
+    },
+}
+
+/// A delta payload: its blobs (controls, delta runs from 2.4, delta bytes, extra bytes), each one zstd
+/// frame or empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeltaDesc {
     /// Number of (add, copy, seek) controls in the controls stream.
     pub control_count: u64,
     /// Σ add: bytes of the delta stream. The extra stream holds the entry's size minus this.
     pub delta_len: u64,
+    /// How the delta bytes are stored.
+    pub coding: DeltaCoding,
     /// Bytes of the controls blob (0 when there are no controls).
     pub controls_blob: u64,
-    /// Bytes of the delta-bytes blob (0 when `delta_len` is 0).
+    /// Bytes of the delta-bytes blob (0 when its stream is empty).
     pub delta_blob: u64,
     /// Bytes of the extra-bytes blob (0 when the entry has no extra bytes).
     pub extra_blob: u64,
@@ -267,7 +290,7 @@ impl PayloadDesc {
     pub fn patch_bytes(&self) -> u64 {
         match self {
             PayloadDesc::None => 0,
-            PayloadDesc::Delta(d) => d.controls_blob + d.delta_blob + d.extra_blob,
+            PayloadDesc::Delta(d) => d.controls_blob + d.runs_blob() + d.delta_blob + d.extra_blob,
             PayloadDesc::Blocks(blocks) => blocks.iter().map(|b| b.blob_len).sum(),
             PayloadDesc::Frames(runs) => {
                 runs.iter().filter_map(|r| r.patch.as_ref()).map(|p| p.payload.patch_bytes()).sum()
@@ -279,9 +302,21 @@ impl PayloadDesc {
         match self {
             PayloadDesc::None => {}
             PayloadDesc::Delta(d) => {
-                for value in [d.control_count, d.delta_len, d.controls_blob, d.delta_blob, d.extra_blob] {
-                    put_varint(out, value);
+                put_varint(out, d.control_count);
+                put_varint(out, d.delta_len);
+                match d.coding {
+                    DeltaCoding::Raw => put_varint(out, 0),
+                    DeltaCoding::Runs { literal_len, .. } => {
+                        put_varint(out, 1);
+                        put_varint(out, literal_len);
+                    }
                 }
+                put_varint(out, d.controls_blob);
+                if let DeltaCoding::Runs { runs_blob, .. } = d.coding {
+                    put_varint(out, runs_blob);
+                }
+                put_varint(out, d.delta_blob);
+                put_varint(out, d.extra_blob);
             }
             PayloadDesc::Blocks(blocks) => {
                 put_varint(out, blocks.len() as u64);
@@ -324,6 +359,7 @@ impl PayloadDesc {
         frame_size: u64,
         kept_max: u64,
         blobs: &mut BlobCursor,
+        minor: u16,
     ) -> Result<PayloadDesc> {
         let total = size.div_ceil(frame_size);
         let count = reader.bounded(total, "frame run count")?;
@@ -360,7 +396,7 @@ impl PayloadDesc {
                     if old_start.checked_add(old_len).is_none() {
                         return Err(reader.corrupt("the run's base window overflows"));
                     }
-                    let payload = PayloadDesc::read(reader, op, len, blobs)?;
+                    let payload = PayloadDesc::read(reader, op, len, blobs, minor)?;
                     if len > payload.patch_bytes().saturating_mul(MAX_PAYLOAD_EXPANSION) {
                         return Err(
                             reader.corrupt_at(frames_at, "the run is larger than its payload bytes can decode to")
@@ -379,8 +415,15 @@ impl PayloadDesc {
         Ok(PayloadDesc::Frames(runs))
     }
 
-    /// Reads the payload of an `op` record producing `size` bytes, assigning its blobs.
-    fn read<R: Read>(reader: &mut ControlReader<R>, op: Op, size: u64, blobs: &mut BlobCursor) -> Result<PayloadDesc> {
+    /// Reads the payload of an `op` record producing `size` bytes in a patch of minor version
+    /// `minor`, assigning its blobs.
+    fn read<R: Read>(
+        reader: &mut ControlReader<R>,
+        op: Op,
+        size: u64,
+        blobs: &mut BlobCursor,
+        minor: u16,
+    ) -> Result<PayloadDesc> {
         match op {
             Op::Copy => Ok(PayloadDesc::None),
             // Frames payloads need the frame size: read by `read_frames`, never nested.
@@ -389,6 +432,13 @@ impl PayloadDesc {
                 // A control produces at least one byte, except a final seek-only one.
                 let control_count = reader.bounded(size.saturating_add(1), "control count")?;
                 let delta_len = reader.bounded(size, "delta length")?;
+                let literal_len = match (minor >= RUNS_MINOR).then(|| (reader.offset, reader.varint())) {
+                    None => None,
+                    Some((_, Ok(0))) => None,
+                    Some((_, Ok(1))) => Some(reader.bounded(delta_len, "delta literal length")?),
+                    Some((at, Ok(code))) => return Err(reader.corrupt_at(at, format!("unknown delta coding {code}"))),
+                    Some((_, Err(e))) => return Err(e),
+                };
                 let blob_at = blobs.cursor;
                 let mut take = |reader: &mut ControlReader<R>, what: &str, content: u64| -> Result<u64> {
                     let len = reader.bounded(blobs.remaining(), what)?;
@@ -399,11 +449,18 @@ impl PayloadDesc {
                     Ok(len)
                 };
                 let controls_blob = take(reader, "controls blob length", control_count)?;
-                let delta_blob = take(reader, "delta blob length", delta_len)?;
+                let coding = match literal_len {
+                    Some(literal_len) => {
+                        DeltaCoding::Runs { literal_len, runs_blob: take(reader, "delta runs blob length", delta_len)? }
+                    }
+                    None => DeltaCoding::Raw,
+                };
+                let delta_blob = take(reader, "delta blob length", literal_len.unwrap_or(delta_len))?;
                 let extra_blob = take(reader, "extra blob length", size - delta_len)?;
                 Ok(PayloadDesc::Delta(DeltaDesc {
                     control_count,
                     delta_len,
+                    coding,
                     controls_blob,
                     delta_blob,
                     extra_blob,
@@ -443,6 +500,16 @@ impl PayloadDesc {
                 }
                 Ok(PayloadDesc::Blocks(blocks))
             }
+        }
+    }
+}
+
+impl DeltaDesc {
+    /// Bytes of the runs blob (0 before 2.4).
+    pub fn runs_blob(&self) -> u64 {
+        match self.coding {
+            DeltaCoding::Raw => 0,
+            DeltaCoding::Runs { runs_blob, .. } => runs_blob,
         }
     }
 }
@@ -654,8 +721,14 @@ impl EntryRecord {
                 return Err(reader.corrupt("a frames record without a frame size"));
             }
             let kept_max = state.old_len.saturating_mul(1 << 16);
-            let payload =
-                PayloadDesc::read_frames(reader, size, 1u64 << state.frame_size_log2, kept_max, &mut state.blobs)?;
+            let payload = PayloadDesc::read_frames(
+                reader,
+                size,
+                1u64 << state.frame_size_log2,
+                kept_max,
+                &mut state.blobs,
+                state.minor,
+            )?;
             let patched = match &payload {
                 PayloadDesc::Frames(runs) => patched_bytes(runs, size, 1u64 << state.frame_size_log2),
                 _ => 0,
@@ -663,7 +736,7 @@ impl EntryRecord {
             let kept = size - patched;
             (payload, kept)
         } else {
-            (PayloadDesc::read(reader, op, size, &mut state.blobs)?, 0)
+            (PayloadDesc::read(reader, op, size, &mut state.blobs, state.minor)?, 0)
         };
         // The applier sizes per-frame state from `size` before decoding anything, so `size` is held
         // to what this record's own blob bytes can decode to, not just to the declared output. Kept
@@ -983,7 +1056,7 @@ impl PlainRecord {
             .filter(|&op| op != Op::Copy && op != Op::Frames)
             .ok_or_else(|| reader.corrupt_at(at, format!("unknown operation {byte}")))?;
         let mut state = RecordState::new(header, 0);
-        let payload = PayloadDesc::read(reader, op, header.new_len, &mut state.blobs)?;
+        let payload = PayloadDesc::read(reader, op, header.new_len, &mut state.blobs, state.minor)?;
         if state.blobs.cursor != state.blobs.end {
             return Err(reader.corrupt("blob lengths do not add up to the blob section"));
         }
@@ -1130,6 +1203,11 @@ impl<R: Read> ControlReader<R> {
         Ok(out)
     }
 
+    /// The stream this reads from.
+    pub(crate) fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Checks that nothing follows the last record.
     pub(crate) fn expect_end(&mut self) -> Result<()> {
         let mut b = [0u8; 1];
@@ -1238,6 +1316,7 @@ mod tests {
         let delta = DeltaDesc {
             control_count: 2,
             delta_len: 60,
+            coding: DeltaCoding::Runs { literal_len: 7, runs_blob: 11 },
             controls_blob: 10,
             delta_blob: 20,
             extra_blob: 30,
@@ -1278,7 +1357,7 @@ mod tests {
         for r in &records {
             r.write(&mut control, &mut previous);
         }
-        let header = archive_header(1 << 20, 0, 60 + 12 + 12 + 12);
+        let header = archive_header(1 << 20, 0, 71 + 12 + 12 + 12);
         let mut state = RecordState::new(&header, 3);
         state.frame_size_log2 = 12;
         let mut reader = ControlReader::new(&control[..], Path::new("p"));
@@ -1301,6 +1380,41 @@ mod tests {
         }
         reader.expect_end().unwrap();
         assert_eq!(state.blobs.cursor, state.blobs.end);
+    }
+
+    #[test]
+    fn raw_deltas_read_in_2_4_and_in_2_3_without_the_coding_field() {
+        let raw = DeltaDesc {
+            control_count: 2,
+            delta_len: 60,
+            coding: DeltaCoding::Raw,
+            controls_blob: 10,
+            delta_blob: 20,
+            extra_blob: 30,
+            blob_at: 0,
+        };
+        // 2.4 writes the coding (0: raw); 2.3 had no such field: drop its byte to get the 2.3 record.
+        let mut control = Vec::new();
+        record(Op::Delta, Some(0), Some("a"), PayloadDesc::Delta(raw.clone())).write(&mut control, &mut -1);
+        let coding_at = control.len() - 4;
+        assert_eq!(&control[coding_at..], &[0, 10, 20, 30]);
+        let mut state = RecordState::new(&archive_header(1 << 20, 0, 60), 1);
+        let got = EntryRecord::read(&mut ControlReader::new(&control[..], Path::new("p")), &mut state).unwrap();
+        assert_eq!(got.payload, PayloadDesc::Delta(DeltaDesc { blob_at: PATCH_HEADER_LEN, ..raw.clone() }));
+
+        control.remove(coding_at);
+        let mut header = archive_header(1 << 20, 0, 60);
+        header.version_minor = 3;
+        let mut state = RecordState::new(&header, 1);
+        let got = EntryRecord::read(&mut ControlReader::new(&control[..], Path::new("p")), &mut state).unwrap();
+        assert_eq!(got.payload, PayloadDesc::Delta(DeltaDesc { blob_at: PATCH_HEADER_LEN, ..raw.clone() }));
+
+        // An unknown coding is refused.
+        let mut bad = control.clone();
+        bad.insert(coding_at, 2);
+        let mut state = RecordState::new(&archive_header(1 << 20, 0, 60), 1);
+        let err = EntryRecord::read(&mut ControlReader::new(&bad[..], Path::new("p")), &mut state).unwrap_err();
+        assert!(err.to_string().contains("unknown delta coding 2"), "{err}");
     }
 
     #[test]

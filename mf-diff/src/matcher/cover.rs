@@ -20,7 +20,7 @@ use super::suffix::SuffixIndex;
 /// New content searched per parallel task. Fixed, so covers do not depend on the thread count.
 const CHUNK: usize = 1 << 20;
 /// Shortest exact match that starts a cover on a new diagonal.
-const MIN_SEED: usize = 8;
+const MIN_SEED: usize = super::suffix::FILTER_LEN;
 /// A seed on another diagonal must match this many more bytes than the current diagonal does over
 /// the same stretch.
 const SWITCH_MARGIN: usize = 8;
@@ -81,6 +81,11 @@ fn seed_chunk(index: &SuffixIndex<'_>, new: &[u8], from: usize, to: usize) -> Ve
                 i += run;
                 continue;
             }
+        }
+        if i + MIN_SEED <= new.len() && !index.may_match(&new[i..i + MIN_SEED]) {
+            // No seed starts here: no old string has these bytes.
+            i += 1;
+            continue;
         }
         let near = diagonal.map_or(i, |d| (i as i64 + d).max(0) as usize);
         let (pos, len) = index.longest_match(&new[i..], near);

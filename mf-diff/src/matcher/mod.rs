@@ -30,10 +30,15 @@ pub enum MatchError {
     SuffixArray(String),
 }
 
-/// Working set of [`diff`] in bytes: the old content and its suffix array (5 bytes per old byte),
-/// the new content, and the delta and extra bytes (together one byte per new byte).
+/// Working set of [`diff`] in bytes: the old content, its suffix array and its probe filter (5.5
+/// bytes per old byte), the new content, and the delta and extra bytes (together one byte per new
+/// byte).
 pub fn estimate(old_len: u64, new_len: u64) -> u64 {
-    old_len.saturating_mul(5).saturating_add(new_len.saturating_mul(2)).saturating_add(1 << 20)
+    old_len
+        .saturating_mul(5)
+        .saturating_add(suffix::filter_bytes(old_len))
+        .saturating_add(new_len.saturating_mul(2))
+        .saturating_add(1 << 20)
 }
 
 /// Largest old content [`diff`] indexes at once.

@@ -11,12 +11,35 @@ const PROBE: usize = 1024;
 /// old position (small seeks and continuing diagonals compress better).
 const NEAREST_SCAN: usize = 16;
 
+/// Bytes a [`SuffixIndex::may_match`] probe hashes: the shortest match the cover search seeds from.
+pub const FILTER_LEN: usize = 8;
+/// Filter bits per old byte.
+const FILTER_BITS_PER_BYTE: u64 = 4;
+
+/// Bytes of the filter of `old_len` bytes of old content (half a byte a byte).
+pub const fn filter_bytes(old_len: u64) -> u64 {
+    (old_len * FILTER_BITS_PER_BYTE).div_ceil(64) * 8
+}
+
 pub struct SuffixIndex<'a> {
     old: &'a [u8],
     sa: Vec<i32>,
+    /// One bit per hash of every [`FILTER_LEN`]-byte string of the old content (about four bits a
+    /// position): a clear bit proves a string absent without the binary search, whose cache misses
+    /// dominate a diff of a native binary (most probes in its changed stretches find nothing).
+    filter: Vec<u64>,
     /// `buckets[k]..buckets[k + 1]` is the range of suffixes whose first two bytes are `k` (big
     /// endian); the one-byte suffix at the end sorts first in the bucket of `(byte, 0)`.
     buckets: Vec<u32>,
+}
+
+/// The filter bit of the first [`FILTER_LEN`] bytes of `bytes` among `bits` (multiply-shift: any
+/// number of bits, not only powers of two).
+fn filter_bit(bytes: &[u8], bits: u64) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..FILTER_LEN]);
+    let hash = u64::from_le_bytes(word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    ((u128::from(hash ^ (hash >> 29)) * u128::from(bits)) >> 64) as u64
 }
 
 impl<'a> SuffixIndex<'a> {
@@ -40,7 +63,19 @@ impl<'a> SuffixIndex<'a> {
         for k in 1..buckets.len() {
             buckets[k] += buckets[k - 1];
         }
-        Ok(SuffixIndex { old, sa, buckets })
+        let mut filter = vec![0u64; (filter_bytes(old.len() as u64) / 8).max(1) as usize];
+        let bits = filter.len() as u64 * 64;
+        for window in old.windows(FILTER_LEN) {
+            let bit = filter_bit(window, bits);
+            filter[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        Ok(SuffixIndex { old, sa, buckets, filter })
+    }
+
+    /// Whether `probe` ([`FILTER_LEN`] bytes) may occur in the old content; `false` is certain.
+    pub fn may_match(&self, probe: &[u8]) -> bool {
+        let bit = filter_bit(probe, self.filter.len() as u64 * 64);
+        self.filter[(bit / 64) as usize] & (1 << (bit % 64)) != 0
     }
 
     pub fn old(&self) -> &'a [u8] {

@@ -63,9 +63,9 @@ impl WindowPlan {
     pub fn for_budget(budget: u64, old_len: u64, new_len: u64) -> Option<WindowPlan> {
         let fixed = new_len + index_estimate(old_len) + (8 << 20);
         let left = budget.checked_sub(fixed)?;
-        // Per block: window and its suffix array (5 bytes a byte), the new block and its share
-        // of the output while it is built (2 bytes a byte), block = window / 2.
-        let window = (left / 6).min(super::MAX_OLD);
+        // Per block: window, its suffix array and probe filter (5.5 bytes a byte), the new block
+        // and its share of the output while it is built (2 bytes a byte), block = window / 2.
+        let window = (left * 2 / 13).saturating_sub(64).min(super::MAX_OLD);
         (window >= 16 << 20).then_some(WindowPlan { window, block: window / 2 })
     }
 }
@@ -76,7 +76,12 @@ fn index_estimate(old_len: u64) -> u64 {
 
 /// Working set of [`diff_windowed`] with `plan`.
 pub fn windowed_estimate(plan: WindowPlan, old_len: u64, new_len: u64) -> u64 {
-    new_len + index_estimate(old_len) + (8 << 20) + 5 * plan.window + 2 * plan.block
+    new_len
+        + index_estimate(old_len)
+        + (8 << 20)
+        + 5 * plan.window
+        + super::suffix::filter_bytes(plan.window)
+        + 2 * plan.block
 }
 
 /// Failure reading an input or running the matcher.
