@@ -210,7 +210,7 @@ fn big_content(len: usize) -> Vec<u8> {
 
 #[test]
 fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
-    use mf_diff::delta::{apply_in_memory, Control, DeltaParts};
+    use mf_diff::delta::{apply_in_memory, Control, DeltaBytes, DeltaParts};
     use mf_diff::wire::{ArchivePreamble, EntryRecord, Op, PayloadDesc, Storage, KIND_ARCHIVE};
 
     let dir = tempfile::tempdir().unwrap();
@@ -231,7 +231,7 @@ fn applying_a_delta_to_a_300_mb_entry_stays_under_64_mib() {
         Control { add: 100 << 20, copy: 1000, seek: 1 << 20 },
         Control { add: (SIZE - (102 << 20)) as u64, copy: 0, seek: 0 },
     ];
-    let parts = DeltaParts { controls, delta, extra: vec![b'+'; 1000] };
+    let parts = DeltaParts { controls, delta: DeltaBytes::from(&delta[..]), extra: vec![b'+'; 1000] };
     let new = apply_in_memory(&old, &parts).unwrap();
     let new_hash = xxhash_rust::xxh3::xxh3_64(&new);
     let old_hash = xxhash_rust::xxh3::xxh3_64(&old);

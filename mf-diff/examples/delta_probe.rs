@@ -16,7 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         started.elapsed().as_secs_f64(),
         parts.controls.len(),
         parts.delta.len(),
-        parts.delta.iter().filter(|&&b| b != 0).count(),
+        parts.delta.literals().len(),
         parts.extra.len()
     );
     let levels: Vec<i32> =

@@ -32,8 +32,9 @@ pub struct Control {
 pub struct DeltaParts {
     /// The controls in output order.
     pub controls: Vec<Control>,
-    /// Σ add bytes: new minus old, byte by byte (mod 256), mostly zeros for similar content.
-    pub delta: Vec<u8>,
+    /// Σ add bytes: new minus old, byte by byte (mod 256), mostly zeros for similar content; kept
+    /// as runs, so a 250 MB library's delta bytes take a few MB while the matcher works.
+    pub delta: DeltaBytes,
     /// Σ copy bytes: new bytes with no counterpart in the old content.
     pub extra: Vec<u8>,
 }
@@ -100,7 +101,7 @@ impl DeltaParts {
     pub fn encode(&self, level: i32) -> io::Result<EncodedDelta> {
         let add: u64 = self.controls.iter().map(|c| c.add).sum();
         let copy: u64 = self.controls.iter().map(|c| c.copy).sum();
-        if add != self.delta.len() as u64 || copy != self.extra.len() as u64 {
+        if add != self.delta.len() || copy != self.extra.len() as u64 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "delta controls do not match their streams"));
         }
         let mut folded: Vec<Control> = Vec::with_capacity(self.controls.len());
@@ -123,46 +124,202 @@ impl DeltaParts {
                 zref::compress_plain(bytes, level)
             }
         };
-        let (runs, literals) = delta_runs(&self.delta);
+        let literals = self.delta.literals();
         let mut encoded = EncodedDelta {
             control_count: folded.len() as u64,
             delta_len: add,
             controls: frame(&raw)?,
-            runs: Some((literals.len() as u64, frame(&runs)?)),
-            delta: frame(&literals)?,
+            runs: Some((literals.len() as u64, frame(&self.delta.runs())?)),
+            delta: frame(literals)?,
             extra: frame(&self.extra)?,
         };
         // A reader holds a record's size to 2^20 times its payload bytes (spec/PATCH.md); long zero
-        // runs can beat that (a huge entry with a few changed bytes), the raw coding cannot.
+        // runs can beat that (a huge entry with a few changed bytes), the raw coding cannot. The
+        // raw bytes are compressed as they are expanded, never held whole.
         if add + copy > encoded.len().saturating_mul(MAX_PAYLOAD_EXPANSION) {
             encoded.runs = None;
-            encoded.delta = frame(&self.delta)?;
+            encoded.delta = if add == 0 {
+                Vec::new()
+            } else {
+                zref::compress_plain_chunks(add, level, |sink| self.delta.expand(sink))?
+            };
         }
         Ok(encoded)
     }
 }
 
-/// Codes delta bytes as runs: (zero bytes, literal bytes) varint pairs covering them, never (0, 0),
-/// and the literal bytes apart. A literal run ends at the next zero byte.
-pub fn delta_runs(delta: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    let (mut runs, mut literals) = (Vec::new(), Vec::new());
-    let mut at = 0;
-    while at < delta.len() {
-        let zeros = delta[at..].iter().position(|&b| b != 0).unwrap_or(delta.len() - at);
-        at += zeros;
-        let literal = delta[at..].iter().position(|&b| b == 0).unwrap_or(delta.len() - at);
-        put_varint(&mut runs, zeros as u64);
-        put_varint(&mut runs, literal as u64);
-        literals.extend_from_slice(&delta[at..at + literal]);
-        at += literal;
+/// Delta bytes kept as spec/PATCH.md's runs coding: (zero bytes, literal bytes) varint pairs, never
+/// (0, 0), and the literal bytes apart; a literal run ends at the next zero byte. Built by appending,
+/// so the bytes themselves are never held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeltaBytes {
+    /// Finished pairs.
+    runs: Vec<u8>,
+    /// Every literal byte, the current run's included.
+    literals: Vec<u8>,
+    /// Zero bytes of the current (unfinished) pair.
+    zeros: u64,
+    /// Literal bytes of the current pair.
+    literal: u64,
+    /// Bytes appended in all.
+    len: u64,
+}
+
+impl DeltaBytes {
+    /// Appends delta bytes.
+    pub fn push(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        while !bytes.is_empty() {
+            if self.literal == 0 {
+                let zeros = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+                self.zeros += zeros as u64;
+                bytes = &bytes[zeros..];
+            }
+            let literal = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+            self.literals.extend_from_slice(&bytes[..literal]);
+            self.literal += literal as u64;
+            bytes = &bytes[literal..];
+            if !bytes.is_empty() {
+                self.close_pair();
+            }
+        }
     }
-    (runs, literals)
+
+    /// Appends `new[i] - old[i]` (mod 256) for every `i`.
+    pub fn push_difference(&mut self, new: &[u8], old: &[u8]) {
+        let mut buf = [0u8; 4096];
+        for (n, o) in new.chunks(buf.len()).zip(old.chunks(buf.len())) {
+            let out = &mut buf[..n.len()];
+            out.iter_mut().zip(n.iter().zip(o)).for_each(|(d, (n, o))| *d = n.wrapping_sub(*o));
+            self.push(out);
+        }
+    }
+
+    /// Appends another delta's bytes (pair by pair: nothing is expanded).
+    pub fn append(&mut self, other: &DeltaBytes) {
+        let mut literals = &other.literals[..];
+        for (zeros, literal) in other.pairs() {
+            self.push_zeros(zeros);
+            let (now, rest) = literals.split_at(literal as usize);
+            self.push_literals(now);
+            literals = rest;
+        }
+    }
+
+    fn push_zeros(&mut self, zeros: u64) {
+        if zeros > 0 {
+            if self.literal > 0 {
+                self.close_pair();
+            }
+            self.zeros += zeros;
+            self.len += zeros;
+        }
+    }
+
+    /// Appends nonzero bytes.
+    fn push_literals(&mut self, literals: &[u8]) {
+        self.literals.extend_from_slice(literals);
+        self.literal += literals.len() as u64;
+        self.len += literals.len() as u64;
+    }
+
+    fn close_pair(&mut self) {
+        put_varint(&mut self.runs, self.zeros);
+        put_varint(&mut self.runs, self.literal);
+        (self.zeros, self.literal) = (0, 0);
+    }
+
+    /// Number of delta bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether there are no delta bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The nonzero bytes, in order (the literal stream).
+    pub fn literals(&self) -> &[u8] {
+        &self.literals
+    }
+
+    /// The runs stream: every pair, the unfinished one included.
+    pub fn runs(&self) -> Vec<u8> {
+        let mut runs = self.runs.clone();
+        if self.zeros > 0 || self.literal > 0 {
+            put_varint(&mut runs, self.zeros);
+            put_varint(&mut runs, self.literal);
+        }
+        runs
+    }
+
+    /// Every (zeros, literals) pair.
+    fn pairs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let mut at = 0;
+        let finished = std::iter::from_fn(move || {
+            (at < self.runs.len()).then(|| {
+                let zeros = read_varint(&self.runs, &mut at);
+                (zeros, read_varint(&self.runs, &mut at))
+            })
+        });
+        finished.chain((self.zeros > 0 || self.literal > 0).then_some((self.zeros, self.literal)))
+    }
+
+    /// Feeds the bytes, expanded, to `sink` a piece at a time.
+    pub fn expand<E>(&self, mut sink: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        let zeros = [0u8; 1 << 16];
+        let mut literals = &self.literals[..];
+        for (mut z, literal) in self.pairs() {
+            while z > 0 {
+                let n = z.min(zeros.len() as u64) as usize;
+                sink(&zeros[..n])?;
+                z -= n as u64;
+            }
+            let (now, rest) = literals.split_at(literal as usize);
+            sink(now)?;
+            literals = rest;
+        }
+        Ok(())
+    }
+
+    /// The bytes, expanded (for tests and small callers).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.expand(|piece| -> Result<(), ()> {
+            out.extend_from_slice(piece);
+            Ok(())
+        });
+        out
+    }
+}
+
+impl From<&[u8]> for DeltaBytes {
+    fn from(bytes: &[u8]) -> Self {
+        let mut delta = DeltaBytes::default();
+        delta.push(bytes);
+        delta
+    }
+}
+
+/// A varint this module wrote itself (so well formed) at `*at`, advancing past it.
+fn read_varint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = bytes[*at];
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    value
 }
 
 /// The delta bytes of a delta payload as a stream, from either coding. One per delta being applied,
 /// so the variants' size difference does not matter.
 #[allow(clippy::large_enum_variant)]
-enum DeltaBytes<'a> {
+enum DeltaSource<'a> {
     /// Before 2.4: the bytes as they are.
     Raw(BlobStream<'a>),
     /// 2.4: runs of zeros and literals.
@@ -178,14 +335,14 @@ enum DeltaBytes<'a> {
     },
 }
 
-impl DeltaBytes<'_> {
+impl DeltaSource<'_> {
     /// Fills `out` with the next delta bytes.
     fn read_exact(&mut self, out: &mut [u8]) -> Result<()> {
         match self {
-            DeltaBytes::Raw(stream) => {
+            DeltaSource::Raw(stream) => {
                 stream.read_exact(out).map_err(|e| stream.error(e, "the delta stream ends early"))
             }
-            DeltaBytes::Runs { runs, literals, zeros, literal, uncovered } => {
+            DeltaSource::Runs { runs, literals, zeros, literal, uncovered } => {
                 let mut filled = 0;
                 while filled < out.len() {
                     let want = (out.len() - filled) as u64;
@@ -220,8 +377,8 @@ impl DeltaBytes<'_> {
     /// Checks that every delta byte was used and the streams end exactly there.
     fn finish(&mut self) -> Result<()> {
         match self {
-            DeltaBytes::Raw(stream) => stream.finish("the delta stream"),
-            DeltaBytes::Runs { runs, literals, zeros, literal, uncovered } => {
+            DeltaSource::Raw(stream) => stream.finish("the delta stream"),
+            DeltaSource::Runs { runs, literals, zeros, literal, uncovered } => {
                 if *zeros + *literal + *uncovered != 0 {
                     return Err(runs.corrupt("the delta runs hold more bytes than the controls add"));
                 }
@@ -307,7 +464,7 @@ impl<'a> OldCursor<'a> {
 /// Applies a delta payload as a stream: each call produces the next bytes of the new content.
 pub(crate) struct DeltaReader<'a> {
     controls: ControlReader<BlobStream<'a>>,
-    delta: DeltaBytes<'a>,
+    delta: DeltaSource<'a>,
     extra: BlobStream<'a>,
     old: OldCursor<'a>,
     patch: &'a Path,
@@ -343,7 +500,7 @@ impl<'a> DeltaReader<'a> {
         );
         controls.entry = Some(entry.to_owned());
         let delta = match desc.coding {
-            DeltaCoding::Raw => DeltaBytes::Raw(open(delta_at, desc.delta_blob, "delta bytes")?),
+            DeltaCoding::Raw => DeltaSource::Raw(open(delta_at, desc.delta_blob, "delta bytes")?),
             DeltaCoding::Runs { runs_blob, .. } => {
                 let mut runs = ControlReader::for_section(
                     BufReader::with_capacity(64 << 10, open(runs_at, runs_blob, "delta runs")?),
@@ -351,7 +508,7 @@ impl<'a> DeltaReader<'a> {
                     "delta runs",
                 );
                 runs.entry = Some(entry.to_owned());
-                DeltaBytes::Runs {
+                DeltaSource::Runs {
                     runs,
                     literals: open(delta_at, desc.delta_blob, "delta literals")?,
                     zeros: 0,
@@ -451,12 +608,13 @@ impl<'a> DeltaReader<'a> {
 
 /// Applies a delta to in-memory old content (for tests and small callers).
 pub fn apply_in_memory(old: &[u8], parts: &DeltaParts) -> Option<Vec<u8>> {
+    let delta = parts.delta.to_vec();
     let mut out = Vec::new();
     let (mut pos, mut d, mut e) = (0i64, 0usize, 0usize);
     for c in &parts.controls {
         for i in 0..c.add as usize {
             let o = *old.get(usize::try_from(pos).ok()? + i)?;
-            out.push(o.wrapping_add(*parts.delta.get(d + i)?));
+            out.push(o.wrapping_add(*delta.get(d + i)?));
         }
         pos += c.add as i64;
         d += c.add as usize;
@@ -526,13 +684,40 @@ mod tests {
 
     #[test]
     fn delta_runs_cover_zeros_and_literals() {
-        let (runs, literals) = delta_runs(&[0, 0, 5, 6, 0, 7]);
-        assert_eq!(runs, [2, 2, 1, 1]);
-        assert_eq!(literals, [5, 6, 7]);
-        let (runs, literals) = delta_runs(&[9, 0, 0]);
-        assert_eq!(runs, [0, 1, 2, 0]);
-        assert_eq!(literals, [9]);
-        assert_eq!(delta_runs(&[]), (vec![], vec![]));
+        let delta = DeltaBytes::from(&[0, 0, 5, 6, 0, 7][..]);
+        assert_eq!((delta.runs(), delta.literals()), (vec![2, 2, 1, 1], &[5, 6, 7][..]));
+        let delta = DeltaBytes::from(&[9, 0, 0][..]);
+        assert_eq!((delta.runs(), delta.literals()), (vec![0, 1, 2, 0], &[9][..]));
+        assert_eq!(DeltaBytes::from(&[][..]).runs(), Vec::<u8>::new());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn delta_bytes_built_piecewise_equal_built_at_once(
+            pieces in proptest::collection::vec(proptest::collection::vec(prop_oneof![3 => Just(0u8), 1 => 1u8..4], 0..40), 0..8),
+            zeros_between in 0u64..3,
+        ) {
+            let (mut pushed, mut appended, mut all) = (DeltaBytes::default(), DeltaBytes::default(), Vec::new());
+            for piece in &pieces {
+                pushed.push(piece);
+                appended.append(&DeltaBytes::from(&piece[..]));
+                all.extend_from_slice(piece);
+                let zeros = vec![0u8; zeros_between as usize];
+                pushed.push(&zeros);
+                let mut z = DeltaBytes::default();
+                z.push_zeros(zeros_between);
+                appended.append(&z);
+                all.extend_from_slice(&zeros);
+            }
+            let at_once = DeltaBytes::from(&all[..]);
+            prop_assert_eq!(pushed.to_vec(), all.clone());
+            prop_assert_eq!((pushed.runs(), pushed.literals(), pushed.len()), (at_once.runs(), at_once.literals(), at_once.len()));
+            prop_assert_eq!((appended.runs(), appended.literals(), appended.len()), (at_once.runs(), at_once.literals(), at_once.len()));
+            let mut difference = DeltaBytes::default();
+            difference.push_difference(&all, &vec![0u8; all.len()]);
+            prop_assert_eq!(difference, at_once);
+        }
     }
 
     #[test]
@@ -541,8 +726,10 @@ mod tests {
         // more than 2^20-fold, which readers refuse; the raw delta stream compresses less.
         let size = 48u64 << 20;
         let old = vec![3u8; size as usize];
-        let mut delta = vec![0u8; size as usize];
-        delta[1234] = 1;
+        let mut delta = DeltaBytes::default();
+        delta.push_zeros(1234);
+        delta.push(&[1]);
+        delta.push_zeros(size - 1235);
         let parts = DeltaParts { controls: vec![Control { add: size, copy: 0, seek: 0 }], delta, extra: vec![] };
         let encoded = parts.encode(1).unwrap();
         assert!(encoded.runs.is_none());
@@ -552,8 +739,11 @@ mod tests {
         assert_eq!(out.iter().filter(|&&b| b != 3).count(), 1);
 
         // A small one gets runs.
-        let parts =
-            DeltaParts { controls: vec![Control { add: 4000, copy: 0, seek: 0 }], delta: vec![0; 4000], extra: vec![] };
+        let parts = DeltaParts {
+            controls: vec![Control { add: 4000, copy: 0, seek: 0 }],
+            delta: DeltaBytes::from(&[0; 4000][..]),
+            extra: vec![],
+        };
         assert!(parts.encode(1).unwrap().runs.is_some());
     }
 

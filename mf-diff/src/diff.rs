@@ -76,7 +76,7 @@ fn payload_level(size: u64) -> i32 {
 /// 60 MB delta is 95% zeros, so level 19 reads only a few MB and costs about a second. The matcher's
 /// suffix array is freed by then, so level 19's tables fit in the memory it held.
 fn delta_level(parts: &DeltaParts) -> i32 {
-    let nonzero = parts.delta.iter().filter(|&&b| b != 0).count() as u64;
+    let nonzero = parts.delta.literals().len() as u64;
     match 2 * nonzero + parts.extra.len() as u64 {
         0..=0x100_0000 => 19,
         0x100_0001..=0x400_0000 => 15,

@@ -42,6 +42,23 @@ pub fn compress_plain(new: &[u8], level: i32) -> io::Result<Vec<u8>> {
     compress(&[], new, level)
 }
 
+/// Plain zstd of `len` bytes that `feed` hands over a piece at a time (never held whole), with the
+/// frame settings of [`compress_plain`].
+pub fn compress_plain_chunks(
+    len: u64,
+    level: i32,
+    feed: impl FnOnce(&mut dyn FnMut(&[u8]) -> io::Result<()>) -> io::Result<()>,
+) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), level)?;
+    encoder.window_log(window_log(len, STREAM_WINDOW_LOG_MAX))?;
+    encoder.include_checksum(false)?;
+    encoder.include_contentsize(true)?;
+    encoder.set_pledged_src_size(Some(len))?;
+    feed(&mut |piece| encoder.write_all(piece))?;
+    encoder.finish()
+}
+
 /// Decodes one frame made by [`compress`], read from `frame`, into exactly `size` bytes; any other
 /// length, a window above `window_log_max`, or bytes after the frame are errors. The output grows
 /// only as bytes are decoded, so a frame that merely declares a huge size cannot make it allocate.

@@ -31,8 +31,8 @@ pub enum MatchError {
 }
 
 /// Working set of [`diff`] in bytes: the old content, its suffix array and its probe filter (5.5
-/// bytes per old byte), the new content, and the delta and extra bytes (together one byte per new
-/// byte).
+/// bytes per old byte), the new content, and the delta's runs and literals and the extra bytes
+/// (together at most one byte per new byte, far less for similar content).
 pub fn estimate(old_len: u64, new_len: u64) -> u64 {
     old_len
         .saturating_mul(5)
@@ -54,12 +54,12 @@ pub fn diff(old: &[u8], new: &[u8]) -> Result<DeltaParts, MatchError> {
 /// Controls, delta and extra for `covers` (sorted, not overlapping, inside both inputs).
 /// `old_base` is added to every old position: the covers index a window starting there.
 fn parts_from_covers(old: &[u8], new: &[u8], covers: &[cover::Cover], old_base: usize) -> DeltaParts {
+    let covered: usize = covers.iter().map(|c| c.len).sum();
     let mut parts = DeltaParts {
         controls: Vec::with_capacity(covers.len() + 1),
-        delta: Vec::with_capacity(covers.iter().map(|c| c.len).sum()),
-        extra: Vec::new(),
+        delta: Default::default(),
+        extra: Vec::with_capacity(new.len() - covered.min(new.len())),
     };
-    parts.extra.reserve(new.len() - parts.delta.capacity().min(new.len()));
     let first_new = covers.first().map_or(new.len(), |c| c.new_start);
     let first_old = covers.first().map_or(0, |c| c.old_start + old_base);
     if first_new > 0 || first_old > 0 {
@@ -71,7 +71,7 @@ fn parts_from_covers(old: &[u8], new: &[u8], covers: &[cover::Cover], old_base: 
         let (next_new, next_old) = covers.get(k + 1).map_or((new.len(), end), |n| (n.new_start, n.old_start));
         let old_slice = &old[cover.old_start..cover.old_start + cover.len];
         let new_slice = &new[cover.new_start..end];
-        parts.delta.extend(new_slice.iter().zip(old_slice).map(|(n, o)| n.wrapping_sub(*o)));
+        parts.delta.push_difference(new_slice, old_slice);
         parts.extra.extend_from_slice(&new[end..next_new]);
         let seek = if k + 1 < covers.len() { next_old as i64 - (cover.old_start + cover.len) as i64 } else { 0 };
         parts.controls.push(Control { add: cover.len as u64, copy: (next_new - end) as u64, seek });
@@ -87,7 +87,7 @@ pub(crate) fn append_parts(parts: &mut DeltaParts, next: DeltaParts) {
         last.seek -= at;
     }
     parts.controls.extend(next.controls);
-    parts.delta.extend_from_slice(&next.delta);
+    parts.delta.append(&next.delta);
     parts.extra.extend_from_slice(&next.extra);
 }
 
