@@ -125,13 +125,19 @@ impl DeltaParts {
             }
         };
         let literals = self.delta.literals();
+        // The streams are independent: compressed side by side (level 19 on a binary's runs and
+        // literals is a second or two, the end of a diff).
+        let ((controls, runs), (delta, extra)) = rayon::join(
+            || rayon::join(|| frame(&raw), || frame(&self.delta.runs())),
+            || rayon::join(|| frame(literals), || frame(&self.extra)),
+        );
         let mut encoded = EncodedDelta {
             control_count: folded.len() as u64,
             delta_len: add,
-            controls: frame(&raw)?,
-            runs: Some((literals.len() as u64, frame(&self.delta.runs())?)),
-            delta: frame(literals)?,
-            extra: frame(&self.extra)?,
+            controls: controls?,
+            runs: Some((literals.len() as u64, runs?)),
+            delta: delta?,
+            extra: extra?,
         };
         // A reader holds a record's size to 2^20 times its payload bytes (spec/PATCH.md); long zero
         // runs can beat that (a huge entry with a few changed bytes), the raw coding cannot. The

@@ -212,7 +212,10 @@ fn encode(
     let io_err = |e: std::io::Error| Error::Io { file: new.name().into(), source: e };
     let zref_fits = m <= MAX_BLOCK_LEN && n <= MAX_REF_WINDOW && zref_estimate(n, m, level) <= budget.limit();
     let match_fits = old.is_some() && n > 0 && n <= matcher::MAX_OLD && bsdiff_estimate(n, m, level) <= budget.limit();
-    if !zref_fits && !match_fits {
+    // Old content past one standard window is matched in windows when the budget holds one: as
+    // small a patch in a fraction of the memory (matcher::STANDARD_WINDOW).
+    let windowed = old.is_some() && n > matcher::STANDARD_WINDOW && standard_plan(budget, level, n, m).is_some();
+    if windowed || (!zref_fits && !match_fits) {
         let payload = encode_large(old, new, budget, level)?;
         progress(m);
         return Ok(payload);
@@ -394,7 +397,8 @@ fn encode_frames(
 fn encode_large(old: Option<Content<'_>>, new: Content<'_>, budget: &Budget, level: i32) -> Result<Payload> {
     let m = new.size();
     let n = old.map_or(0, |o| o.size());
-    let plan = WindowPlan::for_budget(budget.limit().saturating_sub(zref::compress_overhead(level, m)), n, m);
+    let plan = standard_plan(budget, level, n, m)
+        .or_else(|| WindowPlan::for_budget(budget.limit().saturating_sub(zref::compress_overhead(level, m)), n, m));
     let (Some(old), Some(plan)) = (old.filter(|_| n > 0), plan) else {
         return encode_blocks(old, new, budget, level);
     };
@@ -410,6 +414,12 @@ fn encode_large(old: Option<Content<'_>>, new: Content<'_>, budget: &Budget, lev
     })?;
     let level = delta_level(&parts);
     Ok(Payload::Delta(parts.encode(level).map_err(|e| Error::Io { file: new.name().into(), source: e })?))
+}
+
+/// The standard window plan for an entry, as many blocks at once as the budget and threads allow.
+fn standard_plan(budget: &Budget, level: i32, n: u64, m: u64) -> Option<WindowPlan> {
+    let budget = budget.limit().saturating_sub(zref::compress_overhead(level, m));
+    WindowPlan::standard(budget, n, m, rayon::current_num_threads())
 }
 
 /// Carries a library error through the matcher's `io::Error` reads.

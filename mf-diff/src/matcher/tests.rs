@@ -107,10 +107,13 @@ fn windowed_diff_finds_content_outside_the_proportional_window() {
     new[100] ^= 1;
     let read = |data: &[u8], start: u64, len: u64| data[start as usize..(start + len) as usize].to_vec();
     let (read_old, read_new) = (|s, l| Ok(read(&old, s, l)), |s, l| Ok(read(&new, s, l)));
-    let plan = WindowPlan { window: 1 << 20, block: 512 << 10 };
+    let plan = WindowPlan { window: 1 << 20, block: 512 << 10, parallel: 1 };
     let parts = diff_windowed(old.len() as u64, new.len() as u64, &read_old, &read_new, plan).unwrap();
     check_parts(&old, &new, &parts);
     assert!(parts.extra.len() < 64 << 10, "{} extra bytes", parts.extra.len());
+    // Blocks matched three at a time give the same delta.
+    let together = WindowPlan { parallel: 3, ..plan };
+    assert_eq!(diff_windowed(old.len() as u64, new.len() as u64, &read_old, &read_new, together).unwrap(), parts);
 }
 
 #[test]
@@ -120,6 +123,18 @@ fn window_plans_respect_the_budget() {
     assert!(windowed_estimate(plan, old, new) <= 512 << 20);
     assert!(plan.window >= 16 << 20);
     assert_eq!(WindowPlan::for_budget(64 << 20, old, new), None);
+
+    // The standard plan: as many 16 MiB windows at once as the budget and the threads allow
+    // (307 MiB beside the blocks, 112 MiB a block).
+    let one = WindowPlan::standard(420 << 20, old, new, 8).unwrap();
+    assert_eq!((one.window, one.block, one.parallel), (16 << 20, 12 << 20, 1));
+    assert!(windowed_estimate(one, old, new) <= 420 << 20);
+    let two = WindowPlan::standard(1 << 30, old, new, 2).unwrap();
+    assert_eq!(two.parallel, 2);
+    let six = WindowPlan::standard(1 << 30, old, new, 8).unwrap();
+    assert_eq!(six.parallel, 6);
+    assert!(windowed_estimate(six, old, new) <= 1 << 30);
+    assert_eq!(WindowPlan::standard(400 << 20, old, new, 8), None);
 }
 
 #[derive(Debug, Clone)]

@@ -2,6 +2,9 @@
 //! block, each block against the window of old content that a sparse index says it came from
 //! (not the proportionally placed one), with the full suffix-array matcher inside the window.
 //!
+//! Blocks are independent once the index is built: up to [`WindowPlan::parallel`] are matched at
+//! once, and their deltas are joined in order, so the output does not depend on how many ran together.
+//!
 //! The sparse index keeps content-defined anchors of the old content: positions where a gear
 //! rolling hash has its top bits clear, so equal content yields the same anchors in old and new
 //! whatever its offset. A new block's anchors vote for old positions; the window holding the most
@@ -9,6 +12,8 @@
 
 use std::collections::HashMap;
 use std::io;
+
+use rayon::prelude::*;
 
 use super::{append_parts, cover, parts_from_covers, suffix::SuffixIndex, DeltaParts, MatchError};
 
@@ -55,9 +60,28 @@ pub struct WindowPlan {
     pub window: u64,
     /// New bytes diffed per block.
     pub block: u64,
+    /// Blocks matched at once (memory only: the output is the same for any value).
+    pub parallel: usize,
 }
 
+/// Window of [`WindowPlan::standard`] (blocks are three quarters of it). Measured on the bench's
+/// native libraries (duckdb's 62 MB, xgboost's 250 MB), against one suffix array of the whole entry:
+/// 16 MiB windows made patches 1.4% and 0.2% smaller (matches stay near, so seeks and diagonals
+/// compress better), in 2.2 and 1.1 times less time and 1.9 and 7 times less memory; 32 MiB windows
+/// were slower and larger, and 8 MiB windows made xgboost's patch 3.4 times larger.
+pub const STANDARD_WINDOW: u64 = 16 << 20;
+
 impl WindowPlan {
+    /// The plan for entries whose old content exceeds [`STANDARD_WINDOW`] when the budget allows:
+    /// 16 MiB windows for 12 MiB blocks, as many blocks at once as `threads` and `budget` allow;
+    /// `None` when not even one fits.
+    pub fn standard(budget: u64, old_len: u64, new_len: u64, threads: usize) -> Option<WindowPlan> {
+        let one = WindowPlan { window: STANDARD_WINDOW, block: STANDARD_WINDOW * 3 / 4, parallel: 1 };
+        let fixed = windowed_estimate(one, old_len, new_len) - block_estimate(one);
+        let fit = budget.checked_sub(fixed)? / block_estimate(one);
+        (fit >= 1).then(|| WindowPlan { parallel: (fit as usize).min(threads.max(1)), ..one })
+    }
+
     /// The largest plan whose working set, beside the whole entry's delta and extra bytes
     /// (`new_len`) and the sparse index, fits `budget`; `None` below a useful window (16 MiB).
     pub fn for_budget(budget: u64, old_len: u64, new_len: u64) -> Option<WindowPlan> {
@@ -66,7 +90,7 @@ impl WindowPlan {
         // Per block: window, its suffix array and probe filter (5.5 bytes a byte), the new block
         // and its share of the output while it is built (2 bytes a byte), block = window / 2.
         let window = (left * 2 / 13).saturating_sub(64).min(super::MAX_OLD);
-        (window >= 16 << 20).then_some(WindowPlan { window, block: window / 2 })
+        (window >= 16 << 20).then_some(WindowPlan { window, block: window / 2, parallel: 1 })
     }
 }
 
@@ -76,12 +100,13 @@ fn index_estimate(old_len: u64) -> u64 {
 
 /// Working set of [`diff_windowed`] with `plan`.
 pub fn windowed_estimate(plan: WindowPlan, old_len: u64, new_len: u64) -> u64 {
-    new_len
-        + index_estimate(old_len)
-        + (8 << 20)
-        + 5 * plan.window
-        + super::suffix::filter_bytes(plan.window)
-        + 2 * plan.block
+    new_len + index_estimate(old_len) + (8 << 20) + plan.parallel as u64 * block_estimate(plan)
+}
+
+/// Working set of one block: its window, the window's suffix array and probe filter, the block and
+/// its share of the output while it is built.
+fn block_estimate(plan: WindowPlan) -> u64 {
+    5 * plan.window + super::suffix::filter_bytes(plan.window) + 2 * plan.block
 }
 
 /// Failure reading an input or running the matcher.
@@ -100,8 +125,8 @@ pub enum WindowError {
 pub fn diff_windowed(
     old_len: u64,
     new_len: u64,
-    read_old: &dyn Fn(u64, u64) -> io::Result<Vec<u8>>,
-    read_new: &dyn Fn(u64, u64) -> io::Result<Vec<u8>>,
+    read_old: &(dyn Fn(u64, u64) -> io::Result<Vec<u8>> + Sync),
+    read_new: &(dyn Fn(u64, u64) -> io::Result<Vec<u8>> + Sync),
     plan: WindowPlan,
 ) -> Result<DeltaParts, WindowError> {
     // Old anchors by hash; the first occurrence wins so the index is deterministic.
@@ -115,18 +140,22 @@ pub fn diff_windowed(
         });
         at += piece.len() as u64;
     }
-    let mut parts = DeltaParts::default();
-    let mut start = 0u64;
-    while start < new_len {
-        let len = plan.block.min(new_len - start);
-        let block = read_new(start, len)?;
+    let block_at = |start: u64| -> Result<DeltaParts, WindowError> {
+        let block = read_new(start, plan.block.min(new_len - start))?;
         let (window_start, window_len) = choose_window(&index, &block, start, new_len, old_len, plan.window);
         let window = read_old(window_start, window_len)?;
         let suffixes = SuffixIndex::build(&window)?;
         let covers = cover::find_covers(&suffixes, &block);
         drop(suffixes);
-        append_parts(&mut parts, parts_from_covers(&window, &block, &covers, window_start as usize));
-        start += len;
+        Ok(parts_from_covers(&window, &block, &covers, window_start as usize))
+    };
+    let starts: Vec<u64> = (0..new_len.div_ceil(plan.block.max(1))).map(|k| k * plan.block).collect();
+    let mut parts = DeltaParts::default();
+    for batch in starts.chunks(plan.parallel.max(1)) {
+        let done: Vec<Result<DeltaParts, WindowError>> = batch.par_iter().map(|&start| block_at(start)).collect();
+        for block_parts in done {
+            append_parts(&mut parts, block_parts?);
+        }
     }
     Ok(parts)
 }
