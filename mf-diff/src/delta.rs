@@ -235,6 +235,11 @@ impl DeltaBytes {
         (self.zeros, self.literal) = (0, 0);
     }
 
+    /// Bytes held in memory (runs and literals).
+    pub fn held_bytes(&self) -> u64 {
+        (self.runs.len() + self.literals.len()) as u64
+    }
+
     /// Number of delta bytes.
     pub fn len(&self) -> u64 {
         self.len

@@ -402,16 +402,24 @@ fn encode_large(old: Option<Content<'_>>, new: Content<'_>, budget: &Budget, lev
     let (Some(old), Some(plan)) = (old.filter(|_| n > 0), plan) else {
         return encode_blocks(old, new, budget, level);
     };
-    let _permit = budget.acquire(matcher::windowed_estimate(plan, n, m) + zref::compress_overhead(level, m));
+    let permit = budget.acquire(matcher::windowed_estimate(plan, n) + zref::compress_overhead(level, m));
     let read_old = |start: u64, len: u64| old.read_range(start, len).map_err(into_io);
     let read_new = |start: u64, len: u64| new.read_range(start, len).map_err(into_io);
-    let parts = matcher::diff_windowed(n, m, &read_old, &read_new, plan).map_err(|e| {
-        let source = match e {
-            matcher::WindowError::Read(e) => e,
-            matcher::WindowError::Match(e) => std::io::Error::other(e),
-        };
-        Error::Io { file: new.name().into(), source }
-    })?;
+    let parts = match matcher::diff_windowed(n, m, &read_old, &read_new, plan) {
+        Ok(parts) => parts,
+        // Too different to hold the delta in the plan's memory: zstd blocks, which need none.
+        Err(matcher::WindowError::TooDifferent { .. }) => {
+            drop(permit);
+            return encode_blocks(Some(old), new, budget, level);
+        }
+        Err(e) => {
+            let source = match e {
+                matcher::WindowError::Read(e) => e,
+                other => std::io::Error::other(other),
+            };
+            return Err(Error::Io { file: new.name().into(), source });
+        }
+    };
     let level = delta_level(&parts);
     Ok(Payload::Delta(parts.encode(level).map_err(|e| Error::Io { file: new.name().into(), source: e })?))
 }

@@ -203,6 +203,34 @@ fn extend_and_merge(old: &[u8], new: &[u8], covers: Vec<Cover>) -> Vec<Cover> {
     out
 }
 
+/// Covers grown from exact matches already known (`(new position, old position)` pairs where
+/// the bytes agree, in any order), when they cover at least `min_share` of `new`: content that
+/// changed in a few places does not need a suffix array to be matched. `None` otherwise.
+pub fn covers_from_anchors(
+    old: &[u8],
+    new: &[u8],
+    mut hits: Vec<(usize, usize)>,
+    min_share: f64,
+) -> Option<Vec<Cover>> {
+    hits.sort_unstable();
+    let mut seeds: Vec<Cover> = Vec::new();
+    for (at, from) in hits {
+        if seeds.last().is_some_and(|c| c.new_end() > at) {
+            continue;
+        }
+        let diagonal = from as i64 - at as i64;
+        let forward = run_on(old, new, diagonal, at);
+        let limit = seeds.last().map_or(0, |c| c.new_end());
+        let back = (limit..at).rev().take_while(|&j| hit(old, new, diagonal, j)).count();
+        let cover = Cover { new_start: at - back, old_start: from - back, len: back + forward };
+        if cover.len >= MIN_SEED {
+            seeds.push(cover);
+        }
+    }
+    let covered: usize = seeds.iter().map(|c| c.len).sum();
+    (covered as f64 >= min_share * new.len() as f64).then(|| extend_and_merge(old, new, seeds))
+}
+
 /// The covers of `new` against the indexed old content, sorted by new position, not overlapping,
 /// each inside both inputs.
 pub fn find_covers(index: &SuffixIndex<'_>, new: &[u8]) -> Vec<Cover> {

@@ -107,34 +107,41 @@ fn windowed_diff_finds_content_outside_the_proportional_window() {
     new[100] ^= 1;
     let read = |data: &[u8], start: u64, len: u64| data[start as usize..(start + len) as usize].to_vec();
     let (read_old, read_new) = (|s, l| Ok(read(&old, s, l)), |s, l| Ok(read(&new, s, l)));
-    let plan = WindowPlan { window: 1 << 20, block: 512 << 10, parallel: 1 };
+    let plan = WindowPlan { window: 1 << 20, block: 512 << 10, parallel: 1, parts_allowance: 4 << 20 };
     let parts = diff_windowed(old.len() as u64, new.len() as u64, &read_old, &read_new, plan).unwrap();
     check_parts(&old, &new, &parts);
     assert!(parts.extra.len() < 64 << 10, "{} extra bytes", parts.extra.len());
     // Blocks matched three at a time give the same delta.
     let together = WindowPlan { parallel: 3, ..plan };
     assert_eq!(diff_windowed(old.len() as u64, new.len() as u64, &read_old, &read_new, together).unwrap(), parts);
+
+    // Unrelated content outgrows a small allowance: the caller is told, not handed a huge delta.
+    let unrelated = code_like(4 << 20, 10);
+    let read_unrelated = |s, l| Ok(read(&unrelated, s, l));
+    let tight = WindowPlan { parts_allowance: 1 << 20, ..plan };
+    let err = diff_windowed(old.len() as u64, 4 << 20, &read_old, &read_unrelated, tight).unwrap_err();
+    assert!(matches!(err, WindowError::TooDifferent { allowance } if allowance == 1 << 20), "{err}");
 }
 
 #[test]
 fn window_plans_respect_the_budget() {
     let (old, new) = (300u64 << 20, 280u64 << 20);
     let plan = WindowPlan::for_budget(512 << 20, old, new).unwrap();
-    assert!(windowed_estimate(plan, old, new) <= 512 << 20);
+    assert!(windowed_estimate(plan, old) <= 512 << 20);
     assert!(plan.window >= 16 << 20);
     assert_eq!(WindowPlan::for_budget(64 << 20, old, new), None);
 
     // The standard plan: as many 16 MiB windows at once as the budget and the threads allow
-    // (307 MiB beside the blocks, 112 MiB a block).
-    let one = WindowPlan::standard(420 << 20, old, new, 8).unwrap();
-    assert_eq!((one.window, one.block, one.parallel), (16 << 20, 12 << 20, 1));
-    assert!(windowed_estimate(one, old, new) <= 420 << 20);
+    // (126 MiB beside the blocks, 99 of them the delta's allowance; 112 MiB a block).
+    let one = WindowPlan::standard(240 << 20, old, new, 8).unwrap();
+    assert_eq!((one.window, one.block, one.parallel, one.parts_allowance), (16 << 20, 12 << 20, 1, 99 << 20));
+    assert!(windowed_estimate(one, old) <= 240 << 20);
     let two = WindowPlan::standard(1 << 30, old, new, 2).unwrap();
     assert_eq!(two.parallel, 2);
-    let six = WindowPlan::standard(1 << 30, old, new, 8).unwrap();
-    assert_eq!(six.parallel, 6);
-    assert!(windowed_estimate(six, old, new) <= 1 << 30);
-    assert_eq!(WindowPlan::standard(400 << 20, old, new, 8), None);
+    let eight = WindowPlan::standard(1 << 30, old, new, 16).unwrap();
+    assert_eq!(eight.parallel, 8);
+    assert!(windowed_estimate(eight, old) <= 1 << 30);
+    assert_eq!(WindowPlan::standard(230 << 20, old, new, 8), None);
 }
 
 #[derive(Debug, Clone)]
@@ -253,4 +260,21 @@ fn damaged_parts_are_refused_not_applied() {
     let mut far = parts.clone();
     far.controls[0].seek = 1 << 40;
     assert!(apply_in_memory(&old, &far).is_none());
+}
+
+#[test]
+fn anchors_cover_nearly_identical_content_without_a_suffix_array() {
+    let old = code_like(1 << 20, 21);
+    let mut new = old.clone();
+    new[300_000] ^= 0x40;
+    new.splice(700_000..700_000, [1u8, 2, 3]);
+    // Exact matches known between the changes (as a block's anchors give them): grown, they cover
+    // all but the changed bytes.
+    let hits = vec![(900_000, 899_997), (10, 10), (500_000, 500_000)];
+    let covers = cover::covers_from_anchors(&old, &new, hits, 0.999).expect("fast path");
+    check_parts(&old, &new, &parts_from_covers(&old, &new, &covers, 0));
+    // Without the middle one they cover too little: the caller builds a suffix array instead.
+    assert!(cover::covers_from_anchors(&old, &new, vec![(900_000, 899_997), (10, 10)], 0.999).is_none());
+    // A false hit (bytes that differ) seeds nothing.
+    assert!(cover::covers_from_anchors(&old, &new, vec![(5, 6)], 0.0).is_some_and(|c| c.is_empty()));
 }
