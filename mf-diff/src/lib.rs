@@ -37,12 +37,13 @@
 //!   content hash matches an old entry cost a reference (renames, moves and duplicates included);
 //!   changed entries get the smallest of a delta ([`delta::DeltaParts`]: the bsdiff model that the
 //!   [`matcher`] finds with a libsais suffix array and a cover search with approximate matches,
-//!   stored as three zstd streams), zstd with the old entry as reference prefix, or full zstd,
-//!   chosen by trial compression at a fast level; new entries are carried zstd-compressed.
-//!   Work runs in parallel under a memory budget ([`DiffOptions::memory_limit`]); entries too
-//!   large for the whole-entry matcher within it are matched block by block against windows of the
-//!   old content that a sparse anchor index picks, or, when not even a window fits, encoded as zstd
-//!   blocks. A large entry most of whose frames are stored unchanged gets a frames record (patch
+//!   stored as zstd streams, the delta bytes as runs of zeros and literals: patch format 2.4), zstd
+//!   with the old entry as reference prefix, or full zstd, chosen by trial compression at a fast
+//!   level; new entries are carried zstd-compressed. Work runs in parallel under a memory budget
+//!   ([`DiffOptions::memory_limit`]); entries over 16 MiB, and any too large for the whole-entry
+//!   matcher within it, are matched block by block against 16 MiB windows of the old content that a
+//!   sparse anchor index picks (several blocks at once), or, when not even a window fits or the
+//!   contents are too different, encoded as zstd blocks. A large entry most of whose frames are stored unchanged gets a frames record (patch
 //!   format 2.3, [`wire::Op::Frames`]): its unchanged frames are kept by number (found by comparing
 //!   stored bytes, nothing decoded) and only the changed runs are encoded, each against a window of
 //!   the old entry around it. The output does not depend on the thread count. Two

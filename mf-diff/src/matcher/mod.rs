@@ -9,7 +9,7 @@ mod cover;
 mod suffix;
 mod window;
 
-pub use window::{diff_windowed, windowed_estimate, WindowError, WindowPlan, STANDARD_WINDOW};
+pub use window::{diff_windowed, parts_allowance, windowed_estimate, WindowError, WindowPlan, STANDARD_WINDOW};
 
 use suffix::SuffixIndex;
 
