@@ -798,7 +798,7 @@ mod tests {
 
     #[test]
     fn old_cursor_keeps_the_regions_a_delta_alternates_between() {
-        let old: Vec<u8> = (0..(40 * OLD_CHUNK)).map(|i| (i % 251) as u8).collect();
+        let old: Vec<u8> = (0..((OLD_CHUNKS as u64 + 8) * OLD_CHUNK)).map(|i| (i % 251) as u8).collect();
         let reads = RefCell::new(Vec::new());
         let mut cursor = OldCursor::new(old.len() as u64, |start, len| {
             reads.borrow_mut().push(start);
