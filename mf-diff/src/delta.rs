@@ -172,22 +172,15 @@ pub struct DeltaBytes {
 }
 
 impl DeltaBytes {
-    /// Appends delta bytes.
+    /// Appends delta bytes: alternately a stretch of zeros and a stretch of nonzero bytes.
     pub fn push(&mut self, mut bytes: &[u8]) {
-        self.len += bytes.len() as u64;
         while !bytes.is_empty() {
-            if self.literal == 0 {
-                let zeros = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-                self.zeros += zeros as u64;
-                bytes = &bytes[zeros..];
-            }
+            let zeros = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+            self.push_zeros(zeros as u64);
+            bytes = &bytes[zeros..];
             let literal = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-            self.literals.extend_from_slice(&bytes[..literal]);
-            self.literal += literal as u64;
+            self.push_literals(&bytes[..literal]);
             bytes = &bytes[literal..];
-            if !bytes.is_empty() {
-                self.close_pair();
-            }
         }
     }
 
@@ -212,6 +205,7 @@ impl DeltaBytes {
         }
     }
 
+    /// Appends zero bytes; they end the current literal run.
     fn push_zeros(&mut self, zeros: u64) {
         if zeros > 0 {
             if self.literal > 0 {

@@ -432,12 +432,16 @@ impl PayloadDesc {
                 // A control produces at least one byte, except a final seek-only one.
                 let control_count = reader.bounded(size.saturating_add(1), "control count")?;
                 let delta_len = reader.bounded(size, "delta length")?;
-                let literal_len = match (minor >= RUNS_MINOR).then(|| (reader.offset, reader.varint())) {
-                    None => None,
-                    Some((_, Ok(0))) => None,
-                    Some((_, Ok(1))) => Some(reader.bounded(delta_len, "delta literal length")?),
-                    Some((at, Ok(code))) => return Err(reader.corrupt_at(at, format!("unknown delta coding {code}"))),
-                    Some((_, Err(e))) => return Err(e),
+                // The coding field (2.4): runs coding brings the literal stream's length.
+                let literal_len = if minor < RUNS_MINOR {
+                    None
+                } else {
+                    let at = reader.offset;
+                    match reader.varint()? {
+                        0 => None,
+                        1 => Some(reader.bounded(delta_len, "delta literal length")?),
+                        code => return Err(reader.corrupt_at(at, format!("unknown delta coding {code}"))),
+                    }
                 };
                 let blob_at = blobs.cursor;
                 let mut take = |reader: &mut ControlReader<R>, what: &str, content: u64| -> Result<u64> {

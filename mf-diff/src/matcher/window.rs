@@ -76,7 +76,7 @@ pub struct WindowPlan {
 /// Window of [`WindowPlan::standard`] (blocks are three quarters of it). Measured on the bench's
 /// native libraries (duckdb's 62 MB, xgboost's 250 MB), against one suffix array of the whole entry:
 /// 16 MiB windows made patches 1.4% and 0.2% smaller (matches stay near, so seeks and diagonals
-/// compress better), in 2.2 and 1.1 times less time and 1.9 and 7 times less memory; 32 MiB windows
+/// compress better), in 1.5 and 2.6 times less time and 1.9 and 7 times less memory; 32 MiB windows
 /// were slower and larger, and 8 MiB windows made xgboost's patch 3.4 times larger.
 pub const STANDARD_WINDOW: u64 = 16 << 20;
 
@@ -96,8 +96,8 @@ impl WindowPlan {
         (fit >= 1).then(|| WindowPlan { parallel: (fit as usize).min(threads.max(1)), ..one })
     }
 
-    /// The largest plan whose working set, beside the whole entry's delta and extra bytes
-    /// (`new_len`) and the sparse index, fits `budget`; `None` below a useful window (16 MiB).
+    /// The largest plan whose working set, beside the delta's allowance ([`parts_allowance`]) and the
+    /// sparse index, fits `budget`; `None` below a useful window (16 MiB).
     pub fn for_budget(budget: u64, old_len: u64, new_len: u64) -> Option<WindowPlan> {
         let fixed = parts_allowance(new_len) + index_estimate(old_len) + (8 << 20);
         let left = budget.checked_sub(fixed)?;
@@ -180,23 +180,19 @@ pub fn diff_windowed(
     }
     let block_at = |start: u64| -> Result<DeltaParts, WindowError> {
         let block = read_new(start, plan.block.min(new_len - start))?;
-        let (window_start, window_len) = choose_window(&index, &block, start, new_len, old_len, plan.window);
+        let found = found_anchors(&index, &block);
+        let (window_start, window_len) = choose_window(&found, &block, start, new_len, old_len, plan.window);
         let window = read_old(window_start, window_len)?;
-        // The block's anchors that the index places inside the window, as exact matches to grow:
-        // a block changed in a few places is then matched without a suffix array.
-        let mut hits = Vec::new();
-        let mut hash = 0u64;
-        anchors(&block, &mut hash, |end, h| {
-            if let Some(&old_end) = index.get(&h) {
-                // The anchor's last byte: new[end - 1], old[old_end - 1] (inside the window).
-                let at = old_end.checked_sub(window_start + 1).filter(|&at| at < window_len);
-                if let Some(at) = at.map(|at| at as usize) {
-                    if block[end - 1] == window[at] {
-                        hits.push((end - 1, at));
-                    }
-                }
-            }
-        });
+        // The anchors placed inside the window, as exact matches to grow: a block changed in a few
+        // places is then matched without a suffix array. An anchor's last byte is new[end - 1],
+        // old[old_end - 1].
+        let hits: Vec<(usize, usize)> = found
+            .into_iter()
+            .filter_map(|(end, old_end)| {
+                let at = old_end.checked_sub(window_start + 1).filter(|&at| at < window_len)? as usize;
+                (block[end - 1] == window[at]).then_some((end - 1, at))
+            })
+            .collect();
         let covers = match cover::covers_from_anchors(&window, &block, hits, FAST_PATH_SHARE) {
             Some(covers) => covers,
             None => cover::find_covers(&SuffixIndex::build(&window)?, &block),
@@ -218,10 +214,22 @@ pub fn diff_windowed(
     Ok(parts)
 }
 
+/// The anchors of `block` that the index knows: (end in the block, end in the old content) each.
+fn found_anchors(index: &HashMap<u64, u64>, block: &[u8]) -> Vec<(usize, u64)> {
+    let mut found = Vec::new();
+    let mut hash = 0u64;
+    anchors(block, &mut hash, |end, h| {
+        if let Some(&old_end) = index.get(&h) {
+            found.push((end, old_end));
+        }
+    });
+    found
+}
+
 /// The old window for a new block at `block_start`: the `window`-long stretch holding the most old
-/// positions its anchors point to, centred on them; proportionally placed without votes.
+/// positions its anchors (`found`) point to, centred on them; proportionally placed without votes.
 fn choose_window(
-    index: &HashMap<u64, u64>,
+    found: &[(usize, u64)],
     block: &[u8],
     block_start: u64,
     new_len: u64,
@@ -229,14 +237,9 @@ fn choose_window(
     window: u64,
 ) -> (u64, u64) {
     let window = window.min(old_len);
-    let mut votes = Vec::new();
-    let mut hash = 0u64;
-    anchors(block, &mut hash, |end, h| {
-        if let Some(&old_end) = index.get(&h) {
-            // The old position matching the block's start, clamped into the old content.
-            votes.push(old_end.saturating_sub(end as u64).min(old_len));
-        }
-    });
+    // Each anchor votes for the old position matching the block's start, clamped into the old content.
+    let mut votes: Vec<u64> =
+        found.iter().map(|&(end, old_end)| old_end.saturating_sub(end as u64).min(old_len)).collect();
     votes.sort_unstable();
     let (mut best_count, mut best_from, mut best_to) = (0usize, 0u64, 0u64);
     let mut lo = 0;
