@@ -492,21 +492,23 @@ impl TempFile {
     /// fsyncs the file and renames it to `target` in its directory (replacing whatever file is there;
     /// the caller checks first if it must not). The directory itself is not synced: call
     /// [`Dir::sync`] once after a batch of renames.
-    pub fn persist(mut self, target: impl AsRef<OsStr>) -> io::Result<()> {
-        let file = self.file.take().expect("present until persisted");
-        let result = file.sync_all().and_then(|()| self.dir.rename(&self.name, &self.dir, target.as_ref()));
-        if result.is_err() {
-            let _ = self.dir.remove_file(&self.name);
-        }
-        result
+    pub fn persist(self, target: impl AsRef<OsStr>) -> io::Result<()> {
+        self.rename_into(target.as_ref(), true)
     }
 
     /// Renames the file to `target` like [`persist`](Self::persist) but without an fsync of its
     /// own: the caller has made its content durable already, with a
     /// [`Dir::sync_filesystem`] after it was completely written.
-    pub fn persist_synced(mut self, target: impl AsRef<OsStr>) -> io::Result<()> {
-        self.file.take().expect("present until persisted");
-        let result = self.dir.rename(&self.name, &self.dir, target.as_ref());
+    pub fn persist_synced(self, target: impl AsRef<OsStr>) -> io::Result<()> {
+        self.rename_into(target.as_ref(), false)
+    }
+
+    /// Closes the file (fsynced first when `sync`) and renames it to `target`; on failure the temp
+    /// file is removed.
+    fn rename_into(mut self, target: &OsStr, sync: bool) -> io::Result<()> {
+        let file = self.file.take().expect("present until persisted");
+        let synced = if sync { file.sync_all() } else { Ok(()) };
+        let result = synced.and_then(|()| self.dir.rename(&self.name, &self.dir, target));
         if result.is_err() {
             let _ = self.dir.remove_file(&self.name);
         }

@@ -219,7 +219,7 @@ where
     let mut renamed_in: BTreeSet<&str> = BTreeSet::new();
     for (dir, entry, result) in temps {
         let handle = &handles[dir];
-        let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+        let name = file_name(entry);
         let result = result.and_then(|temp| match &synced {
             Ok(()) => temp.persist_synced(name).map_err(io_at(handle.display_path(name))),
             Err(e) => {
@@ -317,7 +317,7 @@ fn precheck(root: &Dir, entries: &[UnpackEntry], options: UnpackOptions) -> Resu
             checked.insert(parent);
         }
         let Some(dir) = dir else { continue };
-        let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+        let name = file_name(entry);
         let path = root.display_path(&entry.path);
         match dir.metadata(name).map_err(io_at(path.clone()))? {
             None => {}
@@ -331,6 +331,11 @@ fn precheck(root: &Dir, entries: &[UnpackEntry], options: UnpackOptions) -> Resu
     Ok(())
 }
 
+/// The entry's last path component: its file name in its directory.
+fn file_name(entry: &UnpackEntry) -> &str {
+    entry.path.rsplit('/').next().unwrap_or(&entry.path)
+}
+
 /// Streams one entry into a temp file in `dir` and sets its mode and mtime; the caller syncs and
 /// renames it into place.
 fn write_temp<R: Read>(
@@ -338,7 +343,7 @@ fn write_temp<R: Read>(
     entry: &UnpackEntry,
     open: &(impl Fn(&UnpackEntry) -> io::Result<R> + Sync),
 ) -> Result<TempFile, UnpackError> {
-    let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+    let name = file_name(entry);
     let target = dir.display_path(name);
     let mut temp = dir.create_temp(TEMP_PREFIX, "").map_err(io_at(target.clone()))?;
     let read_error = |error| UnpackError::Read { entry: entry.path.clone(), error };
