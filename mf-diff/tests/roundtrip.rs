@@ -250,3 +250,28 @@ fn archives_with_duplicates_and_solid_blocks_patch_exactly() {
     assert!(outcome.exact);
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&new).unwrap());
 }
+
+#[test]
+fn unrelated_large_entries_fall_back_to_blocks_and_apply_exactly() {
+    // Past one standard window the entry is matched in windows; unrelated content outgrows the
+    // delta's memory allowance (its whole size here), so the diff falls back to zstd blocks.
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new, patch, out) =
+        (dir.path().join("old.mf"), dir.path().join("new.mf"), dir.path().join("p.mfp"), dir.path().join("out.mf"));
+    let len = 20 << 20;
+    let file = |content: Vec<u8>| File {
+        path: "big.bin".into(),
+        content,
+        compression: Compression::Auto,
+        mode: 0o644,
+        mtime: None,
+    };
+    write_archive(&old, &[file(mf_test_support::noise(len, 1))], 3, 18);
+    write_archive(&new, &[file(mf_test_support::noise(len, 2))], 3, 18);
+    let report = diff_files(&old, &new, &patch, &DiffOptions::default(), &|_| {}).unwrap();
+    let big = report.entries.iter().find(|e| e.path.as_deref() == Some("big.bin")).unwrap();
+    assert_eq!(big.method, mf_diff::Method::ZstdRef, "{big:?}");
+    let outcome = apply_patch(&patch, &old, &out, &|_| {}).unwrap();
+    assert!(outcome.exact);
+    assert!(std::fs::read(&out).unwrap() == std::fs::read(&new).unwrap(), "the rebuild differs from the new archive");
+}
