@@ -1,6 +1,8 @@
 //! Where a delta's bytes go, for tuning the matcher and the delta coding:
 //! `cargo run --release -p mf-diff --example delta_probe OLD NEW [LEVEL...]` prints the matcher's
 //! time, the bsdiff model's streams and the encoded blobs at each zstd level (default 9 15 19).
+//! With `DUMP=PREFIX` it also writes the streams (PREFIX.literals, .runs, .extra) and the controls
+//! as text (PREFIX.controls: add, copy, seek per line), to compare covers with another tool's.
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -19,6 +21,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         parts.delta.literals().len(),
         parts.extra.len()
     );
+    if let Ok(prefix) = std::env::var("DUMP") {
+        std::fs::write(format!("{prefix}.literals"), parts.delta.literals())?;
+        std::fs::write(format!("{prefix}.runs"), parts.delta.runs())?;
+        std::fs::write(format!("{prefix}.extra"), &parts.extra)?;
+        let text: String = parts.controls.iter().map(|c| format!("{} {} {}\n", c.add, c.copy, c.seek)).collect();
+        std::fs::write(format!("{prefix}.controls"), text)?;
+    }
     let levels: Vec<i32> =
         if levels.is_empty() { vec![9, 15, 19] } else { levels.iter().map(|l| l.parse()).collect::<Result<_, _>>()? };
     for level in levels {

@@ -8,8 +8,9 @@
 //!    A match on a new diagonal must beat the current diagonal by a margin, so code whose addresses
 //!    shifted keeps one diagonal with sparse differences instead of many short covers.
 //! 2. **Extension**: each cover grows forward and backward into its gaps while the bytes on its
-//!    diagonal match often enough (approximate matches); where two grown covers meet, the split
-//!    point keeps the most matching bytes.
+//!    diagonal are cheap often enough (approximate matches): equal to the old byte, or with a delta
+//!    that repeats 4 or 8 bytes back; where two grown covers meet, the split point keeps the most
+//!    cheap bytes.
 //! 3. **Merging**: neighbouring covers on the same diagonal become one when the gap between them is
 //!    small, saving a control.
 
@@ -53,10 +54,30 @@ fn hit(old: &[u8], new: &[u8], diagonal: i64, j: usize) -> bool {
     o >= 0 && (o as usize) < old.len() && old[o as usize] == new[j]
 }
 
-/// Bytes of `new[from..to]` equal to the old byte on `diagonal` (positions outside old count as
+/// The delta byte (new minus old) of new byte `j` on `diagonal`, if the old byte exists.
+fn delta_at(old: &[u8], new: &[u8], diagonal: i64, j: usize) -> Option<u8> {
+    let o = j as i64 + diagonal;
+    (o >= 0 && (o as usize) < old.len()).then(|| new[j].wrapping_sub(old[o as usize]))
+}
+
+/// Whether new byte `j` costs (almost) nothing on `diagonal`: it equals the old byte, or its delta
+/// repeats the delta 4 or 8 bytes back. The second case is a table of offsets or addresses that all
+/// moved by the same amount: its deltas are periodic, which the coder's compressor stores for
+/// nearly nothing, while the same table on a diagonal one entry off matches as many bytes but has
+/// irregular deltas (binaries' `.eh_frame_hdr` and relocation tables, where one inserted entry
+/// shifts the rest).
+fn cheap(old: &[u8], new: &[u8], diagonal: i64, j: usize) -> bool {
+    match delta_at(old, new, diagonal, j) {
+        None => false,
+        Some(0) => true,
+        Some(delta) => [4, 8].iter().any(|&back| j >= back && delta_at(old, new, diagonal, j - back) == Some(delta)),
+    }
+}
+
+/// Bytes of `new[from..to]` that are [`cheap`] on `diagonal` (positions outside old count as
 /// mismatches).
 fn matches_on(old: &[u8], new: &[u8], diagonal: i64, from: usize, to: usize) -> usize {
-    (from..to).filter(|&j| hit(old, new, diagonal, j)).count()
+    (from..to).filter(|&j| cheap(old, new, diagonal, j)).count()
 }
 
 /// Exact run on `diagonal` starting at new position `at`.
@@ -123,7 +144,7 @@ fn grow_forward(old: &[u8], new: &[u8], diagonal: i64, end: usize, limit: usize)
         if o < 0 || o as usize >= old.len() {
             break;
         }
-        score += if old[o as usize] == new[j] { 1 } else { -1 };
+        score += if cheap(old, new, diagonal, j) { 1 } else { -1 };
         if score > best_score {
             best_score = score;
             best = j + 1 - end;
@@ -142,7 +163,7 @@ fn grow_backward(old: &[u8], new: &[u8], diagonal: i64, start: usize, limit: usi
         if o < 0 || o as usize >= old.len() {
             break;
         }
-        score += if old[o as usize] == new[j] { 1 } else { -1 };
+        score += if cheap(old, new, diagonal, j) { 1 } else { -1 };
         if score > best_score {
             best_score = score;
             best = start - j;
@@ -181,7 +202,7 @@ fn extend_and_merge(old: &[u8], new: &[u8], covers: Vec<Cover>) -> Vec<Cover> {
             let (ld, nd) = (last.diagonal(), next.diagonal());
             let (mut score, mut best) = (0i64, (0i64, back_start));
             for j in back_start..fwd_end {
-                score += i64::from(hit(old, new, ld, j)) - i64::from(hit(old, new, nd, j));
+                score += i64::from(cheap(old, new, ld, j)) - i64::from(cheap(old, new, nd, j));
                 if score > best.0 {
                     best = (score, j + 1);
                 }

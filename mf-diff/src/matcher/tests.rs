@@ -58,6 +58,54 @@ fn shifted_addresses_stay_on_one_diagonal() {
     assert!(parts.extra.len() < 1000, "{} extra bytes", parts.extra.len());
 }
 
+/// The diagonal (old position minus new position) of the cover holding new byte `at`, if any.
+fn diagonal_at(parts: &DeltaParts, at: u64) -> Option<i64> {
+    let (mut new, mut old) = (0u64, 0i64);
+    for control in &parts.controls {
+        if (new..new + control.add).contains(&at) {
+            return Some(old - new as i64);
+        }
+        new += control.add + control.copy;
+        old += control.add as i64 + control.seek;
+    }
+    None
+}
+
+#[test]
+fn shifted_table_keeps_its_entries_aligned() {
+    // A sorted table of (location, address) pairs, as `.eh_frame_hdr` holds: one entry is inserted,
+    // and every later entry moves 8 bytes on and has both fields shifted by a constant. Aligned
+    // with the old table one entry back, the deltas repeat every 8 bytes (nearly free to store);
+    // on the unshifted diagonal as many bytes match, but the deltas are irregular.
+    let (entries, inserted) = (20_000u32, 5_000u32);
+    let jitter = |k: u32| k.wrapping_mul(2_654_435_761) >> 23;
+    let entry = |k: u32, shift: (u32, u32)| {
+        let location = 0x10_0000 + 700 * k + jitter(k) + shift.0;
+        let address = 0x80_0000 + 48 * k + (jitter(k) & 15) + shift.1;
+        [location.to_le_bytes(), address.to_le_bytes()].concat()
+    };
+    let prefix = code_like(50_000, 7);
+    let mut old = prefix.clone();
+    let mut new = prefix.clone();
+    for k in 0..entries {
+        old.extend(entry(k, (0, 0)));
+        if k == inserted {
+            new.extend(entry(k, (0x90, 0x18)));
+        }
+        new.extend(entry(k, if k < inserted { (0, 0) } else { (0x160, 0x28) }));
+    }
+    // What follows the table is unchanged: it moved 8 bytes on, so it seeds the aligned diagonal.
+    let suffix = code_like(50_000, 8);
+    old.extend(&suffix);
+    new.extend(&suffix);
+    let parts = round_trip(&old, &new);
+    let table_start = prefix.len() as u64;
+    for k in [inserted + 10, (inserted + entries) / 2, entries - 10] {
+        let at = table_start + 8 * u64::from(k + 1);
+        assert_eq!(diagonal_at(&parts, at), Some(-8), "entry {k}");
+    }
+}
+
 #[test]
 fn moved_blocks_are_found() {
     let old = code_like(400_000, 3);
