@@ -225,13 +225,15 @@ fn extend_and_merge(old: &[u8], new: &[u8], covers: Vec<Cover>) -> Vec<Cover> {
 }
 
 /// Covers grown from exact matches already known (`(new position, old position)` pairs where
-/// the bytes agree, in any order), when they cover at least `min_share` of `new`: content that
-/// changed in a few places does not need a suffix array to be matched. `None` otherwise.
+/// the bytes agree, in any order), when at most `max_pieces` of them cover at least `min_share` of
+/// `new`: content that changed in a few places does not need a suffix array to be matched. `None`
+/// otherwise.
 pub fn covers_from_anchors(
     old: &[u8],
     new: &[u8],
     mut hits: Vec<(usize, usize)>,
     min_share: f64,
+    max_pieces: usize,
 ) -> Option<Vec<Cover>> {
     hits.sort_unstable();
     let mut seeds: Vec<Cover> = Vec::new();
@@ -249,7 +251,8 @@ pub fn covers_from_anchors(
         }
     }
     let covered: usize = seeds.iter().map(|c| c.len).sum();
-    (covered as f64 >= min_share * new.len() as f64).then(|| extend_and_merge(old, new, seeds))
+    (covered as f64 >= min_share * new.len() as f64 && seeds.len() <= max_pieces)
+        .then(|| extend_and_merge(old, new, seeds))
 }
 
 /// The covers of `new` against the indexed old content, sorted by new position, not overlapping,

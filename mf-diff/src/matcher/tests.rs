@@ -319,10 +319,12 @@ fn anchors_cover_nearly_identical_content_without_a_suffix_array() {
     // Exact matches known between the changes (as a block's anchors give them): grown, they cover
     // all but the changed bytes.
     let hits = vec![(900_000, 899_997), (10, 10), (500_000, 500_000)];
-    let covers = cover::covers_from_anchors(&old, &new, hits, 0.999).expect("fast path");
+    let covers = cover::covers_from_anchors(&old, &new, hits.clone(), 0.999, 16).expect("fast path");
     check_parts(&old, &new, &parts_from_covers(&old, &new, &covers, 0));
     // Without the middle one they cover too little: the caller builds a suffix array instead.
-    assert!(cover::covers_from_anchors(&old, &new, vec![(900_000, 899_997), (10, 10)], 0.999).is_none());
+    assert!(cover::covers_from_anchors(&old, &new, vec![(900_000, 899_997), (10, 10)], 0.999, 16).is_none());
+    // Nor does the fast path take content changed in more places than allowed (three pieces here).
+    assert!(cover::covers_from_anchors(&old, &new, hits, 0.999, 2).is_none());
     // A false hit (bytes that differ) seeds nothing.
-    assert!(cover::covers_from_anchors(&old, &new, vec![(5, 6)], 0.0).is_some_and(|c| c.is_empty()));
+    assert!(cover::covers_from_anchors(&old, &new, vec![(5, 6)], 0.0, 16).is_some_and(|c| c.is_empty()));
 }

@@ -21,11 +21,15 @@ use super::{append_parts, cover, parts_from_covers, suffix::SuffixIndex, DeltaPa
 const ANCHOR_SPACING_LOG2: u32 = 9;
 /// Share of a block that exact matches grown from its anchors must cover to skip the suffix array.
 /// Measured: the bench's 512 MiB generated entry (scattered edits) has every 12 MiB block covered
-/// 99.94–99.999%; matching it took 20 s with suffix arrays, 3.1 s at 99.9%, 18 s at 99.99%. A native
-/// binary's changed blocks (a relocated address every few bytes) fall far below, but xgboost's
-/// library has quiet blocks above: at 99.9% its patch grew 1.4% (SA covers find better sources for
-/// the last bytes) and its diff took 6.5 s instead of 9.8 s.
+/// 99.88–100%; matching it took 20 s with suffix arrays, 3.1 s at 99.9%, 18 s at 99.99%. A native
+/// binary's changed blocks (a relocated address every few bytes) fall far below.
 const FAST_PATH_SHARE: f64 = 0.999;
+/// Most pieces (grown exact matches) those may be: the block was edited in a few places. The
+/// generated entry's blocks have 2–9 pieces. xgboost's library has quiet blocks above 99.9% made of
+/// 6–72 pieces (code moved in many places); skipping the suffix array there made its patch 2%
+/// larger (531,646 against 521,588 bytes: the suffix array finds better sources for the last bytes)
+/// for 35% less diff time. This limit lets the pieces of all but its quietest blocks go to the suffix array.
+const FAST_PATH_MAX_PIECES: usize = 16;
 /// Bytes of old content read at a time while building the index.
 const SCAN_STEP: u64 = 8 << 20;
 /// Bytes per index entry (hash key, position, table overhead).
@@ -193,7 +197,7 @@ pub fn diff_windowed(
                 (block[end - 1] == window[at]).then_some((end - 1, at))
             })
             .collect();
-        let covers = match cover::covers_from_anchors(&window, &block, hits, FAST_PATH_SHARE) {
+        let covers = match cover::covers_from_anchors(&window, &block, hits, FAST_PATH_SHARE, FAST_PATH_MAX_PIECES) {
             Some(covers) => covers,
             None => cover::find_covers(&SuffixIndex::build(&window)?, &block),
         };
