@@ -41,10 +41,13 @@ RESULTS=$ROOT/bench/results/diff.md
 REFERENCE=$ROOT/bench/diff-reference.tsv
 mkdir -p "$WORK/measured" "$CACHE" "$(dirname "$RESULTS")"
 
+# lib.sh sets MF to the repository's release build: keep the caller's MF, if any.
+MF_GIVEN=${MF:-}
 if [ -f "$ROOT/bench/lib.sh" ]; then
   # shellcheck source=/dev/null
   source "$ROOT/bench/lib.sh"
 fi
+MF=$MF_GIVEN
 
 # --- measuring ------------------------------------------------------------------------------------
 
@@ -127,8 +130,11 @@ setup_tools() {
   done
   build_hdiffz
   if [ -z "${MF:-}" ]; then
-    (cd "$ROOT" && cargo build --release --locked -q -p mf-cli) >&2
     MF=$ROOT/target/release/mf
+    # bench/run has built it already; run on its own, this suite builds it.
+    if [ "${BENCH_MF_BUILT:-0}" != 1 ] || [ ! -x "$MF" ]; then
+      (cd "$ROOT" && cargo build --release --locked -q -p mf-cli) >&2
+    fi
   fi
   hdiff_script
 }
