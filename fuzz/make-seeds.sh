@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 cargo run -q -p mf-format --example fuzz_seeds -- fuzz/corpus/open_and_read
 cargo run -q -p mf-diff --example patch_seeds -- fuzz/corpus/patch_apply
 # Panda3D multifiles, laid out field by field (regress-* inputs the fuzzer found are kept by hand).
-cargo run -q -p mf-panda3d --example fuzz_seeds -- fuzz/corpus/panda3d
+cargo run -q -p mf-panda3d --example panda3d_seeds -- fuzz/corpus/panda3d
 
 # Folder-journal seeds (hand-written JSON; the target's tables know versions 1.0 and 2.0).
 j=fuzz/corpus/folder_journal

@@ -3,7 +3,7 @@
 //! `secret`) and damaged copies (index loops, lying lengths and positions, a cut file).
 //!
 //! ```sh
-//! cargo run -p mf-panda3d --example fuzz_seeds -- fuzz/corpus/panda3d
+//! cargo run -p mf-panda3d --example panda3d_seeds -- fuzz/corpus/panda3d
 //! ```
 //!
 //! Multifiles are laid out here field by field rather than with `MultifileWriter`, which neither
@@ -110,7 +110,7 @@ fn with_u32(mut bytes: Vec<u8>, at: usize, value: u32) -> Vec<u8> {
 }
 
 fn main() -> std::io::Result<()> {
-    let dir = std::env::args().nth(1).expect("usage: fuzz_seeds OUTPUT_DIR");
+    let dir = std::env::args().nth(1).expect("usage: panda3d_seeds OUTPUT_DIR");
     let dir = Path::new(&dir);
     std::fs::create_dir_all(dir)?;
     let plain = layout(b"", 1, 0, &[stored("a.txt", HELLO, FLAG_TEXT, 0), stored("b.bin", BINARY, 0, 0)]);
