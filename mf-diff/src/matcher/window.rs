@@ -28,7 +28,7 @@ const FAST_PATH_SHARE: f64 = 0.999;
 /// generated entry's blocks have 2–9 pieces. xgboost's library has quiet blocks above 99.9% made of
 /// 6–72 pieces (code moved in many places); skipping the suffix array there made its patch 2%
 /// larger (531,646 against 521,588 bytes: the suffix array finds better sources for the last bytes)
-/// for 35% less diff time. This limit lets the pieces of all but its quietest blocks go to the suffix array.
+/// for 35% less diff time. With this limit all but its quietest blocks go to the suffix array.
 const FAST_PATH_MAX_PIECES: usize = 16;
 /// Bytes of old content read at a time while building the index.
 const SCAN_STEP: u64 = 8 << 20;
