@@ -980,55 +980,72 @@ impl<W: Write> ArchiveWriter<W> {
         let level = self.options.level;
         let frame_size = self.options.frame_size();
         let mut entry = self.begin_entry()?;
-        let batch_frames = (self.batch_bytes() / frame_size).max(1);
-        let mut buffer = std::mem::take(&mut self.buffer);
-        buffer.resize(batch_frames * frame_size, 0);
+        let batch = (self.batch_bytes() / frame_size).max(1) * frame_size;
+        let mut current = std::mem::take(&mut self.buffer);
+        let mut next = std::mem::take(&mut self.next_buffer);
+        current.resize(batch, 0);
+        next.resize(batch, 0);
         let mut hasher = ContentHasher::default();
-        let mut frame_index = 0usize;
         let wrong_count =
             || Error::InvalidOption(format!("entry '{path}': its content does not have {} frames", compressed.len()));
+        let read = |reader: &mut _, buffer: &mut Vec<u8>| read_full(reader, buffer).map_err(|e| Error::io(path, e));
+        let mut filled = read(&mut reader, &mut current)?;
+        // The writer's rule (spec: "What writers do"), so a rebuild filters as a fresh pack.
+        entry.x86 = crate::x86::is_x86_executable(&current[..filled]);
+        let x86 = entry.x86;
+        let mut first = 0usize;
         loop {
-            let filled = read_full(&mut reader, &mut buffer).map_err(|e| Error::io(path, e))?;
-            let block = &buffer[..filled];
+            let block = &current[..filled];
             let frames_in = filled.div_ceil(frame_size);
-            let flags = compressed.get(frame_index..frame_index + frames_in).ok_or_else(wrong_count)?;
-            if frame_index == 0 {
-                // The writer's rule (spec: "What writers do"), so a rebuild filters as a fresh pack.
-                entry.x86 = crate::x86::is_x86_executable(block);
-            }
-            let x86 = entry.x86;
-            hasher.update(block);
-            let frames: Vec<StoredFrame> = block
-                .par_chunks(frame_size)
-                .zip(flags.par_iter())
-                .enumerate()
-                .map(|(i, (chunk, &compress))| {
-                    if !compress {
-                        return Ok(StoredFrame::Raw);
-                    }
-                    let input = zstd_input(chunk, x86);
-                    if let Some(bytes) = copy(frame_index + i, &input) {
-                        return Ok(StoredFrame::Reused(bytes));
-                    }
-                    let bytes = compress_frame(&input, level)?;
-                    Ok(if policy::compression_is_shorter(chunk.len(), bytes.len()) {
-                        StoredFrame::Zstd(bytes)
-                    } else {
-                        StoredFrame::Raw
-                    })
-                })
-                .collect::<io::Result<_>>()
-                .map_err(|e| Error::io(path, e))?;
-            for (frame, chunk) in frames.iter().zip(block.chunks(frame_size)) {
-                self.write_frame(&mut entry, frame, chunk)?;
-            }
-            frame_index += frames_in;
-            if filled < buffer.len() {
+            let flags = compressed.get(first..first + frames_in).ok_or_else(wrong_count)?;
+            let last = filled < batch;
+            // The reader makes the next batch on this thread (a patch applier decodes the old
+            // content and applies the delta there) while the pool compresses this one: on two
+            // cores that overlap is most of the gain, as both halves take seconds on a large entry.
+            let mut encoded = Ok(Vec::new());
+            let mut next_filled = Ok(0);
+            rayon::in_place_scope(|scope| {
+                scope.spawn(|_| {
+                    let encode = || {
+                        block
+                            .par_chunks(frame_size)
+                            .zip(flags.par_iter())
+                            .enumerate()
+                            .map(|(i, (chunk, &compress))| {
+                                if !compress {
+                                    return Ok(StoredFrame::Raw);
+                                }
+                                let input = zstd_input(chunk, x86);
+                                if let Some(bytes) = copy(first + i, &input) {
+                                    return Ok(StoredFrame::Reused(bytes));
+                                }
+                                let bytes = compress_frame(&input, level)?;
+                                Ok(if policy::compression_is_shorter(chunk.len(), bytes.len()) {
+                                    StoredFrame::Zstd(bytes)
+                                } else {
+                                    StoredFrame::Raw
+                                })
+                            })
+                            .collect::<io::Result<Vec<_>>>()
+                    };
+                    encoded = rayon::join(|| hasher.update(block), encode).1;
+                });
+                if !last {
+                    next_filled = read(&mut reader, &mut next);
+                }
+            });
+            let frames = encoded.map_err(|e| Error::io(path, e))?;
+            self.write_frames(&mut entry, frames, block)?;
+            first += frames_in;
+            if last {
                 break;
             }
+            filled = next_filled?;
+            std::mem::swap(&mut current, &mut next);
         }
-        self.buffer = buffer;
-        if frame_index != compressed.len() {
+        self.buffer = current;
+        self.next_buffer = next;
+        if first != compressed.len() {
             return Err(wrong_count());
         }
         let (key, content_hash) = hasher.finish();
