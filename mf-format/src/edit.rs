@@ -636,31 +636,43 @@ impl Editor {
         let reusable = self.reusable_frames(path);
         let frame_size = self.options.frame_size();
         let batch = batch_frames(frame_size) * frame_size;
-        let mut buffer = vec![0u8; batch];
+        let (mut current, mut next) = (vec![0u8; batch], vec![0u8; batch]);
         let mut hasher = Xxh3::new();
         let mut frames: Vec<FrameRecord> = Vec::new();
+        let mut filled = read_full(content, &mut current).map_err(|e| Error::io(path, e))?;
+        plan = plan.with_head(&current[..filled]);
         let mut read = 0u64;
         loop {
-            let filled = read_full(content, &mut buffer).map_err(|e| Error::io(path, e))?;
-            let block = &buffer[..filled];
-            if read == 0 {
-                plan = plan.with_head(block);
-            }
+            let block = &current[..filled];
+            let last = filled < batch;
             hasher.update(block);
             let first = frames.len();
-            let (archive, file, name) = (&self.archive, &self.file, &self.name);
+            let (archive, file, name, plan) = (&self.archive, &self.file, &self.name, &plan);
             // A compressed frame is kept only under the same filter decision (a raw one holds the
             // content itself either way).
             let keepable = |old: &(FrameRecord, Option<u32>)| old.0.stored_len == old.0.len || replaced_x86 == plan.x86;
-            let encoded: Vec<Option<StoredFrame>> = block
-                .par_chunks(frame_size)
-                .enumerate()
-                .map(|(i, chunk)| match reusable.get(first + i) {
-                    Some(old) if keepable(old) && old_frame_equals(archive, file, name, old, chunk)? => Ok(None),
-                    _ => plan.encode(chunk, None).map(Some).map_err(|e| Error::io(path, e)),
-                })
-                .collect::<Result<_>>()?;
-            for (i, (frame, chunk)) in encoded.into_iter().zip(block.chunks(frame_size)).enumerate() {
+            let mut encoded: Result<Vec<Option<StoredFrame>>> = Ok(Vec::new());
+            let mut next_filled = Ok(0);
+            // As the streaming writer does: the next batch is read here (for a patch, rebuilt from
+            // the old content and the delta) while the pool compares and compresses this one.
+            rayon::in_place_scope(|scope| {
+                scope.spawn(|_| {
+                    encoded = block
+                        .par_chunks(frame_size)
+                        .enumerate()
+                        .map(|(i, chunk)| match reusable.get(first + i) {
+                            Some(old) if keepable(old) && old_frame_equals(archive, file, name, old, chunk)? => {
+                                Ok(None)
+                            }
+                            _ => plan.encode(chunk, None).map(Some).map_err(|e| Error::io(path, e)),
+                        })
+                        .collect();
+                });
+                if !last {
+                    next_filled = read_full(content, &mut next).map_err(|e| Error::io(path, e));
+                }
+            });
+            for (i, (frame, chunk)) in encoded?.into_iter().zip(block.chunks(frame_size)).enumerate() {
                 let record = match frame {
                     None => {
                         self.report.frames_reused += 1;
@@ -675,9 +687,11 @@ impl Editor {
                 frames.push(record);
             }
             read += filled as u64;
-            if filled < batch {
+            if last {
                 break;
             }
+            filled = next_filled?;
+            std::mem::swap(&mut current, &mut next);
         }
         check_length(path, read, size)?;
         Ok(self.frames_record(frames, size, hasher.digest(), plan.x86))

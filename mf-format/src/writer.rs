@@ -941,8 +941,8 @@ impl<W: Write> ArchiveWriter<W> {
     }
 
     /// As [`add_bytes_with_frames`](Self::add_bytes_with_frames), streaming the content from
-    /// `reader` a bounded batch of frames at a time (compressed in parallel), so memory does not grow
-    /// with the entry's size. The reader must yield exactly as many frames as `compressed` has
+    /// `reader` a bounded batch of frames at a time (compressed in parallel while the next batch is
+    /// read), so memory (two batches) does not grow with the entry's size. The reader must yield exactly as many frames as `compressed` has
     /// decisions; a read error or a frame count that differs fails the entry.
     pub fn add_reader_with_frames(
         &mut self,
