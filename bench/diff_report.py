@@ -129,7 +129,7 @@ def absolute_target(what, mine, limit, unit):
     return [what, f"{fmt_num(m)}{unit}", "-", "-", f"≤ {limit:g}{unit}", "met" if m <= limit else "**missed**"]
 
 
-def targets(rows):
+def targets(rows, interleaved=None):
     mf = rows.get("mf", {})
     lim = rows.get(LIMITED, {})
     h = rows.get(HDIFF, {})
@@ -151,8 +151,14 @@ def targets(rows):
         absolute_target("apply peak RSS ≤ 64 MiB (default patch)", mf.get("apply_rss") if number(mf.get("apply_s")) is not None else None, 64, " MiB"),
         absolute_target("apply peak RSS ≤ 64 MiB (`--memory-limit` patch)",
                         lim.get("apply_rss") if number(lim.get("apply_s")) is not None else None, 64, " MiB"),
-        ratio_target("apply time ≤ ½ apply_patch's", mf.get("apply_s"), p.get("apply_s"), 0.5, "apply_patch", " s"),
+        ratio_target("apply time ≤ ½ apply_patch's (this run)", mf.get("apply_s"), p.get("apply_s"), 0.5, "apply_patch", " s"),
     ]
+    if interleaved:
+        # The pair's single runs are too noisy to judge two one-second applies: the repeated runs decide.
+        lines[-1][-1] = "see the interleaved runs below"
+        commit, when, runs, mf_s, p3d_s = interleaved[:5]
+        lines.append(ratio_target(f"apply time ≤ ½ apply_patch's (median of {runs} interleaved runs at {commit},"
+                                  f" {when}: bench/apply_vs_apply_patch.sh)", mf_s, p3d_s, 0.5, "apply_patch", " s"))
     out = ["| target | mf | anchor | ratio | limit | verdict |", "|---|---:|---:|---:|---:|---|"]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return out
@@ -215,7 +221,13 @@ def main():
         out.append("")
         if pair in BINARY_PAIRS:
             out += [f"Issue 12's targets on {pair} (mf at default settings unless stated; HDiffPatch = the pip package):", ""]
-            out += targets(rows)
+            # Each anchor runs once in the pair's run; two one-second applies need repeated, interleaved runs.
+            apply_file = os.path.join(measured_dir, f"{pair}.apply")
+            interleaved = None
+            if os.path.exists(apply_file):
+                with open(apply_file) as f:
+                    interleaved = f.read().strip().split("\t")
+            out += targets(rows, interleaved)
             out.append("")
         reg = regression(pair, rows, refs)
         if reg:
