@@ -942,8 +942,9 @@ impl<W: Write> ArchiveWriter<W> {
 
     /// As [`add_bytes_with_frames`](Self::add_bytes_with_frames), streaming the content from
     /// `reader` a bounded batch of frames at a time (compressed in parallel while the next batch is
-    /// read), so memory (two batches) does not grow with the entry's size. The reader must yield exactly as many frames as `compressed` has
-    /// decisions; a read error or a frame count that differs fails the entry.
+    /// read), so memory (two batches) does not grow with the entry's size. The reader must yield
+    /// exactly as many frames as `compressed` has decisions; a read error or a frame count that
+    /// differs fails the entry.
     pub fn add_reader_with_frames(
         &mut self,
         path: &str,
@@ -1000,8 +1001,8 @@ impl<W: Write> ArchiveWriter<W> {
             let flags = compressed.get(first..first + frames_in).ok_or_else(wrong_count)?;
             let last = filled < batch;
             // The reader makes the next batch on this thread (a patch applier decodes the old
-            // content and applies the delta there) while the pool compresses this one: on two
-            // cores that overlap is most of the gain, as both halves take seconds on a large entry.
+            // content and applies the delta there) while the pool compresses this one: both take
+            // seconds on a large entry, and one after the other they left a core idle.
             let mut encoded = Ok(Vec::new());
             let mut next_filled = Ok(0);
             rayon::in_place_scope(|scope| {
