@@ -981,11 +981,13 @@ impl<W: Write> ArchiveWriter<W> {
         let level = self.options.level;
         let frame_size = self.options.frame_size();
         let mut entry = self.begin_entry()?;
-        let batch = (self.batch_bytes() / frame_size).max(1) * frame_size;
+        // A batch never needs more than the entry's frames and one more (where content longer than
+        // they hold shows): an apply rebuilds mostly small entries, and two full 4 MiB batches
+        // for each doubled its peak memory.
+        let batch = (self.batch_bytes() / frame_size).max(1).min(compressed.len().saturating_add(1)) * frame_size;
         let mut current = std::mem::take(&mut self.buffer);
         let mut next = std::mem::take(&mut self.next_buffer);
         current.resize(batch, 0);
-        next.resize(batch, 0);
         let mut hasher = ContentHasher::default();
         let wrong_count =
             || Error::InvalidOption(format!("entry '{path}': its content does not have {} frames", compressed.len()));
@@ -1032,6 +1034,7 @@ impl<W: Write> ArchiveWriter<W> {
                     encoded = rayon::join(|| hasher.update(block), encode).1;
                 });
                 if !last {
+                    next.resize(batch, 0);
                     next_filled = read(&mut reader, &mut next);
                 }
             });
