@@ -366,7 +366,7 @@ fn truncated_or_corrupted_patches_are_refused_before_anything_is_written() {
 }
 
 #[test]
-fn a_damaged_old_archive_is_detected_before_writing() {
+fn a_damaged_old_archive_is_named_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let old = pack(d, &release_v1(), "v1.mf", &[]);

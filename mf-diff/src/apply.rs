@@ -1,5 +1,7 @@
 //! Applying patches: check the base, rebuild into a temp file beside the target, verify every
-//! entry and (for exact patches) the whole file, then fsync and rename (spec/PATCH.md, "Applying").
+//! rebuilt entry and (for exact patches) the whole file, then fsync and rename (spec/PATCH.md,
+//! "Applying"). Old entries are checked beforehand only where their bytes would reach the result
+//! unchecked; after a failure all of them are, so a damaged base is the error named.
 //!
 //! Memory does not grow with entry size: every entry is produced as a stream (old content read by
 //! random access, a delta's three streams decoded side by side, zstd blocks of at most 8 MiB with
@@ -890,16 +892,8 @@ impl Patch {
             .into());
         }
         self.check_bases(old)?;
-        // Every old entry the patch reads is checked against its content hash before anything is built.
-        let mut used: Vec<u32> = self
-            .records
-            .iter()
-            .filter(|r| verify == Verify::EveryBase || !(r.is_copy_in_place() || r.op == Op::Frames))
-            .filter_map(|r| r.old_index)
-            .collect();
-        used.sort_unstable();
-        used.dedup();
-        used.par_iter().try_for_each(|&i| old.verify(i))?;
+        // The old entries `verify` names are checked against their content hash before anything is built.
+        self.verify_bases(old, verify)?;
 
         let content_limit = self.header.new_len.saturating_mul(1 << 16);
         let (mut content_total, mut raw_total) = (0u64, 0u64);
@@ -969,6 +963,16 @@ impl Patch {
             }
         }
         Ok(())
+    }
+
+    /// Checks the old entries `verify` selects against their content hashes, on every core; the
+    /// error is the first damaged entry's in old data order, whatever the thread count.
+    pub(crate) fn verify_bases(&self, old: &dyn OldEntries, verify: Verify) -> Result<()> {
+        let mut used: Vec<u32> = self.records.iter().filter(|r| verify.checks(r)).filter_map(|r| r.old_index).collect();
+        used.sort_unstable();
+        used.dedup();
+        let results: Vec<Result<()>> = used.par_iter().map(|&i| old.verify(i)).collect();
+        results.into_iter().collect()
     }
 
     /// Whether `archive` (the file `src`) is this archive patch's base: byte-identical to it (its
@@ -1067,20 +1071,49 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
     // The base: the old archive itself, or (2.2) any archive with its entries in its record order.
     patch.check_archive_base(&src, archive, old)?;
 
+    let mut out = AtomicFile::create(target).map_err(|e| Error::io(target, e))?;
+    let old_entries = ArchiveOld { src: &src, archive };
+    // Checking every base before the rebuild would decode the whole old archive; instead each byte
+    // of the result is bound by its entry's hash as it streams or, for an exact patch, by the final
+    // check against `new_hash` (verbatim copies are not hashed on the way). Only if the rebuild
+    // fails are the bases checked, so a damaged old entry is still the error named.
+    let verify = if header.exact() { Verify::Nothing } else { Verify::VerbatimCopies };
+    let rebuilt = rebuild_archive(patch, &old_entries, verify, &mut out, target, progress);
+    if let Err(err) = rebuilt {
+        if !matches!(err, Error::WrongBase { .. }) {
+            patch.verify_bases(&old_entries, Verify::EveryBase)?;
+        }
+        return Err(err);
+    }
+    let len = rebuilt?;
+    out.commit().map_err(|e| Error::io(target, e))?;
+    Ok(ApplyOutcome { exact: header.exact(), entries: patch.records.len(), len })
+}
+
+/// Writes the archive `patch` rebuilds from `old_entries` into `out`, checking first the bases
+/// `verify` names and last, for an exact patch, the whole result; its length.
+fn rebuild_archive(
+    patch: &Patch,
+    old_entries: &ArchiveOld<'_>,
+    verify: Verify,
+    out: &mut AtomicFile,
+    target: &Path,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<u64> {
+    let (src, archive) = (old_entries.src, old_entries.archive);
+    let header = &patch.header;
     let options =
         WriterOptions { level: i32::from(patch.preamble.level), frame_size_log2: patch.preamble.frame_size_log2 };
     let frame_size = options.frame_size() as u64;
     // An exact patch declares its output's length: writing past it fails at once.
     let limit = if header.exact() { header.new_len } else { u64::MAX };
-    let mut out = AtomicFile::create(target).map_err(|e| Error::io(target, e))?;
     let (len, hash) = {
         let sink = HashingWriter::with_limit(std::io::BufWriter::with_capacity(1 << 20, out.file()), limit);
         let mut writer = ArchiveWriter::with_name(sink, options, target)?;
         // Shared data is rebuilt only where the patch says so (storage "same as"), never by chance.
         writer.set_deduplicate(false);
         let mut added: Vec<(String, u64, u64)> = Vec::new();
-        let old_entries = ArchiveOld { src: &src, archive };
-        patch.walk_records(&old_entries, target, Verify::EveryBase, &[], |record, walked| -> Result<()> {
+        patch.walk_records(old_entries, target, verify, &[], |record, walked| -> Result<()> {
             let WalkedEntry { meta, stream } = walked;
             let bad = |what: &str| corrupt(&patch.path, "control stream", record.at, Some(&meta.path), what);
             let entry_options = EntryOptions { mode: meta.mode, mtime: meta.mtime, ..EntryOptions::default() };
@@ -1120,7 +1153,7 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
                     let frames = storage
                         .frame_flags(meta.size, frame_size)
                         .ok_or_else(|| bad("storage bitmap does not fit the entry"))?;
-                    let copier = FrameCopier::new(patch, record, &src, archive);
+                    let copier = FrameCopier::new(patch, record, src, archive);
                     let copy = |k: usize, chunk: &[u8]| copier.as_ref().and_then(|c| c.copy(k, chunk));
                     writer
                         .add_reader_with_frames_copying(&meta.path, &mut *stream, entry_options, &frames, &copy)
@@ -1146,8 +1179,7 @@ fn apply_archive(patch: &Patch, old: &Path, target: &Path, progress: &(dyn Fn(u6
             ),
         });
     }
-    out.commit().map_err(|e| Error::io(target, e))?;
-    Ok(ApplyOutcome { exact: header.exact(), entries: patch.records.len(), len })
+    Ok(len)
 }
 
 /// The kept frames of a frames record whose compressed bytes the rebuild copies from the base
@@ -1237,11 +1269,29 @@ impl Read for ExtentsReader<'_> {
 /// Which old entries the record walk checks against their content hash before building anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Verify {
-    /// Every base any record uses (a rebuild reads them all anyway).
+    /// Every base any record uses (entries handed to a caller, who may keep copies as they are).
     EveryBase,
     /// Only the bases an in-place apply reads: every base but those of copies left where they are
     /// (under their base's path, mode and mtime), which it neither reads nor writes.
     ReadBases,
+    /// Only the bases whose bytes a rebuild takes into its result without hashing them: the stored
+    /// bytes of verbatim copies. Every other record streams through its entry's hash check.
+    VerbatimCopies,
+    /// None: a rebuild of an `EXACT` patch, whose every byte is bound by its entry's hash check or
+    /// by the final check of the whole result against `new_hash`.
+    Nothing,
+}
+
+impl Verify {
+    /// Whether the base of `record` is checked before the walk.
+    fn checks(self, record: &EntryRecord) -> bool {
+        match self {
+            Verify::EveryBase => true,
+            Verify::ReadBases => !(record.is_copy_in_place() || record.op == Op::Frames),
+            Verify::VerbatimCopies => record.op == Op::Copy && record.storage == Storage::Verbatim,
+            Verify::Nothing => false,
+        }
+    }
 }
 
 /// The writer's error when the output passed the declared length, said as what it is.
