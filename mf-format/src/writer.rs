@@ -988,7 +988,8 @@ impl<W: Write> ArchiveWriter<W> {
         let mut current = std::mem::take(&mut self.buffer);
         let mut next = std::mem::take(&mut self.next_buffer);
         current.resize(batch, 0);
-        let mut hasher = ContentHasher::default();
+        // The deduplication key (SHA-256) only matters to a writer that shares data by content.
+        let mut hasher = if self.deduplicate { ContentHasher::default() } else { ContentHasher::unkeyed() };
         let wrong_count =
             || Error::InvalidOption(format!("entry '{path}': its content does not have {} frames", compressed.len()));
         let read = |reader: &mut _, buffer: &mut Vec<u8>| read_full(reader, buffer).map_err(|e| Error::io(path, e));
@@ -1052,9 +1053,10 @@ impl<W: Write> ArchiveWriter<W> {
         if first != compressed.len() {
             return Err(wrong_count());
         }
-        let (key, content_hash) = hasher.finish();
-        let record = if key.0 == 0 { empty_record(content_hash) } else { self.end_frames(entry, key.0, content_hash) };
-        self.push_stored(path, options, record, key);
+        let size = hasher.len;
+        let (key, content_hash) = hasher.finish_keyed();
+        let record = if size == 0 { empty_record(content_hash) } else { self.end_frames(entry, size, content_hash) };
+        self.push_keyed(path, options, record, key);
         Ok(())
     }
 
