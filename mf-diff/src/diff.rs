@@ -237,19 +237,21 @@ fn encode(
     let whole = |old_len: u64, frame: Vec<u8>| vec![Block { new_len: m, old_start: 0, old_len, frame }];
     // Candidates by trial size; ties keep the earlier (cheaper to apply) method.
     let mut best: Option<Payload> = None;
-    let mut consider = |candidate: Payload| {
+    let consider = |best: &mut Option<Payload>, candidate: Payload| {
         if best.as_ref().is_none_or(|b| payload_score(&candidate) < payload_score(b)) {
-            best = Some(candidate);
+            *best = Some(candidate);
         }
     };
     if let Some(parts) = &parts {
-        consider(Payload::Delta(parts.encode(trial_level).map_err(io_err)?));
+        consider(&mut best, Payload::Delta(parts.encode(trial_level).map_err(io_err)?));
     }
     if let (Some(old_data), true) = (&old_data, zref_fits) {
-        consider(Payload::Zref(whole(n, zref::compress(old_data, &new_data, trial_level).map_err(io_err)?)));
+        let frame = zref::compress(old_data, &new_data, trial_level).map_err(io_err)?;
+        consider(&mut best, Payload::Zref(whole(n, frame)));
     }
-    if zref_fits {
-        consider(Payload::Full(whole(0, zref::compress_plain(&new_data, trial_level).map_err(io_err)?)));
+    if zref_fits && !full_cannot_win(best.as_ref(), &new_data, trial_level).map_err(io_err)? {
+        let frame = zref::compress_plain(&new_data, trial_level).map_err(io_err)?;
+        consider(&mut best, Payload::Full(whole(0, frame)));
     }
     // Unreachable in practice: without a whole-entry zstd fit, the matcher fit (else encode_large).
     let best = best.ok_or_else(|| io_err(std::io::Error::other("no encoding fits the memory budget")))?;
@@ -264,6 +266,20 @@ fn encode(
     };
     progress(m);
     Ok(payload)
+}
+
+/// Whether whole-entry zstd of `new_data` at `trial_level` cannot beat `best`, the smallest
+/// candidate that uses the old content, judged from a pass at level 1: when `best` is under a quarter
+/// of that, the trial level would have to compress four times better than level 1, which zstd's
+/// levels do not (levels 19 and 1 differ by well under 2× on text and code). Saves the costliest
+/// trial of a small changed entry (level 19), which a tiny delta makes pointless.
+fn full_cannot_win(best: Option<&Payload>, new_data: &[u8], trial_level: i32) -> std::io::Result<bool> {
+    let Some(best) = best.map(payload_score) else { return Ok(false) };
+    if trial_level <= 1 {
+        return Ok(false);
+    }
+    let fast = zref::compress_plain(new_data, 1)?.len() as u64 + 8;
+    Ok(best.saturating_mul(4) < fast)
 }
 
 fn payload_score(payload: &Payload) -> u64 {
@@ -971,5 +987,33 @@ fn rename_output(err: Error, patch: &Path) -> Error {
     match err {
         Error::Io { file, source } if file == Path::new("<patch output>") => Error::io(patch, source),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zref_of(frame_len: usize) -> Payload {
+        Payload::Zref(vec![Block { new_len: 0, old_start: 0, old_len: 0, frame: vec![0; frame_len] }])
+    }
+
+    #[test]
+    fn whole_entry_zstd_is_skipped_only_when_the_old_content_already_won_by_far() {
+        let text: Vec<u8> =
+            (0..4000u32).flat_map(|i| format!("line {i} of a script, {}\n", i * 7).into_bytes()).collect();
+        let fast = zref::compress_plain(&text, 1).unwrap().len();
+        let level = payload_level(text.len() as u64);
+        // A delta of a few dozen bytes: level 19 cannot make the plain text that small.
+        assert!(full_cannot_win(Some(&zref_of(40)), &text, level).unwrap());
+        // Within 4x of the fast plain size: the trial at the real level still runs.
+        assert!(!full_cannot_win(Some(&zref_of(fast / 4 + 1)), &text, level).unwrap());
+        assert!(!full_cannot_win(Some(&zref_of(fast * 2)), &text, level).unwrap());
+        // Nothing to compare with, or a trial level no stronger than the pass itself.
+        assert!(!full_cannot_win(None, &text, level).unwrap());
+        assert!(!full_cannot_win(Some(&zref_of(1)), &text, 1).unwrap());
+        // The skip never hides a smaller whole-entry encoding where it applies.
+        let full = zref::compress_plain(&text, level).unwrap().len() as u64 + 8;
+        assert!(payload_score(&zref_of(40)) < full);
     }
 }
