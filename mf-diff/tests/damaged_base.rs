@@ -7,20 +7,9 @@ use std::path::{Path, PathBuf};
 
 use mf_diff::{apply_patch, diff_files, DiffOptions, Patch};
 use mf_format::{ArchiveWriter, Compression, EntryOptions, WriterOptions};
+use mf_test_support::noise;
 
 const RAW: EntryOptions = EntryOptions { compression: Compression::Store, mode: 0o644, mtime: None };
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 /// Old: `code.bin` (a delta's base), `moved.bin` (renamed in the new version: a verbatim copy) and
 /// `notes.txt`, the binaries stored raw so a flipped byte is a flipped content byte.
@@ -48,6 +37,16 @@ fn write(dir: &Path, name: &str, files: &[(&str, Vec<u8>, EntryOptions)]) -> Pat
     let path = dir.join(name);
     std::fs::write(&path, writer.finish().unwrap()).unwrap();
     path
+}
+
+/// The old and new archives in `dir`, and the patch between them (`p.mfp`).
+fn versions_and_patch(dir: &Path, new_side: impl FnOnce(&Path)) -> (PathBuf, PathBuf, PathBuf) {
+    let old = write(dir, "old.mf", &old_files());
+    let new = write(dir, "new.mf", &new_files());
+    new_side(&new);
+    let patch = dir.join("p.mfp");
+    diff_files(&old, &new, &patch, &DiffOptions::default(), &|_| {}).unwrap();
+    (old, new, patch)
 }
 
 /// Flips one byte of `entry`'s content in the archive at `path` (the entry is stored raw).
@@ -83,10 +82,7 @@ fn a_damaged_delta_base_or_copied_entry_is_named_and_nothing_is_written() {
     for (entry, at) in [("code.bin", 5), ("code.bin", 299_999), ("moved.bin", 0), ("moved.bin", 199_999)] {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let old = write(d, "old.mf", &old_files());
-        let new = write(d, "new.mf", &new_files());
-        let patch = d.join("p.mfp");
-        diff_files(&old, &new, &patch, &DiffOptions::default(), &|_| {}).unwrap();
+        let (old, new, patch) = versions_and_patch(d, |_| {});
         let opened = Patch::open(&patch).unwrap();
         assert!(opened.header().exact());
 
@@ -106,10 +102,7 @@ fn damage_in_old_bytes_the_patch_never_reads_still_gives_the_exact_result() {
     // them: a rebuild that reads only what it uses yields the new archive, checked whole.
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let old = write(d, "old.mf", &old_files());
-    let new = write(d, "new.mf", &new_files());
-    let patch = d.join("p.mfp");
-    diff_files(&old, &new, &patch, &DiffOptions::default(), &|_| {}).unwrap();
+    let (old, new, patch) = versions_and_patch(d, |_| {});
     damage(&old, "code.bin", 150_010);
     apply_patch(&patch, &old, &d.join("out.mf"), &|_| {}).unwrap();
     assert_eq!(std::fs::read(d.join("out.mf")).unwrap(), std::fs::read(&new).unwrap());
@@ -119,16 +112,14 @@ fn damage_in_old_bytes_the_patch_never_reads_still_gives_the_exact_result() {
 fn without_an_exact_result_a_copied_entry_is_checked_before_the_rebuild() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let old = write(d, "old.mf", &old_files());
-    let new = write(d, "new.mf", &new_files());
     // The new side edited in place (generation 1): not what a fresh pack writes, so the patch
     // cannot promise a byte-identical result.
-    let mut editor = mf_format::Editor::open(&new).unwrap();
-    let extra = b"added after the pack\n".repeat(10);
-    editor.put("extra.txt", &EntryOptions::default(), &mut &extra[..], extra.len() as u64).unwrap();
-    editor.commit().unwrap();
-    let patch = d.join("p.mfp");
-    diff_files(&old, &new, &patch, &DiffOptions::default(), &|_| {}).unwrap();
+    let (old, _, patch) = versions_and_patch(d, |new| {
+        let mut editor = mf_format::Editor::open(new).unwrap();
+        let extra = b"added after the pack\n".repeat(10);
+        editor.put("extra.txt", &EntryOptions::default(), &mut &extra[..], extra.len() as u64).unwrap();
+        editor.commit().unwrap();
+    });
     assert!(!Patch::open(&patch).unwrap().header().exact());
 
     damage(&old, "moved.bin", 1234);
