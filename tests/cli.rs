@@ -38,6 +38,36 @@ fn list_shows_paths_in_order_and_long_and_json_forms() {
 }
 
 #[test]
+fn long_listing_gives_small_files_their_share_of_the_solid_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> =
+        (0..50).map(|i| (format!("f{i:02}.txt"), mf_test_support::text(i as u64, 2 + i % 5))).collect();
+    let borrowed: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+    write_tree(&dir.path().join("src"), &borrowed);
+    mf_ok(dir.path(), &["pack", "src", "-o", "x.mf"]);
+    let json: serde_json::Value = serde_json::from_str(&mf_ok(dir.path(), &["list", "--json", "x.mf"])).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&mf_ok(dir.path(), &["info", "--json", "x.mf"])).unwrap();
+    let stored = info["stored_size"].as_u64().unwrap();
+    let mut shares = 0;
+    // The case that matters: the block is larger than the smallest files.
+    assert!(json.as_array().unwrap().iter().any(|e| e["size"].as_u64().unwrap() < stored), "{json}");
+    for entry in json.as_array().unwrap() {
+        // Each file is in the one solid frame, which a reader fetches whole...
+        assert_eq!(entry["stored_size"].as_u64().unwrap(), stored, "{entry}");
+        // ...but costs only its part of it.
+        let share = entry["stored_share"].as_u64().unwrap();
+        assert!(share < entry["size"].as_u64().unwrap(), "{entry}");
+        shares += share;
+    }
+    assert!(shares.abs_diff(stored) <= 50, "shares {shares} vs stored {stored}");
+    let long = mf_ok(dir.path(), &["list", "-l", "x.mf"]);
+    for line in long.lines() {
+        let ratio: f64 = line.split_whitespace().nth(3).unwrap().trim_end_matches('%').parse().unwrap();
+        assert!(ratio < 100.0, "{line}");
+    }
+}
+
+#[test]
 fn pack_is_deterministic_across_thread_counts() {
     let dir = tempfile::tempdir().unwrap();
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();

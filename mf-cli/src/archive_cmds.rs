@@ -30,7 +30,8 @@ pub fn open_any(path: &PathBuf, password: &PasswordArg) -> anyhow::Result<AnyArc
 #[derive(Args)]
 pub struct ListArgs {
     archive: PathBuf,
-    /// Long listing: mode, size, stored size, ratio, path.
+    /// Long listing: mode, size, stored size, ratio, path. An entry in a solid block is given its
+    /// share of the block's frames, by the bytes it holds in them.
     #[arg(short, long)]
     long: bool,
     #[command(flatten)]
@@ -66,7 +67,10 @@ pub struct InfoArgs {
 struct EntryJson<'a> {
     path: &'a str,
     size: u64,
+    /// Bytes a reader fetches for the entry: shared frames (a solid block) count in full.
     stored_size: u64,
+    /// Bytes the entry costs: shared frames split between their entries by the bytes each holds.
+    stored_share: u64,
     compression: &'static str,
     mode: String,
     mtime: Option<i64>,
@@ -78,12 +82,13 @@ struct EntryJson<'a> {
     text: bool,
 }
 
-impl<'a> From<&AnyEntry<'a>> for EntryJson<'a> {
-    fn from(entry: &AnyEntry<'a>) -> Self {
+impl<'a> EntryJson<'a> {
+    fn new(archive: &AnyArchive, entry: &AnyEntry<'a>) -> Self {
         EntryJson {
             path: entry.path(),
             size: entry.size(),
             stored_size: entry.stored_size(),
+            stored_share: archive.stored_share(entry),
             compression: entry.compression(),
             mode: format!("{:04o}", entry.mode()),
             mtime: entry.mtime().map(|m| m.secs),
@@ -117,19 +122,20 @@ pub fn list(args: ListArgs) -> Outcome {
     let archive = open_any(&args.archive, &PasswordArg::default())?;
     let mut out = BufWriter::new(std::io::stdout().lock());
     if args.json.json {
-        let entries: Vec<EntryJson> = archive.entries_by_path().map(|e| EntryJson::from(&e)).collect();
+        let entries: Vec<EntryJson> = archive.entries_by_path().map(|e| EntryJson::new(&archive, &e)).collect();
         serde_json::to_writer_pretty(&mut out, &entries)?;
         writeln!(out)?;
     } else {
         for entry in archive.entries_by_path() {
             if args.long {
+                let share = archive.stored_share(&entry);
                 writeln!(
                     out,
                     "{} {:>12} {:>12} {:>6.1}% {}{}",
                     mode_string(entry.mode()),
                     entry.size(),
-                    entry.stored_size(),
-                    ratio(entry.size(), entry.stored_size()),
+                    share,
+                    ratio(entry.size(), share),
                     markers(&entry),
                     escaped(entry.path())
                 )?;

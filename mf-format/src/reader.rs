@@ -587,6 +587,38 @@ impl Archive {
         })
     }
 
+    /// The stored bytes attributable to an entry: its raw extent, or its frames with each frame it
+    /// shares with other entries (a solid block) split by the uncompressed bytes each holds in it.
+    /// [`Entry::stored_size`] counts a shared frame in full for every entry in it, which is what a
+    /// reader must fetch; this is what the entry costs, for listings and size reports. A
+    /// deduplicated copy counts its extent again, as `stored_size` does.
+    pub fn stored_share(&self, entry: &Entry<'_>) -> u64 {
+        let run = self.entry_frames(entry);
+        if run.is_empty() {
+            return entry.stored_size();
+        }
+        // Validated at open: the run covers exactly [skip, skip + size) of its frames' decoded bytes,
+        // so only the first and the last frame can be held in part.
+        let (first, last) = (run.start as usize, run.end as usize - 1);
+        let part = |f: usize, held: u64| {
+            let frame = self.frames[f];
+            let len = u128::from(frame.len.max(1));
+            ((u128::from(frame.stored_len) * u128::from(held) + len / 2) / len) as u64
+        };
+        let skip = entry.record.offset;
+        let first_len = u64::from(self.frames[first].len);
+        if first == last {
+            return part(first, entry.size().min(first_len.saturating_sub(skip)));
+        }
+        let last_start = self.frame_starts[last].saturating_sub(self.frame_starts[first]);
+        let held_last = skip.saturating_add(entry.size()).saturating_sub(last_start);
+        let whole = entry
+            .stored_size()
+            .saturating_sub(u64::from(self.frames[first].stored_len))
+            .saturating_sub(u64::from(self.frames[last].stored_len));
+        part(first, first_len.saturating_sub(skip)) + whole + part(last, held_last)
+    }
+
     /// Whether frame `k` of an entry's run is stored raw (its stored length equals its length).
     pub fn frame_is_raw(&self, entry: &Entry<'_>, k: u64) -> bool {
         self.run_frame(entry, k).is_some_and(|f| f.stored_len == f.len)

@@ -144,6 +144,46 @@ fn the_specimen_has_every_kind_of_storage_and_reads_back() {
     }
 }
 
+/// An entry's share of its frames, byte by byte: each frame's stored length spread evenly over its
+/// decoded bytes, summed over the bytes the entry holds.
+fn share_by_bytes(archive: &Archive, entry: &mf_format::Entry<'_>) -> f64 {
+    let mut at = archive.entry_skip(entry);
+    let mut left = entry.size();
+    let mut share = 0.0;
+    for f in archive.entry_frames(entry) {
+        let frame = archive.frames()[f as usize];
+        let held = (u64::from(frame.len) - at).min(left);
+        share += f64::from(frame.stored_len) * held as f64 / f64::from(frame.len);
+        left -= held;
+        at = 0;
+    }
+    share
+}
+
+#[test]
+fn stored_shares_split_solid_frames_and_add_up_to_the_stored_bytes() {
+    let archive = Archive::from_bytes(specimen(), NAME).unwrap();
+    let mut straddling = 0;
+    let mut total = 0;
+    for entry in archive.entries() {
+        let share = archive.stored_share(&entry);
+        if entry.is_solid() {
+            assert!(share < entry.stored_size(), "{}: {share} of {}", entry.path(), entry.stored_size());
+            assert!((share as f64 - share_by_bytes(&archive, &entry)).abs() <= 1.0, "{}: {share}", entry.path());
+            straddling += usize::from(archive.frame_count(&entry) == 2);
+        } else {
+            assert_eq!(share, entry.stored_size(), "{}", entry.path());
+        }
+        total += share;
+    }
+    assert!(straddling > 0, "the specimen's solid entries straddle frames");
+    // The duplicate counts its extent again; the rest adds up to the distinct stored bytes, up to
+    // the rounding of each entry's two partial frames.
+    let distinct = total - archive.stored_share(&archive.get("dup.txt").unwrap());
+    let parts = 2 * archive.len() as u64;
+    assert!(distinct.abs_diff(archive.total_stored_size()) <= parts, "{distinct} vs {}", archive.total_stored_size());
+}
+
 #[test]
 fn duplicates_are_stored_once_whatever_their_size_or_way_in() {
     let big = text(3, 200_000); // a few MiB: frames of its own

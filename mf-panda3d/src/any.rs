@@ -374,6 +374,16 @@ impl AnyArchive {
         }
     }
 
+    /// The stored bytes an entry costs: for mf archives, [`Archive::stored_share`] (frames of a
+    /// solid block split between the entries in them); for Panda3D subfiles, which share nothing,
+    /// the stored size.
+    pub fn stored_share(&self, entry: &AnyEntry<'_>) -> u64 {
+        match (self, entry) {
+            (AnyArchive::Mf(archive), AnyEntry::Mf(entry)) => archive.stored_share(entry),
+            _ => entry.stored_size(),
+        }
+    }
+
     fn panda_entry<'a>(multifile: &'a Multifile, index: usize) -> Option<AnyEntry<'a>> {
         let subfile = multifile.subfile(index)?;
         Some(AnyEntry::Panda3d { index: index as u32, subfile, mtime: multifile.mtime(subfile) })
