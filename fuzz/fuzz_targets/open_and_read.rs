@@ -80,6 +80,8 @@ fn exercise(data: Vec<u8>) {
         let found = archive.get(entry.path()).expect("every entry is found by its path");
         assert_eq!(found.index(), entry.index());
         let size = entry.size();
+        // A share of shared frames never exceeds the frames themselves.
+        assert!(archive.stored_share(&entry) <= entry.stored_size());
 
         let whole = if small { archive.read(&entry).ok().map(|c| c.into_owned()) } else { None };
         if let Some(whole) = &whole {
